@@ -1,0 +1,407 @@
+"""The core every store shares: validation, key selection, argument packing and reply parsing.
+
+A store method asks the core for a :class:`Call` (which script, KEYS, ARGV and how to read the
+reply) and runs it with its own I/O: the sync store with a redis-py client, the async store with
+redis.asyncio, the memory store over an in-process fakeredis. No rule lives in a store shell.
+Invalid input never reaches Redis: either an :class:`InvalidInputError` naming the field is
+raised (wrong type), or the call carries a ready result with an error code (out of range).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+from . import errors as E
+from .errors import InvalidInputError, ScriptReplyError
+from .keys import MAX_ID_LENGTH, USER, AccountKeys, KeySchema
+from .models import (
+    AddCreditsResult,
+    BalanceResult,
+    CapCheckResult,
+    CreditMetadata,
+    DeductionResult,
+    ReleaseResult,
+    ReserveResult,
+    SpendCap,
+)
+from .scripts import Script, scripts
+from .settings import Settings
+
+T = TypeVar("T")
+
+MAX_AMOUNT = 2**53 - 1
+MAX_LABEL_LENGTH = 256
+MAX_IDEMPOTENCY_KEY_LENGTH = 1024
+PURCHASE_TYPES = frozenset({"purchase"})
+
+
+@dataclass(slots=True)
+class Call(Generic[T]):
+    """One script call to make, or (``script`` None) a result decided without Redis."""
+
+    script: Script | None
+    keys: list[str]
+    args: list[Any]
+    parse: Callable[[Any], T]
+    result: T | None = None
+
+
+def ready(result: T) -> Call[T]:
+    """A call that needs no Redis round trip."""
+    return Call(None, [], [], lambda _r: result, result)
+
+
+# ── validation ────────────────────────────────────────────────────────
+
+
+def check_int(value: object, field: str) -> int:
+    """An int that is not a bool, else :class:`InvalidInputError` naming ``field``."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        if isinstance(value, float) and math.isnan(value):
+            raise InvalidInputError(field, "must be an integer number of credits, got NaN")
+        raise InvalidInputError(field, f"must be an integer number of credits, got {type(value).__name__}")
+    return value
+
+
+def amount_in_range(value: int, minimum: int) -> bool:
+    """Whether an amount lies within ``minimum`` … 2**53−1 (Lua doubles stay exact)."""
+    return minimum <= value <= MAX_AMOUNT
+
+
+def check_amount(value: object, field: str, minimum: int) -> int:
+    """An int amount in range, else :class:`InvalidInputError` naming ``field``."""
+    n = check_int(value, field)
+    if not amount_in_range(n, minimum):
+        raise InvalidInputError(field, f"must be between {minimum} and 2**53-1, got {n}")
+    return n
+
+
+def check_id(value: object, field: str) -> str:
+    """A non-empty id string of at most 4096 characters."""
+    if not isinstance(value, str):
+        raise InvalidInputError(field, f"must be a string, got {type(value).__name__}")
+    if not value:
+        raise InvalidInputError(field, "must not be empty")
+    if len(value) > MAX_ID_LENGTH:
+        raise InvalidInputError(field, f"must be at most {MAX_ID_LENGTH} characters, got {len(value)}")
+    return value
+
+
+def check_label(value: object, field: str, *, allow_empty: bool = False) -> str:
+    """A short label (type, operation, model, role) of at most 256 characters."""
+    if not isinstance(value, str):
+        raise InvalidInputError(field, f"must be a string, got {type(value).__name__}")
+    if not value and not allow_empty:
+        raise InvalidInputError(field, "must not be empty")
+    if len(value) > MAX_LABEL_LENGTH:
+        raise InvalidInputError(field, f"must be at most {MAX_LABEL_LENGTH} characters")
+    return value
+
+
+def check_idempotency_key(value: object) -> str | None:
+    """None, or a non-empty key of at most 1024 characters."""
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value:
+        raise InvalidInputError("idempotency_key", "must be a non-empty string or None")
+    if len(value) > MAX_IDEMPOTENCY_KEY_LENGTH:
+        raise InvalidInputError("idempotency_key", f"must be at most {MAX_IDEMPOTENCY_KEY_LENGTH} characters")
+    return value
+
+
+def metadata_of(value: object) -> CreditMetadata | None:
+    """``CreditMetadata``, a dict of its fields, or None."""
+    if value is None or isinstance(value, CreditMetadata):
+        return value
+    if isinstance(value, dict):
+        try:
+            return CreditMetadata.model_validate(value)
+        except ValueError as exc:
+            raise InvalidInputError("metadata", str(exc)) from exc
+    raise InvalidInputError("metadata", f"must be CreditMetadata, a dict or None, got {type(value).__name__}")
+
+
+def metadata_json(meta: CreditMetadata | None) -> str:
+    """Metadata as compact JSON for the ledger ("" when there is none)."""
+    if meta is None:
+        return ""
+    return meta.model_dump_json(exclude_none=True)
+
+
+def _s(value: Any) -> str:
+    return value.decode("utf-8") if isinstance(value, bytes) else str(value)
+
+
+def _reply(raw: Any, size: int) -> list[str]:
+    if not isinstance(raw, list) or len(raw) < size:
+        raise ScriptReplyError(f"unexpected script reply: {raw!r}")
+    return [_s(v) for v in raw]
+
+
+def _err(status: str) -> str | None:
+    return None if status == "ok" else status
+
+
+def new_id() -> str:
+    """A fresh transaction / reservation id."""
+    return str(uuid.uuid4())
+
+
+# ── the core ──────────────────────────────────────────────────────────
+
+
+class StoreCore:
+    """Everything a store does except I/O: builds :class:`Call` objects for each operation."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.keys = KeySchema(settings.namespace, settings.shards)
+        self.scripts = scripts()
+        self.clock_offset_ms = 0
+        self._idem_ttl = str(settings.idempotency_ttl_seconds)
+        self._hold_ttl_ms = settings.hold_ttl_seconds * 1000
+        self._events_maxlen = str(settings.events_maxlen)
+
+    # helpers
+
+    def _offset(self) -> str:
+        return str(self.clock_offset_ms)
+
+    def _idem(self, k: AccountKeys, key: str | None) -> tuple[str, str, str]:
+        """(KEYS entry, has-key flag, raw key) for an optional idempotency key."""
+        if key is None:
+            return k.idempotency(None), "0", ""
+        return k.idempotency(key), "1", key
+
+    # balances
+
+    def get_balance(self, user_id: str) -> Call[BalanceResult]:
+        """Read a user's balance, held amount and lifetime purchases (0 for an unknown user)."""
+        uid = check_id(user_id, "user_id")
+        k = self.keys.user(uid)
+
+        def parse(raw: Any) -> BalanceResult:
+            r = _reply(raw, 6)
+            return BalanceResult.model_construct(
+                user_id=uid, balance=int(r[2]), held=int(r[3]), lifetime_purchased=int(r[4])
+            )
+
+        return Call(self.scripts["balance"], [k.account, k.holds, k.hold_expiry], [self._offset()], parse)
+
+    def add_credits(
+        self,
+        user_id: str,
+        amount: int,
+        type: str = "adjustment",
+        metadata: CreditMetadata | dict[str, Any] | None = None,
+        expires_at_ms: int | None = None,
+        idempotency_key: str | None = None,
+        *,
+        account_kind: str = USER,
+    ) -> Call[AddCreditsResult]:
+        """Credit ``amount`` (0 creates the record). Idempotent with a key (argument or metadata)."""
+        uid = check_id(user_id, "team_id" if account_kind != USER else "user_id")
+        n = check_amount(amount, "amount", 0)
+        tx_type = check_label(type, "type")
+        meta = metadata_of(metadata)
+        ikey = check_idempotency_key(idempotency_key or (meta.idempotency_key if meta else None))
+        k = self.keys.user(uid) if account_kind == USER else self.keys.team(uid)
+        idem_key, has, raw = self._idem(k, ikey)
+        tx = new_id()
+
+        def parse(raw_reply: Any) -> AddCreditsResult:
+            r = _reply(raw_reply, 6)
+            if r[0] != "ok":
+                raise InvalidInputError("amount", "would push the balance past 2**53-1; nothing was written")
+            return AddCreditsResult.model_construct(
+                transaction_id=r[2], user_id=uid, amount=int(r[3]), new_balance=int(r[4]),
+                lifetime_purchased=int(r[5]), idempotent=r[1] == "1",
+            )
+
+        args = [
+            self._offset(), tx, uid, str(n), tx_type, "1" if tx_type in PURCHASE_TYPES else "0",
+            metadata_json(meta), has, raw, self._idem_ttl,
+            "" if expires_at_ms is None else str(expires_at_ms), account_kind,
+        ]
+        return Call(self.scripts["add_credits"], [k.account, idem_key, k.ledger], args, parse)
+
+    # reservations
+
+    def reserve_credits(
+        self,
+        user_id: str,
+        amount: int,
+        operation_type: str,
+        metadata: CreditMetadata | dict[str, Any] | None = None,
+        min_balance: int = 5,
+        idempotency_key: str | None = None,
+        ttl_seconds: int | None = None,
+    ) -> Call[ReserveResult]:
+        """Hold ``amount`` if the available balance covers it and keeps ``min_balance``."""
+        uid = check_id(user_id, "user_id")
+        n = check_int(amount, "amount")
+        op = check_label(operation_type, "operation_type")
+        floor = check_amount(min_balance, "min_balance", 0)
+        meta = metadata_of(metadata)
+        ikey = check_idempotency_key(idempotency_key or (meta.idempotency_key if meta else None))
+        ttl_ms = self._hold_ttl_ms if ttl_seconds is None else check_amount(ttl_seconds, "ttl_seconds", 1) * 1000
+        if not amount_in_range(n, 1):
+            return ready(ReserveResult(reservation_id="", user_id=uid, amount=0, error=E.INVALID_AMOUNT))
+        k = self.keys.user(uid)
+        idem_key, has, raw = self._idem(k, ikey)
+
+        def parse(raw_reply: Any) -> ReserveResult:
+            r = _reply(raw_reply, 7)
+            return ReserveResult.model_construct(
+                reservation_id=r[2], user_id=uid, amount=int(r[3]), balance=int(r[4]),
+                reserved_total=int(r[5]), expires_at_ms=int(r[6]), error=_err(r[0]), idempotent=r[1] == "1",
+            )
+
+        args = [
+            self._offset(), new_id(), uid, str(n), op, str(floor), str(ttl_ms), metadata_json(meta),
+            has, raw, self._idem_ttl, USER,
+        ]
+        return Call(
+            self.scripts["reserve"], [k.account, k.holds, k.hold_expiry, idem_key, k.ledger], args, parse
+        )
+
+    def release_reservation(
+        self, user_id: str, reservation_id: str, idempotency_key: str | None = None
+    ) -> Call[ReleaseResult]:
+        """Give a hold back without spending it."""
+        uid = check_id(user_id, "user_id")
+        rid = check_id(reservation_id, "reservation_id")
+        ikey = check_idempotency_key(idempotency_key)
+        k = self.keys.user(uid)
+        idem_key, has, raw = self._idem(k, ikey)
+
+        def parse(raw_reply: Any) -> ReleaseResult:
+            r = _reply(raw_reply, 6)
+            return ReleaseResult.model_construct(
+                reservation_id=rid, user_id=uid, amount=int(r[3]), balance=int(r[4]), held=int(r[5]),
+                idempotent=r[1] == "1", error=_err(r[0]),
+            )
+
+        args = [self._offset(), new_id(), uid, rid, has, raw, self._idem_ttl, USER]
+        return Call(
+            self.scripts["release"], [k.account, k.holds, k.hold_expiry, idem_key, k.ledger], args, parse
+        )
+
+    # debits
+
+    def debit(
+        self,
+        user_id: str,
+        amount: int,
+        *,
+        reservation_id: str = "",
+        operation_type: str = "",
+        idempotency_key: str | None = None,
+        metadata: CreditMetadata | dict[str, Any] | None = None,
+        min_balance: int = 0,
+    ) -> Call[DeductionResult]:
+        """Settle a reservation (``reservation_id``) or charge directly; caps checked in the same script."""
+        uid = check_id(user_id, "user_id")
+        settling = reservation_id != ""
+        if settling:
+            check_id(reservation_id, "reservation_id")
+        n = check_int(amount, "amount")
+        op = check_label(operation_type, "operation_type", allow_empty=settling)
+        floor = check_amount(min_balance, "min_balance", 0)
+        meta = metadata_of(metadata)
+        ikey = check_idempotency_key(idempotency_key or (meta.idempotency_key if meta else None))
+        model = check_label(meta.model, "metadata.model") if meta and meta.model else ""
+        if not amount_in_range(n, 0 if settling else 1):
+            return ready(
+                DeductionResult(transaction_id="", user_id=uid, amount=-n, balance_after=0, error=E.INVALID_AMOUNT)
+            )
+        k = self.keys.user(uid)
+        idem_key, has, raw = self._idem(k, ikey)
+
+        def parse(raw_reply: Any) -> DeductionResult:
+            r = _reply(raw_reply, 7)
+            return DeductionResult.model_construct(
+                transaction_id=r[2], user_id=uid, amount=-int(r[3]), balance_after=int(r[4]),
+                idempotent=r[1] == "1", error=_err(r[0]), cap_action=r[6] or None,
+            )
+
+        keys = [
+            k.account, k.holds, k.hold_expiry, k.caps, k.day_window, k.month_window, idem_key, k.ledger, k.events,
+        ]
+        args = [
+            self._offset(), new_id(), uid, reservation_id, str(n), op, model, metadata_json(meta),
+            has, raw, self._idem_ttl, self._events_maxlen, str(floor), USER,
+        ]
+        return Call(self.scripts["debit"], keys, args, parse)
+
+    def deduct_credits(
+        self,
+        user_id: str,
+        reservation_id: str,
+        amount: int,
+        idempotency_key: str | None = None,
+        metadata: CreditMetadata | dict[str, Any] | None = None,
+    ) -> Call[DeductionResult]:
+        """Settle a reservation with the actual amount (ducto's name; caps enforced here too)."""
+        rid = check_id(reservation_id, "reservation_id")
+        return self.debit(
+            user_id, amount, reservation_id=rid, idempotency_key=idempotency_key, metadata=metadata
+        )
+
+    def charge(
+        self,
+        user_id: str,
+        amount: int,
+        operation_type: str,
+        idempotency_key: str | None = None,
+        metadata: CreditMetadata | dict[str, Any] | None = None,
+        min_balance: int = 0,
+    ) -> Call[DeductionResult]:
+        """Check caps and balance and debit in one round trip, with no hold."""
+        return self.debit(
+            user_id, amount, operation_type=operation_type, idempotency_key=idempotency_key,
+            metadata=metadata, min_balance=min_balance,
+        )
+
+    # spend caps
+
+    def set_spend_cap(self, cap: SpendCap, *, remove: bool = False) -> Call[None]:
+        """Set (or remove) a user's daily or monthly cap, for all models or one model."""
+        if not isinstance(cap, SpendCap):
+            raise InvalidInputError("cap", f"must be a SpendCap, got {type(cap).__name__}")
+        uid = check_id(cap.user_id, "user_id")
+        check_amount(cap.limit, "limit", 0)
+        model = check_label(cap.model, "model") if cap.model else ""
+        k = self.keys.user(uid)
+        field = ("d" if cap.cap_type == "daily" else "m") + (f"|{model}" if model else "")
+        value = "" if remove else f"{cap.limit}|{cap.action}"
+        args = [
+            self._offset(), new_id(), USER, uid, field, value,
+            json.dumps(cap.model_dump(by_alias=False), separators=(",", ":")),
+        ]
+        return Call(self.scripts["set_cap"], [k.caps, k.ledger], args, lambda _r: None)
+
+    def check_spend_cap(
+        self, user_id: str, model: str | None = None, amount: int | None = None
+    ) -> Call[CapCheckResult]:
+        """Would ``amount`` (or one more credit, without an amount) be refused? Real spend and limit."""
+        uid = check_id(user_id, "user_id")
+        m = check_label(model, "model") if model else ""
+        amt = "" if amount is None else str(check_amount(amount, "amount", 0))
+        k = self.keys.user(uid)
+
+        def parse(raw: Any) -> CapCheckResult:
+            r = _reply(raw, 8)
+            return CapCheckResult.model_construct(
+                capped=r[2] == "1", current_spend=int(r[3]), cap_limit=int(r[4]), action=r[5] or None,
+                model=r[6] or None, cap_type=r[7] or None,
+            )
+
+        return Call(
+            self.scripts["check_cap"], [k.caps, k.day_window, k.month_window], [self._offset(), m, amt], parse
+        )

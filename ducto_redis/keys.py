@@ -1,0 +1,163 @@
+"""The key schema: every Redis key name ducto-redis uses is built here and nowhere else.
+
+Layout (``ns`` = namespace, ``N`` = shard of the account, ``<id>`` = escaped account id)::
+
+    {ns:N}:u:<id>            HASH  user account: bal, held, life, created
+    {ns:N}:u:<id>:holds      HASH  reservation id -> "amount|expires_ms|operation_type"
+    {ns:N}:u:<id>:hexp       ZSET  reservation id scored by expiry (ms)
+    {ns:N}:u:<id>:caps       HASH  "d" / "m" (all models) or "d|<model>" -> "limit|action"
+    {ns:N}:u:<id>:wd         HASH  today's spend: "_b" day number, "*" all models, "m|<model>"
+    {ns:N}:u:<id>:wm         HASH  this month's spend, same fields ("_b" = year*12+month-1)
+    {ns:N}:u:<id>:i:<key>    STRING remembered reply of an idempotency key (expires)
+    {ns:N}:t:<id>...         the same family for a team pool (teams issue)
+    {ns:N}:ledger            STREAM the shard's ledger entries (flushed to Postgres)
+    {ns:N}:events            STREAM the shard's events (cap warnings, ...)
+
+The hash tag ``{ns:N}`` is the shard: every key one script touches shares it, ledger stream
+included, so each script runs in one Redis Cluster slot. An account maps to its shard by
+CRC32 of its kind and id, so the shard count is fixed for a namespace's life.
+
+Ids may hold any text. ``escape_id`` percent-escapes ``%``, ``{``, ``}``, ``:``, white space
+and control characters; the mapping is injective (``%`` itself is escaped), so two ids never
+share a key and no id can reach outside its account's keys.
+"""
+
+from __future__ import annotations
+
+import re
+import zlib
+from dataclasses import dataclass
+from functools import lru_cache
+
+USER = "u"
+TEAM = "t"
+
+MAX_ID_LENGTH = 4096
+
+_ESCAPE = re.compile(r"[%{}:\s\x00-\x1f\x7f]")
+
+
+def escape_id(raw: str) -> str:
+    """Percent-escape the characters that could alter a key's structure (injective)."""
+    return _ESCAPE.sub(lambda m: "".join(f"%{b:02X}" for b in m.group(0).encode("utf-8")), raw)
+
+
+def shard_of(kind: str, account_id: str, shards: int) -> int:
+    """The shard (hash tag) an account lives in."""
+    return zlib.crc32(f"{kind}:{account_id}".encode()) % shards
+
+
+@dataclass(frozen=True, slots=True)
+class AccountKeys:
+    """Every key name of one account (user or team), all under the account's shard tag."""
+
+    kind: str
+    account_id: str
+    shard: int
+    tag: str
+    base: str
+
+    @property
+    def account(self) -> str:
+        return self.base
+
+    @property
+    def holds(self) -> str:
+        return self.base + ":holds"
+
+    @property
+    def hold_expiry(self) -> str:
+        return self.base + ":hexp"
+
+    @property
+    def caps(self) -> str:
+        return self.base + ":caps"
+
+    @property
+    def day_window(self) -> str:
+        return self.base + ":wd"
+
+    @property
+    def month_window(self) -> str:
+        return self.base + ":wm"
+
+    @property
+    def members(self) -> str:
+        """Team only: member id -> "role|cap|cap_period"."""
+        return self.base + ":members"
+
+    @property
+    def member_spend(self) -> str:
+        """Team only: member id -> all-time spend; "d|<id>" / "m|<id>" period spend with "_d"/"_m" buckets."""
+        return self.base + ":mspend"
+
+    @property
+    def ledger(self) -> str:
+        return self.tag + ":ledger"
+
+    @property
+    def events(self) -> str:
+        return self.tag + ":events"
+
+    def idempotency(self, key: str | None) -> str:
+        """Key remembering the reply to ``key``; without a key, a name that is never written."""
+        if not key:
+            return self.base + ":i"
+        return self.base + ":i:" + escape_id(key)
+
+
+class KeySchema:
+    """Builds key names for one namespace and shard count."""
+
+    def __init__(self, namespace: str, shards: int) -> None:
+        if not namespace or any(c in namespace for c in "{}: \t\r\n"):
+            raise ValueError("namespace: must be non-empty without '{', '}', ':' or white space")
+        if shards < 1:
+            raise ValueError("shards: must be at least 1")
+        self.namespace = namespace
+        self.shards = shards
+        self._user = lru_cache(maxsize=65536)(self._build_user)
+        self._team = lru_cache(maxsize=16384)(self._build_team)
+
+    def tag(self, shard: int) -> str:
+        """The hash tag of shard ``shard``."""
+        return "{%s:%d}" % (self.namespace, shard)
+
+    def ledger_stream(self, shard: int) -> str:
+        """The ledger stream of ``shard``."""
+        return self.tag(shard) + ":ledger"
+
+    def events_stream(self, shard: int) -> str:
+        """The events stream of ``shard``."""
+        return self.tag(shard) + ":events"
+
+    def all_ledger_streams(self) -> list[str]:
+        """Every shard's ledger stream."""
+        return [self.ledger_stream(s) for s in range(self.shards)]
+
+    def all_events_streams(self) -> list[str]:
+        """Every shard's events stream."""
+        return [self.events_stream(s) for s in range(self.shards)]
+
+    def user(self, user_id: str) -> AccountKeys:
+        """Keys of a user account."""
+        return self._user(user_id)
+
+    def team(self, team_id: str) -> AccountKeys:
+        """Keys of a team pool."""
+        return self._team(team_id)
+
+    def pattern(self) -> str:
+        """A SCAN pattern matching every key of this namespace (operators' tools only)."""
+        return "{%s:*}*" % self.namespace
+
+    def _build(self, kind: str, account_id: str) -> AccountKeys:
+        shard = shard_of(kind, account_id, self.shards)
+        tag = self.tag(shard)
+        return AccountKeys(kind, account_id, shard, tag, f"{tag}:{kind}:{escape_id(account_id)}")
+
+    def _build_user(self, user_id: str) -> AccountKeys:
+        return self._build(USER, user_id)
+
+    def _build_team(self, team_id: str) -> AccountKeys:
+        return self._build(TEAM, team_id)

@@ -1,0 +1,72 @@
+"""Lua scripts: loaded from ``lua/*.lua`` with importlib.resources, run by EVALSHA.
+
+Every script is ``lib.lua`` (shared helpers) followed by the script's own file. A script is
+registered once per store (``SCRIPT LOAD`` in ``setup()``, or on first use); when Redis answers
+NOSCRIPT (after ``SCRIPT FLUSH``, a restart or a failover) it is loaded again and the call retried.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from functools import cache
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from redis.exceptions import NoScriptError
+
+SCRIPT_NAMES = (
+    "add_credits",
+    "reserve",
+    "debit",
+    "release",
+    "set_cap",
+    "balance",
+    "check_cap",
+)
+
+
+def _lua_dir() -> Path:
+    """The folder of .lua files: inside the installed wheel, else the source checkout's ``lua/``."""
+    packaged = resources.files("ducto_redis") / "lua"
+    if packaged.is_dir():
+        return Path(str(packaged))
+    return Path(__file__).resolve().parent.parent / "lua"
+
+
+@cache
+def _read(name: str) -> str:
+    return (_lua_dir() / f"{name}.lua").read_text(encoding="utf-8")
+
+
+class Script:
+    """One Lua script: its full source (prelude + body) and SHA1."""
+
+    __slots__ = ("name", "sha", "source")
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.source = _read("lib") + "\n" + _read(name)
+        self.sha = hashlib.sha1(self.source.encode("utf-8")).hexdigest()
+
+    def run(self, client: Any, keys: list[str], args: list[Any]) -> Any:
+        """EVALSHA on a sync client; on NOSCRIPT load the script and try once more."""
+        try:
+            return client.evalsha(self.sha, len(keys), *keys, *args)
+        except NoScriptError:
+            client.script_load(self.source)
+            return client.evalsha(self.sha, len(keys), *keys, *args)
+
+    async def run_async(self, client: Any, keys: list[str], args: list[Any]) -> Any:
+        """EVALSHA on an asyncio client; on NOSCRIPT load the script and try once more."""
+        try:
+            return await client.evalsha(self.sha, len(keys), *keys, *args)
+        except NoScriptError:
+            await client.script_load(self.source)
+            return await client.evalsha(self.sha, len(keys), *keys, *args)
+
+
+@cache
+def scripts() -> dict[str, Script]:
+    """Every script by name (sources read once per process)."""
+    return {name: Script(name) for name in SCRIPT_NAMES}

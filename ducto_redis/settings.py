@@ -1,0 +1,30 @@
+"""One settings model, read from ``DUCTO_*`` environment variables (pydantic-settings)."""
+
+from __future__ import annotations
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Configuration of a store. Every field can be set as ``DUCTO_<FIELD>`` in the environment.
+
+    - ``redis_url`` (``DUCTO_REDIS_URL``): where the hot state lives.
+    - ``database_url`` (``DUCTO_DATABASE_URL``): the Postgres ledger (flusher, analytics, restore).
+    - ``namespace``: prefix of every key; two namespaces on one Redis never see each other.
+    - ``shards``: number of ledger shards (each one hash tag, one stream). Fixed for a namespace's life.
+    - ``hold_ttl_seconds``: a reservation not settled or released by then returns its credits.
+    - ``idempotency_ttl_seconds``: how long a replayed idempotency key returns the first result.
+    - ``events_maxlen``: approximate length the events stream is trimmed to.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="DUCTO_", extra="ignore")
+
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    database_url: str | None = None
+    namespace: str = Field(default="ducto", min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
+    shards: int = Field(default=64, ge=1, le=16384)
+    hold_ttl_seconds: int = Field(default=600, ge=1, le=30 * 86400)
+    idempotency_ttl_seconds: int = Field(default=86400, ge=1, le=365 * 86400)
+    events_maxlen: int = Field(default=100_000, ge=100)
+    default_min_balance: int = Field(default=5, ge=0)

@@ -1,0 +1,176 @@
+"""RedisStore: the synchronous store, a thin I/O shell over :class:`~ducto_redis.core.StoreCore`."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any, TypeVar
+
+import redis
+
+from .core import Call, StoreCore
+from .models import (
+    AddCreditsResult,
+    BalanceResult,
+    CapCheckResult,
+    CreditMetadata,
+    DeductionResult,
+    ReleaseResult,
+    ReserveResult,
+    SetupResult,
+    SpendCap,
+)
+from .errors import InvalidInputError
+from .settings import Settings
+
+T = TypeVar("T")
+
+
+def expires_ms(expires_at: datetime | None) -> int | None:
+    """A datetime (naive = UTC) as epoch milliseconds."""
+    if expires_at is None:
+        return None
+    if not isinstance(expires_at, datetime):
+        raise InvalidInputError("expires_at", f"must be a datetime or None, got {type(expires_at).__name__}")
+    if expires_at.tzinfo is None:
+        expires_at = expires_at.replace(tzinfo=timezone.utc)
+    return int(expires_at.timestamp() * 1000)
+
+
+class RedisStore:
+    """Credits, reservations and spend caps in Redis; every decision is one atomic Lua script.
+
+    Build it with :meth:`from_url` (``RedisStore.from_url("redis://127.0.0.1:6379", namespace="ducto")``),
+    :meth:`from_settings`, or pass a ``redis.Redis`` client. Method names, arguments and results are
+    ducto 1.0's; see the README for the deliberate differences.
+    """
+
+    def __init__(self, client: Any, settings: Settings | None = None, **overrides: Any) -> None:
+        base = settings or Settings()
+        self.settings = base.model_copy(update=overrides) if overrides else base
+        if overrides:
+            self.settings = Settings.model_validate(self.settings.model_dump())
+        self.client = client
+        self.core = StoreCore(self.settings)
+
+    @classmethod
+    def from_url(cls, url: str | None = None, namespace: str = "ducto", **overrides: Any) -> RedisStore:
+        """A store on the Redis at ``url`` (default ``DUCTO_REDIS_URL``), keys under ``namespace``."""
+        settings = Settings()
+        url = url or settings.redis_url
+        client = redis.Redis.from_url(url, decode_responses=True)
+        return cls(client, settings, namespace=namespace, redis_url=url, **overrides)
+
+    @classmethod
+    def from_settings(cls, settings: Settings | None = None) -> RedisStore:
+        """A store configured entirely from a :class:`Settings` (by default, the environment)."""
+        settings = settings or Settings()
+        return cls(redis.Redis.from_url(settings.redis_url, decode_responses=True), settings)
+
+    # ── I/O ───────────────────────────────────────────────────────────
+
+    def _run(self, call: Call[T]) -> T:
+        if call.script is None:
+            return call.parse(None)
+        return call.parse(call.script.run(self.client, call.keys, call.args))
+
+    def setup(self, database_url: str | None = None) -> SetupResult:
+        """Load every Lua script into Redis (SCRIPT LOAD). Safe to call again."""
+        result = SetupResult()
+        for name, script in self.core.scripts.items():
+            try:
+                self.client.script_load(script.source)
+                result.rpcs_created.append(f"{name}.lua")
+            except redis.RedisError as exc:
+                result.errors.append(f"{name}.lua: {exc}")
+        return result
+
+    def close(self) -> None:
+        """Close the client's connections."""
+        self.client.close()
+
+    # ── balances and credits ──────────────────────────────────────────
+
+    def get_balance(self, user_id: str) -> BalanceResult:
+        """Balance, held amount (``available`` = balance − held) and lifetime purchases; 0 if unknown."""
+        return self._run(self.core.get_balance(user_id))
+
+    def add_credits(
+        self,
+        user_id: str,
+        amount: int,
+        type: str = "adjustment",
+        metadata: CreditMetadata | dict[str, Any] | None = None,
+        expires_at: datetime | None = None,
+        idempotency_key: str | None = None,
+    ) -> AddCreditsResult:
+        """Credit a user (``amount`` 0 creates the record). A replayed idempotency key changes nothing."""
+        return self._run(
+            self.core.add_credits(user_id, amount, type, metadata, expires_ms(expires_at), idempotency_key)
+        )
+
+    # ── reservations and debits ───────────────────────────────────────
+
+    def reserve_credits(
+        self,
+        user_id: str,
+        amount: int,
+        operation_type: str,
+        metadata: CreditMetadata | dict[str, Any] | None = None,
+        min_balance: int = 5,
+        idempotency_key: str | None = None,
+        ttl_seconds: int | None = None,
+    ) -> ReserveResult:
+        """Hold credits for an operation; the hold expires after ``hold_ttl_seconds`` on its own."""
+        return self._run(
+            self.core.reserve_credits(
+                user_id, amount, operation_type, metadata, min_balance, idempotency_key, ttl_seconds
+            )
+        )
+
+    def deduct_credits(
+        self,
+        user_id: str,
+        reservation_id: str,
+        amount: int,
+        idempotency_key: str | None = None,
+        metadata: CreditMetadata | dict[str, Any] | None = None,
+    ) -> DeductionResult:
+        """Settle a reservation with the actual amount; spend caps are enforced in the same script."""
+        return self._run(self.core.deduct_credits(user_id, reservation_id, amount, idempotency_key, metadata))
+
+    def release_reservation(
+        self, user_id: str, reservation_id: str, idempotency_key: str | None = None
+    ) -> ReleaseResult:
+        """Return a reservation's credits without spending them."""
+        return self._run(self.core.release_reservation(user_id, reservation_id, idempotency_key))
+
+    def charge(
+        self,
+        user_id: str,
+        amount: int,
+        operation_type: str,
+        idempotency_key: str | None = None,
+        metadata: CreditMetadata | dict[str, Any] | None = None,
+        min_balance: int = 0,
+    ) -> DeductionResult:
+        """Check caps and balance and debit in one round trip, with no hold (the gateway's call)."""
+        return self._run(
+            self.core.charge(user_id, amount, operation_type, idempotency_key, metadata, min_balance)
+        )
+
+    # ── spend caps ────────────────────────────────────────────────────
+
+    def set_spend_cap(self, cap: SpendCap) -> None:
+        """Set a daily or monthly cap (replacing the one of the same period and model)."""
+        self._run(self.core.set_spend_cap(cap))
+
+    def remove_spend_cap(self, user_id: str, cap_type: str = "daily", model: str | None = None) -> None:
+        """Remove a user's cap of one period (and model)."""
+        cap = SpendCap(user_id=user_id, cap_type=cap_type, model=model)  # type: ignore[arg-type]
+        self._run(self.core.set_spend_cap(cap, remove=True))
+
+    def check_spend_cap(
+        self, user_id: str, model: str | None = None, amount: int | None = None
+    ) -> CapCheckResult:
+        """The real current spend, limit and action of the cap that matters; ``capped`` if deny refuses."""
+        return self._run(self.core.check_spend_cap(user_id, model, amount))

@@ -1,0 +1,29 @@
+-- add_credits.lua: credit a user's balance (amount 0 only creates the record).
+-- KEYS[1] account hash   KEYS[2] idempotency key   KEYS[3] ledger stream
+-- ARGV[1] clock offset ms   ARGV[2] transaction id   ARGV[3] user id (raw)   ARGV[4] amount (>= 0)
+-- ARGV[5] transaction type   ARGV[6] counts toward lifetime_purchased ("1"/"0")   ARGV[7] metadata JSON
+-- ARGV[8] has idempotency key ("1"/"0")   ARGV[9] idempotency key (raw)   ARGV[10] idempotency TTL s
+-- ARGV[11] expires_at ms or ""   ARGV[12] account kind ("u"; "t" for a team top-up)
+-- Reply: { "ok"|"invalid_amount", idempotent, transaction id, amount, balance after, lifetime purchased }
+local acct, idem, stream = KEYS[1], KEYS[2], KEYS[3]
+local again = replay(idem, ARGV[8])
+if again then return again end
+
+local now = now_ms(ARGV[1])
+local amount = tonumber(ARGV[4])
+local vals = redis.call('HMGET', acct, 'bal', 'life', 'held', 'created')
+local bal = tonumber(vals[1]) or 0
+local life = tonumber(vals[2]) or 0
+if bal + amount > MAX_SAFE then
+  return { 'invalid_amount', '0', '', I(amount), I(bal), I(life) }
+end
+bal = bal + amount
+if ARGV[6] == '1' then life = life + amount end
+redis.call('HSET', acct, 'bal', I(bal), 'life', I(life))
+if not vals[4] then redis.call('HSET', acct, 'created', I(now), 'held', '0') end
+
+ledger(stream, { 'id', ARGV[2], 'ts', I(now), 'ak', ARGV[12], 'acct', ARGV[3], 'kind', 'credit',
+  'amount', I(amount), 'bal', I(bal), 'held', vals[3] or '0', 'type', ARGV[5], 'idem', ARGV[9],
+  'exp', ARGV[11], 'meta', ARGV[7] })
+
+return remember(idem, ARGV[8], ARGV[10], { 'ok', '0', ARGV[2], I(amount), I(bal), I(life) })

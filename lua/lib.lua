@@ -1,0 +1,204 @@
+-- lib.lua: helpers prepended to every script at load time (see ducto_redis/scripts.py).
+-- It reads no KEYS or ARGV of its own. Conventions shared by all scripts:
+--   * ARGV[1] is always the clock offset in ms (0 except in tests); time is redis TIME + offset.
+--   * Replies are arrays of strings: { status, idempotent ("0"/"1"), fields... }.
+--   * Integers are formatted with '%d' (exact up to 2^53-1; tostring would round).
+
+local MAX_SAFE = 9007199254740991
+
+local function I(n)
+  return string.format('%d', n)
+end
+
+local function now_ms(offset)
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) + tonumber(offset)
+end
+
+-- days since 1970-01-01 <-> proleptic Gregorian (y, m, d); H. Hinnant's algorithms
+local function civil_from_days(z)
+  z = z + 719468
+  local era = math.floor(z / 146097)
+  local doe = z - era * 146097
+  local yoe = math.floor((doe - math.floor(doe / 1460) + math.floor(doe / 36524) - math.floor(doe / 146096)) / 365)
+  local y = yoe + era * 400
+  local doy = doe - (365 * yoe + math.floor(yoe / 4) - math.floor(yoe / 100))
+  local mp = math.floor((5 * doy + 2) / 153)
+  local d = doy - math.floor((153 * mp + 2) / 5) + 1
+  local m = mp < 10 and mp + 3 or mp - 9
+  if m <= 2 then y = y + 1 end
+  return y, m, d
+end
+
+local function days_from_civil(y, m, d)
+  if m <= 2 then y = y - 1 end
+  local era = math.floor(y / 400)
+  local yoe = y - era * 400
+  local mp = m > 2 and m - 3 or m + 9
+  local doy = math.floor((153 * mp + 2) / 5) + d - 1
+  local doe = yoe * 365 + math.floor(yoe / 4) - math.floor(yoe / 100) + doy
+  return era * 146097 + doe - 719468
+end
+
+-- window buckets: period "d" -> day number, "m" -> year*12 + month - 1; and when they end (ms)
+local function bucket_of(period, ms)
+  local day = math.floor(ms / 86400000)
+  if period == 'd' then
+    return day, (day + 1) * 86400000
+  end
+  local y, m = civil_from_days(day)
+  local ny, nm = y, m + 1
+  if nm == 13 then ny, nm = y + 1, 1 end
+  return y * 12 + m - 1, days_from_civil(ny, nm, 1) * 86400000
+end
+
+-- current spend of a window hash for field f (0 when the stored bucket is not the current one)
+local function window_spend(key, bucket, f)
+  local got = redis.call('HMGET', key, '_b', f)
+  if tonumber(got[1]) ~= bucket then return 0 end
+  return tonumber(got[2]) or 0
+end
+
+-- add amount to field(s) of a window, starting a new bucket when the period rolled over
+local function window_add(key, bucket, ends_ms, amount, f1, f2)
+  local b = tonumber(redis.call('HGET', key, '_b'))
+  if b ~= bucket then
+    redis.call('DEL', key)
+    redis.call('HSET', key, '_b', I(bucket))
+  end
+  redis.call('HINCRBY', key, f1, amount)
+  if f2 then redis.call('HINCRBY', key, f2, amount) end
+  -- keep the window a little past its end so a late read near midnight still sees it
+  redis.call('PEXPIREAT', key, ends_ms + 3600000)
+end
+
+-- one ledger entry; fields with empty values are left out
+local function ledger(stream, fields)
+  local args = { stream, '*' }
+  for i = 1, #fields, 2 do
+    local v = fields[i + 1]
+    if v ~= nil and v ~= '' and v ~= false then
+      args[#args + 1] = fields[i]
+      args[#args + 1] = v
+    end
+  end
+  return redis.call('XADD', unpack(args))
+end
+
+local function event(stream, maxlen, fields)
+  local args = { stream, 'MAXLEN', '~', maxlen, '*' }
+  for i = 1, #fields, 2 do
+    local v = fields[i + 1]
+    if v ~= nil and v ~= '' then
+      args[#args + 1] = fields[i]
+      args[#args + 1] = v
+    end
+  end
+  return redis.call('XADD', unpack(args))
+end
+
+-- idempotency: a remembered reply (with idempotent flag set) or nil
+local function replay(idem_key, has_idem)
+  if has_idem ~= '1' then return nil end
+  local stored = redis.call('GET', idem_key)
+  if not stored then return nil end
+  local reply = cjson.decode(stored)
+  reply[2] = '1'
+  return reply
+end
+
+local function remember(idem_key, has_idem, ttl_s, reply)
+  if has_idem == '1' then
+    redis.call('SET', idem_key, cjson.encode(reply), 'EX', ttl_s)
+  end
+  return reply
+end
+
+-- return expired holds of an account; writes one 'expire' ledger entry per hold
+-- acct: account hash, holds: hash, hexp: zset; returns the account's held after
+local function sweep_holds(acct, holds, hexp, now, stream, akind, aid)
+  local held = tonumber(redis.call('HGET', acct, 'held')) or 0
+  local due = redis.call('ZRANGEBYSCORE', hexp, '-inf', now)
+  if #due == 0 then return held end
+  local bal = tonumber(redis.call('HGET', acct, 'bal')) or 0
+  for _, rid in ipairs(due) do
+    local h = redis.call('HGET', holds, rid)
+    if h then
+      local amount, _, op = string.match(h, '^(%d+)|(%d+)|(.*)$')
+      amount = tonumber(amount)
+      held = held - amount
+      redis.call('HDEL', holds, rid)
+      ledger(stream, { 'id', 'exp:' .. rid, 'ts', I(now), 'ak', akind, 'acct', aid, 'kind', 'expire',
+        'amount', '0', 'hold', I(amount), 'bal', I(bal), 'held', I(held), 'rid', rid, 'op', op })
+    end
+    redis.call('ZREM', hexp, rid)
+  end
+  redis.call('HSET', acct, 'held', I(held))
+  return held
+end
+
+-- sum of holds that are past due but not swept yet (read-only scripts)
+local function expired_hold_total(holds, hexp, now)
+  local due = redis.call('ZRANGEBYSCORE', hexp, '-inf', now)
+  local total = 0
+  for _, rid in ipairs(due) do
+    local h = redis.call('HGET', holds, rid)
+    if h then total = total + tonumber(string.match(h, '^(%d+)|')) end
+  end
+  return total
+end
+
+-- Spend caps. caps hash fields: 'd' / 'm' (all models) and 'd|<model>' / 'm|<model>' -> 'limit|action'.
+-- Returns the caps that apply to a debit of `model`: list of {period, model or '', limit, action}
+local function applicable_caps(caps_key, model)
+  local fields = { 'd', 'm' }
+  if model ~= '' then
+    fields[3] = 'd|' .. model
+    fields[4] = 'm|' .. model
+  end
+  local vals = redis.call('HMGET', caps_key, unpack(fields))
+  local out = {}
+  for i = 1, #fields do
+    local v = vals[i]
+    if v then
+      local limit, action = string.match(v, '^(%d+)|(%a+)$')
+      out[#out + 1] = { string.sub(fields[i], 1, 1), i > 2 and model or '', tonumber(limit), action }
+    end
+  end
+  return out
+end
+
+-- Evaluate caps for spending `amount` now. Returns deny (cap or nil), warns (list of caps crossed
+-- by warn/notify), and per cap its current spend at index 5.
+local function evaluate_caps(caps, wd, wm, now, amount)
+  local deny, warns = nil, {}
+  for _, c in ipairs(caps) do
+    local key = c[1] == 'd' and wd or wm
+    local bucket = bucket_of(c[1], now)
+    local f = c[2] == '' and '*' or ('m|' .. c[2])
+    c[5] = window_spend(key, bucket, f)
+    if c[5] + amount > c[3] then
+      if c[4] == 'deny' then
+        if not deny then deny = c end
+      else
+        warns[#warns + 1] = c
+      end
+    end
+  end
+  return deny, warns
+end
+
+-- record spend of `amount` (model '' = none) in the day and month windows
+local function record_spend(wd, wm, now, amount, model)
+  local mf = model ~= '' and ('m|' .. model) or nil
+  local db, dend = bucket_of('d', now)
+  window_add(wd, db, dend, amount, '*', mf)
+  local mb, mend = bucket_of('m', now)
+  window_add(wm, mb, mend, amount, '*', mf)
+end
+
+local function cap_event(stream, maxlen, etype, now, akind, aid, c, amount, tx)
+  event(stream, maxlen, { 'type', etype, 'ts', I(now), 'ak', akind, 'acct', aid,
+    'period', c[1] == 'd' and 'daily' or 'monthly', 'model', c[2], 'limit', I(c[3]), 'action', c[4],
+    'spend', I(c[5]), 'amount', I(amount), 'tx', tx })
+end
