@@ -114,6 +114,13 @@ def check_idempotency_key(value: object) -> str | None:
     return value
 
 
+def idempotency_of(key: object, meta: CreditMetadata | None) -> str | None:
+    """The explicit ``idempotency_key`` argument, else ``metadata.idempotency_key``, validated."""
+    if key is None and meta is not None:
+        key = meta.idempotency_key
+    return check_idempotency_key(key)
+
+
 def metadata_of(value: object) -> CreditMetadata | None:
     """``CreditMetadata``, a dict of its fields, or None."""
     if value is None or isinstance(value, CreditMetadata):
@@ -209,7 +216,7 @@ class StoreCore:
         n = check_amount(amount, "amount", 0)
         tx_type = check_label(type, "type")
         meta = metadata_of(metadata)
-        ikey = check_idempotency_key(idempotency_key or (meta.idempotency_key if meta else None))
+        ikey = idempotency_of(idempotency_key, meta)
         k = self.keys.user(uid) if account_kind == USER else self.keys.team(uid)
         idem_key, has, raw = self._idem(k, ikey)
         tx = new_id()
@@ -248,7 +255,7 @@ class StoreCore:
         op = check_label(operation_type, "operation_type")
         floor = check_amount(min_balance, "min_balance", 0)
         meta = metadata_of(metadata)
-        ikey = check_idempotency_key(idempotency_key or (meta.idempotency_key if meta else None))
+        ikey = idempotency_of(idempotency_key, meta)
         ttl_ms = self._hold_ttl_ms if ttl_seconds is None else check_amount(ttl_seconds, "ttl_seconds", 1) * 1000
         if not amount_in_range(n, 1):
             return ready(ReserveResult(reservation_id="", user_id=uid, amount=0, error=E.INVALID_AMOUNT))
@@ -314,7 +321,7 @@ class StoreCore:
         op = check_label(operation_type, "operation_type", allow_empty=settling)
         floor = check_amount(min_balance, "min_balance", 0)
         meta = metadata_of(metadata)
-        ikey = check_idempotency_key(idempotency_key or (meta.idempotency_key if meta else None))
+        ikey = idempotency_of(idempotency_key, meta)
         model = check_label(meta.model, "metadata.model") if meta and meta.model else ""
         if not amount_in_range(n, 0 if settling else 1):
             return ready(

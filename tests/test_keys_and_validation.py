@@ -1,0 +1,147 @@
+"""Key schema (hash tags, escaping, isolation), input validation and NOSCRIPT recovery."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from conftest import snapshot
+from redis.cluster import key_slot
+
+from ducto_redis import InvalidInputError, KeySchema, RedisStore, SpendCap
+
+WEIRD_IDS = [
+    "{x}", "a:b", "a}b{c", "user 1", "tab\tnew\nline", "%7B", "*", "", "é" * 1024, "x" * 4096,
+]
+
+
+def test_every_key_of_an_account_shares_one_hash_slot_with_its_ledger_stream() -> None:
+    schema = KeySchema("ducto", 64)
+    for uid in [w for w in WEIRD_IDS if w] + ["user-1"]:
+        k = schema.user(uid)
+        names = [k.account, k.holds, k.hold_expiry, k.caps, k.day_window, k.month_window,
+                 k.idempotency("{evil}:key"), k.ledger, k.events]
+        assert len({key_slot(n.encode()) for n in names}) == 1, uid
+        assert all(n.startswith(k.tag) for n in names)
+
+
+def test_escaping_is_injective_so_ids_never_share_keys() -> None:
+    schema = KeySchema("ducto", 8)
+    ids = [w for w in WEIRD_IDS if w] + ["a%3Ab", "a%253Ab", "a b", "a%20b"]
+    accounts = [schema.user(i).account for i in ids]
+    assert len(set(accounts)) == len(ids)
+    # no escaped id can end one account's key inside another's namespace
+    for a in accounts:
+        assert a.count("{") == 1 and a.count("}") == 1
+
+
+def test_namespaces_are_isolated(store: RedisStore) -> None:
+    other = RedisStore(store.client, store.settings, namespace=store.settings.namespace + "x")
+    store.add_credits("u", 100)
+    assert other.get_balance("u").balance == 0
+    other.add_credits("u", 5)
+    assert store.get_balance("u").balance == 100
+
+
+@pytest.mark.parametrize("uid", [w for w in WEIRD_IDS if w])
+def test_ids_of_any_content_work_and_stay_in_their_account(store: RedisStore, uid: str) -> None:
+    store.add_credits(uid, 10)
+    store.add_credits(uid[:-1] + "~", 1)
+    assert store.get_balance(uid).balance == 10
+    r = store.reserve_credits(uid, 3, "op", min_balance=0)
+    assert store.deduct_credits(uid, r.reservation_id, 3, idempotency_key="{k}:1").balance_after == 7
+    tags = {key.split("}")[0] for key in snapshot(store)}
+    assert len(tags) <= 2  # the two accounts' shards only
+
+
+BAD_AMOUNTS = [1.0, 1.5, math.nan, math.inf, True, False, "10", None, [1]]
+
+
+@pytest.mark.parametrize("bad", BAD_AMOUNTS, ids=repr)
+def test_non_integer_amounts_are_refused_naming_the_field_and_nothing_is_written(
+    store: RedisStore, bad: object
+) -> None:
+    store.add_credits("u", 100)
+    r = store.reserve_credits("u", 10, "x")
+    before = snapshot(store)
+    calls = [
+        lambda: store.add_credits("u", bad),  # type: ignore[arg-type]
+        lambda: store.reserve_credits("u", bad, "x"),  # type: ignore[arg-type]
+        lambda: store.deduct_credits("u", r.reservation_id, bad),  # type: ignore[arg-type]
+        lambda: store.charge("u", bad, "x"),  # type: ignore[arg-type]
+    ]
+    if bad is not None:  # check_spend_cap(amount=None) means "one more credit"
+        calls.append(lambda: store.check_spend_cap("u", amount=bad))  # type: ignore[arg-type]
+    for call in calls:
+        with pytest.raises(InvalidInputError) as info:
+            call()
+        assert info.value.field == "amount"
+    assert snapshot(store) == before
+
+
+@pytest.mark.parametrize("bad", [0, -1, 2**53, 2**63])
+def test_out_of_range_amounts_give_invalid_amount_and_nothing_is_written(store: RedisStore, bad: int) -> None:
+    store.add_credits("u", 100)
+    before = snapshot(store)
+    assert store.reserve_credits("u", bad, "x").error == "invalid_amount"
+    assert store.charge("u", bad, "x").error == "invalid_amount"
+    if bad < 0 or bad > 2**53 - 1:
+        with pytest.raises(InvalidInputError, match="amount"):
+            store.add_credits("u", bad)
+    assert snapshot(store) == before
+
+
+def test_settling_zero_releases_the_whole_hold(store: RedisStore) -> None:
+    store.add_credits("u", 100)
+    r = store.reserve_credits("u", 50, "x")
+    d = store.deduct_credits("u", r.reservation_id, 0)
+    assert d.error is None and d.balance_after == 100 and store.get_balance("u").held == 0
+
+
+@pytest.mark.parametrize("field,call", [
+    ("user_id", lambda s: s.get_balance("")),
+    ("user_id", lambda s: s.add_credits(123, 5)),
+    ("user_id", lambda s: s.charge("x" * 4097, 5, "op")),
+    ("reservation_id", lambda s: s.deduct_credits("u", "", 5)),
+    ("reservation_id", lambda s: s.release_reservation("u", None)),
+    ("operation_type", lambda s: s.charge("u", 5, "")),
+    ("idempotency_key", lambda s: s.charge("u", 5, "op", idempotency_key="")),
+    ("metadata", lambda s: s.charge("u", 5, "op", metadata="gpt-4")),
+    ("min_balance", lambda s: s.reserve_credits("u", 5, "op", min_balance=-1)),
+    ("expires_at", lambda s: s.add_credits("u", 5, expires_at="tomorrow")),
+    ("cap", lambda s: s.set_spend_cap({"user_id": "u", "limit": 5})),
+    ("user_id", lambda s: s.set_spend_cap(SpendCap(limit=5))),
+])
+def test_bad_arguments_raise_naming_the_field_and_write_nothing(
+    store: RedisStore, field: str, call: object
+) -> None:
+    store.add_credits("u", 100)
+    before = snapshot(store)
+    with pytest.raises(InvalidInputError) as info:
+        call(store)  # type: ignore[operator]
+    assert info.value.field == field
+    assert snapshot(store) == before
+
+
+def test_scripts_reload_transparently_after_script_flush(store: RedisStore) -> None:
+    assert store.setup().success
+    store.add_credits("u", 100)
+    store.client.script_flush()
+    assert store.charge("u", 10, "x").balance_after == 90
+    store.client.script_flush()
+    assert store.get_balance("u").balance == 90
+
+
+def test_setup_loads_every_script(store: RedisStore) -> None:
+    result = store.setup()
+    assert result.success and "debit.lua" in result.rpcs_created
+    shas = [s.sha for s in store.core.scripts.values()]
+    assert all(store.client.script_exists(*shas))
+
+
+def test_memory_store_works_without_setup() -> None:
+    from ducto_redis import MemoryStore
+
+    s = MemoryStore()
+    s.add_credits("u", 5)
+    assert s.get_balance("u").balance == 5
