@@ -173,6 +173,7 @@ class StoreCore:
         self._idem_ttl = str(settings.idempotency_ttl_seconds)
         self._hold_ttl_ms = settings.hold_ttl_seconds * 1000
         self._events_maxlen = str(settings.events_maxlen)
+        self._backlog = [str(settings.ledger_max_backlog), settings.ledger_backlog_policy]
 
     # helpers
 
@@ -271,7 +272,7 @@ class StoreCore:
 
         args = [
             self._offset(), new_id(), uid, str(n), op, str(floor), str(ttl_ms), metadata_json(meta),
-            has, raw, self._idem_ttl, USER,
+            has, raw, self._idem_ttl, USER, *self._backlog,
         ]
         return Call(
             self.scripts["reserve"], [k.account, k.holds, k.hold_expiry, idem_key, k.ledger], args, parse
@@ -342,7 +343,7 @@ class StoreCore:
         ]
         args = [
             self._offset(), new_id(), uid, reservation_id, str(n), op, model, metadata_json(meta),
-            has, raw, self._idem_ttl, self._events_maxlen, str(floor), USER,
+            has, raw, self._idem_ttl, self._events_maxlen, str(floor), USER, *self._backlog,
         ]
         return Call(self.scripts["debit"], keys, args, parse)
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -16,6 +18,9 @@ class Settings(BaseSettings):
     - ``hold_ttl_seconds``: a reservation not settled or released by then returns its credits.
     - ``idempotency_ttl_seconds``: how long a replayed idempotency key returns the first result.
     - ``events_maxlen``: approximate length the events stream is trimmed to.
+    - ``ledger_max_backlog``: unflushed ledger entries per shard before the policy applies (0 = no limit).
+    - ``ledger_backlog_policy``: ``closed`` refuses new holds and debits past the limit
+      (``ledger_backlog_full``); ``open`` keeps accepting them.
     """
 
     model_config = SettingsConfigDict(env_prefix="DUCTO_", extra="ignore")
@@ -27,4 +32,6 @@ class Settings(BaseSettings):
     hold_ttl_seconds: int = Field(default=600, ge=1, le=30 * 86400)
     idempotency_ttl_seconds: int = Field(default=86400, ge=1, le=365 * 86400)
     events_maxlen: int = Field(default=100_000, ge=100)
+    ledger_max_backlog: int = Field(default=0, ge=0)
+    ledger_backlog_policy: Literal["closed", "open"] = "closed"
     default_min_balance: int = Field(default=5, ge=0)

@@ -11,14 +11,17 @@
 -- ARGV[5] amount (>= 0 settling, >= 1 charging)   ARGV[6] operation type   ARGV[7] model or ""
 -- ARGV[8] metadata JSON   ARGV[9] has idempotency key   ARGV[10] idempotency key (raw)
 -- ARGV[11] idempotency TTL s   ARGV[12] events stream max length   ARGV[13] min balance (charge)
--- ARGV[14] account kind
+-- ARGV[14] account kind   ARGV[15] ledger backlog limit (0 = none)   ARGV[16] backlog policy (closed|open)
 -- Reply: { status, idempotent, transaction id, amount, balance after, held after, cap action or "" }
---   status: ok | insufficient_credits | spend_cap_exceeded | reservation_not_found
+--   status: ok | insufficient_credits | spend_cap_exceeded | reservation_not_found | ledger_backlog_full
 local acct, holds, hexp, caps_key, wd, wm, idem, stream, events =
   KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9]
 local again = replay(idem, ARGV[9])
 if again then return again end
 
+if backlog_full(stream, ARGV[15], ARGV[16]) then
+  return { 'ledger_backlog_full', '0', '', ARGV[5], '0', '0', '' }
+end
 local now = now_ms(ARGV[1])
 local tx, aid, rid, akind = ARGV[2], ARGV[3], ARGV[4], ARGV[14]
 local amount = tonumber(ARGV[5])

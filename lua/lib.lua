@@ -202,3 +202,11 @@ local function cap_event(stream, maxlen, etype, now, akind, aid, c, amount, tx)
     'period', c[1] == 'd' and 'daily' or 'monthly', 'model', c[2], 'limit', I(c[3]), 'action', c[4],
     'spend', I(c[5]), 'amount', I(amount), 'tx', tx })
 end
+
+-- Ledger backpressure: the shard's stream holds what the flusher has not stored yet (it trims
+-- after committing). With a limit > 0 and policy "closed", debits are refused past the limit.
+local function backlog_full(stream, limit, policy)
+  limit = tonumber(limit)
+  if limit <= 0 or policy ~= 'closed' then return false end
+  return redis.call('XLEN', stream) >= limit
+end

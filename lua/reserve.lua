@@ -4,12 +4,15 @@
 -- ARGV[1] clock offset ms   ARGV[2] reservation id   ARGV[3] user id (raw)   ARGV[4] amount (>= 1)
 -- ARGV[5] operation type   ARGV[6] min balance to keep available   ARGV[7] hold TTL ms
 -- ARGV[8] metadata JSON   ARGV[9] has idempotency key   ARGV[10] idempotency key (raw)
--- ARGV[11] idempotency TTL s   ARGV[12] account kind
--- Reply: { "ok"|"insufficient_credits", idempotent, reservation id, amount, balance, held after, expires ms }
+-- ARGV[11] idempotency TTL s   ARGV[12] account kind   ARGV[13] ledger backlog limit   ARGV[14] policy
+-- Reply: { "ok"|"insufficient_credits"|"ledger_backlog_full", idempotent, reservation id, amount, balance, held after, expires ms }
 local acct, holds, hexp, idem, stream = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local again = replay(idem, ARGV[9])
 if again then return again end
 
+if backlog_full(stream, ARGV[13], ARGV[14]) then
+  return { 'ledger_backlog_full', '0', '', '0', '0', '0', '0' }
+end
 local now = now_ms(ARGV[1])
 local rid, aid, akind = ARGV[2], ARGV[3], ARGV[12]
 local amount = tonumber(ARGV[4])
