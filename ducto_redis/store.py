@@ -8,6 +8,8 @@ from typing import Any, TypeVar
 import redis
 
 from .core import Call, StoreCore
+from .errors import InvalidInputError
+from .ledger.store_api import LedgerStoreMixin
 from .models import (
     AddCreditsResult,
     BalanceResult,
@@ -19,7 +21,6 @@ from .models import (
     SetupResult,
     SpendCap,
 )
-from .errors import InvalidInputError
 from .settings import Settings
 
 T = TypeVar("T")
@@ -36,7 +37,7 @@ def expires_ms(expires_at: datetime | None) -> int | None:
     return int(expires_at.timestamp() * 1000)
 
 
-class RedisStore:
+class RedisStore(LedgerStoreMixin):
     """Credits, reservations and spend caps in Redis; every decision is one atomic Lua script.
 
     Build it with :meth:`from_url` (``RedisStore.from_url("redis://127.0.0.1:6379", namespace="ducto")``),

@@ -1,0 +1,1 @@
+"""The durable ledger: Redis Streams flushed into PostgreSQL, analytics, restore and reconcile."""
