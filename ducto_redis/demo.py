@@ -11,7 +11,7 @@ from .store import RedisStore
 def run_demo(store: RedisStore, echo: Callable[[str], None] = print) -> None:
     """Walk through deny and warn caps on ``store`` (the embedded MemoryStore by default)."""
     echo(f"store: {type(store).__name__} (namespace {store.settings.namespace!r})")
-    echo(f"setup: {store.setup().success and 'scripts loaded' or 'FAILED'}")
+    echo(f"setup: {'scripts loaded' if store.setup().success else 'FAILED'}")
 
     user = "demo-user"
     store.add_credits(user, 50_000, type="seed")

@@ -121,7 +121,7 @@ class KeySchema:
 
     def tag(self, shard: int) -> str:
         """The hash tag of shard ``shard``."""
-        return "{%s:%d}" % (self.namespace, shard)
+        return f"{{{self.namespace}:{shard}}}"
 
     def ledger_stream(self, shard: int) -> str:
         """The ledger stream of ``shard``."""
@@ -149,7 +149,7 @@ class KeySchema:
 
     def pattern(self) -> str:
         """A SCAN pattern matching every key of this namespace (operators' tools only)."""
-        return "{%s:*}*" % self.namespace
+        return f"{{{self.namespace}:*}}*"
 
     def _build(self, kind: str, account_id: str) -> AccountKeys:
         shard = shard_of(kind, account_id, self.shards)

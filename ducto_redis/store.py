@@ -167,7 +167,7 @@ class RedisStore(LedgerStoreMixin):
 
     def remove_spend_cap(self, user_id: str, cap_type: str = "daily", model: str | None = None) -> None:
         """Remove a user's cap of one period (and model)."""
-        cap = SpendCap(user_id=user_id, cap_type=cap_type, model=model)  # type: ignore[arg-type]
+        cap = SpendCap(user_id=user_id, cap_type=cap_type, model=model)  # type: ignore[arg-type,unused-ignore]
         self._run(self.core.set_spend_cap(cap, remove=True))
 
     def check_spend_cap(

@@ -38,7 +38,7 @@ def new_namespace() -> str:
 
 
 def drop_namespace(client: Any, namespace: str) -> None:
-    keys = list(client.scan_iter(match="{%s:*" % namespace, count=1000))
+    keys = list(client.scan_iter(match=f"{{{namespace}:*", count=1000))
     for i in range(0, len(keys), 500):
         client.delete(*keys[i : i + 500])
 
@@ -74,7 +74,7 @@ def snapshot(store: RedisStore) -> dict[str, Any]:
     """Every key of the store's namespace with its type, value and TTL presence."""
     c = store.client
     out: dict[str, Any] = {}
-    for key in sorted(c.scan_iter(match="{%s:*" % store.settings.namespace, count=1000)):
+    for key in sorted(c.scan_iter(match=f"{{{store.settings.namespace}:*", count=1000)):
         t = c.type(key)
         if t == "hash":
             v: Any = c.hgetall(key)

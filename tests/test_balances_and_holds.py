@@ -143,7 +143,7 @@ def test_holds_expire_after_their_ttl_and_the_credits_return(store: RedisStore) 
 def test_default_hold_ttl_is_ten_minutes_and_configurable(store: RedisStore) -> None:
     store.add_credits("u", 1000)
     r = store.reserve_credits("u", 100, "x")
-    entry = [e for e in ledger_entries(store) if e["kind"] == "hold"][0]
+    entry = next(e for e in ledger_entries(store) if e["kind"] == "hold")
     assert int(entry["exp"]) - int(entry["ts"]) == 600_000
     assert r.expires_at_ms == int(entry["exp"])
     advance(store, 599)
