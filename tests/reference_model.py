@@ -1,0 +1,145 @@
+"""A pure-Python reference model of the single-user rules: balances, holds with expiry, spend caps
+with calendar windows, idempotency. The model-based test drives it and a real store side by side.
+
+It is written from the README's semantics, not from the Lua, so a disagreement is a finding.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+
+DAY_MS = 86_400_000
+
+
+def bucket(period: str, now_ms: int) -> int:
+    """The calendar window a moment falls in: UTC day number, or year*12 + month - 1."""
+    if period == "d":
+        return now_ms // DAY_MS
+    d = datetime.fromtimestamp(now_ms / 1000, timezone.utc)
+    return d.year * 12 + d.month - 1
+
+
+@dataclass
+class Hold:
+    amount: int
+    expires_ms: int
+
+
+@dataclass
+class Account:
+    bal: int = 0
+    life: int = 0
+    holds: dict[str, Hold] = field(default_factory=dict)
+    # (period "d"/"m", model "" for all) -> (limit, action)
+    caps: dict[tuple[str, str], tuple[int, str]] = field(default_factory=dict)
+    # (period, bucket, "*" or model) -> spend
+    spend: dict[tuple[str, int, str], int] = field(default_factory=dict)
+    idem: dict[str, tuple[object, ...]] = field(default_factory=dict)
+    credits_in: int = 0
+    debits_out: int = 0
+
+    def held(self, now_ms: int) -> int:
+        return sum(h.amount for h in self.holds.values() if h.expires_ms > now_ms)
+
+    def sweep(self, now_ms: int) -> None:
+        for rid in [r for r, h in self.holds.items() if h.expires_ms <= now_ms]:
+            del self.holds[rid]
+
+    def window(self, period: str, now_ms: int, scope: str) -> int:
+        return self.spend.get((period, bucket(period, now_ms), scope), 0)
+
+
+class Model:
+    """The rules, one account at a time."""
+
+    def __init__(self) -> None:
+        self.accounts: dict[str, Account] = {}
+
+    def acct(self, user: str) -> Account:
+        return self.accounts.setdefault(user, Account())
+
+    def add_credits(self, user: str, amount: int, tx_type: str, key: str | None) -> tuple[object, ...]:
+        a = self.acct(user)
+        if key and key in a.idem:
+            return a.idem[key]
+        a.bal += amount
+        a.credits_in += amount
+        if tx_type == "purchase":
+            a.life += amount
+        result: tuple[object, ...] = ("ok", a.bal)
+        if key:
+            a.idem[key] = result
+        return result
+
+    def reserve(self, user: str, amount: int, min_balance: int, now: int, ttl_ms: int) -> bool:
+        a = self.acct(user)
+        a.sweep(now)
+        return a.bal - a.held(now) - amount >= min_balance
+
+    def record_hold(self, user: str, rid: str, amount: int, expires_ms: int) -> None:
+        self.acct(user).holds[rid] = Hold(amount, expires_ms)
+
+    def _caps_deny(self, a: Account, model: str, amount: int, now: int) -> tuple[bool, str | None]:
+        deny, action = False, None
+        for (period, cap_model), (limit, act) in a.caps.items():
+            if cap_model not in ("", model):
+                continue
+            spent = a.window(period, now, "*" if cap_model == "" else cap_model)
+            if spent + amount > limit:
+                if act == "deny":
+                    deny = True
+                elif action is None or act == "warn":
+                    action = act
+        return deny, action
+
+    def debit(
+        self, user: str, amount: int, rid: str | None, model: str, key: str | None, now: int
+    ) -> tuple[object, ...]:
+        """Settle ``rid`` (or charge when None). Returns (status, balance after, cap action)."""
+        a = self.acct(user)
+        if key and key in a.idem:
+            return a.idem[key]
+        a.sweep(now)
+        hold = 0
+        if rid is not None:
+            if rid not in a.holds:
+                return ("reservation_not_found", a.bal, None)
+            hold = a.holds[rid].amount
+        deny, action = self._caps_deny(a, model, amount, now)
+        if deny:
+            if rid is not None:
+                del a.holds[rid]
+                result: tuple[object, ...] = ("spend_cap_exceeded", a.bal, "deny")
+                if key:
+                    a.idem[key] = result
+                return result
+            return ("spend_cap_exceeded", a.bal, "deny")
+        need = amount - hold
+        if need > 0 and a.bal - a.held(now) - need < 0:
+            return ("insufficient_credits", a.bal, None)
+        a.bal -= amount
+        a.debits_out += amount
+        if rid is not None:
+            del a.holds[rid]
+        if amount > 0:
+            for period in ("d", "m"):
+                b = bucket(period, now)
+                a.spend[(period, b, "*")] = a.spend.get((period, b, "*"), 0) + amount
+                if model:
+                    a.spend[(period, b, model)] = a.spend.get((period, b, model), 0) + amount
+        result = ("ok", a.bal, action)
+        if key:
+            a.idem[key] = result
+        return result
+
+    def release(self, user: str, rid: str, now: int) -> str:
+        a = self.acct(user)
+        a.sweep(now)
+        if rid not in a.holds:
+            return "reservation_not_found"
+        del a.holds[rid]
+        return "ok"
+
+    def set_cap(self, user: str, period: str, model: str, limit: int, action: str) -> None:
+        self.acct(user).caps[(period, model)] = (limit, action)

@@ -1,0 +1,166 @@
+"""Model-based test: random operations on a real store and on the reference model must agree.
+
+After every step: balance, held, lifetime, each cap's current spend, and the conservation
+invariant (credits in − debits out = balance; held ≤ balance) match. Time is controlled with the
+store's test clock, so hold expiry and day/month window rollovers happen within the run.
+Runs on MemoryStore and on the real Redis. ``--slow`` runs many more examples.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import pytest
+from conftest import REDIS_URL, drop_namespace, ledger_entries, new_namespace
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import Bundle, RuleBasedStateMachine, consumes, initialize, invariant, rule
+from reference_model import Model
+
+from ducto_redis import CreditMetadata, MemoryStore, RedisStore, SpendCap
+
+USERS = ["alice", "b{o}b:1"]
+MODELS = ["", "gpt-4"]
+# advances never land near the 600 s hold TTL, so real-time drift cannot flip an expiry
+ADVANCES = [7 * 60, 3600, 86_400, 31 * 86_400]
+
+SLOW = os.environ.get("DUCTO_SLOW") == "1"
+
+
+def make_machine(backend: str) -> type[RuleBasedStateMachine]:
+    class StoreVersusModel(RuleBasedStateMachine):
+        holds = Bundle("holds")
+
+        def __init__(self) -> None:
+            super().__init__()
+            ns = new_namespace()
+            self.store: RedisStore = (
+                MemoryStore(ns) if backend == "memory" else RedisStore.from_url(REDIS_URL, namespace=ns)
+            )
+            self.model = Model()
+            self.keys: list[str] = []
+            self.ops = 0
+
+        def now(self) -> int:
+            sec, usec = self.store.client.time()
+            return int(sec) * 1000 + int(usec) // 1000 + self.store.core.clock_offset_ms
+
+        def teardown(self) -> None:
+            if backend == "redis":
+                drop_namespace(self.store.client, self.store.settings.namespace)
+                self.store.close()
+
+        @initialize(start=st.lists(st.integers(0, 120), min_size=len(USERS), max_size=len(USERS)))
+        def fund(self, start: list[int]) -> None:
+            for user, amount in zip(USERS, start):
+                self.store.add_credits(user, amount, type="purchase")
+                self.model.add_credits(user, amount, "purchase", None)
+
+        @rule(user=st.sampled_from(USERS), amount=st.integers(0, 60),
+              tx_type=st.sampled_from(["purchase", "adjustment"]), key=st.sampled_from([None, "k1", "k2", "k3"]))
+        def add_credits(self, user: str, amount: int, tx_type: str, key: str | None) -> None:
+            self.ops += 1
+            r = self.store.add_credits(user, amount, type=tx_type, idempotency_key=key)
+            expected = self.model.add_credits(user, amount, tx_type, key)
+            assert r.new_balance == expected[1]
+
+        @rule(target=holds, user=st.sampled_from(USERS), amount=st.integers(1, 30),
+              min_balance=st.sampled_from([0, 5, 10]))
+        def reserve(self, user: str, amount: int, min_balance: int) -> tuple[str, str, int]:
+            self.ops += 1
+            now = self.now()
+            ok = self.model.reserve(user, amount, min_balance, now, 600_000)
+            r = self.store.reserve_credits(user, amount, "op", min_balance=min_balance)
+            assert (r.error is None) == ok, (r, ok)
+            if ok:
+                self.model.record_hold(user, r.reservation_id, amount, r.expires_at_ms)
+                return (user, r.reservation_id, amount)
+            return (user, "never-reserved", amount)
+
+        @rule(h=consumes(holds), delta=st.sampled_from([-10, -5, -1, 0, 1, 5, 10]), model=st.sampled_from(MODELS),
+              key=st.sampled_from([None, "d1", "d2"]))
+        def settle(self, h: tuple[str, str, int], delta: int, model: str, key: str | None) -> None:
+            self.ops += 1
+            user, rid, amount = h
+            actual = max(0, amount + delta)
+            meta = CreditMetadata(model=model) if model else None
+            expected = self.model.debit(user, actual, rid, model, key, self.now())
+            d = self.store.deduct_credits(user, rid, actual, idempotency_key=key, metadata=meta)
+            assert (d.error or "ok", d.balance_after, d.cap_action) == expected
+
+        @rule(h=consumes(holds))
+        def release(self, h: tuple[str, str, int]) -> None:
+            self.ops += 1
+            user, rid, _ = h
+            expected = self.model.release(user, rid, self.now())
+            assert (self.store.release_reservation(user, rid).error or "ok") == expected
+
+        @rule(h=holds)
+        def settle_again_or_replay(self, h: tuple[str, str, int]) -> None:
+            """A hold that may already be resolved: resolving it again must not move money twice."""
+            self.ops += 1
+            user, rid, amount = h
+            expected = self.model.debit(user, amount, rid, "", None, self.now())
+            d = self.store.deduct_credits(user, rid, amount)
+            assert (d.error or "ok", d.balance_after, d.cap_action) == expected
+
+        @rule(user=st.sampled_from(USERS), amount=st.sampled_from([1, 2, 5, 10, 20]), model=st.sampled_from(MODELS),
+              key=st.sampled_from([None, "c1", "c2", "c3"]))
+        def charge(self, user: str, amount: int, model: str, key: str | None) -> None:
+            self.ops += 1
+            meta = CreditMetadata(model=model) if model else None
+            expected = self.model.debit(user, amount, None, model, key, self.now())
+            d = self.store.charge(user, amount, "req", idempotency_key=key, metadata=meta)
+            assert (d.error or "ok", d.balance_after, d.cap_action) == expected
+
+        @rule(user=st.sampled_from(USERS), period=st.sampled_from(["d", "m"]), model=st.sampled_from(MODELS),
+              limit=st.sampled_from([0, 5, 10, 20, 30, 50]), action=st.sampled_from(["deny", "warn", "notify"]))
+        def set_cap(self, user: str, period: str, model: str, limit: int, action: str) -> None:
+            self.ops += 1
+            self.store.set_spend_cap(SpendCap(user_id=user, cap_type="daily" if period == "d" else "monthly",
+                                              model=model or None, limit=limit, action=action))  # type: ignore[arg-type]
+            self.model.set_cap(user, period, model, limit, action)
+
+        @rule(seconds=st.sampled_from(ADVANCES))
+        def advance_clock(self, seconds: int) -> None:
+            self.store.core.clock_offset_ms += seconds * 1000
+
+        @invariant()
+        def state_agrees(self) -> None:
+            now = self.now()
+            for user in USERS:
+                m = self.model.acct(user)
+                b = self.store.get_balance(user)
+                assert (b.balance, b.held, b.lifetime_purchased) == (m.bal, m.held(now), m.life), user
+                assert m.credits_in - m.debits_out == b.balance  # conservation
+                assert 0 <= b.held and b.balance >= 0
+                for (period, model), (limit, action) in m.caps.items():
+                    scope = "*" if model == "" else model
+                    c = self.store.check_spend_cap(user, model=model or None)
+                    if model == "" and c.model is None and c.cap_type == ("daily" if period == "d" else "monthly"):
+                        assert c.current_spend == m.window(period, now, scope)
+
+        @invariant()
+        def ledger_sums_equal_balances(self) -> None:
+            entries = ledger_entries(self.store)
+            for user in USERS:
+                total = sum(int(e["amount"]) for e in entries if e["acct"] == user)
+                assert total == self.model.acct(user).bal
+
+    StoreVersusModel.__name__ = f"StoreVersusModel_{backend}"
+    return StoreVersusModel
+
+
+EXAMPLES = 400 if SLOW else 60
+STEPS = 80 if SLOW else 40
+
+
+@pytest.mark.parametrize("backend", ["memory", "redis"])
+def test_store_agrees_with_the_reference_model(backend: str, redis_client: Any) -> None:
+    machine = make_machine(backend)
+    machine.TestCase.settings = settings(
+        max_examples=EXAMPLES, stateful_step_count=STEPS, deadline=None,
+        suppress_health_check=list(HealthCheck),
+    )
+    machine.TestCase().runTest()
