@@ -16,7 +16,7 @@ from conftest import REDIS_URL, drop_namespace, ledger_entries, new_namespace
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import Bundle, RuleBasedStateMachine, consumes, initialize, invariant, rule
-from reference_model import Model
+from reference_model import Model, bucket
 
 from ducto_redis import CreditMetadata, MemoryStore, RedisStore, SpendCap
 
@@ -53,7 +53,7 @@ def make_machine(backend: str) -> type[RuleBasedStateMachine]:
 
         @initialize(start=st.lists(st.integers(0, 120), min_size=len(USERS), max_size=len(USERS)))
         def fund(self, start: list[int]) -> None:
-            for user, amount in zip(USERS, start):
+            for user, amount in zip(USERS, start, strict=True):
                 self.store.add_credits(user, amount, type="purchase")
                 self.model.add_credits(user, amount, "purchase", None)
 
@@ -134,12 +134,18 @@ def make_machine(backend: str) -> type[RuleBasedStateMachine]:
                 b = self.store.get_balance(user)
                 assert (b.balance, b.held, b.lifetime_purchased) == (m.bal, m.held(now), m.life), user
                 assert m.credits_in - m.debits_out == b.balance  # conservation
-                assert 0 <= b.held and b.balance >= 0
-                for (period, model), (limit, action) in m.caps.items():
+                assert b.held >= 0 and b.balance >= 0
+                keys = self.store.core.keys.user(user)
+                for period, model in m.caps:
+                    # each cap's current spend, as the debit script will read it
                     scope = "*" if model == "" else model
+                    window = keys.day_window if period == "d" else keys.month_window
+                    b_stored, spent = self.store.client.hmget(window, "_b", scope if model == "" else "m|" + model)
+                    stored = int(spent or 0) if b_stored is not None and int(b_stored) == bucket(period, now) else 0
+                    assert stored == m.window(period, now, scope), (user, period, model)
                     c = self.store.check_spend_cap(user, model=model or None)
                     if model == "" and c.model is None and c.cap_type == ("daily" if period == "d" else "monthly"):
-                        assert c.current_spend == m.window(period, now, scope)
+                        assert c.current_spend == stored
 
         @invariant()
         def ledger_sums_equal_balances(self) -> None:
