@@ -1,5 +1,6 @@
 """ducto-redis: atomic credits, reservations, spend caps and team pools on Redis, API-compatible with ducto 1.0."""
 
+from .aio import AsyncMemoryStore, AsyncRedisStore
 from .errors import (
     ConfigError,
     DuctoError,
@@ -46,6 +47,8 @@ from .store import RedisStore
 __version__ = "0.1.0"
 
 __all__ = [
+    "AsyncMemoryStore",
+    "AsyncRedisStore",
     "AddCreditsResult",
     "AddTeamMemberResult",
     "AggregateStatsRow",
