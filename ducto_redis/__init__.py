@@ -47,12 +47,12 @@ from .store import RedisStore
 __version__ = "0.1.0"
 
 __all__ = [
-    "AsyncMemoryStore",
-    "AsyncRedisStore",
     "AddCreditsResult",
     "AddTeamMemberResult",
     "AggregateStatsRow",
     "AllowanceResult",
+    "AsyncMemoryStore",
+    "AsyncRedisStore",
     "BalanceResult",
     "CapCheckResult",
     "ConfigError",
