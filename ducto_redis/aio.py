@@ -7,13 +7,16 @@ client over an in-process server, running the same Lua scripts.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any, TypeVar
 
 import fakeredis
 import redis
 import redis.asyncio as aioredis
+from redis.exceptions import NoScriptError
 
+from .batch import Batch, ChargeRequest, charge_calls
 from .core import Call, StoreCore
 from .models import (
     AddCreditsResult,
@@ -53,6 +56,24 @@ class AsyncRedisStore:
         if call.script is None:
             return call.parse(None)
         return call.parse(await call.script.run_async(self.client, call.keys, call.args))
+
+    async def _run_many(self, calls: Sequence[Call[T]]) -> list[T]:
+        batch = Batch(calls, self.core.scripts)
+        if not batch.calls:
+            return batch.assemble([])
+        pipe = self.client.pipeline(transaction=False)
+        for c in batch.calls:
+            assert c.script is not None
+            pipe.evalsha(c.script.sha, len(c.keys), *c.keys, *c.args)
+        replies = await pipe.execute(raise_on_error=False)
+        for i, reply in enumerate(replies):
+            if isinstance(reply, NoScriptError):  # that call did nothing: load and run it alone
+                c = batch.calls[i]
+                assert c.script is not None
+                replies[i] = await c.script.run_async(self.client, c.keys, c.args)
+            elif isinstance(reply, Exception):
+                raise reply
+        return batch.assemble(replies)
 
     async def setup(self, database_url: str | None = None) -> SetupResult:
         """Load every Lua script into Redis (SCRIPT LOAD)."""
@@ -138,6 +159,12 @@ class AsyncRedisStore:
         return await self._run(
             self.core.charge(user_id, amount, operation_type, idempotency_key, metadata, min_balance)
         )
+
+    async def charge_many(
+        self, requests: Sequence[ChargeRequest | Mapping[str, Any]]
+    ) -> list[DeductionResult]:
+        """See :meth:`RedisStore.charge_many`."""
+        return await self._run_many(charge_calls(self.core, requests))
 
     # ── spend caps ────────────────────────────────────────────────────
 

@@ -19,6 +19,7 @@ SCRIPT_NAMES = (
     "add_credits",
     "reserve",
     "debit",
+    "debit_many",
     "release",
     "set_cap",
     "balance",

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
 from typing import Any, TypeVar
 
 import redis
+from redis.exceptions import NoScriptError
 
+from .batch import Batch, ChargeRequest, charge_calls
 from .core import Call, StoreCore
 from .errors import InvalidInputError
 from .ledger.store_api import LedgerStoreMixin
@@ -73,6 +76,24 @@ class RedisStore(LedgerStoreMixin):
         if call.script is None:
             return call.parse(None)
         return call.parse(call.script.run(self.client, call.keys, call.args))
+
+    def _run_many(self, calls: Sequence[Call[T]]) -> list[T]:
+        batch = Batch(calls, self.core.scripts)
+        if not batch.calls:
+            return batch.assemble([])
+        pipe = self.client.pipeline(transaction=False)
+        for c in batch.calls:
+            assert c.script is not None
+            pipe.evalsha(c.script.sha, len(c.keys), *c.keys, *c.args)
+        replies = pipe.execute(raise_on_error=False)
+        for i, reply in enumerate(replies):
+            if isinstance(reply, NoScriptError):  # that call did nothing: load and run it alone
+                c = batch.calls[i]
+                assert c.script is not None
+                replies[i] = c.script.run(self.client, c.keys, c.args)
+            elif isinstance(reply, Exception):
+                raise reply
+        return batch.assemble(replies)
 
     def setup(self, database_url: str | None = None) -> SetupResult:
         """Load every Lua script into Redis (SCRIPT LOAD). Safe to call again."""
@@ -158,6 +179,14 @@ class RedisStore(LedgerStoreMixin):
         return self._run(
             self.core.charge(user_id, amount, operation_type, idempotency_key, metadata, min_balance)
         )
+
+    def charge_many(self, requests: Sequence[ChargeRequest | Mapping[str, Any]]) -> list[DeductionResult]:
+        """Many ``charge`` decisions in one round trip (one script call per shard), results in order.
+
+        Each request is a :class:`ChargeRequest` or a dict of ``charge``'s arguments. Every decision
+        is all-or-nothing on its own, exactly as if ``charge`` were called once per request.
+        """
+        return self._run_many(charge_calls(self.core, requests))
 
     # ── spend caps ────────────────────────────────────────────────────
 

@@ -210,3 +210,83 @@ local function backlog_full(stream, limit, policy)
   if limit <= 0 or policy ~= 'closed' then return false end
   return redis.call('XLEN', stream) >= limit
 end
+
+-- One user debit (settle or charge): the body of debit.lua, shared with debit_many.lua.
+-- K: the 9 keys and A: the 16 arguments of debit.lua, in its order. Returns debit.lua's reply.
+local function user_debit(K, A)
+  local acct, holds, hexp, caps_key, wd, wm, idem, stream, events =
+    K[1], K[2], K[3], K[4], K[5], K[6], K[7], K[8], K[9]
+  local again = replay(idem, A[9])
+  if again then return again end
+
+  if backlog_full(stream, A[15], A[16]) then
+    return { 'ledger_backlog_full', '0', '', A[5], '0', '0', '' }
+  end
+  local now = now_ms(A[1])
+  local tx, aid, rid, akind = A[2], A[3], A[4], A[14]
+  local amount = tonumber(A[5])
+  local op, model = A[6], A[7]
+  local held = sweep_holds(acct, holds, hexp, now, stream, akind, aid)
+  local bal = tonumber(redis.call('HGET', acct, 'bal')) or 0
+
+  local hold = 0
+  if rid ~= '' then
+    local h = redis.call('HGET', holds, rid)
+    if not h then
+      return { 'reservation_not_found', '0', '', I(amount), I(bal), I(held), '' }
+    end
+    local ha, _, hop = string.match(h, '^(%d+)|(%d+)|(.*)$')
+    hold = tonumber(ha)
+    if op == '' then op = hop end
+  end
+
+  local caps = applicable_caps(caps_key, model)
+  local deny, warns = evaluate_caps(caps, wd, wm, now, amount)
+  if deny then
+    cap_event(events, A[12], 'credits.cap_reached', now, akind, aid, deny, amount, tx)
+    if rid == '' then
+      return { 'spend_cap_exceeded', '0', '', I(amount), I(bal), I(held), 'deny' }
+    end
+    -- refusing a settlement releases the hold: the reserved credits stay the user's
+    held = held - hold
+    redis.call('HSET', acct, 'held', I(held))
+    redis.call('HDEL', holds, rid)
+    redis.call('ZREM', hexp, rid)
+    ledger(stream, { 'id', tx, 'ts', I(now), 'ak', akind, 'acct', aid, 'kind', 'release', 'amount', '0',
+      'hold', I(hold), 'bal', I(bal), 'held', I(held), 'rid', rid, 'op', op, 'model', model,
+      'idem', A[10], 'reason', 'spend_cap_exceeded', 'meta', A[8] })
+    return remember(idem, A[9], A[11],
+      { 'spend_cap_exceeded', '0', tx, I(amount), I(bal), I(held), 'deny' })
+  end
+
+  -- the hold covers up to its amount; anything beyond must come from the available balance
+  local need = amount - hold
+  local floor = rid == '' and tonumber(A[13]) or 0
+  if need > 0 and bal - held - need < floor then
+    return { 'insufficient_credits', '0', '', I(amount), I(bal), I(held), '' }
+  end
+
+  bal = bal - amount
+  if rid ~= '' then
+    held = held - hold
+    redis.call('HDEL', holds, rid)
+    redis.call('ZREM', hexp, rid)
+    redis.call('HSET', acct, 'bal', I(bal), 'held', I(held))
+  else
+    redis.call('HSET', acct, 'bal', I(bal))
+  end
+  if amount > 0 then record_spend(wd, wm, now, amount, model) end
+
+  local action = ''
+  for _, c in ipairs(warns) do
+    cap_event(events, A[12], c[4] == 'warn' and 'credits.cap_warning' or 'credits.cap_reached',
+      now, akind, aid, c, amount, tx)
+    if action == '' or c[4] == 'warn' then action = c[4] end
+  end
+
+  ledger(stream, { 'id', tx, 'ts', I(now), 'ak', akind, 'acct', aid, 'kind', rid ~= '' and 'settle' or 'debit',
+    'amount', I(-amount), 'hold', rid ~= '' and I(hold) or '', 'bal', I(bal), 'held', I(held), 'rid', rid,
+    'op', op, 'model', model, 'idem', A[10], 'cap', action, 'meta', A[8] })
+
+  return remember(idem, A[9], A[11], { 'ok', '0', tx, I(amount), I(bal), I(held), action })
+end

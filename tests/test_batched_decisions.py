@@ -1,0 +1,107 @@
+"""charge_many: batched decisions equal the same decisions made one by one."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from typing import Any
+
+import pytest
+from conftest import make_store, snapshot
+
+from ducto_redis import CreditMetadata, InvalidInputError, RedisStore, SpendCap
+from ducto_redis.aio import AsyncMemoryStore
+from ducto_redis.batch import ChargeRequest
+
+VOLATILE = {"transaction_id"}
+
+
+def workload(seed: int) -> list[dict[str, Any]]:
+    rnd = random.Random(seed)
+    reqs: list[dict[str, Any]] = []
+    for _ in range(300):
+        reqs.append({
+            "user_id": f"user-{rnd.randint(0, 30)}",
+            "amount": rnd.choice([0, 1, 5, 20, 90, 2**53]),  # 0 and 2**53 are invalid_amount
+            "operation_type": "req",
+            "idempotency_key": rnd.choice([None, None, f"k{rnd.randint(0, 20)}"]),
+            "metadata": rnd.choice([None, CreditMetadata(model="gpt-4")]),
+        })
+    return reqs
+
+
+def prepare(store: RedisStore) -> None:
+    for u in range(31):
+        store.add_credits(f"user-{u}", 400)
+        if u % 3 == 0:
+            store.set_spend_cap(SpendCap(user_id=f"user-{u}", limit=150))
+        if u % 5 == 0:
+            store.set_spend_cap(SpendCap(user_id=f"user-{u}", model="gpt-4", limit=60, action="warn"))
+
+
+def strip(results: list[Any]) -> list[dict[str, Any]]:
+    return [{k: v for k, v in r.model_dump().items() if k not in VOLATILE} for r in results]
+
+
+def test_batched_charges_equal_the_same_charges_one_by_one(store: RedisStore, redis_client: Any) -> None:
+    kind = "memory" if type(store).__name__ == "MemoryStore" else "redis"
+    single = make_store(kind, redis_client)
+    try:
+        prepare(store)
+        prepare(single)
+        reqs = workload(1)
+        batched = store.charge_many(reqs)
+        one_by_one = [single.charge(**r) for r in reqs]
+        assert strip(batched) == strip(one_by_one)
+        assert {r.error for r in batched} >= {None, "invalid_amount", "spend_cap_exceeded", "insufficient_credits"}
+        for u in range(31):
+            assert store.get_balance(f"user-{u}") == single.get_balance(f"user-{u}")
+    finally:
+        if kind == "redis":
+            from conftest import drop_namespace
+
+            drop_namespace(redis_client, single.settings.namespace)
+
+
+def test_a_batch_uses_one_script_call_per_shard(store: RedisStore) -> None:
+    from ducto_redis.batch import Batch, charge_calls
+
+    reqs = [ChargeRequest(f"u{i % 7}", 1, "req") for i in range(100)]
+    batch = Batch(charge_calls(store.core, reqs), store.core.scripts)
+    shards = {store.core.keys.user(f"u{i}").shard for i in range(7)}
+    assert len(batch.calls) == len(shards)
+
+
+def test_batched_charges_survive_script_flush(store: RedisStore) -> None:
+    store.add_credits("a", 10)
+    store.add_credits("b", 10)
+    store.client.script_flush()
+    out = store.charge_many([ChargeRequest("a", 3, "x"), ChargeRequest("b", 11, "x"), ChargeRequest("a", 3, "x")])
+    assert [(r.error, r.balance_after) for r in out] == [(None, 7), ("insufficient_credits", 10), (None, 4)]
+
+
+def test_a_bad_request_in_a_batch_raises_before_anything_is_written(store: RedisStore) -> None:
+    store.add_credits("a", 10)
+    before = snapshot(store)
+    with pytest.raises(InvalidInputError, match="amount"):
+        store.charge_many([ChargeRequest("a", 3, "x"), ChargeRequest("a", 1.5, "x")])  # type: ignore[arg-type]
+    assert snapshot(store) == before
+
+
+def test_async_charge_many_matches_sync() -> None:
+    from ducto_redis import MemoryStore
+
+    sync = MemoryStore()
+    aio = AsyncMemoryStore()
+    prepare(sync)
+
+    async def go() -> list[Any]:
+        for u in range(31):
+            await aio.add_credits(f"user-{u}", 400)
+            if u % 3 == 0:
+                await aio.set_spend_cap(SpendCap(user_id=f"user-{u}", limit=150))
+            if u % 5 == 0:
+                await aio.set_spend_cap(SpendCap(user_id=f"user-{u}", model="gpt-4", limit=60, action="warn"))
+        return await aio.charge_many(workload(2))
+
+    assert strip(asyncio.run(go())) == strip(sync.charge_many(workload(2)))
