@@ -24,6 +24,7 @@ from .models import (
     CapCheckResult,
     CreditMetadata,
     DeductionResult,
+    RateLimitResult,
     ReleaseResult,
     ReserveResult,
     SetupResult,
@@ -165,6 +166,18 @@ class AsyncRedisStore:
     ) -> list[DeductionResult]:
         """See :meth:`RedisStore.charge_many`."""
         return await self._run_many(charge_calls(self.core, requests))
+
+    # ── request-rate limits ───────────────────────────────────────────
+
+    async def set_rate_limit(
+        self, user_id: str, limit: int | None, period_seconds: float = 1.0, burst: int | None = None
+    ) -> None:
+        """See :meth:`RedisStore.set_rate_limit`."""
+        await self._run(self.core.set_rate_limit(user_id, limit, period_seconds, burst))
+
+    async def hit_rate_limit(self, user_id: str) -> RateLimitResult:
+        """See :meth:`RedisStore.hit_rate_limit`."""
+        return await self._run(self.core.hit_rate_limit(user_id))
 
     # ── spend caps ────────────────────────────────────────────────────
 

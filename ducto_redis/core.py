@@ -25,6 +25,7 @@ from .models import (
     CapCheckResult,
     CreditMetadata,
     DeductionResult,
+    RateLimitResult,
     ReleaseResult,
     ReserveResult,
     SpendCap,
@@ -333,9 +334,12 @@ class StoreCore:
 
         def parse(raw_reply: Any) -> DeductionResult:
             r = _reply(raw_reply, 7)
+            rate = len(r) > 8
             return DeductionResult.model_construct(
                 transaction_id=r[2], user_id=uid, amount=-int(r[3]), balance_after=int(r[4]),
                 idempotent=r[1] == "1", error=_err(r[0]), cap_action=r[6] or None,
+                retry_after_ms=int(r[7]) if rate else 0,
+                rate_limit_remaining=int(r[8]) if rate and r[8] else None,
             )
 
         keys = [
@@ -375,6 +379,43 @@ class StoreCore:
             user_id, amount, operation_type=operation_type, idempotency_key=idempotency_key,
             metadata=metadata, min_balance=min_balance,
         )
+
+    # request-rate limits
+
+    def set_rate_limit(
+        self, user_id: str, limit: int | None, period_seconds: float = 1.0, burst: int | None = None
+    ) -> Call[None]:
+        """Allow ``limit`` requests per ``period_seconds`` (GCRA), ``burst`` at once (default ``limit``).
+
+        ``limit=None`` removes the limit. Checked by ``charge`` in the same script as caps and balance.
+        """
+        uid = check_id(user_id, "user_id")
+        k = self.keys.user(uid)
+        value = ""
+        if limit is not None:
+            n = check_amount(limit, "limit", 1)
+            if isinstance(period_seconds, bool) or not isinstance(period_seconds, (int, float)) or not (
+                0.001 <= period_seconds <= 366 * 86400
+            ):
+                raise InvalidInputError("period_seconds", "must be a number of seconds from 0.001 to 366 days")
+            b = n if burst is None else check_amount(burst, "burst", 1)
+            value = f"{n}|{round(period_seconds * 1000)}|{b}"
+        args = [self._offset(), new_id(), USER, uid, value]
+        return Call(self.scripts["set_rate_limit"], [k.account, k.ledger], args, lambda _r: None)
+
+    def hit_rate_limit(self, user_id: str) -> Call[RateLimitResult]:
+        """Admit one request against the user's rate limit without moving money."""
+        uid = check_id(user_id, "user_id")
+        k = self.keys.user(uid)
+
+        def parse(raw: Any) -> RateLimitResult:
+            r = _reply(raw, 4)
+            return RateLimitResult.model_construct(
+                user_id=uid, allowed=r[0] == "ok", retry_after_ms=int(r[2]),
+                remaining=int(r[3]) if r[3] else None, error=_err(r[0]),
+            )
+
+        return Call(self.scripts["hit_rate_limit"], [k.account], [self._offset()], parse)
 
     # spend caps
 

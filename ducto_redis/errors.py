@@ -16,6 +16,7 @@ TRANSACTION_NOT_FOUND = "transaction_not_found"
 ALREADY_REFUNDED = "already_refunded"
 RESERVATION_NOT_FOUND = "reservation_not_found"
 LEDGER_BACKLOG_FULL = "ledger_backlog_full"
+RATE_LIMITED = "rate_limited"
 
 ERROR_CODES = frozenset(
     {
@@ -30,6 +31,7 @@ ERROR_CODES = frozenset(
         ALREADY_REFUNDED,
         RESERVATION_NOT_FOUND,
         LEDGER_BACKLOG_FULL,
+        RATE_LIMITED,
     }
 )
 

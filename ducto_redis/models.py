@@ -127,6 +127,8 @@ class DeductionResult(BaseModel):
     idempotent: bool = False
     error: str | None = None
     cap_action: str | None = None
+    retry_after_ms: int = 0
+    rate_limit_remaining: int | None = None
 
 
 class ReleaseResult(BaseModel):
@@ -138,6 +140,16 @@ class ReleaseResult(BaseModel):
     balance: int = 0
     held: int = 0
     idempotent: bool = False
+    error: str | None = None
+
+
+class RateLimitResult(BaseModel):
+    """Whether one request was admitted by an account's rate limit (``remaining`` None: no limit)."""
+
+    user_id: str
+    allowed: bool
+    retry_after_ms: int = 0
+    remaining: int | None = None
     error: str | None = None
 
 

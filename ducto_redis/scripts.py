@@ -24,6 +24,8 @@ SCRIPT_NAMES = (
     "set_cap",
     "balance",
     "check_cap",
+    "set_rate_limit",
+    "hit_rate_limit",
 )
 
 

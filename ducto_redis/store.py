@@ -19,6 +19,7 @@ from .models import (
     CapCheckResult,
     CreditMetadata,
     DeductionResult,
+    RateLimitResult,
     ReleaseResult,
     ReserveResult,
     SetupResult,
@@ -187,6 +188,18 @@ class RedisStore(LedgerStoreMixin):
         is all-or-nothing on its own, exactly as if ``charge`` were called once per request.
         """
         return self._run_many(charge_calls(self.core, requests))
+
+    # ── request-rate limits ───────────────────────────────────────────
+
+    def set_rate_limit(
+        self, user_id: str, limit: int | None, period_seconds: float = 1.0, burst: int | None = None
+    ) -> None:
+        """Allow ``limit`` requests per ``period_seconds`` (GCRA); ``None`` removes it. Checked by ``charge``."""
+        self._run(self.core.set_rate_limit(user_id, limit, period_seconds, burst))
+
+    def hit_rate_limit(self, user_id: str) -> RateLimitResult:
+        """Admit one request against the rate limit without moving money (free routes)."""
+        return self._run(self.core.hit_rate_limit(user_id))
 
     # ── spend caps ────────────────────────────────────────────────────
 

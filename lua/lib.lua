@@ -211,6 +211,23 @@ local function backlog_full(stream, limit, policy)
   return redis.call('XLEN', stream) >= limit
 end
 
+-- Request-rate limit (GCRA) kept in the account hash: 'rl' = "limit|period_ms|burst", 'tat' = the
+-- theoretical arrival time (ms). Returns allowed, new tat (to store on success), retry-after ms,
+-- remaining requests; nil when the account has no rate limit.
+local function gcra(acct, now)
+  local cfg = redis.call('HMGET', acct, 'rl', 'tat')
+  if not cfg[1] then return nil end
+  local limit, period, burst = string.match(cfg[1], '^(%d+)|(%d+)|(%d+)$')
+  local t = tonumber(period) / tonumber(limit)
+  local window = tonumber(burst) * t
+  local tat = math.max(tonumber(cfg[2]) or now, now)
+  local new_tat = tat + t
+  if new_tat - now > window then
+    return false, nil, math.ceil(new_tat - window - now), 0
+  end
+  return true, math.ceil(new_tat), 0, math.floor((window - (new_tat - now)) / t)
+end
+
 -- One user debit (settle or charge): the body of debit.lua, shared with debit_many.lua.
 -- K: the 9 keys and A: the 16 arguments of debit.lua, in its order. Returns debit.lua's reply.
 local function user_debit(K, A)
@@ -239,6 +256,16 @@ local function user_debit(K, A)
     hold = tonumber(ha)
     if op == '' then op = hop end
   end
+
+  -- request-rate limit: charges only (a settlement belongs to a request already admitted)
+  local rl_ok, rl_tat, rl_retry, rl_left = nil, nil, 0, nil
+  if rid == '' then
+    rl_ok, rl_tat, rl_retry, rl_left = gcra(acct, now)
+    if rl_ok == false then
+      return { 'rate_limited', '0', '', I(amount), I(bal), I(held), '', I(rl_retry), '0' }
+    end
+  end
+  local rl_remaining = rl_left and I(rl_left) or ''
 
   local caps = applicable_caps(caps_key, model)
   local deny, warns = evaluate_caps(caps, wd, wm, now, amount)
@@ -275,6 +302,7 @@ local function user_debit(K, A)
   else
     redis.call('HSET', acct, 'bal', I(bal))
   end
+  if rl_tat then redis.call('HSET', acct, 'tat', I(rl_tat)) end
   if amount > 0 then record_spend(wd, wm, now, amount, model) end
 
   local action = ''
@@ -288,5 +316,5 @@ local function user_debit(K, A)
     'amount', I(-amount), 'hold', rid ~= '' and I(hold) or '', 'bal', I(bal), 'held', I(held), 'rid', rid,
     'op', op, 'model', model, 'idem', A[10], 'cap', action, 'meta', A[8] })
 
-  return remember(idem, A[9], A[11], { 'ok', '0', tx, I(amount), I(bal), I(held), action })
+  return remember(idem, A[9], A[11], { 'ok', '0', tx, I(amount), I(bal), I(held), action, '0', rl_remaining })
 end
