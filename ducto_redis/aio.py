@@ -7,6 +7,7 @@ client over an in-process server, running the same Lua scripts.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any, TypeVar
@@ -44,6 +45,9 @@ class AsyncRedisStore:
         self.settings = Settings.model_validate({**base.model_dump(), **overrides}) if overrides else base
         self.client = client
         self.core = StoreCore(self.settings)
+        self._batcher: _AutoBatcher | None = None
+        if self.settings.auto_batch_ms > 0:
+            self._batcher = _AutoBatcher(self, self.settings.auto_batch_ms / 1000, self.settings.auto_batch_max)
 
     @classmethod
     def from_url(cls, url: str | None = None, namespace: str = "ducto", **overrides: Any) -> AsyncRedisStore:
@@ -56,6 +60,8 @@ class AsyncRedisStore:
     async def _run(self, call: Call[T]) -> T:
         if call.script is None:
             return call.parse(None)
+        if self._batcher is not None:
+            return await self._batcher.submit(call)
         return call.parse(await call.script.run_async(self.client, call.keys, call.args))
 
     async def _run_many(self, calls: Sequence[Call[T]]) -> list[T]:
@@ -195,6 +201,54 @@ class AsyncRedisStore:
     ) -> CapCheckResult:
         """See :meth:`RedisStore.check_spend_cap`."""
         return await self._run(self.core.check_spend_cap(user_id, model, amount))
+
+
+class _AutoBatcher:
+    """Coalesces the calls made within a short window into one pipeline (TigerBeetle-style).
+
+    The first call of a window schedules a flush ``window`` seconds later (or at once when
+    ``max_size`` calls are waiting); every call then gets its own result, in order per account.
+    """
+
+    def __init__(self, store: AsyncRedisStore, window: float, max_size: int) -> None:
+        self.store = store
+        self.window = window
+        self.max_size = max_size
+        self.pending: list[tuple[Call[Any], asyncio.Future[Any]]] = []
+        self.timer: asyncio.TimerHandle | None = None
+        self.in_flight: set[asyncio.Task[None]] = set()
+
+    def submit(self, call: Call[T]) -> asyncio.Future[T]:
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[T] = loop.create_future()
+        self.pending.append((call, fut))
+        if len(self.pending) >= self.max_size:
+            self._flush_now()
+        elif self.timer is None:
+            self.timer = loop.call_later(self.window, self._flush_now)
+        return fut
+
+    def _flush_now(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        batch, self.pending = self.pending, []
+        if batch:
+            task = asyncio.ensure_future(self._send(batch))
+            self.in_flight.add(task)
+            task.add_done_callback(self.in_flight.discard)
+
+    async def _send(self, batch: list[tuple[Call[Any], asyncio.Future[Any]]]) -> None:
+        try:
+            results = await self.store._run_many([c for c, _ in batch])
+        except Exception as exc:  # a real failure: every caller of the batch sees it
+            for _, fut in batch:
+                if not fut.done():
+                    fut.set_exception(exc)
+            return
+        for (_, fut), result in zip(batch, results, strict=True):
+            if not fut.done():
+                fut.set_result(result)
 
 
 class AsyncMemoryStore(AsyncRedisStore):

@@ -18,6 +18,8 @@ class Settings(BaseSettings):
     - ``hold_ttl_seconds``: a reservation not settled or released by then returns its credits.
     - ``idempotency_ttl_seconds``: how long a replayed idempotency key returns the first result.
     - ``events_maxlen``: approximate length the events stream is trimmed to.
+    - ``auto_batch_ms``: async store only; when > 0, concurrent calls made within this window
+      (milliseconds, at most 1 by default design) are sent together in one pipeline round trip.
     - ``ledger_max_backlog``: unflushed ledger entries per shard before the policy applies (0 = no limit).
     - ``ledger_backlog_policy``: ``closed`` refuses new holds and debits past the limit
       (``ledger_backlog_full``); ``open`` keeps accepting them.
@@ -32,6 +34,8 @@ class Settings(BaseSettings):
     hold_ttl_seconds: int = Field(default=600, ge=1, le=30 * 86400)
     idempotency_ttl_seconds: int = Field(default=86400, ge=1, le=365 * 86400)
     events_maxlen: int = Field(default=100_000, ge=100)
+    auto_batch_ms: float = Field(default=0.0, ge=0.0, le=50.0)
+    auto_batch_max: int = Field(default=512, ge=1, le=10_000)
     ledger_max_backlog: int = Field(default=0, ge=0)
     ledger_backlog_policy: Literal["closed", "open"] = "closed"
     default_min_balance: int = Field(default=5, ge=0)

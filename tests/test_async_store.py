@@ -127,3 +127,44 @@ def test_async_store_reloads_scripts_after_script_flush(redis_client: Any) -> No
         assert asyncio.run(go()) == 7
     finally:
         drop_namespace(redis_client, ns)
+
+
+def test_auto_batching_coalesces_concurrent_calls_and_gives_each_its_own_result(redis_client: Any) -> None:
+    ns = new_namespace()
+
+    async def go() -> tuple[list[Any], int]:
+        s = AsyncRedisStore.from_url(REDIS_URL, namespace=ns, auto_batch_ms=1.0)
+        calls = 0
+        real = s._run_many
+
+        async def counting(batch_calls: Any) -> Any:
+            nonlocal calls
+            calls += 1
+            return await real(batch_calls)
+
+        s._run_many = counting  # type: ignore[method-assign]
+        try:
+            await s.add_credits("u", 100)
+            results = await asyncio.gather(*[s.charge("u", 3, "req") for _ in range(40)])
+            return list(results), calls
+        finally:
+            await s.close()
+
+    try:
+        results, round_trips = asyncio.run(go())
+    finally:
+        drop_namespace(redis_client, ns)
+    assert round_trips <= 3  # the credit, then the 40 charges in one or two windows
+    ok = [r for r in results if r.error is None]
+    assert len(ok) == 33 and {r.error for r in results} == {None, "insufficient_credits"}
+    assert sorted(r.balance_after for r in ok) == list(range(1, 100, 3))
+
+
+def test_auto_batching_memory_store_equals_unbatched() -> None:
+    async def go(batch_ms: float) -> list[Any]:
+        s = AsyncMemoryStore(auto_batch_ms=batch_ms)
+        await s.add_credits("u", 50)
+        await s.set_spend_cap(SpendCap(user_id="u", limit=30))
+        return list(await asyncio.gather(*[s.charge("u", 4, "req") for _ in range(12)]))
+
+    assert comparable(asyncio.run(go(1.0))) == comparable(asyncio.run(go(0.0)))
