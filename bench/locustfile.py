@@ -1,0 +1,91 @@
+"""Load tests for ducto-redis with locust.
+
+Two users:
+- ``LibraryUser`` drives the store directly (as a worker would) and reports every decision to
+  locust's statistics (request type "ducto", name = the method);
+- ``GatewayUser`` drives the example gateway app (examples/gateway_app.py) over HTTP.
+
+Point it at your own Redis with DUCTO_REDIS_URL (and DUCTO_NAMESPACE). Examples::
+
+    # library, 60 s, 8 users, no web UI
+    DUCTO_REDIS_URL=redis://127.0.0.1:6379/0 locust -f bench/locustfile.py LibraryUser \\
+        --headless -u 8 -r 8 -t 60s --csv bench/locust-library
+    # gateway: start the app, then
+    uvicorn examples.gateway_app:app --port 8000 --workers 1 &
+    locust -f bench/locustfile.py GatewayUser --host http://127.0.0.1:8000 --headless -u 32 -r 32 -t 60s
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import time
+import uuid
+from typing import Any
+
+from locust import HttpUser, User, between, events, task
+
+from ducto_redis import RedisStore
+
+ACCOUNTS = int(os.environ.get("DUCTO_BENCH_ACCOUNTS", "1000"))
+NAMESPACE = os.environ.get("DUCTO_NAMESPACE", "locust")
+
+
+class LibraryUser(User):
+    """Calls RedisStore.charge / reserve+deduct directly and times each call."""
+
+    wait_time = between(0, 0)
+
+    def on_start(self) -> None:
+        self.store = RedisStore.from_url(os.environ.get("DUCTO_REDIS_URL"), namespace=NAMESPACE)
+        self.users = [f"acct-{i}" for i in range(ACCOUNTS)]
+        # idempotent top-ups: every locust user runs this, the credit lands once per account
+        for u in self.users:
+            self.store.add_credits(u, 10**12, type="purchase", idempotency_key=f"locust-seed-{u}")
+
+    def _timed(self, name: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        start = time.perf_counter()
+        exc: Exception | None = None
+        result = None
+        try:
+            result = fn(*args, **kwargs)
+            if getattr(result, "error", None) not in (None, "insufficient_credits", "spend_cap_exceeded"):
+                exc = RuntimeError(result.error)
+        except Exception as e:
+            exc = e
+        events.request.fire(
+            request_type="ducto", name=name, response_time=(time.perf_counter() - start) * 1000,
+            response_length=0, exception=exc, context={},
+        )
+        return result
+
+    @task(8)
+    def charge(self) -> None:
+        user = random.choice(self.users)
+        self._timed("charge", self.store.charge, user, random.randint(1, 50), "locust")
+
+    @task(2)
+    def reserve_and_deduct(self) -> None:
+        user = random.choice(self.users)
+        hold = self._timed("reserve_credits", self.store.reserve_credits, user, 100, "locust-job")
+        if hold is not None and hold.error is None:
+            self._timed("deduct_credits", self.store.deduct_credits, user, hold.reservation_id,
+                        random.randint(0, 100), idempotency_key=str(uuid.uuid4()))
+
+
+class GatewayUser(HttpUser):
+    """Requests to the example gateway app with an API key that has credits and a generous rate."""
+
+    wait_time = between(0, 0)
+
+    def on_start(self) -> None:
+        self.key = f"locust-{uuid.uuid4().hex[:8]}"
+        self.client.post(f"/seed?key={self.key}&credits=100000000&rps=100000", name="/seed")
+
+    @task(5)
+    def chat(self) -> None:
+        self.client.get("/chat", headers={"X-API-Key": self.key})
+
+    @task(1)
+    def health(self) -> None:
+        self.client.get("/health", headers={"X-API-Key": self.key})
