@@ -14,10 +14,9 @@ from typing import Any, TypeVar
 
 import fakeredis
 import redis
-import redis.asyncio as aioredis
-from redis.exceptions import NoScriptError
 
 from .batch import Batch, ChargeRequest, charge_calls
+from .connect import async_client, run_pipelined_async
 from .core import Call, StoreCore
 from .models import (
     AddCreditsResult,
@@ -54,8 +53,7 @@ class AsyncRedisStore:
         """An async store on the Redis at ``url`` (default ``DUCTO_REDIS_URL``), keys under ``namespace``."""
         settings = Settings()
         url = url or settings.redis_url
-        client = aioredis.Redis.from_url(url, decode_responses=True)
-        return cls(client, settings, namespace=namespace, redis_url=url, **overrides)
+        return cls(async_client(url), settings, namespace=namespace, redis_url=url, **overrides)
 
     async def _run(self, call: Call[T]) -> T:
         if call.script is None:
@@ -66,21 +64,12 @@ class AsyncRedisStore:
 
     async def _run_many(self, calls: Sequence[Call[T]]) -> list[T]:
         batch = Batch(calls, self.core.scripts)
-        if not batch.calls:
-            return batch.assemble([])
-        pipe = self.client.pipeline(transaction=False)
-        for c in batch.calls:
-            assert c.script is not None
-            pipe.evalsha(c.script.sha, len(c.keys), *c.keys, *c.args)
-        replies = await pipe.execute(raise_on_error=False)
-        for i, reply in enumerate(replies):
-            if isinstance(reply, NoScriptError):  # that call did nothing: load and run it alone
-                c = batch.calls[i]
-                assert c.script is not None
-                replies[i] = await c.script.run_async(self.client, c.keys, c.args)
-            elif isinstance(reply, Exception):
-                raise reply
-        return batch.assemble(replies)
+        return batch.assemble(await run_pipelined_async(self.client, batch.calls) if batch.calls else [])
+
+    async def health(self) -> bool:
+        """True when a real script call answers on every shard (so on every node of a cluster)."""
+        answers: list[bool] = await self._run_many(self.core.health_probes())
+        return all(answers)
 
     async def setup(self, database_url: str | None = None) -> SetupResult:
         """Load every Lua script into Redis (SCRIPT LOAD)."""

@@ -187,6 +187,17 @@ class StoreCore:
             return k.idempotency(None), "0", ""
         return k.idempotency(key), "1", key
 
+    # health
+
+    def health_probes(self) -> list[Call[bool]]:
+        """One read-only balance script call per shard: a real script round trip on every node."""
+        calls: list[Call[bool]] = []
+        for shard in range(self.keys.shards):
+            k = self.keys.probe(shard)
+            calls.append(Call(self.scripts["balance"], [k.account, k.holds, k.hold_expiry], [self._offset()],
+                              lambda raw: _reply(raw, 6)[0] == "ok"))
+        return calls
+
     # balances
 
     def get_balance(self, user_id: str) -> Call[BalanceResult]:

@@ -147,6 +147,11 @@ class KeySchema:
         """Keys of a team pool."""
         return self._team(team_id)
 
+    def probe(self, shard: int) -> AccountKeys:
+        """Keys of a never-used probe account in ``shard`` (health checks run real scripts on it)."""
+        tag = self.tag(shard)
+        return AccountKeys(USER, "", shard, tag, f"{tag}:probe")
+
     def pattern(self) -> str:
         """A SCAN pattern matching every key of this namespace (operators' tools only)."""
         return f"{{{self.namespace}:*}}*"

@@ -7,9 +7,9 @@ from datetime import datetime, timezone
 from typing import Any, TypeVar
 
 import redis
-from redis.exceptions import NoScriptError
 
 from .batch import Batch, ChargeRequest, charge_calls
+from .connect import run_pipelined, sync_client
 from .core import Call, StoreCore
 from .errors import InvalidInputError
 from .ledger.store_api import LedgerStoreMixin
@@ -59,17 +59,20 @@ class RedisStore(LedgerStoreMixin):
 
     @classmethod
     def from_url(cls, url: str | None = None, namespace: str = "ducto", **overrides: Any) -> RedisStore:
-        """A store on the Redis at ``url`` (default ``DUCTO_REDIS_URL``), keys under ``namespace``."""
+        """A store on the Redis at ``url`` (default ``DUCTO_REDIS_URL``), keys under ``namespace``.
+
+        ``?cluster=true`` in the URL connects to a Redis Cluster; a ``RedisCluster`` client can also
+        be passed to the constructor.
+        """
         settings = Settings()
         url = url or settings.redis_url
-        client = redis.Redis.from_url(url, decode_responses=True)
-        return cls(client, settings, namespace=namespace, redis_url=url, **overrides)
+        return cls(sync_client(url), settings, namespace=namespace, redis_url=url, **overrides)
 
     @classmethod
     def from_settings(cls, settings: Settings | None = None) -> RedisStore:
         """A store configured entirely from a :class:`Settings` (by default, the environment)."""
         settings = settings or Settings()
-        return cls(redis.Redis.from_url(settings.redis_url, decode_responses=True), settings)
+        return cls(sync_client(settings.redis_url), settings)
 
     # ── I/O ───────────────────────────────────────────────────────────
 
@@ -80,21 +83,12 @@ class RedisStore(LedgerStoreMixin):
 
     def _run_many(self, calls: Sequence[Call[T]]) -> list[T]:
         batch = Batch(calls, self.core.scripts)
-        if not batch.calls:
-            return batch.assemble([])
-        pipe = self.client.pipeline(transaction=False)
-        for c in batch.calls:
-            assert c.script is not None
-            pipe.evalsha(c.script.sha, len(c.keys), *c.keys, *c.args)
-        replies = pipe.execute(raise_on_error=False)
-        for i, reply in enumerate(replies):
-            if isinstance(reply, NoScriptError):  # that call did nothing: load and run it alone
-                c = batch.calls[i]
-                assert c.script is not None
-                replies[i] = c.script.run(self.client, c.keys, c.args)
-            elif isinstance(reply, Exception):
-                raise reply
-        return batch.assemble(replies)
+        return batch.assemble(run_pipelined(self.client, batch.calls) if batch.calls else [])
+
+    def health(self) -> bool:
+        """True when a real script call answers on every shard (so on every node of a cluster)."""
+        answers: list[bool] = self._run_many(self.core.health_probes())
+        return all(answers)
 
     def setup(self, database_url: str | None = None) -> SetupResult:
         """Load every Lua script into Redis (SCRIPT LOAD). Safe to call again."""

@@ -7,6 +7,11 @@ long runs (marked ``slow``).
 from __future__ import annotations
 
 import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -59,19 +64,101 @@ def redis_client() -> Iterator[redis.Redis]:
     client.close()
 
 
-def make_store(kind: str, redis_client: redis.Redis, **overrides: Any) -> RedisStore:
+def _free_ports(n: int) -> list[int]:
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        # cluster bus ports are port + 10000: keep them below 65536
+        ports = [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+    if any(p + 10000 > 65535 for p in ports):
+        return _free_ports(n)
+    return ports
+
+
+class LocalCluster:
+    """A real 3-primary Redis Cluster on loopback, in a temporary folder."""
+
+    def __init__(self, primaries: int = 3) -> None:
+        self.dir = tempfile.mkdtemp(prefix="ducto-cluster-")
+        self.ports = _free_ports(primaries)
+        try:
+            self._start()
+        except BaseException:
+            self.stop()
+            raise
+        self.url = f"redis://127.0.0.1:{self.ports[0]}/0?cluster=true"
+
+    def _start(self) -> None:
+        for p in self.ports:
+            subprocess.run(
+                ["redis-server", "--port", str(p), "--bind", "127.0.0.1", "--cluster-enabled", "yes",
+                 "--cluster-config-file", f"nodes-{p}.conf", "--save", "", "--appendonly", "no",
+                 "--daemonize", "yes", "--dir", self.dir, "--logfile", f"{self.dir}/{p}.log"],
+                check=True,
+            )
+        for p in self.ports:
+            self._wait(lambda p=p: redis.Redis(port=p).ping())
+        subprocess.run(
+            ["redis-cli", "--cluster", "create", *[f"127.0.0.1:{p}" for p in self.ports],
+             "--cluster-replicas", "0", "--cluster-yes"],
+            check=True, stdout=subprocess.DEVNULL,
+        )
+        for p in self.ports:
+            self._wait(lambda p=p: redis.Redis(port=p).execute_command("CLUSTER INFO").get("cluster_state") == "ok")
+
+    @staticmethod
+    def _wait(check: Any, seconds: float = 20) -> None:
+        deadline = time.time() + seconds
+        while True:
+            try:
+                if check():
+                    return
+            except redis.RedisError:
+                pass
+            if time.time() > deadline:
+                raise RuntimeError("Redis Cluster did not come up")
+            time.sleep(0.1)
+
+    def stop(self) -> None:
+        for p in self.ports:
+            try:
+                redis.Redis(port=p).shutdown(nosave=True)
+            except redis.RedisError:
+                pass
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def cluster() -> Iterator[LocalCluster]:
+    if shutil.which("redis-server") is None or shutil.which("redis-cli") is None:
+        pytest.skip("no redis-server/redis-cli binary on this machine: the Redis Cluster backend is skipped")
+    c = LocalCluster()
+    yield c
+    c.stop()
+
+
+def make_store(kind: str, redis_client: Any, **overrides: Any) -> RedisStore:
     namespace = new_namespace()
     if kind == "memory":
         return MemoryStore(namespace, **overrides)
+    if kind == "cluster":
+        url = os.environ["DUCTO_TEST_CLUSTER_URL"]
+        return RedisStore.from_url(url, namespace=namespace, **overrides)
     return RedisStore.from_url(REDIS_URL, namespace=namespace, **overrides)
 
 
-@pytest.fixture(params=["memory", "redis"])
+@pytest.fixture(params=["memory", "redis", "cluster"])
 def store(request: pytest.FixtureRequest, redis_client: redis.Redis) -> Iterator[RedisStore]:
+    if request.param == "cluster":
+        os.environ["DUCTO_TEST_CLUSTER_URL"] = request.getfixturevalue("cluster").url
     s = make_store(request.param, redis_client)
     yield s
-    if request.param == "redis":
-        drop_namespace(redis_client, s.settings.namespace)
+    if request.param != "memory":
+        drop_namespace(s.client, s.settings.namespace)
         s.close()
 
 

@@ -7,6 +7,7 @@ import random
 import threading
 from typing import Any
 
+import pytest
 from conftest import REDIS_URL, drop_namespace, ledger_entries, new_namespace
 
 from ducto_redis import MemoryStore, RedisStore
@@ -55,8 +56,8 @@ def threaded(store: RedisStore, user: str, threads: int, ops: int, seed: int) ->
     return sum(totals)
 
 
-def process_main(namespace: str, user: str, threads: int, ops: int, seed: int, out: Any) -> None:
-    store = RedisStore.from_url(REDIS_URL, namespace=namespace)
+def process_main(url: str, namespace: str, user: str, threads: int, ops: int, seed: int, out: Any) -> None:
+    store = RedisStore.from_url(url, namespace=namespace)
     out.put(threaded(store, user, threads, ops, seed))
 
 
@@ -72,14 +73,18 @@ def assert_conserved(store: RedisStore, user: str, spent: int) -> None:
     assert ledger_spent == spent
 
 
-def test_eight_threads_and_two_processes_never_overdraw_one_account(redis_client: Any) -> None:
+@pytest.mark.parametrize("backend", ["redis", "cluster"])
+def test_eight_threads_and_two_processes_never_overdraw_one_account(
+    backend: str, request: pytest.FixtureRequest, redis_client: Any
+) -> None:
+    url = request.getfixturevalue("cluster").url if backend == "cluster" else REDIS_URL
     namespace = new_namespace()
+    store = RedisStore.from_url(url, namespace=namespace)
     try:
-        store = RedisStore.from_url(REDIS_URL, namespace=namespace)
         store.add_credits("hot", START)
         ctx = mp.get_context("spawn")
         q = ctx.Queue()
-        procs = [ctx.Process(target=process_main, args=(namespace, "hot", 8, 150, p, q)) for p in range(2)]
+        procs = [ctx.Process(target=process_main, args=(url, namespace, "hot", 8, 150, p, q)) for p in range(2)]
         for p in procs:
             p.start()
         spent = sum(q.get(timeout=240) for _ in procs)
@@ -89,7 +94,7 @@ def test_eight_threads_and_two_processes_never_overdraw_one_account(redis_client
         assert spent > START // 2  # the account was really contended down towards zero
         assert_conserved(store, "hot", spent)
     finally:
-        drop_namespace(redis_client, namespace)
+        drop_namespace(store.client, namespace)
 
 
 def test_eight_threads_on_the_memory_store_never_overdraw_one_account() -> None:

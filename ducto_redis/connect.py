@@ -1,0 +1,113 @@
+"""Clients and round trips: single Redis or Redis Cluster, sync or asyncio.
+
+``redis://host:port/0`` gives a plain client; ``redis://host:port?cluster=true`` (or
+``rediss://...?cluster=true``) a cluster client. Batches are sent as one plain pipeline per node
+(redis-py's cluster pipeline refuses EVALSHA): calls are grouped by the node that owns their
+first key's slot. A reply that says the call did not run (NOSCRIPT, MOVED, ASK, TRYAGAIN) is
+followed by running that call alone through the cluster-aware client, which loads the script or
+follows the redirect; nothing that ran is ever sent twice.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import redis
+import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
+from redis.cluster import RedisCluster
+from redis.exceptions import AskError, MovedError, NoScriptError, TryAgainError
+
+from .core import Call
+
+DID_NOT_RUN = (NoScriptError, MovedError, AskError, TryAgainError)
+
+
+def split_cluster_flag(url: str) -> tuple[str, bool]:
+    """The URL without its ``cluster=`` query flag, and whether the flag was true."""
+    parts = urlsplit(url)
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    flag = any(k == "cluster" and v.lower() in ("1", "true", "yes") for k, v in query)
+    rest = [(k, v) for k, v in query if k != "cluster"]
+    return urlunsplit(parts._replace(query=urlencode(rest))), flag
+
+
+def sync_client(url: str) -> Any:
+    """A redis-py client (``RedisCluster`` when the URL says ``cluster=true``) decoding to str."""
+    plain, cluster = split_cluster_flag(url)
+    if cluster:
+        return RedisCluster.from_url(plain, decode_responses=True)
+    return redis.Redis.from_url(plain, decode_responses=True)
+
+
+def async_client(url: str) -> Any:
+    """A redis.asyncio client (cluster when the URL says so) decoding to str."""
+    plain, cluster = split_cluster_flag(url)
+    if cluster:
+        return AsyncRedisCluster.from_url(plain, decode_responses=True)
+    return aioredis.Redis.from_url(plain, decode_responses=True)
+
+
+def _groups(client: Any, calls: Sequence[Call[Any]]) -> list[tuple[Any, list[int]]]:
+    """(connection to pipeline on, indexes of calls) — one group per cluster node, or one in all."""
+    if not isinstance(client, (RedisCluster, AsyncRedisCluster)):
+        return [(client, list(range(len(calls))))]
+    by_node: dict[str, tuple[Any, list[int]]] = {}
+    for i, c in enumerate(calls):
+        node: Any = client.get_node_from_key(c.keys[0])
+        conn = client.get_redis_connection(node) if isinstance(client, RedisCluster) else node
+        by_node.setdefault(node.name, (conn, []))[1].append(i)
+    return list(by_node.values())
+
+
+def run_pipelined(client: Any, calls: Sequence[Call[Any]]) -> list[Any]:
+    """Raw replies of ``calls`` (each with a script), sent in one pipeline per node."""
+    replies: list[Any] = [None] * len(calls)
+    for conn, idx in _groups(client, calls):
+        pipe = conn.pipeline(transaction=False)
+        for i in idx:
+            c = calls[i]
+            assert c.script is not None
+            pipe.evalsha(c.script.sha, len(c.keys), *c.keys, *c.args)
+        for i, reply in zip(idx, pipe.execute(raise_on_error=False), strict=True):
+            replies[i] = reply
+    for i, reply in enumerate(replies):
+        if isinstance(reply, DID_NOT_RUN):
+            c = calls[i]
+            assert c.script is not None
+            replies[i] = c.script.run(client, c.keys, c.args)
+        elif isinstance(reply, Exception):
+            raise reply
+    return replies
+
+
+async def run_pipelined_async(client: Any, calls: Sequence[Call[Any]]) -> list[Any]:
+    """Async twin of :func:`run_pipelined`."""
+    replies: list[Any] = [None] * len(calls)
+    for conn, idx in _groups(client, calls):
+        if isinstance(client, AsyncRedisCluster):  # a node: run the calls one by one on it
+            for i in idx:
+                c = calls[i]
+                assert c.script is not None
+                try:
+                    replies[i] = await client.evalsha(c.script.sha, len(c.keys), *c.keys, *c.args)
+                except DID_NOT_RUN as exc:
+                    replies[i] = exc
+            continue
+        pipe = conn.pipeline(transaction=False)
+        for i in idx:
+            c = calls[i]
+            assert c.script is not None
+            pipe.evalsha(c.script.sha, len(c.keys), *c.keys, *c.args)
+        for i, reply in zip(idx, await pipe.execute(raise_on_error=False), strict=True):
+            replies[i] = reply
+    for i, reply in enumerate(replies):
+        if isinstance(reply, DID_NOT_RUN):
+            c = calls[i]
+            assert c.script is not None
+            replies[i] = await c.script.run_async(client, c.keys, c.args)
+        elif isinstance(reply, Exception):
+            raise reply
+    return replies

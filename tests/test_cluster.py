@@ -1,0 +1,139 @@
+"""Redis Cluster specifics: one slot per account, health on every node, a slot moved under load."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import redis
+from conftest import LocalCluster, drop_namespace, ledger_entries, new_namespace
+from redis.cluster import key_slot
+
+from ducto_redis import RedisStore
+from ducto_redis.aio import AsyncRedisStore
+
+
+def node_ids(cluster: LocalCluster) -> dict[int, str]:
+    return {p: redis.Redis(port=p, decode_responses=True).execute_command("CLUSTER MYID") for p in cluster.ports}
+
+
+def owner_port(cluster: LocalCluster, slot: int) -> int:
+    for p in cluster.ports:
+        r = redis.Redis(port=p)
+        for start, end, *nodes in r.execute_command("CLUSTER SLOTS"):
+            if start <= slot <= end:
+                return int(nodes[0][1])
+    raise AssertionError("slot not served")
+
+
+def migrate_slot(cluster: LocalCluster, slot: int, src: int, dst: int, pause: float = 0.005) -> None:
+    """Move one slot key by key (the way redis-cli --cluster reshard does), slowly."""
+    ids = node_ids(cluster)
+    s, d = redis.Redis(port=src), redis.Redis(port=dst)
+    d.execute_command("CLUSTER SETSLOT", slot, "IMPORTING", ids[src])
+    s.execute_command("CLUSTER SETSLOT", slot, "MIGRATING", ids[dst])
+    while True:
+        keys = s.execute_command("CLUSTER GETKEYSINSLOT", slot, 5)
+        if not keys:
+            break
+        s.execute_command("MIGRATE", "127.0.0.1", dst, "", 0, 5000, "KEYS", *keys)
+        time.sleep(pause)
+    for p in cluster.ports:
+        redis.Redis(port=p).execute_command("CLUSTER SETSLOT", slot, "NODE", ids[dst])
+
+
+def test_every_key_of_an_account_is_in_one_slot_on_the_cluster(store: RedisStore) -> None:
+    store.add_credits("u", 10)
+    store.reserve_credits("u", 1, "x")
+    keys = [k for k in store.client.scan_iter(match=f"{{{store.settings.namespace}:*") if ":u:u" in k]
+    keys.append(store.core.keys.user("u").ledger)
+    assert len({key_slot(k.encode()) for k in keys}) == 1
+
+
+def test_health_runs_a_script_on_every_node(cluster: LocalCluster) -> None:
+    store = RedisStore.from_url(cluster.url, namespace=new_namespace())
+    assert store.health()
+    slots = {owner_port(cluster, key_slot(store.core.keys.probe(s).account.encode()))
+             for s in range(store.settings.shards)}
+    assert slots == set(cluster.ports)  # the probes reach every primary
+
+
+def test_async_store_works_on_the_cluster(cluster: LocalCluster) -> None:
+    import asyncio
+
+    ns = new_namespace()
+
+    async def go() -> tuple[int, list[int]]:
+        s = AsyncRedisStore.from_url(cluster.url, namespace=ns)
+        try:
+            for i in range(10):
+                await s.add_credits(f"a{i}", 10)
+            out = await s.charge_many([{"user_id": f"a{i}", "amount": 3, "operation_type": "x"} for i in range(10)])
+            return (await s.charge("a1", 1, "x")).balance_after, [r.balance_after for r in out]
+        finally:
+            await s.close()
+
+    after, batch = asyncio.run(go())
+    assert batch == [7] * 10 and after == 6
+    drop_namespace(RedisStore.from_url(cluster.url, namespace=ns).client, ns)
+
+
+def test_moving_a_slot_under_load_loses_and_doubles_no_decision(cluster: LocalCluster) -> None:
+    ns = new_namespace()
+    store = RedisStore.from_url(cluster.url, namespace=ns)
+    shard = store.core.keys.user("hot-0").shard
+    users = [u for u in (f"hot-{i}" for i in range(400)) if store.core.keys.user(u).shard == shard][:4]
+    for u in users:
+        store.add_credits(u, 1_000_000)
+    slot = key_slot(store.core.keys.user(users[0]).account.encode())
+    src = owner_port(cluster, slot)
+    dst = next(p for p in cluster.ports if p != src)
+    accepted: dict[str, int] = {u: 0 for u in users}
+    errors: list[BaseException] = []
+    stop = threading.Event()
+    lock = threading.Lock()
+
+    def worker(n: int) -> None:
+        s = RedisStore.from_url(cluster.url, namespace=ns)
+        i = 0
+        while not stop.is_set():
+            user = users[i % len(users)]
+            key = f"w{n}-{i}"
+            # while a slot moves, a script whose keys are split between the nodes gets TRYAGAIN
+            # (it did not run); a client retries with the same idempotency key, so never twice
+            for _attempt in range(400):
+                try:
+                    r = s.charge(user, 1, "x", idempotency_key=key)
+                    break
+                except (redis.exceptions.RedisError, redis.exceptions.RedisClusterException) as exc:
+                    last = exc
+                    time.sleep(0.025)
+            else:
+                errors.append(last)
+                return
+            if r.error is None and not r.idempotent:
+                with lock:
+                    accepted[user] += 1
+            i += 1
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(4)]
+    for t in threads:
+        t.start()
+    time.sleep(0.3)
+    migrate_slot(cluster, slot, src, dst)
+    time.sleep(0.3)
+    stop.set()
+    for t in threads:
+        t.join(timeout=30)
+    try:
+        assert not errors, errors
+        assert owner_port(cluster, slot) == dst
+        entries = ledger_entries(store)
+        for u in users:
+            assert accepted[u] > 0
+            assert store.get_balance(u).balance == 1_000_000 - accepted[u]
+            assert sum(1 for e in entries if e["acct"] == u and e["kind"] == "debit") == accepted[u]
+    finally:
+        drop_namespace(store.client, ns)
+
+
