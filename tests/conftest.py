@@ -6,6 +6,7 @@ long runs (marked ``slow``).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
@@ -125,10 +126,8 @@ class LocalCluster:
 
     def stop(self) -> None:
         for p in self.ports:
-            try:
+            with contextlib.suppress(redis.RedisError):
                 redis.Redis(port=p).shutdown(nosave=True)
-            except redis.RedisError:
-                pass
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
