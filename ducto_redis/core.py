@@ -9,12 +9,16 @@ raised (wrong type), or the call carries a ready result with an error code (out 
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
+import os
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
+
+from pydantic import BaseModel
 
 from . import errors as E
 from .errors import InvalidInputError, ScriptReplyError
@@ -148,6 +152,8 @@ def _s(value: Any) -> str:
 def _reply(raw: Any, size: int) -> list[str]:
     if not isinstance(raw, list) or len(raw) < size:
         raise ScriptReplyError(f"unexpected script reply: {raw!r}")
+    if isinstance(raw[0], str):  # a decoding client: every element is already str
+        return raw
     return [_s(v) for v in raw]
 
 
@@ -155,9 +161,57 @@ def _err(status: str) -> str | None:
     return None if status == "ok" else status
 
 
+class _Ids:
+    """UUID-shaped ids, unique without a syscall per id: a random per-process prefix and a counter.
+
+    The prefix is drawn anew in a forked child, so two processes never share it.
+    """
+
+    def __init__(self) -> None:
+        self.reset()
+        if hasattr(os, "register_at_fork"):
+            os.register_at_fork(after_in_child=self.reset)
+
+    def reset(self) -> None:
+        h = uuid.uuid4().hex
+        self.prefix = f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{h[16:20]}-"
+        self.counter = itertools.count(int(h[20:32], 16) >> 8)
+
+    def next(self) -> str:
+        return f"{self.prefix}{next(self.counter) & 0xFFFFFFFFFFFF:012x}"
+
+
+_IDS = _Ids()
+
+
 def new_id() -> str:
-    """A fresh transaction / reservation id."""
-    return str(uuid.uuid4())
+    """A fresh transaction / reservation id (UUID-shaped, unique)."""
+    return _IDS.next()
+
+
+M = TypeVar("M", bound=BaseModel)
+_DEFAULTS: dict[type[BaseModel], dict[str, Any]] = {}
+
+
+def construct(cls: type[M], **values: Any) -> M:
+    """Build a result model from trusted values without validation (the hot path's reply parsing).
+
+    Like ``model_construct`` but several times cheaper: defaults are computed once per class.
+    """
+    defaults = _DEFAULTS.get(cls)
+    if defaults is None:
+        # every field, in declaration order (required ones are always among ``values``)
+        defaults = {
+            name: None if f.is_required() else f.get_default(call_default_factory=True)
+            for name, f in cls.model_fields.items()
+        }
+        _DEFAULTS[cls] = defaults
+    obj = cls.__new__(cls)
+    object.__setattr__(obj, "__dict__", {**defaults, **values})
+    object.__setattr__(obj, "__pydantic_fields_set__", set(values))
+    object.__setattr__(obj, "__pydantic_extra__", None)
+    object.__setattr__(obj, "__pydantic_private__", None)
+    return obj
 
 
 # ── the core ──────────────────────────────────────────────────────────
@@ -207,7 +261,7 @@ class StoreCore:
 
         def parse(raw: Any) -> BalanceResult:
             r = _reply(raw, 6)
-            return BalanceResult.model_construct(
+            return construct(BalanceResult,
                 user_id=uid, balance=int(r[2]), held=int(r[3]), lifetime_purchased=int(r[4])
             )
 
@@ -238,7 +292,7 @@ class StoreCore:
             r = _reply(raw_reply, 6)
             if r[0] != "ok":
                 raise InvalidInputError("amount", "would push the balance past 2**53-1; nothing was written")
-            return AddCreditsResult.model_construct(
+            return construct(AddCreditsResult,
                 transaction_id=r[2], user_id=uid, amount=int(r[3]), new_balance=int(r[4]),
                 lifetime_purchased=int(r[5]), idempotent=r[1] == "1",
             )
@@ -277,7 +331,7 @@ class StoreCore:
 
         def parse(raw_reply: Any) -> ReserveResult:
             r = _reply(raw_reply, 7)
-            return ReserveResult.model_construct(
+            return construct(ReserveResult,
                 reservation_id=r[2], user_id=uid, amount=int(r[3]), balance=int(r[4]),
                 reserved_total=int(r[5]), expires_at_ms=int(r[6]), error=_err(r[0]), idempotent=r[1] == "1",
             )
@@ -302,7 +356,7 @@ class StoreCore:
 
         def parse(raw_reply: Any) -> ReleaseResult:
             r = _reply(raw_reply, 6)
-            return ReleaseResult.model_construct(
+            return construct(ReleaseResult,
                 reservation_id=rid, user_id=uid, amount=int(r[3]), balance=int(r[4]), held=int(r[5]),
                 idempotent=r[1] == "1", error=_err(r[0]),
             )
@@ -346,7 +400,7 @@ class StoreCore:
         def parse(raw_reply: Any) -> DeductionResult:
             r = _reply(raw_reply, 7)
             rate = len(r) > 8
-            return DeductionResult.model_construct(
+            return construct(DeductionResult,
                 transaction_id=r[2], user_id=uid, amount=-int(r[3]), balance_after=int(r[4]),
                 idempotent=r[1] == "1", error=_err(r[0]), cap_action=r[6] or None,
                 retry_after_ms=int(r[7]) if rate else 0,
@@ -421,7 +475,7 @@ class StoreCore:
 
         def parse(raw: Any) -> RateLimitResult:
             r = _reply(raw, 4)
-            return RateLimitResult.model_construct(
+            return construct(RateLimitResult,
                 user_id=uid, allowed=r[0] == "ok", retry_after_ms=int(r[2]),
                 remaining=int(r[3]) if r[3] else None, error=_err(r[0]),
             )
@@ -457,7 +511,7 @@ class StoreCore:
 
         def parse(raw: Any) -> CapCheckResult:
             r = _reply(raw, 8)
-            return CapCheckResult.model_construct(
+            return construct(CapCheckResult,
                 capped=r[2] == "1", current_spend=int(r[3]), cap_limit=int(r[4]), action=r[5] or None,
                 model=r[6] or None, cap_type=r[7] or None,
             )

@@ -65,11 +65,11 @@ local function window_add(key, bucket, ends_ms, amount, f1, f2)
   if b ~= bucket then
     redis.call('DEL', key)
     redis.call('HSET', key, '_b', I(bucket))
+    -- kept a little past its end so a late read near midnight still sees it
+    redis.call('PEXPIREAT', key, ends_ms + 3600000)
   end
   redis.call('HINCRBY', key, f1, amount)
   if f2 then redis.call('HINCRBY', key, f2, amount) end
-  -- keep the window a little past its end so a late read near midnight still sees it
-  redis.call('PEXPIREAT', key, ends_ms + 3600000)
 end
 
 -- one ledger entry; fields with empty values are left out
@@ -116,11 +116,10 @@ end
 
 -- return expired holds of an account; writes one 'expire' ledger entry per hold
 -- acct: account hash, holds: hash, hexp: zset; returns the account's held after
-local function sweep_holds(acct, holds, hexp, now, stream, akind, aid)
-  local held = tonumber(redis.call('HGET', acct, 'held')) or 0
+local function sweep_holds_known(acct, holds, hexp, now, stream, akind, aid, held, bal)
+  if held <= 0 then return held end  -- nothing held: no hold can be due
   local due = redis.call('ZRANGEBYSCORE', hexp, '-inf', now)
   if #due == 0 then return held end
-  local bal = tonumber(redis.call('HGET', acct, 'bal')) or 0
   for _, rid in ipairs(due) do
     local h = redis.call('HGET', holds, rid)
     if h then
@@ -135,6 +134,11 @@ local function sweep_holds(acct, holds, hexp, now, stream, akind, aid)
   end
   redis.call('HSET', acct, 'held', I(held))
   return held
+end
+
+local function sweep_holds(acct, holds, hexp, now, stream, akind, aid)
+  local v = redis.call('HMGET', acct, 'held', 'bal')
+  return sweep_holds_known(acct, holds, hexp, now, stream, akind, aid, tonumber(v[1]) or 0, tonumber(v[2]) or 0)
 end
 
 -- sum of holds that are past due but not swept yet (read-only scripts)
@@ -214,18 +218,22 @@ end
 -- Request-rate limit (GCRA) kept in the account hash: 'rl' = "limit|period_ms|burst", 'tat' = the
 -- theoretical arrival time (ms). Returns allowed, new tat (to store on success), retry-after ms,
 -- remaining requests; nil when the account has no rate limit.
-local function gcra(acct, now)
-  local cfg = redis.call('HMGET', acct, 'rl', 'tat')
-  if not cfg[1] then return nil end
-  local limit, period, burst = string.match(cfg[1], '^(%d+)|(%d+)|(%d+)$')
+local function gcra_known(rl, stored_tat, now)
+  if not rl then return nil end
+  local limit, period, burst = string.match(rl, '^(%d+)|(%d+)|(%d+)$')
   local t = tonumber(period) / tonumber(limit)
   local window = tonumber(burst) * t
-  local tat = math.max(tonumber(cfg[2]) or now, now)
+  local tat = math.max(tonumber(stored_tat) or now, now)
   local new_tat = tat + t
   if new_tat - now > window then
     return false, nil, math.ceil(new_tat - window - now), 0
   end
   return true, math.ceil(new_tat), 0, math.floor((window - (new_tat - now)) / t)
+end
+
+local function gcra(acct, now)
+  local cfg = redis.call('HMGET', acct, 'rl', 'tat')
+  return gcra_known(cfg[1], cfg[2], now)
 end
 
 -- One user debit (settle or charge): the body of debit.lua, shared with debit_many.lua.
@@ -243,8 +251,9 @@ local function user_debit(K, A)
   local tx, aid, rid, akind = A[2], A[3], A[4], A[14]
   local amount = tonumber(A[5])
   local op, model = A[6], A[7]
-  local held = sweep_holds(acct, holds, hexp, now, stream, akind, aid)
-  local bal = tonumber(redis.call('HGET', acct, 'bal')) or 0
+  local av = redis.call('HMGET', acct, 'bal', 'held', 'rl', 'tat')
+  local bal = tonumber(av[1]) or 0
+  local held = sweep_holds_known(acct, holds, hexp, now, stream, akind, aid, tonumber(av[2]) or 0, bal)
 
   local hold = 0
   if rid ~= '' then
@@ -260,7 +269,7 @@ local function user_debit(K, A)
   -- request-rate limit: charges only (a settlement belongs to a request already admitted)
   local rl_ok, rl_tat, rl_retry, rl_left = nil, nil, 0, nil
   if rid == '' then
-    rl_ok, rl_tat, rl_retry, rl_left = gcra(acct, now)
+    rl_ok, rl_tat, rl_retry, rl_left = gcra_known(av[3], av[4], now)
     if rl_ok == false then
       return { 'rate_limited', '0', '', I(amount), I(bal), I(held), '', I(rl_retry), '0' }
     end
@@ -299,10 +308,11 @@ local function user_debit(K, A)
     redis.call('HDEL', holds, rid)
     redis.call('ZREM', hexp, rid)
     redis.call('HSET', acct, 'bal', I(bal), 'held', I(held))
+  elseif rl_tat then
+    redis.call('HSET', acct, 'bal', I(bal), 'tat', I(rl_tat))
   else
     redis.call('HSET', acct, 'bal', I(bal))
   end
-  if rl_tat then redis.call('HSET', acct, 'tat', I(rl_tat)) end
   if amount > 0 then record_spend(wd, wm, now, amount, model) end
 
   local action = ''

@@ -1,0 +1,332 @@
+"""Hot-path benchmark: decisions/s and p50/p99 latency, side by side in one run.
+
+Sections (each a function that prepares its state and returns a timed operation):
+- raw EVALSHA ceiling: a bare redis-py ``evalsha`` of a minimal debit script (HGET balance, check,
+  HSET, XADD one ledger entry): the same essential work as ``charge``, with nothing around it;
+- ``RedisStore.charge`` (no caps; with a deny and a warn cap), ``reserve_credits`` + ``deduct_credits``;
+- the ``limits`` library's moving-window ``hit()``;
+- ``MemoryStore.charge`` (embedded fakeredis + lupa);
+- batching: raw pipelined EVALSHA x100, ``charge_many`` x100;
+- asyncio: bare ``redis.asyncio`` EVALSHA, ``AsyncRedisStore.charge`` and with auto-batching, 64
+  concurrent tasks each.
+
+Usage::
+
+    python bench/hotpath.py                      # print the table
+    python bench/hotpath.py --seconds 3 --rounds 3 --write   # and write bench/RESULTS.md
+
+The machine is noisy (2 cores): rounds are interleaved and the median round is reported;
+quote ratios from one run, not absolute numbers. Nothing here is asserted by a test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import sys
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import redis
+import redis.asyncio as aioredis
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from ducto_redis import AsyncRedisStore, CreditMetadata, MemoryStore, RedisStore, SpendCap
+from ducto_redis.batch import ChargeRequest
+
+URL = "redis://127.0.0.1:6379/0"
+RICH = 10**15
+
+RAW_DEBIT = """
+local bal = tonumber(redis.call('HGET', KEYS[1], 'bal')) or 0
+local amount = tonumber(ARGV[1])
+if bal < amount then return {'insufficient_credits', bal} end
+bal = bal - amount
+redis.call('HSET', KEYS[1], 'bal', bal)
+redis.call('XADD', KEYS[2], '*', 'id', ARGV[2], 'acct', ARGV[3], 'kind', 'debit', 'amount', -amount, 'bal', bal)
+return {'ok', bal}
+"""
+
+
+@dataclass
+class Result:
+    name: str
+    per_call: int  # decisions per timed call
+    rates: list[float] = field(default_factory=list)
+    samples: list[list[float]] = field(default_factory=list)
+
+    @property
+    def rate(self) -> float:
+        return statistics.median(self.rates)
+
+    def pct(self, q: float) -> float:
+        best = self.samples[self.rates.index(self.rate)]
+        s = sorted(best)
+        return s[min(len(s) - 1, int(q * len(s)))] * 1e6
+
+
+SyncOp = Callable[[], Any]
+AsyncOp = Callable[[], Awaitable[Any]]
+
+
+class Bench:
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.ns = "bench" + uuid.uuid4().hex[:8]
+        self.client = redis.Redis.from_url(URL, decode_responses=True)
+        self.cleanups: list[Callable[[], None]] = []
+
+    def store(self, **overrides: Any) -> RedisStore:
+        s = RedisStore.from_url(URL, namespace=self.ns, **overrides)
+        s.setup()
+        return s
+
+    def drop(self) -> None:
+        keys = list(self.client.scan_iter(match=f"{{{self.ns}:*", count=5000))
+        for i in range(0, len(keys), 1000):
+            self.client.delete(*keys[i : i + 1000])
+
+    def trim_ledger(self) -> None:
+        for k in self.client.scan_iter(match=f"{{{self.ns}:*:ledger", count=5000):
+            self.client.delete(k)
+
+    def time_sync(self, op: SyncOp) -> tuple[float, list[float]]:
+        for _ in range(200):
+            op()
+        samples: list[float] = []
+        end = time.perf_counter() + self.seconds
+        start = time.perf_counter()
+        while True:
+            t0 = time.perf_counter()
+            op()
+            t1 = time.perf_counter()
+            samples.append(t1 - t0)
+            if t1 > end:
+                break
+        return len(samples) / (time.perf_counter() - start), samples
+
+    def time_async(self, make: Callable[[], Awaitable[tuple[AsyncOp, Callable[[], Awaitable[None]]]]],
+                   tasks: int) -> tuple[float, list[float]]:
+        async def run() -> tuple[float, list[float]]:
+            op, close = await make()
+            for _ in range(100):
+                await op()
+            samples: list[float] = []
+            end = time.perf_counter() + self.seconds
+
+            async def worker() -> None:
+                while time.perf_counter() < end:
+                    t0 = time.perf_counter()
+                    await op()
+                    samples.append(time.perf_counter() - t0)
+
+            start = time.perf_counter()
+            await asyncio.gather(*[worker() for _ in range(tasks)])
+            rate = len(samples) / (time.perf_counter() - start)
+            await close()
+            return rate, samples
+
+        return asyncio.run(run())
+
+
+# ── sections: each returns (decisions per call, runner) ─────────────────
+
+
+def raw_evalsha(b: Bench) -> tuple[int, Callable[[], tuple[float, list[float]]]]:
+    sha = b.client.script_load(RAW_DEBIT)
+    keys = [f"{{{b.ns}:0}}:raw:acct", f"{{{b.ns}:0}}:ledger"]
+    b.client.hset(keys[0], "bal", RICH)
+    return 1, lambda: b.time_sync(lambda: b.client.evalsha(sha, 2, *keys, 1, str(uuid.uuid4()), "raw"))
+
+
+def store_charge(b: Bench) -> tuple[int, Callable[[], tuple[float, list[float]]]]:
+    s = b.store()
+    s.add_credits("hot", RICH)
+    return 1, lambda: b.time_sync(lambda: s.charge("hot", 1, "bench"))
+
+
+def store_charge_caps(b: Bench) -> tuple[int, Callable[[], tuple[float, list[float]]]]:
+    s = b.store()
+    s.add_credits("capped", RICH)
+    s.set_spend_cap(SpendCap(user_id="capped", cap_type="daily", limit=RICH, action="deny"))
+    s.set_spend_cap(SpendCap(user_id="capped", cap_type="monthly", model="gpt-4", limit=RICH, action="warn"))
+    meta = CreditMetadata(model="gpt-4")
+    return 1, lambda: b.time_sync(lambda: s.charge("capped", 1, "bench", metadata=meta))
+
+
+def store_reserve_deduct(b: Bench) -> tuple[int, Callable[[], tuple[float, list[float]]]]:
+    s = b.store()
+    s.add_credits("job", RICH)
+
+    def op() -> None:
+        r = s.reserve_credits("job", 10, "bench")
+        s.deduct_credits("job", r.reservation_id, 7)
+
+    return 1, lambda: b.time_sync(op)
+
+
+def limits_hit(b: Bench) -> tuple[int, Callable[[], tuple[float, list[float]]]]:
+    from limits import RateLimitItemPerSecond
+    from limits.storage import RedisStorage
+    from limits.strategies import MovingWindowRateLimiter
+
+    limiter = MovingWindowRateLimiter(RedisStorage(URL))
+    item = RateLimitItemPerSecond(10**9)
+    key = f"{b.ns}-limits"
+    b.cleanups.append(lambda: limiter.clear(item, key))
+    return 1, lambda: b.time_sync(lambda: limiter.hit(item, key))
+
+
+def memory_charge(b: Bench) -> tuple[int, Callable[[], tuple[float, list[float]]]]:
+    s = MemoryStore()
+    s.add_credits("hot", RICH)
+    return 1, lambda: b.time_sync(lambda: s.charge("hot", 1, "bench"))
+
+
+def raw_pipelined_100(b: Bench) -> tuple[int, Callable[[], tuple[float, list[float]]]]:
+    sha = b.client.script_load(RAW_DEBIT)
+    keys = [f"{{{b.ns}:0}}:raw:acct", f"{{{b.ns}:0}}:ledger"]
+    b.client.hset(keys[0], "bal", RICH)
+
+    def op() -> None:
+        p = b.client.pipeline(transaction=False)
+        for _ in range(100):
+            p.evalsha(sha, 2, *keys, 1, str(uuid.uuid4()), "raw")
+        p.execute()
+
+    return 100, lambda: b.time_sync(op)
+
+
+def store_charge_many_100(b: Bench) -> tuple[int, Callable[[], tuple[float, list[float]]]]:
+    s = b.store()
+    users = [f"batch-{i}" for i in range(100)]
+    for u in users:
+        s.add_credits(u, RICH)
+    reqs = [ChargeRequest(u, 1, "bench") for u in users]
+    return 100, lambda: b.time_sync(lambda: s.charge_many(reqs))
+
+
+def async_raw_64(b: Bench) -> tuple[int, Callable[[], tuple[float, list[float]]]]:
+    keys = [f"{{{b.ns}:0}}:raw:acct", f"{{{b.ns}:0}}:ledger"]
+    b.client.hset(keys[0], "bal", RICH)
+
+    async def make() -> tuple[AsyncOp, Callable[[], Awaitable[None]]]:
+        c = aioredis.Redis.from_url(URL, decode_responses=True, max_connections=64)
+        sha = await c.script_load(RAW_DEBIT)
+        return (lambda: c.evalsha(sha, 2, *keys, 1, str(uuid.uuid4()), "raw")), c.aclose
+
+    return 1, lambda: b.time_async(make, 64)
+
+
+def _async_store(b: Bench, **overrides: Any) -> Callable[[], Awaitable[tuple[AsyncOp, Callable[[], Awaitable[None]]]]]:
+    async def make() -> tuple[AsyncOp, Callable[[], Awaitable[None]]]:
+        s = AsyncRedisStore.from_url(URL, namespace=b.ns, **overrides)
+        await s.setup()
+        await s.add_credits("ahot", RICH, idempotency_key="bench-seed")
+        return (lambda: s.charge("ahot", 1, "bench")), s.close
+
+    return make
+
+
+def async_store_64(b: Bench) -> tuple[int, Callable[[], tuple[float, list[float]]]]:
+    return 1, lambda: b.time_async(_async_store(b), 64)
+
+
+def async_store_batched_64(b: Bench) -> tuple[int, Callable[[], tuple[float, list[float]]]]:
+    return 1, lambda: b.time_async(_async_store(b, auto_batch_ms=1.0), 64)
+
+
+SECTIONS: dict[str, Callable[[Bench], tuple[int, Callable[[], tuple[float, list[float]]]]]] = {
+    "raw EVALSHA (minimal debit), 1 conn": raw_evalsha,
+    "RedisStore.charge, 1 conn": store_charge,
+    "RedisStore.charge with deny+warn caps": store_charge_caps,
+    "reserve_credits + deduct_credits (pair)": store_reserve_deduct,
+    "limits moving-window hit()": limits_hit,
+    "MemoryStore.charge (embedded)": memory_charge,
+    "raw EVALSHA pipelined x100": raw_pipelined_100,
+    "RedisStore.charge_many x100": store_charge_many_100,
+    "redis.asyncio EVALSHA, 64 tasks": async_raw_64,
+    "AsyncRedisStore.charge, 64 tasks": async_store_64,
+    "AsyncRedisStore.charge auto-batch 1 ms, 64 tasks": async_store_batched_64,
+}
+BASELINE = "raw EVALSHA (minimal debit), 1 conn"
+
+
+def run(seconds: float, rounds: int, only: list[str] | None) -> list[Result]:
+    b = Bench(seconds)
+    names = [n for n in SECTIONS if not only or any(o in n for o in only)]
+    if BASELINE not in names:
+        names.insert(0, BASELINE)
+    results = {n: Result(n, 1) for n in names}
+    try:
+        runners = {}
+        for n in names:
+            per_call, runner = SECTIONS[n](b)
+            results[n].per_call = per_call
+            runners[n] = runner
+        for r in range(rounds):
+            for n in names:  # interleaved rounds: noise spreads over every section
+                rate, samples = runners[n]()
+                results[n].rates.append(rate * results[n].per_call)
+                results[n].samples.append(samples)
+                b.trim_ledger()
+                print(f"round {r + 1}/{rounds} {n}: {rate * results[n].per_call:,.0f}/s", file=sys.stderr)
+    finally:
+        for c in b.cleanups:
+            c()
+        b.drop()
+    return list(results.values())
+
+
+def table(results: list[Result]) -> str:
+    base = next(r for r in results if r.name == BASELINE).rate
+    lines = [
+        "| section | decisions/s | p50 µs | p99 µs | vs raw EVALSHA |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for r in results:
+        lines.append(f"| {r.name} | {r.rate:,.0f} | {r.pct(0.5):,.0f} | {r.pct(0.99):,.0f} | {r.rate / base:.2f}× |")
+    return "\n".join(lines)
+
+
+def write_results(text: str, command: str) -> None:
+    path = Path(__file__).with_name("RESULTS.md")
+    old = path.read_text(encoding="utf-8") if path.exists() else "# Benchmark results\n"
+    section = (
+        "## Hot path\n\n"
+        f"Command: `{command}` — {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, Redis 7 on loopback.\n"
+        "This machine has 2 cores and is noisy: read the ratios, not the absolute figures. Latency\n"
+        "columns are per call (for x100 rows, per batch of 100); decisions/s counts decisions.\n\n"
+        f"{text}\n"
+    )
+    if "## Hot path" in old:
+        head, _, rest = old.partition("## Hot path")
+        nxt = rest.find("\n## ")
+        tail = rest[nxt + 1 :] if nxt >= 0 else ""
+        new = head + section + ("\n" + tail if tail else "")
+    else:
+        new = old.rstrip("\n") + "\n\n" + section
+    path.write_text(new, encoding="utf-8")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--seconds", type=float, default=2.0, help="measured seconds per section per round")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--only", nargs="*", help="substrings of section names to run (baseline always runs)")
+    ap.add_argument("--write", action="store_true", help="write the table into bench/RESULTS.md")
+    args = ap.parse_args()
+    text = table(run(args.seconds, args.rounds, args.only))
+    print(text)
+    if args.write:
+        write_results(text, "python bench/hotpath.py " + " ".join(sys.argv[1:]))
+
+
+if __name__ == "__main__":
+    main()
