@@ -40,6 +40,7 @@ from .models import (
     TeamBalanceResult,
     TeamDeductionResult,
     TeamMember,
+    TeamMemberSpend,
     TopUserRow,
 )
 from .settings import Settings
@@ -88,5 +89,6 @@ __all__ = [
     "TeamBalanceResult",
     "TeamDeductionResult",
     "TeamMember",
+    "TeamMemberSpend",
     "TopUserRow",
 ]

@@ -15,13 +15,17 @@ from typing import Any, TypeVar
 import fakeredis
 import redis
 
+from . import errors
 from .batch import Batch, ChargeRequest, charge_calls
 from .connect import async_client, run_pipelined_async
-from .core import Call, StoreCore
+from .core import Call, StoreCore, check_amount, check_id, check_label
+from .keys import TEAM
 from .models import (
     AddCreditsResult,
+    AddTeamMemberResult,
     BalanceResult,
     CapCheckResult,
+    CreateTeamResult,
     CreditMetadata,
     DeductionResult,
     RateLimitResult,
@@ -29,6 +33,10 @@ from .models import (
     ReserveResult,
     SetupResult,
     SpendCap,
+    TeamBalanceResult,
+    TeamDeductionResult,
+    TeamMember,
+    TeamMemberSpend,
 )
 from .settings import Settings
 from .store import expires_ms
@@ -190,6 +198,120 @@ class AsyncRedisStore:
     ) -> CapCheckResult:
         """See :meth:`RedisStore.check_spend_cap`."""
         return await self._run(self.core.check_spend_cap(user_id, model, amount))
+
+    # ── teams ─────────────────────────────────────────────────────────
+
+    async def create_team(
+        self, name: str, initial_balance: int = 0, idempotency_key: str | None = None
+    ) -> CreateTeamResult:
+        """See :meth:`RedisStore.create_team`."""
+        return await self._run(self.core.teams.create_team(name, initial_balance, idempotency_key))
+
+    async def get_team_balance(self, team_id: str) -> TeamBalanceResult:
+        """See :meth:`RedisStore.get_team_balance`."""
+        return await self._run(self.core.teams.get_team_balance(team_id))
+
+    async def top_up_team(
+        self,
+        team_id: str,
+        amount: int,
+        type: str = "purchase",
+        metadata: CreditMetadata | dict[str, Any] | None = None,
+        idempotency_key: str | None = None,
+    ) -> TeamBalanceResult:
+        """See :meth:`RedisStore.top_up_team`."""
+        return await self._run(self.core.teams.top_up(team_id, amount, type, metadata, idempotency_key))
+
+    async def add_team_member(
+        self,
+        team_id: str,
+        user_id: str,
+        role: str = "member",
+        spend_cap: int | None = None,
+        cap_period: str = "total",
+    ) -> AddTeamMemberResult:
+        """See :meth:`RedisStore.add_team_member`."""
+        fields = self.core.teams.add_member_fields(role, spend_cap, cap_period)
+        if not await self._run(self.core.user_exists(user_id)):
+            return AddTeamMemberResult(team_id=team_id, user_id=user_id, role=role, error=errors.USER_NOT_FOUND)
+        return await self._run(self.core.teams.member(team_id, user_id, "add", fields))
+
+    async def set_member_cap(
+        self, team_id: str, user_id: str, spend_cap: int | None, cap_period: str | None = None
+    ) -> AddTeamMemberResult:
+        """See :meth:`RedisStore.set_member_cap`."""
+        fields: dict[str, Any] = {"cap": "-1" if spend_cap is None else str(check_amount(spend_cap, "spend_cap", 0))}
+        if cap_period is not None:
+            fields["period"] = self.core.teams.add_member_fields("member", None, cap_period)["period"]
+        return await self._run(self.core.teams.member(team_id, user_id, "update", fields))
+
+    async def set_member_role(self, team_id: str, user_id: str, role: str) -> AddTeamMemberResult:
+        """See :meth:`RedisStore.set_member_role`."""
+        return await self._run(self.core.teams.member(team_id, user_id, "update", {"role": check_label(role, "role")}))
+
+    async def remove_team_member(self, team_id: str, user_id: str) -> AddTeamMemberResult:
+        """See :meth:`RedisStore.remove_team_member`."""
+        return await self._run(self.core.teams.member(team_id, user_id, "remove", {}))
+
+    async def get_team_members(self, team_id: str) -> list[TeamMember]:
+        """See :meth:`RedisStore.get_team_members`."""
+        return await self._run(self.core.teams.get_team_members(team_id))
+
+    async def team_spend_report(self, team_id: str) -> list[TeamMemberSpend]:
+        """See :meth:`RedisStore.team_spend_report`."""
+        return await self._run(self.core.teams.members(team_id))
+
+    async def set_team_spend_cap(
+        self, team_id: str, cap_type: str = "daily", limit: int = 0, action: str = "deny", model: str | None = None
+    ) -> None:
+        """See :meth:`RedisStore.set_team_spend_cap`."""
+        cap = SpendCap(user_id=team_id, cap_type=cap_type, limit=limit, action=action, model=model)  # type: ignore[arg-type,unused-ignore]
+        await self._run(self.core.set_spend_cap(cap, account_kind=TEAM))
+
+    async def deduct_team(
+        self,
+        team_id: str,
+        user_id: str,
+        amount: int,
+        metadata: CreditMetadata | dict[str, Any] | None = None,
+        idempotency_key: str | None = None,
+    ) -> TeamDeductionResult:
+        """See :meth:`RedisStore.deduct_team`."""
+        return await self._run(self.core.teams.deduct_team(team_id, user_id, amount, metadata, idempotency_key))
+
+    async def reserve_team(
+        self,
+        team_id: str,
+        user_id: str,
+        amount: int,
+        operation_type: str = "team_job",
+        metadata: CreditMetadata | dict[str, Any] | None = None,
+        idempotency_key: str | None = None,
+        ttl_seconds: int | None = None,
+    ) -> ReserveResult:
+        """See :meth:`RedisStore.reserve_team`."""
+        return await self._run(self.core.teams.reserve_team(
+            team_id, user_id, amount, operation_type, metadata, idempotency_key, ttl_seconds))
+
+    async def settle_team_reservation(
+        self,
+        team_id: str,
+        user_id: str,
+        reservation_id: str,
+        amount: int,
+        idempotency_key: str | None = None,
+        metadata: CreditMetadata | dict[str, Any] | None = None,
+    ) -> TeamDeductionResult:
+        """See :meth:`RedisStore.settle_team_reservation`."""
+        return await self._run(self.core.teams.deduct_team(
+            team_id, user_id, amount, metadata, idempotency_key,
+            reservation_id=check_id(reservation_id, "reservation_id")))
+
+    async def release_team_reservation(
+        self, team_id: str, user_id: str, reservation_id: str, idempotency_key: str | None = None
+    ) -> ReleaseResult:
+        """See :meth:`RedisStore.release_team_reservation`."""
+        return await self._run(self.core.teams.release_team(team_id, user_id, reservation_id, idempotency_key))
 
 
 class _AutoBatcher:

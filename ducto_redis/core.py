@@ -225,6 +225,9 @@ class StoreCore:
         self.keys = KeySchema(settings.namespace, settings.shards)
         self.scripts = scripts()
         self.clock_offset_ms = 0
+        from .team_ops import TeamOps  # the team calls share this core (keys, scripts, settings)
+
+        self.teams = TeamOps(self)
         self._idem_ttl = str(settings.idempotency_ttl_seconds)
         self._hold_ttl_ms = settings.hold_ttl_seconds * 1000
         self._events_maxlen = str(settings.events_maxlen)
@@ -266,6 +269,13 @@ class StoreCore:
             )
 
         return Call(self.scripts["balance"], [k.account, k.holds, k.hold_expiry], [self._offset()], parse)
+
+    def user_exists(self, user_id: str) -> Call[bool]:
+        """Whether a user record exists (made by any credit, even of 0)."""
+        uid = check_id(user_id, "user_id")
+        k = self.keys.user(uid)
+        return Call(self.scripts["balance"], [k.account, k.holds, k.hold_expiry], [self._offset()],
+                    lambda raw: _reply(raw, 6)[5] == "1")
 
     def add_credits(
         self,
@@ -484,18 +494,18 @@ class StoreCore:
 
     # spend caps
 
-    def set_spend_cap(self, cap: SpendCap, *, remove: bool = False) -> Call[None]:
-        """Set (or remove) a user's daily or monthly cap, for all models or one model."""
+    def set_spend_cap(self, cap: SpendCap, *, remove: bool = False, account_kind: str = USER) -> Call[None]:
+        """Set (or remove) a user's (or, with ``account_kind="t"``, a team's) daily or monthly cap."""
         if not isinstance(cap, SpendCap):
             raise InvalidInputError("cap", f"must be a SpendCap, got {type(cap).__name__}")
-        uid = check_id(cap.user_id, "user_id")
+        uid = check_id(cap.user_id, "user_id" if account_kind == USER else "team_id")
         check_amount(cap.limit, "limit", 0)
         model = check_label(cap.model, "model") if cap.model else ""
-        k = self.keys.user(uid)
+        k = self.keys.user(uid) if account_kind == USER else self.keys.team(uid)
         field = ("d" if cap.cap_type == "daily" else "m") + (f"|{model}" if model else "")
         value = "" if remove else f"{cap.limit}|{cap.action}"
         args = [
-            self._offset(), new_id(), USER, uid, field, value,
+            self._offset(), new_id(), account_kind, uid, field, value,
             json.dumps(cap.model_dump(by_alias=False), separators=(",", ":")),
         ]
         return Call(self.scripts["set_cap"], [k.caps, k.ledger], args, lambda _r: None)

@@ -9,7 +9,11 @@ Layout (``ns`` = namespace, ``N`` = shard of the account, ``<id>`` = escaped acc
     {ns:N}:u:<id>:wd         HASH  today's spend: "_b" day number, "*" all models, "m|<model>"
     {ns:N}:u:<id>:wm         HASH  this month's spend, same fields ("_b" = year*12+month-1)
     {ns:N}:u:<id>:i:<key>    STRING remembered reply of an idempotency key (expires)
-    {ns:N}:t:<id>...         the same family for a team pool (teams issue)
+    {ns:N}:t:<id>            HASH  team pool: bal, held, life, name, mc (member count), created
+    {ns:N}:t:<id>:members    HASH  member id -> {"role", "cap", "period"} (JSON)
+    {ns:N}:t:<id>:mspend     HASH  member id -> all-time spend; :md / :mm today's / this month's
+    {ns:N}:t:<id>:mheld      HASH  member id -> held by the member's open reservations
+    {ns:N}:t:<id>:holds ...  holds, hold expiry, caps, windows, idempotency as for a user
     {ns:N}:ledger            STREAM the shard's ledger entries (flushed to Postgres)
     {ns:N}:events            STREAM the shard's events (cap warnings, ...)
 
@@ -83,13 +87,28 @@ class AccountKeys:
 
     @property
     def members(self) -> str:
-        """Team only: member id -> "role|cap|cap_period"."""
+        """Team only: member id -> JSON {"role", "cap" (null = none), "period" (total|daily|monthly)}."""
         return self.base + ":members"
 
     @property
     def member_spend(self) -> str:
-        """Team only: member id -> all-time spend; "d|<id>" / "m|<id>" period spend with "_d"/"_m" buckets."""
+        """Team only: member id -> all-time spend from the pool."""
         return self.base + ":mspend"
+
+    @property
+    def member_day(self) -> str:
+        """Team only: today's spend per member ("_b" = day number)."""
+        return self.base + ":md"
+
+    @property
+    def member_month(self) -> str:
+        """Team only: this month's spend per member ("_b" = year*12+month-1)."""
+        return self.base + ":mm"
+
+    @property
+    def member_held(self) -> str:
+        """Team only: member id -> credits held by the member's open team reservations."""
+        return self.base + ":mheld"
 
     @property
     def ledger(self) -> str:

@@ -190,12 +190,26 @@ class Team(BaseModel):
 
 
 class TeamBalanceResult(BaseModel):
-    """A team's pool balance and member count."""
+    """A team's pool balance and member count (``error`` set when the team does not exist)."""
 
     team_id: str = ""
     name: str = ""
     balance: int = 0
     member_count: int = 0
+    held: int = 0
+    error: str | None = None
+
+
+class TeamMemberSpend(BaseModel):
+    """One line of a team's spend report: who spent what, this period and all time."""
+
+    user_id: str
+    role: str = "member"
+    spend_cap: int | None = None
+    cap_period: str = "total"
+    total_spent: int = 0
+    spent_today: int = 0
+    spent_this_month: int = 0
     held: int = 0
 
 

@@ -26,6 +26,12 @@ SCRIPT_NAMES = (
     "check_cap",
     "set_rate_limit",
     "hit_rate_limit",
+    "pool_create",
+    "pool_member",
+    "pool_debit",
+    "pool_reserve",
+    "pool_release",
+    "pool_read",
 )
 
 

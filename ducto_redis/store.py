@@ -8,15 +8,19 @@ from typing import Any, TypeVar
 
 import redis
 
+from . import errors
 from .batch import Batch, ChargeRequest, charge_calls
 from .connect import run_pipelined, sync_client
-from .core import Call, StoreCore
+from .core import Call, StoreCore, check_amount, check_id, check_label
 from .errors import InvalidInputError
+from .keys import TEAM
 from .ledger.store_api import LedgerStoreMixin
 from .models import (
     AddCreditsResult,
+    AddTeamMemberResult,
     BalanceResult,
     CapCheckResult,
+    CreateTeamResult,
     CreditMetadata,
     DeductionResult,
     RateLimitResult,
@@ -24,6 +28,10 @@ from .models import (
     ReserveResult,
     SetupResult,
     SpendCap,
+    TeamBalanceResult,
+    TeamDeductionResult,
+    TeamMember,
+    TeamMemberSpend,
 )
 from .settings import Settings
 
@@ -211,3 +219,117 @@ class RedisStore(LedgerStoreMixin):
     ) -> CapCheckResult:
         """The real current spend, limit and action of the cap that matters; ``capped`` if deny refuses."""
         return self._run(self.core.check_spend_cap(user_id, model, amount))
+
+    # ── teams ─────────────────────────────────────────────────────────
+
+    def create_team(
+        self, name: str, initial_balance: int = 0, idempotency_key: str | None = None
+    ) -> CreateTeamResult:
+        """Create a team pool holding ``initial_balance`` credits (a fresh uuid id)."""
+        return self._run(self.core.teams.create_team(name, initial_balance, idempotency_key))
+
+    def get_team_balance(self, team_id: str) -> TeamBalanceResult:
+        """Pool balance, held, name and member count, in O(1)."""
+        return self._run(self.core.teams.get_team_balance(team_id))
+
+    def top_up_team(
+        self,
+        team_id: str,
+        amount: int,
+        type: str = "purchase",
+        metadata: CreditMetadata | dict[str, Any] | None = None,
+        idempotency_key: str | None = None,
+    ) -> TeamBalanceResult:
+        """Credit a team pool (typed, idempotent); ``error='team_not_found'`` if unknown."""
+        return self._run(self.core.teams.top_up(team_id, amount, type, metadata, idempotency_key))
+
+    def add_team_member(
+        self,
+        team_id: str,
+        user_id: str,
+        role: str = "member",
+        spend_cap: int | None = None,
+        cap_period: str = "total",
+    ) -> AddTeamMemberResult:
+        """Add (or update) a member; the user record must exist (``user_not_found``)."""
+        fields = self.core.teams.add_member_fields(role, spend_cap, cap_period)
+        if not self._run(self.core.user_exists(user_id)):
+            return AddTeamMemberResult(team_id=team_id, user_id=user_id, role=role, error=errors.USER_NOT_FOUND)
+        return self._run(self.core.teams.member(team_id, user_id, "add", fields))
+
+    def set_member_cap(
+        self, team_id: str, user_id: str, spend_cap: int | None, cap_period: str | None = None
+    ) -> AddTeamMemberResult:
+        """Change or (``None``) remove one member's cap, over ``total``/``daily``/``monthly``."""
+        fields: dict[str, Any] = {"cap": "-1" if spend_cap is None else str(check_amount(spend_cap, "spend_cap", 0))}
+        if cap_period is not None:
+            fields["period"] = self.core.teams.add_member_fields("member", None, cap_period)["period"]
+        return self._run(self.core.teams.member(team_id, user_id, "update", fields))
+
+    def set_member_role(self, team_id: str, user_id: str, role: str) -> AddTeamMemberResult:
+        """Change a member's role."""
+        return self._run(self.core.teams.member(team_id, user_id, "update", {"role": check_label(role, "role")}))
+
+    def remove_team_member(self, team_id: str, user_id: str) -> AddTeamMemberResult:
+        """Remove a member; their spend history stays in the report and the ledger."""
+        return self._run(self.core.teams.member(team_id, user_id, "remove", {}))
+
+    def get_team_members(self, team_id: str) -> list[TeamMember]:
+        """Members with role, spend_cap and total_spent (ducto's list)."""
+        return self._run(self.core.teams.get_team_members(team_id))
+
+    def team_spend_report(self, team_id: str) -> list[TeamMemberSpend]:
+        """Who spent what: per member all time, today, this month, and held."""
+        return self._run(self.core.teams.members(team_id))
+
+    def set_team_spend_cap(
+        self, team_id: str, cap_type: str = "daily", limit: int = 0, action: str = "deny", model: str | None = None
+    ) -> None:
+        """A team-level daily or monthly cap (deny / warn / notify), like a user's."""
+        cap = SpendCap(user_id=team_id, cap_type=cap_type, limit=limit, action=action, model=model)  # type: ignore[arg-type,unused-ignore]
+        self._run(self.core.set_spend_cap(cap, account_kind=TEAM))
+
+    def deduct_team(
+        self,
+        team_id: str,
+        user_id: str,
+        amount: int,
+        metadata: CreditMetadata | dict[str, Any] | None = None,
+        idempotency_key: str | None = None,
+    ) -> TeamDeductionResult:
+        """Spend from the pool for a member: membership, member cap, team caps, pool, one script."""
+        return self._run(self.core.teams.deduct_team(team_id, user_id, amount, metadata, idempotency_key))
+
+    def reserve_team(
+        self,
+        team_id: str,
+        user_id: str,
+        amount: int,
+        operation_type: str = "team_job",
+        metadata: CreditMetadata | dict[str, Any] | None = None,
+        idempotency_key: str | None = None,
+        ttl_seconds: int | None = None,
+    ) -> ReserveResult:
+        """Hold pool credits for a member's long job (counts toward their cap; expires)."""
+        return self._run(self.core.teams.reserve_team(
+            team_id, user_id, amount, operation_type, metadata, idempotency_key, ttl_seconds))
+
+    def settle_team_reservation(
+        self,
+        team_id: str,
+        user_id: str,
+        reservation_id: str,
+        amount: int,
+        idempotency_key: str | None = None,
+        metadata: CreditMetadata | dict[str, Any] | None = None,
+    ) -> TeamDeductionResult:
+        """Spend the actual amount of a team hold; the rest returns to the pool."""
+        return self._run(self.core.teams.deduct_team(
+            team_id, user_id, amount, metadata, idempotency_key,
+            reservation_id=check_id(reservation_id, "reservation_id")))
+
+    def release_team_reservation(
+        self, team_id: str, user_id: str, reservation_id: str, idempotency_key: str | None = None
+    ) -> ReleaseResult:
+        """Give a team hold back to the pool untouched."""
+        return self._run(self.core.teams.release_team(team_id, user_id, reservation_id, idempotency_key))

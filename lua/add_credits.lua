@@ -4,7 +4,9 @@
 -- ARGV[5] transaction type   ARGV[6] counts toward lifetime_purchased ("1"/"0")   ARGV[7] metadata JSON
 -- ARGV[8] has idempotency key ("1"/"0")   ARGV[9] idempotency key (raw)   ARGV[10] idempotency TTL s
 -- ARGV[11] expires_at ms or ""   ARGV[12] account kind ("u"; "t" for a team top-up)
--- Reply: { "ok"|"invalid_amount", idempotent, transaction id, amount, balance after, lifetime purchased }
+-- ARGV[13] "1" when the account must already exist (team top-up), else "0" or absent
+-- Reply: { "ok"|"invalid_amount"|"team_not_found", idempotent, transaction id, amount, balance after,
+--          lifetime purchased }
 local acct, idem, stream = KEYS[1], KEYS[2], KEYS[3]
 local again = replay(idem, ARGV[8])
 if again then return again end
@@ -14,6 +16,9 @@ local amount = tonumber(ARGV[4])
 local vals = redis.call('HMGET', acct, 'bal', 'life', 'held', 'created')
 local bal = tonumber(vals[1]) or 0
 local life = tonumber(vals[2]) or 0
+if ARGV[13] == '1' and not vals[4] then
+  return { 'team_not_found', '0', '', I(amount), '0', '0' }
+end
 if bal + amount > MAX_SAFE then
   return { 'invalid_amount', '0', '', I(amount), I(bal), I(life) }
 end

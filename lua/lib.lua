@@ -328,3 +328,76 @@ local function user_debit(K, A)
 
   return remember(idem, A[9], A[11], { 'ok', '0', tx, I(amount), I(bal), I(held), action, '0', rl_remaining })
 end
+
+-- ── Teams ────────────────────────────────────────────────────────────
+-- A team hold is JSON {a = amount, e = expires ms, m = member, o = operation} (numbers as strings).
+-- Member records are JSON {role, cap (absent = none), period (total|daily|monthly)}.
+-- Team key tables (TK) name: acct, holds, hexp, caps, wd, wm, idem, stream, events, members,
+-- mspend, md, mm, mheld (see ducto_redis/keys.py).
+
+local function member_get(members, uid)
+  local raw = redis.call('HGET', members, uid)
+  if not raw then return nil end
+  return cjson.decode(raw)
+end
+
+-- the member's spend in their cap's period, plus what their open reservations hold
+local function member_usage(TK, uid, period, now)
+  local spent
+  if period == 'daily' then
+    spent = window_spend(TK.md, (bucket_of('d', now)), uid)
+  elseif period == 'monthly' then
+    spent = window_spend(TK.mm, (bucket_of('m', now)), uid)
+  else
+    spent = tonumber(redis.call('HGET', TK.mspend, uid)) or 0
+  end
+  return spent, tonumber(redis.call('HGET', TK.mheld, uid)) or 0
+end
+
+local function team_hold_decode(raw)
+  local h = cjson.decode(raw)
+  return tonumber(h.a), tonumber(h.e), h.m, h.o
+end
+
+-- return a team's expired holds (one 'expire' ledger entry each, naming the member); held after
+local function sweep_team_holds(TK, now, tid, held, bal)
+  if held <= 0 then return held end
+  local due = redis.call('ZRANGEBYSCORE', TK.hexp, '-inf', now)
+  if #due == 0 then return held end
+  for _, rid in ipairs(due) do
+    local raw = redis.call('HGET', TK.holds, rid)
+    if raw then
+      local amount, _, member, op = team_hold_decode(raw)
+      held = held - amount
+      redis.call('HDEL', TK.holds, rid)
+      redis.call('HINCRBY', TK.mheld, member, -amount)
+      ledger(TK.stream, { 'id', 'exp:' .. rid, 'ts', I(now), 'ak', 't', 'acct', tid, 'member', member,
+        'kind', 'expire', 'amount', '0', 'hold', I(amount), 'bal', I(bal), 'held', I(held), 'rid', rid, 'op', op })
+    end
+    redis.call('ZREM', TK.hexp, rid)
+  end
+  redis.call('HSET', TK.acct, 'held', I(held))
+  return held
+end
+
+local function team_expired_total(TK, now)
+  local total = 0
+  for _, rid in ipairs(redis.call('ZRANGEBYSCORE', TK.hexp, '-inf', now)) do
+    local raw = redis.call('HGET', TK.holds, rid)
+    if raw then total = total + (team_hold_decode(raw)) end
+  end
+  return total
+end
+
+-- resolve a team hold (settled, released or refused): it is gone after
+local function team_hold_drop(TK, rid, member, amount)
+  redis.call('HDEL', TK.holds, rid)
+  redis.call('ZREM', TK.hexp, rid)
+  redis.call('HINCRBY', TK.mheld, member, -amount)
+end
+
+-- Team keys from KEYS in the order of pool_debit.lua / pool_reserve.lua
+local function team_keys(K)
+  return { acct = K[1], holds = K[2], hexp = K[3], caps = K[4], wd = K[5], wm = K[6], idem = K[7],
+    stream = K[8], events = K[9], members = K[10], mspend = K[11], md = K[12], mm = K[13], mheld = K[14] }
+end
