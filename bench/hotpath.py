@@ -5,6 +5,7 @@ Sections (each a function that prepares its state and returns a timed operation)
   HSET, XADD one ledger entry), and a bare ``evalsha`` of the store's own ``debit.lua`` with its
   arguments packed once (so ``charge`` against it measures exactly what the Python shell adds);
 - ``RedisStore.charge`` (no caps; with a deny and a warn cap), ``reserve_credits`` + ``deduct_credits``;
+- ``deduct_team`` on a pool of 1 000 members with member caps and a team cap;
 - the ``limits`` library's moving-window ``hit()``;
 - ``MemoryStore.charge`` (embedded fakeredis + lupa);
 - batching: raw pipelined EVALSHA x100, ``charge_many`` x100;
@@ -187,6 +188,19 @@ def store_reserve_deduct(b: Bench) -> tuple[int, Callable[[], tuple[float, list[
     return 1, lambda: b.time_sync(op)
 
 
+def team_deduct(b: Bench) -> tuple[int, Callable[[], tuple[float, list[float]]]]:
+    """deduct_team on a pool with 1 000 members, every third capped, and a team cap."""
+    s = b.store()
+    tid = s.create_team("bench-pool", initial_balance=RICH).team_id
+    members = [f"tm-{i}" for i in range(1000)]
+    for i, m in enumerate(members):
+        s.add_credits(m, 0)
+        s.add_team_member(tid, m, spend_cap=RICH if i % 3 == 0 else None, cap_period="daily")
+    s.set_team_spend_cap(tid, "monthly", limit=RICH, action="deny")
+    it = iter(range(10**12))
+    return 1, lambda: b.time_sync(lambda: s.deduct_team(tid, members[next(it) % 1000], 1))
+
+
 def limits_hit(b: Bench) -> tuple[int, Callable[[], tuple[float, list[float]]]]:
     from limits import RateLimitItemPerSecond
     from limits.storage import RedisStorage
@@ -264,6 +278,7 @@ SECTIONS: dict[str, Callable[[Bench], tuple[int, Callable[[], tuple[float, list[
     "RedisStore.charge, 1 conn": store_charge,
     "RedisStore.charge with deny+warn caps": store_charge_caps,
     "reserve_credits + deduct_credits (pair)": store_reserve_deduct,
+    "deduct_team (1 000 members, caps on)": team_deduct,
     "limits moving-window hit()": limits_hit,
     "MemoryStore.charge (embedded)": memory_charge,
     "raw EVALSHA pipelined x100": raw_pipelined_100,
