@@ -199,6 +199,11 @@ class TeamBalanceResult(BaseModel):
     held: int = 0
     error: str | None = None
 
+    @property
+    def available(self) -> int:
+        """Pool credits that can still be spent or reserved (balance − held)."""
+        return self.balance - self.held
+
 
 class TeamMemberSpend(BaseModel):
     """One line of a team's spend report: who spent what, this period and all time."""
@@ -211,6 +216,7 @@ class TeamMemberSpend(BaseModel):
     spent_today: int = 0
     spent_this_month: int = 0
     held: int = 0
+    removed: bool = False
 
 
 class TeamMember(BaseModel):
@@ -232,12 +238,15 @@ class CreateTeamResult(BaseModel):
 
 
 class AddTeamMemberResult(BaseModel):
-    """Result of adding a team member."""
+    """Result of adding (or changing, or removing) a team member: the member's record after."""
 
     team_id: str = ""
     user_id: str = ""
     role: str = "member"
     error: str | None = None
+    spend_cap: int | None = None
+    cap_period: str = "total"
+    member_count: int = 0
 
 
 class TeamDeductionResult(BaseModel):
@@ -250,6 +259,30 @@ class TeamDeductionResult(BaseModel):
     team_balance_after: int = 0
     error: str | None = None
     idempotent: bool = False
+    cap_action: str | None = None
+
+
+class TeamTopUpResult(BaseModel):
+    """Result of crediting a team pool (``top_up_team``)."""
+
+    transaction_id: str = ""
+    team_id: str = ""
+    amount: int = 0
+    balance: int = 0
+    idempotent: bool = False
+    error: str | None = None
+
+
+class TeamSpendCapResult(BaseModel):
+    """Result of setting or removing a team-level spend cap."""
+
+    team_id: str = ""
+    cap_type: str = "daily"
+    model: str | None = None
+    limit: int = 0
+    action: str = "deny"
+    removed: bool = False
+    error: str | None = None
 
 
 # ── Later issues (kept here so every store returns the same models) ──
@@ -338,3 +371,20 @@ class AggregateStatsRow(BaseModel):
     avg_daily_spend: int = 0
     top_model: str = ""
     top_user: str = ""
+
+
+class SpendByMemberRow(BaseModel):
+    """A team member's spend from the pool in a time window."""
+
+    user_id: str = ""
+    total_spend: int = 0
+    transaction_count: int = 0
+
+
+class LedgerLag(BaseModel):
+    """How far the durable ledger is behind Redis: entries not yet stored in Postgres."""
+
+    backlog: int = 0
+    pending: int = 0
+    oldest_unflushed_age_ms: int = 0
+    per_shard: dict[int, int] = Field(default_factory=dict)

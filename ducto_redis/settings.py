@@ -20,6 +20,7 @@ class Settings(BaseSettings):
     - ``events_maxlen``: approximate length the events stream is trimmed to.
     - ``auto_batch_ms``: async store only; when > 0, concurrent calls made within this window
       (milliseconds, at most 1 by default design) are sent together in one pipeline round trip.
+    - ``ledger_schema``: the Postgres schema of the ledger table.
     - ``ledger_max_backlog``: unflushed ledger entries per shard before the policy applies (0 = no limit).
     - ``ledger_backlog_policy``: ``closed`` refuses new holds and debits past the limit
       (``ledger_backlog_full``); ``open`` keeps accepting them.
@@ -36,6 +37,7 @@ class Settings(BaseSettings):
     events_maxlen: int = Field(default=100_000, ge=100)
     auto_batch_ms: float = Field(default=0.0, ge=0.0, le=50.0)
     auto_batch_max: int = Field(default=512, ge=1, le=10_000)
+    ledger_schema: str = Field(default="ducto", pattern=r"^[a-z_][a-z0-9_]{0,62}$")
     ledger_max_backlog: int = Field(default=0, ge=0)
     ledger_backlog_policy: Literal["closed", "open"] = "closed"
     default_min_balance: int = Field(default=5, ge=0)

@@ -1,7 +1,132 @@
-"""Ledger-facing store methods, mixed into RedisStore (flusher control, lag, analytics)."""
+"""Ledger-facing store methods, mixed into RedisStore: flusher control, lag, analytics, restore."""
 
 from __future__ import annotations
 
+import time
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from ..models import (
+    AggregateStatsRow,
+    DailySpendRow,
+    LedgerLag,
+    SetupResult,
+    SpendByMemberRow,
+    SpendByModelRow,
+    SpendByUserRow,
+    TopUserRow,
+)
+
+if TYPE_CHECKING:
+    from ..core import StoreCore
+    from ..settings import Settings
+    from .flusher import LedgerFlusher
+    from .queries import LedgerQueries
+
 
 class LedgerStoreMixin:
-    """Methods of the store that reach the Postgres ledger."""
+    """Methods of the store that reach the Postgres ledger (``DUCTO_DATABASE_URL``)."""
+
+    client: Any
+    core: StoreCore
+    settings: Settings
+    _flusher: LedgerFlusher | None = None
+
+    def _database_url(self, database_url: str | None = None) -> str:
+        url = database_url or self.settings.database_url
+        if not url:
+            raise ValueError("database_url: pass one or set DUCTO_DATABASE_URL")
+        return str(url)
+
+    def _setup_database(self, database_url: str, result: SetupResult) -> None:
+        from .flusher import migrate
+
+        try:
+            migrate(database_url, self.settings.ledger_schema)
+            result.tables_created.append(f"{self.settings.ledger_schema}.ledger")
+        except Exception as exc:
+            result.errors.append(f"ledger schema: {exc}")
+
+    def start_flusher(self, database_url: str | None = None, **options: Any) -> LedgerFlusher:
+        """Start a background thread copying this namespace's ledger into Postgres."""
+        from .flusher import LedgerFlusher, migrate
+
+        url = self._database_url(database_url)
+        migrate(url, options.get("schema") or self.settings.ledger_schema)
+        self.stop_flusher()
+        self._flusher = LedgerFlusher(self, url, **options).start()
+        return self._flusher
+
+    def stop_flusher(self) -> None:
+        """Stop the background flusher, if one runs (its current batch completes first)."""
+        if self._flusher is not None:
+            self._flusher.stop()
+            self._flusher = None
+
+    def ledger_lag(self) -> LedgerLag:
+        """Entries not yet stored in Postgres (per shard and in all), pending ones, oldest age."""
+        from redis.exceptions import ResponseError
+
+        from .flusher import GROUP
+
+        lag = LedgerLag()
+        now_ms = int(time.time() * 1000)
+        oldest: int | None = None
+        for shard, stream in enumerate(self.core.keys.all_ledger_streams()):
+            n = int(self.client.xlen(stream))
+            if not n:
+                continue
+            lag.per_shard[shard] = n
+            lag.backlog += n
+            first = self.client.xrange(stream, count=1)
+            if first:
+                ms = int(str(first[0][0]).split("-")[0])
+                oldest = ms if oldest is None else min(oldest, ms)
+            try:
+                pending = self.client.xpending(stream, GROUP)
+                lag.pending += int(pending.get("pending", 0)) if pending else 0
+            except ResponseError:  # no group yet: nothing delivered
+                pass
+        lag.oldest_unflushed_age_ms = max(0, now_ms - oldest) if oldest is not None else 0
+        return lag
+
+    def _queries(self) -> LedgerQueries:
+        from .queries import LedgerQueries
+
+        return LedgerQueries(self._database_url(), self.settings.ledger_schema, self.settings.namespace)
+
+    def spend_by_user(self, start: datetime, end: datetime) -> list[SpendByUserRow]:
+        """Spend per user in ``[start, end)``, from the Postgres ledger."""
+        return self._queries().spend_by_user(start, end)
+
+    def spend_by_model(self, start: datetime, end: datetime) -> list[SpendByModelRow]:
+        """Spend per model in ``[start, end)``."""
+        return self._queries().spend_by_model(start, end)
+
+    def top_users(self, limit: int, start: datetime, end: datetime) -> list[TopUserRow]:
+        """The ``limit`` users who spent most in ``[start, end)``."""
+        return self._queries().top_users(limit, start, end)
+
+    def daily_spend(self, start: datetime, end: datetime) -> list[DailySpendRow]:
+        """Spend per UTC day in ``[start, end)``."""
+        return self._queries().daily_spend(start, end)
+
+    def aggregate_stats(self, start: datetime, end: datetime) -> AggregateStatsRow:
+        """Credits consumed, active users, average daily spend, top model and user."""
+        return self._queries().aggregate_stats(start, end)
+
+    def spend_by_member(self, team_id: str, start: datetime, end: datetime) -> list[SpendByMemberRow]:
+        """A team's spend per member in ``[start, end)``."""
+        return self._queries().spend_by_member(team_id, start, end)
+
+    def restore_from_ledger(self, database_url: str | None = None, progress: bool = False) -> int:
+        """Rebuild every account's Redis keys from the ledger; returns accounts restored."""
+        from .restore import restore
+
+        return restore(self, self._database_url(database_url), progress=progress)
+
+    def reconcile_with_ledger(self, database_url: str | None = None) -> dict[str, list[str]]:
+        """Drift per account between Redis and the ledger (empty when they agree)."""
+        from .restore import reconcile
+
+        return reconcile(self, self._database_url(database_url))

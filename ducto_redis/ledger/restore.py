@@ -1,0 +1,274 @@
+"""Rebuild Redis from the Postgres ledger (restore) and compare the two (reconcile).
+
+Both derive each account's state from its ledger entries in stream order: balance and held
+(the last entry's ``bal``/``held``), lifetime purchases, open holds, caps and rate limit (config
+entries), the current day's and month's spend windows, and for teams the name, members (config
+entries carry the member record), member totals, member windows and member holds.
+
+Not restored: idempotency keys (a retry within their TTL after a Redis loss decides again) and
+the rate limiter's position (it starts fresh).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+DAY_MS = 86_400_000
+WINDOW_GRACE_MS = 3_600_000
+
+
+def day_bucket(ms: int) -> tuple[int, int]:
+    """(UTC day number, end of that day in ms) as lua/lib.lua's bucket_of('d')."""
+    d = ms // DAY_MS
+    return d, (d + 1) * DAY_MS
+
+
+def month_bucket(ms: int) -> tuple[int, int]:
+    """(year*12 + month - 1, end of that month in ms) as lua/lib.lua's bucket_of('m')."""
+    t = datetime.fromtimestamp(ms / 1000, timezone.utc)
+    ny, nm = (t.year + 1, 1) if t.month == 12 else (t.year, t.month + 1)
+    end = int(datetime(ny, nm, 1, tzinfo=timezone.utc).timestamp() * 1000)
+    return t.year * 12 + t.month - 1, end
+
+
+@dataclass
+class AccountState:
+    """What the ledger says one account's Redis keys hold."""
+
+    kind: str
+    account_id: str
+    exists: bool = False
+    created_ms: int = 0
+    bal: int = 0
+    held: int = 0
+    life: int = 0
+    name: str = ""
+    rate_limit: str | None = None
+    holds: dict[str, tuple[int, int, str, str]] = field(default_factory=dict)  # rid -> amount, exp, op, member
+    caps: dict[str, str] = field(default_factory=dict)
+    day: dict[str, int] = field(default_factory=dict)  # "*" / "m|<model>" (users and team caps)
+    month: dict[str, int] = field(default_factory=dict)
+    members: dict[str, str] = field(default_factory=dict)  # team: member -> record JSON
+    mspend: dict[str, int] = field(default_factory=dict)
+    mday: dict[str, int] = field(default_factory=dict)
+    mmonth: dict[str, int] = field(default_factory=dict)
+
+    def apply(self, e: dict[str, Any], now_ms: int) -> None:
+        """Fold one ledger row (a dict of the table's columns) into the state."""
+        kind = e["kind"]
+        ts = int(e["ts"].timestamp() * 1000)
+        if e["balance_after"] is not None:
+            self.bal, self.held = int(e["balance_after"]), int(e["held_after"] or 0)
+        if kind == "credit":
+            if not self.exists:
+                self.exists, self.created_ms = True, ts
+            if e["tx_type"] == "team_created":
+                self.life += int(e["amount"])
+                self.name = (e["metadata"] or {}).get("name", "")
+            elif e["tx_type"] == "purchase":
+                self.life += int(e["amount"])
+        elif kind == "hold":
+            self.holds[e["reservation_id"]] = (int(e["hold"]), int(e["expires_ms"] or 0),
+                                               e["operation_type"] or "", e["member"] or "")
+        elif kind in ("settle", "release", "expire") and e["reservation_id"]:
+            self.holds.pop(e["reservation_id"], None)
+        if kind in ("debit", "settle") and int(e["amount"]) < 0:
+            self._spend(-int(e["amount"]), e["model"] or "", e["member"], ts, now_ms)
+        if kind == "config":
+            self._config(e)
+
+    def _spend(self, amount: int, model: str, member: str | None, ts: int, now_ms: int) -> None:
+        today, this_month = day_bucket(ts)[0] == day_bucket(now_ms)[0], month_bucket(ts)[0] == month_bucket(now_ms)[0]
+        scopes = ["*"] + ([f"m|{model}"] if model else [])
+        for scope in scopes:
+            if today:
+                self.day[scope] = self.day.get(scope, 0) + amount
+            if this_month:
+                self.month[scope] = self.month.get(scope, 0) + amount
+        if member:
+            self.mspend[member] = self.mspend.get(member, 0) + amount
+            if today:
+                self.mday[member] = self.mday.get(member, 0) + amount
+            if this_month:
+                self.mmonth[member] = self.mmonth.get(member, 0) + amount
+
+    def _config(self, e: dict[str, Any]) -> None:
+        op, meta = e["operation_type"], e["metadata"]
+        if op in ("cap_set", "cap_removed"):
+            f = ("d" if meta["cap_type"] == "daily" else "m") + (f"|{meta['model']}" if meta.get("model") else "")
+            if op == "cap_set":
+                self.caps[f] = f"{meta['limit']}|{meta['action']}"
+            else:
+                self.caps.pop(f, None)
+        elif op == "rate_limit_set":
+            self.rate_limit = meta.get("raw") if isinstance(meta, dict) else meta  # "limit|period_ms|burst"
+        elif op == "rate_limit_removed":
+            self.rate_limit = None
+        elif op in ("member_added", "member_updated"):
+            self.members[e["member"]] = json.dumps(meta, separators=(",", ":"))
+        elif op == "member_removed":
+            self.members.pop(e["member"], None)
+
+
+def ledger_rows(database_url: str, schema: str, namespace: str) -> Iterator[dict[str, Any]]:
+    """Every ledger row of a namespace, account by account, in stream order (a server-side cursor)."""
+    import psycopg
+    from psycopg.rows import dict_row
+
+    with psycopg.connect(database_url) as conn, conn.cursor(name="ducto_restore", row_factory=dict_row) as cur:
+        cur.itersize = 5000
+        cur.execute(f"SELECT * FROM {schema}.ledger WHERE namespace = %s "
+                    "ORDER BY account_kind, account_id, shard, stream_ms, stream_seq", (namespace,))
+        yield from cur
+
+
+def derive(database_url: str, schema: str, namespace: str, now_ms: int | None = None) -> Iterator[AccountState]:
+    """The state of every account of the namespace, as the ledger says."""
+    now_ms = now_ms or int(time.time() * 1000)
+    state: AccountState | None = None
+    for row in ledger_rows(database_url, schema, namespace):
+        if row["metadata"] is not None and isinstance(row["metadata"], str):
+            row["metadata"] = json.loads(row["metadata"])
+        if state is None or (state.kind, state.account_id) != (row["account_kind"], row["account_id"]):
+            if state is not None:
+                yield state
+            state = AccountState(row["account_kind"].strip(), row["account_id"])
+        state.apply(row, now_ms)
+    if state is not None:
+        yield state
+
+
+def _account_keys(store: Any, s: AccountState) -> Any:
+    return store.core.keys.team(s.account_id) if s.kind == "t" else store.core.keys.user(s.account_id)
+
+
+def write_state(store: Any, s: AccountState, now_ms: int) -> None:
+    """Replace one account's keys in Redis with the derived state (one pipeline)."""
+    k = _account_keys(store, s)
+    team = s.kind == "t"
+    keys = [k.account, k.holds, k.hold_expiry, k.caps, k.day_window, k.month_window]
+    if team:
+        keys += [k.members, k.member_spend, k.member_day, k.member_month, k.member_held]
+    p = store.client.pipeline(transaction=False)
+    for key in keys:
+        p.delete(key)
+    acct: dict[str, str] = {}
+    if s.exists:
+        acct.update(bal=str(s.bal), held=str(s.held), life=str(s.life), created=str(s.created_ms))
+        if team:
+            acct.update(name=s.name, mc=str(len(s.members)))
+    if s.rate_limit:
+        acct["rl"] = s.rate_limit
+    if acct:
+        p.hset(k.account, mapping=acct)
+    mheld: dict[str, int] = {}
+    for rid, (amount, exp, op, member) in s.holds.items():
+        if team:
+            p.hset(k.holds, rid, json.dumps({"a": str(amount), "e": str(exp), "m": member, "o": op}))
+            mheld[member] = mheld.get(member, 0) + amount
+        else:
+            p.hset(k.holds, rid, f"{amount}|{exp}|{op}")
+        p.zadd(k.hold_expiry, {rid: exp})
+    if s.caps:
+        p.hset(k.caps, mapping=s.caps)
+    d_bucket, d_end = day_bucket(now_ms)
+    m_bucket, m_end = month_bucket(now_ms)
+    windows = ((k.day_window, s.day, d_bucket, d_end), (k.month_window, s.month, m_bucket, m_end))
+    for key, values, bucket, end in windows:
+        if values:
+            p.hset(key, mapping={"_b": str(bucket), **{f: str(v) for f, v in values.items()}})
+            p.pexpireat(key, end + WINDOW_GRACE_MS)
+    if team:
+        if s.members:
+            p.hset(k.members, mapping=s.members)
+        if s.mspend:
+            p.hset(k.member_spend, mapping={m: str(v) for m, v in s.mspend.items()})
+        for key, values, bucket, end in ((k.member_day, s.mday, d_bucket, d_end),
+                                         (k.member_month, s.mmonth, m_bucket, m_end)):
+            if values:
+                p.hset(key, mapping={"_b": str(bucket), **{m: str(v) for m, v in values.items()}})
+                p.pexpireat(key, end + WINDOW_GRACE_MS)
+        if mheld:
+            p.hset(k.member_held, mapping={m: str(v) for m, v in mheld.items()})
+    p.execute()
+
+
+def restore(store: Any, database_url: str, *, progress: bool = True) -> int:
+    """Rebuild every account's Redis keys from the ledger; returns the number of accounts."""
+    schema, ns = store.settings.ledger_schema, store.settings.namespace
+    total = _count_accounts(database_url, schema, ns)
+    now_ms = int(time.time() * 1000)
+    done = 0
+    for state in derive(database_url, schema, ns, now_ms):
+        write_state(store, state, now_ms)
+        done += 1
+        if progress and (done % 500 == 0 or done == total):
+            _bar(done, total)
+    if progress:
+        print(file=sys.stderr)
+    return done
+
+
+def _count_accounts(database_url: str, schema: str, namespace: str) -> int:
+    import psycopg
+
+    with psycopg.connect(database_url) as conn:
+        row = conn.execute(f"SELECT COUNT(DISTINCT (account_kind, account_id)) FROM {schema}.ledger "
+                           "WHERE namespace = %s", (namespace,)).fetchone()
+    return int(row[0]) if row else 0
+
+
+def _bar(done: int, total: int, width: int = 30) -> None:
+    filled = int(width * done / max(total, 1))
+    print(f"\rrestore [{'#' * filled}{'.' * (width - filled)}] {done}/{total} accounts", end="", file=sys.stderr)
+
+
+def _int_fields(h: dict[str, str], skip: tuple[str, ...] = ()) -> dict[str, int]:
+    return {f: int(v) for f, v in h.items() if f not in skip and int(v) != 0}
+
+
+def account_drift(store: Any, s: AccountState, now_ms: int) -> list[str]:
+    """How Redis differs from the ledger for one account (empty when they agree)."""
+    k = _account_keys(store, s)
+    c = store.client
+    acct = c.hgetall(k.account)
+    found: list[str] = []
+
+    def check(what: str, redis_value: Any, ledger_value: Any) -> None:
+        if redis_value != ledger_value:
+            found.append(f"{what}: redis={redis_value!r} ledger={ledger_value!r}")
+
+    if s.exists:
+        check("balance", int(acct.get("bal", 0)), s.bal)
+        check("held", int(acct.get("held", 0)), s.held)
+        check("lifetime", int(acct.get("life", 0)), s.life)
+    check("holds", set(c.hkeys(k.holds)), set(s.holds))
+    check("caps", c.hgetall(k.caps), s.caps)
+    for name, key, values, bucket in (("day window", k.day_window, s.day, day_bucket(now_ms)[0]),
+                                      ("month window", k.month_window, s.month, month_bucket(now_ms)[0])):
+        h = c.hgetall(key)
+        check(name, _int_fields(h, ("_b",)) if h.get("_b") == str(bucket) else {}, values)
+    if s.kind == "t":
+        check("members", {m: json.loads(v) for m, v in c.hgetall(k.members).items()},
+              {m: json.loads(v) for m, v in s.members.items()})
+        check("member totals", _int_fields(c.hgetall(k.member_spend)), s.mspend)
+        if s.exists:
+            check("member count", int(acct.get("mc", 0)), len(s.members))
+    return found
+
+
+def reconcile(store: Any, database_url: str) -> dict[str, list[str]]:
+    """Drift per account (``"u:<id>"`` / ``"t:<id>"``) between Redis and the ledger."""
+    now_ms = int(time.time() * 1000)
+    out: dict[str, list[str]] = {}
+    for s in derive(database_url, store.settings.ledger_schema, store.settings.namespace, now_ms):
+        d = account_drift(store, s, now_ms)
+        if d:
+            out[f"{s.kind}:{s.account_id}"] = d
+    return out

@@ -1,0 +1,37 @@
+-- ducto-redis ledger schema. {schema} is replaced by the configured schema name (DUCTO_LEDGER_SCHEMA).
+-- One row per ledger entry, written by the flusher; idempotent by entry_id.
+CREATE SCHEMA IF NOT EXISTS {schema};
+
+CREATE TABLE IF NOT EXISTS {schema}.ledger (
+    entry_id        text PRIMARY KEY,          -- the transaction / reservation id (unique)
+    namespace       text NOT NULL,
+    shard           integer NOT NULL,
+    stream_ms       bigint NOT NULL,           -- Redis stream id: order within a shard
+    stream_seq      bigint NOT NULL,
+    ts              timestamptz NOT NULL,      -- Redis TIME when the script ran
+    account_kind    char(1) NOT NULL,          -- u = user, t = team
+    account_id      text NOT NULL,
+    member          text,                      -- team entries: the member who spent
+    kind            text NOT NULL,             -- credit hold settle debit release expire config
+    amount          bigint NOT NULL DEFAULT 0, -- signed change of the balance
+    balance_after   bigint,
+    held_after      bigint,
+    hold            bigint,                    -- amount of the hold made or resolved
+    reservation_id  text,
+    operation_type  text,
+    model           text,
+    tx_type         text,
+    idempotency_key text,
+    expires_ms      bigint,
+    cap_action      text,
+    reason          text,
+    metadata        jsonb,
+    extra           jsonb
+);
+
+CREATE INDEX IF NOT EXISTS ledger_account_order
+    ON {schema}.ledger (namespace, account_kind, account_id, stream_ms, stream_seq);
+CREATE INDEX IF NOT EXISTS ledger_spend_ts
+    ON {schema}.ledger (namespace, ts) WHERE kind IN ('debit', 'settle');
+CREATE INDEX IF NOT EXISTS ledger_team_member
+    ON {schema}.ledger (namespace, account_id, member, ts) WHERE account_kind = 't';
