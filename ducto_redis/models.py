@@ -199,11 +199,6 @@ class TeamBalanceResult(BaseModel):
     held: int = 0
     error: str | None = None
 
-    @property
-    def available(self) -> int:
-        """Pool credits that can still be spent or reserved (balance − held)."""
-        return self.balance - self.held
-
 
 class TeamMemberSpend(BaseModel):
     """One line of a team's spend report: who spent what, this period and all time."""
@@ -216,7 +211,6 @@ class TeamMemberSpend(BaseModel):
     spent_today: int = 0
     spent_this_month: int = 0
     held: int = 0
-    removed: bool = False
 
 
 class TeamMember(BaseModel):
@@ -238,15 +232,12 @@ class CreateTeamResult(BaseModel):
 
 
 class AddTeamMemberResult(BaseModel):
-    """Result of adding (or changing, or removing) a team member: the member's record after."""
+    """Result of adding a team member."""
 
     team_id: str = ""
     user_id: str = ""
     role: str = "member"
     error: str | None = None
-    spend_cap: int | None = None
-    cap_period: str = "total"
-    member_count: int = 0
 
 
 class TeamDeductionResult(BaseModel):
@@ -259,30 +250,6 @@ class TeamDeductionResult(BaseModel):
     team_balance_after: int = 0
     error: str | None = None
     idempotent: bool = False
-    cap_action: str | None = None
-
-
-class TeamTopUpResult(BaseModel):
-    """Result of crediting a team pool (``top_up_team``)."""
-
-    transaction_id: str = ""
-    team_id: str = ""
-    amount: int = 0
-    balance: int = 0
-    idempotent: bool = False
-    error: str | None = None
-
-
-class TeamSpendCapResult(BaseModel):
-    """Result of setting or removing a team-level spend cap."""
-
-    team_id: str = ""
-    cap_type: str = "daily"
-    model: str | None = None
-    limit: int = 0
-    action: str = "deny"
-    removed: bool = False
-    error: str | None = None
 
 
 # ── Later issues (kept here so every store returns the same models) ──

@@ -8,10 +8,12 @@ from typing import Any, TypeVar
 
 import redis
 
+from . import errors
 from .batch import Batch, ChargeRequest, charge_calls
 from .connect import run_pipelined, sync_client
-from .core import Call, StoreCore
+from .core import Call, StoreCore, check_amount, check_id, check_label
 from .errors import InvalidInputError
+from .keys import TEAM
 from .ledger.store_api import LedgerStoreMixin
 from .models import (
     AddCreditsResult,
@@ -30,11 +32,8 @@ from .models import (
     TeamDeductionResult,
     TeamMember,
     TeamMemberSpend,
-    TeamSpendCapResult,
-    TeamTopUpResult,
 )
 from .settings import Settings
-from .team_core import Then
 
 T = TypeVar("T")
 
@@ -226,19 +225,15 @@ class RedisStore(LedgerStoreMixin):
         return self._run(self.core.check_spend_cap(user_id, model, amount))
 
     # ── teams ─────────────────────────────────────────────────────────
-    # Every team decision is one script under the team's hash tag (ducto_redis/team_core.py).
-
-    def _run_then(self, steps: Then[Any, T]) -> T:
-        return self._run(steps.then(self._run(steps.first)))
 
     def create_team(
         self, name: str, initial_balance: int = 0, idempotency_key: str | None = None
     ) -> CreateTeamResult:
-        """Create a team pool holding ``initial_balance`` credits, under a fresh uuid-shaped id."""
+        """Create a team pool holding ``initial_balance`` credits (a fresh uuid id)."""
         return self._run(self.core.teams.create_team(name, initial_balance, idempotency_key))
 
     def get_team_balance(self, team_id: str) -> TeamBalanceResult:
-        """Pool balance, held, name and member count, in O(1) (``team_not_found`` if unknown)."""
+        """Pool balance, held, name and member count, in O(1)."""
         return self._run(self.core.teams.get_team_balance(team_id))
 
     def top_up_team(
@@ -248,9 +243,9 @@ class RedisStore(LedgerStoreMixin):
         type: str = "purchase",
         metadata: CreditMetadata | dict[str, Any] | None = None,
         idempotency_key: str | None = None,
-    ) -> TeamTopUpResult:
-        """Credit a team pool (typed, idempotent); ``team_not_found`` / ``invalid_amount`` refuse it."""
-        return self._run(self.core.teams.top_up_team(team_id, amount, type, metadata, idempotency_key))
+    ) -> TeamBalanceResult:
+        """Credit a team pool (typed, idempotent); ``error='team_not_found'`` if unknown."""
+        return self._run(self.core.teams.top_up(team_id, amount, type, metadata, idempotency_key))
 
     def add_team_member(
         self,
@@ -260,45 +255,43 @@ class RedisStore(LedgerStoreMixin):
         spend_cap: int | None = None,
         cap_period: str = "total",
     ) -> AddTeamMemberResult:
-        """Add (or replace) a member, capped over ``total``/``daily``/``monthly`` spend if ``spend_cap``.
-
-        The user record must exist (``add_credits(user_id, 0)``): ``user_not_found`` otherwise.
-        """
-        return self._run_then(self.core.teams.add_team_member(team_id, user_id, role, spend_cap, cap_period))
+        """Add (or update) a member; the user record must exist (``user_not_found``)."""
+        fields = self.core.teams.add_member_fields(role, spend_cap, cap_period)
+        if not self._run(self.core.user_exists(user_id)):
+            return AddTeamMemberResult(team_id=team_id, user_id=user_id, role=role, error=errors.USER_NOT_FOUND)
+        return self._run(self.core.teams.member(team_id, user_id, "add", fields))
 
     def set_member_cap(
         self, team_id: str, user_id: str, spend_cap: int | None, cap_period: str | None = None
     ) -> AddTeamMemberResult:
-        """Change or (``None``) remove one member's cap; ``cap_period`` None keeps its period."""
-        return self._run(self.core.teams.set_member_cap(team_id, user_id, spend_cap, cap_period))
+        """Change or (``None``) remove one member's cap, over ``total``/``daily``/``monthly``."""
+        fields: dict[str, Any] = {"cap": "-1" if spend_cap is None else str(check_amount(spend_cap, "spend_cap", 0))}
+        if cap_period is not None:
+            fields["period"] = self.core.teams.add_member_fields("member", None, cap_period)["period"]
+        return self._run(self.core.teams.member(team_id, user_id, "update", fields))
 
     def set_member_role(self, team_id: str, user_id: str, role: str) -> AddTeamMemberResult:
         """Change a member's role."""
-        return self._run(self.core.teams.set_member_role(team_id, user_id, role))
+        return self._run(self.core.teams.member(team_id, user_id, "update", {"role": check_label(role, "role")}))
 
     def remove_team_member(self, team_id: str, user_id: str) -> AddTeamMemberResult:
-        """Remove a member; their spend history stays (spend report, ledger)."""
-        return self._run(self.core.teams.remove_team_member(team_id, user_id))
+        """Remove a member; their spend history stays in the report and the ledger."""
+        return self._run(self.core.teams.member(team_id, user_id, "remove", {}))
 
     def get_team_members(self, team_id: str) -> list[TeamMember]:
-        """Current members with role, spend_cap and total_spent (ducto's list), by user id."""
+        """Members with role, spend_cap and total_spent (ducto's list)."""
         return self._run(self.core.teams.get_team_members(team_id))
 
     def team_spend_report(self, team_id: str) -> list[TeamMemberSpend]:
-        """Who spent what: per member (former members included) all time, today, this month, held."""
-        return self._run(self.core.teams.team_spend_report(team_id))
+        """Who spent what: per member all time, today, this month, and held."""
+        return self._run(self.core.teams.members(team_id))
 
     def set_team_spend_cap(
         self, team_id: str, cap_type: str = "daily", limit: int = 0, action: str = "deny", model: str | None = None
-    ) -> TeamSpendCapResult:
+    ) -> None:
         """A team-level daily or monthly cap (deny / warn / notify), like a user's."""
-        return self._run(self.core.teams.set_team_spend_cap(team_id, cap_type, limit, action, model))
-
-    def remove_team_spend_cap(
-        self, team_id: str, cap_type: str = "daily", model: str | None = None
-    ) -> TeamSpendCapResult:
-        """Remove a team's cap of one period (and model)."""
-        return self._run(self.core.teams.set_team_spend_cap(team_id, cap_type, model=model, remove=True))
+        cap = SpendCap(user_id=team_id, cap_type=cap_type, limit=limit, action=action, model=model)  # type: ignore[arg-type,unused-ignore]
+        self._run(self.core.set_spend_cap(cap, account_kind=TEAM))
 
     def deduct_team(
         self,
@@ -334,12 +327,13 @@ class RedisStore(LedgerStoreMixin):
         idempotency_key: str | None = None,
         metadata: CreditMetadata | dict[str, Any] | None = None,
     ) -> TeamDeductionResult:
-        """Spend the actual amount of a team hold (caps checked again); the rest returns to the pool."""
-        return self._run(self.core.teams.settle_team_reservation(
-            team_id, user_id, reservation_id, amount, idempotency_key, metadata))
+        """Spend the actual amount of a team hold; the rest returns to the pool."""
+        return self._run(self.core.teams.deduct_team(
+            team_id, user_id, amount, metadata, idempotency_key,
+            reservation_id=check_id(reservation_id, "reservation_id")))
 
     def release_team_reservation(
         self, team_id: str, user_id: str, reservation_id: str, idempotency_key: str | None = None
     ) -> ReleaseResult:
         """Give a team hold back to the pool untouched."""
-        return self._run(self.core.teams.release_team_reservation(team_id, user_id, reservation_id, idempotency_key))
+        return self._run(self.core.teams.release_team(team_id, user_id, reservation_id, idempotency_key))
