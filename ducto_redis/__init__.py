@@ -43,6 +43,7 @@ from .models import (
     TeamMemberSpend,
     TopUserRow,
 )
+from .pricing import CostBreakdown, PricingEngine, ToolCall, UsageMetrics, evaluate_expression, validate_expression
 from .settings import Settings
 from .store import RedisStore
 
@@ -58,6 +59,7 @@ __all__ = [
     "BalanceResult",
     "CapCheckResult",
     "ConfigError",
+    "CostBreakdown",
     "CreateTeamResult",
     "CreditMetadata",
     "DailySpendRow",
@@ -72,6 +74,7 @@ __all__ = [
     "PlanDefinition",
     "PricingConfigData",
     "PricingConfigResult",
+    "PricingEngine",
     "PricingNotLoadedError",
     "RateLimitResult",
     "RedisStore",
@@ -90,5 +93,9 @@ __all__ = [
     "TeamDeductionResult",
     "TeamMember",
     "TeamMemberSpend",
+    "ToolCall",
     "TopUserRow",
+    "UsageMetrics",
+    "evaluate_expression",
+    "validate_expression",
 ]

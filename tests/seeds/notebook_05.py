@@ -4,6 +4,8 @@
 import uuid
 from datetime import datetime, timedelta
 from ducto_redis import MemoryStore
+from ducto_redis import PricingEngine
+from ducto_redis import UsageMetrics, ToolCall
 from ducto_redis import (
 PricingConfigData, PlanDefinition,
 CreditMetadata, SpendCap,

@@ -3,6 +3,8 @@
 # indentation the text export lost is restored).
 from datetime import datetime, timedelta
 from ducto_redis import MemoryStore
+from ducto_redis import PricingEngine
+from ducto_redis import UsageMetrics, ToolCall
 from ducto_redis import (
 PricingConfigData, PlanDefinition,
 CreditMetadata,
