@@ -21,7 +21,6 @@ import socket
 import threading
 import time
 from collections.abc import Iterable
-from datetime import datetime, timezone
 from importlib import resources
 from typing import Any
 
@@ -59,32 +58,25 @@ def migrate(database_url: str, schema: str) -> None:
         conn.execute(schema_sql(schema))
 
 
-def entry_row(namespace: str, shard: int, stream_id: str, f: dict[str, str]) -> tuple[Any, ...]:
-    """One stream entry as a row of the ledger table (columns in ``COLUMNS`` order)."""
+_ESC = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
+STAGE_COLUMNS = tuple("ts_ms" if c == "ts" else c for c in COLUMNS)
+
+
+def copy_line(namespace: str, shard: int, stream_id: str, f: dict[str, str]) -> str:
+    """One entry as a line of COPY text format, columns in ``STAGE_COLUMNS`` order (ts as ms)."""
     ms, _, seq = stream_id.partition("-")
-    ts_ms = int(f.get("ts") or ms)
-    row: dict[str, Any] = {
-        "entry_id": f.get("id") or f"{namespace}:{shard}:{stream_id}",
-        "namespace": namespace, "shard": shard, "stream_ms": int(ms), "stream_seq": int(seq or 0),
-        "ts": datetime.fromtimestamp(ts_ms / 1000, timezone.utc),
-        "account_kind": f.get("ak", "u"), "account_id": f.get("acct", ""),
-        "metadata": f.get("meta") or None,
-    }
-    for field, col in FIELD_COLUMNS.items():
-        row[col] = f.get(field) or None
-    for field, col in INT_FIELDS.items():
-        v = f.get(field)
-        row[col] = int(v) if v not in (None, "") else None
-    if row["amount"] is None:
-        row["amount"] = 0
+    g = f.get
+    meta = g("meta")
+    if meta and not meta.startswith("{"):
+        meta = json.dumps({"raw": meta})
     extra = {k: v for k, v in f.items() if k not in KNOWN}
-    row["extra"] = json.dumps(extra) if extra else None
-    if row["metadata"] is not None:
-        try:
-            json.loads(row["metadata"])
-        except ValueError:
-            row["metadata"] = json.dumps({"raw": row["metadata"]})
-    return tuple(row[c] for c in COLUMNS)
+    cols = (
+        g("id") or f"{namespace}:{shard}:{stream_id}", namespace, str(shard), ms, seq or "0", g("ts") or ms,
+        g("ak") or "u", g("acct") or "", g("member"), g("kind"), g("amount") or "0", g("bal"), g("held"),
+        g("hold"), g("rid"), g("op"), g("model"), g("type"), g("idem"), g("exp"), g("cap"), g("reason"), meta,
+        json.dumps(extra) if extra else None,
+    )
+    return "\t".join(["\\N" if not v else v.translate(_ESC) for v in cols]) + "\n"
 
 
 class LedgerFlusher:
@@ -197,12 +189,14 @@ class LedgerFlusher:
             if not self._staged:
                 cur.execute(f"CREATE TEMP TABLE IF NOT EXISTS ledger_stage "
                             f"(LIKE {self.schema}.ledger INCLUDING DEFAULTS) ON COMMIT DELETE ROWS")
+                cur.execute("ALTER TABLE ledger_stage DROP COLUMN ts, ADD COLUMN ts_ms bigint")
                 self._staged = True
-            with cur.copy(f"COPY ledger_stage ({', '.join(COLUMNS)}) FROM STDIN") as copy:
-                for s, mid, fields in entries:
-                    copy.write_row(entry_row(self.namespace, self.shard_of[s], mid, fields))
-            cur.execute(f"INSERT INTO {self.schema}.ledger SELECT * FROM ledger_stage "
-                        f"ON CONFLICT (entry_id) DO NOTHING")
+            payload = "".join(copy_line(self.namespace, self.shard_of[s], mid, fields) for s, mid, fields in entries)
+            with cur.copy(f"COPY ledger_stage ({', '.join(STAGE_COLUMNS)}) FROM STDIN") as copy:
+                copy.write(payload.encode("utf-8"))
+            select = ", ".join("to_timestamp(ts_ms / 1000.0)" if c == "ts" else c for c in COLUMNS)
+            cur.execute(f"INSERT INTO {self.schema}.ledger ({', '.join(COLUMNS)}) SELECT {select} "
+                        f"FROM ledger_stage ON CONFLICT (entry_id) DO NOTHING")
         conn.commit()
 
     # ── the loop ──────────────────────────────────────────────────────
