@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+import uuid
 
 import redis
 from conftest import LocalCluster, drop_namespace, ledger_entries, new_namespace
@@ -137,3 +138,30 @@ def test_moving_a_slot_under_load_loses_and_doubles_no_decision(cluster: LocalCl
         drop_namespace(store.client, ns)
 
 
+
+
+def test_flusher_restore_and_reconcile_work_per_shard_on_the_cluster(cluster: LocalCluster) -> None:
+    import psycopg
+    from conftest import DATABASE_URL
+    from test_ledger import comparable_snapshot, workload
+
+    from ducto_redis.ledger.flusher import LedgerFlusher
+
+    schema = "t_" + uuid.uuid4().hex[:10]
+    store = RedisStore.from_url(cluster.url, namespace=new_namespace(), ledger_schema=schema,
+                                database_url=DATABASE_URL)
+    try:
+        assert store.setup().success
+        made = workload(store, n_users=12)
+        assert LedgerFlusher(store, DATABASE_URL, batch=64).drain() == made
+        assert store.ledger_lag().backlog == 0
+        assert store.reconcile_with_ledger() == {}
+        before = comparable_snapshot(store)
+        drop_namespace(store.client, store.settings.namespace)
+        store.restore_from_ledger()
+        assert comparable_snapshot(store) == before
+        assert store.reconcile_with_ledger() == {}
+    finally:
+        drop_namespace(store.client, store.settings.namespace)
+        with psycopg.connect(DATABASE_URL, autocommit=True) as c:
+            c.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
