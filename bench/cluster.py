@@ -24,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 from conftest import LocalCluster
+from results import write_section
 
 from ducto_redis import RedisStore
 from ducto_redis.batch import ChargeRequest
@@ -87,20 +88,9 @@ def main() -> None:
                       "|---|---:|---:|---:|", *rows])
     print(text)
     if args.write:
-        path = Path(__file__).with_name("RESULTS.md")
-        old = path.read_text(encoding="utf-8") if path.exists() else "# Benchmark results\n"
-        section = (f"## Cluster\n\nCommand: `python bench/cluster.py {' '.join(sys.argv[1:])}` — "
-                   f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}. Three primaries, two client processes "
-                   "and the single-node Redis all share this machine's 2 cores: the table shows the cluster's "
-                   "overhead here, not its scaling.\n\n" + text + "\n")
-        if "## Cluster" in old:
-            head, _, rest = old.partition("## Cluster")
-            nxt = rest.find("\n## ")
-            new = head + section + (rest[nxt:] if nxt >= 0 else "")
-        else:
-            new = old.rstrip("\n") + "\n\n" + section
-        path.write_text(new, encoding="utf-8")
-
+        write_section("Cluster", "python bench/cluster.py " + " ".join(sys.argv[1:]),
+                      "Three primaries, two client processes and the single-node Redis all share this "
+                      "machine's 2 cores: the table shows the cluster's overhead here, not its scaling.", text)
 
 if __name__ == "__main__":
     main()

@@ -27,6 +27,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import psycopg
+from results import write_section
 
 from ducto_redis import RedisStore
 from ducto_redis.batch import ChargeRequest
@@ -137,21 +138,6 @@ def table(r: dict[str, float], producers: int) -> str:
     ])
 
 
-def write(text: str, command: str) -> None:
-    path = Path(__file__).with_name("RESULTS.md")
-    old = path.read_text(encoding="utf-8") if path.exists() else "# Benchmark results\n"
-    section = (f"## Flusher\n\nCommand: `{command}` — {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
-               "Redis 7 and PostgreSQL 15 on loopback, 2 noisy cores shared by producers, flusher and both "
-               "servers.\n\n" + text + "\n")
-    if "## Flusher" in old:
-        head, _, rest = old.partition("## Flusher")
-        nxt = rest.find("\n## ")
-        new = head + section + (rest[nxt:] if nxt >= 0 else "")
-    else:
-        new = old.rstrip("\n") + "\n\n" + section
-    path.write_text(new, encoding="utf-8")
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--entries", type=int, default=200_000)
@@ -162,7 +148,9 @@ def main() -> None:
     text = table(run(args.entries, args.seconds, args.producers), args.producers)
     print(text)
     if args.write:
-        write(text, "python bench/flusher.py " + " ".join(sys.argv[1:]))
+        write_section("Flusher", "python bench/flusher.py " + " ".join(sys.argv[1:]),
+                      "Redis 7 and PostgreSQL 15 on loopback, 2 noisy cores shared by producers, flusher "
+                      "and both servers.", text)
 
 
 if __name__ == "__main__":

@@ -39,6 +39,8 @@ import redis.asyncio as aioredis
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from results import write_section
+
 from ducto_redis import AsyncRedisStore, CreditMetadata, MemoryStore, RedisStore, SpendCap
 from ducto_redis.batch import ChargeRequest
 
@@ -331,26 +333,6 @@ def table(results: list[Result]) -> str:
     return "\n".join(lines)
 
 
-def write_results(text: str, command: str) -> None:
-    path = Path(__file__).with_name("RESULTS.md")
-    old = path.read_text(encoding="utf-8") if path.exists() else "# Benchmark results\n"
-    section = (
-        "## Hot path\n\n"
-        f"Command: `{command}` — {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, Redis 7 on loopback.\n"
-        "This machine has 2 cores and is noisy: read the ratios, not the absolute figures. Latency\n"
-        "columns are per call (for x100 rows, per batch of 100); decisions/s counts decisions.\n\n"
-        f"{text}\n"
-    )
-    if "## Hot path" in old:
-        head, _, rest = old.partition("## Hot path")
-        nxt = rest.find("\n## ")
-        tail = rest[nxt + 1 :] if nxt >= 0 else ""
-        new = head + section + ("\n" + tail if tail else "")
-    else:
-        new = old.rstrip("\n") + "\n\n" + section
-    path.write_text(new, encoding="utf-8")
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seconds", type=float, default=2.0, help="measured seconds per section per round")
@@ -361,7 +343,11 @@ def main() -> None:
     text = table(run(args.seconds, args.rounds, args.only))
     print(text)
     if args.write:
-        write_results(text, "python bench/hotpath.py " + " ".join(sys.argv[1:]))
+        write_section(
+            "Hot path", "python bench/hotpath.py " + " ".join(sys.argv[1:]),
+            "Redis 7 on loopback; 2 noisy cores: read the ratios, not the absolute figures. Latency columns "
+            "are per call (for x100 rows, per batch of 100); decisions/s counts decisions.", text,
+        )
 
 
 if __name__ == "__main__":

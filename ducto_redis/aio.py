@@ -40,6 +40,7 @@ from .models import (
 )
 from .settings import Settings
 from .store import expires_ms
+from .team_ops import check_period
 
 T = TypeVar("T")
 
@@ -242,7 +243,7 @@ class AsyncRedisStore:
         """See :meth:`RedisStore.set_member_cap`."""
         fields: dict[str, Any] = {"cap": "-1" if spend_cap is None else str(check_amount(spend_cap, "spend_cap", 0))}
         if cap_period is not None:
-            fields["period"] = self.core.teams.add_member_fields("member", None, cap_period)["period"]
+            fields["period"] = check_period(cap_period)
         return await self._run(self.core.teams.member(team_id, user_id, "update", fields))
 
     async def set_member_role(self, team_id: str, user_id: str, role: str) -> AddTeamMemberResult:

@@ -34,6 +34,7 @@ from .models import (
     TeamMemberSpend,
 )
 from .settings import Settings
+from .team_ops import check_period
 
 T = TypeVar("T")
 
@@ -267,7 +268,7 @@ class RedisStore(LedgerStoreMixin):
         """Change or (``None``) remove one member's cap, over ``total``/``daily``/``monthly``."""
         fields: dict[str, Any] = {"cap": "-1" if spend_cap is None else str(check_amount(spend_cap, "spend_cap", 0))}
         if cap_period is not None:
-            fields["period"] = self.core.teams.add_member_fields("member", None, cap_period)["period"]
+            fields["period"] = check_period(cap_period)
         return self._run(self.core.teams.member(team_id, user_id, "update", fields))
 
     def set_member_role(self, team_id: str, user_id: str, role: str) -> AddTeamMemberResult:

@@ -55,12 +55,17 @@ def _team_keys(k: AccountKeys, idem_key: str) -> list[str]:
     ]
 
 
+def check_period(period: object) -> str:
+    """``total``, ``daily`` or ``monthly``, else :class:`InvalidInputError` naming ``cap_period``."""
+    if period not in PERIODS:
+        raise InvalidInputError("cap_period", f"must be one of {', '.join(PERIODS)}, got {period!r}")
+    return str(period)
+
+
 def _check_cap(spend_cap: object, period: object) -> tuple[int | None, str]:
     if spend_cap is not None:
         check_amount(spend_cap, "spend_cap", 0)
-    if period not in PERIODS:
-        raise InvalidInputError("cap_period", f"must be one of {', '.join(PERIODS)}, got {period!r}")
-    return spend_cap, str(period)  # type: ignore[return-value]
+    return spend_cap, check_period(period)  # type: ignore[return-value]
 
 
 class TeamOps:

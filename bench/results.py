@@ -1,0 +1,23 @@
+"""Writing one section of bench/RESULTS.md (each benchmark owns its own ``## <title>`` section)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+PATH = Path(__file__).with_name("RESULTS.md")
+
+
+def write_section(title: str, command: str, note: str, table: str) -> None:
+    """Replace (or append) the section ``## title`` with the command, the date, a note and the table."""
+    old = PATH.read_text(encoding="utf-8") if PATH.exists() else "# Benchmark results\n"
+    section = (f"## {title}\n\nCommand: `{command}` — {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}. "
+               f"{note}\n\n{table}\n")
+    marker = f"## {title}\n"
+    if marker in old:
+        head, _, rest = old.partition(marker)
+        nxt = rest.find("\n## ")
+        new = head + section + (rest[nxt:] if nxt >= 0 else "")
+    else:
+        new = old.rstrip("\n") + "\n\n" + section
+    PATH.write_text(new, encoding="utf-8")
