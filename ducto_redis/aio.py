@@ -16,7 +16,7 @@ import fakeredis
 import redis
 
 from . import errors
-from .batch import Batch, ChargeRequest, charge_calls
+from .batch import Batch, ChargeRequest, TeamDebitRequest, charge_calls, team_debit_calls
 from .connect import async_client, run_pipelined_async
 from .core import Call, StoreCore, check_amount, check_id, check_label
 from .keys import TEAM
@@ -279,6 +279,12 @@ class AsyncRedisStore:
     ) -> TeamDeductionResult:
         """See :meth:`RedisStore.deduct_team`."""
         return await self._run(self.core.teams.deduct_team(team_id, user_id, amount, metadata, idempotency_key))
+
+    async def deduct_team_many(
+        self, requests: Sequence[TeamDebitRequest | Mapping[str, Any]]
+    ) -> list[TeamDeductionResult]:
+        """See :meth:`RedisStore.deduct_team_many`."""
+        return await self._run_many(team_debit_calls(self.core, requests))
 
     async def reserve_team(
         self,

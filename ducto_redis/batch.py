@@ -18,7 +18,10 @@ from .scripts import Script
 T = TypeVar("T")
 
 # script name -> (twin script name, keys per decision, args per decision)
-MANY_TWINS: dict[str, tuple[str, int, int]] = {"debit": ("debit_many", 9, 16)}
+MANY_TWINS: dict[str, tuple[str, int, int]] = {
+    "debit": ("debit_many", 9, 16),
+    "pool_debit": ("pool_debit_many", 14, 15),
+}
 
 MAX_DECISIONS_PER_CALL = 256
 
@@ -43,6 +46,26 @@ def charge_calls(core: StoreCore, requests: Sequence[ChargeRequest | Mapping[str
         calls.append(
             core.charge(r.user_id, r.amount, r.operation_type, r.idempotency_key, r.metadata, r.min_balance)
         )
+    return calls
+
+
+@dataclass(slots=True)
+class TeamDebitRequest:
+    """One decision of :meth:`RedisStore.deduct_team_many` (the arguments of ``deduct_team``)."""
+
+    team_id: str
+    user_id: str
+    amount: int
+    metadata: Any = None
+    idempotency_key: str | None = None
+
+
+def team_debit_calls(core: StoreCore, requests: Sequence[TeamDebitRequest | Mapping[str, Any]]) -> list[Call[Any]]:
+    """Validate every request (raising before anything is sent) and build its deduct_team call."""
+    calls: list[Call[Any]] = []
+    for req in requests:
+        r = req if isinstance(req, TeamDebitRequest) else TeamDebitRequest(**req)
+        calls.append(core.teams.deduct_team(r.team_id, r.user_id, r.amount, r.metadata, r.idempotency_key))
     return calls
 
 

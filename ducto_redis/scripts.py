@@ -29,6 +29,7 @@ SCRIPT_NAMES = (
     "pool_create",
     "pool_member",
     "pool_debit",
+    "pool_debit_many",
     "pool_reserve",
     "pool_release",
     "pool_read",

@@ -9,7 +9,7 @@ from typing import Any, TypeVar
 import redis
 
 from . import errors
-from .batch import Batch, ChargeRequest, charge_calls
+from .batch import Batch, ChargeRequest, TeamDebitRequest, charge_calls, team_debit_calls
 from .connect import run_pipelined, sync_client
 from .core import Call, StoreCore, check_amount, check_id, check_label
 from .errors import InvalidInputError
@@ -304,6 +304,15 @@ class RedisStore(LedgerStoreMixin):
     ) -> TeamDeductionResult:
         """Spend from the pool for a member: membership, member cap, team caps, pool, one script."""
         return self._run(self.core.teams.deduct_team(team_id, user_id, amount, metadata, idempotency_key))
+
+    def deduct_team_many(
+        self, requests: Sequence[TeamDebitRequest | Mapping[str, Any]]
+    ) -> list[TeamDeductionResult]:
+        """Many ``deduct_team`` decisions in one round trip (one script call per team shard), in order.
+
+        Each request is a :class:`TeamDebitRequest` or a dict of ``deduct_team``'s arguments.
+        """
+        return self._run_many(team_debit_calls(self.core, requests))
 
     def reserve_team(
         self,

@@ -401,3 +401,91 @@ local function team_keys(K)
   return { acct = K[1], holds = K[2], hexp = K[3], caps = K[4], wd = K[5], wm = K[6], idem = K[7],
     stream = K[8], events = K[9], members = K[10], mspend = K[11], md = K[12], mm = K[13], mheld = K[14] }
 end
+
+-- One team debit (deduct_team or a team settlement): the body of pool_debit.lua, shared with
+-- pool_debit_many.lua. K: pool_debit.lua's 14 keys, A: its 15 arguments. Returns its reply.
+local function team_debit(K, A)
+  local TK = team_keys(K)
+  local again = replay(TK.idem, A[10])
+  if again then return again end
+  if backlog_full(TK.stream, A[14], A[15]) then
+    return { 'ledger_backlog_full', '0', '', A[6], '0', '0', '' }
+  end
+  local now = now_ms(A[1])
+  local tx, tid, uid, rid = A[2], A[3], A[4], A[5]
+  local amount = tonumber(A[6])
+  local op, model = A[7], A[8]
+
+  local av = redis.call('HMGET', TK.acct, 'bal', 'held', 'created')
+  if not av[3] then return { 'team_not_found', '0', '', I(amount), '0', '0', '' } end
+  local bal = tonumber(av[1]) or 0
+  local held = tonumber(av[2]) or 0
+  local m = member_get(TK.members, uid)
+  if not m then return { 'user_not_in_team', '0', '', I(amount), I(bal), I(held), '' } end
+  held = sweep_team_holds(TK, now, tid, held, bal)
+
+  local hold = 0
+  if rid ~= '' then
+    local raw = redis.call('HGET', TK.holds, rid)
+    local hm, hop, hexp_ms
+    if raw then hold, hexp_ms, hm, hop = team_hold_decode(raw) end
+    if not raw or hm ~= uid then
+      return { 'reservation_not_found', '0', '', I(amount), I(bal), I(held), '' }
+    end
+    if op == '' then op = hop end
+  end
+
+  local function refuse_for_cap(c)
+    if c then cap_event(TK.events, A[13], 'credits.cap_reached', now, 't', tid, c, amount, tx) end
+    if rid == '' then
+      return { 'spend_cap_exceeded', '0', '', I(amount), I(bal), I(held), 'deny' }
+    end
+    held = held - hold
+    redis.call('HSET', TK.acct, 'held', I(held))
+    team_hold_drop(TK, rid, uid, hold)
+    ledger(TK.stream, { 'id', tx, 'ts', I(now), 'ak', 't', 'acct', tid, 'member', uid, 'kind', 'release',
+      'amount', '0', 'hold', I(hold), 'bal', I(bal), 'held', I(held), 'rid', rid, 'op', op, 'model', model,
+      'idem', A[11], 'reason', 'spend_cap_exceeded', 'meta', A[9] })
+    return remember(TK.idem, A[10], A[12], { 'spend_cap_exceeded', '0', tx, I(amount), I(bal), I(held), 'deny' })
+  end
+
+  -- the member's cap
+  if m.cap ~= nil and m.cap ~= cjson.null then
+    local spent, mheld = member_usage(TK, uid, m.period, now)
+    if spent + (mheld - hold) + amount > tonumber(m.cap) then return refuse_for_cap(nil) end
+  end
+  -- the team's caps
+  local deny, warns = evaluate_caps(applicable_caps(TK.caps, model), TK.wd, TK.wm, now, amount)
+  if deny then return refuse_for_cap(deny) end
+  -- the pool
+  local need = amount - hold
+  if need > 0 and bal - held - need < 0 then
+    return { 'insufficient_team_balance', '0', '', I(amount), I(bal), I(held), '' }
+  end
+
+  bal = bal - amount
+  if rid ~= '' then
+    held = held - hold
+    team_hold_drop(TK, rid, uid, hold)
+  end
+  redis.call('HSET', TK.acct, 'bal', I(bal), 'held', I(held))
+  if amount > 0 then
+    redis.call('HINCRBY', TK.mspend, uid, amount)
+    local db, dend = bucket_of('d', now)
+    window_add(TK.md, db, dend, amount, uid)
+    local mb, mend = bucket_of('m', now)
+    window_add(TK.mm, mb, mend, amount, uid)
+    record_spend(TK.wd, TK.wm, now, amount, model)
+  end
+  local action = ''
+  for _, c in ipairs(warns) do
+    cap_event(TK.events, A[13], c[4] == 'warn' and 'credits.cap_warning' or 'credits.cap_reached',
+      now, 't', tid, c, amount, tx)
+    if action == '' or c[4] == 'warn' then action = c[4] end
+  end
+  ledger(TK.stream, { 'id', tx, 'ts', I(now), 'ak', 't', 'acct', tid, 'member', uid,
+    'kind', rid ~= '' and 'settle' or 'debit', 'amount', I(-amount), 'hold', rid ~= '' and I(hold) or '',
+    'bal', I(bal), 'held', I(held), 'rid', rid, 'op', op, 'model', model, 'idem', A[11], 'cap', action,
+    'meta', A[9] })
+  return remember(TK.idem, A[10], A[12], { 'ok', '0', tx, I(amount), I(bal), I(held), action })
+end

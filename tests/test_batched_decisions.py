@@ -105,3 +105,56 @@ def test_async_charge_many_matches_sync() -> None:
         return await aio.charge_many(workload(2))
 
     assert strip(asyncio.run(go())) == strip(sync.charge_many(workload(2)))
+
+
+def team_setup(store: RedisStore) -> list[str]:
+    teams = []
+    for t in range(3):
+        tid = store.create_team(f"t{t}", initial_balance=2_000, idempotency_key=f"mk-{t}").team_id
+        teams.append(tid)
+        for m in range(6):
+            store.add_credits(f"m{m}", 0)
+            store.add_team_member(tid, f"m{m}", spend_cap=300 if m % 2 else None)
+    return teams
+
+
+def team_workload(teams: list[str], seed: int) -> list[dict[str, Any]]:
+    rnd = random.Random(seed)
+    return [{"team_id": rnd.choice([*teams, "no-such-team"]), "user_id": f"m{rnd.randint(0, 7)}",
+             "amount": rnd.choice([0, 1, 40, 120, 500]), "idempotency_key": rnd.choice([None, f"t{rnd.randint(0, 9)}"])}
+            for _ in range(250)]
+
+
+def test_batched_team_debits_equal_the_same_debits_one_by_one(store: RedisStore, redis_client: Any) -> None:
+    kind = "memory" if type(store).__name__ == "MemoryStore" else "redis"
+    single = make_store(kind, redis_client)
+    try:
+        # the same team ids on both stores, so the two workloads match
+        for s in (store, single):
+            s.core.teams.create_team = _fixed_ids(s.core, s.core.teams.create_team)  # type: ignore[method-assign]
+        teams = team_setup(store)
+        assert team_setup(single) == teams
+        reqs = team_workload(teams, 3)
+        batched = store.deduct_team_many(reqs)
+        one_by_one = [single.deduct_team(**r) for r in reqs]
+        assert strip(batched) == strip(one_by_one)
+        assert {r.error for r in batched} >= {None, "invalid_amount", "team_not_found", "user_not_in_team",
+                                              "spend_cap_exceeded", "insufficient_team_balance"}
+        for tid in teams:
+            assert store.get_team_balance(tid) == single.get_team_balance(tid)
+            assert store.get_team_members(tid) == single.get_team_members(tid)
+    finally:
+        if kind == "redis":
+            from conftest import drop_namespace
+
+            drop_namespace(redis_client, single.settings.namespace)
+
+
+def _fixed_ids(core: Any, create: Any) -> Any:
+    counter = iter(range(1000))
+
+    def create_team(name: str, initial_balance: int = 0, idempotency_key: str | None = None,
+                    team_id: str | None = None) -> Any:
+        return create(name, initial_balance, idempotency_key, team_id or f"team-{next(counter)}")
+
+    return create_team
