@@ -11,7 +11,8 @@ Layout (``ns`` = namespace, ``N`` = shard of the account, ``<id>`` = escaped acc
     {ns:N}:u:<id>:i:<key>    STRING remembered reply of an idempotency key (expires)
     {ns:N}:t:<id>            HASH  team pool: bal, held, life, name, mc (member count), created
     {ns:N}:t:<id>:members    HASH  member id -> {"role", "cap", "period"} (JSON)
-    {ns:N}:t:<id>:mspend     HASH  member id -> all-time spend; :md / :mm today's / this month's
+    {ns:N}:t:<id>:mspend     HASH  member id -> all-time spend
+    {ns:N}:t:<id>:md / :mm   HASH  today's / this month's member spend: "_b" bucket, member_window_field(id) -> n
     {ns:N}:t:<id>:mheld      HASH  member id -> held by the member's open reservations
     {ns:N}:t:<id>:holds ...  holds, hold expiry, caps, windows, idempotency as for a user
     {ns:N}:ledger            STREAM the shard's ledger entries (flushed to Postgres)
@@ -44,6 +45,15 @@ _ESCAPE = re.compile(r"[%{}:\s\x00-\x1f\x7f]")
 def escape_id(raw: str) -> str:
     """Percent-escape the characters that could alter a key's structure (injective)."""
     return _ESCAPE.sub(lambda m: "".join(f"%{b:02X}" for b in m.group(0).encode("utf-8")), raw)
+
+
+def member_window_field(member_id: str) -> str:
+    """A member's field in a team's day / month member windows, whose ``_b`` field is the bucket.
+
+    The id itself, but ``~`` + id for an id starting with ``_`` or ``~``: injective, and no member
+    id maps to ``_b`` (lua/lib.lua's ``member_field`` is the same mapping).
+    """
+    return "~" + member_id if member_id[:1] in ("_", "~") else member_id
 
 
 def shard_of(kind: str, account_id: str, shards: int) -> int:

@@ -335,6 +335,15 @@ end
 -- Team key tables (TK) name: acct, holds, hexp, caps, wd, wm, idem, stream, events, members,
 -- mspend, md, mm, mheld (see ducto_redis/keys.py).
 
+-- A member's field in the team's day / month member windows (:md / :mm), whose bucket is field
+-- '_b': the id itself, but '~' .. id for an id starting with '_' or '~' (injective; no member id
+-- maps to '_b'). ducto_redis/keys.py member_window_field is the same mapping.
+local function member_field(uid)
+  local c = string.sub(uid, 1, 1)
+  if c == '_' or c == '~' then return '~' .. uid end
+  return uid
+end
+
 local function member_get(members, uid)
   local raw = redis.call('HGET', members, uid)
   if not raw then return nil end
@@ -345,9 +354,9 @@ end
 local function member_usage(TK, uid, period, now)
   local spent
   if period == 'daily' then
-    spent = window_spend(TK.md, (bucket_of('d', now)), uid)
+    spent = window_spend(TK.md, (bucket_of('d', now)), member_field(uid))
   elseif period == 'monthly' then
-    spent = window_spend(TK.mm, (bucket_of('m', now)), uid)
+    spent = window_spend(TK.mm, (bucket_of('m', now)), member_field(uid))
   else
     spent = tonumber(redis.call('HGET', TK.mspend, uid)) or 0
   end
@@ -472,9 +481,9 @@ local function team_debit(K, A)
   if amount > 0 then
     redis.call('HINCRBY', TK.mspend, uid, amount)
     local db, dend = bucket_of('d', now)
-    window_add(TK.md, db, dend, amount, uid)
+    window_add(TK.md, db, dend, amount, member_field(uid))
     local mb, mend = bucket_of('m', now)
-    window_add(TK.mm, mb, mend, amount, uid)
+    window_add(TK.mm, mb, mend, amount, member_field(uid))
     record_spend(TK.wd, TK.wm, now, amount, model)
   end
   local action = ''

@@ -20,8 +20,8 @@ for i = 1, #all, 2 do
   out[#out + 1] = uid
   out[#out + 1] = all[i + 1]
   out[#out + 1] = redis.call('HGET', TK.mspend, uid) or '0'
-  out[#out + 1] = I(window_spend(TK.md, db, uid))
-  out[#out + 1] = I(window_spend(TK.mm, mb, uid))
+  out[#out + 1] = I(window_spend(TK.md, db, member_field(uid)))
+  out[#out + 1] = I(window_spend(TK.mm, mb, member_field(uid)))
   out[#out + 1] = redis.call('HGET', TK.mheld, uid) or '0'
 end
 return out

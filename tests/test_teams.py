@@ -160,6 +160,23 @@ def test_member_cap_over_a_daily_period_resets_the_next_day(store: RedisStore) -
     assert (report.total_spent, report.spent_today) == (200, 100)
 
 
+@pytest.mark.parametrize("name", ["_b", "~_b", "_x", "~"])
+@pytest.mark.parametrize("period", ["daily", "monthly"])
+def test_a_member_named_like_a_window_field_cannot_reset_the_other_members_caps(
+    store: RedisStore, name: str, period: str
+) -> None:
+    """Member windows keep their bucket in field ``_b``: a member id must never reach that field."""
+    tid = team_with(store, 10_000, "alice", cap=100, period=period)
+    store.add_credits(name, 0)
+    assert store.add_team_member(tid, name, spend_cap=50, cap_period=period).error is None
+    assert store.deduct_team(tid, "alice", 90).error is None
+    assert store.deduct_team(tid, name, 40).error is None   # the odd name's own spend is its own
+    assert store.deduct_team(tid, "alice", 20).error == "spend_cap_exceeded"   # 90 + 20 > 100: still capped
+    assert store.deduct_team(tid, name, 11).error == "spend_cap_exceeded"      # 40 + 11 > 50
+    spent = {m.user_id: (m.spent_today, m.spent_this_month) for m in store.team_spend_report(tid)}
+    assert spent == {"alice": (90, 90), name: (40, 40)}
+
+
 def test_member_cap_over_a_monthly_period(store: RedisStore) -> None:
     tid = team_with(store, 10_000, "a", cap=50, period="monthly")
     assert store.deduct_team(tid, "a", 50).error is None

@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
+from ..keys import member_window_field
+
 DAY_MS = 86_400_000
 WINDOW_GRACE_MS = 3_600_000
 
@@ -192,7 +194,7 @@ def write_state(store: Any, s: AccountState, now_ms: int) -> None:
         for key, values, bucket, end in ((k.member_day, s.mday, d_bucket, d_end),
                                          (k.member_month, s.mmonth, m_bucket, m_end)):
             if values:
-                p.hset(key, mapping={"_b": str(bucket), **{m: str(v) for m, v in values.items()}})
+                p.hset(key, mapping={"_b": str(bucket), **{member_window_field(m): str(v) for m, v in values.items()}})
                 p.pexpireat(key, end + WINDOW_GRACE_MS)
         if mheld:
             p.hset(k.member_held, mapping={m: str(v) for m, v in mheld.items()})
