@@ -11,6 +11,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 import uuid
@@ -201,3 +202,12 @@ def event_entries(store: RedisStore) -> list[dict[str, str]]:
     for stream in store.core.keys.all_events_streams():
         out.extend(fields for _id, fields in store.client.xrange(stream))
     return out
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """Say how many operations the model-based tests made (tests/INVARIANTS.md quotes it)."""
+    support = sys.modules.get("model_support")
+    counts = getattr(support, "OPERATIONS", None)
+    if counts:
+        parts = ", ".join(f"{k} {v:,}" for k, v in sorted(counts.items()))
+        terminalreporter.write_line(f"model-based operations: {sum(counts.values()):,} ({parts})")

@@ -8,24 +8,19 @@ Runs on MemoryStore and on the real Redis. ``--slow`` runs many more examples.
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import pytest
-from conftest import REDIS_URL, drop_namespace, ledger_entries, new_namespace
-from hypothesis import HealthCheck, settings
+from conftest import ledger_entries
 from hypothesis import strategies as st
 from hypothesis.stateful import Bundle, RuleBasedStateMachine, consumes, initialize, invariant, rule
+from model_support import ADVANCES, OPERATIONS, close_store, open_store, run_machine, store_now
 from reference_model import Model, bucket
 
-from ducto_redis import CreditMetadata, MemoryStore, RedisStore, SpendCap
+from ducto_redis import CreditMetadata, RedisStore, SpendCap
 
 USERS = ["alice", "b{o}b:1"]
 MODELS = ["", "gpt-4"]
-# advances never land near the 600 s hold TTL, so real-time drift cannot flip an expiry
-ADVANCES = [7 * 60, 3600, 86_400, 31 * 86_400]
-
-SLOW = os.environ.get("DUCTO_SLOW") == "1"
 
 
 def make_machine(backend: str) -> type[RuleBasedStateMachine]:
@@ -34,22 +29,16 @@ def make_machine(backend: str) -> type[RuleBasedStateMachine]:
 
         def __init__(self) -> None:
             super().__init__()
-            ns = new_namespace()
-            self.store: RedisStore = (
-                MemoryStore(ns) if backend == "memory" else RedisStore.from_url(REDIS_URL, namespace=ns)
-            )
+            self.store: RedisStore = open_store(backend)
             self.model = Model()
-            self.keys: list[str] = []
             self.ops = 0
 
         def now(self) -> int:
-            sec, usec = self.store.client.time()
-            return int(sec) * 1000 + int(usec) // 1000 + self.store.core.clock_offset_ms
+            return store_now(self.store)
 
         def teardown(self) -> None:
-            if backend == "redis":
-                drop_namespace(self.store.client, self.store.settings.namespace)
-                self.store.close()
+            OPERATIONS[f"users/{backend}"] += self.ops
+            close_store(self.store, backend)
 
         @initialize(start=st.lists(st.integers(0, 120), min_size=len(USERS), max_size=len(USERS)))
         def fund(self, start: list[int]) -> None:
@@ -124,6 +113,7 @@ def make_machine(backend: str) -> type[RuleBasedStateMachine]:
 
         @rule(seconds=st.sampled_from(ADVANCES))
         def advance_clock(self, seconds: int) -> None:
+            self.ops += 1
             self.store.core.clock_offset_ms += seconds * 1000
 
         @invariant()
@@ -158,15 +148,6 @@ def make_machine(backend: str) -> type[RuleBasedStateMachine]:
     return StoreVersusModel
 
 
-EXAMPLES = 400 if SLOW else 60
-STEPS = 80 if SLOW else 40
-
-
 @pytest.mark.parametrize("backend", ["memory", "redis"])
 def test_store_agrees_with_the_reference_model(backend: str, redis_client: Any) -> None:
-    machine = make_machine(backend)
-    machine.TestCase.settings = settings(
-        max_examples=EXAMPLES, stateful_step_count=STEPS, deadline=None,
-        suppress_health_check=list(HealthCheck),
-    )
-    machine.TestCase().runTest()
+    run_machine(make_machine(backend))

@@ -232,6 +232,16 @@ def test_team_holds_expire_and_return_to_the_pool(store: RedisStore) -> None:
     assert "expire" in [e["kind"] for e in ledger_entries(store) if e["acct"] == tid]
 
 
+def test_spend_report_stops_counting_an_expired_hold_before_any_sweep(store: RedisStore) -> None:
+    tid = team_with(store, 1_000, "a", "b")
+    store.reserve_team(tid, "a", 300, ttl_seconds=60)
+    store.reserve_team(tid, "b", 100, ttl_seconds=3600)
+    advance(store, 61)   # a's hold is past due; no script has swept it yet
+    held = {r.user_id: r.held for r in store.team_spend_report(tid)}
+    assert held == {"a": 0, "b": 100}
+    assert store.get_team_balance(tid).held == 100
+
+
 def test_release_returns_a_team_hold_once(store: RedisStore) -> None:
     tid = team_with(store, 1_000, "a", "b")
     h = store.reserve_team(tid, "a", 400)

@@ -1,0 +1,49 @@
+"""What the model-based tests share: the store under test, its clock, the run's size, and a count
+of the operations made (printed at the end of the run, so INVARIANTS.md can quote it)."""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+
+from conftest import REDIS_URL, drop_namespace, new_namespace
+from hypothesis import HealthCheck, settings
+from hypothesis.stateful import RuleBasedStateMachine
+
+from ducto_redis import MemoryStore, RedisStore
+
+SLOW = os.environ.get("DUCTO_SLOW") == "1"
+# --slow: ≥ 100 000 operations over both machines and both backends
+EXAMPLES = 700 if SLOW else 60
+STEPS = 80 if SLOW else 40
+# advances never land near the 600 s hold TTL, so real-time drift cannot flip an expiry
+ADVANCES = [7 * 60, 3600, 86_400, 31 * 86_400]
+
+# operations made per machine and backend in this run
+OPERATIONS: Counter[str] = Counter()
+
+
+def open_store(backend: str) -> RedisStore:
+    """A store with a fresh namespace on MemoryStore or the real Redis."""
+    ns = new_namespace()
+    return MemoryStore(ns) if backend == "memory" else RedisStore.from_url(REDIS_URL, namespace=ns)
+
+
+def close_store(store: RedisStore, backend: str) -> None:
+    if backend == "redis":
+        drop_namespace(store.client, store.settings.namespace)
+        store.close()
+
+
+def store_now(store: RedisStore) -> int:
+    """The scripts' clock (Redis TIME + the test clock offset), in ms."""
+    sec, usec = store.client.time()
+    return int(sec) * 1000 + int(usec) // 1000 + store.core.clock_offset_ms
+
+
+def run_machine(machine: type[RuleBasedStateMachine]) -> None:
+    machine.TestCase.settings = settings(
+        max_examples=EXAMPLES, stateful_step_count=STEPS, deadline=None,
+        suppress_health_check=list(HealthCheck),
+    )
+    machine.TestCase().runTest()
