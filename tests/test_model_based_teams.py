@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from hypothesis import strategies as st
 from hypothesis.stateful import Bundle, RuleBasedStateMachine, consumes, initialize, invariant, rule
-from model_support import ADVANCES, OPERATIONS, close_store, open_store, run_machine, store_now
+from model_support import ADVANCES, OPERATIONS, LedgerSums, close_store, open_store, run_machine, store_now
 from reference_model import bucket
 from reference_team_model import TeamModel
 
@@ -37,6 +37,7 @@ def make_machine(backend: str) -> type[RuleBasedStateMachine]:
             super().__init__()
             self.store: RedisStore = open_store(backend)
             self.model = TeamModel()
+            self.ledger = LedgerSums(self.store)
             self.ops = 0
             self.tid = ""
 
@@ -165,9 +166,8 @@ def make_machine(backend: str) -> type[RuleBasedStateMachine]:
         @invariant()
         def ledger_sums_equal_the_pool(self) -> None:
             if self.tid:
-                stream = self.store.core.keys.team(self.tid).ledger   # the team's shard
-                entries = [f for _id, f in self.store.client.xrange(stream) if f["acct"] == self.tid and f["ak"] == "t"]
-                assert sum(int(e["amount"]) for e in entries) == self.model.bal
+                sums = self.ledger.read({self.store.core.keys.team(self.tid).ledger})
+                assert sums[("t", self.tid)] == self.model.bal
 
     TeamVersusModel.__name__ = f"TeamVersusModel_{backend}"
     return TeamVersusModel
@@ -175,4 +175,4 @@ def make_machine(backend: str) -> type[RuleBasedStateMachine]:
 
 @pytest.mark.parametrize("backend", ["memory", "redis"])
 def test_team_pools_agree_with_the_reference_model(backend: str, redis_client: Any) -> None:
-    run_machine(make_machine(backend))
+    run_machine(make_machine(backend), backend)
