@@ -59,18 +59,85 @@ CASES: list[Case] = [
     ("set_spend_cap.cap", lambda s, v: s.set_spend_cap(v), [None, {"user_id": "u", "limit": 5}, "cap"], "cap"),
 ]
 
+NO_NONE = [x for x in NOT_INTS if x is not None]
+LABELS = ["", None, 5, "l" * 257]
+PERIOD_NAMES = ["weekly", "", None, 5]
+
+# the team methods; s._tid is a team with member "u", s._trid a hold of u's on it
+TEAM_CASES: list[Case] = [
+    ("create_team.initial_balance", lambda s, v: s.create_team("T", initial_balance=v), NOT_INTS + OUT_OF_RANGE,
+     "initial_balance"),
+    ("create_team.name", lambda s, v: s.create_team(v), LABELS, "name"),
+    ("get_team_balance.team_id", lambda s, v: s.get_team_balance(v), BAD_IDS, "team_id"),
+    ("get_team_members.team_id", lambda s, v: s.get_team_members(v), BAD_IDS, "team_id"),
+    ("team_spend_report.team_id", lambda s, v: s.team_spend_report(v), BAD_IDS, "team_id"),
+    ("top_up_team.amount", lambda s, v: s.top_up_team(s._tid, v), NOT_INTS + OUT_OF_RANGE, "amount"),
+    ("top_up_team.team_id", lambda s, v: s.top_up_team(v, 5), BAD_IDS, "team_id"),
+    ("add_team_member.user_id", lambda s, v: s.add_team_member(s._tid, v), BAD_IDS, "user_id"),
+    ("add_team_member.spend_cap", lambda s, v: s.add_team_member(s._tid, "u", spend_cap=v), NO_NONE + OUT_OF_RANGE,
+     "spend_cap"),
+    ("add_team_member.role", lambda s, v: s.add_team_member(s._tid, "u", role=v), LABELS, "role"),
+    ("add_team_member.cap_period", lambda s, v: s.add_team_member(s._tid, "u", spend_cap=5, cap_period=v),
+     PERIOD_NAMES, "cap_period"),
+    ("set_member_cap.spend_cap", lambda s, v: s.set_member_cap(s._tid, "u", v), NO_NONE + OUT_OF_RANGE, "spend_cap"),
+    ("set_member_cap.cap_period", lambda s, v: s.set_member_cap(s._tid, "u", 5, cap_period=v),
+     [p for p in PERIOD_NAMES if p is not None], "cap_period"),
+    ("set_member_role.role", lambda s, v: s.set_member_role(s._tid, "u", v), LABELS, "role"),
+    ("remove_team_member.user_id", lambda s, v: s.remove_team_member(s._tid, v), BAD_IDS, "user_id"),
+    ("set_team_spend_cap.limit", lambda s, v: s.set_team_spend_cap(s._tid, "daily", v), NOT_INTS + OUT_OF_RANGE,
+     "limit"),
+    ("set_team_spend_cap.cap_type", lambda s, v: s.set_team_spend_cap(s._tid, v, 5), PERIOD_NAMES, "cap_type"),
+    ("set_team_spend_cap.action", lambda s, v: s.set_team_spend_cap(s._tid, "daily", 5, v), ["block", "", None, 5],
+     "action"),
+    ("deduct_team.amount", lambda s, v: s.deduct_team(s._tid, "u", v), NOT_INTS + OUT_OF_RANGE + [0], "amount"),
+    ("deduct_team.team_id", lambda s, v: s.deduct_team(v, "u", 1), BAD_IDS, "team_id"),
+    ("deduct_team.user_id", lambda s, v: s.deduct_team(s._tid, v, 1), BAD_IDS, "user_id"),
+    ("deduct_team.idempotency_key", lambda s, v: s.deduct_team(s._tid, "u", 1, idempotency_key=v),
+     ["", 5, "k" * 1025], "idempotency_key"),
+    ("deduct_team.metadata", lambda s, v: s.deduct_team(s._tid, "u", 1, metadata=v),
+     ["gpt-4", 5, {"input_tokens": "many"}], "metadata"),
+    ("deduct_team_many.amount", lambda s, v: s.deduct_team_many([{"team_id": s._tid, "user_id": "u", "amount": v}]),
+     NOT_INTS, "amount"),
+    ("reserve_team.amount", lambda s, v: s.reserve_team(s._tid, "u", v), NOT_INTS + OUT_OF_RANGE + [0], "amount"),
+    ("reserve_team.ttl_seconds", lambda s, v: s.reserve_team(s._tid, "u", 1, ttl_seconds=v),
+     NO_NONE + OUT_OF_RANGE + [0], "ttl_seconds"),
+    ("settle_team_reservation.amount", lambda s, v: s.settle_team_reservation(s._tid, "u", s._trid, v),
+     NOT_INTS + OUT_OF_RANGE, "amount"),
+    ("settle_team_reservation.reservation_id", lambda s, v: s.settle_team_reservation(s._tid, "u", v, 1), BAD_IDS,
+     "reservation_id"),
+    ("release_team_reservation.reservation_id", lambda s, v: s.release_team_reservation(s._tid, "u", v), BAD_IDS,
+     "reservation_id"),
+    ("hit_rate_limit.user_id", lambda s, v: s.hit_rate_limit(v), BAD_IDS, "user_id"),
+]
+
 UNKNOWN: list[tuple[str, Callable[[RedisStore], Any], str]] = [
     ("deduct_credits unknown reservation", lambda s: s.deduct_credits("u", "nope", 1), "reservation_not_found"),
     ("release unknown reservation", lambda s: s.release_reservation("u", "nope"), "reservation_not_found"),
     ("deduct for unknown user", lambda s: s.deduct_credits("ghost", s._rid, 1), "reservation_not_found"),
     ("charge unknown user", lambda s: s.charge("ghost", 1, "op"), "insufficient_credits"),
     ("reserve unknown user", lambda s: s.reserve_credits("ghost", 1, "op"), "insufficient_credits"),
+    ("settle unknown team hold", lambda s: s.settle_team_reservation(s._tid, "u", "nope", 1), "reservation_not_found"),
+    ("settle another member's team hold", lambda s: s.settle_team_reservation(s._tid, "v", s._trid, 1),
+     "reservation_not_found"),
+    ("release unknown team hold", lambda s: s.release_team_reservation(s._tid, "u", "nope"), "reservation_not_found"),
+    ("deduct_team by a non-member", lambda s: s.deduct_team(s._tid, "ghost", 1), "user_not_in_team"),
+    ("reserve_team by a non-member", lambda s: s.reserve_team(s._tid, "ghost", 1), "user_not_in_team"),
+    ("remove a non-member", lambda s: s.remove_team_member(s._tid, "ghost"), "user_not_in_team"),
+    ("cap a non-member", lambda s: s.set_member_cap(s._tid, "ghost", 5), "user_not_in_team"),
+    ("add an unknown user", lambda s: s.add_team_member(s._tid, "ghost"), "user_not_found"),
+    ("deduct_team on an unknown team", lambda s: s.deduct_team("no-team", "u", 1), "team_not_found"),
 ]
 
 
 def prepared(store: RedisStore) -> RedisStore:
     store.add_credits("u", 1_000)
     store._rid = store.reserve_credits("u", 10, "op").reservation_id  # type: ignore[attr-defined]
+    store.add_credits("v", 0)
+    tid = store.create_team("T", initial_balance=1_000).team_id
+    store.add_team_member(tid, "u")
+    store.add_team_member(tid, "v")
+    store._tid = tid  # type: ignore[attr-defined]
+    store._trid = store.reserve_team(tid, "u", 10).reservation_id  # type: ignore[attr-defined]
     return store
 
 
@@ -80,7 +147,7 @@ def names_field(exc: BaseException, field: str) -> bool:
     return field in str(exc)
 
 
-@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
+@pytest.mark.parametrize("case", CASES + TEAM_CASES, ids=[c[0] for c in CASES + TEAM_CASES])
 def test_bad_values_are_refused_naming_the_field_and_nothing_is_written(store: RedisStore, case: Case) -> None:
     _, call, values, field = case
     prepared(store)
