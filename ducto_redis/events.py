@@ -84,9 +84,12 @@ class CreditEventEmitter:
 _INT_FIELDS = {"limit": "limit", "spend": "current_spend", "amount": "amount"}
 
 
-def event_from_stream(entry_id: str, fields: dict[str, str]) -> CreditEvent:
-    """A :class:`CreditEvent` from one entry of a Redis events stream (see ``cap_event`` in lib.lua)."""
-    data: dict[str, Any] = {"event_id": entry_id}
+def event_from_stream(stream: str, entry_id: str, fields: dict[str, str]) -> CreditEvent:
+    """A :class:`CreditEvent` from one entry of a Redis events stream (see ``cap_event`` in lib.lua).
+
+    ``data["event_id"]`` (``"<stream>/<entry id>"``) is unique across shards: deduplicate on it.
+    """
+    data: dict[str, Any] = {"event_id": f"{stream}/{entry_id}"}
     for k, v in fields.items():
         if k in ("type", "ts", "acct"):
             continue
@@ -152,7 +155,7 @@ class StreamEventReader:
                     for entry_id, fields in entries:
                         if fields:  # empty: trimmed from the stream while pending
                             if emitter is not None:
-                                emitter.emit(event_from_stream(entry_id, fields))
+                                emitter.emit(event_from_stream(stream, entry_id, fields))
                             delivered += 1
                         self.client.xack(stream, self.group, entry_id)
                     if start == "0" or len(entries) < count:
