@@ -93,6 +93,7 @@ class CreditManager:
         self._emitter = emitter
         self.low_balance_threshold = low_balance_threshold
         self._reader = StreamEventReader(store.client, event_group, event_consumer)
+        self._allowance_cache: tuple[PricingEngine, dict[str, int]] | None = None
 
     @property
     def store(self) -> RedisStore:
@@ -113,6 +114,14 @@ class CreditManager:
         if self._emitter is not None:
             self._emitter.emit(CreditEvent(type=type_, timestamp=datetime.now(timezone.utc), user_id=user_id,
                                            data=data))
+
+    def _allowances(self, engine: PricingEngine) -> dict[str, int]:
+        """The engine's plans as plan id -> monthly allowance (computed once per engine)."""
+        cached = self._allowance_cache
+        if cached is None or cached[0] is not engine:
+            cached = (engine, allowance_table(engine.pricing_schema().plans))
+            self._allowance_cache = cached
+        return cached[1]
 
     def _need_engine(self) -> PricingEngine:
         if self._engine is None:
@@ -254,9 +263,8 @@ class CreditManager:
                                                      "balance_after": balance.balance, "model": metrics.model})
             return result
         meta = self._tx_metadata(metrics, cost, idempotency_key, metadata)
-        config = engine.pricing_schema()
         result = self._store.charge_with_allowance(
-            user_id, cost.total, metrics.fixed_job or "usage", allowance_table(config.plans), idempotency_key,
+            user_id, cost.total, metrics.fixed_job or "usage", self._allowances(engine), idempotency_key,
             meta, engine.min_balance,
         )
         if result.cap_action or result.error == E.SPEND_CAP_EXCEEDED:
