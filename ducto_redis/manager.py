@@ -182,7 +182,7 @@ class CreditManager:
     ) -> AddCreditsResult:
         """Credit a user; emits ``credits.added`` (not for a replayed idempotency key)."""
         result: AddCreditsResult = self._store.add_credits(
-            user_id, amount, tx_type, metadata, expires_at, idempotency_key)
+            user_id, amount, type=tx_type, metadata=metadata, expires_at=expires_at, idempotency_key=idempotency_key)
         if not result.idempotent:
             self._emit("credits.added", user_id, {
                 "transaction_id": result.transaction_id, "amount": result.amount,
@@ -349,7 +349,8 @@ class CreditManager:
     ) -> RefundResult:
         """Refund a debit in full or in part (``store.refund_credits``); emits ``credits.refunded``
         unless the store answered an error (``transaction_not_found``, ``already_refunded``, ...)."""
-        result: RefundResult = self._store.refund_credits(transaction_id, amount, reason, metadata)
+        result: RefundResult = self._store.refund_credits(
+            transaction_id, amount=amount, reason=reason, metadata=metadata)
         if result.error is None and not getattr(result, "idempotent", False):
             self._emit("credits.refunded", result.user_id, {
                 "transaction_id": transaction_id, "refund_transaction_id": result.refund_transaction_id,
@@ -360,7 +361,7 @@ class CreditManager:
     def sweep_expired_credits(self, dry_run: bool = False) -> SweepResult:
         """Remove expired credit grants from balances (``store.sweep_expired_credits``); emits
         ``credits.expired`` (user ``"system"``) when something expired and it was not a dry run."""
-        result: SweepResult = self._store.sweep_expired_credits(dry_run)
+        result: SweepResult = self._store.sweep_expired_credits(dry_run=dry_run)
         if not dry_run and result.expired_count > 0:
             self._emit("credits.expired", "system", {
                 "expired_count": result.expired_count, "expired_amount": result.expired_amount,

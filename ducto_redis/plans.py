@@ -235,6 +235,8 @@ class PlanOps:
         meta = metadata_of(metadata)
         ikey = idempotency_of(idempotency_key, meta)
         model = check_label(meta.model, "metadata.model") if meta and meta.model else ""
+        if not isinstance(allowances, dict):
+            raise InvalidInputError("allowances", f"must be a dict plan id -> credits, not {type(allowances).__name__}")
         table = {check_label(p, "allowances"): check_amount(a, "allowances", 0) for p, a in allowances.items()}
         if not amount_in_range(n, 1):
             return ready(UsageDeductionResult(

@@ -194,7 +194,8 @@ def test_bad_charge_input_names_the_field_and_writes_nothing(store: RedisStore) 
     store.set_user_plan("u", "pro")
     before = snapshot(store)
     for kwargs, field in (({"amount": 1.5}, "amount"), ({"allowances": {"pro": -1}}, "allowances"),
-                          ({"min_balance": -1}, "min_balance"), ({"user_id": ""}, "user_id")):
+                          ({"min_balance": -1}, "min_balance"), ({"user_id": ""}, "user_id"),
+                          ({"allowances": [("pro", 5)]}, "allowances"), ({"operation_type": 7}, "operation_type")):
         args = {"user_id": "u", "amount": 5, "operation_type": "chat", **kwargs}
         with pytest.raises(InvalidInputError) as e:
             store.charge_with_allowance(**args)  # type: ignore[arg-type]
