@@ -281,3 +281,14 @@ def test_pricing_round_trips_every_section() -> None:
     store.set_active_pricing(full)
     got = store.get_active_pricing()
     assert got is not None and got.config == full
+
+
+def test_a_fully_covered_charge_still_counts_for_the_rate_limit(store: RedisStore) -> None:
+    with_plans(store)
+    store.set_user_plan("u", "pro")
+    store.set_rate_limit("u", 1, period_seconds=60, burst=1)
+    assert store.charge_with_allowance("u", 5, "chat").error is None
+    limited = store.charge_with_allowance("u", 5, "chat")
+    assert (limited.error, limited.allowance_used) == ("rate_limited", 0)
+    assert limited.retry_after_ms > 0
+    assert store.check_allowance("u").allowance_remaining == 95
