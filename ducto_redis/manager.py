@@ -325,10 +325,10 @@ class CreditManager:
 
     def set_user_plan(self, user_id: str, plan_id: str) -> SetUserPlanResult:
         """Put a user on a plan; emits ``credits.plan_changed`` when the plan actually changed."""
-        result, previous = self._store.set_user_plan_detailed(user_id, plan_id)
-        if previous != plan_id:
-            self._emit("credits.plan_changed", user_id, {"old_plan": previous or None, "new_plan": plan_id})
-        return result  # type: ignore[no-any-return]
+        result: SetUserPlanResult = self._store.set_user_plan(user_id, plan_id)
+        if result.previous_plan_id != plan_id:
+            self._emit("credits.plan_changed", user_id, {"old_plan": result.previous_plan_id, "new_plan": plan_id})
+        return result
 
     def get_user_plan(self, user_id: str) -> GetUserPlanResult:
         """The user's plan (see :meth:`RedisStore.get_user_plan`)."""

@@ -265,10 +265,11 @@ class GetUserPlanResult(BaseModel):
 
 
 class SetUserPlanResult(BaseModel):
-    """Result of assigning a plan to a user."""
+    """Result of assigning a plan to a user (``previous_plan_id``: the plan before, None if none)."""
 
     user_id: str
     plan_id: str
+    previous_plan_id: str | None = None
 
 
 class AllowanceResult(BaseModel):

@@ -154,10 +154,8 @@ class PlanOps:
 
     # ── plans ─────────────────────────────────────────────────────────
 
-    def set_user_plan(
-        self, user_id: str, plan_id: str, plan: PlanDefinition | None
-    ) -> Call[tuple[SetUserPlanResult, str]]:
-        """Assign ``plan_id`` (its definition, if known, goes into the ledger entry); answers the previous plan."""
+    def set_user_plan(self, user_id: str, plan_id: str, plan: PlanDefinition | None) -> Call[SetUserPlanResult]:
+        """Assign ``plan_id`` (its definition, if known, goes into the ledger entry)."""
         uid = check_id(user_id, "user_id")
         pid = check_label(plan_id, "plan_id")
         k = self.core.keys.user(uid)
@@ -165,9 +163,9 @@ class PlanOps:
         if plan is not None:
             meta.update(plan_name=plan.name, free_allowance=plan.free_allowance)
 
-        def parse(raw: Any) -> tuple[SetUserPlanResult, str]:
+        def parse(raw: Any) -> SetUserPlanResult:
             r = _reply(raw, 3)
-            return SetUserPlanResult(user_id=uid, plan_id=pid), r[2]
+            return SetUserPlanResult(user_id=uid, plan_id=pid, previous_plan_id=r[2] or None)
 
         args = [self.core._offset(), new_id(), uid, pid, json.dumps(meta, separators=(",", ":"))]
         return Call(self.core.scripts["set_plan"], [k.account, k.ledger], args, parse)
@@ -313,12 +311,10 @@ class PlanStoreMixin:
         return active.config.plans if active else None
 
     def set_user_plan(self, user_id: str, plan_id: str) -> SetUserPlanResult:
-        """Put a user on a plan (a ledger ``config`` entry). A plan unknown to the active pricing
-        config is refused (``InvalidInputError`` on ``plan_id``) when that config defines plans."""
-        return self.set_user_plan_detailed(user_id, plan_id)[0]
+        """Put a user on a plan (a ledger ``config`` entry); the result names the previous plan.
 
-    def set_user_plan_detailed(self, user_id: str, plan_id: str) -> tuple[SetUserPlanResult, str]:
-        """:meth:`set_user_plan`, also answering the previous plan id ("" if none)."""
+        A plan unknown to the active pricing config is refused (``InvalidInputError`` on
+        ``plan_id``, nothing written) when that config defines plans."""
         plans = self._plans()
         plan = find_plan(plans, check_label(plan_id, "plan_id"))
         if plans and plan is None:
@@ -388,10 +384,6 @@ class AsyncPlanStoreMixin:
 
     async def set_user_plan(self, user_id: str, plan_id: str) -> SetUserPlanResult:
         """See :meth:`PlanStoreMixin.set_user_plan`."""
-        return (await self.set_user_plan_detailed(user_id, plan_id))[0]
-
-    async def set_user_plan_detailed(self, user_id: str, plan_id: str) -> tuple[SetUserPlanResult, str]:
-        """See :meth:`PlanStoreMixin.set_user_plan_detailed`."""
         plans = await self._plans()
         plan = find_plan(plans, check_label(plan_id, "plan_id"))
         if plans and plan is None:

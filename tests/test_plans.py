@@ -103,8 +103,8 @@ def test_an_unknown_plan_is_refused_naming_plan_id_and_nothing_is_written(store:
 
 def test_a_plan_change_is_a_ledger_config_entry(store: RedisStore) -> None:
     with_plans(store)
-    store.set_user_plan("u", "free")
-    store.set_user_plan("u", "pro")
+    assert store.set_user_plan("u", "free").previous_plan_id is None
+    assert store.set_user_plan("u", "pro").previous_plan_id == "free"
     entries = [e for e in ledger_entries(store) if e.get("op") == "plan_set"]
     assert [(e["kind"], e["acct"], e["plan"], e.get("prev", "")) for e in entries] == [
         ("config", "u", "free", ""), ("config", "u", "pro", "free")]
