@@ -22,26 +22,19 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from pydantic import ValidationError
 
-from . import errors as E
 from .core import (
     Call,
     StoreCore,
     _err,
     _reply,
-    amount_in_range,
     check_amount,
     check_id,
-    check_int,
     check_label,
     construct,
-    idempotency_of,
-    metadata_json,
-    metadata_of,
     new_id,
     ready,
 )
 from .errors import ConfigError, InvalidInputError
-from .keys import USER
 from .models import (
     AllowanceResult,
     CreditMetadata,
@@ -225,44 +218,32 @@ class PlanOps:
         metadata: CreditMetadata | dict[str, Any] | None = None,
         min_balance: int = 0,
     ) -> Call[UsageDeductionResult]:
-        """Charge ``amount`` with the user's plan allowance first, then caps and balance: one script."""
-        uid = check_id(user_id, "user_id")
-        n = check_int(amount, "amount")
-        op = check_label(operation_type, "operation_type")
-        floor = check_amount(min_balance, "min_balance", 0)
-        meta = metadata_of(metadata)
-        ikey = idempotency_of(idempotency_key, meta)
-        model = check_label(meta.model, "metadata.model") if meta and meta.model else ""
+        """Charge ``amount`` with the user's plan allowance first, then caps and balance: one script.
+
+        The call is ``charge``'s (same validation, KEYS and ARGV for debit.lua) with the plan usage
+        window appended to KEYS and the allowance table to ARGV.
+        """
+        base = self.core.charge(user_id, amount, operation_type, idempotency_key, metadata, min_balance)
         if not isinstance(allowances, dict):
             raise InvalidInputError("allowances", f"must be a dict plan id -> credits, not {type(allowances).__name__}")
         table = {check_label(p, "allowances"): check_amount(a, "allowances", 0) for p, a in allowances.items()}
-        if not amount_in_range(n, 1):
-            return ready(UsageDeductionResult(
-                transaction_id="", user_id=uid, amount=0, balance_after=0, cost=n, error=E.INVALID_AMOUNT))
-        core = self.core
-        k = core.keys.user(uid)
-        idem_key, has, raw = core._idem(k, ikey)
+        if base.script is None:  # refused before Redis (amount out of range)
+            refused = base.parse(None)
+            return ready(UsageDeductionResult(**refused.model_dump(), cost=amount))
 
         def parse(raw_reply: Any) -> UsageDeductionResult:
             r = _reply(raw_reply, 12)
             paid, free = int(r[3]), int(r[9])
             return construct(UsageDeductionResult,
-                transaction_id=r[2], user_id=uid, amount=-paid, balance_after=int(r[4]),
+                transaction_id=r[2], user_id=user_id, amount=-paid, balance_after=int(r[4]),
                 idempotent=r[1] == "1", error=_err(r[0]), cap_action=r[6] or None,
                 retry_after_ms=int(r[7]) if r[7] else 0, rate_limit_remaining=int(r[8]) if r[8] else None,
-                cost=n, allowance_used=free, plan_id=r[10] or None, allowance_remaining=int(r[11]),
+                cost=amount, allowance_used=free, plan_id=r[10] or None, allowance_remaining=int(r[11]),
             )
 
-        keys = [
-            k.account, k.holds, k.hold_expiry, k.caps, k.day_window, k.month_window, idem_key, k.ledger, k.events,
-            k.plan_window,
-        ]
-        args = [
-            core._offset(), new_id(), uid, "", str(n), op, model, metadata_json(meta),
-            has, raw, core._idem_ttl, core._events_maxlen, str(floor), USER, *core._backlog,
-            json.dumps(table, separators=(",", ":")),
-        ]
-        return Call(core.scripts["plan_debit"], keys, args, parse)
+        keys = [*base.keys, self.core.keys.user(user_id).plan_window]
+        args = [*base.args, json.dumps(table, separators=(",", ":"))]
+        return Call(self.core.scripts["plan_debit"], keys, args, parse)
 
 
 def _ops(core: StoreCore) -> PlanOps:
