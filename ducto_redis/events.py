@@ -139,6 +139,16 @@ class StreamEventReader:
                 raise
         self._ready.add(stream)
 
+    def _read(self, stream: str, start: str, count: int) -> Any:
+        try:
+            return self.client.xreadgroup(self.group, self.consumer, {stream: start}, count=count)
+        except ResponseError as exc:  # the stream or group was deleted since: make it again
+            if "NOGROUP" not in str(exc):
+                raise
+            self._ready.discard(stream)
+            self._ensure_group(stream)
+            return self.client.xreadgroup(self.group, self.consumer, {stream: start}, count=count)
+
     def poll(self, emitter: CreditEventEmitter | None, streams: list[str], count: int = 100) -> int:
         """Deliver the waiting events of ``streams`` (this consumer's unacknowledged ones first);
         returns how many were emitted."""
@@ -147,7 +157,7 @@ class StreamEventReader:
             self._ensure_group(stream)
             for start in ("0", ">"):  # own pending (a handler failed last time), then new ones
                 while True:
-                    got = self.client.xreadgroup(self.group, self.consumer, {stream: start}, count=count)
+                    got = self._read(stream, start, count)
                     entries = [(_s(i), {_s(k): _s(v) for k, v in (f or {}).items()})
                                for _, msgs in got or [] for i, f in msgs]
                     if not entries:

@@ -147,3 +147,12 @@ def test_a_team_cap_refusal_is_delivered_with_the_team_as_account(store: RedisSt
     assert m.deduct_team(team.team_id, "alice", UsageMetrics(input_tokens=6)).error == "spend_cap_exceeded"
     assert [(e.user_id, (e.data or {}).get("account_kind")) for e in got] == [(team.team_id, "team")]
     assert m.poll_events() == 0
+
+
+def test_a_reader_recovers_when_its_stream_was_deleted(store: RedisStore) -> None:
+    warned_store(store, users=1, charges=1)
+    m, got = collecting_manager(store)
+    assert m.poll_events(user_id="u0") == 1
+    store.client.delete(store.core.keys.user("u0").events)
+    store.charge("u0", 2, "chat")  # a new stream, without the group
+    assert m.poll_events(user_id="u0") == 1 and len(got) == 2
