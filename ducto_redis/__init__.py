@@ -9,7 +9,9 @@ from .errors import (
     InvalidInputError,
     PricingNotLoadedError,
 )
+from .events import CreditEvent, CreditEventEmitter
 from .keys import KeySchema
+from .manager import ChargeRefusedError, CreditManager
 from .memory import MemoryStore
 from .models import (
     AddCreditsResult,
@@ -26,6 +28,7 @@ from .models import (
     PlanDefinition,
     PricingConfigData,
     PricingConfigResult,
+    PricingHistoryItem,
     RateLimitResult,
     RefundResult,
     ReleaseResult,
@@ -42,7 +45,9 @@ from .models import (
     TeamMember,
     TeamMemberSpend,
     TopUserRow,
+    UsageDeductionResult,
 )
+from .plans import PricingConfigError
 from .pricing import CostBreakdown, PricingEngine, ToolCall, UsageMetrics, evaluate_expression, validate_expression
 from .settings import Settings
 from .store import RedisStore
@@ -58,9 +63,13 @@ __all__ = [
     "AsyncRedisStore",
     "BalanceResult",
     "CapCheckResult",
+    "ChargeRefusedError",
     "ConfigError",
     "CostBreakdown",
     "CreateTeamResult",
+    "CreditEvent",
+    "CreditEventEmitter",
+    "CreditManager",
     "CreditMetadata",
     "DailySpendRow",
     "DeductionResult",
@@ -73,8 +82,10 @@ __all__ = [
     "MemoryStore",
     "PlanDefinition",
     "PricingConfigData",
+    "PricingConfigError",
     "PricingConfigResult",
     "PricingEngine",
+    "PricingHistoryItem",
     "PricingNotLoadedError",
     "RateLimitResult",
     "RedisStore",
@@ -95,6 +106,7 @@ __all__ = [
     "TeamMemberSpend",
     "ToolCall",
     "TopUserRow",
+    "UsageDeductionResult",
     "UsageMetrics",
     "evaluate_expression",
     "validate_expression",

@@ -38,6 +38,7 @@ from .models import (
     TeamMember,
     TeamMemberSpend,
 )
+from .plans import AsyncPlanStoreMixin
 from .settings import Settings
 from .store import expires_ms
 from .team_ops import check_period
@@ -45,7 +46,7 @@ from .team_ops import check_period
 T = TypeVar("T")
 
 
-class AsyncRedisStore:
+class AsyncRedisStore(AsyncPlanStoreMixin):
     """Credits, reservations and spend caps in Redis, for asyncio code (gateways, async workers)."""
 
     def __init__(self, client: Any, settings: Settings | None = None, **overrides: Any) -> None:

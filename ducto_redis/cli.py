@@ -1,4 +1,4 @@
-"""The `ducto-redis` command: demo, balance, and the ledger's operator tools."""
+"""The `ducto-redis` command: demo, balance, pricing (validate | set | get), and the ledger's operator tools."""
 
 from __future__ import annotations
 
@@ -26,6 +26,63 @@ def _database_url(args: argparse.Namespace) -> str:
     return str(args.database_url)
 
 
+def load_pricing_file(path: str) -> dict[str, Any]:
+    """A pricing config dict from a JSON file, or a YAML file (``.yaml``/``.yml``) when PyYAML is installed."""
+    import json
+    from pathlib import Path
+
+    text = Path(path).read_text(encoding="utf-8")
+    if path.endswith((".yaml", ".yml")):
+        try:
+            import yaml  # type: ignore[import-untyped,import-not-found,unused-ignore]
+        except ImportError:
+            raise SystemExit(
+                f"ducto-redis: {path} is YAML, and reading YAML needs PyYAML (pip install pyyaml); "
+                "or give the same config as JSON"
+            ) from None
+        data = yaml.safe_load(text)
+    else:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise SystemExit(f"ducto-redis: {path} is not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise SystemExit(f"ducto-redis: {path} must hold a mapping (models, tools, ...), not {type(data).__name__}")
+    return data
+
+
+def _pricing(args: argparse.Namespace) -> int:
+    import json
+
+    from .errors import ConfigError
+    from .pricing import PricingEngine
+
+    if args.pricing_command == "get":
+        active = _store(args).get_active_pricing()
+        if active is None:
+            print("no active pricing config", file=sys.stderr)
+            return 1
+        print(json.dumps(active.model_dump(mode="json", exclude_none=True), indent=2))
+        return 0
+    data = load_pricing_file(args.file)
+    try:
+        engine = PricingEngine.from_dict(data)
+    except ConfigError as exc:
+        print(f"invalid pricing config {args.file}: {exc}", file=sys.stderr)
+        return 1
+    config = engine.pricing_schema()
+    summary = (f"{len(config.models)} models, {len(config.tools)} tools, {len(config.fixed)} fixed jobs, "
+               f"{len(config.plans or {})} plans, min_balance {config.min_balance}")
+    if args.pricing_command == "validate":
+        print(f"valid: {summary}")
+        return 0
+    store = _store(args)
+    pid = store.set_active_pricing(config, label=args.label)
+    active = store.get_active_pricing()
+    print(f"active pricing {pid} version {active.version if active else '?'}: {summary}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``ducto-redis`` command; returns its exit code."""
     settings = Settings()
@@ -47,6 +104,13 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("status", help="print the ledger backlog and lag")
     sub.add_parser("restore", help="rebuild every Redis key of the namespace from the ledger")
     sub.add_parser("reconcile", help="compare Redis with the ledger; exit code 1 on drift")
+    pricing = sub.add_parser("pricing", help="validate, publish or print the pricing config (JSON; YAML with PyYAML)")
+    psub = pricing.add_subparsers(dest="pricing_command", required=True)
+    psub.add_parser("validate", help="check every formula of a pricing file; exit 1 if invalid").add_argument("file")
+    pset = psub.add_parser("set", help="validate a pricing file and publish it as the next active version")
+    pset.add_argument("file")
+    pset.add_argument("--label", default=None)
+    psub.add_parser("get", help="print the active pricing config (JSON); exit 1 if none")
 
     args = parser.parse_args(argv)
     if args.command == "demo":
@@ -60,6 +124,8 @@ def main(argv: list[str] | None = None) -> int:
         )
         run_demo(store)
         return 0
+    if args.command == "pricing":
+        return _pricing(args)
     if args.command == "balance":
         b = _store(args).get_balance(args.user_id)
         print(f"{b.user_id}: balance {b.balance} held {b.held} available {b.available} "

@@ -17,6 +17,9 @@ Layout (``ns`` = namespace, ``N`` = shard of the account, ``<id>`` = escaped acc
     {ns:N}:t:<id>:holds ...  holds, hold expiry, caps, windows, idempotency as for a user
     {ns:N}:ledger            STREAM the shard's ledger entries (flushed to Postgres)
     {ns:N}:events            STREAM the shard's events (cap warnings, ...)
+    {ns:N}:u:<id>:pw         HASH  plan allowance used this month: "_b" month bucket, "p|<plan id>"
+    {ns:pricing}:active      STRING the active pricing config (JSON: id, version, label, config)
+    {ns:pricing}:versions    HASH  version number -> that version's JSON (every version kept)
 
 The hash tag ``{ns:N}`` is the shard: every key one script touches shares it, ledger stream
 included, so each script runs in one Redis Cluster slot. An account maps to its shard by
@@ -121,6 +124,11 @@ class AccountKeys:
         return self.base + ":mheld"
 
     @property
+    def plan_window(self) -> str:
+        """User only: free allowance used this month per plan ("_b" = year*12+month-1, "p|<plan id>")."""
+        return self.base + ":pw"
+
+    @property
     def ledger(self) -> str:
         return self.tag + ":ledger"
 
@@ -167,6 +175,14 @@ class KeySchema:
     def all_events_streams(self) -> list[str]:
         """Every shard's events stream."""
         return [self.events_stream(s) for s in range(self.shards)]
+
+    def pricing_active(self) -> str:
+        """The active pricing configuration (one hash tag of its own, read by no debit script)."""
+        return f"{{{self.namespace}:pricing}}:active"
+
+    def pricing_versions(self) -> str:
+        """Every published pricing version, by version number."""
+        return f"{{{self.namespace}:pricing}}:versions"
 
     def user(self, user_id: str) -> AccountKeys:
         """Keys of a user account."""

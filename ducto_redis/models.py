@@ -265,10 +265,11 @@ class GetUserPlanResult(BaseModel):
 
 
 class SetUserPlanResult(BaseModel):
-    """Result of assigning a plan to a user."""
+    """Result of assigning a plan to a user (``previous_plan_id``: the plan before, None if none)."""
 
     user_id: str
     plan_id: str
+    previous_plan_id: str | None = None
 
 
 class AllowanceResult(BaseModel):
@@ -355,3 +356,30 @@ class LedgerLag(BaseModel):
     pending: int = 0
     oldest_unflushed_age_ms: int = 0
     per_shard: dict[int, int] = Field(default_factory=dict)
+
+
+# ── Plans, allowances and stored pricing (ducto_redis/plans.py) ──────
+
+
+class UsageDeductionResult(DeductionResult):
+    """A charge with the plan allowance consumed first (``charge_with_allowance``, ``CreditManager.deduct``).
+
+    ``amount`` is minus what left the balance (the paid part); ``allowance_used`` is what the plan's
+    free allowance covered, so ``cost == allowance_used - amount``; ``allowance_remaining`` is
+    what is left of the allowance this month after this charge.
+    """
+
+    cost: int = 0
+    allowance_used: int = 0
+    plan_id: str | None = None
+    allowance_remaining: int = 0
+
+
+class PricingHistoryItem(BaseModel):
+    """One published pricing version (``get_pricing_history``)."""
+
+    id: str
+    version: int
+    label: str | None = None
+    created_at: str = ""
+    active: bool = False

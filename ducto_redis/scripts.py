@@ -33,6 +33,12 @@ SCRIPT_NAMES = (
     "pool_reserve",
     "pool_release",
     "pool_read",
+    "set_plan",
+    "plan_read",
+    "plan_usage",
+    "plan_debit",
+    "pricing_set",
+    "pricing_read",
 )
 
 

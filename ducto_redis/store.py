@@ -33,6 +33,7 @@ from .models import (
     TeamMember,
     TeamMemberSpend,
 )
+from .plans import PlanStoreMixin
 from .settings import Settings
 from .team_ops import check_period
 
@@ -50,7 +51,7 @@ def expires_ms(expires_at: datetime | None) -> int | None:
     return int(expires_at.timestamp() * 1000)
 
 
-class RedisStore(LedgerStoreMixin):
+class RedisStore(LedgerStoreMixin, PlanStoreMixin):
     """Credits, reservations and spend caps in Redis; every decision is one atomic Lua script.
 
     Build it with :meth:`from_url` (``RedisStore.from_url("redis://127.0.0.1:6379", namespace="ducto")``),

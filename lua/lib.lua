@@ -238,7 +238,8 @@ end
 
 -- One user debit (settle or charge): the body of debit.lua, shared with debit_many.lua.
 -- K: the 9 keys and A: the 16 arguments of debit.lua, in its order. Returns debit.lua's reply.
-local function user_debit(K, A)
+-- X (optional): extra ledger fields {name, value, ...} appended to the debit's entry (plan_debit.lua).
+local function user_debit(K, A, X)
   local acct, holds, hexp, caps_key, wd, wm, idem, stream, events =
     K[1], K[2], K[3], K[4], K[5], K[6], K[7], K[8], K[9]
   local again = replay(idem, A[9])
@@ -322,9 +323,11 @@ local function user_debit(K, A)
     if action == '' or c[4] == 'warn' then action = c[4] end
   end
 
-  ledger(stream, { 'id', tx, 'ts', I(now), 'ak', akind, 'acct', aid, 'kind', rid ~= '' and 'settle' or 'debit',
+  local entry = { 'id', tx, 'ts', I(now), 'ak', akind, 'acct', aid, 'kind', rid ~= '' and 'settle' or 'debit',
     'amount', I(-amount), 'hold', rid ~= '' and I(hold) or '', 'bal', I(bal), 'held', I(held), 'rid', rid,
-    'op', op, 'model', model, 'idem', A[10], 'cap', action, 'meta', A[8] })
+    'op', op, 'model', model, 'idem', A[10], 'cap', action, 'meta', A[8] }
+  if X then for i = 1, #X do entry[#entry + 1] = X[i] end end
+  ledger(stream, entry)
 
   return remember(idem, A[9], A[11], { 'ok', '0', tx, I(amount), I(bal), I(held), action, '0', rl_remaining })
 end
