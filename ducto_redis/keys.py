@@ -14,6 +14,11 @@ Layout (``ns`` = namespace, ``N`` = shard of the account, ``<id>`` = escaped acc
     {ns:N}:t:<id>:mspend     HASH  member id -> all-time spend; :md / :mm today's / this month's
     {ns:N}:t:<id>:mheld      HASH  member id -> held by the member's open reservations
     {ns:N}:t:<id>:holds ...  holds, hold expiry, caps, windows, idempotency as for a user
+    {ns:N}:u:<id>:grants     HASH  expiring grant id -> "expires_ms|remaining" (field "gx" of the
+                                   account hash: the earliest grant expiry; absent = no grants)
+    {ns:N}:gexp              ZSET  the shard's accounts with expiring grants, by earliest expiry
+    {ns:N}:rf:<tx>           STRING refundable debit: "amount|refunded|grant parts|user id" (expires)
+    {ns:N}:ri:<key>          STRING remembered reply of a refund's idempotency key (expires)
     {ns:N}:ledger            STREAM the shard's ledger entries (flushed to Postgres)
     {ns:N}:events            STREAM the shard's events (cap warnings, ...)
 
@@ -111,6 +116,20 @@ class AccountKeys:
         return self.base + ":mheld"
 
     @property
+    def grants(self) -> str:
+        """User only: expiring grant id -> "expires_ms|remaining" (see lua/lib.lua grants_*)."""
+        return self.base + ":grants"
+
+    @property
+    def grant_index(self) -> str:
+        """The shard's ZSET of accounts with expiring grants, scored by their earliest expiry."""
+        return self.tag + ":gexp"
+
+    def refundable(self, transaction_id: str) -> str:
+        """The shard's refund record of one debit (written by the debit, read by the refund)."""
+        return self.tag + ":rf:" + escape_id(transaction_id)
+
+    @property
     def ledger(self) -> str:
         return self.tag + ":ledger"
 
@@ -149,6 +168,20 @@ class KeySchema:
     def events_stream(self, shard: int) -> str:
         """The events stream of ``shard``."""
         return self.tag(shard) + ":events"
+
+    def grant_index(self, shard: int) -> str:
+        """The ZSET of ``shard``'s accounts with expiring grants, by earliest expiry (ms)."""
+        return self.tag(shard) + ":gexp"
+
+    def refundable(self, shard: int, transaction_id: str) -> str:
+        """The refund record of a debit made in ``shard``."""
+        return self.tag(shard) + ":rf:" + escape_id(transaction_id)
+
+    def refund_idempotency(self, shard: int, key: str | None) -> str:
+        """Remembered reply of a refund's idempotency key (refunds are keyed by shard, not account)."""
+        if not key:
+            return self.tag(shard) + ":ri"
+        return self.tag(shard) + ":ri:" + escape_id(key)
 
     def all_ledger_streams(self) -> list[str]:
         """Every shard's ledger stream."""

@@ -33,6 +33,10 @@ SCRIPT_NAMES = (
     "pool_reserve",
     "pool_release",
     "pool_read",
+    "refund_find",
+    "refund",
+    "sweep_due",
+    "sweep_credits",
 )
 
 
