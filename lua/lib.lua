@@ -241,9 +241,10 @@ end
 -- The grants hash G holds grant id -> "expires_ms|remaining"; the account hash field 'gx' holds the
 -- earliest expiry and is absent when the account has no grant, so an account without grants pays
 -- nothing but one more HMGET field. Spending consumes the oldest-expiring grants first, then ordinary
--- credits. Holds do not consume grants (their settlement does). An expiry never takes the balance
--- below what is held: it removes min(remaining, balance - held); the rest of an expired grant stays
--- pinned (still due) until the holds resolve, and a settlement spends it first.
+-- credits. Holds do not consume grants (their settlement does), but they cover the oldest-expiring
+-- credits first (the order a settlement spends them in): the covered part of an expired grant stays,
+-- pinned and still due, until the holds resolve (a settlement spends it first); the rest leaves. An
+-- expiry never takes the balance below what is held.
 
 -- the grants of G as a list {id, expires ms, remaining}, oldest expiry first
 local function grants_load(G)
@@ -282,15 +283,18 @@ local function grants_keep(acct, list)
   return out
 end
 
--- Expire the due grants of a sorted list (each removes min(remaining, bal - held)). Returns the
+-- Expire the due grants of a sorted list (each loses what the holds do not cover). Returns the
 -- balance after and the expiries {grant id, amount, expires ms, entry id}. With write, updates G and
 -- appends one ledger entry each (kind 'expire', reason 'credit_expired', field 'grant'); the caller
 -- stores the balance and calls grants_keep.
 local function grants_expire(list, G, now, bal, held, write, stream, akind, aid)
   local out = {}
+  local cover = math.max(held, 0)
   for _, g in ipairs(list) do
     if g[2] > now then break end
-    local e = math.min(g[3], math.max(bal - held, 0))
+    local c = math.min(g[3], cover)
+    cover = cover - c
+    local e = math.min(g[3] - c, math.max(bal - held, 0))
     if e > 0 then
       local eid = 'cexp:' .. g[1] .. ':' .. I(g[3])
       bal = bal - e
