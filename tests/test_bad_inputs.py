@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from datetime import datetime, timezone
 from typing import Any
 
 import pytest
@@ -57,6 +58,16 @@ CASES: list[Case] = [
      "metadata"),
     ("add_credits.expires_at", lambda s, v: s.add_credits("u", 1, expires_at=v), ["2030-01-01", 5], "expires_at"),
     ("set_spend_cap.cap", lambda s, v: s.set_spend_cap(v), [None, {"user_id": "u", "limit": 5}, "cap"], "cap"),
+    ("add_credits.expires_at past", lambda s, v: s.add_credits("u", 1, expires_at=v),
+     [datetime(2000, 1, 1, tzinfo=timezone.utc), datetime(1999, 1, 1)], "expires_at"),
+    ("refund_credits.amount", lambda s, v: s.refund_credits(s._tx, v), [x for x in NOT_INTS if x is not None]
+     + OUT_OF_RANGE + [0, 11], "amount"),
+    ("refund_credits.transaction_id", lambda s, v: s.refund_credits(v), BAD_IDS, "transaction_id"),
+    ("refund_credits.reason", lambda s, v: s.refund_credits(s._tx, 1, reason=v), ["", 5, "r" * 257], "reason"),
+    ("refund_credits.idempotency_key", lambda s, v: s.refund_credits(s._tx, 1, idempotency_key=v),
+     ["", 5, "k" * 1025], "idempotency_key"),
+    ("refund_credits.metadata", lambda s, v: s.refund_credits(s._tx, 1, metadata=v), ["why", 5], "metadata"),
+    ("sweep_expired_credits.dry_run", lambda s, v: s.sweep_expired_credits(dry_run=v), [None, 1, "yes"], "dry_run"),
 ]
 
 UNKNOWN: list[tuple[str, Callable[[RedisStore], Any], str]] = [
@@ -65,12 +76,16 @@ UNKNOWN: list[tuple[str, Callable[[RedisStore], Any], str]] = [
     ("deduct for unknown user", lambda s: s.deduct_credits("ghost", s._rid, 1), "reservation_not_found"),
     ("charge unknown user", lambda s: s.charge("ghost", 1, "op"), "insufficient_credits"),
     ("reserve unknown user", lambda s: s.reserve_credits("ghost", 1, "op"), "insufficient_credits"),
+    ("refund unknown transaction", lambda s: s.refund_credits("0badc0de-0000-4000-8000-000000000000"),
+     "transaction_not_found"),
+    ("refund a credit's id", lambda s: s.refund_credits(s._credit), "transaction_not_found"),
 ]
 
 
 def prepared(store: RedisStore) -> RedisStore:
-    store.add_credits("u", 1_000)
+    store._credit = store.add_credits("u", 1_000).transaction_id  # type: ignore[attr-defined]
     store._rid = store.reserve_credits("u", 10, "op").reservation_id  # type: ignore[attr-defined]
+    store._tx = store.charge("u", 10, "op").transaction_id  # type: ignore[attr-defined]
     return store
 
 
