@@ -13,6 +13,7 @@ import itertools
 import json
 import math
 import os
+import re
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -200,14 +201,16 @@ def tx_id_in_shard(shard: int) -> str:
     return f"{h[:9]}{shard:04x}{h[13:]}"
 
 
+_OUR_ID = re.compile(r"[0-9a-f]{8}-([0-9a-f]{4})-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+
+
 def shard_of_tx(transaction_id: str, shards: int) -> int | None:
-    """The shard encoded by :func:`tx_id_in_shard`, or None when the id cannot be one of ours."""
-    if len(transaction_id) != 36 or transaction_id[8] != "-" or transaction_id[13] != "-":
+    """The shard encoded by :func:`tx_id_in_shard`, or None when the id cannot be one of ours
+    (ours are lowercase hex UUID-shaped, so they need no escaping in key names)."""
+    m = _OUR_ID.fullmatch(transaction_id)
+    if m is None:
         return None
-    try:
-        shard = int(transaction_id[9:13], 16)
-    except ValueError:
-        return None
+    shard = int(m.group(1), 16)
     return shard if shard < shards else None
 
 

@@ -126,8 +126,12 @@ class AccountKeys:
         return self.tag + ":gexp"
 
     def refundable(self, transaction_id: str) -> str:
-        """The shard's refund record of one debit (written by the debit, read by the refund)."""
-        return self.tag + ":rf:" + escape_id(transaction_id)
+        """The shard's refund record of one debit (written by the debit, read by the refund).
+
+        Only for ids the store made (lowercase hex, UUID-shaped: nothing to escape; see
+        ``core.shard_of_tx``, which refuses any other id before a key is built).
+        """
+        return self.tag + ":rf:" + transaction_id
 
     @property
     def ledger(self) -> str:
@@ -174,8 +178,8 @@ class KeySchema:
         return self.tag(shard) + ":gexp"
 
     def refundable(self, shard: int, transaction_id: str) -> str:
-        """The refund record of a debit made in ``shard``."""
-        return self.tag(shard) + ":rf:" + escape_id(transaction_id)
+        """The refund record of a debit made in ``shard`` (an id the store made: see ``refundable`` above)."""
+        return self.tag(shard) + ":rf:" + transaction_id
 
     def refund_idempotency(self, shard: int, key: str | None) -> str:
         """Remembered reply of a refund's idempotency key (refunds are keyed by shard, not account)."""

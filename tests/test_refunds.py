@@ -11,6 +11,7 @@ import pytest
 from conftest import advance, drop_namespace, ledger_entries, make_store, snapshot
 
 from ducto_redis import AsyncMemoryStore, MemoryStore, RedisStore
+from ducto_redis.core import shard_of_tx
 
 
 def in_hours(store: RedisStore, hours: float) -> datetime:
@@ -71,17 +72,35 @@ def test_a_replayed_refund_returns_the_first_result_and_changes_nothing(store: R
     assert store.get_balance("u").balance == 75
 
 
-@pytest.mark.parametrize("which", ["random uuid", "garbage", "a credit", "a reservation", "zero settlement"])
+@pytest.mark.parametrize("which", ["random uuid", "garbage", "a credit", "a reservation", "zero settlement",
+                                   "upper case", "no such shard", "braces"])
 def test_unknown_transactions_are_not_found_and_nothing_is_written(store: RedisStore, which: str) -> None:
     c = store.add_credits("u", 100)
     h = store.reserve_credits("u", 10, "op")
     zero = store.deduct_credits("u", store.reserve_credits("u", 10, "op").reservation_id, 0)
     tx = {"random uuid": "0badc0de-0001-4000-8000-000000000000", "garbage": "nope", "a credit": c.transaction_id,
-          "a reservation": h.reservation_id, "zero settlement": zero.transaction_id}[which]
+          "a reservation": h.reservation_id, "zero settlement": zero.transaction_id,
+          "upper case": store.charge("u", 1, "x").transaction_id.upper(),
+          "no such shard": "00000000-ffff-4000-8000-000000000000", "braces": "{0badc0de}-0001-4000-8000-0000000"}[which]
     before = snapshot(store)
     r = store.refund_credits(tx)
     assert (r.error, r.amount, r.original_transaction_id) == ("transaction_not_found", 0, tx)
     assert snapshot(store) == before
+
+
+def test_debit_ids_carry_their_accounts_shard_and_stay_unique() -> None:
+    s = MemoryStore()
+    ids = set()
+    for i in range(300):
+        u = f"user-{i}"
+        s.add_credits(u, 10)
+        d = s.charge(u, 1, "x")
+        h = s.reserve_credits(u, 2, "x", min_balance=0)
+        settled = s.deduct_credits(u, h.reservation_id, 1)
+        for tx in (d.transaction_id, settled.transaction_id):
+            assert shard_of_tx(tx, s.settings.shards) == s.core.keys.user(u).shard
+            ids.add(tx)
+    assert len(ids) == 600
 
 
 def test_refunds_within_the_window_only(redis_client: Any) -> None:
