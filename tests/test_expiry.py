@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import random
+import threading
 from collections import defaultdict
 from datetime import datetime, timedelta, timezone
+from typing import Any
 
 import pytest
-from conftest import advance, ledger_entries, snapshot
+from conftest import advance, drop_namespace, ledger_entries, make_store, snapshot
 
 from ducto_redis import InvalidInputError, RedisStore
 
@@ -211,3 +213,72 @@ def test_conservation_with_grants_refunds_holds_and_sweeps(store: RedisStore) ->
         assert sum(int(e["amount"]) for e in mine) == b.balance  # credits in - out = balance
         assert int(mine[-1]["bal"]) == b.balance
         assert all(int(e["bal"]) >= 0 for e in mine)
+
+
+def test_racing_spends_refunds_and_sweeps_while_grants_expire_conserve_every_credit(redis_client: Any) -> None:
+    """Real Redis: 6 threads charge, settle and refund while a 7th advances the clock and sweeps."""
+    store = make_store("redis", redis_client)
+    try:
+        store.add_credits("hot", 2_000, type="purchase")
+        for i in range(30):
+            store.add_credits("hot", 100, expires_at=in_hours(store, 0.1 * (i + 1)))
+        debits: dict[str, int] = {}
+        refunded: dict[str, int] = defaultdict(int)
+        lock = threading.Lock()
+        stop = threading.Event()
+
+        def spender(seed: int) -> None:
+            rnd = random.Random(seed)
+            for _ in range(60):
+                x = rnd.random()
+                if x < 0.45:
+                    d = store.charge("hot", rnd.randint(1, 40), "race")
+                    if d.error is None:
+                        with lock:
+                            debits[d.transaction_id] = -d.amount
+                elif x < 0.75:
+                    h = store.reserve_credits("hot", rnd.randint(1, 60), "race", min_balance=0)
+                    if h.error is None:
+                        d = store.deduct_credits("hot", h.reservation_id, rnd.randint(0, 60))
+                        if d.error is None and d.amount:
+                            with lock:
+                                debits[d.transaction_id] = -d.amount
+                        elif d.error is not None:
+                            store.release_reservation("hot", h.reservation_id)
+                else:
+                    with lock:
+                        txs = list(debits)
+                    if txs:
+                        tx = rnd.choice(txs)
+                        r = store.refund_credits(tx, rnd.choice([None, 3, 10]))
+                        if r.error is None:
+                            with lock:
+                                refunded[tx] += r.amount
+
+        def clock() -> None:
+            while not stop.is_set():
+                advance(store, 360)
+                store.sweep_expired_credits()
+
+        ticker = threading.Thread(target=clock)
+        ticker.start()
+        threads = [threading.Thread(target=spender, args=(i,)) for i in range(6)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        stop.set()
+        ticker.join()
+        store.sweep_expired_credits()
+        assert all(refunded[tx] <= amount for tx, amount in debits.items())
+        entries = [e for e in ledger_entries(store) if e["acct"] == "hot"]
+        assert all(int(e["bal"]) >= 0 and int(e["held"]) >= 0 and int(e["bal"]) >= int(e["held"]) for e in entries)
+        b = store.get_balance("hot")
+        assert b.balance == sum(int(e["amount"]) for e in entries)  # credits in - out = balance
+        spent = sum(debits.values()) - sum(refunded.values())
+        expired = -sum(int(e["amount"]) for e in entries if e.get("reason") == "credit_expired")
+        assert b.balance == 2_000 + 3_000 - spent - expired and b.held == 0
+        assert expired > 0 and sum(refunded.values()) > 0 and spent > 0  # all three really raced
+    finally:
+        drop_namespace(store.client, store.settings.namespace)
+        store.close()
