@@ -18,7 +18,7 @@ Layout (``ns`` = namespace, ``N`` = shard of the account, ``<id>`` = escaped acc
                                    account hash: the earliest grant expiry; absent = no grants)
     {ns:N}:gexp              ZSET  the shard's accounts with expiring grants, by earliest expiry
     {ns:N}:rf:<tx>           STRING refundable debit: "amount|refunded|grant parts|user id" (expires)
-    {ns:N}:ri:<key>          STRING remembered reply of a refund's idempotency key (expires)
+    {ns:N}:ri:<tx>:<key>     STRING remembered reply of a refund's idempotency key (expires)
     {ns:N}:ledger            STREAM the shard's ledger entries (flushed to Postgres)
     {ns:N}:events            STREAM the shard's events (cap warnings, ...)
 
@@ -181,11 +181,12 @@ class KeySchema:
         """The refund record of a debit made in ``shard`` (an id the store made: see ``refundable`` above)."""
         return self.tag(shard) + ":rf:" + transaction_id
 
-    def refund_idempotency(self, shard: int, key: str | None) -> str:
-        """Remembered reply of a refund's idempotency key (refunds are keyed by shard, not account)."""
+    def refund_idempotency(self, shard: int, transaction_id: str, key: str | None) -> str:
+        """Remembered reply of a refund's idempotency key, scoped to the refunded transaction (a refund
+        knows its shard, not its account, before it runs)."""
         if not key:
             return self.tag(shard) + ":ri"
-        return self.tag(shard) + ":ri:" + escape_id(key)
+        return self.tag(shard) + ":ri:" + transaction_id + ":" + escape_id(key)
 
     def all_ledger_streams(self) -> list[str]:
         """Every shard's ledger stream."""

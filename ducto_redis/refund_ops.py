@@ -108,7 +108,7 @@ class RefundOps:
             req.user_id = r[2]
             return req
 
-        keys = [self.keys.refundable(shard, tx), self.keys.refund_idempotency(shard, ikey)]
+        keys = [self.keys.refundable(shard, tx), self.keys.refund_idempotency(shard, tx, ikey)]
         return Call(self.scripts["refund_find"], keys, [self.core._offset(), req.has_key], parse)
 
     def apply(self, req: RefundRequest) -> Call[RefundResult]:
@@ -118,7 +118,7 @@ class RefundOps:
             raise InvalidInputError("transaction_id", "refund record names a user of another shard")
         keys = [
             self.keys.refundable(req.shard, req.transaction_id),
-            self.keys.refund_idempotency(req.shard, req.raw_key or None), k.ledger, k.grant_index,
+            self.keys.refund_idempotency(req.shard, req.transaction_id, req.raw_key or None), k.ledger, k.grant_index,
             k.account, k.grants, k.holds, k.hold_expiry,
         ]
         args = [

@@ -70,6 +70,9 @@ def test_a_replayed_refund_returns_the_first_result_and_changes_nothing(store: R
     assert again.model_dump(exclude={"idempotent"}) == first.model_dump(exclude={"idempotent"})
     assert snapshot(store) == before
     assert store.get_balance("u").balance == 75
+    other = store.charge("u", 5, "x")  # the same key for another transaction is another refund
+    assert store.refund_credits(other.transaction_id, 5, idempotency_key="rf-1").amount == 5
+    assert store.get_balance("u").balance == 75
 
 
 @pytest.mark.parametrize("which", ["random uuid", "garbage", "a credit", "a reservation", "zero settlement",
