@@ -8,9 +8,9 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import pytest
-from conftest import advance, drop_namespace, ledger_entries, make_store, snapshot
+from conftest import REDIS_URL, advance, drop_namespace, ledger_entries, make_store, snapshot
 
-from ducto_redis import AsyncMemoryStore, MemoryStore, RedisStore
+from ducto_redis import AsyncMemoryStore, AsyncRedisStore, MemoryStore, RedisStore
 from ducto_redis.core import shard_of_tx
 
 
@@ -176,17 +176,33 @@ def test_racing_refunds_from_8_threads_never_exceed_the_original(redis_client: A
         store.close()
 
 
-def test_the_async_store_refunds_and_sweeps_like_the_sync_one() -> None:
-    sync = MemoryStore("ns")
-    aio = AsyncMemoryStore("ns", server=sync.server)
+@pytest.mark.parametrize("backend", ["memory", "redis"])
+def test_the_async_store_refunds_and_sweeps_like_the_sync_one(backend: str, redis_client: Any) -> None:
+    if backend == "memory":
+        sync: RedisStore = MemoryStore("ns")
+        aio: AsyncRedisStore = AsyncMemoryStore("ns", server=sync.server)  # type: ignore[attr-defined]
+    else:
+        sync = make_store("redis", redis_client)
+        aio = AsyncRedisStore.from_url(REDIS_URL, namespace=sync.settings.namespace)
 
     async def run() -> None:
         await aio.add_credits("u", 100)
-        d = await aio.charge("u", 30, "x")
-        r = await aio.refund_credits(d.transaction_id, 10, idempotency_key="k")
-        assert (r.amount, r.new_balance, r.user_id) == (10, 80, "u")
-        assert (await aio.refund_credits(d.transaction_id, 10, idempotency_key="k")).idempotent
-        assert (await aio.sweep_expired_credits(dry_run=True)).expired_count == 0
+        await aio.add_credits("u", 20, expires_at=datetime.now(timezone.utc) + timedelta(hours=1))
+        d = await aio.charge("u", 30, "x")  # 20 from the grant, 10 ordinary
+        r = await aio.refund_credits(d.transaction_id, 15, idempotency_key="k")
+        assert (r.amount, r.new_balance, r.user_id) == (15, 105, "u")
+        assert (await aio.refund_credits(d.transaction_id, 15, idempotency_key="k")).idempotent
+        aio.core.clock_offset_ms = 2 * 3600 * 1000
+        dry = await aio.sweep_expired_credits(dry_run=True)
+        assert (dry.expired_count, dry.expired_amount) == (1, 5)  # the grant's 5 given back
+        assert (await aio.sweep_expired_credits()).expired_amount == 5
+        if backend == "redis":
+            await aio.close()
 
-    asyncio.run(run())
-    assert sync.get_balance("u").balance == 80
+    try:
+        asyncio.run(run())
+        assert sync.get_balance("u").balance == 100
+    finally:
+        if backend == "redis":
+            drop_namespace(sync.client, sync.settings.namespace)
+            sync.close()
