@@ -296,7 +296,7 @@ class RefundResult(BaseModel):
 
 
 class ExpiredCredit(BaseModel):
-    """One expiring grant's remainder removed from a balance (one ledger entry ``entry_id``)."""
+    """One expiring grant's remainder removed from a balance (one ledger entry ``entry_id``; "" in a dry run)."""
 
     user_id: str
     grant_id: str

@@ -149,7 +149,7 @@ class RefundOps:
                 for uid in chunk:
                     k = self.keys.user(uid)
                     keys += [k.account, k.grants, k.holds, k.hold_expiry]
-                args = [self.core._offset(), "1" if dry_run else "0", *chunk]
+                args = [self.core._offset(), "1" if dry_run else "0", new_id(), *chunk]
                 calls.append(Call(self.scripts["sweep_credits"], keys, args, lambda raw: _reply(raw, 4)))
         return calls
 

@@ -31,7 +31,7 @@ if bal + amount > MAX_SAFE then
 end
 -- expired grants leave first (held is as stored: a stale, larger held only pins more)
 if vals[5] then
-  bal = grants_due(acct, KEYS[4], vals[5], now, bal, tonumber(vals[3]) or 0, stream, ARGV[12], ARGV[3])
+  bal = grants_due(acct, KEYS[4], vals[5], now, bal, tonumber(vals[3]) or 0, stream, ARGV[12], ARGV[3], ARGV[2])
 end
 bal = bal + amount
 if ARGV[6] == '1' then life = life + amount end

@@ -8,6 +8,6 @@ local v = redis.call('HMGET', KEYS[1], 'bal', 'held', 'life', 'created', 'gx')
 local held = (tonumber(v[2]) or 0) - expired_hold_total(KEYS[2], KEYS[3], now)
 local bal = v[1] or '0'
 if v[5] and tonumber(v[5]) <= now then
-  bal = I((grants_expire(grants_load(KEYS[4]), KEYS[4], now, tonumber(bal), held, false)))
+  bal = I((grants_expire(grants_load(KEYS[4]), KEYS[4], now, tonumber(bal), held, false, nil, nil, nil, nil)))
 end
 return { 'ok', '0', bal, I(held), v[3] or '0', v[4] and '1' or '0' }

@@ -246,6 +246,10 @@ end
 -- pinned and still due, until the holds resolve (a settlement spends it first); the rest leaves. An
 -- expiry never takes the balance below what is held.
 
+-- credit expiries made by this script call (lib.lua's locals are fresh in every call): with the
+-- call's own unique id they make each expiry's ledger entry id unique
+local expiry_seq = 0
+
 -- the grants of G as a list {id, expires ms, remaining}, oldest expiry first
 local function grants_load(G)
   local raw = redis.call('HGETALL', G)
@@ -285,9 +289,10 @@ end
 
 -- Expire the due grants of a sorted list (each loses what the holds do not cover). Returns the
 -- balance after and the expiries {grant id, amount, expires ms, entry id}. With write, updates G and
--- appends one ledger entry each (kind 'expire', reason 'credit_expired', field 'grant'); the caller
--- stores the balance and calls grants_keep.
-local function grants_expire(list, G, now, bal, held, write, stream, akind, aid)
+-- appends one ledger entry each (kind 'expire', reason 'credit_expired', field 'grant', id
+-- "cexp:<call id>:<n>"); the caller stores the balance and calls grants_keep. call: the unique
+-- id of this script call (its transaction id).
+local function grants_expire(list, G, now, bal, held, write, stream, akind, aid, call)
   local out = {}
   local cover = math.max(held, 0)
   for _, g in ipairs(list) do
@@ -296,7 +301,11 @@ local function grants_expire(list, G, now, bal, held, write, stream, akind, aid)
     cover = cover - c
     local e = math.min(g[3] - c, math.max(bal - held, 0))
     if e > 0 then
-      local eid = 'cexp:' .. g[1] .. ':' .. I(g[3])
+      local eid = ''
+      if write then
+        expiry_seq = expiry_seq + 1
+        eid = 'cexp:' .. call .. ':' .. I(expiry_seq)
+      end
       bal = bal - e
       g[3] = g[3] - e
       out[#out + 1] = { g[1], e, g[2], eid }
@@ -313,12 +322,12 @@ end
 
 -- Lazy expiry at the start of a mutation: gx is the account's 'gx' field (nil: no grants). Returns
 -- the balance after (stored) and the sorted grant list (nil when the account has no grants).
-local function grants_due(acct, G, gx, now, bal, held, stream, akind, aid)
+local function grants_due(acct, G, gx, now, bal, held, stream, akind, aid, call)
   if not gx then return bal, nil end
   local list = grants_load(G)
   if tonumber(gx) > now then return bal, list end
   local before = bal
-  bal = grants_expire(list, G, now, bal, held, true, stream, akind, aid)
+  bal = grants_expire(list, G, now, bal, held, true, stream, akind, aid, call)
   if bal ~= before then redis.call('HSET', acct, 'bal', I(bal)) end
   return bal, grants_keep(acct, list)
 end
@@ -361,7 +370,7 @@ local function user_debit(K, A)
   local bal = tonumber(av[1]) or 0
   local held = sweep_holds_known(acct, holds, hexp, now, stream, akind, aid, tonumber(av[2]) or 0, bal)
   local grants = nil  -- expiring grants: only for accounts that have some ('gx' set)
-  if av[5] then bal, grants = grants_due(acct, K[10], av[5], now, bal, held, stream, akind, aid) end
+  if av[5] then bal, grants = grants_due(acct, K[10], av[5], now, bal, held, stream, akind, aid, tx) end
 
   local hold = 0
   if rid ~= '' then
@@ -443,7 +452,7 @@ local function user_debit(K, A)
   end
   if grants then
     -- a settled hold may free the pinned rest of an expired grant: it expires now
-    if rid ~= '' then bal = grants_expire(grants, K[10], now, bal, held, true, stream, akind, aid) end
+    if rid ~= '' then bal = grants_expire(grants, K[10], now, bal, held, true, stream, akind, aid, tx) end
     redis.call('HSET', acct, 'bal', I(bal))
     grants_keep(acct, grants)
   end

@@ -32,7 +32,7 @@ if x > left then return { 'invalid_amount', '0', '', I(x), bal0, uid } end
 local now = now_ms(ARGV[1])
 local held = sweep_holds(acct, holds, hexp, now, stream, 'u', uid)
 local av = redis.call('HMGET', acct, 'bal', 'gx')
-local bal = grants_due(acct, G, av[2], now, tonumber(av[1]) or 0, held, stream, 'u', uid)
+local bal = grants_due(acct, G, av[2], now, tonumber(av[1]) or 0, held, stream, 'u', uid, ARGV[2])
 if bal + x > MAX_SAFE then return { 'invalid_amount', '0', '', I(x), I(bal), uid } end
 
 -- which grant parts this refund returns: units [r, r + x) of the debit, ordinary credits first,
@@ -73,7 +73,7 @@ if earliest then
     redis.call('ZADD', gidx, earliest, uid)
   end
   -- a part whose grant expiry has passed leaves again at once
-  bal = grants_due(acct, G, redis.call('HGET', acct, 'gx'), now, bal, held, stream, 'u', uid)
+  bal = grants_due(acct, G, redis.call('HGET', acct, 'gx'), now, bal, held, stream, 'u', uid, ARGV[2])
 end
 
 return remember(idem, ARGV[8], ARGV[10], { 'ok', '0', ARGV[2], I(x), I(bal), uid })

@@ -26,6 +26,6 @@ redis.call('ZREM', hexp, rid)
 ledger(stream, { 'id', ARGV[2], 'ts', I(now), 'ak', akind, 'acct', aid, 'kind', 'release', 'amount', '0',
   'hold', I(amount), 'bal', I(bal), 'held', I(held), 'rid', rid, 'op', op, 'idem', ARGV[6] })
 local gx = redis.call('HGET', acct, 'gx')
-if gx then bal = grants_due(acct, KEYS[6], gx, now, bal, held, stream, akind, aid) end
+if gx then bal = grants_due(acct, KEYS[6], gx, now, bal, held, stream, akind, aid, ARGV[2]) end
 
 return remember(idem, ARGV[5], ARGV[7], { 'ok', '0', rid, I(amount), I(bal), I(held) })

@@ -19,7 +19,7 @@ local amount = tonumber(ARGV[4])
 local held = sweep_holds(acct, holds, hexp, now, stream, akind, aid)
 local av = redis.call('HMGET', acct, 'bal', 'gx')
 local bal = tonumber(av[1]) or 0
-if av[2] then bal = grants_due(acct, KEYS[6], av[2], now, bal, held, stream, akind, aid) end
+if av[2] then bal = grants_due(acct, KEYS[6], av[2], now, bal, held, stream, akind, aid, rid) end
 if bal - held - amount < tonumber(ARGV[6]) then
   return { 'insufficient_credits', '0', '', '0', I(bal), I(held), '0' }
 end

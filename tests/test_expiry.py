@@ -57,6 +57,7 @@ def test_a_dry_run_reports_and_writes_nothing(store: RedisStore) -> None:
     before = snapshot(store)
     dry = store.sweep_expired_credits(dry_run=True)
     assert (dry.expired_count, dry.expired_amount, dry.dry_run) == (2, 65, True)
+    assert all(e.entry_id == "" for e in dry.expired)
     assert snapshot(store) == before
     real = store.sweep_expired_credits()
     assert (real.expired_count, real.expired_amount) == (2, 65)
@@ -213,6 +214,8 @@ def test_conservation_with_grants_refunds_holds_and_sweeps(store: RedisStore) ->
         assert sum(int(e["amount"]) for e in mine) == b.balance  # credits in - out = balance
         assert int(mine[-1]["bal"]) == b.balance
         assert all(int(e["bal"]) >= 0 for e in mine)
+    ids = [e["id"] for e in entries]
+    assert len(ids) == len(set(ids))  # every entry id unique (the Postgres primary key)
 
 
 def test_racing_spends_refunds_and_sweeps_while_grants_expire_conserve_every_credit(redis_client: Any) -> None:

@@ -145,6 +145,20 @@ def test_refund_of_a_debit_that_spent_an_expiring_grant_returns_it_to_the_grant(
     assert store.get_balance("u").balance == 100
 
 
+def test_a_grant_expiring_twice_at_the_same_remainder_gets_two_distinct_ledger_entries(store: RedisStore) -> None:
+    store.add_credits("u", 5)
+    store.add_credits("u", 20, expires_at=in_hours(store, 1))
+    d = store.charge("u", 20, "x")  # all from the grant
+    store.refund_credits(d.transaction_id, 10)  # 10 back into the grant
+    advance(store, 7200)
+    r = store.refund_credits(d.transaction_id)  # the first 10 expire, 10 more come back and expire
+    assert (r.amount, r.new_balance) == (10, 5)
+    expiries = [e for e in ledger_entries(store) if e.get("reason") == "credit_expired"]
+    assert [e["amount"] for e in expiries] == ["-10", "-10"]
+    ids = [e["id"] for e in ledger_entries(store)]
+    assert len(ids) == len(set(ids))  # the Postgres primary key keeps every entry
+
+
 def test_racing_refunds_from_8_threads_never_exceed_the_original(redis_client: Any) -> None:
     store = make_store("redis", redis_client)
     try:
