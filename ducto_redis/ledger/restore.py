@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
+from ..core import shard_of_tx
+
 DAY_MS = 86_400_000
 WINDOW_GRACE_MS = 3_600_000
 
@@ -206,7 +208,8 @@ def write_state(store: Any, s: AccountState, now_ms: int) -> None:
         p.zadd(k.grant_index, {s.account_id: int(acct["gx"])})
     window_ms = store.settings.refund_window_seconds * 1000
     for tx, (amount, refunded, parts, ts) in s.refundable.items():
-        if ts + window_ms > now_ms:
+        # only debits refund_credits can find (ids carrying this account's shard), still in the window
+        if ts + window_ms > now_ms and shard_of_tx(tx, store.core.keys.shards) == k.shard:
             p.set(k.refundable(tx), f"{amount}|{refunded}|{parts}|{s.account_id}")
             p.pexpireat(k.refundable(tx), ts + window_ms)
     if acct:
