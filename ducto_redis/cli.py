@@ -47,6 +47,8 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("status", help="print the ledger backlog and lag")
     sub.add_parser("restore", help="rebuild every Redis key of the namespace from the ledger")
     sub.add_parser("reconcile", help="compare Redis with the ledger; exit code 1 on drift")
+    sweep = sub.add_parser("sweep-credits", help="remove expired unspent credit grants (run it from cron)")
+    sweep.add_argument("--dry-run", action="store_true", help="report what would expire, write nothing")
 
     args = parser.parse_args(argv)
     if args.command == "demo":
@@ -94,6 +96,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "restore":
         n = _store(args).restore_from_ledger(_database_url(args), progress=True)
         print(f"restored {n} accounts")
+        return 0
+    if args.command == "sweep-credits":
+        r = _store(args).sweep_expired_credits(dry_run=args.dry_run)
+        print(f"{'would expire' if r.dry_run else 'expired'} {r.expired_count} grants, {r.expired_amount} credits")
         return 0
     if args.command == "reconcile":
         drift = _store(args).reconcile_with_ledger(_database_url(args))

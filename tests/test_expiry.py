@@ -9,9 +9,10 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import pytest
-from conftest import advance, drop_namespace, ledger_entries, make_store, snapshot
+from conftest import REDIS_URL, advance, drop_namespace, ledger_entries, make_store, snapshot
 
 from ducto_redis import InvalidInputError, RedisStore
+from ducto_redis.cli import main as cli
 
 
 def in_hours(store: RedisStore, hours: float) -> datetime:
@@ -282,6 +283,23 @@ def test_racing_spends_refunds_and_sweeps_while_grants_expire_conserve_every_cre
         expired = -sum(int(e["amount"]) for e in entries if e.get("reason") == "credit_expired")
         assert b.balance == 2_000 + 3_000 - spent - expired and b.held == 0
         assert expired > 0 and sum(refunded.values()) > 0 and spent > 0  # all three really raced
+    finally:
+        drop_namespace(store.client, store.settings.namespace)
+        store.close()
+
+
+def test_the_cli_sweeps_expired_credits(redis_client: Any, capsys: Any) -> None:
+    store = make_store("redis", redis_client)
+    try:
+        advance(store, -3600)  # granted "an hour ago" for 30 minutes: expired on the CLI's real clock
+        store.add_credits("u", 9, expires_at=datetime.now(timezone.utc) - timedelta(minutes=30))
+        args = ["--redis-url", REDIS_URL, "--namespace", store.settings.namespace]
+        assert cli([*args, "sweep-credits", "--dry-run"]) == 0
+        assert cli([*args, "sweep-credits"]) == 0
+        assert cli([*args, "sweep-credits"]) == 0
+        assert capsys.readouterr().out.splitlines() == [
+            "would expire 1 grants, 9 credits", "expired 1 grants, 9 credits", "expired 0 grants, 0 credits"]
+        assert store.get_balance("u").balance == 0
     finally:
         drop_namespace(store.client, store.settings.namespace)
         store.close()
