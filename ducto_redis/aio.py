@@ -29,10 +29,12 @@ from .models import (
     CreditMetadata,
     DeductionResult,
     RateLimitResult,
+    RefundResult,
     ReleaseResult,
     ReserveResult,
     SetupResult,
     SpendCap,
+    SweepResult,
     TeamBalanceResult,
     TeamDeductionResult,
     TeamMember,
@@ -115,6 +117,28 @@ class AsyncRedisStore(AsyncPlanStoreMixin):
         return await self._run(
             self.core.add_credits(user_id, amount, type, metadata, expires_ms(expires_at), idempotency_key)
         )
+
+    # ── refunds and expiring credits ──────────────────────────────────
+
+    async def refund_credits(
+        self,
+        transaction_id: str,
+        amount: int | None = None,
+        reason: str | None = None,
+        metadata: CreditMetadata | dict[str, Any] | None = None,
+        idempotency_key: str | None = None,
+    ) -> RefundResult:
+        """See :meth:`RedisStore.refund_credits`."""
+        found = await self._run(self.core.refunds.find(transaction_id, amount, reason, metadata, idempotency_key))
+        if isinstance(found, RefundResult):
+            return found
+        return await self._run(self.core.refunds.apply(found))
+
+    async def sweep_expired_credits(self, dry_run: bool = False) -> SweepResult:
+        """See :meth:`RedisStore.sweep_expired_credits`."""
+        due: list[list[str]] = await self._run_many(self.core.refunds.due_accounts())
+        replies: list[list[str]] = await self._run_many(self.core.refunds.sweep(due, dry_run))
+        return self.core.refunds.sweep_result(replies, dry_run)
 
     # ── reservations and debits ───────────────────────────────────────
 

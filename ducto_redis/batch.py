@@ -19,7 +19,7 @@ T = TypeVar("T")
 
 # script name -> (twin script name, keys per decision, args per decision)
 MANY_TWINS: dict[str, tuple[str, int, int]] = {
-    "debit": ("debit_many", 9, 16),
+    "debit": ("debit_many", 11, 17),
     "pool_debit": ("pool_debit_many", 14, 15),
 }
 

@@ -111,6 +111,8 @@ def main(argv: list[str] | None = None) -> int:
     pset.add_argument("file")
     pset.add_argument("--label", default=None)
     psub.add_parser("get", help="print the active pricing config (JSON); exit 1 if none")
+    sweep = sub.add_parser("sweep-credits", help="remove expired unspent credit grants (run it from cron)")
+    sweep.add_argument("--dry-run", action="store_true", help="report what would expire, write nothing")
 
     args = parser.parse_args(argv)
     if args.command == "demo":
@@ -160,6 +162,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "restore":
         n = _store(args).restore_from_ledger(_database_url(args), progress=True)
         print(f"restored {n} accounts")
+        return 0
+    if args.command == "sweep-credits":
+        r = _store(args).sweep_expired_credits(dry_run=args.dry_run)
+        print(f"{'would expire' if r.dry_run else 'expired'} {r.expired_count} grants, {r.expired_amount} credits")
         return 0
     if args.command == "reconcile":
         drift = _store(args).reconcile_with_ledger(_database_url(args))

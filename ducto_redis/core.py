@@ -13,6 +13,7 @@ import itertools
 import json
 import math
 import os
+import re
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -189,6 +190,30 @@ def new_id() -> str:
     return _IDS.next()
 
 
+def tx_id_in_shard(shard: int) -> str:
+    """A fresh UUID-shaped id whose second group is the shard (4 hex digits; shards <= 16384).
+
+    Debits get such ids so that ``refund_credits(transaction_id)`` finds the debit's shard (hence its
+    refund record, see keys.py) from the id alone, on Redis Cluster too. The group replaced is part
+    of the random per-process prefix; what stays random (60 bits) and the counter keep ids unique.
+    """
+    h = _IDS.next()
+    return f"{h[:9]}{shard:04x}{h[13:]}"
+
+
+_OUR_ID = re.compile(r"[0-9a-f]{8}-([0-9a-f]{4})-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+
+
+def shard_of_tx(transaction_id: str, shards: int) -> int | None:
+    """The shard encoded by :func:`tx_id_in_shard`, or None when the id cannot be one of ours
+    (ours are lowercase hex UUID-shaped, so they need no escaping in key names)."""
+    m = _OUR_ID.fullmatch(transaction_id)
+    if m is None:
+        return None
+    shard = int(m.group(1), 16)
+    return shard if shard < shards else None
+
+
 M = TypeVar("M", bound=BaseModel)
 _DEFAULTS: dict[type[BaseModel], dict[str, Any]] = {}
 
@@ -228,6 +253,10 @@ class StoreCore:
         from .team_ops import TeamOps  # the team calls share this core (keys, scripts, settings)
 
         self.teams = TeamOps(self)
+        from .refund_ops import RefundOps  # refunds and expiring-credit sweeps share this core too
+
+        self.refunds = RefundOps(self)
+        self._refund_window_ms = str(settings.refund_window_seconds * 1000)
         self._idem_ttl = str(settings.idempotency_ttl_seconds)
         self._hold_ttl_ms = settings.hold_ttl_seconds * 1000
         self._events_maxlen = str(settings.events_maxlen)
@@ -251,7 +280,7 @@ class StoreCore:
         calls: list[Call[bool]] = []
         for shard in range(self.keys.shards):
             k = self.keys.probe(shard)
-            calls.append(Call(self.scripts["balance"], [k.account, k.holds, k.hold_expiry], [self._offset()],
+            calls.append(Call(self.scripts["balance"], [k.account, k.holds, k.hold_expiry, k.grants], [self._offset()],
                               lambda raw: _reply(raw, 6)[0] == "ok"))
         return calls
 
@@ -268,13 +297,13 @@ class StoreCore:
                 user_id=uid, balance=int(r[2]), held=int(r[3]), lifetime_purchased=int(r[4])
             )
 
-        return Call(self.scripts["balance"], [k.account, k.holds, k.hold_expiry], [self._offset()], parse)
+        return Call(self.scripts["balance"], [k.account, k.holds, k.hold_expiry, k.grants], [self._offset()], parse)
 
     def user_exists(self, user_id: str) -> Call[bool]:
         """Whether a user record exists (made by any credit, even of 0)."""
         uid = check_id(user_id, "user_id")
         k = self.keys.user(uid)
-        return Call(self.scripts["balance"], [k.account, k.holds, k.hold_expiry], [self._offset()],
+        return Call(self.scripts["balance"], [k.account, k.holds, k.hold_expiry, k.grants], [self._offset()],
                     lambda raw: _reply(raw, 6)[5] == "1")
 
     def add_credits(
@@ -300,6 +329,8 @@ class StoreCore:
 
         def parse(raw_reply: Any) -> AddCreditsResult:
             r = _reply(raw_reply, 6)
+            if r[0] == "invalid_expiry":
+                raise InvalidInputError("expires_at", "must be in the future; nothing was written")
             if r[0] != "ok":
                 raise InvalidInputError("amount", "would push the balance past 2**53-1; nothing was written")
             return construct(AddCreditsResult,
@@ -312,7 +343,7 @@ class StoreCore:
             metadata_json(meta), has, raw, self._idem_ttl,
             "" if expires_at_ms is None else str(expires_at_ms), account_kind,
         ]
-        return Call(self.scripts["add_credits"], [k.account, idem_key, k.ledger], args, parse)
+        return Call(self.scripts["add_credits"], [k.account, idem_key, k.ledger, k.grants, k.grant_index], args, parse)
 
     # reservations
 
@@ -351,7 +382,7 @@ class StoreCore:
             has, raw, self._idem_ttl, USER, *self._backlog,
         ]
         return Call(
-            self.scripts["reserve"], [k.account, k.holds, k.hold_expiry, idem_key, k.ledger], args, parse
+            self.scripts["reserve"], [k.account, k.holds, k.hold_expiry, idem_key, k.ledger, k.grants], args, parse
         )
 
     def release_reservation(
@@ -373,7 +404,7 @@ class StoreCore:
 
         args = [self._offset(), new_id(), uid, rid, has, raw, self._idem_ttl, USER]
         return Call(
-            self.scripts["release"], [k.account, k.holds, k.hold_expiry, idem_key, k.ledger], args, parse
+            self.scripts["release"], [k.account, k.holds, k.hold_expiry, idem_key, k.ledger, k.grants], args, parse
         )
 
     # debits
@@ -417,12 +448,15 @@ class StoreCore:
                 rate_limit_remaining=int(r[8]) if rate and r[8] else None,
             )
 
+        tx = tx_id_in_shard(k.shard)  # refund_credits(tx) finds the shard from the id
         keys = [
             k.account, k.holds, k.hold_expiry, k.caps, k.day_window, k.month_window, idem_key, k.ledger, k.events,
+            k.grants, k.refundable(tx),
         ]
         args = [
-            self._offset(), new_id(), uid, reservation_id, str(n), op, model, metadata_json(meta),
+            self._offset(), tx, uid, reservation_id, str(n), op, model, metadata_json(meta),
             has, raw, self._idem_ttl, self._events_maxlen, str(floor), USER, *self._backlog,
+            self._refund_window_ms,
         ]
         return Call(self.scripts["debit"], keys, args, parse)
 

@@ -15,6 +15,11 @@ Layout (``ns`` = namespace, ``N`` = shard of the account, ``<id>`` = escaped acc
     {ns:N}:t:<id>:md / :mm   HASH  today's / this month's member spend: "_b" bucket, member_window_field(id) -> n
     {ns:N}:t:<id>:mheld      HASH  member id -> held by the member's open reservations
     {ns:N}:t:<id>:holds ...  holds, hold expiry, caps, windows, idempotency as for a user
+    {ns:N}:u:<id>:grants     HASH  expiring grant id -> "expires_ms|remaining" (field "gx" of the
+                                   account hash: the earliest grant expiry; absent = no grants)
+    {ns:N}:gexp              ZSET  the shard's accounts with expiring grants, by earliest expiry
+    {ns:N}:rf:<tx>           STRING refundable debit: "amount|refunded|grant parts|user id" (expires)
+    {ns:N}:ri:<tx>:<key>     STRING remembered reply of a refund's idempotency key (expires)
     {ns:N}:ledger            STREAM the shard's ledger entries (flushed to Postgres)
     {ns:N}:events            STREAM the shard's events (cap warnings, ...)
     {ns:N}:u:<id>:pw         HASH  plan allowance used this month: "_b" month bucket, "p|<plan id>"
@@ -129,6 +134,24 @@ class AccountKeys:
         return self.base + ":pw"
 
     @property
+    def grants(self) -> str:
+        """User only: expiring grant id -> "expires_ms|remaining" (see lua/lib.lua grants_*)."""
+        return self.base + ":grants"
+
+    @property
+    def grant_index(self) -> str:
+        """The shard's ZSET of accounts with expiring grants, scored by their earliest expiry."""
+        return self.tag + ":gexp"
+
+    def refundable(self, transaction_id: str) -> str:
+        """The shard's refund record of one debit (written by the debit, read by the refund).
+
+        Only for ids the store made (lowercase hex, UUID-shaped: nothing to escape; see
+        ``core.shard_of_tx``, which refuses any other id before a key is built).
+        """
+        return self.tag + ":rf:" + transaction_id
+
+    @property
     def ledger(self) -> str:
         return self.tag + ":ledger"
 
@@ -167,6 +190,21 @@ class KeySchema:
     def events_stream(self, shard: int) -> str:
         """The events stream of ``shard``."""
         return self.tag(shard) + ":events"
+
+    def grant_index(self, shard: int) -> str:
+        """The ZSET of ``shard``'s accounts with expiring grants, by earliest expiry (ms)."""
+        return self.tag(shard) + ":gexp"
+
+    def refundable(self, shard: int, transaction_id: str) -> str:
+        """The refund record of a debit made in ``shard`` (an id the store made: see ``refundable`` above)."""
+        return self.tag(shard) + ":rf:" + transaction_id
+
+    def refund_idempotency(self, shard: int, transaction_id: str, key: str | None) -> str:
+        """Remembered reply of a refund's idempotency key, scoped to the refunded transaction (a refund
+        knows its shard, not its account, before it runs)."""
+        if not key:
+            return self.tag(shard) + ":ri"
+        return self.tag(shard) + ":ri:" + transaction_id + ":" + escape_id(key)
 
     def all_ledger_streams(self) -> list[str]:
         """Every shard's ledger stream."""

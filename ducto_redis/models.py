@@ -282,7 +282,10 @@ class AllowanceResult(BaseModel):
 
 
 class RefundResult(BaseModel):
-    """Result of refunding a debit."""
+    """Result of refunding a debit (all of it or a part); ``amount`` is positive, credited back.
+
+    ``user_id`` is the account credited (read from the debit's refund record; "" when not found).
+    """
 
     refund_transaction_id: str
     original_transaction_id: str
@@ -290,14 +293,26 @@ class RefundResult(BaseModel):
     amount: int = 0
     new_balance: int = 0
     error: str | None = None
+    idempotent: bool = False
+
+
+class ExpiredCredit(BaseModel):
+    """One expiring grant's remainder removed from a balance (one ledger entry ``entry_id``; "" in a dry run)."""
+
+    user_id: str
+    grant_id: str
+    amount: int
+    expires_at_ms: int
+    entry_id: str = ""
 
 
 class SweepResult(BaseModel):
-    """Result of sweeping expired credits."""
+    """Result of sweeping expired credits; ``expired`` lists each expiry (for ``credits.expired`` events)."""
 
     expired_count: int = 0
     expired_amount: int = 0
     dry_run: bool = False
+    expired: list[ExpiredCredit] = Field(default_factory=list)
 
 
 class SpendByUserRow(BaseModel):

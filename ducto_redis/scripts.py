@@ -39,6 +39,10 @@ SCRIPT_NAMES = (
     "plan_debit",
     "pricing_set",
     "pricing_read",
+    "refund_find",
+    "refund",
+    "sweep_due",
+    "sweep_credits",
 )
 
 

@@ -24,10 +24,12 @@ from .models import (
     CreditMetadata,
     DeductionResult,
     RateLimitResult,
+    RefundResult,
     ReleaseResult,
     ReserveResult,
     SetupResult,
     SpendCap,
+    SweepResult,
     TeamBalanceResult,
     TeamDeductionResult,
     TeamMember,
@@ -138,6 +140,37 @@ class RedisStore(LedgerStoreMixin, PlanStoreMixin):
         return self._run(
             self.core.add_credits(user_id, amount, type, metadata, expires_ms(expires_at), idempotency_key)
         )
+
+    # ── refunds and expiring credits ──────────────────────────────────
+
+    def refund_credits(
+        self,
+        transaction_id: str,
+        amount: int | None = None,
+        reason: str | None = None,
+        metadata: CreditMetadata | dict[str, Any] | None = None,
+        idempotency_key: str | None = None,
+    ) -> RefundResult:
+        """Give back a debit (``charge`` or settlement), all that is left of it (``amount`` None) or a part.
+
+        Never more than the debit in total; ``error``: ``transaction_not_found`` (unknown, or older than
+        ``refund_window_seconds``), ``already_refunded``, ``invalid_amount``. Credits spent from an
+        expiring grant go back to that grant, with its expiry.
+        """
+        found = self._run(self.core.refunds.find(transaction_id, amount, reason, metadata, idempotency_key))
+        if isinstance(found, RefundResult):
+            return found
+        return self._run(self.core.refunds.apply(found))
+
+    def sweep_expired_credits(self, dry_run: bool = False) -> SweepResult:
+        """Remove expired unspent grant remainders from balances, on every shard (one ledger entry each).
+
+        Idempotent (a second sweep finds nothing); ``dry_run`` reports and writes nothing. Expired
+        credits are never spendable even before a sweep: every script expires them lazily.
+        """
+        due: list[list[str]] = self._run_many(self.core.refunds.due_accounts())
+        replies: list[list[str]] = self._run_many(self.core.refunds.sweep(due, dry_run))
+        return self.core.refunds.sweep_result(replies, dry_run)
 
     # ── reservations and debits ───────────────────────────────────────
 

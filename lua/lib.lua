@@ -236,8 +236,123 @@ local function gcra(acct, now)
   return gcra_known(cfg[1], cfg[2], now)
 end
 
+-- ── Expiring grants ─────────────────────────────────────────────────
+-- A grant (add_credits with expires_at) is a part of the balance that leaves it at expiry if unspent.
+-- The grants hash G holds grant id -> "expires_ms|remaining"; the account hash field 'gx' holds the
+-- earliest expiry and is absent when the account has no grant, so an account without grants pays
+-- nothing but one more HMGET field. Spending consumes the oldest-expiring grants first, then ordinary
+-- credits. Holds do not consume grants (their settlement does), but they cover the oldest-expiring
+-- credits first (the order a settlement spends them in): the covered part of an expired grant stays,
+-- pinned and still due, until the holds resolve (a settlement spends it first); the rest leaves. An
+-- expiry never takes the balance below what is held.
+
+-- credit expiries made by this script call (lib.lua's locals are fresh in every call): with the
+-- call's own unique id they make each expiry's ledger entry id unique
+local expiry_seq = 0
+
+-- the grants of G as a list {id, expires ms, remaining}, oldest expiry first
+local function grants_load(G)
+  local raw = redis.call('HGETALL', G)
+  local list = {}
+  for i = 1, #raw, 2 do
+    local e, r = string.match(raw[i + 1], '^(%d+)|(%d+)$')
+    list[#list + 1] = { raw[i], tonumber(e), tonumber(r) }
+  end
+  table.sort(list, function(a, b)
+    if a[2] ~= b[2] then return a[2] < b[2] end
+    return a[1] < b[1]
+  end)
+  return list
+end
+
+local function grants_put(G, g)
+  if g[3] <= 0 then
+    redis.call('HDEL', G, g[1])
+  else
+    redis.call('HSET', G, g[1], I(g[2]) .. '|' .. I(g[3]))
+  end
+end
+
+-- the list without emptied grants; stores gx (earliest expiry) in the account hash, or removes it
+local function grants_keep(acct, list)
+  local out = {}
+  for _, g in ipairs(list) do
+    if g[3] > 0 then out[#out + 1] = g end
+  end
+  if #out > 0 then
+    redis.call('HSET', acct, 'gx', I(out[1][2]))
+  else
+    redis.call('HDEL', acct, 'gx')
+  end
+  return out
+end
+
+-- Expire the due grants of a sorted list (each loses what the holds do not cover). Returns the
+-- balance after and the expiries {grant id, amount, expires ms, entry id}. With write, updates G and
+-- appends one ledger entry each (kind 'expire', reason 'credit_expired', field 'grant', id
+-- "cexp:<call id>:<n>"); the caller stores the balance and calls grants_keep. call: the unique
+-- id of this script call (its transaction id).
+local function grants_expire(list, G, now, bal, held, write, stream, akind, aid, call)
+  local out = {}
+  local cover = math.max(held, 0)
+  for _, g in ipairs(list) do
+    if g[2] > now then break end
+    local c = math.min(g[3], cover)
+    cover = cover - c
+    local e = math.min(g[3] - c, math.max(bal - held, 0))
+    if e > 0 then
+      local eid = ''
+      if write then
+        expiry_seq = expiry_seq + 1
+        eid = 'cexp:' .. call .. ':' .. I(expiry_seq)
+      end
+      bal = bal - e
+      g[3] = g[3] - e
+      out[#out + 1] = { g[1], e, g[2], eid }
+      if write then
+        grants_put(G, g)
+        ledger(stream, { 'id', eid, 'ts', I(now), 'ak', akind, 'acct', aid, 'kind', 'expire',
+          'amount', I(-e), 'bal', I(bal), 'held', I(held), 'exp', I(g[2]), 'reason', 'credit_expired',
+          'grant', g[1] })
+      end
+    end
+  end
+  return bal, out
+end
+
+-- Lazy expiry at the start of a mutation: gx is the account's 'gx' field (nil: no grants). Returns
+-- the balance after (stored) and the sorted grant list (nil when the account has no grants).
+local function grants_due(acct, G, gx, now, bal, held, stream, akind, aid, call)
+  if not gx then return bal, nil end
+  local list = grants_load(G)
+  if tonumber(gx) > now then return bal, list end
+  local before = bal
+  bal = grants_expire(list, G, now, bal, held, true, stream, akind, aid, call)
+  if bal ~= before then redis.call('HSET', acct, 'bal', I(bal)) end
+  return bal, grants_keep(acct, list)
+end
+
+-- Spend `amount` from grants, oldest expiry first; a charge (settling false) skips expired grants
+-- (their pinned rest belongs to holds). Returns the parts consumed "id:expires:amount;...".
+local function grants_consume(list, G, amount, now, settling)
+  local parts, left = {}, amount
+  for _, g in ipairs(list) do
+    if left <= 0 then break end
+    if settling or g[2] > now then
+      local take = math.min(g[3], left)
+      if take > 0 then
+        g[3] = g[3] - take
+        left = left - take
+        grants_put(G, g)
+        parts[#parts + 1] = g[1] .. ':' .. I(g[2]) .. ':' .. I(take)
+      end
+    end
+  end
+  return table.concat(parts, ';')
+end
+
 -- One user debit (settle or charge): the body of debit.lua, shared with debit_many.lua.
--- K: the 9 keys and A: the 16 arguments of debit.lua, in its order. Returns debit.lua's reply.
+-- K: the 11 keys and A: the 17 arguments of debit.lua, in its order. Returns debit.lua's reply.
 -- X (optional): extra ledger fields {name, value, ...} appended to the debit's entry (plan_debit.lua).
 local function user_debit(K, A, X)
   local acct, holds, hexp, caps_key, wd, wm, idem, stream, events =
@@ -252,9 +367,11 @@ local function user_debit(K, A, X)
   local tx, aid, rid, akind = A[2], A[3], A[4], A[14]
   local amount = tonumber(A[5])
   local op, model = A[6], A[7]
-  local av = redis.call('HMGET', acct, 'bal', 'held', 'rl', 'tat')
+  local av = redis.call('HMGET', acct, 'bal', 'held', 'rl', 'tat', 'gx')
   local bal = tonumber(av[1]) or 0
   local held = sweep_holds_known(acct, holds, hexp, now, stream, akind, aid, tonumber(av[2]) or 0, bal)
+  local grants = nil  -- expiring grants: only for accounts that have some ('gx' set)
+  if av[5] then bal, grants = grants_due(acct, K[10], av[5], now, bal, held, stream, akind, aid, tx) end
 
   local hold = 0
   if rid ~= '' then
@@ -323,11 +440,25 @@ local function user_debit(K, A, X)
     if action == '' or c[4] == 'warn' then action = c[4] end
   end
 
+  local used = ''
+  if grants then used = grants_consume(grants, K[10], amount, now, rid ~= '') end
+
   local entry = { 'id', tx, 'ts', I(now), 'ak', akind, 'acct', aid, 'kind', rid ~= '' and 'settle' or 'debit',
     'amount', I(-amount), 'hold', rid ~= '' and I(hold) or '', 'bal', I(bal), 'held', I(held), 'rid', rid,
-    'op', op, 'model', model, 'idem', A[10], 'cap', action, 'meta', A[8] }
+    'op', op, 'model', model, 'idem', A[10], 'cap', action, 'gc', used, 'meta', A[8] }
   if X then for i = 1, #X do entry[#entry + 1] = X[i] end end
   ledger(stream, entry)
+
+  -- refund record of this debit (see refund.lua), kept for the refund window
+  if amount > 0 and tonumber(A[17]) > 0 then
+    redis.call('SET', K[11], I(amount) .. '|0|' .. used .. '|' .. aid, 'PX', A[17])
+  end
+  if grants then
+    -- a settled hold may free the pinned rest of an expired grant: it expires now
+    if rid ~= '' then bal = grants_expire(grants, K[10], now, bal, held, true, stream, akind, aid, tx) end
+    redis.call('HSET', acct, 'bal', I(bal))
+    grants_keep(acct, grants)
+  end
 
   return remember(idem, A[9], A[11], { 'ok', '0', tx, I(amount), I(bal), I(held), action, '0', rl_remaining })
 end

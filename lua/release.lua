@@ -1,6 +1,6 @@
 -- release.lua: give a reservation's credits back without spending them (resolves a hold once).
 -- KEYS[1] account hash   KEYS[2] holds hash   KEYS[3] hold expiry zset   KEYS[4] idempotency key
--- KEYS[5] ledger stream
+-- KEYS[5] ledger stream   KEYS[6] expiring grants hash (the released hold may free an expired grant)
 -- ARGV[1] clock offset ms   ARGV[2] transaction id   ARGV[3] user id (raw)   ARGV[4] reservation id
 -- ARGV[5] has idempotency key   ARGV[6] idempotency key (raw)   ARGV[7] idempotency TTL s
 -- ARGV[8] account kind
@@ -25,5 +25,7 @@ redis.call('HDEL', holds, rid)
 redis.call('ZREM', hexp, rid)
 ledger(stream, { 'id', ARGV[2], 'ts', I(now), 'ak', akind, 'acct', aid, 'kind', 'release', 'amount', '0',
   'hold', I(amount), 'bal', I(bal), 'held', I(held), 'rid', rid, 'op', op, 'idem', ARGV[6] })
+local gx = redis.call('HGET', acct, 'gx')
+if gx then bal = grants_due(acct, KEYS[6], gx, now, bal, held, stream, akind, aid, ARGV[2]) end
 
 return remember(idem, ARGV[5], ARGV[7], { 'ok', '0', rid, I(amount), I(bal), I(held) })

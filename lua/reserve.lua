@@ -1,6 +1,6 @@
 -- reserve.lua: hold credits for an operation (a pending transfer that expires on its own).
 -- KEYS[1] account hash   KEYS[2] holds hash   KEYS[3] hold expiry zset   KEYS[4] idempotency key
--- KEYS[5] ledger stream
+-- KEYS[5] ledger stream   KEYS[6] expiring grants hash (expired grants leave before the check)
 -- ARGV[1] clock offset ms   ARGV[2] reservation id   ARGV[3] user id (raw)   ARGV[4] amount (>= 1)
 -- ARGV[5] operation type   ARGV[6] min balance to keep available   ARGV[7] hold TTL ms
 -- ARGV[8] metadata JSON   ARGV[9] has idempotency key   ARGV[10] idempotency key (raw)
@@ -17,7 +17,9 @@ local now = now_ms(ARGV[1])
 local rid, aid, akind = ARGV[2], ARGV[3], ARGV[12]
 local amount = tonumber(ARGV[4])
 local held = sweep_holds(acct, holds, hexp, now, stream, akind, aid)
-local bal = tonumber(redis.call('HGET', acct, 'bal')) or 0
+local av = redis.call('HMGET', acct, 'bal', 'gx')
+local bal = tonumber(av[1]) or 0
+if av[2] then bal = grants_due(acct, KEYS[6], av[2], now, bal, held, stream, akind, aid, rid) end
 if bal - held - amount < tonumber(ARGV[6]) then
   return { 'insufficient_credits', '0', '', '0', I(bal), I(held), '0' }
 end

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from datetime import datetime, timezone
 from typing import Any
 
 import pytest
@@ -57,6 +58,16 @@ CASES: list[Case] = [
      "metadata"),
     ("add_credits.expires_at", lambda s, v: s.add_credits("u", 1, expires_at=v), ["2030-01-01", 5], "expires_at"),
     ("set_spend_cap.cap", lambda s, v: s.set_spend_cap(v), [None, {"user_id": "u", "limit": 5}, "cap"], "cap"),
+    ("add_credits.expires_at past", lambda s, v: s.add_credits("u", 1, expires_at=v),
+     [datetime(2000, 1, 1, tzinfo=timezone.utc), datetime(1999, 1, 1)], "expires_at"),
+    ("refund_credits.amount", lambda s, v: s.refund_credits(s._tx, v), [x for x in NOT_INTS if x is not None]
+     + OUT_OF_RANGE + [0, 11], "amount"),
+    ("refund_credits.transaction_id", lambda s, v: s.refund_credits(v), BAD_IDS, "transaction_id"),
+    ("refund_credits.reason", lambda s, v: s.refund_credits(s._tx, 1, reason=v), ["", 5, "r" * 257], "reason"),
+    ("refund_credits.idempotency_key", lambda s, v: s.refund_credits(s._tx, 1, idempotency_key=v),
+     ["", 5, "k" * 1025], "idempotency_key"),
+    ("refund_credits.metadata", lambda s, v: s.refund_credits(s._tx, 1, metadata=v), ["why", 5], "metadata"),
+    ("sweep_expired_credits.dry_run", lambda s, v: s.sweep_expired_credits(dry_run=v), [None, 1, "yes"], "dry_run"),
 ]
 
 NO_NONE = [x for x in NOT_INTS if x is not None]
@@ -126,11 +137,14 @@ UNKNOWN: list[tuple[str, Callable[[RedisStore], Any], str]] = [
     ("cap a non-member", lambda s: s.set_member_cap(s._tid, "ghost", 5), "user_not_in_team"),
     ("add an unknown user", lambda s: s.add_team_member(s._tid, "ghost"), "user_not_found"),
     ("deduct_team on an unknown team", lambda s: s.deduct_team("no-team", "u", 1), "team_not_found"),
+    ("refund unknown transaction", lambda s: s.refund_credits("0badc0de-0000-4000-8000-000000000000"),
+     "transaction_not_found"),
+    ("refund a credit's id", lambda s: s.refund_credits(s._credit), "transaction_not_found"),
 ]
 
 
 def prepared(store: RedisStore) -> RedisStore:
-    store.add_credits("u", 1_000)
+    store._credit = store.add_credits("u", 1_000).transaction_id  # type: ignore[attr-defined]
     store._rid = store.reserve_credits("u", 10, "op").reservation_id  # type: ignore[attr-defined]
     store.add_credits("v", 0)
     tid = store.create_team("T", initial_balance=1_000).team_id
@@ -138,6 +152,7 @@ def prepared(store: RedisStore) -> RedisStore:
     store.add_team_member(tid, "v")
     store._tid = tid  # type: ignore[attr-defined]
     store._trid = store.reserve_team(tid, "u", 10).reservation_id  # type: ignore[attr-defined]
+    store._tx = store.charge("u", 10, "op").transaction_id  # type: ignore[attr-defined]
     return store
 
 

@@ -5,6 +5,10 @@ Both derive each account's state from its ledger entries in stream order: balanc
 entries), the current day's and month's spend windows, and for teams the name, members (config
 entries carry the member record), member totals, member windows and member holds.
 
+Expiring grants (credit entries with an expiry, less what debits' ``gc``, ``credit_expired``
+expiries and refunds' ``gr`` moved) come back with the account's ``gx`` field and the shard's grant
+index; refund records come back for the debits still inside ``refund_window_seconds``.
+
 Not restored: idempotency keys (a retry within their TTL after a Redis loss decides again) and
 the rate limiter's position (it starts fresh).
 """
@@ -19,6 +23,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
+from ..core import shard_of_tx
 from ..keys import member_window_field
 
 DAY_MS = 86_400_000
@@ -60,6 +65,33 @@ class AccountState:
     mspend: dict[str, int] = field(default_factory=dict)
     mday: dict[str, int] = field(default_factory=dict)
     mmonth: dict[str, int] = field(default_factory=dict)
+    grants: dict[str, list[int]] = field(default_factory=dict)  # grant id -> [expires ms, remaining]
+    refundable: dict[str, list[Any]] = field(default_factory=dict)  # tx -> [amount, refunded, parts, ts ms]
+
+    def _grant_parts(self, parts: str, sign: int) -> None:
+        """Move the parts "id:expires:amount;..." of a debit (sign -1) or a refund (+1)."""
+        for part in filter(None, (parts or "").split(";")):
+            gid, exp, n = part.rsplit(":", 2)
+            g = self.grants.setdefault(gid, [int(exp), 0])
+            g[1] += sign * int(n)
+            if g[1] <= 0:
+                del self.grants[gid]
+
+    def _expiry_and_refunds(self, e: dict[str, Any], kind: str, ts: int) -> None:
+        extra = e.get("extra") or {}
+        if isinstance(extra, str):
+            extra = json.loads(extra)
+        if kind == "credit" and e["expires_ms"] and int(e["amount"]) > 0:
+            self.grants[e["entry_id"]] = [int(e["expires_ms"]), int(e["amount"])]
+        elif kind in ("debit", "settle") and int(e["amount"]) < 0:
+            self._grant_parts(extra.get("gc", ""), -1)
+            self.refundable[e["entry_id"]] = [-int(e["amount"]), 0, extra.get("gc", ""), ts]
+        elif kind == "expire" and e["reason"] == "credit_expired":
+            self._grant_parts(f"{extra.get('grant')}:{e['expires_ms']}:{-int(e['amount'])}", -1)
+        elif kind == "refund":
+            self._grant_parts(extra.get("gr", ""), 1)
+            if extra.get("ref") in self.refundable:
+                self.refundable[extra["ref"]][1] += int(e["amount"])
 
     def apply(self, e: dict[str, Any], now_ms: int) -> None:
         """Fold one ledger row (a dict of the table's columns) into the state."""
@@ -84,6 +116,8 @@ class AccountState:
             self._spend(-int(e["amount"]), e["model"] or "", e["member"], ts, now_ms)
         if kind == "config":
             self._config(e)
+        if self.kind == "u":
+            self._expiry_and_refunds(e, kind, ts)
 
     def _spend(self, amount: int, model: str, member: str | None, ts: int, now_ms: int) -> None:
         today, this_month = day_bucket(ts)[0] == day_bucket(now_ms)[0], month_bucket(ts)[0] == month_bucket(now_ms)[0]
@@ -167,6 +201,18 @@ def write_state(store: Any, s: AccountState, now_ms: int) -> None:
             acct.update(name=s.name, mc=str(len(s.members)))
     if s.rate_limit:
         acct["rl"] = s.rate_limit
+    if not team:
+        p.delete(k.grants)
+    if s.grants:
+        acct["gx"] = str(min(exp for exp, _ in s.grants.values()))
+        p.hset(k.grants, mapping={gid: f"{exp}|{rem}" for gid, (exp, rem) in s.grants.items()})
+        p.zadd(k.grant_index, {s.account_id: int(acct["gx"])})
+    window_ms = store.settings.refund_window_seconds * 1000
+    for tx, (amount, refunded, parts, ts) in s.refundable.items():
+        # only debits refund_credits can find (ids carrying this account's shard), still in the window
+        if ts + window_ms > now_ms and shard_of_tx(tx, store.core.keys.shards) == k.shard:
+            p.set(k.refundable(tx), f"{amount}|{refunded}|{parts}|{s.account_id}")
+            p.pexpireat(k.refundable(tx), ts + window_ms)
     if acct:
         p.hset(k.account, mapping=acct)
     mheld: dict[str, int] = {}
@@ -252,6 +298,8 @@ def account_drift(store: Any, s: AccountState, now_ms: int) -> list[str]:
         check("lifetime", int(acct.get("life", 0)), s.life)
     check("holds", set(c.hkeys(k.holds)), set(s.holds))
     check("caps", c.hgetall(k.caps), s.caps)
+    if s.kind == "u":
+        check("grants", c.hgetall(k.grants), {gid: f"{exp}|{rem}" for gid, (exp, rem) in s.grants.items()})
     for name, key, values, bucket in (("day window", k.day_window, s.day, day_bucket(now_ms)[0]),
                                       ("month window", k.month_window, s.month, month_bucket(now_ms)[0])):
         h = c.hgetall(key)
