@@ -1,5 +1,6 @@
--- refund.lua: give back all or part of a debit (a charge or a settlement), at most its amount in
--- total across refunds. The credits return in the form they were spent: first the part that came
+-- refund.lua: give back all or part of a debit (a charge or a settlement), ONCE: as in ducto 1.0, a
+-- transaction that has been refunded (in full or in part) answers already_refunded, so a retried
+-- refund call written for ducto (which has no idempotency key) can never pay out twice. The credits return in the form they were spent: first the part that came
 -- from ordinary credits, then the parts that came from expiring grants (latest-expiring first), each
 -- restored to its grant with the grant's original expiry (a grant already past it expires at once).
 -- One ledger entry of kind 'refund' (amount positive, 'ref' = the original transaction id).
@@ -25,7 +26,7 @@ if ruid ~= uid then return { 'transaction_not_found', '0', '', '0', '0', uid } e
 a, r = tonumber(a), tonumber(r)
 local left = a - r
 local bal0 = redis.call('HGET', acct, 'bal') or '0'
-if left <= 0 then return { 'already_refunded', '0', '', '0', bal0, uid } end
+if r > 0 or left <= 0 then return { 'already_refunded', '0', '', '0', bal0, uid } end
 local x = ARGV[5] == '' and left or tonumber(ARGV[5])
 if x > left then return { 'invalid_amount', '0', '', I(x), bal0, uid } end
 

@@ -19,21 +19,23 @@ def in_hours(store: RedisStore, hours: float) -> datetime:
     return datetime.now(timezone.utc) + timedelta(hours=hours, milliseconds=store.core.clock_offset_ms)
 
 
-def test_full_and_partial_refunds_with_worked_numbers(store: RedisStore) -> None:
+def test_a_debit_is_refunded_once_in_full_or_in_part_with_worked_numbers(store: RedisStore) -> None:
     store.add_credits("u", 1_000, type="purchase")
     d = store.charge("u", 300, "chat")
     assert d.balance_after == 700
     r1 = store.refund_credits(d.transaction_id, 100, reason="bad answer")
     assert (r1.error, r1.amount, r1.new_balance, r1.user_id, r1.original_transaction_id) == (
         None, 100, 800, "u", d.transaction_id)
-    r2 = store.refund_credits(d.transaction_id)  # all that is left: 200
-    assert (r2.error, r2.amount, r2.new_balance) == (None, 200, 1_000)
-    assert store.refund_credits(d.transaction_id).error == "already_refunded"
+    # once, as in ducto: the rest of a partly refunded debit is not refundable later
+    assert (store.refund_credits(d.transaction_id).error, store.get_balance("u").balance) == ("already_refunded", 800)
     assert store.refund_credits(d.transaction_id, 1).error == "already_refunded"
-    assert store.get_balance("u").balance == 1_000
+    d2 = store.charge("u", 50, "chat")
+    r2 = store.refund_credits(d2.transaction_id)  # in full
+    assert (r2.error, r2.amount, r2.new_balance) == (None, 50, 800)
+    assert store.refund_credits(d2.transaction_id).error == "already_refunded"
     refunds = [e for e in ledger_entries(store) if e["kind"] == "refund"]
     assert [(e["amount"], e["bal"], e["ref"], e["type"]) for e in refunds] == [
-        ("100", "800", d.transaction_id, "refund"), ("200", "1000", d.transaction_id, "refund")]
+        ("100", "800", d.transaction_id, "refund"), ("50", "800", d2.transaction_id, "refund")]
     assert refunds[0]["reason"] == "bad answer" and refunds[0]["id"] == r1.refund_transaction_id
 
 
@@ -46,18 +48,18 @@ def test_a_settlement_is_refundable_up_to_the_settled_amount(store: RedisStore) 
     assert (r.error, r.amount, r.new_balance) == (None, 250, 1_000)
 
 
-def test_partial_refunds_add_up_to_the_original_and_never_past_it(store: RedisStore) -> None:
+def test_a_second_refund_and_a_refund_past_the_original_write_nothing(store: RedisStore) -> None:
     store.add_credits("u", 100)
     d = store.charge("u", 10, "x")
-    for _ in range(3):
-        assert store.refund_credits(d.transaction_id, 3).error is None
     before = snapshot(store)
-    assert store.refund_credits(d.transaction_id, 2).error == "invalid_amount"  # 1 left
+    assert store.refund_credits(d.transaction_id, 11).error == "invalid_amount"  # more than the debit
     assert snapshot(store) == before
-    assert store.refund_credits(d.transaction_id, 1).new_balance == 100
-    assert store.refund_credits(d.transaction_id).error == "already_refunded"
-    assert snapshot(store) != before
-    assert sum(int(e["amount"]) for e in ledger_entries(store) if e["kind"] == "refund") == 10
+    assert store.refund_credits(d.transaction_id, 3).new_balance == 93
+    after = snapshot(store)
+    for amount in (3, 1, None):  # a retried partial refund pays nothing more
+        assert store.refund_credits(d.transaction_id, amount).error == "already_refunded"
+    assert snapshot(store) == after
+    assert sum(int(e["amount"]) for e in ledger_entries(store) if e["kind"] == "refund") == 3
 
 
 def test_a_replayed_refund_returns_the_first_result_and_changes_nothing(store: RedisStore) -> None:
@@ -131,16 +133,18 @@ def test_refund_of_a_debit_that_spent_an_expiring_grant_returns_it_to_the_grant(
     store.add_credits("u", 100)
     store.add_credits("u", 50, type="promo", expires_at=in_hours(store, 1))
     d = store.charge("u", 80, "x")  # 50 from the grant, 30 ordinary
-    assert store.refund_credits(d.transaction_id, 30).new_balance == 100  # ordinary credits back first
-    assert store.refund_credits(d.transaction_id, 20).new_balance == 120  # then the grant's part
+    assert store.refund_credits(d.transaction_id, 50).new_balance == 120  # ordinary 30 back first, then 20 of it
     advance(store, 2 * 3600)
     assert store.get_balance("u").balance == 100  # the 20 returned to the grant expired with it
-    r = store.refund_credits(d.transaction_id)  # the last 30 go back to the expired grant: they leave at once
-    assert (r.error, r.amount, r.new_balance) == (None, 30, 100)
-    assert store.get_balance("u").balance == 100
-    # the refund first expired the grant's 20 lazily, then credited 30 that left again at once
-    tail = [(e["kind"], e["amount"], e.get("reason", "")) for e in ledger_entries(store)][-3:]
-    assert tail == [("expire", "-20", "credit_expired"), ("refund", "30", ""), ("expire", "-30", "credit_expired")]
+    assert store.sweep_expired_credits().expired_amount == 20
+    # a refund into a grant that has expired already: the credits leave again at once
+    store.add_credits("u", 40, type="promo", expires_at=in_hours(store, 1))
+    d2 = store.charge("u", 40, "x")  # all from the new grant (oldest-expiring first)
+    advance(store, 2 * 3600)
+    r = store.refund_credits(d2.transaction_id)
+    assert (r.error, r.amount, r.new_balance) == (None, 40, 100)
+    tail = [(e["kind"], e["amount"], e.get("reason", "")) for e in ledger_entries(store)][-2:]
+    assert tail == [("refund", "40", ""), ("expire", "-40", "credit_expired")]
     assert store.sweep_expired_credits().expired_count == 0
     assert store.get_balance("u").balance == 100
 
@@ -148,10 +152,12 @@ def test_refund_of_a_debit_that_spent_an_expiring_grant_returns_it_to_the_grant(
 def test_a_grant_expiring_twice_at_the_same_remainder_gets_two_distinct_ledger_entries(store: RedisStore) -> None:
     store.add_credits("u", 5)
     store.add_credits("u", 20, expires_at=in_hours(store, 1))
-    d = store.charge("u", 20, "x")  # all from the grant
-    store.refund_credits(d.transaction_id, 10)  # 10 back into the grant
+    d1 = store.charge("u", 10, "x")  # both debits spend the grant
+    d2 = store.charge("u", 10, "x")
+    store.refund_credits(d1.transaction_id)  # 10 back into the grant
     advance(store, 7200)
-    r = store.refund_credits(d.transaction_id)  # the first 10 expire, 10 more come back and expire
+    assert store.sweep_expired_credits().expired_amount == 10
+    r = store.refund_credits(d2.transaction_id)  # 10 more come back into the expired grant and leave
     assert (r.amount, r.new_balance) == (10, 5)
     expiries = [e for e in ledger_entries(store) if e.get("reason") == "credit_expired"]
     assert [e["amount"] for e in expiries] == ["-10", "-10"]
@@ -159,7 +165,7 @@ def test_a_grant_expiring_twice_at_the_same_remainder_gets_two_distinct_ledger_e
     assert len(ids) == len(set(ids))  # the Postgres primary key keeps every entry
 
 
-def test_racing_refunds_from_8_threads_never_exceed_the_original(redis_client: Any) -> None:
+def test_racing_refunds_from_8_threads_refund_once(redis_client: Any) -> None:
     store = make_store("redis", redis_client)
     try:
         store.add_credits("u", 1_000)
@@ -181,10 +187,10 @@ def test_racing_refunds_from_8_threads_never_exceed_the_original(redis_client: A
             t.start()
         for t in ts:
             t.join()
-        assert sum(got) == 98  # 14 refunds of 7; a 15th would pass the original
-        assert store.refund_credits(d.transaction_id).amount == 2
-        assert store.get_balance("u").balance == 1_000
-        assert sum(int(e["amount"]) for e in ledger_entries(store) if e["kind"] == "refund") == 100
+        assert got == [7]  # 160 racing attempts, one refund
+        assert store.refund_credits(d.transaction_id).error == "already_refunded"
+        assert store.get_balance("u").balance == 907
+        assert sum(int(e["amount"]) for e in ledger_entries(store) if e["kind"] == "refund") == 7
     finally:
         drop_namespace(store.client, store.settings.namespace)
         store.close()
