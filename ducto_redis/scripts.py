@@ -2,7 +2,8 @@
 
 Every script is ``lib.lua`` (shared helpers) followed by the script's own file. A script is
 registered once per store (``SCRIPT LOAD`` in ``setup()``, or on first use); when Redis answers
-NOSCRIPT (after ``SCRIPT FLUSH``, a restart or a failover) it is loaded again and the call retried.
+NOSCRIPT (after ``SCRIPT FLUSH``, a restart or a failover) the call is sent once with EVAL, which
+runs it and caches it again: a cache flushed at any moment never fails a call.
 """
 
 from __future__ import annotations
@@ -70,20 +71,23 @@ class Script:
         self.sha = hashlib.sha1(self.source.encode("utf-8")).hexdigest()
 
     def run(self, client: Any, keys: list[str], args: list[Any]) -> Any:
-        """EVALSHA on a sync client; on NOSCRIPT load the script and try once more."""
+        """EVALSHA on a sync client; on NOSCRIPT run it once with EVAL.
+
+        EVAL sends the source (which Redis caches again for the next EVALSHA) and cannot itself
+        fail with NOSCRIPT, so a cache flushed again between a reload and a retry cannot fail the
+        call. NOSCRIPT means the script did not run: running it now applies it exactly once.
+        """
         try:
             return client.evalsha(self.sha, len(keys), *keys, *args)
         except NoScriptError:
-            client.script_load(self.source)
-            return client.evalsha(self.sha, len(keys), *keys, *args)
+            return client.eval(self.source, len(keys), *keys, *args)
 
     async def run_async(self, client: Any, keys: list[str], args: list[Any]) -> Any:
-        """EVALSHA on an asyncio client; on NOSCRIPT load the script and try once more."""
+        """EVALSHA on an asyncio client; on NOSCRIPT run it once with EVAL (see :meth:`run`)."""
         try:
             return await client.evalsha(self.sha, len(keys), *keys, *args)
         except NoScriptError:
-            await client.script_load(self.source)
-            return await client.evalsha(self.sha, len(keys), *keys, *args)
+            return await client.eval(self.source, len(keys), *keys, *args)
 
 
 @cache
