@@ -69,7 +69,7 @@ def _groups(client: Any, calls: Sequence[Call[Any]]) -> list[tuple[Any, list[int
     return list(by_node.values())
 
 
-def _packed(calls: Sequence[Call[Any]]) -> bytes:
+def pack_calls(calls: Sequence[Call[Any]]) -> bytes:
     """The EVALSHA commands of ``calls`` in the Redis protocol, back to back."""
     out = []
     for c in calls:
@@ -78,7 +78,7 @@ def _packed(calls: Sequence[Call[Any]]) -> bytes:
     return b"".join(out)
 
 
-def _direct(client: Any) -> bool:
+def writes_direct(client: Any) -> bool:
     """Whether batches can be written straight to a pooled connection (plain client, hiredis)."""
     return _pack_command is not None and type(client) in (redis.Redis, aioredis.Redis)
 
@@ -87,7 +87,7 @@ def _send_direct(client: Any, calls: Sequence[Call[Any]]) -> list[Any]:
     pool = client.connection_pool
     conn = pool.get_connection()
     try:
-        conn.send_packed_command([_packed(calls)])
+        conn.send_packed_command([pack_calls(calls)])
         replies: list[Any] = []
         for _ in calls:
             try:
@@ -106,7 +106,7 @@ async def _send_direct_async(client: Any, calls: Sequence[Call[Any]]) -> list[An
     pool = client.connection_pool
     conn = await pool.get_connection()
     try:
-        await conn.send_packed_command([_packed(calls)])
+        await conn.send_packed_command([pack_calls(calls)])
         replies: list[Any] = []
         for _ in calls:
             try:
@@ -123,7 +123,7 @@ async def _send_direct_async(client: Any, calls: Sequence[Call[Any]]) -> list[An
 
 def run_pipelined(client: Any, calls: Sequence[Call[Any]]) -> list[Any]:
     """Raw replies of ``calls`` (each with a script), sent in one pipeline per node."""
-    if _direct(client):
+    if writes_direct(client):
         return _finish(client, calls, _send_direct(client, calls))
     replies: list[Any] = [None] * len(calls)
     for conn, idx in _groups(client, calls):
@@ -151,7 +151,7 @@ def _finish(client: Any, calls: Sequence[Call[Any]], replies: list[Any]) -> list
 
 async def run_pipelined_async(client: Any, calls: Sequence[Call[Any]]) -> list[Any]:
     """Async twin of :func:`run_pipelined`."""
-    if _direct(client):
+    if writes_direct(client):
         return await _finish_async(client, calls, await _send_direct_async(client, calls))
     replies: list[Any] = [None] * len(calls)
     for conn, idx in _groups(client, calls):
