@@ -9,7 +9,8 @@ Sections (each a function that prepares its state and returns a timed operation)
 - the ``limits`` library's moving-window ``hit()``;
 - ``MemoryStore.charge`` (embedded fakeredis + lupa);
 - batching: raw pipelined EVALSHA x100 (minimal script, and the store's own debit_many.lua with the
-  same 100 decisions packed once), ``charge_many`` x100 from one thread, from 2 threads, and async
+  same 100 decisions packed once), ``charge_many`` x100 from one thread (and in a namespace of 8
+  shards instead of 64, so fewer script calls per batch), from 2 threads, and async
   with 4 batches in flight; and the Redis-side bound: Redis' own time per decision of debit_many
   (one 256-decision call minus a PING), as the decisions/s one Redis core could reach doing
   nothing else;
@@ -335,6 +336,25 @@ def raw_same_script_many_100(b: Bench) -> tuple[int, Callable[[], tuple[float, l
     return 100, lambda: b.time_sync(op)
 
 
+def store_charge_many_8_shards(b: Bench) -> tuple[int, Callable[[], tuple[float, list[float]]]]:
+    """charge_many x100 in a namespace of 8 shards (the default is 64): ~8 script calls per batch
+    instead of ~55, which shows what the per-call cost (script prelude, reply framing) weighs."""
+    ns = b.ns + "s8"
+    s = RedisStore.from_url(URL, namespace=ns, shards=8)
+    s.setup()
+
+    def drop() -> None:
+        for k in list(b.client.scan_iter(match=f"{{{ns}:*", count=5000)):
+            b.client.delete(k)
+
+    b.cleanups.append(drop)
+    users = [f"batch8-{i}" for i in range(100)]
+    for u in users:
+        s.add_credits(u, RICH)
+    reqs = [ChargeRequest(u, 1, "bench") for u in users]
+    return 100, lambda: b.time_sync(lambda: s.charge_many(reqs))
+
+
 def store_charge_many_threads(b: Bench) -> tuple[int, Callable[[], tuple[float, list[float]]]]:
     """charge_many x100 from 2 threads sharing one store: one batch packs while another is in Redis."""
     s = b.store()
@@ -445,6 +465,7 @@ SECTIONS: dict[str, Callable[[Bench], tuple[int, Callable[[], tuple[float, list[
     "raw EVALSHA pipelined x100": raw_pipelined_100,
     "raw EVALSHA of debit_many.lua x100, pre-packed (same script)": raw_same_script_many_100,
     "RedisStore.charge_many x100": store_charge_many_100,
+    "RedisStore.charge_many x100, 8-shard namespace": store_charge_many_8_shards,
     "RedisStore.charge_many x100, 2 threads": store_charge_many_threads,
     "AsyncRedisStore.charge_many x100, 4 in flight": async_charge_many_in_flight,
     "Redis-side bound: debit_many alone, 256 per call": redis_side_bound,
