@@ -33,6 +33,9 @@ class Twin:
     shared_args: frozenset[int] = frozenset()
 
 
+MAX_LAYOUT_POSITIONS = 255  # a layout names positions with one byte each
+
+
 MANY_TWINS: dict[str, Twin] = {
     # debit.lua: KEYS 8-9 the shard's ledger and events streams; ARGV 1 clock offset, 11 idempotency
     # TTL, 12 events max length, 14 account kind, 15-16 ledger backlog limit and policy
@@ -126,12 +129,17 @@ def _layout(name: str, nk: int, na: int) -> _Layout:
     if got is not None:
         return got
     twin = MANY_TWINS[name]
+    if twin.shared_args and max(nk, na) > MAX_LAYOUT_POSITIONS:
+        raise ValueError(f"{name}: at most {MAX_LAYOUT_POSITIONS} KEYS and ARGV positions can be packed")
     sk = sorted(p for p in twin.shared_keys if p < nk)
     sa = sorted(p for p in twin.shared_args if p < na)
-    header = ["".join("s" if p in sk else "o" for p in range(nk)), "".join("s" if p in sa else "o" for p in range(na))]
+    ok = [p for p in range(nk) if p not in sk]
+    oa = [p for p in range(na) if p not in sa]
+    # the twin's layout header: positions as one byte each (value = 1-based position)
+    header = ["".join(chr(p + 1) for p in positions) for positions in (ok, sk, oa, sa)]
     layout = _Layout(
         twin, header if sk or sa else [], _picker(sk, nk) if sk else _none, _picker(sa, na) if sa else _none,
-        _picker([p for p in range(nk) if p not in sk], nk), _picker([p for p in range(na) if p not in sa], na),
+        _picker(ok, nk), _picker(oa, na),
     )
     _LAYOUTS[(name, nk, na)] = layout
     return layout

@@ -2,22 +2,19 @@
 -- decided in order, exactly as if debit.lua had been called once per decision (at one instant:
 -- TIME is read once per call). All keys share one hash tag (the client groups decisions by shard).
 -- Values equal for every decision of the call (the shard's streams, clock offset, TTLs, ...) are
--- sent once; the layout says which of debit.lua's positions those are:
--- ARGV[1] key layout: one letter per debit.lua KEYS position, 's' = shared (sent once), 'o' = own
--- ARGV[2] argument layout: the same per debit.lua ARGV position ('s' required at 1, the clock offset)
--- KEYS: the shared keys in position order, then per decision its own keys in position order
--- ARGV[3 ..]: the shared arguments in position order, then per decision its own arguments
+-- sent once; a layout names which of debit.lua's KEYS / ARGV positions are shared and which are
+-- each decision's own, as strings of one byte per position (the byte's value = the 1-based position):
+-- ARGV[1] own key positions    ARGV[2] shared key positions
+-- ARGV[3] own argument positions    ARGV[4] shared argument positions (must include 1, the clock offset)
+-- KEYS: the shared keys in the order of ARGV[2], then per decision its own keys in the order of ARGV[1]
+-- ARGV[5 ..]: the shared arguments in the order of ARGV[4], then per decision its own arguments
 -- Reply: one debit.lua reply per decision, in order
-local kspec, aspec = ARGV[1], ARGV[2]
-local K, A, kown, aown = {}, {}, {}, {}
-local ki, ai = 0, 2
-for p = 1, #kspec do
-  if string.byte(kspec, p) == 115 then ki = ki + 1; K[p] = KEYS[ki] else kown[#kown + 1] = p end
-end
-for p = 1, #aspec do
-  if string.byte(aspec, p) == 115 then ai = ai + 1; A[p] = ARGV[ai] else aown[#aown + 1] = p end
-end
-local nk, na = #kown, #aown
+local kown, kshared = { string.byte(ARGV[1], 1, -1) }, { string.byte(ARGV[2], 1, -1) }
+local aown, ashared = { string.byte(ARGV[3], 1, -1) }, { string.byte(ARGV[4], 1, -1) }
+local K, A = {}, {}
+for j = 1, #kshared do K[kshared[j]] = KEYS[j] end
+for j = 1, #ashared do A[ashared[j]] = ARGV[4 + j] end
+local ki, ai, nk, na = #kshared, 4 + #ashared, #kown, #aown
 local now = now_ms(A[1])
 local out = {}
 for i = 0, (#KEYS - ki) / nk - 1 do
