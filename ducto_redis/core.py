@@ -259,8 +259,9 @@ class StoreCore:
         self._hold_ttl_ms = settings.hold_ttl_seconds * 1000
         self._events_maxlen = str(settings.events_maxlen)
         self._backlog = [str(settings.ledger_max_backlog), settings.ledger_backlog_policy]
-        # debit.lua's KEYS of an account without an idempotency key (copied before a change)
-        self._debit_keys = lru_cache(maxsize=65536)(self._debit_keys_uncached)
+        # debit.lua's KEYS of an account without an idempotency key (copied before a change); the
+        # hot accounts only (~0.8 kB each)
+        self._debit_keys = lru_cache(maxsize=8192)(self._debit_keys_uncached)
 
     # helpers
 
