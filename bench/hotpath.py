@@ -42,6 +42,7 @@ from typing import Any
 
 import redis
 import redis.asyncio as aioredis
+from redis.exceptions import NoScriptError
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -51,6 +52,7 @@ from ducto_redis import AsyncRedisStore, CreditMetadata, MemoryStore, RedisStore
 from ducto_redis.batch import Batch, ChargeRequest, charge_calls
 from ducto_redis.connect import pack_calls
 from ducto_redis.keys import USER, shard_of
+from ducto_redis.scripts import scripts
 
 URL = "redis://127.0.0.1:6379/0"
 RICH = 10**15
@@ -144,7 +146,26 @@ class Bench:
         self.last_cpu = ((time.process_time() - py0) / max(ops, 1),
                          None if r0 is None or r1 is None else (r1 - r0) / 1e9 / max(ops, 1))
 
+    def reload_scripts(self) -> None:
+        """SCRIPT LOAD the bench's own scripts and the store's (another user may flush the cache)."""
+        self.client.script_load(RAW_DEBIT)
+        for script in scripts().values():
+            self.client.script_load(script.source)
+
+    def guarded(self, op: SyncOp) -> SyncOp:
+        """``op``, run again after reloading the scripts when Redis answers NOSCRIPT."""
+
+        def run() -> Any:
+            try:
+                return op()
+            except NoScriptError:
+                self.reload_scripts()
+                return op()
+
+        return run
+
     def time_sync(self, op: SyncOp) -> tuple[float, list[float]]:
+        op = self.guarded(op)
         for _ in range(200):
             op()
         samples: list[float] = []
@@ -163,6 +184,7 @@ class Bench:
 
     def time_threads(self, ops: list[SyncOp]) -> tuple[float, list[float]]:
         """Every op in its own thread, looping for ``seconds``; rate of all of them together."""
+        ops = [self.guarded(op) for op in ops]
         for op in ops:
             for _ in range(20):
                 op()
@@ -330,8 +352,14 @@ def raw_same_script_many_100(b: Bench) -> tuple[int, Callable[[], tuple[float, l
 
     def op() -> None:
         conn.send_packed_command([wire])
-        for _ in calls:
-            conn.read_response()
+        errors = []
+        for _ in calls:  # read every reply, so the connection stays in step
+            try:
+                conn.read_response()
+            except redis.ResponseError as exc:
+                errors.append(exc)
+        if errors:
+            raise errors[0]
 
     return 100, lambda: b.time_sync(op)
 
@@ -411,7 +439,11 @@ def redis_side_bound(b: Bench) -> tuple[int, Callable[[], tuple[float, list[floa
             b.client.ping()
             t1 = time.perf_counter()
             r0 = b.redis_cpu_ns()
-            b.client.evalsha(call.script.sha, len(call.keys), *call.keys, *call.args)
+            try:
+                b.client.evalsha(call.script.sha, len(call.keys), *call.keys, *call.args)
+            except NoScriptError:
+                b.reload_scripts()
+                continue
             r1 = b.redis_cpu_ns()
             t2 = time.perf_counter()
             # Redis' CPU time for the call when Redis is local, else wall time less a round trip
@@ -430,7 +462,14 @@ def async_raw_64(b: Bench) -> tuple[int, Callable[[], tuple[float, list[float]]]
     async def make() -> tuple[AsyncOp, Callable[[], Awaitable[None]]]:
         c = aioredis.Redis.from_url(URL, decode_responses=True, max_connections=64)
         sha = await c.script_load(RAW_DEBIT)
-        return (lambda: c.evalsha(sha, 2, *keys, 1, str(uuid.uuid4()), "raw")), c.aclose
+        async def op() -> Any:
+            try:
+                return await c.evalsha(sha, 2, *keys, 1, str(uuid.uuid4()), "raw")
+            except NoScriptError:
+                await c.script_load(RAW_DEBIT)
+                return await c.evalsha(sha, 2, *keys, 1, str(uuid.uuid4()), "raw")
+
+        return op, c.aclose
 
     return 1, lambda: b.time_async(make, 64)
 
