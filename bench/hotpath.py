@@ -8,7 +8,12 @@ Sections (each a function that prepares its state and returns a timed operation)
 - ``deduct_team`` on a pool of 1 000 members with member caps and a team cap;
 - the ``limits`` library's moving-window ``hit()``;
 - ``MemoryStore.charge`` (embedded fakeredis + lupa);
-- batching: raw pipelined EVALSHA x100, ``charge_many`` x100;
+- batching: raw pipelined EVALSHA x100 (minimal script, and the store's own debit_many.lua with the
+  same 100 decisions packed once), ``charge_many`` x100 from one thread (and in a namespace of 8
+  shards instead of 64, so fewer script calls per batch), from 2 threads, and async
+  with 4 batches in flight; and the Redis-side bound: Redis' own time per decision of debit_many
+  (one 256-decision call minus a PING), as the decisions/s one Redis core could reach doing
+  nothing else;
 - asyncio: bare ``redis.asyncio`` EVALSHA, ``AsyncRedisStore.charge`` and with auto-batching, 64
   concurrent tasks each.
 
@@ -27,6 +32,7 @@ import argparse
 import asyncio
 import statistics
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -36,13 +42,17 @@ from typing import Any
 
 import redis
 import redis.asyncio as aioredis
+from redis.exceptions import NoScriptError
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from results import write_section
 
 from ducto_redis import AsyncRedisStore, CreditMetadata, MemoryStore, RedisStore, SpendCap
-from ducto_redis.batch import ChargeRequest
+from ducto_redis.batch import Batch, ChargeRequest, charge_calls
+from ducto_redis.connect import pack_calls
+from ducto_redis.keys import USER, shard_of
+from ducto_redis.scripts import scripts
 
 URL = "redis://127.0.0.1:6379/0"
 RICH = 10**15
@@ -64,13 +74,23 @@ class Result:
     per_call: int  # decisions per timed call
     rates: list[float] = field(default_factory=list)
     samples: list[list[float]] = field(default_factory=list)
+    cpu: list[tuple[float, float | None]] = field(default_factory=list)  # per decision: client s, Redis s
 
     @property
     def rate(self) -> float:
-        return statistics.median(self.rates)
+        return self.rates[self.median_round()]
+
+    def median_round(self) -> int:
+        """The round whose rate is the median (the lower middle one for an even count)."""
+        order = sorted(range(len(self.rates)), key=self.rates.__getitem__)
+        return order[(len(order) - 1) // 2]
+
+    def cpu_us(self) -> tuple[float, float | None]:
+        py, red = self.cpu[self.median_round()]
+        return py / self.per_call * 1e6, None if red is None else red / self.per_call * 1e6
 
     def pct(self, q: float) -> float:
-        best = self.samples[self.rates.index(self.rate)]
+        best = self.samples[self.median_round()]
         s = sorted(best)
         return s[min(len(s) - 1, int(q * len(s)))] * 1e6
 
@@ -85,6 +105,11 @@ class Bench:
         self.ns = "bench" + uuid.uuid4().hex[:8]
         self.client = redis.Redis.from_url(URL, decode_responses=True)
         self.cleanups: list[Callable[[], None]] = []
+        self.last_cpu: tuple[float, float | None] = (0.0, None)
+        self._m0: tuple[float, int | None] = (0.0, None)
+        host = self.client.connection_pool.connection_kwargs.get("host", "")
+        pid = self.client.info("server").get("process_id") if host in ("127.0.0.1", "localhost") else None
+        self.redis_pid: int | None = int(pid) if pid else None
 
     def store(self, **overrides: Any) -> RedisStore:
         s = RedisStore.from_url(URL, namespace=self.ns, **overrides)
@@ -100,11 +125,52 @@ class Bench:
         for k in self.client.scan_iter(match=f"{{{self.ns}:*:ledger", count=5000):
             self.client.delete(k)
 
+    # CPU meters: this process (all threads) and, when Redis runs on this machine, the Redis
+    # server's main thread (its schedstat run time), over the timed part of a section only
+
+    def redis_cpu_ns(self) -> int | None:
+        if self.redis_pid is None:
+            return None
+        try:
+            with open(f"/proc/{self.redis_pid}/task/{self.redis_pid}/schedstat") as f:
+                return int(f.read().split()[0])
+        except OSError:
+            return None
+
+    def meter_start(self) -> None:
+        self._m0 = (time.process_time(), self.redis_cpu_ns())
+
+    def meter_stop(self, ops: int) -> None:
+        py0, r0 = self._m0
+        r1 = self.redis_cpu_ns()
+        self.last_cpu = ((time.process_time() - py0) / max(ops, 1),
+                         None if r0 is None or r1 is None else (r1 - r0) / 1e9 / max(ops, 1))
+
+    def reload_scripts(self) -> None:
+        """SCRIPT LOAD the bench's own scripts and the store's (another user may flush the cache)."""
+        self.client.script_load(RAW_DEBIT)
+        for script in scripts().values():
+            self.client.script_load(script.source)
+
+    def guarded(self, op: SyncOp) -> SyncOp:
+        """``op``, run again after reloading the scripts when Redis answers NOSCRIPT."""
+
+        def run() -> Any:
+            try:
+                return op()
+            except NoScriptError:
+                self.reload_scripts()
+                return op()
+
+        return run
+
     def time_sync(self, op: SyncOp) -> tuple[float, list[float]]:
+        op = self.guarded(op)
         for _ in range(200):
             op()
         samples: list[float] = []
         end = time.perf_counter() + self.seconds
+        self.meter_start()
         start = time.perf_counter()
         while True:
             t0 = time.perf_counter()
@@ -113,6 +179,32 @@ class Bench:
             samples.append(t1 - t0)
             if t1 > end:
                 break
+        self.meter_stop(len(samples))
+        return len(samples) / (time.perf_counter() - start), samples
+
+    def time_threads(self, ops: list[SyncOp]) -> tuple[float, list[float]]:
+        """Every op in its own thread, looping for ``seconds``; rate of all of them together."""
+        ops = [self.guarded(op) for op in ops]
+        for op in ops:
+            for _ in range(20):
+                op()
+        samples: list[float] = []
+        end = time.perf_counter() + self.seconds
+
+        def worker(op: SyncOp) -> None:
+            while time.perf_counter() < end:
+                t0 = time.perf_counter()
+                op()
+                samples.append(time.perf_counter() - t0)
+
+        threads = [threading.Thread(target=worker, args=(op,)) for op in ops]
+        self.meter_start()
+        start = time.perf_counter()
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        self.meter_stop(len(samples))
         return len(samples) / (time.perf_counter() - start), samples
 
     def time_async(self, make: Callable[[], Awaitable[tuple[AsyncOp, Callable[[], Awaitable[None]]]]],
@@ -130,9 +222,11 @@ class Bench:
                     await op()
                     samples.append(time.perf_counter() - t0)
 
+            self.meter_start()
             start = time.perf_counter()
             await asyncio.gather(*[worker() for _ in range(tasks)])
             rate = len(samples) / (time.perf_counter() - start)
+            self.meter_stop(len(samples))
             await close()
             return rate, samples
 
@@ -244,6 +338,123 @@ def store_charge_many_100(b: Bench) -> tuple[int, Callable[[], tuple[float, list
     return 100, lambda: b.time_sync(lambda: s.charge_many(reqs))
 
 
+def raw_same_script_many_100(b: Bench) -> tuple[int, Callable[[], tuple[float, list[float]]]]:
+    """The wire floor of charge_many x100: the store's own debit_many.lua calls for the same 100
+    decisions, packed once into bytes; each op only writes them and reads the replies (hiredis)."""
+    s = b.store()
+    users = [f"same-many-{i}" for i in range(100)]
+    for u in users:
+        s.add_credits(u, RICH)
+    calls = Batch(charge_calls(s.core, [ChargeRequest(u, 1, "bench") for u in users]), s.core.scripts).calls
+    wire = pack_calls(calls)
+    conn: Any = b.client.connection_pool.get_connection()
+    b.cleanups.append(lambda: b.client.connection_pool.release(conn))
+
+    def op() -> None:
+        conn.send_packed_command([wire])
+        errors = []
+        for _ in calls:  # read every reply, so the connection stays in step
+            try:
+                conn.read_response()
+            except redis.ResponseError as exc:
+                errors.append(exc)
+        if errors:
+            raise errors[0]
+
+    return 100, lambda: b.time_sync(op)
+
+
+def store_charge_many_8_shards(b: Bench) -> tuple[int, Callable[[], tuple[float, list[float]]]]:
+    """charge_many x100 in a namespace of 8 shards (the default is 64): ~8 script calls per batch
+    instead of ~55, which shows what the per-call cost (script prelude, reply framing) weighs."""
+    ns = b.ns + "s8"
+    s = RedisStore.from_url(URL, namespace=ns, shards=8)
+    s.setup()
+
+    def drop() -> None:
+        for k in list(b.client.scan_iter(match=f"{{{ns}:*", count=5000)):
+            b.client.delete(k)
+
+    b.cleanups.append(drop)
+    users = [f"batch8-{i}" for i in range(100)]
+    for u in users:
+        s.add_credits(u, RICH)
+    reqs = [ChargeRequest(u, 1, "bench") for u in users]
+    return 100, lambda: b.time_sync(lambda: s.charge_many(reqs))
+
+
+def store_charge_many_threads(b: Bench) -> tuple[int, Callable[[], tuple[float, list[float]]]]:
+    """charge_many x100 from 2 threads sharing one store: one batch packs while another is in Redis."""
+    s = b.store()
+    sets = [[ChargeRequest(f"thr-{t}-{i}", 1, "bench") for i in range(100)] for t in range(2)]
+    for reqs in sets:
+        for r in reqs:
+            s.add_credits(r.user_id, RICH)
+    def op_for(reqs: list[ChargeRequest]) -> SyncOp:
+        return lambda: s.charge_many(reqs)
+
+    return 100, lambda: b.time_threads([op_for(reqs) for reqs in sets])
+
+
+def async_charge_many_in_flight(b: Bench) -> tuple[int, Callable[[], tuple[float, list[float]]]]:
+    """AsyncRedisStore.charge_many x100, 4 batches in flight."""
+    users = [f"aio-many-{i}" for i in range(100)]
+
+    async def make() -> tuple[AsyncOp, Callable[[], Awaitable[None]]]:
+        s = AsyncRedisStore.from_url(URL, namespace=b.ns)
+        await s.setup()
+        for u in users:
+            await s.add_credits(u, RICH, idempotency_key=f"seed-{u}")
+        reqs = [ChargeRequest(u, 1, "bench") for u in users]
+        return (lambda: s.charge_many(reqs)), s.close
+
+    return 100, lambda: b.time_async(make, 4)
+
+
+def redis_side_bound(b: Bench) -> tuple[int, Callable[[], tuple[float, list[float]]]]:
+    """Redis' own time for debit_many: one call of 256 charges on one shard (Redis' CPU time for the
+    call when Redis runs on this machine, else the call's wall time minus a PING round trip).
+
+    The rate is 1 / (Redis time per decision): what one Redis core could decide if it did nothing
+    else (no client cost, no round trips). It bounds every batched row above.
+    """
+    s = b.store()
+    users: list[str] = []
+    i = 0
+    while len(users) < 256:
+        if shard_of(USER, f"bound-{i}", s.settings.shards) == 0:
+            users.append(f"bound-{i}")
+        i += 1
+    for u in users:
+        s.add_credits(u, RICH)
+    reqs = [ChargeRequest(u, 1, "bench") for u in users]
+
+    def run() -> tuple[float, list[float]]:
+        per: list[float] = []
+        end = time.perf_counter() + b.seconds
+        while time.perf_counter() < end:
+            call = Batch(charge_calls(s.core, reqs), s.core.scripts).calls[0]
+            assert call.script is not None
+            t0 = time.perf_counter()
+            b.client.ping()
+            t1 = time.perf_counter()
+            r0 = b.redis_cpu_ns()
+            try:
+                b.client.evalsha(call.script.sha, len(call.keys), *call.keys, *call.args)
+            except NoScriptError:
+                b.reload_scripts()
+                continue
+            r1 = b.redis_cpu_ns()
+            t2 = time.perf_counter()
+            # Redis' CPU time for the call when Redis is local, else wall time less a round trip
+            per.append((r1 - r0) / 1e9 if r0 is not None and r1 is not None else max((t2 - t1) - (t1 - t0), 1e-9))
+        best = statistics.median(per)
+        b.last_cpu = (0.0, best)
+        return 1 / best, [best]  # calls/s; x256 decisions per call
+
+    return 256, run
+
+
 def async_raw_64(b: Bench) -> tuple[int, Callable[[], tuple[float, list[float]]]]:
     keys = [f"{{{b.ns}:0}}:raw:acct", f"{{{b.ns}:0}}:ledger"]
     b.client.hset(keys[0], "bal", RICH)
@@ -251,7 +462,14 @@ def async_raw_64(b: Bench) -> tuple[int, Callable[[], tuple[float, list[float]]]
     async def make() -> tuple[AsyncOp, Callable[[], Awaitable[None]]]:
         c = aioredis.Redis.from_url(URL, decode_responses=True, max_connections=64)
         sha = await c.script_load(RAW_DEBIT)
-        return (lambda: c.evalsha(sha, 2, *keys, 1, str(uuid.uuid4()), "raw")), c.aclose
+        async def op() -> Any:
+            try:
+                return await c.evalsha(sha, 2, *keys, 1, str(uuid.uuid4()), "raw")
+            except NoScriptError:
+                await c.script_load(RAW_DEBIT)
+                return await c.evalsha(sha, 2, *keys, 1, str(uuid.uuid4()), "raw")
+
+        return op, c.aclose
 
     return 1, lambda: b.time_async(make, 64)
 
@@ -284,7 +502,12 @@ SECTIONS: dict[str, Callable[[Bench], tuple[int, Callable[[], tuple[float, list[
     "limits moving-window hit()": limits_hit,
     "MemoryStore.charge (embedded)": memory_charge,
     "raw EVALSHA pipelined x100": raw_pipelined_100,
+    "raw EVALSHA of debit_many.lua x100, pre-packed (same script)": raw_same_script_many_100,
     "RedisStore.charge_many x100": store_charge_many_100,
+    "RedisStore.charge_many x100, 8-shard namespace": store_charge_many_8_shards,
+    "RedisStore.charge_many x100, 2 threads": store_charge_many_threads,
+    "AsyncRedisStore.charge_many x100, 4 in flight": async_charge_many_in_flight,
+    "Redis-side bound: debit_many alone, 256 per call": redis_side_bound,
     "redis.asyncio EVALSHA, 64 tasks": async_raw_64,
     "AsyncRedisStore.charge, 64 tasks": async_store_64,
     "AsyncRedisStore.charge auto-batch 1 ms, 64 tasks": async_store_batched_64,
@@ -311,6 +534,8 @@ def run(seconds: float, rounds: int, only: list[str] | None) -> list[Result]:
                 rate, samples = runners[n]()
                 results[n].rates.append(rate * results[n].per_call)
                 results[n].samples.append(samples)
+                results[n].cpu.append(b.last_cpu)
+                b.last_cpu = (0.0, None)
                 b.trim_ledger()
                 print(f"round {r + 1}/{rounds} {n}: {rate * results[n].per_call:,.0f}/s", file=sys.stderr)
     finally:
@@ -324,22 +549,28 @@ def table(results: list[Result]) -> str:
     base = next(r for r in results if r.name == BASELINE).rate
     same = next(r for r in results if r.name == SAME).rate
     lines = [
-        "| section | decisions/s | p50 µs | p99 µs | vs minimal EVALSHA | vs same-script EVALSHA |",
-        "|---|---:|---:|---:|---:|---:|",
+        "| section | decisions/s | p50 µs | p99 µs | client CPU µs/decision | Redis CPU µs/decision "
+        "| vs minimal EVALSHA | vs same-script EVALSHA |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in results:
+        py, red = r.cpu_us()
         lines.append(f"| {r.name} | {r.rate:,.0f} | {r.pct(0.5):,.0f} | {r.pct(0.99):,.0f} "
+                     f"| {py:.1f} | {'n/a' if red is None else f'{red:.1f}'} "
                      f"| {r.rate / base:.2f}× | {r.rate / same:.2f}× |")
     return "\n".join(lines)
 
 
 def main() -> None:
+    global URL
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seconds", type=float, default=2.0, help="measured seconds per section per round")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--only", nargs="*", help="substrings of section names to run (baseline always runs)")
     ap.add_argument("--write", action="store_true", help="write the table into bench/RESULTS.md")
+    ap.add_argument("--url", default=URL, help=f"Redis to measure (default {URL})")
     args = ap.parse_args()
+    URL = args.url
     text = table(run(args.seconds, args.rounds, args.only))
     print(text)
     if args.write:

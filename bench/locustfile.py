@@ -1,8 +1,9 @@
 """Load tests for ducto-redis with locust.
 
-Two users:
+Three users:
 - ``LibraryUser`` drives the store directly (as a worker would) and reports every decision to
   locust's statistics (request type "ducto", name = the method);
+- ``BatchUser`` sends ``charge_many`` batches of 100 decisions over random accounts;
 - ``GatewayUser`` drives the example gateway app (examples/gateway_app.py) over HTTP.
 
 Point it at your own Redis with DUCTO_REDIS_URL (and DUCTO_NAMESPACE). Examples::
@@ -10,6 +11,8 @@ Point it at your own Redis with DUCTO_REDIS_URL (and DUCTO_NAMESPACE). Examples:
     # library, 60 s, 8 users, no web UI
     DUCTO_REDIS_URL=redis://127.0.0.1:6379/0 locust -f bench/locustfile.py LibraryUser \\
         --headless -u 8 -r 8 -t 60s --csv bench/locust-library
+    # batched: 2 users, each a charge_many of 100 decisions at a time
+    locust -f bench/locustfile.py BatchUser --headless -u 2 -r 2 -t 60s
     # gateway: start the app, then
     uvicorn examples.gateway_app:app --port 8000 --workers 1 &
     locust -f bench/locustfile.py GatewayUser --host http://127.0.0.1:8000 --headless -u 32 -r 32 -t 60s
@@ -26,6 +29,7 @@ from typing import Any
 from locust import HttpUser, User, between, events, task
 
 from ducto_redis import RedisStore
+from ducto_redis.batch import ChargeRequest
 
 ACCOUNTS = int(os.environ.get("DUCTO_BENCH_ACCOUNTS", "1000"))
 NAMESPACE = os.environ.get("DUCTO_NAMESPACE", "locust")
@@ -71,6 +75,20 @@ class LibraryUser(User):
         if hold is not None and hold.error is None:
             self._timed("deduct_credits", self.store.deduct_credits, user, hold.reservation_id,
                         random.randint(0, 100), idempotency_key=str(uuid.uuid4()))
+
+
+class BatchUser(User):
+    """Calls RedisStore.charge_many with 100 random accounts per call (one locust request = 100
+    decisions; decisions/s = 100 x requests/s)."""
+
+    wait_time = between(0, 0)
+    on_start = LibraryUser.on_start
+    _timed = LibraryUser._timed
+
+    @task
+    def charge_many(self) -> None:
+        reqs = [ChargeRequest(random.choice(self.users), random.randint(1, 50), "locust") for _ in range(100)]
+        self._timed("charge_many x100", self.store.charge_many, reqs)
 
 
 class GatewayUser(HttpUser):

@@ -8,8 +8,9 @@ the resulting calls in one pipeline (sync) or one pipeline (async).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from operator import itemgetter
 from typing import Any, Generic, TypeVar
 
 from .core import Call, StoreCore
@@ -17,10 +18,29 @@ from .scripts import Script
 
 T = TypeVar("T")
 
-# script name -> (twin script name, keys per decision, args per decision)
-MANY_TWINS: dict[str, tuple[str, int, int]] = {
-    "debit": ("debit_many", 11, 17),
-    "pool_debit": ("pool_debit_many", 14, 15),
+@dataclass(frozen=True, slots=True)
+class Twin:
+    """How decisions of one script are packed into its "many" twin.
+
+    ``shared_keys`` / ``shared_args``: 0-based positions of the single script's KEYS / ARGV whose
+    values are the same for every decision of one shard (its streams, the clock offset, TTLs, ...):
+    a compact twin receives them once per call, with a layout saying which positions they are.
+    Without shared positions the twin takes every decision's full KEYS and ARGV.
+    """
+
+    name: str
+    shared_keys: frozenset[int] = frozenset()
+    shared_args: frozenset[int] = frozenset()
+
+
+MAX_LAYOUT_POSITIONS = 255  # a layout names positions with one byte each
+
+
+MANY_TWINS: dict[str, Twin] = {
+    # debit.lua: KEYS 8-9 the shard's ledger and events streams; ARGV 1 clock offset, 11 idempotency
+    # TTL, 12 events max length, 14 account kind, 15-16 ledger backlog limit and policy, 17 refund window
+    "debit": Twin("debit_many", frozenset({7, 8}), frozenset({0, 10, 11, 13, 14, 15, 16})),
+    "pool_debit": Twin("pool_debit_many"),
 }
 
 MAX_DECISIONS_PER_CALL = 256
@@ -69,10 +89,60 @@ def team_debit_calls(core: StoreCore, requests: Sequence[TeamDebitRequest | Mapp
     return calls
 
 
-@dataclass(slots=True)
-class _Slot:
-    call_index: int
-    position: int | None  # index inside a packed reply, None for an unpacked call
+def _identity(raw: Any) -> Any:
+    return raw
+
+
+def _none(_values: Any) -> None:
+    return None
+
+
+def _picker(positions: list[int], size: int) -> Callable[[list[Any]], Any]:
+    """A fast function returning the values at ``positions`` of a list of length ``size``."""
+    if positions == list(range(size)):
+        return _identity
+    if not positions:
+        return _none
+    if len(positions) == 1:
+        p = positions[0]
+        return lambda values: (values[p],)
+    return itemgetter(*positions)
+
+
+@dataclass(frozen=True, slots=True, eq=False)  # one per (twin, sizes): compared and hashed by identity
+class _Layout:
+    """A twin's packing for one (keys, args) size: shared positions, the layout header, pickers."""
+
+    twin: Twin
+    header: list[str]
+    shared_keys: Callable[[list[Any]], Any]
+    shared_args: Callable[[list[Any]], Any]
+    own_keys: Callable[[list[Any]], Any]
+    own_args: Callable[[list[Any]], Any]
+
+
+_LAYOUTS: dict[tuple[str, int, int], _Layout] = {}
+
+
+def _layout(name: str, nk: int, na: int) -> _Layout:
+    got = _LAYOUTS.get((name, nk, na))
+    if got is not None:
+        return got
+    twin = MANY_TWINS[name]
+    if twin.shared_args and max(nk, na) > MAX_LAYOUT_POSITIONS:
+        raise ValueError(f"{name}: at most {MAX_LAYOUT_POSITIONS} KEYS and ARGV positions can be packed")
+    sk = sorted(p for p in twin.shared_keys if p < nk)
+    sa = sorted(p for p in twin.shared_args if p < na)
+    ok = [p for p in range(nk) if p not in sk]
+    oa = [p for p in range(na) if p not in sa]
+    # the twin's layout header: positions as one byte each (value = 1-based position)
+    header = ["".join(chr(p + 1) for p in positions) for positions in (ok, sk, oa, sa)]
+    layout = _Layout(
+        twin, header if sk or sa else [], _picker(sk, nk) if sk else _none, _picker(sa, na) if sa else _none,
+        _picker(ok, nk), _picker(oa, na),
+    )
+    _LAYOUTS[(name, nk, na)] = layout
+    return layout
 
 
 class Batch(Generic[T]):
@@ -81,29 +151,44 @@ class Batch(Generic[T]):
     def __init__(self, calls: Sequence[Call[T]], scripts: dict[str, Script]) -> None:
         self.decisions = list(calls)
         self.calls: list[Call[Any]] = []
-        self._slots: list[_Slot | None] = [None] * len(self.decisions)
-        groups: dict[tuple[str, str], list[int]] = {}
+        # per decision: (index in calls, position in a packed reply or None), None without a call
+        self._slots: list[tuple[int, int | None] | None] = [None] * len(self.decisions)
+        groups: dict[tuple[Any, ...], list[int]] = {}
         for i, call in enumerate(self.decisions):
-            if call.script is None:
+            script = call.script
+            if script is None:
                 continue
-            twin = MANY_TWINS.get(call.script.name)
-            if twin is None:
-                self._slots[i] = _Slot(len(self.calls), None)
+            name = script.name
+            if name not in MANY_TWINS:
+                self._slots[i] = (len(self.calls), None)
                 self.calls.append(call)
                 continue
-            tag = call.keys[0][: call.keys[0].index("}") + 1]
-            groups.setdefault((call.script.name, tag), []).append(i)
-        for (name, _tag), members in groups.items():
-            twin_name = MANY_TWINS[name][0]
+            keys, args = call.keys, call.args
+            layout = _layout(name, len(keys), len(args))
+            k0 = keys[0]
+            # decisions share a call only if their shared values are equal (always so within one store)
+            group = (layout, k0[: k0.index("}") + 1], layout.shared_keys(keys), layout.shared_args(args))
+            members = groups.get(group)
+            if members is None:
+                groups[group] = [i]
+            else:
+                members.append(i)
+        for (layout, _tag, shared_keys, shared_args), members in groups.items():
+            twin_script = scripts[layout.twin.name]
+            own_keys, own_args = layout.own_keys, layout.own_args
+            head_keys = list(shared_keys or ())
+            head_args = [*layout.header, *(shared_args or ())]
             for start in range(0, len(members), MAX_DECISIONS_PER_CALL):
                 chunk = members[start : start + MAX_DECISIONS_PER_CALL]
-                keys: list[str] = []
-                args: list[Any] = []
+                keys = list(head_keys)
+                args = list(head_args)
+                index = len(self.calls)
                 for pos, i in enumerate(chunk):
-                    keys.extend(self.decisions[i].keys)
-                    args.extend(self.decisions[i].args)
-                    self._slots[i] = _Slot(len(self.calls), pos)
-                self.calls.append(Call(scripts[twin_name], keys, args, lambda r: r))
+                    d = self.decisions[i]
+                    keys.extend(own_keys(d.keys))
+                    args.extend(own_args(d.args))
+                    self._slots[i] = (index, pos)
+                self.calls.append(Call(twin_script, keys, args, _identity))
 
     def assemble(self, replies: Sequence[Any]) -> list[T]:
         """Results in the order of the decisions, from the replies of :attr:`calls`."""
@@ -111,8 +196,8 @@ class Batch(Generic[T]):
         for call, slot in zip(self.decisions, self._slots, strict=True):
             if slot is None:
                 out.append(call.parse(None))
-            elif slot.position is None:
-                out.append(call.parse(replies[slot.call_index]))
+            elif slot[1] is None:
+                out.append(call.parse(replies[slot[0]]))
             else:
-                out.append(call.parse(replies[slot.call_index][slot.position]))
+                out.append(call.parse(replies[slot[0]][slot[1]]))
         return out

@@ -18,9 +18,16 @@ import redis
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 from redis.cluster import RedisCluster
-from redis.exceptions import AskError, MovedError, NoScriptError, TryAgainError
+from redis.exceptions import AskError, MovedError, NoScriptError, ResponseError, TryAgainError
 
 from .core import Call
+
+try:
+    import hiredis
+
+    _pack_command: Any = hiredis.pack_command
+except ImportError:  # pragma: no cover - hiredis is a dependency; the pipeline path still works
+    _pack_command = None
 
 DID_NOT_RUN = (NoScriptError, MovedError, AskError, TryAgainError)
 
@@ -62,8 +69,62 @@ def _groups(client: Any, calls: Sequence[Call[Any]]) -> list[tuple[Any, list[int
     return list(by_node.values())
 
 
+def pack_calls(calls: Sequence[Call[Any]]) -> bytes:
+    """The EVALSHA commands of ``calls`` in the Redis protocol, back to back."""
+    out = []
+    for c in calls:
+        assert c.script is not None
+        out.append(_pack_command(("EVALSHA", c.script.sha, len(c.keys), *c.keys, *c.args)))
+    return b"".join(out)
+
+
+def writes_direct(client: Any) -> bool:
+    """Whether batches can be written straight to a pooled connection (plain client, hiredis)."""
+    return _pack_command is not None and type(client) in (redis.Redis, aioredis.Redis)
+
+
+def _send_direct(client: Any, calls: Sequence[Call[Any]]) -> list[Any]:
+    pool = client.connection_pool
+    conn = pool.get_connection()
+    try:
+        conn.send_packed_command([pack_calls(calls)])
+        replies: list[Any] = []
+        for _ in calls:
+            try:
+                replies.append(conn.read_response())
+            except ResponseError as exc:  # an error reply: the connection is still in step
+                replies.append(exc)
+    except BaseException:
+        conn.disconnect()
+        raise
+    finally:
+        pool.release(conn)
+    return replies
+
+
+async def _send_direct_async(client: Any, calls: Sequence[Call[Any]]) -> list[Any]:
+    pool = client.connection_pool
+    conn = await pool.get_connection()
+    try:
+        await conn.send_packed_command([pack_calls(calls)])
+        replies: list[Any] = []
+        for _ in calls:
+            try:
+                replies.append(await conn.read_response())
+            except ResponseError as exc:  # an error reply: the connection is still in step
+                replies.append(exc)
+    except BaseException:
+        await conn.disconnect()
+        raise
+    finally:
+        await pool.release(conn)
+    return replies
+
+
 def run_pipelined(client: Any, calls: Sequence[Call[Any]]) -> list[Any]:
     """Raw replies of ``calls`` (each with a script), sent in one pipeline per node."""
+    if writes_direct(client):
+        return _finish(client, calls, _send_direct(client, calls))
     replies: list[Any] = [None] * len(calls)
     for conn, idx in _groups(client, calls):
         pipe = conn.pipeline(transaction=False)
@@ -73,6 +134,11 @@ def run_pipelined(client: Any, calls: Sequence[Call[Any]]) -> list[Any]:
             pipe.evalsha(c.script.sha, len(c.keys), *c.keys, *c.args)
         for i, reply in zip(idx, pipe.execute(raise_on_error=False), strict=True):
             replies[i] = reply
+    return _finish(client, calls, replies)
+
+
+def _finish(client: Any, calls: Sequence[Call[Any]], replies: list[Any]) -> list[Any]:
+    """Run alone each call whose reply says it did not run; raise any other error reply."""
     for i, reply in enumerate(replies):
         if isinstance(reply, DID_NOT_RUN):
             c = calls[i]
@@ -85,6 +151,8 @@ def run_pipelined(client: Any, calls: Sequence[Call[Any]]) -> list[Any]:
 
 async def run_pipelined_async(client: Any, calls: Sequence[Call[Any]]) -> list[Any]:
     """Async twin of :func:`run_pipelined`."""
+    if writes_direct(client):
+        return await _finish_async(client, calls, await _send_direct_async(client, calls))
     replies: list[Any] = [None] * len(calls)
     for conn, idx in _groups(client, calls):
         if isinstance(client, AsyncRedisCluster):  # a node: run the calls one by one on it
@@ -103,6 +171,10 @@ async def run_pipelined_async(client: Any, calls: Sequence[Call[Any]]) -> list[A
             pipe.evalsha(c.script.sha, len(c.keys), *c.keys, *c.args)
         for i, reply in zip(idx, await pipe.execute(raise_on_error=False), strict=True):
             replies[i] = reply
+    return await _finish_async(client, calls, replies)
+
+
+async def _finish_async(client: Any, calls: Sequence[Call[Any]], replies: list[Any]) -> list[Any]:
     for i, reply in enumerate(replies):
         if isinstance(reply, DID_NOT_RUN):
             c = calls[i]

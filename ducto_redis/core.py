@@ -17,6 +17,7 @@ import re
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any, Generic, TypeVar
 
 from pydantic import BaseModel
@@ -239,6 +240,32 @@ def construct(cls: type[M], **values: Any) -> M:
     return obj
 
 
+_new = object.__new__
+_set = object.__setattr__
+_DEDUCTION_FIELDS = frozenset(DeductionResult.model_fields)
+
+
+def deduction_result(
+    transaction_id: str, user_id: str, amount: int, balance_after: int, idempotent: bool, error: str | None,
+    cap_action: str | None, retry_after_ms: int, rate_limit_remaining: int | None,
+) -> DeductionResult:
+    """A :class:`DeductionResult` from a trusted script reply, every field set (the hot path's builder).
+
+    Equal to the validated model with the same values (same ``__dict__`` in declaration order, every
+    field in the fields set) at about half the cost of :func:`construct`.
+    """
+    obj = _new(DeductionResult)
+    _set(obj, "__dict__", {
+        "transaction_id": transaction_id, "user_id": user_id, "amount": amount, "balance_after": balance_after,
+        "idempotent": idempotent, "error": error, "cap_action": cap_action, "retry_after_ms": retry_after_ms,
+        "rate_limit_remaining": rate_limit_remaining,
+    })
+    _set(obj, "__pydantic_fields_set__", set(_DEDUCTION_FIELDS))
+    _set(obj, "__pydantic_extra__", None)
+    _set(obj, "__pydantic_private__", None)
+    return obj
+
+
 # ── the core ──────────────────────────────────────────────────────────
 
 
@@ -261,6 +288,9 @@ class StoreCore:
         self._hold_ttl_ms = settings.hold_ttl_seconds * 1000
         self._events_maxlen = str(settings.events_maxlen)
         self._backlog = [str(settings.ledger_max_backlog), settings.ledger_backlog_policy]
+        # debit.lua's KEYS of an account without an idempotency key (copied before a change); the
+        # hot accounts only (~0.8 kB each)
+        self._debit_keys = lru_cache(maxsize=8192)(self._debit_keys_uncached)
 
     # helpers
 
@@ -435,30 +465,34 @@ class StoreCore:
             return ready(
                 DeductionResult(transaction_id="", user_id=uid, amount=-n, balance_after=0, error=E.INVALID_AMOUNT)
             )
-        k = self.keys.user(uid)
-        idem_key, has, raw = self._idem(k, ikey)
+        fixed, shard = self._debit_keys(uid)
+        tx = tx_id_in_shard(shard)  # refund_credits(tx) finds the shard from the id
+        keys = [*fixed, self.keys.refundable(shard, tx)]
+        if ikey is None:
+            has, raw = "0", ""
+        else:
+            keys[6], has, raw = self.keys.user(uid).idempotency(ikey), "1", ikey
 
         def parse(raw_reply: Any) -> DeductionResult:
             r = _reply(raw_reply, 7)
             rate = len(r) > 8
-            return construct(DeductionResult,
-                transaction_id=r[2], user_id=uid, amount=-int(r[3]), balance_after=int(r[4]),
-                idempotent=r[1] == "1", error=_err(r[0]), cap_action=r[6] or None,
-                retry_after_ms=int(r[7]) if rate else 0,
-                rate_limit_remaining=int(r[8]) if rate and r[8] else None,
+            return deduction_result(
+                r[2], uid, -int(r[3]), int(r[4]), r[1] == "1", None if r[0] == "ok" else r[0], r[6] or None,
+                int(r[7]) if rate else 0, int(r[8]) if rate and r[8] else None,
             )
 
-        tx = tx_id_in_shard(k.shard)  # refund_credits(tx) finds the shard from the id
-        keys = [
-            k.account, k.holds, k.hold_expiry, k.caps, k.day_window, k.month_window, idem_key, k.ledger, k.events,
-            k.grants, k.refundable(tx),
-        ]
         args = [
             self._offset(), tx, uid, reservation_id, str(n), op, model, metadata_json(meta),
             has, raw, self._idem_ttl, self._events_maxlen, str(floor), USER, *self._backlog,
             self._refund_window_ms,
         ]
         return Call(self.scripts["debit"], keys, args, parse)
+
+    def _debit_keys_uncached(self, uid: str) -> tuple[list[str], int]:
+        """debit.lua's KEYS 1-10 of an account (all but the debit's own refund record) and its shard."""
+        k = self.keys.user(uid)
+        return [k.account, k.holds, k.hold_expiry, k.caps, k.day_window, k.month_window, k.idempotency(None),
+                k.ledger, k.events, k.grants], k.shard
 
     def deduct_credits(
         self,

@@ -40,16 +40,21 @@ local function days_from_civil(y, m, d)
   return era * 146097 + doe - 719468
 end
 
--- window buckets: period "d" -> day number, "m" -> year*12 + month - 1; and when they end (ms)
+-- window buckets: period "d" -> day number, "m" -> year*12 + month - 1; and when they end (ms).
+-- The month of the last day asked is remembered (a script asks for the same day again and again).
+local memo_day, memo_month, memo_month_end
 local function bucket_of(period, ms)
   local day = math.floor(ms / 86400000)
   if period == 'd' then
     return day, (day + 1) * 86400000
   end
-  local y, m = civil_from_days(day)
-  local ny, nm = y, m + 1
-  if nm == 13 then ny, nm = y + 1, 1 end
-  return y * 12 + m - 1, days_from_civil(ny, nm, 1) * 86400000
+  if day ~= memo_day then
+    local y, m = civil_from_days(day)
+    local ny, nm = y, m + 1
+    if nm == 13 then ny, nm = y + 1, 1 end
+    memo_day, memo_month, memo_month_end = day, y * 12 + m - 1, days_from_civil(ny, nm, 1) * 86400000
+  end
+  return memo_month, memo_month_end
 end
 
 -- current spend of a window hash for field f (0 when the stored bucket is not the current one)
@@ -74,15 +79,16 @@ end
 
 -- one ledger entry; fields with empty values are left out
 local function ledger(stream, fields)
-  local args = { stream, '*' }
+  local args, n = { stream, '*' }, 2
   for i = 1, #fields, 2 do
     local v = fields[i + 1]
     if v ~= nil and v ~= '' and v ~= false then
-      args[#args + 1] = fields[i]
-      args[#args + 1] = v
+      args[n + 1] = fields[i]
+      args[n + 2] = v
+      n = n + 2
     end
   end
-  return redis.call('XADD', unpack(args))
+  return redis.call('XADD', unpack(args, 1, n))
 end
 
 local function event(stream, maxlen, fields)
@@ -354,7 +360,9 @@ end
 -- One user debit (settle or charge): the body of debit.lua, shared with debit_many.lua.
 -- K: the 11 keys and A: the 17 arguments of debit.lua, in its order. Returns debit.lua's reply.
 -- X (optional): extra ledger fields {name, value, ...} appended to the debit's entry (plan_debit.lua).
-local function user_debit(K, A, X)
+-- now: the clock (ms) when the caller already read it (debit_many reads TIME once per call: the
+-- decisions of one script call happen at one instant anyway); nil reads it here.
+local function user_debit(K, A, X, now)
   local acct, holds, hexp, caps_key, wd, wm, idem, stream, events =
     K[1], K[2], K[3], K[4], K[5], K[6], K[7], K[8], K[9]
   local again = replay(idem, A[9])
@@ -363,7 +371,7 @@ local function user_debit(K, A, X)
   if backlog_full(stream, A[15], A[16]) then
     return { 'ledger_backlog_full', '0', '', A[5], '0', '0', '' }
   end
-  local now = now_ms(A[1])
+  now = now or now_ms(A[1])
   local tx, aid, rid, akind = A[2], A[3], A[4], A[14]
   local amount = tonumber(A[5])
   local op, model = A[6], A[7]

@@ -158,3 +158,112 @@ def _fixed_ids(core: Any, create: Any) -> Any:
         return create(name, initial_balance, idempotency_key, team_id or f"team-{next(counter)}")
 
     return create_team
+
+
+# ── the packed layout of debit_many (shared values once per shard call) ───────────────────────
+
+
+def ledger_contents(store: RedisStore) -> list[list[dict[str, str]]]:
+    """Every shard's ledger entries without per-store ids and times (tx and hold ids, ts, hold expiry)."""
+    out = []
+    for stream in store.core.keys.all_ledger_streams():
+        entries = store.client.xrange(stream)
+        volatile = ("id", "ts", "rid", "exp")
+        out.append([{k: v for k, v in fields.items() if k not in volatile} for _id, fields in entries])
+    return out
+
+
+def test_batched_settlements_charges_and_replays_equal_one_by_one_with_the_same_ledger(
+    store: RedisStore, redis_client: Any
+) -> None:
+    """Settlements, charges, caps and replayed keys mixed in one batch: the same results, balances
+    and ledger entries as the same calls made one by one (the packed layout loses nothing)."""
+    from ducto_redis.batch import Batch
+
+    kind = "memory" if type(store).__name__ == "MemoryStore" else "redis"
+    single = make_store(kind, redis_client)
+    try:
+        holds: dict[int, list[str]] = {}
+        for n, s in enumerate((store, single)):
+            prepare(s)
+            holds[n] = [s.reserve_credits(f"user-{u % 31}", 40, "job").reservation_id for u in range(20)]
+        rnd = random.Random(7)
+        plan = []
+        for _ in range(200):
+            u = rnd.randint(0, 30)
+            if rnd.random() < 0.3:
+                plan.append(("settle", rnd.randint(0, 19), rnd.choice([0, 10, 40, 90]), rnd.choice([None, "s1", "s2"])))
+            else:
+                plan.append(("charge", u, rnd.choice([1, 5, 60, 300]), rnd.choice([None, "c1", f"c{u}"])))
+
+        def calls_for(n: int, s: RedisStore) -> list[Any]:
+            out = []
+            for op, who, amount, key in plan:
+                if op == "settle":
+                    out.append(s.core.deduct_credits(f"user-{who % 31}", holds[n][who], amount, key,
+                                                     CreditMetadata(model="gpt-4")))
+                else:
+                    out.append(s.core.charge(f"user-{who}", amount, "req", key))
+            return out
+
+        batch = Batch(calls_for(0, store), store.core.scripts)
+        batched = batch.assemble(_send(store, batch))
+        one_by_one = [single._run(c) for c in calls_for(1, single)]
+        assert strip(batched) == strip(one_by_one)
+        assert {r.error for r in batched} >= {None, "reservation_not_found", "insufficient_credits"}
+        assert any(r.idempotent for r in batched)
+        for u in range(31):
+            assert store.get_balance(f"user-{u}") == single.get_balance(f"user-{u}")
+        assert ledger_contents(store) == ledger_contents(single)
+    finally:
+        if kind == "redis":
+            from conftest import drop_namespace
+
+            drop_namespace(redis_client, single.settings.namespace)
+
+
+def _send(store: RedisStore, batch: Any) -> list[Any]:
+    from ducto_redis.connect import run_pipelined
+
+    return run_pipelined(store.client, batch.calls)
+
+
+def test_packed_layout_sends_shared_values_once_and_new_positions_per_decision(store: RedisStore) -> None:
+    from ducto_redis.batch import Batch
+
+    calls = [store.core.charge(f"same-shard-{i}", 1, "req") for i in range(3)]
+    shard = store.core.keys.user("same-shard-0").shard
+    calls = [c for c in calls if c.keys[0].startswith(store.core.keys.tag(shard))] or calls[:1]
+    packed = Batch(calls, store.core.scripts).calls[0]
+    def positions(*ps: int) -> str:
+        return "".join(chr(p) for p in ps)
+
+    own_keys, own_args = positions(1, 2, 3, 4, 5, 6, 7), positions(2, 3, 4, 5, 6, 7, 8, 9, 10, 13)
+    assert packed.args[:4] == [own_keys, positions(8, 9), own_args, positions(1, 11, 12, 14, 15, 16)]
+    assert packed.keys[:2] == calls[0].keys[7:9]  # the shard's ledger and events streams, once
+    assert len(packed.keys) == 2 + 7 * len(calls) and len(packed.args) == 4 + 6 + 10 * len(calls)
+    # a position another debit.lua change adds is sent per decision, never assumed shared
+    for c in calls:
+        c.keys.append(c.keys[0] + ":extra")
+        c.args.append("x")
+    wider = Batch(calls, store.core.scripts).calls[0]
+    assert wider.args[:4] == [own_keys + chr(10), positions(8, 9), own_args + chr(17), positions(1, 11, 12, 14, 15, 16)]
+    assert len(wider.keys) == 2 + 8 * len(calls) and len(wider.args) == 4 + 6 + 11 * len(calls)
+
+
+def test_an_error_reply_in_a_batch_raises_and_leaves_the_connection_in_step(store: RedisStore) -> None:
+    """One shard call failing (a key of the wrong type) raises; the other shards' decisions ran,
+    and the next calls on the same store read their own replies."""
+    a, bad = "err-a", "err-bad"
+    while store.core.keys.user(bad).shard == store.core.keys.user(a).shard:
+        bad += "x"
+    store.add_credits(a, 10)
+    store.client.set(store.core.keys.user(bad).account, "not a hash")
+    with pytest.raises(Exception, match="WRONGTYPE"):
+        # the failing shard call goes first: the replies after it must still be read off the wire
+        store.charge_many([ChargeRequest(bad, 1, "x"), ChargeRequest(a, 3, "x"), ChargeRequest(a, 3, "x")])
+    balance = store.get_balance(a).balance
+    if type(store).__name__ != "MemoryStore":  # fakeredis's pipeline stops at the first error
+        assert balance == 4
+    assert store.charge(a, balance, "x").balance_after == 0
+    assert [r.error for r in store.charge_many([ChargeRequest(a, 1, "x")] * 2)] == ["insufficient_credits"] * 2
