@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ledger-schema", default=settings.ledger_schema, help="default: $DUCTO_LEDGER_SCHEMA")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    demo = sub.add_parser("demo", help="run the spend-cap scenario (embedded store unless --redis)")
+    demo = sub.add_parser("demo", help="run the seed scenarios (caps, teams, a priced call)")
     demo.add_argument("--redis", action="store_true", help="run it on the Redis at --redis-url instead")
     bal = sub.add_parser("balance", help="print a user's balance")
     bal.add_argument("user_id")

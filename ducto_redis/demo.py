@@ -1,4 +1,5 @@
-"""The `ducto-redis demo`: the seed scenario of notebook 05 (spend caps), printed step by step."""
+"""The `ducto-redis demo`: the seed scenarios of notebooks 05 (spend caps) and 06 (team pools), then
+one LLM call priced and charged through the CreditManager, printed step by step."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from .store import RedisStore
 
 
 def run_demo(store: RedisStore, echo: Callable[[str], None] = print) -> None:
-    """Walk through deny and warn caps on ``store`` (the embedded MemoryStore by default)."""
+    """Walk through caps, team pools and a priced charge on ``store`` (the embedded MemoryStore by default)."""
     echo(f"store: {type(store).__name__} (namespace {store.settings.namespace!r})")
     echo(f"setup: {'scripts loaded' if store.setup().success else 'FAILED'}")
 
@@ -45,5 +46,40 @@ def run_demo(store: RedisStore, echo: Callable[[str], None] = print) -> None:
     replay = store.charge(user2, 10, "request", idempotency_key="req-42")
     echo(f"7. charge with idempotency key: balance {again.balance_after}; replay idempotent={replay.idempotent}, "
          f"balance still {store.get_balance(user2).balance}")
+    _teams(store, echo)
+    _priced_call(store, echo)
     entries = sum(store.client.xlen(s) for s in store.core.keys.all_ledger_streams())
-    echo(f"8. ledger entries appended (one per mutation, in the same scripts): {entries}")
+    echo(f"12. ledger entries appended (one per mutation, in the same scripts): {entries}")
+
+
+def _teams(store: RedisStore, echo: Callable[[str], None]) -> None:
+    """Notebook 06: a team pool, members, an overdraw refused, a member's cap enforced."""
+    team = store.create_team(name="Engineering", initial_balance=100_000)
+    for uid in ("ana", "ben", "cai"):
+        store.add_credits(uid, 0)
+        store.add_team_member(team.team_id, uid, spend_cap=3_000 if uid == "cai" else None)
+    r = store.deduct_team(team.team_id, "ana", 5_000)
+    echo(f"8. team 'Engineering' (100000, 3 members): ana spends 5000 from the pool -> {r.team_balance_after}")
+    big = store.deduct_team(team.team_id, "ben", 999_999)
+    echo(f"9. ben asks for 999999: error={big.error}; pool still {store.get_team_balance(team.team_id).balance}")
+    ok = store.deduct_team(team.team_id, "cai", 3_000)
+    over = store.deduct_team(team.team_id, "cai", 1)
+    echo(f"10. cai (member cap 3000) spends 3000 (error={ok.error}), then 1 more: error={over.error}")
+
+
+def _priced_call(store: RedisStore, echo: Callable[[str], None]) -> None:
+    """Usage into credits: one LLM call (tokens, two tool calls) priced, rounded up, charged once."""
+    from .manager import CreditManager
+    from .pricing import ToolCall, UsageMetrics
+
+    manager = CreditManager(store)
+    manager.publish_pricing_from_dict({
+        "models": {"gpt-4o": "input_tokens * 0.0025 + output_tokens * 0.01"},
+        "tools": {"web_search": "tool_calls * 2", "_default": "tool_calls * 0.5"},
+    })
+    store.add_credits("dev", 100, type="purchase")
+    call = UsageMetrics(model="gpt-4o", input_tokens=1200, output_tokens=350,
+                        tool_calls=[ToolCall(name="web_search"), ToolCall(name="calculator")])
+    r = manager.deduct("dev", call, idempotency_key="call-1")
+    echo(f"11. one gpt-4o call (1200 in, 350 out, 2 tools) = {manager.price(call).total} credits; "
+         f"dev's balance 100 -> {r.balance_after}")
