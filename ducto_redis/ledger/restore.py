@@ -67,6 +67,20 @@ class AccountState:
     mmonth: dict[str, int] = field(default_factory=dict)
     grants: dict[str, list[int]] = field(default_factory=dict)  # grant id -> [expires ms, remaining]
     refundable: dict[str, list[Any]] = field(default_factory=dict)  # tx -> [amount, refunded, parts, ts ms]
+    plan: str | None = None  # user: the plan id set last (None: never set)
+    plan_used: dict[str, int] = field(default_factory=dict)  # user: plan id -> allowance used this month
+
+    def _plans(self, e: dict[str, Any], kind: str, ts: int, now_ms: int) -> None:
+        """Plan changes (config op plan_set) and allowance use this month ('free' on debits and on
+        config op allowance_used), from the entry's extra fields."""
+        extra = e.get("extra") or {}
+        if isinstance(extra, str):
+            extra = json.loads(extra)
+        if kind == "config" and e["operation_type"] == "plan_set":
+            self.plan = extra.get("plan", "")
+        free = int(extra.get("free") or 0)
+        if free and extra.get("plan") and month_bucket(ts)[0] == month_bucket(now_ms)[0]:
+            self.plan_used[extra["plan"]] = self.plan_used.get(extra["plan"], 0) + free
 
     def _grant_parts(self, parts: str, sign: int) -> None:
         """Move the parts "id:expires:amount;..." of a debit (sign -1) or a refund (+1)."""
@@ -118,6 +132,7 @@ class AccountState:
             self._config(e)
         if self.kind == "u":
             self._expiry_and_refunds(e, kind, ts)
+            self._plans(e, kind, ts, now_ms)
 
     def _spend(self, amount: int, model: str, member: str | None, ts: int, now_ms: int) -> None:
         today, this_month = day_bucket(ts)[0] == day_bucket(now_ms)[0], month_bucket(ts)[0] == month_bucket(now_ms)[0]
@@ -203,6 +218,14 @@ def write_state(store: Any, s: AccountState, now_ms: int) -> None:
         acct["rl"] = s.rate_limit
     if not team:
         p.delete(k.grants)
+        p.delete(k.plan_window)
+        if s.plan is not None:
+            acct["plan"] = s.plan
+        if s.plan_used:
+            m_bucket, m_end = month_bucket(now_ms)
+            used = {f"p|{pid}": str(n) for pid, n in s.plan_used.items()}
+            p.hset(k.plan_window, mapping={"_b": str(m_bucket), **used})
+            p.pexpireat(k.plan_window, m_end + WINDOW_GRACE_MS)
     if s.grants:
         acct["gx"] = str(min(exp for exp, _ in s.grants.values()))
         p.hset(k.grants, mapping={gid: f"{exp}|{rem}" for gid, (exp, rem) in s.grants.items()})

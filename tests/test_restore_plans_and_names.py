@@ -1,0 +1,62 @@
+"""Restore rebuilds plans and this month's allowance use, and member ids that look like window fields
+(real Redis, real PostgreSQL)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from conftest import DATABASE_URL, drop_namespace, snapshot
+from test_ledger import ledger_store  # noqa: F401  (the fixture)
+
+from ducto_redis import PlanDefinition, PricingConfigData, RedisStore
+from ducto_redis.ledger.flusher import LedgerFlusher
+
+
+def state(store: RedisStore) -> dict[str, Any]:
+    """Every key but streams and idempotency keys (not restored by design); JSON values decoded."""
+    out: dict[str, Any] = {}
+    for key, (t, v) in snapshot(store).items():
+        if t == "stream" or ":i:" in key or ":ri:" in key:
+            continue
+        if t == "hash":
+            v = {f: (json.loads(x) if x.startswith("{") else x) for f, x in v.items()}
+        out[key] = (t, v)
+    return out
+
+
+def test_restore_rebuilds_plans_allowance_use_and_odd_member_ids(ledger_store: RedisStore) -> None:  # noqa: F811
+    s = ledger_store
+    s.set_active_pricing(PricingConfigData(models={"m": "input_tokens * 1"}, plans={
+        "pro": PlanDefinition(id="pro", name="Pro", free_allowance=100),
+        "max": PlanDefinition(id="max", name="Max", free_allowance=500)}))
+    for u in ("a", "b", "_b"):
+        s.add_credits(u, 1_000, type="purchase")
+    s.set_user_plan("a", "pro")
+    s.charge_with_allowance("a", 30, "chat")         # 30 free
+    s.charge_with_allowance("a", 90, "chat")         # 70 free + 20 paid
+    s.set_user_plan("b", "pro")
+    s.increment_usage_window("b", "pro", 40)
+    s.set_user_plan("b", "max")                      # each plan keeps its own window
+    s.charge_with_allowance("b", 10, "chat")
+    tid = s.create_team("T", initial_balance=1_000).team_id
+    for m in ("b", "_b"):
+        s.add_team_member(tid, m, spend_cap=300, cap_period="daily")
+    s.deduct_team(tid, "_b", 120)
+    s.deduct_team(tid, "b", 200)
+    LedgerFlusher(s, DATABASE_URL).drain()
+    before = state(s)
+    assert s.reconcile_with_ledger() == {}
+    drop_namespace(s.client, s.settings.namespace)   # Redis lost everything
+    s.set_active_pricing(PricingConfigData(models={"m": "input_tokens * 1"}, plans={
+        "pro": PlanDefinition(id="pro", name="Pro", free_allowance=100),
+        "max": PlanDefinition(id="max", name="Max", free_allowance=500)}))   # pricing is not in the ledger
+    s.restore_from_ledger()
+    after = state(s)
+    assert {k: v for k, v in after.items() if "pricing" not in k} == {
+        k: v for k, v in before.items() if "pricing" not in k}
+    assert (s.get_user_plan("a").plan_id, s.check_allowance("a").allowance_remaining) == ("pro", 0)
+    assert (s.get_user_plan("b").plan_id, s.check_allowance("b").allowance_remaining) == ("max", 490)
+    spent = {r.user_id: r.spent_today for r in s.team_spend_report(tid)}
+    assert spent == {"b": 200, "_b": 120}
+    assert s.deduct_team(tid, "b", 101).error == "spend_cap_exceeded"   # b's cap window survived restore
