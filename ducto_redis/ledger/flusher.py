@@ -26,14 +26,15 @@ work at the same time. Acks still follow commits, batch by batch.
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import os
 import queue
 import socket
 import threading
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
 
@@ -69,17 +70,53 @@ class Batch:
 
     ``fresh``: every entry was delivered for the first time (XREADGROUP ``>``), so it may be
     COPYed straight into the ledger (a duplicate id still falls back to the idempotent path).
+    :meth:`prepare` turns the entries into the COPY payload and the ids to acknowledge per shard,
+    and lets the entries go (a retry writes the same payload).
     """
 
     entries: list[Entry]
     fresh: bool = False
+    payload: bytes | None = None
+    ids: dict[int, list[bytes]] = field(default_factory=dict)
+    count: int = 0
+
+    def prepare(self, namespace: str) -> Batch:
+        if self.payload is None:
+            self.payload = copy_payload(self.entries, namespace)
+            for shard, mid, _ in self.entries:
+                self.ids.setdefault(shard, []).append(mid)
+            self.count = len(self.entries)
+            self.entries = []
+        return self
 
     def __len__(self) -> int:
-        return len(self.entries)
+        return self.count if self.payload is not None else len(self.entries)
+
+
+@contextlib.contextmanager
+def _gc_paused() -> Iterator[None]:
+    """Hold the cyclic garbage collector while a reply of ~100 000 objects is parsed and formatted.
+
+    Every container in the reply survives until the batch is formatted, so the collector would
+    otherwise run (and walk every live object) several times per batch. Reference counting still
+    frees everything; the collector's previous state is restored (only a pause that disabled it
+    enables it again).
+    """
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
 
 
 def _raw(response: Any, **_: Any) -> Any:
     return response
+
+
+_CLUSTER_KWARGS = ("username", "password", "client_name", "protocol", "socket_timeout", "socket_connect_timeout",
+                   "ssl", "ssl_keyfile", "ssl_certfile", "ssl_cert_reqs", "ssl_ca_certs", "ssl_check_hostname")
 
 
 def bytes_client(client: Any) -> Any:
@@ -87,8 +124,7 @@ def bytes_client(client: Any) -> Any:
     XREADGROUP / XAUTOCLAIM replies are left as the server sent them (no per-entry parsing)."""
     if isinstance(client, RedisCluster):
         cluster: Any = client
-        kwargs = {k: v for k, v in cluster.get_connection_kwargs().items() if k not in ("host", "port")}
-        kwargs["decode_responses"] = False
+        kwargs = {k: v for k, v in cluster.get_connection_kwargs().items() if k in _CLUSTER_KWARGS}
         node: Any = ClusterNode
         return RedisCluster(startup_nodes=[node(n.host, n.port) for n in cluster.get_nodes()], **kwargs)
     pool = client.connection_pool
@@ -227,16 +263,13 @@ class LedgerFlusher:
                 time.sleep(self.block_ms / 1000)
         else:
             reply = self.client.xreadgroup(GROUP, self.consumer, dict.fromkeys(self.streams, ">"),
-                                           count=per_stream, block=self.block_ms if block else None)
+                                           count=per_stream, block=self.block_ms if block and self.block_ms else None)
             for stream, msgs in _stream_items(reply):
                 self._collect(stream, msgs, out)
         return Batch(out, fresh=True)
 
-    def _ack_and_trim(self, entries: Sequence[Entry]) -> None:
+    def _ack_and_trim(self, by_stream: dict[int, list[bytes]]) -> None:
         """XACK the batch, then XTRIM each stream it touched: two pipelined round trips."""
-        by_stream: dict[int, list[bytes]] = {}
-        for shard, mid, _ in entries:
-            by_stream.setdefault(shard, []).append(mid)
         shards = list(by_stream)
         pipe = self.client.pipeline(transaction=False)
         for shard in shards:
@@ -264,12 +297,11 @@ class LedgerFlusher:
             self._staged = False
         return self._conn
 
-    def _write(self, batch: Batch, payload: bytes | None = None) -> None:
+    def _write(self, batch: Batch) -> None:
         """Store the batch in one transaction (see the module docstring for the two paths)."""
         import psycopg
 
-        if payload is None:
-            payload = copy_payload(batch.entries, self.namespace)
+        payload = batch.prepare(self.namespace).payload
         conn = self._connection()
         columns = ", ".join(COPY_COLUMNS)
         with conn.cursor() as cur:
@@ -292,10 +324,10 @@ class LedgerFlusher:
                         f"FROM ledger_stage ON CONFLICT (entry_id) DO NOTHING")
         conn.commit()
 
-    def _write_or_keep(self, batch: Batch, payload: bytes | None = None) -> None:
+    def _write_or_keep(self, batch: Batch) -> None:
         """Write; on failure keep the batch (first in line) for an idempotent retry and re-raise."""
         try:
-            self._write(batch, payload)
+            self._write(batch)
         except Exception:
             batch.fresh = False  # the commit may have happened: replay idempotently
             self.unwritten.insert(0, batch)
@@ -308,9 +340,17 @@ class LedgerFlusher:
     # ── the loop ──────────────────────────────────────────────────────
 
     def _next_batch(self, block: bool) -> Batch:
+        """The next batch, prepared: one kept from a failed write, else what Redis has now; if
+        that is nothing and ``block``, what arrives within ``block_ms`` (read with the GC on)."""
         if not self._groups_ready:
             self.ensure_groups()
-        return self.unwritten.pop(0) if self.unwritten else self._read(block)
+        if self.unwritten:
+            return self.unwritten.pop(0)
+        with _gc_paused():
+            batch = self._read(block=False).prepare(self.namespace)
+        if not batch and block:
+            batch = self._read(block=True).prepare(self.namespace)
+        return batch
 
     def flush_once(self, block: bool = False) -> int:
         """Move one batch: read, write (COPY), commit, then ack and trim. Returns entries moved.
@@ -322,7 +362,7 @@ class LedgerFlusher:
         if not batch:
             return 0
         self._write_or_keep(batch)
-        self._ack_and_trim(batch.entries)
+        self._ack_and_trim(batch.ids)
         self.flushed += len(batch)
         return len(batch)
 
@@ -333,19 +373,18 @@ class LedgerFlusher:
         A failure on either side stops both and is re-raised; every batch read but not committed
         is kept in ``unwritten`` (and stays pending in Redis), to be written first next time.
         """
-        handoff: queue.Queue[tuple[Batch, bytes] | None] = queue.Queue(maxsize=1)
+        handoff: queue.Queue[Batch | None] = queue.Queue(maxsize=1)
         errors: list[BaseException] = []
         moved = [0]
 
         def writer() -> None:
             while True:
-                item = handoff.get()
-                if item is None:
+                batch = handoff.get()
+                if batch is None:
                     return
-                batch, payload = item
                 try:
-                    self._write_or_keep(batch, payload)
-                    self._ack_and_trim(batch.entries)
+                    self._write_or_keep(batch)
+                    self._ack_and_trim(batch.ids)
                 except BaseException as exc:
                     errors.append(exc)
                     return
@@ -363,10 +402,9 @@ class LedgerFlusher:
                     if not block:
                         break
                     continue
-                item = (held, copy_payload(held.entries, self.namespace))
                 while not errors:
                     try:
-                        handoff.put(item, timeout=0.1)
+                        handoff.put(held, timeout=0.1)
                         held = None
                         break
                     except queue.Full:
@@ -381,7 +419,7 @@ class LedgerFlusher:
             thread.join()
             with contextlib.suppress(queue.Empty):
                 while (left := handoff.get_nowait()) is not None:  # handed over, never taken
-                    self.unwritten.append(left[0])
+                    self.unwritten.append(left)
             if held is not None:
                 self.unwritten.append(held)
         if errors:
