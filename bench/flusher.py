@@ -6,7 +6,8 @@
    ``--flushers N`` (N > 1) as many entries again are drained by N flusher processes at once,
    reported as an aggregate figure;
 2. lag: ``--producers`` processes run batched decisions (charge_many x200) for ``--seconds``, as
-   fast as they can, or at ``--rate`` decisions/s in all, while one flusher process runs; the age
+   fast as they can, or at ``--rate`` decisions/s in all, while ``--lag-flushers`` flusher processes
+   (default one) run; the age
    of the oldest unflushed entry is sampled every 20 ms (p50/p99, sampling starts after 1 s).
 
 Every run checks the ledger at the end: rows, distinct entry ids, and the entries expected.
@@ -14,7 +15,7 @@ Every run checks the ledger at the end: rows, distinct entry ids, and the entrie
 Usage::
 
     python bench/flusher.py [--entries 200000] [--seconds 10] [--producers 2] [--rate 0]
-                            [--flushers 1] [--write]
+                            [--flushers 1] [--lag-flushers 1] [--write]
 
 Needs the real Redis (127.0.0.1:6379) and Postgres (DUCTO_DATABASE_URL or the local `test` db).
 """
@@ -96,7 +97,8 @@ def count_rows(schema: str) -> tuple[int, int]:
     return int(row[0]), int(row[1])
 
 
-def run(entries: int, seconds: float, producers: int, rate: float, flushers: int) -> dict[str, float]:
+def run(entries: int, seconds: float, producers: int, rate: float, flushers: int,
+        lag_flushers: int) -> dict[str, float]:
     ns, schema = "fbench" + uuid.uuid4().hex[:6], "fbench_" + uuid.uuid4().hex[:6]
     store = make_store(ns, schema)
     migrate(DB, schema)
@@ -130,8 +132,9 @@ def run(entries: int, seconds: float, producers: int, rate: float, flushers: int
             out["multi_per_s"] = out["multi_entries"] / (max(t for _, t in results) - start)
         # 2. lag while producers decide
         q, stop = ctx.Queue(), ctx.Event()
-        fl = ctx.Process(target=flusher_run, args=(ns, schema, stop))
-        fl.start()
+        fls = [ctx.Process(target=flusher_run, args=(ns, schema, stop)) for _ in range(lag_flushers)]
+        for fl in fls:
+            fl.start()
         time.sleep(2.0)
         start = time.time() + 2.0
         prods = [ctx.Process(target=producer_loop, args=(ns, schema, seconds, rate / producers, start, q))
@@ -148,7 +151,8 @@ def run(entries: int, seconds: float, producers: int, rate: float, flushers: int
             p.join()
         expected += decided
         stop.set()
-        fl.join(120)
+        for fl in fls:
+            fl.join(120)
         lags.sort()
         out["decisions_per_s"] = decided / seconds
         out["lag_p50_ms"] = statistics.median(lags) if lags else 0
@@ -164,7 +168,7 @@ def run(entries: int, seconds: float, producers: int, rate: float, flushers: int
     return out
 
 
-def table(r: dict[str, float], producers: int, rate: float, flushers: int) -> str:
+def table(r: dict[str, float], producers: int, rate: float, flushers: int, lag_flushers: int) -> str:
     lines = [
         "| measure | value |",
         "|---|---:|",
@@ -177,7 +181,7 @@ def table(r: dict[str, float], producers: int, rate: float, flushers: int) -> st
     paced = f"paced at {rate:,.0f}/s" if rate else "as fast as they can"
     lines += [
         f"| decisions/s during the lag run ({producers} producer processes, charge_many x{BATCH}, {paced}; "
-        f"one flusher process) | {r['decisions_per_s']:,.0f} |",
+        f"{lag_flushers} flusher process{'es' if lag_flushers > 1 else ''}) | {r['decisions_per_s']:,.0f} |",
         f"| lag (age of the oldest unflushed entry) p50 / p99 | {r['lag_p50_ms']:,.0f} ms / "
         f"{r['lag_p99_ms']:,.0f} ms |",
         f"| rows in Postgres / distinct / expected | {int(r['rows']):,} / {int(r['distinct']):,} / "
@@ -193,10 +197,11 @@ def main() -> None:
     ap.add_argument("--producers", type=int, default=2)
     ap.add_argument("--rate", type=float, default=0.0, help="decisions/s in all during the lag run (0: flat out)")
     ap.add_argument("--flushers", type=int, default=1, help="also drain with this many flusher processes at once")
+    ap.add_argument("--lag-flushers", type=int, default=1, help="flusher processes during the lag run")
     ap.add_argument("--write", action="store_true")
     args = ap.parse_args()
-    r = run(args.entries, args.seconds, args.producers, args.rate, args.flushers)
-    text = table(r, args.producers, args.rate, args.flushers)
+    r = run(args.entries, args.seconds, args.producers, args.rate, args.flushers, args.lag_flushers)
+    text = table(r, args.producers, args.rate, args.flushers, args.lag_flushers)
     print(text)
     if args.write:
         write_section("Flusher", "python bench/flusher.py " + " ".join(sys.argv[1:]),

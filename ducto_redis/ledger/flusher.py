@@ -180,7 +180,7 @@ class LedgerFlusher:
         database_url: str,
         *,
         consumer: str | None = None,
-        batch: int = 10_000,
+        batch: int = 20_000,
         block_ms: int = 200,
         claim_idle_ms: int = 30_000,
         schema: str | None = None,
