@@ -139,3 +139,29 @@ def test_cli_status_flush_and_restore_with_its_progress_bar(ledger_store: RedisS
     assert "restore [##############################] 12/12 accounts" in err
     assert [ledger_store.get_balance(f"u{i}").balance for i in range(12)] == [100 + i for i in range(12)]
     assert cli([*args, "reconcile"]) == 0
+
+
+def test_a_running_flusher_rides_out_postgres_being_away_under_load(ledger_store: RedisStore) -> None:
+    for i in range(20):
+        ledger_store.add_credits(f"u{i}", 10_000)
+    f = LedgerFlusher(ledger_store, "postgresql://postgres@127.0.0.1:1/test", batch=50, block_ms=5)
+    stop = threading.Event()
+    thread = threading.Thread(target=f.run, args=(stop,))
+    thread.start()
+    made = 20
+    try:
+        for _ in range(25):
+            for i in range(20):
+                assert ledger_store.charge(f"u{i}", 1, "x").error is None  # decisions go on
+                made += 1
+        assert f.failures > 0 and rows(ledger_store)[0][0] == 0
+        assert sum(len(b) for b in f.unwritten) <= 2 * 50  # what it holds in memory stays bounded
+        f.database_url = DATABASE_URL  # Postgres is back
+        deadline = time.time() + 30
+        while ledger_store.ledger_lag().backlog and time.time() < deadline:
+            time.sleep(0.05)
+    finally:
+        stop.set()
+        thread.join(10)
+    assert rows(ledger_store) == [(made, made)]
+    assert ledger_store.ledger_lag().pending == 0
