@@ -9,13 +9,15 @@
    fast as they can, or at ``--rate`` decisions/s in all, while ``--lag-flushers`` flusher processes
    (default one) run; the age
    of the oldest unflushed entry is sampled every 20 ms (p50/p99, sampling starts after 1 s).
+   ``--synthetic`` makes the producers XADD debit-shaped entries straight into the streams
+   instead of deciding: the flusher's lag at an entry rate the Python producers cannot reach.
 
 Every run checks the ledger at the end: rows, distinct entry ids, and the entries expected.
 
 Usage::
 
     python bench/flusher.py [--entries 200000] [--seconds 10] [--producers 2] [--rate 0]
-                            [--flushers 1] [--lag-flushers 1] [--write]
+                            [--flushers 1] [--lag-flushers 1] [--synthetic] [--write]
 
 Needs the real Redis (127.0.0.1:6379) and Postgres (DUCTO_DATABASE_URL or the local `test` db).
 """
@@ -60,8 +62,22 @@ def produce(ns: str, schema: str, count: int) -> int:
     return made
 
 
-def producer_loop(ns: str, schema: str, seconds: float, rate: float, start: float, out: Any) -> None:
-    """charge_many x200 until ``start + seconds``; at most ``rate`` decisions/s when rate > 0."""
+def synthetic_entries(s: RedisStore, made: int) -> None:
+    """BATCH debit-shaped ledger entries XADDed straight to the shards' streams (no decision)."""
+    streams = s.core.keys.all_ledger_streams()
+    pipe = s.client.pipeline(transaction=False)
+    now = str(int(time.time() * 1000))
+    for j in range(BATCH):
+        user = USERS[(made + j) % len(USERS)]
+        pipe.xadd(streams[(made + j) % len(streams)], {
+            "id": f"syn-{os.getpid()}-{made + j}", "ts": now, "ak": "u", "acct": user, "kind": "debit",
+            "amount": "-1", "bal": "999", "held": "0", "op": "bench"})
+    pipe.execute()
+
+
+def producer_loop(ns: str, schema: str, seconds: float, rate: float, start: float, synthetic: bool,
+                  out: Any) -> None:
+    """charge_many x200 (or synthetic entries) until ``start + seconds``; at most ``rate``/s if rate > 0."""
     s = make_store(ns, schema)
     while time.time() < start:
         time.sleep(0.001)
@@ -71,7 +87,10 @@ def producer_loop(ns: str, schema: str, seconds: float, rate: float, start: floa
         if rate and made > (now - start) * rate:
             time.sleep(min(0.005, made / rate - (now - start)))
             continue
-        s.charge_many([ChargeRequest(USERS[(made + j) % len(USERS)], 1, "bench") for j in range(BATCH)])
+        if synthetic:
+            synthetic_entries(s, made)
+        else:
+            s.charge_many([ChargeRequest(USERS[(made + j) % len(USERS)], 1, "bench") for j in range(BATCH)])
         made += BATCH
     out.put(made)
 
@@ -98,7 +117,7 @@ def count_rows(schema: str) -> tuple[int, int]:
 
 
 def run(entries: int, seconds: float, producers: int, rate: float, flushers: int,
-        lag_flushers: int) -> dict[str, float]:
+        lag_flushers: int, synthetic: bool) -> dict[str, float]:
     ns, schema = "fbench" + uuid.uuid4().hex[:6], "fbench_" + uuid.uuid4().hex[:6]
     store = make_store(ns, schema)
     migrate(DB, schema)
@@ -137,7 +156,7 @@ def run(entries: int, seconds: float, producers: int, rate: float, flushers: int
             fl.start()
         time.sleep(2.0)
         start = time.time() + 2.0
-        prods = [ctx.Process(target=producer_loop, args=(ns, schema, seconds, rate / producers, start, q))
+        prods = [ctx.Process(target=producer_loop, args=(ns, schema, seconds, rate / producers, start, synthetic, q))
                  for _ in range(producers)]
         for p in prods:
             p.start()
@@ -168,7 +187,8 @@ def run(entries: int, seconds: float, producers: int, rate: float, flushers: int
     return out
 
 
-def table(r: dict[str, float], producers: int, rate: float, flushers: int, lag_flushers: int) -> str:
+def table(r: dict[str, float], producers: int, rate: float, flushers: int, lag_flushers: int,
+          synthetic: bool) -> str:
     lines = [
         "| measure | value |",
         "|---|---:|",
@@ -179,8 +199,11 @@ def table(r: dict[str, float], producers: int, rate: float, flushers: int, lag_f
         lines.append(f"| the same with {flushers} flusher processes at once ({int(r['multi_entries']):,} entries, "
                      f"aggregate) | {r['multi_per_s']:,.0f} entries/s |")
     paced = f"paced at {rate:,.0f}/s" if rate else "as fast as they can"
+    what = (f"entries/s appended during the lag run (synthetic: {producers} processes XADD debit-shaped "
+            f"entries x{BATCH}, no decision" if synthetic else
+            f"decisions/s during the lag run ({producers} producer processes, charge_many x{BATCH}")
     lines += [
-        f"| decisions/s during the lag run ({producers} producer processes, charge_many x{BATCH}, {paced}; "
+        f"| {what}, {paced}; "
         f"{lag_flushers} flusher process{'es' if lag_flushers > 1 else ''}) | {r['decisions_per_s']:,.0f} |",
         f"| lag (age of the oldest unflushed entry) p50 / p99 | {r['lag_p50_ms']:,.0f} ms / "
         f"{r['lag_p99_ms']:,.0f} ms |",
@@ -198,10 +221,12 @@ def main() -> None:
     ap.add_argument("--rate", type=float, default=0.0, help="decisions/s in all during the lag run (0: flat out)")
     ap.add_argument("--flushers", type=int, default=1, help="also drain with this many flusher processes at once")
     ap.add_argument("--lag-flushers", type=int, default=1, help="flusher processes during the lag run")
+    ap.add_argument("--synthetic", action="store_true",
+                    help="lag run: XADD ledger entries directly instead of deciding (isolates the flusher)")
     ap.add_argument("--write", action="store_true")
     args = ap.parse_args()
-    r = run(args.entries, args.seconds, args.producers, args.rate, args.flushers, args.lag_flushers)
-    text = table(r, args.producers, args.rate, args.flushers, args.lag_flushers)
+    r = run(args.entries, args.seconds, args.producers, args.rate, args.flushers, args.lag_flushers, args.synthetic)
+    text = table(r, args.producers, args.rate, args.flushers, args.lag_flushers, args.synthetic)
     print(text)
     if args.write:
         write_section("Flusher", "python bench/flusher.py " + " ".join(sys.argv[1:]),
