@@ -369,17 +369,21 @@ class LedgerFlusher:
     def _pipelined(self, keep_going: Callable[[int], bool], block: bool) -> int:
         """Read and format batch k+1 while a writer thread stores batch k, acks and trims it.
 
-        At most one batch waits for the writer; a batch is acknowledged only after its own commit.
+        The next batch is read only once the writer has taken the last one (double buffering: one
+        batch written, one read), so batches grow with the write time instead of queueing up. A
+        batch is acknowledged only after its own commit.
         A failure on either side stops both and is re-raised; every batch read but not committed
         is kept in ``unwritten`` (and stays pending in Redis), to be written first next time.
         """
         handoff: queue.Queue[Batch | None] = queue.Queue(maxsize=1)
+        taken = threading.Event()
         errors: list[BaseException] = []
         moved = [0]
 
         def writer() -> None:
             while True:
                 batch = handoff.get()
+                taken.set()
                 if batch is None:
                     return
                 try:
@@ -402,6 +406,7 @@ class LedgerFlusher:
                     if not block:
                         break
                     continue
+                taken.clear()
                 while not errors:
                     try:
                         handoff.put(held, timeout=0.1)
@@ -409,6 +414,8 @@ class LedgerFlusher:
                         break
                     except queue.Full:
                         continue
+                while not errors and not taken.wait(0.1):  # read on only while the writer writes
+                    pass
         finally:
             while thread.is_alive():
                 try:
