@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("migrate", help="create the ledger schema in Postgres")
     flush = sub.add_parser("flush", help="copy ledger entries from Redis into Postgres (until interrupted)")
     flush.add_argument("--once", action="store_true", help="drain what is there, then exit")
-    flush.add_argument("--batch", type=int, default=5000)
+    flush.add_argument("--batch", type=int, default=20_000, help="entries per Postgres transaction")
     sub.add_parser("status", help="print the ledger backlog and lag")
     sub.add_parser("restore", help="rebuild every Redis key of the namespace from the ledger")
     sub.add_parser("reconcile", help="compare Redis with the ledger; exit code 1 on drift")

@@ -19,7 +19,7 @@ from conftest import DATABASE_URL, REDIS_URL, drop_namespace, new_namespace, sna
 
 from ducto_redis import CreditMetadata, RedisStore, SpendCap
 from ducto_redis.cli import main as cli
-from ducto_redis.ledger.flusher import LedgerFlusher, migrate
+from ducto_redis.ledger.flusher import Batch, LedgerFlusher, migrate
 
 CLOSED_PORT_URL = "postgresql://postgres@127.0.0.1:1/test"
 
@@ -93,12 +93,14 @@ def test_every_entry_lands_once_and_the_streams_are_trimmed(ledger_store: RedisS
 def test_a_replayed_batch_inserts_nothing_twice(ledger_store: RedisStore) -> None:
     ledger_store.add_credits("u", 10)
     ledger_store.charge("u", 3, "x")
-    entries = [(s, mid, fields) for s in ledger_store.core.keys.all_ledger_streams()
-               for mid, fields in ledger_store.client.xrange(s)]
     f = LedgerFlusher(ledger_store, DATABASE_URL)
-    f._write(entries)
-    f._write(entries)  # e.g. a flusher that committed, died before XACK, and was claimed
+    entries = [(i, mid, [x for kv in fields.items() for x in kv])
+               for i, s in enumerate(f.streams) for mid, fields in f.client.xrange(s)]
+    f._write(Batch(entries, fresh=True))
+    f._write(Batch(entries, fresh=False))  # e.g. a flusher that committed, died before XACK, and was claimed
+    f._write(Batch(entries, fresh=True))  # an id already stored: the direct COPY falls back, stores nothing
     assert rows(ledger_store) == [(2, 2)]
+    assert f.fallbacks == 1
 
 
 def test_ledger_rows_carry_every_field(ledger_store: RedisStore) -> None:
@@ -129,8 +131,8 @@ def test_a_flusher_killed_mid_batch_loses_and_duplicates_nothing(ledger_store: R
         f" ledger_schema={ledger_store.settings.ledger_schema!r});"
         f"f = LedgerFlusher(s, {DATABASE_URL!r}, batch=50, consumer='doomed');"
         "orig = f._write\n"
-        "def slow(entries):\n"
-        "    orig(entries); print('committed', flush=True); time.sleep(0.05)\n"
+        "def slow(*args):\n"
+        "    orig(*args); print('committed', flush=True); time.sleep(0.05)\n"
         "f._write = slow\n"
         "f.run()"
     )
@@ -166,7 +168,7 @@ def test_postgres_unreachable_decisions_continue_and_everything_arrives_after(le
             made += 1
         with pytest.raises(psycopg.OperationalError):
             down.flush_once()
-        assert down._pending_batch  # the batch is kept for the retry, nothing acknowledged
+        assert down.unwritten  # the batch is kept for the retry, nothing acknowledged
     assert ledger_store.ledger_lag().backlog == made
     down.database_url = DATABASE_URL  # Postgres is back
     down.drain()

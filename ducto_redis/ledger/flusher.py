@@ -3,45 +3,51 @@
 Crash-safe and idempotent:
 - entries are read with a consumer group (``ducto-flusher``), so each is delivered to one flusher
   and stays *pending* until acknowledged; several flushers (threads or processes) share the work;
-- a batch is written with COPY into a temporary table and ``INSERT ... ON CONFLICT (entry_id) DO
-  NOTHING``: replaying a batch inserts nothing twice;
+- a batch of entries delivered for the first time is COPYed straight into the ledger table, whose
+  primary key is the entry id: if any id is already there (a group recreated, a duplicated id), the
+  COPY fails as a whole, is rolled back, and the batch takes the idempotent path. Entries claimed
+  from a dead flusher, and a batch retried after an error (its commit may have happened), always
+  take the idempotent path: COPY into a temporary table, ``INSERT ... ON CONFLICT (entry_id) DO
+  NOTHING``. Either way a replayed entry is never stored twice;
 - entries are acknowledged (XACK) only after the commit, then the stream is trimmed below the
-  oldest entry not yet safely stored (XTRIM MINID);
+  oldest entry not yet safely stored (XTRIM MINID): below the oldest pending entry, or when none
+  is pending, just past the last delivered one (read *before* the pending summary, so an entry
+  another flusher read in between is never trimmed);
 - entries left pending by a flusher that died are claimed by another after ``claim_idle_ms``
   (XAUTOCLAIM); when Postgres is unreachable the batch is kept and retried with backoff.
+
+Speed: replies are read as bytes on a private connection whose stream replies skip redis-py's
+per-entry parsing; COPY text is built from the bytes (``copy_text``); ack and trim of every
+stream of a batch take two pipelined round trips; ``run`` and ``drain`` overlap the next batch's
+Redis read with the current batch's Postgres write (a writer thread), so Python and Postgres
+work at the same time. Acks still follow commits, batch by batch.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
+import gc
 import logging
 import os
+import queue
 import socket
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
 
-from redis.cluster import RedisCluster
+import redis
+from redis.cluster import ClusterNode, RedisCluster
 from redis.exceptions import ResponseError
+
+from .copy_text import COLUMNS, COPY_COLUMNS, Entry, copy_payload
 
 log = logging.getLogger("ducto_redis.flusher")
 
 GROUP = "ducto-flusher"
-COLUMNS = (
-    "entry_id", "namespace", "shard", "stream_ms", "stream_seq", "ts", "account_kind", "account_id", "member",
-    "kind", "amount", "balance_after", "held_after", "hold", "reservation_id", "operation_type", "model",
-    "tx_type", "idempotency_key", "expires_ms", "cap_action", "reason", "metadata", "extra",
-)
-# stream field -> column, for the fields stored in their own column
-FIELD_COLUMNS = {
-    "member": "member", "kind": "kind", "rid": "reservation_id", "op": "operation_type", "model": "model",
-    "type": "tx_type", "idem": "idempotency_key", "cap": "cap_action", "reason": "reason",
-}
-INT_FIELDS = {"amount": "amount", "bal": "balance_after", "held": "held_after", "hold": "hold", "exp": "expires_ms"}
-KNOWN = {"id", "ts", "ak", "acct", "meta", *FIELD_COLUMNS, *INT_FIELDS}
+__all__ = ["COLUMNS", "GROUP", "Batch", "LedgerFlusher", "migrate", "schema_sql"]
 
 
 def schema_sql(schema: str) -> str:
@@ -58,25 +64,111 @@ def migrate(database_url: str, schema: str) -> None:
         conn.execute(schema_sql(schema))
 
 
-_ESC = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
-STAGE_COLUMNS = tuple("ts_ms" if c == "ts" else c for c in COLUMNS)
+@dataclass
+class Batch:
+    """Entries moved together in one Postgres transaction.
+
+    ``fresh``: every entry was delivered for the first time (XREADGROUP ``>``), so it may be
+    COPYed straight into the ledger (a duplicate id still falls back to the idempotent path).
+    :meth:`prepare` turns the entries into the COPY payload and the ids to acknowledge per shard,
+    and lets the entries go (a retry writes the same payload).
+    """
+
+    entries: list[Entry]
+    fresh: bool = False
+    payload: bytes | None = None
+    ids: dict[int, list[bytes]] = field(default_factory=dict)
+    count: int = 0
+
+    def prepare(self, namespace: str) -> Batch:
+        if self.payload is None:
+            self.payload = copy_payload(self.entries, namespace)
+            for shard, mid, _ in self.entries:
+                self.ids.setdefault(shard, []).append(mid)
+            self.count = len(self.entries)
+            self.entries = []
+        return self
+
+    def __len__(self) -> int:
+        return self.count if self.payload is not None else len(self.entries)
 
 
-def copy_line(namespace: str, shard: int, stream_id: str, f: dict[str, str]) -> str:
-    """One entry as a line of COPY text format, columns in ``STAGE_COLUMNS`` order (ts as ms)."""
-    ms, _, seq = stream_id.partition("-")
-    g = f.get
-    meta = g("meta")
-    if meta and not meta.startswith("{"):
-        meta = json.dumps({"raw": meta})
-    extra = {k: v for k, v in f.items() if k not in KNOWN}
-    cols = (
-        g("id") or f"{namespace}:{shard}:{stream_id}", namespace, str(shard), ms, seq or "0", g("ts") or ms,
-        g("ak") or "u", g("acct") or "", g("member"), g("kind"), g("amount") or "0", g("bal"), g("held"),
-        g("hold"), g("rid"), g("op"), g("model"), g("type"), g("idem"), g("exp"), g("cap"), g("reason"), meta,
-        json.dumps(extra) if extra else None,
-    )
-    return "\t".join(["\\N" if not v else v.translate(_ESC) for v in cols]) + "\n"
+@contextlib.contextmanager
+def _gc_paused() -> Iterator[None]:
+    """Hold the cyclic garbage collector while a reply of ~100 000 objects is parsed and formatted.
+
+    Every container in the reply survives until the batch is formatted, so the collector would
+    otherwise run (and walk every live object) several times per batch. Reference counting still
+    frees everything; the collector's previous state is restored (only a pause that disabled it
+    enables it again).
+    """
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
+
+
+def _raw(response: Any, **_: Any) -> Any:
+    return response
+
+
+_CLUSTER_KWARGS = ("username", "password", "client_name", "protocol", "socket_timeout", "socket_connect_timeout",
+                   "ssl", "ssl_keyfile", "ssl_certfile", "ssl_cert_reqs", "ssl_ca_certs", "ssl_check_hostname")
+
+
+def bytes_client(client: Any) -> Any:
+    """A client to the same Redis (or cluster) as ``client`` that returns bytes, and whose
+    XREADGROUP / XAUTOCLAIM replies are left as the server sent them (no per-entry parsing)."""
+    if isinstance(client, RedisCluster):
+        cluster: Any = client
+        kwargs = {k: v for k, v in cluster.get_connection_kwargs().items() if k in _CLUSTER_KWARGS}
+        node: Any = ClusterNode
+        return RedisCluster(startup_nodes=[node(n.host, n.port) for n in cluster.get_nodes()], **kwargs)
+    pool = client.connection_pool
+    kwargs = {**pool.connection_kwargs, "decode_responses": False}
+    raw = redis.Redis(connection_pool=redis.ConnectionPool(connection_class=pool.connection_class, **kwargs))
+    raw.set_response_callback("XREADGROUP", _raw)
+    raw.set_response_callback("XAUTOCLAIM", _raw)
+    return raw
+
+
+def _text(v: Any) -> str:
+    return v.decode() if isinstance(v, bytes) else str(v)
+
+
+def _stream_items(reply: Any) -> list[tuple[Any, Any]]:
+    """(stream, messages) pairs of an XREADGROUP reply (RESP2 list or RESP3 map)."""
+    if not reply:
+        return []
+    if isinstance(reply, dict):
+        return list(reply.items())
+    return [(r[0], r[1]) for r in reply]
+
+
+def _fields(fields: Any) -> list[bytes] | None:
+    """A stream entry's fields as the flat [k, v, ...] list of a raw reply (a parsed dict is flattened)."""
+    if not fields:
+        return None
+    if isinstance(fields, dict):
+        return [x for kv in fields.items() for x in kv]
+    return list(fields)
+
+
+def trim_point(last_delivered: Any, pending: Any) -> str:
+    """The MINID below which a stream's entries are stored and acknowledged.
+
+    ``last_delivered`` must have been read before ``pending`` (the pending summary): an entry is
+    pending from delivery until its ack, and delivery is in id order, so everything below the
+    oldest pending id is acknowledged, and with nothing pending everything delivered up to
+    ``last_delivered`` is.
+    """
+    if pending and pending.get("pending"):
+        return _text(pending["min"])
+    ms, _, seq = _text(last_delivered).partition("-")
+    return f"{ms}-{int(seq or 0) + 1}"
 
 
 class LedgerFlusher:
@@ -88,28 +180,30 @@ class LedgerFlusher:
         database_url: str,
         *,
         consumer: str | None = None,
-        batch: int = 5000,
+        batch: int = 20_000,
         block_ms: int = 200,
         claim_idle_ms: int = 30_000,
         schema: str | None = None,
     ) -> None:
         self.store = store
-        self.client = store.client
+        self.client = bytes_client(store.client)
+        self.cluster = isinstance(self.client, RedisCluster)
         self.database_url = database_url
         self.schema = schema or store.settings.ledger_schema
         self.namespace = store.settings.namespace
-        self.streams = store.core.keys.all_ledger_streams()
+        self.stream_names = store.core.keys.all_ledger_streams()
+        self.streams = [s.encode() for s in self.stream_names]
         self.shard_of = {s: i for i, s in enumerate(self.streams)}
         self.consumer = consumer or f"{socket.gethostname()}-{os.getpid()}-{threading.get_ident()}"
         self.batch = batch
         self.block_ms = block_ms
         self.claim_idle_ms = claim_idle_ms
-        self.cluster = isinstance(self.client, RedisCluster)
         self.flushed = 0
         self.failures = 0
+        self.fallbacks = 0  # fresh batches that met an id already stored and took the idempotent path
         self._conn: Any = None
         self._staged = False
-        self._pending_batch: list[tuple[str, str, dict[str, str]]] = []
+        self.unwritten: list[Batch] = []  # read but not yet committed: written first, idempotently
         self._last_claim = 0.0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -127,51 +221,71 @@ class LedgerFlusher:
                     raise
         self._groups_ready = True
 
-    def _read(self, block: bool) -> list[tuple[str, str, dict[str, str]]]:
-        """New entries for this consumer, plus entries a dead consumer left pending."""
-        out: list[tuple[str, str, dict[str, str]]] = []
+    def _collect(self, stream: Any, msgs: Any, out: list[Entry]) -> None:
+        shard = self.shard_of[stream if isinstance(stream, bytes) else str(stream).encode()]
+        for mid, raw in msgs:
+            if raw and type(raw) is list:  # the raw reply: taken as it is
+                out.append((shard, mid, raw))
+                continue
+            fields = _fields(raw)
+            if fields:  # an entry deleted while pending comes back without fields
+                out.append((shard, mid if isinstance(mid, bytes) else str(mid).encode(), fields))
+
+    def _claim(self) -> list[Entry]:
+        """Entries another consumer left pending for longer than ``claim_idle_ms`` (XAUTOCLAIM)."""
+        out: list[Entry] = []
+        pipe = self.client.pipeline(transaction=False)
+        for s in self.streams:
+            pipe.xautoclaim(s, GROUP, self.consumer, self.claim_idle_ms, start_id="0-0", count=self.batch)
+        for s, (_next, msgs, *_) in zip(self.streams, pipe.execute(), strict=True):
+            self._collect(s, msgs, out)
+        return out
+
+    def _read(self, block: bool) -> Batch:
+        """Entries a dead consumer left pending (every ``claim_idle_ms / 2``), else new entries."""
         now = time.monotonic()
         if now - self._last_claim >= self.claim_idle_ms / 2000:
             self._last_claim = now
+            claimed = self._claim()
+            if claimed:
+                return Batch(claimed, fresh=False)
+        out: list[Entry] = []
+        # COUNT applies per stream: split the batch over the shards so a read stays near `batch`
+        per_stream = max(1, -(-self.batch // len(self.streams)))
+        if self.cluster:  # one slot per stream: no multi-stream read; a pipeline per node instead
+            pipe = self.client.pipeline(transaction=False)
             for s in self.streams:
-                _next, msgs, *_ = self.client.xautoclaim(s, GROUP, self.consumer, self.claim_idle_ms,
-                                                         start_id="0-0", count=self.batch)
-                out.extend((s, mid, fields) for mid, fields in msgs if fields)
-        want = max(1, self.batch - len(out))
-        block_ms = self.block_ms if block and not out else None
-        if self.cluster:
-            for s in self.streams:
-                got = self.client.xreadgroup(GROUP, self.consumer, {s: ">"}, count=max(1, want // len(self.streams)))
-                for stream, msgs in got or []:
-                    out.extend((stream, mid, fields) for mid, fields in msgs)
+                pipe.xreadgroup(GROUP, self.consumer, {s: ">"}, count=per_stream)
+            for reply in pipe.execute():
+                for stream, msgs in _stream_items(reply):
+                    self._collect(stream, msgs, out)
+            if not out and block and self.block_ms:
+                time.sleep(self.block_ms / 1000)
         else:
-            # COUNT applies per stream: split the batch over the shards so a read stays near `batch`
-            per_stream = max(1, want // len(self.streams))
-            got = self.client.xreadgroup(GROUP, self.consumer, dict.fromkeys(self.streams, ">"),
-                                         count=per_stream, block=block_ms)
-            for stream, msgs in got or []:
-                out.extend((stream, mid, fields) for mid, fields in msgs)
-        return out
+            reply = self.client.xreadgroup(GROUP, self.consumer, dict.fromkeys(self.streams, ">"),
+                                           count=per_stream, block=self.block_ms if block and self.block_ms else None)
+            for stream, msgs in _stream_items(reply):
+                self._collect(stream, msgs, out)
+        return Batch(out, fresh=True)
 
-    def _ack_and_trim(self, entries: Iterable[tuple[str, str, dict[str, str]]]) -> None:
-        by_stream: dict[str, list[str]] = {}
-        for s, mid, _ in entries:
-            by_stream.setdefault(s, []).append(mid)
-        for s, ids in by_stream.items():
-            self.client.xack(s, GROUP, *ids)
-            self._trim(s)
-
-    def _trim(self, stream: str) -> None:
-        """Drop the entries below the oldest one not yet acknowledged (or not yet delivered)."""
-        pending = self.client.xpending(stream, GROUP)
-        if pending and pending.get("pending"):
-            minid = pending["min"]
-        else:
-            groups = {g["name"]: g for g in self.client.xinfo_groups(stream)}
-            last = groups[GROUP]["last-delivered-id"] if GROUP in groups else "0-0"
-            ms, _, seq = str(last).partition("-")
-            minid = f"{ms}-{int(seq) + 1}"
-        self.client.xtrim(stream, minid=minid, approximate=False)
+    def _ack_and_trim(self, by_stream: dict[int, list[bytes]]) -> None:
+        """XACK the batch, then XTRIM each stream it touched: two pipelined round trips."""
+        shards = list(by_stream)
+        pipe = self.client.pipeline(transaction=False)
+        for shard in shards:
+            s = self.streams[shard]
+            pipe.xack(s, GROUP, *by_stream[shard])
+            pipe.xinfo_groups(s)  # the last delivered id, read BEFORE the pending summary
+            pipe.xpending(s, GROUP)
+        replies = pipe.execute()
+        pipe = self.client.pipeline(transaction=False)
+        for i, shard in enumerate(shards):
+            groups, pending = replies[3 * i + 1], replies[3 * i + 2]
+            group = next((g for g in groups if _text(g["name"]) == GROUP), None)
+            if group is None:
+                continue
+            pipe.xtrim(self.streams[shard], minid=trim_point(group["last-delivered-id"], pending), approximate=False)
+        pipe.execute()
 
     # ── Postgres side ─────────────────────────────────────────────────
 
@@ -183,23 +297,60 @@ class LedgerFlusher:
             self._staged = False
         return self._conn
 
-    def _write(self, entries: list[tuple[str, str, dict[str, str]]]) -> None:
+    def _write(self, batch: Batch) -> None:
+        """Store the batch in one transaction (see the module docstring for the two paths)."""
+        import psycopg
+
+        payload = batch.prepare(self.namespace).payload
         conn = self._connection()
+        columns = ", ".join(COPY_COLUMNS)
         with conn.cursor() as cur:
+            if batch.fresh:
+                try:
+                    with cur.copy(f"COPY {self.schema}.ledger ({columns}) FROM STDIN (NULL '')") as copy:
+                        copy.write(payload)
+                    conn.commit()
+                    return
+                except psycopg.errors.UniqueViolation:
+                    conn.rollback()
+                    self.fallbacks += 1
             if not self._staged:
                 cur.execute(f"CREATE TEMP TABLE IF NOT EXISTS ledger_stage "
                             f"(LIKE {self.schema}.ledger INCLUDING DEFAULTS) ON COMMIT DELETE ROWS")
-                cur.execute("ALTER TABLE ledger_stage DROP COLUMN ts, ADD COLUMN ts_ms bigint")
                 self._staged = True
-            payload = "".join(copy_line(self.namespace, self.shard_of[s], mid, fields) for s, mid, fields in entries)
-            with cur.copy(f"COPY ledger_stage ({', '.join(STAGE_COLUMNS)}) FROM STDIN") as copy:
-                copy.write(payload.encode("utf-8"))
-            select = ", ".join("to_timestamp(ts_ms / 1000.0)" if c == "ts" else c for c in COLUMNS)
-            cur.execute(f"INSERT INTO {self.schema}.ledger ({', '.join(COLUMNS)}) SELECT {select} "
+            with cur.copy(f"COPY ledger_stage ({columns}) FROM STDIN (NULL '')") as copy:
+                copy.write(payload)
+            cur.execute(f"INSERT INTO {self.schema}.ledger ({columns}) SELECT {columns} "
                         f"FROM ledger_stage ON CONFLICT (entry_id) DO NOTHING")
         conn.commit()
 
+    def _write_or_keep(self, batch: Batch) -> None:
+        """Write; on failure keep the batch (first in line) for an idempotent retry and re-raise."""
+        try:
+            self._write(batch)
+        except Exception:
+            batch.fresh = False  # the commit may have happened: replay idempotently
+            self.unwritten.insert(0, batch)
+            if self._conn is not None:
+                with contextlib.suppress(Exception):
+                    self._conn.close()
+            self._conn = None
+            raise
+
     # ── the loop ──────────────────────────────────────────────────────
+
+    def _next_batch(self, block: bool) -> Batch:
+        """The next batch, prepared: one kept from a failed write, else what Redis has now; if
+        that is nothing and ``block``, what arrives within ``block_ms`` (read with the GC on)."""
+        if not self._groups_ready:
+            self.ensure_groups()
+        if self.unwritten:
+            return self.unwritten.pop(0)
+        with _gc_paused():
+            batch = self._read(block=False).prepare(self.namespace)
+        if not batch and block:
+            batch = self._read(block=True).prepare(self.namespace)
+        return batch
 
     def flush_once(self, block: bool = False) -> int:
         """Move one batch: read, write (COPY), commit, then ack and trim. Returns entries moved.
@@ -207,36 +358,89 @@ class LedgerFlusher:
         A batch that failed to reach Postgres is kept and written again first; nothing is
         acknowledged before its commit.
         """
-        if not self._groups_ready:
-            self.ensure_groups()
-        batch = self._pending_batch or self._read(block)
+        batch = self._next_batch(block)
         if not batch:
             return 0
-        self._pending_batch = batch
-        try:
-            self._write(batch)
-        except Exception:
-            if self._conn is not None:
-                with contextlib.suppress(Exception):
-                    self._conn.close()
-            self._conn = None
-            raise
-        self._pending_batch = []
-        self._ack_and_trim(batch)
+        self._write_or_keep(batch)
+        self._ack_and_trim(batch.ids)
         self.flushed += len(batch)
         return len(batch)
 
+    def _pipelined(self, keep_going: Callable[[int], bool], block: bool) -> int:
+        """Read and format batch k+1 while a writer thread stores batch k, acks and trims it.
+
+        The next batch is read only once the writer has taken the last one (double buffering: one
+        batch written, one read), so batches grow with the write time instead of queueing up. A
+        batch is acknowledged only after its own commit.
+        A failure on either side stops both and is re-raised; every batch read but not committed
+        is kept in ``unwritten`` (and stays pending in Redis), to be written first next time.
+        """
+        handoff: queue.Queue[Batch | None] = queue.Queue(maxsize=1)
+        taken = threading.Event()
+        errors: list[BaseException] = []
+        moved = [0]
+
+        def writer() -> None:
+            while True:
+                batch = handoff.get()
+                taken.set()
+                if batch is None:
+                    return
+                try:
+                    self._write_or_keep(batch)
+                    self._ack_and_trim(batch.ids)
+                except BaseException as exc:
+                    errors.append(exc)
+                    return
+                self.flushed += len(batch)
+                moved[0] += len(batch)
+
+        thread = threading.Thread(target=writer, name="ducto-ledger-writer", daemon=True)
+        thread.start()
+        held: Batch | None = None  # read by this thread, not yet handed to the writer
+        try:
+            while not errors and keep_going(moved[0]):
+                held = self._next_batch(block)
+                if not held:
+                    held = None
+                    if not block:
+                        break
+                    continue
+                taken.clear()
+                while not errors:
+                    try:
+                        handoff.put(held, timeout=0.1)
+                        held = None
+                        break
+                    except queue.Full:
+                        continue
+                while not errors and not taken.wait(0.1):  # read on only while the writer writes
+                    pass
+        finally:
+            while thread.is_alive():
+                try:
+                    handoff.put(None, timeout=0.1)
+                    break
+                except queue.Full:
+                    continue
+            thread.join()
+            with contextlib.suppress(queue.Empty):
+                while (left := handoff.get_nowait()) is not None:  # handed over, never taken
+                    self.unwritten.append(left)
+            if held is not None:
+                self.unwritten.append(held)
+        if errors:
+            raise errors[0]
+        return moved[0]
+
     def drain(self, timeout: float = 60.0) -> int:
         """Flush until nothing is left to read (or ``timeout``); returns entries moved."""
-        moved = 0
         deadline = time.monotonic() + timeout
         self._last_claim = 0.0
-        while time.monotonic() < deadline:
-            n = self.flush_once(block=False)
-            moved += n
-            if n == 0 and not self._pending_batch:
-                return moved
-        return moved
+        moved = 0
+        while self.unwritten and time.monotonic() < deadline:
+            moved += self.flush_once()
+        return moved + self._pipelined(lambda _n: time.monotonic() < deadline, block=False)
 
     def run(self, stop: threading.Event | None = None) -> None:
         """Flush until ``stop`` is set, retrying with exponential backoff when anything fails."""
@@ -244,7 +448,9 @@ class LedgerFlusher:
         delay = 0.05
         while not stop.is_set():
             try:
-                self.flush_once(block=True)
+                while self.unwritten and not stop.is_set():
+                    self.flush_once()
+                self._pipelined(lambda _n: not stop.is_set(), block=True)
                 delay = 0.05
             except Exception as exc:
                 self.failures += 1

@@ -64,29 +64,35 @@ class LedgerStoreMixin:
             self._flusher = None
 
     def ledger_lag(self) -> LedgerLag:
-        """Entries not yet stored in Postgres (per shard and in all), pending ones, oldest age."""
-        from redis.exceptions import ResponseError
+        """Entries not yet stored in Postgres (per shard and in all), pending ones, oldest age.
 
+        One pipelined round trip (per node on a cluster) for every shard.
+        """
         from .flusher import GROUP
 
-        lag = LedgerLag()
+        streams = self.core.keys.all_ledger_streams()
+        pipe = self.client.pipeline(transaction=False)
+        for stream in streams:
+            pipe.xlen(stream)
+            pipe.xrange(stream, count=1)
+            pipe.xpending(stream, GROUP)
+        replies = pipe.execute(raise_on_error=False)
         now_ms = int(time.time() * 1000)
+        lag = LedgerLag()
         oldest: int | None = None
-        for shard, stream in enumerate(self.core.keys.all_ledger_streams()):
-            n = int(self.client.xlen(stream))
+        for shard in range(len(streams)):
+            n, first, pending = replies[3 * shard: 3 * shard + 3]
+            if isinstance(n, Exception):
+                raise n
             if not n:
                 continue
-            lag.per_shard[shard] = n
-            lag.backlog += n
-            first = self.client.xrange(stream, count=1)
-            if first:
+            lag.per_shard[shard] = int(n)
+            lag.backlog += int(n)
+            if first and not isinstance(first, Exception):
                 ms = int(str(first[0][0]).split("-")[0])
                 oldest = ms if oldest is None else min(oldest, ms)
-            try:
-                pending = self.client.xpending(stream, GROUP)
-                lag.pending += int(pending.get("pending", 0)) if pending else 0
-            except ResponseError:  # no group yet: nothing delivered
-                pass
+            if pending and not isinstance(pending, Exception):  # no group yet: nothing delivered
+                lag.pending += int(pending.get("pending", 0))
         lag.oldest_unflushed_age_ms = max(0, now_ms - oldest) if oldest is not None else 0
         return lag
 

@@ -1,0 +1,167 @@
+"""The fast flusher path: COPY text built from bytes, several flushers at once, backpressure, CLI."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import psycopg
+import pytest
+from conftest import DATABASE_URL, REDIS_URL, drop_namespace, new_namespace
+from test_ledger import rows, workload
+
+from ducto_redis import CreditMetadata, RedisStore
+from ducto_redis.cli import main as cli
+from ducto_redis.ledger.copy_text import _general_line, _lines, copy_payload
+from ducto_redis.ledger.flusher import LedgerFlusher, migrate, trim_point
+
+
+@pytest.fixture
+def ledger_store(redis_client: Any) -> Iterator[RedisStore]:
+    schema = "t_" + uuid.uuid4().hex[:10]
+    store = RedisStore.from_url(REDIS_URL, namespace=new_namespace(), ledger_schema=schema,
+                                database_url=DATABASE_URL)
+    assert store.setup().success
+    yield store
+    store.stop_flusher()
+    drop_namespace(redis_client, store.settings.namespace)
+    with psycopg.connect(DATABASE_URL, autocommit=True) as c:
+        c.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+
+
+def raw_entries(f: LedgerFlusher) -> list[tuple[int, bytes, list[bytes]]]:
+    return [(i, mid, [x for kv in fields.items() for x in kv])
+            for i, s in enumerate(f.streams) for mid, fields in f.client.xrange(s)]
+
+
+def test_every_shape_of_entry_formats_as_the_reference_path_does(ledger_store: RedisStore) -> None:
+    workload(ledger_store)
+    ledger_store.add_credits("m", 5, metadata=CreditMetadata(reference_id="r", custom="v"))
+    f = LedgerFlusher(ledger_store, DATABASE_URL)
+    entries = raw_entries(f)
+    ns = ledger_store.settings.namespace.encode()
+    fast = _lines(entries, ns, False)
+    reference = [_general_line(ns + b"\t%d\t" % shard, ns, shard, mid, flat, False) for shard, mid, flat in entries]
+    assert len({tuple(flat[0::2]) for _, _, flat in entries}) > 8  # many script paths, many shapes
+    assert fast == reference
+    # an unknown field goes to `extra`, an entry without id gets one from its stream position
+    odd = [(3, b"5-1", [b"ts", b"1700000000123", b"acct", b"a", b"kind", b"debit", b"new", b"x"])]
+    (line,) = _lines(odd, ns, False)
+    cols = line.split(b"\t")
+    assert cols[2] == ns + b":3:5-1" and cols[-1] == b'{"new": "x"}' and b"2023-11-14 22:13:20.123+00" in cols
+
+
+def test_values_that_need_copy_escapes_arrive_exactly(ledger_store: RedisStore) -> None:
+    nasty = "tab\there\nnew line\\N back\\slash\r\u00e9"
+    ledger_store.add_credits("user\\with\tbackslash", 7, metadata=CreditMetadata(reference_id=nasty),
+                             idempotency_key=nasty)
+    ledger_store.add_credits("plain", 1)
+    f = LedgerFlusher(ledger_store, DATABASE_URL)
+    assert b"\\" in copy_payload(raw_entries(f), ledger_store.settings.namespace)  # escaped
+    assert f.drain() == 2
+    got = rows(ledger_store, "SELECT account_id, idempotency_key, metadata, member FROM {t} ORDER BY amount DESC")
+    assert got[0] == ("user\\with\tbackslash", nasty, {"reference_id": nasty}, None)
+    assert got[1][0] == "plain"
+
+
+def test_trim_point_is_below_the_oldest_pending_entry_else_past_the_last_delivered() -> None:
+    assert trim_point(b"17-3", {"pending": 2, "min": b"12-0"}) == "12-0"
+    assert trim_point(b"17-3", {"pending": 0, "min": None}) == "17-4"
+    assert trim_point("0-0", None) == "0-1"
+
+
+def test_two_flushers_at_once_store_every_entry_exactly_once_while_decisions_run(ledger_store: RedisStore) -> None:
+    for i in range(30):
+        ledger_store.add_credits(f"u{i}", 10_000)
+    flushers = [LedgerFlusher(ledger_store, DATABASE_URL, batch=40, block_ms=5, consumer=f"f{n}") for n in (1, 2)]
+    stop = threading.Event()
+    threads = [threading.Thread(target=f.run, args=(stop,)) for f in flushers]
+    for t in threads:
+        t.start()
+    made = 30
+    for _ in range(40):
+        for i in range(30):
+            assert ledger_store.charge(f"u{i}", 1, "x").error is None
+            made += 1
+    deadline = time.time() + 30
+    while ledger_store.ledger_lag().backlog and time.time() < deadline:
+        time.sleep(0.02)
+    stop.set()
+    for t in threads:
+        t.join(10)
+    assert rows(ledger_store) == [(made, made)]
+    assert all(f.flushed > 0 for f in flushers)  # both took part
+    assert sum(f.flushed for f in flushers) == made
+    lag = ledger_store.ledger_lag()
+    assert (lag.backlog, lag.pending) == (0, 0)
+
+
+@pytest.mark.parametrize("policy", ["closed", "open"])
+def test_backlog_limit_refuses_or_accepts_by_policy_until_the_flusher_drains(redis_client: Any, policy: str) -> None:
+    schema = "t_" + uuid.uuid4().hex[:10]
+    s = RedisStore.from_url(REDIS_URL, namespace=new_namespace(), ledger_schema=schema, ledger_max_backlog=5,
+                            ledger_backlog_policy=policy)
+    try:
+        migrate(DATABASE_URL, schema)
+        s.add_credits("u", 100)
+        results = [s.charge("u", 1, "x").error for _ in range(6)]
+        full = "ledger_backlog_full" if policy == "closed" else None
+        assert results == [None] * 4 + [full] * 2
+        assert s.add_credits("u", 1).new_balance == 101 - results.count(None)  # credits are never refused
+        assert s.get_balance("u").balance == 101 - results.count(None)
+        LedgerFlusher(s, DATABASE_URL).drain()
+        assert s.ledger_lag().backlog == 0
+        assert s.charge("u", 1, "x").error is None
+    finally:
+        drop_namespace(redis_client, s.settings.namespace)
+        with psycopg.connect(DATABASE_URL, autocommit=True) as c:
+            c.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+
+
+def test_cli_status_flush_and_restore_with_its_progress_bar(ledger_store: RedisStore, capsys: Any) -> None:
+    for i in range(12):
+        ledger_store.add_credits(f"u{i}", 100 + i)
+    args = ["--redis-url", REDIS_URL, "--namespace", ledger_store.settings.namespace,
+            "--database-url", DATABASE_URL, "--ledger-schema", ledger_store.settings.ledger_schema]
+    assert cli([*args, "status"]) == 0
+    assert "backlog 12 entries" in capsys.readouterr().out
+    assert cli([*args, "flush", "--once"]) == 0
+    assert "flushed 12 entries" in capsys.readouterr().out
+    assert cli([*args, "status"]) == 0
+    assert "backlog 0 entries, pending 0, oldest unflushed 0 ms" in capsys.readouterr().out
+    drop_namespace(ledger_store.client, ledger_store.settings.namespace)
+    assert cli([*args, "restore"]) == 0
+    out, err = capsys.readouterr()
+    assert "restored 12 accounts" in out
+    assert "restore [##############################] 12/12 accounts" in err
+    assert [ledger_store.get_balance(f"u{i}").balance for i in range(12)] == [100 + i for i in range(12)]
+    assert cli([*args, "reconcile"]) == 0
+
+
+def test_a_running_flusher_rides_out_postgres_being_away_under_load(ledger_store: RedisStore) -> None:
+    for i in range(20):
+        ledger_store.add_credits(f"u{i}", 10_000)
+    f = LedgerFlusher(ledger_store, "postgresql://postgres@127.0.0.1:1/test", batch=50, block_ms=5)
+    stop = threading.Event()
+    thread = threading.Thread(target=f.run, args=(stop,))
+    thread.start()
+    made = 20
+    try:
+        for _ in range(25):
+            for i in range(20):
+                assert ledger_store.charge(f"u{i}", 1, "x").error is None  # decisions go on
+                made += 1
+        assert f.failures > 0 and rows(ledger_store)[0][0] == 0
+        assert sum(len(b) for b in f.unwritten) <= 2 * 50  # what it holds in memory stays bounded
+        f.database_url = DATABASE_URL  # Postgres is back
+        deadline = time.time() + 30
+        while ledger_store.ledger_lag().backlog and time.time() < deadline:
+            time.sleep(0.05)
+    finally:
+        stop.set()
+        thread.join(10)
+    assert rows(ledger_store) == [(made, made)]
+    assert ledger_store.ledger_lag().pending == 0
