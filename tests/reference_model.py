@@ -1,5 +1,6 @@
 """A pure-Python reference model of the single-user rules: balances, holds with expiry, spend caps
-with calendar windows, idempotency. The model-based test drives it and a real store side by side.
+with calendar windows, idempotency, refunds (once per debit) and plans' monthly free allowances
+(consumed before paid credits). The model-based test drives it and a real store side by side.
 
 It is written from the README's semantics, not from the Lua, so a disagreement is a finding.
 """
@@ -38,6 +39,10 @@ class Account:
     idem: dict[str, tuple[object, ...]] = field(default_factory=dict)
     credits_in: int = 0
     debits_out: int = 0
+    refundable: dict[str, int] = field(default_factory=dict)  # debit id -> amount
+    refunded: set[str] = field(default_factory=set)
+    plan: str = ""
+    used: dict[tuple[str, int], int] = field(default_factory=dict)  # (plan, month bucket) -> allowance used
 
     def held(self, now_ms: int) -> int:
         return sum(h.amount for h in self.holds.values() if h.expires_ms > now_ms)
@@ -143,3 +148,58 @@ class Model:
 
     def set_cap(self, user: str, period: str, model: str, limit: int, action: str) -> None:
         self.acct(user).caps[(period, model)] = (limit, action)
+
+    # ── refunds and plans ────────────────────────────────────────────
+
+    def record_debit(self, user: str, tx: str, amount: int) -> None:
+        """An accepted debit of ``amount`` > 0 made transaction ``tx``: it may be refunded once."""
+        if amount > 0:
+            self.acct(user).refundable[tx] = amount
+
+    def refund(self, user: str, tx: str, amount: int | None) -> tuple[object, ...]:
+        """refund_credits: (status, new balance); a debit is refunded once, never past its amount."""
+        a = self.acct(user)
+        if tx not in a.refundable:
+            return ("transaction_not_found", None)
+        if tx in a.refunded:
+            return ("already_refunded", None)
+        x = a.refundable[tx] if amount is None else amount
+        if not 1 <= x <= a.refundable[tx]:
+            return ("invalid_amount", None)
+        a.refunded.add(tx)
+        a.bal += x
+        a.credits_in += x  # a refund is not negative spend: the windows stay gross
+        return ("ok", a.bal)
+
+    def set_plan(self, user: str, plan: str) -> None:
+        self.acct(user).plan = plan
+
+    def allowance_left(self, user: str, allowances: dict[str, int], now: int) -> int:
+        a = self.acct(user)
+        if not a.plan:
+            return 0
+        return max(0, allowances.get(a.plan, 0) - a.used.get((a.plan, bucket("m", now)), 0))
+
+    def charge_with_allowance(
+        self, user: str, amount: int, key: str | None, allowances: dict[str, int], now: int
+    ) -> tuple[object, ...]:
+        """The plan's allowance first, then the paid rest as a charge. (status, balance, cap action, free)."""
+        a = self.acct(user)
+        if key and key in a.idem:
+            return a.idem[key]
+        free = min(self.allowance_left(user, allowances, now), amount)
+        paid = amount - free
+        if paid > 0:
+            status, bal, action = self.debit(user, paid, None, "", None, now)
+            if status != "ok":
+                return (status, bal, action, 0)  # a refusal consumes no allowance
+        else:
+            a.sweep(now)
+            bal, action = a.bal, None
+        if free:
+            slot = (a.plan, bucket("m", now))
+            a.used[slot] = a.used.get(slot, 0) + free
+        result: tuple[object, ...] = ("ok", bal, action, free)
+        if key:
+            a.idem[key] = result
+        return result

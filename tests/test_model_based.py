@@ -1,7 +1,9 @@
 """Model-based test: random operations on a real store and on the reference model must agree.
 
-After every step: balance, held, lifetime, each cap's current spend, and the conservation
-invariant (credits in − debits out = balance; held ≤ balance) match. Time is controlled with the
+After every step: balance, held, lifetime, each cap's current spend, each plan's allowance left,
+and the conservation invariant (credits in − debits out = balance, refunds counted in; held ≤
+balance) match, and the ledger's signed amounts sum to each balance. Refunds (once per debit) and
+plans' monthly free allowances (consumed before paid credits) are in the model too. Time is controlled with the
 store's test clock, so hold expiry and day/month window rollovers happen within the run.
 Runs on MemoryStore and on the real Redis. ``--slow`` runs many more examples.
 """
@@ -12,14 +14,15 @@ from typing import Any
 
 import pytest
 from hypothesis import strategies as st
-from hypothesis.stateful import Bundle, RuleBasedStateMachine, consumes, initialize, invariant, rule
+from hypothesis.stateful import Bundle, RuleBasedStateMachine, consumes, initialize, invariant, precondition, rule
 from model_support import ADVANCES, OPERATIONS, LedgerSums, close_store, open_store, run_machine, store_now
 from reference_model import Model, bucket
 
-from ducto_redis import CreditMetadata, RedisStore, SpendCap
+from ducto_redis import CreditMetadata, PlanDefinition, PricingConfigData, RedisStore, SpendCap
 
 USERS = ["alice", "b{o}b:1"]
 MODELS = ["", "gpt-4"]
+ALLOWANCES = {"pro": 30, "max": 80}
 
 
 def make_machine(backend: str) -> type[RuleBasedStateMachine]:
@@ -32,6 +35,14 @@ def make_machine(backend: str) -> type[RuleBasedStateMachine]:
             self.model = Model()
             self.ledger = LedgerSums(self.store)
             self.ops = 0
+            self.debits: list[tuple[str, str]] = []  # (user, transaction id) of accepted debits
+            self.store.set_active_pricing(PricingConfigData(models={"m": "input_tokens"}, plans={
+                p: PlanDefinition(id=p, name=p.title(), free_allowance=n) for p, n in ALLOWANCES.items()}))
+
+        def accepted(self, user: str, tx: str, amount: int) -> None:
+            if amount > 0:
+                self.model.record_debit(user, tx, amount)
+                self.debits.append((user, tx))
 
         def now(self) -> int:
             return store_now(self.store)
@@ -77,6 +88,8 @@ def make_machine(backend: str) -> type[RuleBasedStateMachine]:
             expected = self.model.debit(user, actual, rid, model, key, self.now())
             d = self.store.deduct_credits(user, rid, actual, idempotency_key=key, metadata=meta)
             assert (d.error or "ok", d.balance_after, d.cap_action) == expected
+            if d.error is None:
+                self.accepted(user, d.transaction_id, -d.amount)
 
         @rule(h=consumes(holds))
         def release(self, h: tuple[str, str, int]) -> None:
@@ -93,6 +106,8 @@ def make_machine(backend: str) -> type[RuleBasedStateMachine]:
             expected = self.model.debit(user, amount, rid, "", None, self.now())
             d = self.store.deduct_credits(user, rid, amount)
             assert (d.error or "ok", d.balance_after, d.cap_action) == expected
+            if d.error is None:
+                self.accepted(user, d.transaction_id, -d.amount)
 
         @rule(user=st.sampled_from(USERS), amount=st.sampled_from([1, 2, 5, 10, 20]), model=st.sampled_from(MODELS),
               key=st.sampled_from([None, "c1", "c2", "c3"]))
@@ -102,6 +117,44 @@ def make_machine(backend: str) -> type[RuleBasedStateMachine]:
             expected = self.model.debit(user, amount, None, model, key, self.now())
             d = self.store.charge(user, amount, "req", idempotency_key=key, metadata=meta)
             assert (d.error or "ok", d.balance_after, d.cap_action) == expected
+            if d.error is None:
+                self.accepted(user, d.transaction_id, -d.amount)
+
+        @rule(user=st.sampled_from(USERS), plan=st.sampled_from(sorted(ALLOWANCES)))
+        def set_plan(self, user: str, plan: str) -> None:
+            self.ops += 1
+            self.store.set_user_plan(user, plan)
+            self.model.set_plan(user, plan)
+
+        @rule(user=st.sampled_from(USERS), amount=st.sampled_from([1, 5, 12, 25]),
+              key=st.sampled_from([None, "a1", "a2"]))
+        def charge_with_allowance(self, user: str, amount: int, key: str | None) -> None:
+            self.ops += 1
+            expected = self.model.charge_with_allowance(user, amount, key, ALLOWANCES, self.now())
+            r = self.store.charge_with_allowance(user, amount, "req", idempotency_key=key)
+            assert (r.error or "ok", r.balance_after, r.cap_action, r.allowance_used) == expected
+            if r.error is None:
+                self.accepted(user, r.transaction_id, -r.amount)
+
+        @precondition(lambda self: self.debits)
+        @rule(data=st.data(), amount=st.sampled_from([None, 1, 3, 10, 50]))
+        def refund(self, data: st.DataObject, amount: int | None) -> None:
+            self.ops += 1
+            user, tx = data.draw(st.sampled_from(self.debits))
+            status, balance = self.model.refund(user, tx, amount)
+            r = self.store.refund_credits(tx, amount)
+            assert (r.error or "ok") == status, (r, status)
+            if status == "ok":
+                assert (r.new_balance, r.user_id) == (balance, user)
+
+        @rule(tx=st.sampled_from(["", "nope", "00000000-0000-4000-8000-000000000000"]))
+        def refund_unknown(self, tx: str) -> None:
+            self.ops += 1
+            try:
+                r = self.store.refund_credits(tx)
+            except ValueError:
+                return  # an empty id is refused naming the field, before anything is written
+            assert r.error == "transaction_not_found"
 
         @rule(user=st.sampled_from(USERS), period=st.sampled_from(["d", "m"]), model=st.sampled_from(MODELS),
               limit=st.sampled_from([0, 5, 10, 20, 30, 50]), action=st.sampled_from(["deny", "warn", "notify"]))
@@ -123,6 +176,10 @@ def make_machine(backend: str) -> type[RuleBasedStateMachine]:
                 m = self.model.acct(user)
                 b = self.store.get_balance(user)
                 assert (b.balance, b.held, b.lifetime_purchased) == (m.bal, m.held(now), m.life), user
+                if m.plan:
+                    left = self.store.check_allowance(user)
+                    assert (left.plan_id, left.allowance_remaining) == (
+                        m.plan, self.model.allowance_left(user, ALLOWANCES, now)), user
                 assert m.credits_in - m.debits_out == b.balance  # conservation
                 assert b.held >= 0 and b.balance >= 0
                 keys = self.store.core.keys.user(user)
