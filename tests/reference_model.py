@@ -7,6 +7,7 @@ It is written from the README's semantics, not from the Lua, so a disagreement i
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
@@ -19,6 +20,24 @@ def bucket(period: str, now_ms: int) -> int:
         return now_ms // DAY_MS
     d = datetime.fromtimestamp(now_ms / 1000, timezone.utc)
     return d.year * 12 + d.month - 1
+
+
+def caps_verdict(
+    caps: dict[tuple[str, str], tuple[int, str]], spent: Callable[[str, str], int], model: str, amount: int
+) -> tuple[bool, str | None]:
+    """Spending ``amount`` on ``model`` against caps {(period, model or ""): (limit, action)}, with
+    ``spent(period, scope)`` the window's spend ("*" for all models): (a deny cap is exceeded,
+    the action of the warn / notify caps crossed — warn wins)."""
+    deny, action = False, None
+    for (period, cap_model), (limit, act) in caps.items():
+        if cap_model not in ("", model):
+            continue
+        if spent(period, "*" if cap_model == "" else cap_model) + amount > limit:
+            if act == "deny":
+                deny = True
+            elif action is None or act == "warn":
+                action = act
+    return deny, action
 
 
 @dataclass
@@ -86,17 +105,7 @@ class Model:
         self.acct(user).holds[rid] = Hold(amount, expires_ms)
 
     def _caps_deny(self, a: Account, model: str, amount: int, now: int) -> tuple[bool, str | None]:
-        deny, action = False, None
-        for (period, cap_model), (limit, act) in a.caps.items():
-            if cap_model not in ("", model):
-                continue
-            spent = a.window(period, now, "*" if cap_model == "" else cap_model)
-            if spent + amount > limit:
-                if act == "deny":
-                    deny = True
-                elif action is None or act == "warn":
-                    action = act
-        return deny, action
+        return caps_verdict(a.caps, lambda period, scope: a.window(period, now, scope), model, amount)
 
     def debit(
         self, user: str, amount: int, rid: str | None, model: str, key: str | None, now: int

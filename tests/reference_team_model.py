@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from reference_model import bucket
+from reference_model import bucket, caps_verdict
 
 
 @dataclass
@@ -92,17 +92,8 @@ class TeamModel:
         self.caps[(period, model)] = (limit, action)
 
     def _team_caps(self, model: str, amount: int, now: int) -> tuple[bool, str | None]:
-        deny, action = False, None
-        for (period, cap_model), (limit, act) in self.caps.items():
-            if cap_model not in ("", model):
-                continue
-            spent = self.spend.get((period, bucket(period, now), "*" if cap_model == "" else cap_model), 0)
-            if spent + amount > limit:
-                if act == "deny":
-                    deny = True
-                elif action is None or act == "warn":
-                    action = act
-        return deny, action
+        return caps_verdict(self.caps, lambda period, scope: self.spend.get((period, bucket(period, now), scope), 0),
+                            model, amount)
 
     def reserve(self, uid: str, amount: int, now: int) -> str:
         """Whether a hold may be taken (the caller records it with the store's id and expiry)."""
