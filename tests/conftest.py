@@ -162,6 +162,26 @@ def store(request: pytest.FixtureRequest, redis_client: redis.Redis) -> Iterator
         s.close()
 
 
+@pytest.fixture
+def ledger_store(redis_client: Any) -> Iterator[RedisStore]:
+    """A RedisStore with its own namespace and its own Postgres ledger schema (dropped afterwards)."""
+    import psycopg
+
+    try:
+        psycopg.connect(DATABASE_URL, connect_timeout=3).close()
+    except psycopg.OperationalError as exc:
+        pytest.fail(f"PostgreSQL is not answering at {DATABASE_URL} ({exc}); start it or run .ci/run")
+    schema = "t_" + uuid.uuid4().hex[:10]
+    store = RedisStore.from_url(REDIS_URL, namespace=new_namespace(), ledger_schema=schema,
+                                database_url=DATABASE_URL)
+    assert store.setup().success
+    yield store
+    store.stop_flusher()
+    drop_namespace(redis_client, store.settings.namespace)
+    with psycopg.connect(DATABASE_URL, autocommit=True) as c:
+        c.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+
+
 def snapshot(store: RedisStore) -> dict[str, Any]:
     """Every key of the store's namespace with its type, value and TTL presence."""
     c = store.client

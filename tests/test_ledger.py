@@ -9,7 +9,6 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -22,23 +21,6 @@ from ducto_redis.cli import main as cli
 from ducto_redis.ledger.flusher import Batch, LedgerFlusher, migrate
 
 CLOSED_PORT_URL = "postgresql://postgres@127.0.0.1:1/test"
-
-
-@pytest.fixture
-def ledger_store(redis_client: Any) -> Iterator[RedisStore]:
-    try:
-        psycopg.connect(DATABASE_URL, connect_timeout=3).close()
-    except psycopg.OperationalError as exc:
-        pytest.fail(f"PostgreSQL is not answering at {DATABASE_URL} ({exc}); start it or run .ci/run")
-    schema = "t_" + uuid.uuid4().hex[:10]
-    store = RedisStore.from_url(REDIS_URL, namespace=new_namespace(), ledger_schema=schema,
-                                database_url=DATABASE_URL)
-    assert store.setup().success
-    yield store
-    store.stop_flusher()
-    drop_namespace(redis_client, store.settings.namespace)
-    with psycopg.connect(DATABASE_URL, autocommit=True) as c:
-        c.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
 
 
 def rows(store: RedisStore, sql: str = "SELECT COUNT(*), COUNT(DISTINCT entry_id) FROM {t}") -> list[Any]:

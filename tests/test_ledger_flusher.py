@@ -5,7 +5,6 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import psycopg
@@ -17,19 +16,6 @@ from ducto_redis import CreditMetadata, RedisStore
 from ducto_redis.cli import main as cli
 from ducto_redis.ledger.copy_text import _general_line, _lines, copy_payload
 from ducto_redis.ledger.flusher import LedgerFlusher, migrate, trim_point
-
-
-@pytest.fixture
-def ledger_store(redis_client: Any) -> Iterator[RedisStore]:
-    schema = "t_" + uuid.uuid4().hex[:10]
-    store = RedisStore.from_url(REDIS_URL, namespace=new_namespace(), ledger_schema=schema,
-                                database_url=DATABASE_URL)
-    assert store.setup().success
-    yield store
-    store.stop_flusher()
-    drop_namespace(redis_client, store.settings.namespace)
-    with psycopg.connect(DATABASE_URL, autocommit=True) as c:
-        c.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
 
 
 def raw_entries(f: LedgerFlusher) -> list[tuple[int, bytes, list[bytes]]]:

@@ -7,7 +7,6 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from conftest import DATABASE_URL, advance, drop_namespace, snapshot
-from test_ledger import ledger_store  # noqa: F401  (the fixture)
 
 from ducto_redis import RedisStore
 from ducto_redis.ledger.flusher import LedgerFlusher
@@ -27,7 +26,7 @@ def comparable(store: RedisStore) -> dict[str, Any]:
 
 
 def test_restore_after_refunds_and_expiring_grants_rebuilds_the_same_state(
-    ledger_store: RedisStore,  # noqa: F811
+    ledger_store: RedisStore,
 ) -> None:
     s = ledger_store
 

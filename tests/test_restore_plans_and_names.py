@@ -7,7 +7,6 @@ import json
 from typing import Any
 
 from conftest import DATABASE_URL, drop_namespace, snapshot
-from test_ledger import ledger_store  # noqa: F401  (the fixture)
 
 from ducto_redis import PlanDefinition, PricingConfigData, RedisStore
 from ducto_redis.ledger.flusher import LedgerFlusher
@@ -25,7 +24,7 @@ def state(store: RedisStore) -> dict[str, Any]:
     return out
 
 
-def test_restore_rebuilds_plans_allowance_use_and_odd_member_ids(ledger_store: RedisStore) -> None:  # noqa: F811
+def test_restore_rebuilds_plans_allowance_use_and_odd_member_ids(ledger_store: RedisStore) -> None:
     s = ledger_store
     s.set_active_pricing(PricingConfigData(models={"m": "input_tokens * 1"}, plans={
         "pro": PlanDefinition(id="pro", name="Pro", free_allowance=100),
