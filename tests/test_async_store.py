@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 from conftest import REDIS_URL, drop_namespace, new_namespace
+from parity_support import comparable, run_sync_and_async
 
 from ducto_redis import CreditMetadata, MemoryStore, RedisStore, SpendCap
 from ducto_redis.aio import AsyncMemoryStore, AsyncRedisStore
@@ -75,32 +76,11 @@ async def scenario_async(s: AsyncRedisStore) -> list[Any]:
 VOLATILE = {"transaction_id", "reservation_id", "expires_at_ms"}
 
 
-def comparable(results: list[Any]) -> list[dict[str, Any]]:
-    return [{k: v for k, v in r.model_dump().items() if k not in VOLATILE} for r in results]
-
 
 @pytest.mark.parametrize("backend", ["memory", "redis"])
 def test_async_and_sync_stores_give_identical_results(backend: str, redis_client: Any) -> None:
-    if backend == "memory":
-        sync_results = scenario_sync(MemoryStore())
-        async_results = asyncio.run(scenario_async(AsyncMemoryStore()))
-    else:
-        ns1, ns2 = new_namespace(), new_namespace()
-        try:
-            sync_results = scenario_sync(RedisStore.from_url(REDIS_URL, namespace=ns1))
-
-            async def go() -> list[Any]:
-                s = AsyncRedisStore.from_url(REDIS_URL, namespace=ns2)
-                try:
-                    return await scenario_async(s)
-                finally:
-                    await s.close()
-
-            async_results = asyncio.run(go())
-        finally:
-            drop_namespace(redis_client, ns1)
-            drop_namespace(redis_client, ns2)
-    assert comparable(sync_results) == comparable(async_results)
+    sync_results, async_results = run_sync_and_async(backend, redis_client, scenario_sync, scenario_async)
+    assert comparable(sync_results, VOLATILE) == comparable(async_results, VOLATILE)
     assert async_results[1].idempotent and async_results[5].error == "spend_cap_exceeded"
 
 
@@ -167,4 +147,4 @@ def test_auto_batching_memory_store_equals_unbatched() -> None:
         await s.set_spend_cap(SpendCap(user_id="u", limit=30))
         return list(await asyncio.gather(*[s.charge("u", 4, "req") for _ in range(12)]))
 
-    assert comparable(asyncio.run(go(1.0))) == comparable(asyncio.run(go(0.0)))
+    assert comparable(asyncio.run(go(1.0)), VOLATILE) == comparable(asyncio.run(go(0.0)), VOLATILE)

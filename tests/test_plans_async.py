@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 import pytest
-from conftest import REDIS_URL, drop_namespace, new_namespace
+from parity_support import comparable, run_sync_and_async
 
-from ducto_redis import MemoryStore, PlanDefinition, PricingConfigData, RedisStore
-from ducto_redis.aio import AsyncMemoryStore, AsyncRedisStore
+from ducto_redis import PlanDefinition, PricingConfigData, RedisStore
+from ducto_redis.aio import AsyncRedisStore
 
 CONFIG = PricingConfigData(models={"_default": "input_tokens * 0.001"},
                            plans={"pro": PlanDefinition(id="pro", name="Pro", free_allowance=50)})
@@ -39,32 +38,11 @@ async def scenario_async(s: AsyncRedisStore) -> list[Any]:
     return out
 
 
-def comparable(results: list[Any]) -> list[dict[str, Any]]:
-    return [{k: v for k, v in r.model_dump().items() if k not in VOLATILE} for r in results]
-
 
 @pytest.mark.parametrize("backend", ["memory", "redis"])
 def test_async_plan_methods_equal_the_sync_ones(backend: str, redis_client: Any) -> None:
-    if backend == "memory":
-        sync_results = scenario_sync(MemoryStore())
-        async_results = asyncio.run(scenario_async(AsyncMemoryStore()))
-    else:
-        ns1, ns2 = new_namespace(), new_namespace()
-        try:
-            sync_results = scenario_sync(RedisStore.from_url(REDIS_URL, namespace=ns1))
-
-            async def go() -> list[Any]:
-                s = AsyncRedisStore.from_url(REDIS_URL, namespace=ns2)
-                try:
-                    return await scenario_async(s)
-                finally:
-                    await s.close()
-
-            async_results = asyncio.run(go())
-        finally:
-            drop_namespace(redis_client, ns1)
-            drop_namespace(redis_client, ns2)
-    assert comparable(sync_results) == comparable(async_results)
+    sync_results, async_results = run_sync_and_async(backend, redis_client, scenario_sync, scenario_async)
+    assert comparable(sync_results, VOLATILE) == comparable(async_results, VOLATILE)
     charged = async_results[4]
     assert (charged.allowance_used, charged.amount, async_results[5].idempotent) == (30, -10, True)
     assert async_results[6].error == "insufficient_credits"
