@@ -50,7 +50,7 @@ class RefundRequest:
 
     transaction_id: str
     shard: int
-    amount: str  # "" = all that is left
+    amount: str  # "" = the whole debit
     reason: str
     metadata: str
     has_key: str

@@ -151,10 +151,11 @@ class RedisStore(LedgerStoreMixin, PlanStoreMixin):
         metadata: CreditMetadata | dict[str, Any] | None = None,
         idempotency_key: str | None = None,
     ) -> RefundResult:
-        """Give back a debit (``charge`` or settlement), all that is left of it (``amount`` None) or a part.
+        """Give back a debit (``charge`` or settlement), in full (``amount`` None) or in part, once.
 
-        Never more than the debit in total; ``error``: ``transaction_not_found`` (unknown, or older than
-        ``refund_window_seconds``), ``already_refunded``, ``invalid_amount``. Credits spent from an
+        ``error``: ``already_refunded`` once the debit has been refunded, ``invalid_amount`` for more
+        than the debit or less than 1, ``transaction_not_found`` (unknown, or older than
+        ``refund_window_seconds``). Credits spent from an
         expiring grant go back to that grant, with its expiry.
         """
         found = self._run(self.core.refunds.find(transaction_id, amount, reason, metadata, idempotency_key))

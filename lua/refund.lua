@@ -8,7 +8,7 @@
 -- KEYS[4] the shard's grant index   KEYS[5] account hash   KEYS[6] expiring grants hash
 -- KEYS[7] holds hash   KEYS[8] hold expiry zset
 -- ARGV[1] clock offset ms   ARGV[2] refund transaction id   ARGV[3] original transaction id
--- ARGV[4] user id (raw, as refund_find.lua read it)   ARGV[5] amount, or "" for all that is left
+-- ARGV[4] user id (raw, as refund_find.lua read it)   ARGV[5] amount, or "" for the whole debit
 -- ARGV[6] reason or ""   ARGV[7] metadata JSON   ARGV[8] has idempotency key   ARGV[9] idempotency key
 -- ARGV[10] idempotency TTL s
 -- Reply: { status, idempotent, refund transaction id, amount, new balance, user id }
@@ -24,11 +24,11 @@ if not rec then return { 'transaction_not_found', '0', '', '0', '0', uid } end
 local a, r, used, ruid = string.match(rec, '^(%d+)|(%d+)|([^|]*)|(.*)$')
 if ruid ~= uid then return { 'transaction_not_found', '0', '', '0', '0', uid } end
 a, r = tonumber(a), tonumber(r)
-local left = a - r
 local bal0 = redis.call('HGET', acct, 'bal') or '0'
-if r > 0 or left <= 0 then return { 'already_refunded', '0', '', '0', bal0, uid } end
-local x = ARGV[5] == '' and left or tonumber(ARGV[5])
-if x > left then return { 'invalid_amount', '0', '', I(x), bal0, uid } end
+-- once: a record names its debit's refunded amount, 0 until the one refund
+if r > 0 then return { 'already_refunded', '0', '', '0', bal0, uid } end
+local x = ARGV[5] == '' and a or tonumber(ARGV[5])
+if x > a then return { 'invalid_amount', '0', '', I(x), bal0, uid } end
 
 local now = now_ms(ARGV[1])
 local held = sweep_holds(acct, holds, hexp, now, stream, 'u', uid)
@@ -36,7 +36,7 @@ local av = redis.call('HMGET', acct, 'bal', 'gx')
 local bal = grants_due(acct, G, av[2], now, tonumber(av[1]) or 0, held, stream, 'u', uid, ARGV[2])
 if bal + x > MAX_SAFE then return { 'invalid_amount', '0', '', I(x), I(bal), uid } end
 
--- which grant parts this refund returns: units [r, r + x) of the debit, ordinary credits first,
+-- which grant parts this refund returns: units [0, x) of the debit, ordinary credits first,
 -- then the grant parts in reverse order of consumption
 local parts = {}
 for gid, e, n in string.gmatch(used, '([^:;]+):(%d+):(%d+)') do
@@ -47,7 +47,7 @@ for _, p in ipairs(parts) do pos = pos - p[3] end
 local back, back_s, earliest = {}, {}, nil
 for i = #parts, 1, -1 do
   local p = parts[i]
-  local lo, hi = math.max(pos, r), math.min(pos + p[3], r + x)
+  local lo, hi = pos, math.min(pos + p[3], x)
   if hi > lo then
     back[#back + 1] = { p[1], p[2], hi - lo }
     back_s[#back_s + 1] = p[1] .. ':' .. I(p[2]) .. ':' .. I(hi - lo)
@@ -57,7 +57,7 @@ end
 
 bal = bal + x
 redis.call('HSET', acct, 'bal', I(bal))
-redis.call('SET', rf, I(a) .. '|' .. I(r + x) .. '|' .. used .. '|' .. uid, 'KEEPTTL')
+redis.call('SET', rf, I(a) .. '|' .. I(x) .. '|' .. used .. '|' .. uid, 'KEEPTTL')
 for _, g in ipairs(back) do
   local cur = redis.call('HGET', G, g[1])
   local rem = cur and tonumber(string.match(cur, '|(%d+)$')) or 0
