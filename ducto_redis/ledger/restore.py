@@ -70,12 +70,9 @@ class AccountState:
     plan: str | None = None  # user: the plan id set last (None: never set)
     plan_used: dict[str, int] = field(default_factory=dict)  # user: plan id -> allowance used this month
 
-    def _plans(self, e: dict[str, Any], kind: str, ts: int, now_ms: int) -> None:
+    def _plans(self, e: dict[str, Any], extra: dict[str, Any], kind: str, ts: int, now_ms: int) -> None:
         """Plan changes (config op plan_set) and allowance use this month ('free' on debits and on
         config op allowance_used), from the entry's extra fields."""
-        extra = e.get("extra") or {}
-        if isinstance(extra, str):
-            extra = json.loads(extra)
         if kind == "config" and e["operation_type"] == "plan_set":
             self.plan = extra.get("plan", "")
         free = int(extra.get("free") or 0)
@@ -91,10 +88,7 @@ class AccountState:
             if g[1] <= 0:
                 del self.grants[gid]
 
-    def _expiry_and_refunds(self, e: dict[str, Any], kind: str, ts: int) -> None:
-        extra = e.get("extra") or {}
-        if isinstance(extra, str):
-            extra = json.loads(extra)
+    def _expiry_and_refunds(self, e: dict[str, Any], extra: dict[str, Any], kind: str, ts: int) -> None:
         if kind == "credit" and e["expires_ms"] and int(e["amount"]) > 0:
             self.grants[e["entry_id"]] = [int(e["expires_ms"]), int(e["amount"])]
         elif kind in ("debit", "settle") and int(e["amount"]) < 0:
@@ -131,8 +125,11 @@ class AccountState:
         if kind == "config":
             self._config(e)
         if self.kind == "u":
-            self._expiry_and_refunds(e, kind, ts)
-            self._plans(e, kind, ts, now_ms)
+            extra = e.get("extra") or {}
+            if isinstance(extra, str):
+                extra = json.loads(extra)
+            self._expiry_and_refunds(e, extra, kind, ts)
+            self._plans(e, extra, kind, ts, now_ms)
 
     def _spend(self, amount: int, model: str, member: str | None, ts: int, now_ms: int) -> None:
         today, this_month = day_bucket(ts)[0] == day_bucket(now_ms)[0], month_bucket(ts)[0] == month_bucket(now_ms)[0]
