@@ -77,18 +77,38 @@ local function window_add(key, bucket, ends_ms, amount, f1, f2)
   if f2 then redis.call('HINCRBY', key, f2, amount) end
 end
 
--- one ledger entry; fields with empty values are left out
+-- One ledger entry, stored as ONE stream field, 'r': the entry's row of the Postgres ledger in COPY
+-- text (values tab-separated, COPY-escaped, '' for NULL), so the flusher only prefixes the stream's
+-- own columns (see ducto_redis/ledger/copy_text.py, whose ROW_FIELDS must list LEDGER_ROW's order).
+-- `fields` is { name, value, ... }; empty values are NULL; a name not in LEDGER_ROW goes to the
+-- row's last column, `extra` (a JSON object); metadata that is not a JSON object is kept as {"raw": ...}.
+local LEDGER_ROW = { ts = 1, id = 2, ak = 3, acct = 4, member = 5, kind = 6, amount = 7, bal = 8, held = 9,
+  hold = 10, rid = 11, op = 12, model = 13, type = 14, idem = 15, exp = 16, cap = 17, reason = 18, meta = 19 }
+local COPY_ESCAPES = { ['\\'] = '\\\\', ['\t'] = '\\t', ['\n'] = '\\n', ['\r'] = '\\r' }
+
 local function ledger(stream, fields)
-  local args, n = { stream, '*' }, 2
+  local row = { '', '', 'u', '', '', '', '0', '', '', '', '', '', '', '', '', '', '', '', '', '' }
+  local extra
   for i = 1, #fields, 2 do
     local v = fields[i + 1]
     if v ~= nil and v ~= '' and v ~= false then
-      args[n + 1] = fields[i]
-      args[n + 2] = v
-      n = n + 2
+      if type(v) == 'number' then v = I(v) end
+      local c = LEDGER_ROW[fields[i]]
+      if c then
+        row[c] = v
+      else
+        extra = extra or {}
+        extra[fields[i]] = v
+      end
     end
   end
-  return redis.call('XADD', unpack(args, 1, n))
+  local meta = row[19]
+  if meta ~= '' and string.byte(meta, 1) ~= 123 then row[19] = cjson.encode({ raw = meta }) end
+  if extra then row[20] = cjson.encode(extra) end
+  if string.find(table.concat(row), '[\\\t\n\r]') then
+    for i = 1, 20 do row[i] = (string.gsub(row[i], '[\\\t\n\r]', COPY_ESCAPES)) end
+  end
+  return redis.call('XADD', stream, '*', 'r', table.concat(row, '\t'))
 end
 
 local function event(stream, maxlen, fields)

@@ -22,6 +22,7 @@ import pytest
 import redis
 
 from ducto_redis import MemoryStore, RedisStore
+from ducto_redis.ledger.copy_text import entry_fields
 
 REDIS_URL = os.environ.get("DUCTO_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 DATABASE_URL = os.environ.get("DUCTO_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")
@@ -213,7 +214,7 @@ def ledger_entries(store: RedisStore) -> list[dict[str, str]]:
     """Every ledger entry of every shard, in stream order per shard."""
     out: list[dict[str, str]] = []
     for stream in store.core.keys.all_ledger_streams():
-        out.extend(fields for _id, fields in store.client.xrange(stream))
+        out.extend(entry_fields(fields) for _id, fields in store.client.xrange(stream))
     return out
 
 

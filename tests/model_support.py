@@ -11,6 +11,7 @@ from hypothesis import HealthCheck, settings
 from hypothesis.stateful import RuleBasedStateMachine
 
 from ducto_redis import MemoryStore, RedisStore
+from ducto_redis.ledger.copy_text import entry_fields
 
 SLOW = os.environ.get("DUCTO_SLOW") == "1"
 # examples per backend; --slow makes ≥ 100 000 operations over both machines and both backends
@@ -62,7 +63,8 @@ class LedgerSums:
     def read(self, streams: set[str]) -> Counter[tuple[str, str]]:
         for stream in streams:
             start = "(" + self.last[stream] if stream in self.last else "-"
-            for entry_id, fields in self.store.client.xrange(stream, min=start):
+            for entry_id, raw in self.store.client.xrange(stream, min=start):
+                fields = entry_fields(raw)
                 self.sums[(fields["ak"], fields["acct"])] += int(fields["amount"])
                 self.last[stream] = entry_id
         return self.sums

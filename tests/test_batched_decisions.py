@@ -12,6 +12,7 @@ from conftest import make_store, snapshot
 from ducto_redis import CreditMetadata, InvalidInputError, RedisStore, SpendCap
 from ducto_redis.aio import AsyncMemoryStore
 from ducto_redis.batch import ChargeRequest
+from ducto_redis.ledger.copy_text import entry_fields
 
 VOLATILE = {"transaction_id"}
 
@@ -169,7 +170,7 @@ def ledger_contents(store: RedisStore) -> list[list[dict[str, str]]]:
     for stream in store.core.keys.all_ledger_streams():
         entries = store.client.xrange(stream)
         volatile = ("id", "ts", "rid", "exp")
-        out.append([{k: v for k, v in fields.items() if k not in volatile} for _id, fields in entries])
+        out.append([{k: v for k, v in entry_fields(fields).items() if k not in volatile} for _id, fields in entries])
     return out
 
 

@@ -14,7 +14,7 @@ from test_ledger import rows, workload
 
 from ducto_redis import CreditMetadata, RedisStore
 from ducto_redis.cli import main as cli
-from ducto_redis.ledger.copy_text import _general_line, _lines, copy_payload
+from ducto_redis.ledger.copy_text import COPY_COLUMNS, ROW_FIELD, ROW_FIELDS, copy_payload, entry_fields, reference_line
 from ducto_redis.ledger.flusher import LedgerFlusher, migrate, trim_point
 
 
@@ -23,21 +23,38 @@ def raw_entries(f: LedgerFlusher) -> list[tuple[int, bytes, list[bytes]]]:
             for i, s in enumerate(f.streams) for mid, fields in f.client.xrange(s)]
 
 
-def test_every_shape_of_entry_formats_as_the_reference_path_does(ledger_store: RedisStore) -> None:
+def test_every_entry_the_scripts_write_formats_as_the_reference_path_does(ledger_store: RedisStore) -> None:
     workload(ledger_store)
     ledger_store.add_credits("m", 5, metadata=CreditMetadata(reference_id="r", custom="v"))
     f = LedgerFlusher(ledger_store, DATABASE_URL)
     entries = raw_entries(f)
-    ns = ledger_store.settings.namespace.encode()
-    fast = _lines(entries, ns, False)
-    reference = [_general_line(ns + b"\t%d\t" % shard, ns, shard, mid, flat, False) for shard, mid, flat in entries]
-    assert len({tuple(flat[0::2]) for _, _, flat in entries}) > 8  # many script paths, many shapes
+    ns = ledger_store.settings.namespace
+    assert all(flat[0] == ROW_FIELD and len(flat) == 2 for _, _, flat in entries)  # one row field each
+    assert len({entry_fields(flat)["kind"] for _, _, flat in entries}) >= 5  # many script paths
+    fast = copy_payload(entries, ns)
+    reference = b"".join(reference_line(ns.encode(), shard, mid, flat) + b"\n" for shard, mid, flat in entries)
     assert fast == reference
-    # an unknown field goes to `extra`, an entry without id gets one from its stream position
-    odd = [(3, b"5-1", [b"ts", b"1700000000123", b"acct", b"a", b"kind", b"debit", b"new", b"x"])]
-    (line,) = _lines(odd, ns, False)
-    cols = line.split(b"\t")
-    assert cols[2] == ns + b":3:5-1" and cols[-1] == b'{"new": "x"}' and b"2023-11-14 22:13:20.123+00" in cols
+
+
+def test_entries_in_the_older_field_per_value_layout_are_still_stored() -> None:
+    """Entries written before the row layout (still unflushed at an upgrade) take the reference path:
+    an unknown field goes to `extra`, an entry without id gets one from its stream position."""
+    old = [(3, b"5-1", [b"ts", b"1700000000123", b"acct", b"a", b"kind", b"debit", b"new", b"x"]),
+           (0, b"6-0", [b"id", b"t1", b"ts", b"1700000000124", b"ak", b"u", b"acct", b"b", b"kind", b"debit",
+                        b"amount", b"-2", b"meta", b"not json"])]
+    first, second = copy_payload(old, "ns").rstrip(b"\n").split(b"\n")
+    cols = dict(zip(COPY_COLUMNS, first.split(b"\t"), strict=True))
+    assert cols["entry_id"] == b"ns:3:5-1" and cols["extra"] == b'{"new": "x"}'
+    assert cols["ts"] == b"2023-11-14 22:13:20.123+00" and (cols["account_kind"], cols["amount"]) == (b"u", b"0")
+    cols = dict(zip(COPY_COLUMNS, second.split(b"\t"), strict=True))
+    assert (cols["entry_id"], cols["amount"], cols["metadata"]) == (b"t1", b"-2", b'{"raw": "not json"}')
+
+
+def test_a_row_with_a_stray_tab_is_formatted_again_on_the_reference_path() -> None:
+    good = b"\t".join([b"1700000000123", b"id1", b"u", b"a"] + [b""] * (len(ROW_FIELDS) - 3))
+    stray = b"\t".join([b"1700000000123", b"id2", b"u", b"a\tb"] + [b""] * (len(ROW_FIELDS) - 3))
+    payload = copy_payload([(0, b"1-0", [ROW_FIELD, good]), (0, b"1-1", [ROW_FIELD, stray])], "ns")
+    assert payload.count(b"\n") == 2 and payload.count(b"\t") == 2 * (len(COPY_COLUMNS) - 1)
 
 
 def test_values_that_need_copy_escapes_arrive_exactly(ledger_store: RedisStore) -> None:

@@ -1,54 +1,50 @@
-"""Ledger entries (Redis stream fields, as bytes) -> PostgreSQL COPY text, fast.
+"""Ledger entries (Redis stream fields, as bytes) -> PostgreSQL COPY text, fast; and back to fields.
 
-The flusher's hot loop. One line per entry, columns in ``COPY_COLUMNS`` order, for
-``COPY ... (FORMAT text, NULL '')``: an absent field is an empty field, i.e. NULL (empty values were
-mapped to NULL before too; the Lua scripts never write an empty field). Timestamps are rendered as
-``YYYY-MM-DD HH:MM:SS.mmm+00`` from the entry's ``ts`` (ms) with one formatted prefix per second,
-so rows can go straight into the ledger table.
+The scripts store each ledger entry as ONE stream field, ``r``: the entry's row in COPY text
+(``FORMAT text, NULL ''``), values in ``ROW_FIELDS`` order, tab-separated and COPY-escaped by Lua
+(lib.lua's ``ledger``). The flusher only puts the columns Redis cannot know in front of it (namespace,
+shard, the stream id's two halves) and turns the row's first value, ``ts`` (epoch ms), into a
+timestamp literal, ``YYYY-MM-DD HH:MM:SS.mmm+00``, with one formatted prefix per second: an entry
+costs two partitions and one list extend.
 
-Entries made by the same script path carry the same field names in the same order (a *shape*).
-For each shape a C-level ``itemgetter`` picking the columns out of the entry's values is built
-once; an entry then costs a few slices and one join. Shapes without an id, with a field not in a
-column of its own (it goes to the ``extra`` JSON) or with a repeated field take the general path.
-
-Values that need COPY escaping (backslash, tab, newline, carriage return) are rare: a batch is
-first formatted without escaping, then checked with C-speed scans (exact count of tabs and
-newlines, no backslash, no CR); a batch that fails the check is formatted again, escaping every
-field. Either way Postgres reads exactly the values Redis holds.
+Entries in the older layout (one stream field per value, written before the row layout) and any
+row the fast path cannot take (no ``ts`` or id) take the reference path: the entry's fields as a
+dict, defaults, every value escaped. A payload whose tab or newline count is not exactly what its
+entries must give is formatted again on the reference path, so Postgres reads exactly the values
+Redis holds.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+import re
+from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
-from operator import itemgetter
 from typing import Any
 
-COLUMNS = (
-    "entry_id", "namespace", "shard", "stream_ms", "stream_seq", "ts", "account_kind", "account_id", "member",
-    "kind", "amount", "balance_after", "held_after", "hold", "reservation_id", "operation_type", "model",
-    "tx_type", "idempotency_key", "expires_ms", "cap_action", "reason", "metadata", "extra",
-)
-# the order of the COPY lines: the per-stream constants first, then the entry's own values
-COPY_COLUMNS = ("namespace", "shard", *(c for c in COLUMNS if c not in ("namespace", "shard")))
-# column -> stream field, for the columns read from the entry's fields
-FIELD_OF = {
-    "entry_id": b"id", "account_kind": b"ak", "account_id": b"acct", "member": b"member", "kind": b"kind",
-    "amount": b"amount", "balance_after": b"bal", "held_after": b"held", "hold": b"hold",
-    "reservation_id": b"rid", "operation_type": b"op", "model": b"model", "tx_type": b"type",
-    "idempotency_key": b"idem", "expires_ms": b"exp", "cap_action": b"cap", "reason": b"reason",
-    "metadata": b"meta",
+# the row's values in order, by the scripts' field names (lib.lua's LEDGER_ROW), then `extra`
+ROW_FIELDS = ("ts", "id", "ak", "acct", "member", "kind", "amount", "bal", "held", "hold", "rid", "op",
+              "model", "type", "idem", "exp", "cap", "reason", "meta")
+COLUMN_OF = {
+    "ts": "ts", "id": "entry_id", "ak": "account_kind", "acct": "account_id", "member": "member", "kind": "kind",
+    "amount": "amount", "bal": "balance_after", "held": "held_after", "hold": "hold", "rid": "reservation_id",
+    "op": "operation_type", "model": "model", "type": "tx_type", "idem": "idempotency_key", "exp": "expires_ms",
+    "cap": "cap_action", "reason": "reason", "meta": "metadata",
 }
-KNOWN = frozenset((*FIELD_OF.values(), b"ts"))
+ROW_COLUMNS = (*(COLUMN_OF[f] for f in ROW_FIELDS), "extra")
+# the order of the COPY lines: what the flusher knows first, then the row as the script wrote it
+COPY_COLUMNS = ("namespace", "shard", "stream_ms", "stream_seq", *ROW_COLUMNS)
+COLUMNS = ("entry_id", "namespace", "shard", "stream_ms", "stream_seq", *(c for c in ROW_COLUMNS if c != "entry_id"))
+ROW_FIELD = b"r"
 
 # one entry: (shard, stream entry id, its fields as the flat [name, value, ...] list Redis sends)
 Entry = tuple[int, bytes, list[bytes]]
 
-_E = b""
-_TAB = b"\t"
-_TABS = len(COLUMNS) - 1
+_TAB, _NL = b"\t", b"\n"
+_TABS = len(COPY_COLUMNS) - 1
 _SECONDS: dict[bytes, bytes] = {}
+_UNESCAPE = re.compile(rb"\\(.)", re.S)
+_UNESCAPED = {b"t": b"\t", b"n": b"\n", b"r": b"\r"}
 
 
 def _second_prefix(head: bytes) -> bytes:
@@ -70,95 +66,81 @@ def ts_text(ms: bytes) -> bytes:
     return t.isoformat(timespec="milliseconds").encode()
 
 
-def _meta(meta: bytes) -> bytes:
-    """Metadata as JSON: an object is kept, anything else is wrapped as {"raw": ...}."""
-    if not meta or meta[:1] == b"{":
-        return meta
-    return json.dumps({"raw": meta.decode()}).encode()
-
-
 def _escape(v: bytes) -> bytes:
     if b"\\" in v:
         v = v.replace(b"\\", b"\\\\")
     return v.replace(b"\t", b"\\t").replace(b"\n", b"\\n").replace(b"\r", b"\\r")
 
 
-class _Shape:
-    """How to turn the values of entries with one field list into a line."""
-
-    __slots__ = ("fast", "getter", "meta", "n", "ts")
-
-    def __init__(self, names: tuple[bytes, ...]) -> None:
-        n = len(names)
-        pos = {name: i for i, name in enumerate(names)}
-        self.n = n
-        # the fast path needs an id, the defaulted fields, and nothing for the `extra` JSON
-        self.fast = (len(pos) == n and KNOWN.issuperset(names)
-                     and all(k in pos for k in (b"id", b"ts", b"ak", b"amount")))
-        self.ts = pos.get(b"ts", -1)
-        self.meta = pos.get(b"meta", -1)
-        # values are extended with: stream ms (n), stream seq (n + 1), ts text (n + 2), empty (n + 3)
-        extra_at = {"stream_ms": n, "stream_seq": n + 1, "ts": n + 2}
-        picks = [extra_at[c] if c in extra_at else pos.get(FIELD_OF.get(c, b"\0"), n + 3) for c in COPY_COLUMNS[2:]]
-        self.getter: Callable[[list[bytes]], tuple[bytes, ...]] = itemgetter(*picks)
+def _unescape(v: bytes) -> bytes:
+    return _UNESCAPE.sub(lambda m: _UNESCAPED.get(m.group(1), m.group(1)), v) if b"\\" in v else v
 
 
-_SHAPES: dict[tuple[bytes, ...], _Shape] = {}
+def _b(v: Any) -> bytes:
+    return v if isinstance(v, bytes) else str(v).encode()
 
 
-def _general_line(head: bytes, namespace: bytes, shard: int, mid: bytes, flat: list[bytes], escape: bool) -> bytes:
-    """One line from any entry (the reference path): dict semantics, defaults, extra JSON."""
-    it = iter(flat)
-    f: dict[bytes, bytes] = dict(zip(it, it, strict=False))
-    g = f.get
+def entry_fields(fields: Mapping[Any, Any] | Sequence[Any]) -> dict[str, str]:
+    """A stream entry's fields by name, as the scripts named them (``id``, ``ts``, ``acct``, ...;
+    ``extra``'s keys are spread out), empty values left out: the same dict for the row layout and
+    for the older one-field-per-value layout. ``fields`` is a reply's dict or flat list (str or bytes).
+    """
+    flat = [x for kv in fields.items() for x in kv] if isinstance(fields, Mapping) else list(fields)
+    names = [_b(x) for x in flat[0::2]]
+    values = [_b(x) for x in flat[1::2]]
+    if names != [ROW_FIELD]:
+        return {k.decode(): v.decode() for k, v in zip(names, values, strict=True) if v}
+    cols = [_unescape(v).decode() for v in values[0].split(_TAB)]
+    out = {name: v for name, v in zip(ROW_FIELDS, cols, strict=False) if v}
+    if len(cols) > len(ROW_FIELDS) and cols[len(ROW_FIELDS)]:
+        out.update(json.loads(cols[len(ROW_FIELDS)]))
+    return out
+
+
+def _meta(meta: str) -> str:
+    """Metadata as JSON: an object is kept, anything else is wrapped as {"raw": ...}."""
+    if not meta or meta[:1] == "{":
+        return meta
+    return json.dumps({"raw": meta})
+
+
+def reference_line(namespace: bytes, shard: int, mid: bytes, flat: list[bytes]) -> bytes:
+    """One line from any entry (the reference path): fields as a dict, defaults, every value escaped."""
+    f = entry_fields(flat)
     ms, _, seq = mid.partition(b"-")
-    extra = {k.decode(): v.decode() for k, v in f.items() if k not in KNOWN}
-    values: dict[str, Any] = {c: g(k, _E) for c, k in FIELD_OF.items()}
+    extra = {k: v for k, v in f.items() if k not in COLUMN_OF}
+    values: dict[str, bytes] = {COLUMN_OF[k]: v.encode() for k, v in f.items() if k in COLUMN_OF}
     values.update(
-        entry_id=g(b"id") or b"%s:%d:%s" % (namespace, shard, mid), stream_ms=ms, stream_seq=seq or b"0",
-        ts=ts_text(g(b"ts") or ms), account_kind=g(b"ak") or b"u", amount=g(b"amount") or b"0",
-        metadata=_meta(g(b"meta", _E)), extra=json.dumps(extra).encode() if extra else _E,
+        namespace=namespace, shard=b"%d" % shard, stream_ms=ms, stream_seq=seq or b"0",
+        entry_id=values.get("entry_id") or b"%s:%d:%s" % (namespace, shard, mid),
+        ts=ts_text(values.get("ts") or ms), account_kind=values.get("account_kind") or b"u",
+        amount=values.get("amount") or b"0", metadata=_meta(f.get("meta", "")).encode(),
+        extra=json.dumps(extra).encode() if extra else b"",
     )
-    cols = [values[c] for c in COPY_COLUMNS[2:]]
-    if escape:
-        cols = [_escape(c) for c in cols]
-    return head + _TAB.join(cols)
+    return _TAB.join(_escape(values.get(c, b"")) for c in COPY_COLUMNS)
 
 
-def _lines(entries: Sequence[Entry], namespace: bytes, escape: bool) -> list[bytes]:
+def _pieces(entries: Sequence[Entry], namespace: bytes) -> list[bytes]:
+    """The payload's pieces: rows on the fast path, anything else through ``reference_line``."""
     out: list[bytes] = []
-    append = out.append
+    extend = out.extend
     heads: dict[int, bytes] = {}
-    shapes = _SHAPES
     seconds = _SECONDS
-    join = _TAB.join
+    escaped_ns = _escape(namespace)
     for shard, mid, flat in entries:
         head = heads.get(shard)
         if head is None:
-            head = heads[shard] = (_escape(namespace) if escape else namespace) + b"\t%d\t" % shard
-        names = tuple(flat[0::2])
-        shape = shapes.get(names)
-        if shape is None:
-            if len(shapes) > 10_000:
-                shapes.clear()
-            shape = shapes[names] = _Shape(names)
-        if not shape.fast or escape:
-            append(_general_line(head, namespace, shard, mid, flat, escape))
-            continue
-        values = flat[1::2]
-        ms, _, seq = mid.partition(b"-")
-        ts = values[shape.ts]
-        if len(ts) >= 4 and ts.isdigit():
-            sec = seconds.get(ts[:-3]) or _second_prefix(ts[:-3])
-            tstext = sec + ts[-3:] + b"+00"
-        else:
-            tstext = ts_text(ts or ms)
-        if shape.meta >= 0:
-            meta = values[shape.meta]
-            if meta[:1] != b"{":
-                values[shape.meta] = _meta(meta)
-        values += (ms, seq or b"0", tstext, _E)
-        append(head + join(shape.getter(values)))
+            head = heads[shard] = escaped_ns + b"\t%d\t" % shard
+        if len(flat) == 2 and flat[0] == ROW_FIELD:
+            ts, _, rest = flat[1].partition(_TAB)
+            sec = seconds.get(ts[:-3])
+            if sec is None and len(ts) >= 4 and ts.isdigit():
+                sec = _second_prefix(ts[:-3])
+            if sec is not None and rest[:1] != _TAB:  # a time and an id: the fast path
+                ms, _, seq = mid.partition(b"-")
+                extend((head, ms, _TAB, seq or b"0", _TAB, sec, ts[-3:], b"+00\t", rest, _NL))
+                continue
+        extend((reference_line(namespace, shard, mid, flat), _NL))
     return out
 
 
@@ -167,9 +149,8 @@ def copy_payload(entries: Sequence[Entry], namespace: str) -> bytes:
     if not entries:
         return b""
     ns = namespace.encode()
-    payload = b"\n".join(_lines(entries, ns, False)) + b"\n"
+    payload = b"".join(_pieces(entries, ns))
     n = len(entries)
-    if (b"\\" in payload or b"\r" in payload or payload.count(b"\n") != n
-            or payload.count(b"\t") != n * _TABS):
-        payload = b"\n".join(_lines(entries, ns, True)) + b"\n"
+    if payload.count(_NL) != n or payload.count(_TAB) != n * _TABS:  # a row not as the scripts write it
+        payload = b"".join(reference_line(ns, shard, mid, flat) + _NL for shard, mid, flat in entries)
     return payload
