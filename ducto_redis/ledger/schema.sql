@@ -29,11 +29,15 @@ CREATE TABLE IF NOT EXISTS {schema}.ledger (
     extra           jsonb
 );
 
--- No per-account index: restore and reconcile read a whole namespace and sort it, and an index
--- on (account, stream order) took ~half the flusher's Postgres time (random inserts over every
--- account). An older schema's one is dropped.
+-- Indexes are what the flusher pays for on every row, so there are few and cheap ones:
+-- * no per-account index: restore and reconcile read a whole namespace and sort it (an index on
+--   (account, stream order) took ~half the flusher's Postgres time: random inserts over every account);
+-- * time: a BRIN index, not a B-tree. Rows arrive in (nearly) time order, so block ranges map to
+--   time ranges; the B-tree on (namespace, ts) cost ~3 us of ~9 us per row COPYed, BRIN next to
+--   nothing, and the analytics (sums over a time window) scan the ranges it selects.
+-- Older schemas' indexes are dropped.
 DROP INDEX IF EXISTS {schema}.ledger_account_order;
-CREATE INDEX IF NOT EXISTS ledger_spend_ts
-    ON {schema}.ledger (namespace, ts) WHERE kind IN ('debit', 'settle');
+DROP INDEX IF EXISTS {schema}.ledger_spend_ts;
+CREATE INDEX IF NOT EXISTS ledger_ts_brin ON {schema}.ledger USING brin (ts);
 CREATE INDEX IF NOT EXISTS ledger_team_member
     ON {schema}.ledger (namespace, account_id, member, ts) WHERE account_kind = 't';
