@@ -101,6 +101,8 @@ def main(argv: list[str] | None = None) -> int:
     flush = sub.add_parser("flush", help="copy ledger entries from Redis into Postgres (until interrupted)")
     flush.add_argument("--once", action="store_true", help="drain what is there, then exit")
     flush.add_argument("--batch", type=int, default=20_000, help="entries per Postgres transaction")
+    flush.add_argument("--processes", type=int, default=1,
+                       help="flusher processes sharing the work (each holds about one core)")
     sub.add_parser("status", help="print the ledger backlog and lag")
     sub.add_parser("restore", help="rebuild every Redis key of the namespace from the ledger")
     sub.add_parser("reconcile", help="compare Redis with the ledger; exit code 1 on drift")
@@ -144,6 +146,14 @@ def main(argv: list[str] | None = None) -> int:
 
         url = _database_url(args)
         migrate(url, args.ledger_schema)
+        if args.processes > 1:
+            from .ledger.processes import run_flusher_processes
+
+            kwargs = {"url": args.redis_url, "namespace": args.namespace, "database_url": url,
+                      "ledger_schema": args.ledger_schema}
+            moved = run_flusher_processes(args.processes, kwargs, url, batch=args.batch, once=args.once)
+            print(f"flushed {moved} entries")
+            return 0
         flusher = LedgerFlusher(_store(args), url, batch=args.batch)
         if args.once:
             print(f"flushed {flusher.drain(timeout=3600)} entries")

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import signal
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -168,3 +171,39 @@ def test_a_running_flusher_rides_out_postgres_being_away_under_load(ledger_store
         thread.join(10)
     assert rows(ledger_store) == [(made, made)]
     assert ledger_store.ledger_lag().pending == 0
+
+
+def cli_args(store: RedisStore) -> list[str]:
+    return ["--redis-url", REDIS_URL, "--namespace", store.settings.namespace, "--database-url", DATABASE_URL,
+            "--ledger-schema", store.settings.ledger_schema]
+
+
+def test_flush_once_with_two_processes_stores_every_entry_exactly_once(ledger_store: RedisStore,
+                                                                      capsys: Any) -> None:
+    made = workload(ledger_store, n_users=30)
+    assert cli([*cli_args(ledger_store), "flush", "--once", "--processes", "2", "--batch", "50"]) == 0
+    assert f"flushed {made} entries" in capsys.readouterr().out
+    assert rows(ledger_store) == [(made, made)]
+    lag = ledger_store.ledger_lag()
+    assert (lag.backlog, lag.pending) == (0, 0)
+
+
+def test_flush_processes_keep_flushing_until_sigterm_then_exit_cleanly(ledger_store: RedisStore) -> None:
+    proc = subprocess.Popen([sys.executable, "-m", "ducto_redis.cli", *cli_args(ledger_store), "flush",
+                             "--processes", "2", "--batch", "20"], stdout=subprocess.PIPE, text=True)
+    try:
+        made = 0
+        for i in range(200):
+            ledger_store.add_credits(f"u{i % 40}", 5)
+            made += 1
+        deadline = time.time() + 60
+        while rows(ledger_store)[0][0] < made and time.time() < deadline:
+            time.sleep(0.1)
+        assert rows(ledger_store) == [(made, made)]
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0
+    assert f"flushed {made} entries" in out
