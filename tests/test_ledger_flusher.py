@@ -207,3 +207,23 @@ def test_flush_processes_keep_flushing_until_sigterm_then_exit_cleanly(ledger_st
             proc.kill()
     assert proc.returncode == 0
     assert f"flushed {made} entries" in out
+
+
+def test_migrate_gives_an_older_schema_the_cheap_indexes(redis_client: Any) -> None:
+    """The flusher pays for every index on every row: migrate replaces the older B-trees (per account;
+    (namespace, ts)) with a BRIN index on ts, and keeps the primary key and the team-member index."""
+    schema = "t_" + uuid.uuid4().hex[:10]
+    try:
+        migrate(DATABASE_URL, schema)
+        with psycopg.connect(DATABASE_URL, autocommit=True) as c:
+            c.execute(f"CREATE INDEX ledger_account_order ON {schema}.ledger (namespace, account_id, stream_ms)")
+            c.execute(f"CREATE INDEX ledger_spend_ts ON {schema}.ledger (namespace, ts)")
+        migrate(DATABASE_URL, schema)
+        with psycopg.connect(DATABASE_URL) as c:
+            sql = "SELECT indexname, indexdef FROM pg_indexes WHERE schemaname = %s"
+            got = dict(c.execute(sql, (schema,)).fetchall())
+        assert sorted(got) == ["ledger_pkey", "ledger_team_member", "ledger_ts_brin"]
+        assert "USING brin (ts)" in got["ledger_ts_brin"]
+    finally:
+        with psycopg.connect(DATABASE_URL, autocommit=True) as c:
+            c.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
