@@ -25,6 +25,8 @@ Layout (``ns`` = namespace, ``N`` = shard of the account, ``<id>`` = escaped acc
     {ns:N}:u:<id>:pw         HASH  plan allowance used this month: "_b" month bucket, "p|<plan id>"
     {ns:pricing}:active      STRING the active pricing config (JSON: id, version, label, config)
     {ns:pricing}:versions    HASH  version number -> that version's JSON (every version kept)
+    {ns:pricing}:ledger      STREAM ledger entries of published pricing versions (flushed with the
+                                   shards' streams; its rows carry shard number = shards)
 
 The hash tag ``{ns:N}`` is the shard: every key one script touches shares it, ledger stream
 included, so each script runs in one Redis Cluster slot. An account maps to its shard by
@@ -207,8 +209,8 @@ class KeySchema:
         return self.tag(shard) + ":ri:" + transaction_id + ":" + escape_id(key)
 
     def all_ledger_streams(self) -> list[str]:
-        """Every shard's ledger stream."""
-        return [self.ledger_stream(s) for s in range(self.shards)]
+        """Every ledger stream: the shards' in shard order, then the pricing stream (number ``shards``)."""
+        return [*(self.ledger_stream(s) for s in range(self.shards)), self.pricing_ledger()]
 
     def all_events_streams(self) -> list[str]:
         """Every shard's events stream."""
@@ -221,6 +223,10 @@ class KeySchema:
     def pricing_versions(self) -> str:
         """Every published pricing version, by version number."""
         return f"{{{self.namespace}:pricing}}:versions"
+
+    def pricing_ledger(self) -> str:
+        """The ledger stream of pricing versions (restore publishes them again from the ledger)."""
+        return f"{{{self.namespace}:pricing}}:ledger"
 
     def user(self, user_id: str) -> AccountKeys:
         """Keys of a user account."""

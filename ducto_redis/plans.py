@@ -118,7 +118,8 @@ class PlanOps:
         cfg = check_pricing_config(config)
         lab = "" if label is None else check_label(label, "label")
         args = [self.core._offset(), str(uuid.uuid4()), lab, cfg.model_dump_json(exclude_none=True)]
-        return Call(self.core.scripts["pricing_set"], self._pricing_keys(), args, lambda raw: _reply(raw, 4)[2])
+        keys = [*self._pricing_keys(), self.core.keys.pricing_ledger()]
+        return Call(self.core.scripts["pricing_set"], keys, args, lambda raw: _reply(raw, 4)[2])
 
     def read_pricing(self, version: int | None = None) -> Call[PricingConfigResult | None]:
         """The active pricing (``version`` None) or one version; None when there is none."""

@@ -9,6 +9,9 @@ Expiring grants (credit entries with an expiry, less what debits' ``gc``, ``cred
 expiries and refunds' ``gr`` moved) come back with the account's ``gx`` field and the shard's grant
 index; refund records come back for the debits still inside ``refund_window_seconds``.
 
+Published pricing versions (config entries of the pricing stream, account kind ``p``) come back
+as they were: every version, the last one active.
+
 Not restored: idempotency keys (a retry within their TTL after a Redis loss decides again) and
 the rate limiter's position (it starts fresh).
 """
@@ -69,6 +72,7 @@ class AccountState:
     refundable: dict[str, list[Any]] = field(default_factory=dict)  # tx -> [amount, refunded, parts, ts ms]
     plan: str | None = None  # user: the plan id set last (None: never set)
     plan_used: dict[str, int] = field(default_factory=dict)  # user: plan id -> allowance used this month
+    pricing: list[dict[str, Any]] = field(default_factory=list)  # kind "p": version records, in order
 
     def _plans(self, e: dict[str, Any], extra: dict[str, Any], kind: str, ts: int, now_ms: int) -> None:
         """Plan changes (config op plan_set) and allowance use this month ('free' on debits and on
@@ -104,6 +108,10 @@ class AccountState:
     def apply(self, e: dict[str, Any], now_ms: int) -> None:
         """Fold one ledger row (a dict of the table's columns) into the state."""
         kind = e["kind"]
+        if self.kind == "p":
+            if kind == "config" and e["operation_type"] == "pricing_set":
+                self.pricing.append(e["metadata"])
+            return
         ts = int(e["ts"].timestamp() * 1000)
         if e["balance_after"] is not None:
             self.bal, self.held = int(e["balance_after"]), int(e["held_after"] or 0)
@@ -196,8 +204,40 @@ def _account_keys(store: Any, s: AccountState) -> Any:
     return store.core.keys.team(s.account_id) if s.kind == "t" else store.core.keys.user(s.account_id)
 
 
+def pricing_records(s: AccountState) -> tuple[dict[str, str], dict[str, str]]:
+    """(the active pricing hash, the versions hash) as pricing_set.lua wrote them. The config JSON is
+    dumped again from the validated model, as ``set_active_pricing`` sent it, so publishing the same
+    config after a restore is still a no-op."""
+    from ..models import PricingConfigData
+
+    versions: dict[str, str] = {}
+    active: dict[str, str] = {}
+    for rec in s.pricing:
+        config = PricingConfigData.model_validate(rec["config"]).model_dump_json(exclude_none=True)
+        label = rec.get("label") or ""
+        version, ts = str(rec["version"]), str(rec["ts"])
+        versions[version] = (f'{{"id":{json.dumps(rec["id"])},"version":{version},"label":{json.dumps(label)},'
+                             f'"ts":{ts},"config":{config}}}')
+        active = {"id": rec["id"], "version": version, "label": label, "ts": ts, "config": config}
+    return active, versions
+
+
+def _write_pricing(store: Any, s: AccountState) -> None:
+    keys = store.core.keys
+    active, versions = pricing_records(s)
+    p = store.client.pipeline(transaction=False)
+    p.delete(keys.pricing_active(), keys.pricing_versions())
+    if versions:
+        p.hset(keys.pricing_versions(), mapping=versions)
+        p.hset(keys.pricing_active(), mapping=active)
+    p.execute()
+
+
 def write_state(store: Any, s: AccountState, now_ms: int) -> None:
     """Replace one account's keys in Redis with the derived state (one pipeline)."""
+    if s.kind == "p":
+        _write_pricing(store, s)
+        return
     k = _account_keys(store, s)
     team = s.kind == "t"
     keys = [k.account, k.holds, k.hold_expiry, k.caps, k.day_window, k.month_window]
@@ -303,14 +343,22 @@ def _int_fields(h: dict[str, str], skip: tuple[str, ...] = ()) -> dict[str, int]
 
 def account_drift(store: Any, s: AccountState, now_ms: int) -> list[str]:
     """How Redis differs from the ledger for one account (empty when they agree)."""
-    k = _account_keys(store, s)
     c = store.client
-    acct = c.hgetall(k.account)
     found: list[str] = []
 
     def check(what: str, redis_value: Any, ledger_value: Any) -> None:
         if redis_value != ledger_value:
             found.append(f"{what}: redis={redis_value!r} ledger={ledger_value!r}")
+
+    if s.kind == "p":
+        active, versions = pricing_records(s)
+        stored = c.hgetall(store.core.keys.pricing_versions())
+        check("pricing versions", {v: json.loads(x) for v, x in stored.items()},
+              {v: json.loads(x) for v, x in versions.items()})
+        check("active pricing", c.hget(store.core.keys.pricing_active(), "version"), active.get("version"))
+        return found
+    k = _account_keys(store, s)
+    acct = c.hgetall(k.account)
 
     if s.exists:
         check("balance", int(acct.get("bal", 0)), s.bal)
