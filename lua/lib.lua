@@ -1,4 +1,6 @@
--- lib.lua: helpers prepended to every script at load time (see ducto_redis/scripts.py).
+-- lib.lua: helpers prepended to the scripts at load time (see ducto_redis/scripts.py): each script
+-- gets the top-level definitions it names, directly or through another, in this file's order. Every
+-- top-level statement is a `local` definition (scripts.py refuses anything else).
 -- It reads no KEYS or ARGV of its own. Conventions shared by all scripts:
 --   * ARGV[1] is always the clock offset in ms (0 except in tests); time is redis TIME + offset.
 --   * Replies are arrays of strings: { status, idempotent ("0"/"1"), fields... }.
