@@ -1,14 +1,14 @@
 """Hot-path benchmark: decisions/s and p50/p99 latency, side by side in one run.
 
 Sections (each a function that prepares its state and returns a timed operation):
-- raw EVALSHA ceilings: a bare redis-py ``evalsha`` of a minimal debit script (HGET balance, check,
-  HSET, XADD one ledger entry), and a bare ``evalsha`` of the store's own ``debit.lua`` with its
+- raw ceilings: a bare redis-py ``evalsha`` of a minimal debit script (HGET balance, check,
+  HSET, XADD one ledger entry), and a bare ``fcall`` of the store's own debit function with its
   arguments packed once (so ``charge`` against it measures exactly what the Python shell adds);
 - ``RedisStore.charge`` (no caps; with a deny and a warn cap), ``reserve_credits`` + ``deduct_credits``;
 - ``deduct_team`` on a pool of 1 000 members with member caps and a team cap;
 - the ``limits`` library's moving-window ``hit()``;
 - ``MemoryStore.charge`` (embedded fakeredis + lupa);
-- batching: raw pipelined EVALSHA x100 (minimal script, and the store's own debit_many.lua with the
+- batching: raw pipelined EVALSHA x100 (minimal script), the store's own debit_many function with the
   same 100 decisions packed once), ``charge_many`` x100 from one thread (and in a namespace of 8
   shards instead of 64, so fewer script calls per batch), from 2 threads, and async
   with 4 batches in flight; and the Redis-side bound: Redis' own time per decision of debit_many
@@ -50,7 +50,7 @@ from results import write_section
 
 from ducto_redis import AsyncRedisStore, CreditMetadata, MemoryStore, RedisStore, SpendCap
 from ducto_redis.batch import Batch, ChargeRequest, charge_calls
-from ducto_redis.connect import pack_calls
+from ducto_redis.connect import did_not_run, pack_calls
 from ducto_redis.keys import USER, shard_of
 from ducto_redis.scripts import scripts
 
@@ -147,18 +147,20 @@ class Bench:
                          None if r0 is None or r1 is None else (r1 - r0) / 1e9 / max(ops, 1))
 
     def reload_scripts(self) -> None:
-        """SCRIPT LOAD the bench's own scripts and the store's (another user may flush the cache)."""
+        """SCRIPT LOAD the bench's own script, FUNCTION LOAD the store's library (another user may
+        flush either)."""
         self.client.script_load(RAW_DEBIT)
-        for script in scripts().values():
-            self.client.script_load(script.source)
+        next(iter(scripts().values())).library.load(self.client)
 
     def guarded(self, op: SyncOp) -> SyncOp:
-        """``op``, run again after reloading the scripts when Redis answers NOSCRIPT."""
+        """``op``, run again after reloading the scripts when Redis says one is not loaded."""
 
         def run() -> Any:
             try:
                 return op()
-            except NoScriptError:
+            except redis.ResponseError as exc:
+                if not did_not_run(exc):
+                    raise
                 self.reload_scripts()
                 return op()
 
@@ -244,16 +246,16 @@ def raw_evalsha(b: Bench) -> tuple[int, Callable[[], tuple[float, list[float]]]]
 
 
 def raw_same_script(b: Bench) -> tuple[int, Callable[[], tuple[float, list[float]]]]:
-    """Bare EVALSHA of the store's own debit.lua with arguments packed once: the shell's floor."""
+    """Bare FCALL of the store's own debit function with arguments packed once: the shell's floor."""
     s = b.store()
     s.add_credits("same", RICH)
     call = s.core.charge("same", 1, "bench")
     assert call.script is not None
-    sha, keys, args = call.script.sha, call.keys, call.args
+    function, keys, args = call.script.function, call.keys, call.args
 
     def op() -> Any:
         args[1] = str(uuid.uuid4())  # a fresh transaction id, as the store makes
-        return b.client.evalsha(sha, len(keys), *keys, *args)
+        return b.client.fcall(function, len(keys), *keys, *args)
 
     return 1, lambda: b.time_sync(op)
 
@@ -440,8 +442,10 @@ def redis_side_bound(b: Bench) -> tuple[int, Callable[[], tuple[float, list[floa
             t1 = time.perf_counter()
             r0 = b.redis_cpu_ns()
             try:
-                b.client.evalsha(call.script.sha, len(call.keys), *call.keys, *call.args)
-            except NoScriptError:
+                b.client.fcall(call.script.function, len(call.keys), *call.keys, *call.args)
+            except redis.ResponseError as exc:
+                if not did_not_run(exc):
+                    raise
                 b.reload_scripts()
                 continue
             r1 = b.redis_cpu_ns()
@@ -494,7 +498,7 @@ def async_store_batched_64(b: Bench) -> tuple[int, Callable[[], tuple[float, lis
 
 SECTIONS: dict[str, Callable[[Bench], tuple[int, Callable[[], tuple[float, list[float]]]]]] = {
     "raw EVALSHA (minimal debit), 1 conn": raw_evalsha,
-    "raw EVALSHA of the store's debit.lua, 1 conn": raw_same_script,
+    "raw FCALL of the store's debit function, 1 conn": raw_same_script,
     "RedisStore.charge, 1 conn": store_charge,
     "RedisStore.charge with deny+warn caps": store_charge_caps,
     "reserve_credits + deduct_credits (pair)": store_reserve_deduct,
@@ -502,7 +506,7 @@ SECTIONS: dict[str, Callable[[Bench], tuple[int, Callable[[], tuple[float, list[
     "limits moving-window hit()": limits_hit,
     "MemoryStore.charge (embedded)": memory_charge,
     "raw EVALSHA pipelined x100": raw_pipelined_100,
-    "raw EVALSHA of debit_many.lua x100, pre-packed (same script)": raw_same_script_many_100,
+    "raw FCALL of debit_many x100, pre-packed (same function)": raw_same_script_many_100,
     "RedisStore.charge_many x100": store_charge_many_100,
     "RedisStore.charge_many x100, 8-shard namespace": store_charge_many_8_shards,
     "RedisStore.charge_many x100, 2 threads": store_charge_many_threads,
@@ -513,7 +517,7 @@ SECTIONS: dict[str, Callable[[Bench], tuple[int, Callable[[], tuple[float, list[
     "AsyncRedisStore.charge auto-batch 1 ms, 64 tasks": async_store_batched_64,
 }
 BASELINE = "raw EVALSHA (minimal debit), 1 conn"
-SAME = "raw EVALSHA of the store's debit.lua, 1 conn"
+SAME = "raw FCALL of the store's debit function, 1 conn"
 
 
 def run(seconds: float, rounds: int, only: list[str] | None) -> list[Result]:

@@ -87,14 +87,18 @@ class AsyncRedisStore(AsyncPlanStoreMixin):
         return all(answers)
 
     async def setup(self, database_url: str | None = None) -> SetupResult:
-        """Load every Lua script into Redis (SCRIPT LOAD)."""
+        """Load the scripts' function library into Redis (FUNCTION LOAD)."""
         result = SetupResult()
-        for name, script in self.core.scripts.items():
-            try:
-                await self.client.script_load(script.source)
-                result.rpcs_created.append(f"{name}.lua")
-            except redis.RedisError as exc:
-                result.errors.append(f"{name}.lua: {exc}")
+        library = next(iter(self.core.scripts.values())).library
+        if await library.load_async(self.client):  # one function library holds every script
+            result.rpcs_created.extend(f"{name}.lua" for name in self.core.scripts)
+        else:  # no functions here (Redis < 7): the scripts are sent with EVAL
+            for name, script in self.core.scripts.items():
+                try:
+                    await self.client.script_load(script.source)
+                    result.rpcs_created.append(f"{name}.lua")
+                except redis.RedisError as exc:
+                    result.errors.append(f"{name}.lua: {exc}")
         return result
 
     async def close(self) -> None:

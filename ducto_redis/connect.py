@@ -2,10 +2,10 @@
 
 ``redis://host:port/0`` gives a plain client; ``redis://host:port?cluster=true`` (or
 ``rediss://...?cluster=true``) a cluster client. Batches are sent as one plain pipeline per node
-(redis-py's cluster pipeline refuses EVALSHA): calls are grouped by the node that owns their
-first key's slot. A reply that says the call did not run (NOSCRIPT, MOVED, ASK, TRYAGAIN) is
-followed by running that call alone through the cluster-aware client, which loads the script or
-follows the redirect; nothing that ran is ever sent twice.
+(redis-py's cluster pipeline refuses script calls): calls are grouped by the node that owns their
+first key's slot. A reply that says the call did not run (function not loaded, NOSCRIPT, MOVED,
+ASK, TRYAGAIN) is followed by running that call alone through the cluster-aware client, which
+loads the library or follows the redirect; nothing that ran is ever sent twice.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from redis.cluster import RedisCluster
 from redis.exceptions import AskError, MovedError, NoScriptError, ResponseError, TryAgainError
 
 from .core import Call
+from .scripts import function_missing
 
 try:
     import hiredis
@@ -30,6 +31,11 @@ except ImportError:  # pragma: no cover - hiredis is a dependency; the pipeline 
     _pack_command = None
 
 DID_NOT_RUN = (NoScriptError, MovedError, AskError, TryAgainError)
+
+
+def did_not_run(reply: Any) -> bool:
+    """Whether an error reply says its call did not run (so it may be sent again)."""
+    return isinstance(reply, DID_NOT_RUN) or (isinstance(reply, ResponseError) and function_missing(reply))
 
 
 def split_cluster_flag(url: str) -> tuple[str, bool]:
@@ -70,11 +76,11 @@ def _groups(client: Any, calls: Sequence[Call[Any]]) -> list[tuple[Any, list[int
 
 
 def pack_calls(calls: Sequence[Call[Any]]) -> bytes:
-    """The EVALSHA commands of ``calls`` in the Redis protocol, back to back."""
+    """The FCALL commands of ``calls`` in the Redis protocol, back to back."""
     out = []
     for c in calls:
         assert c.script is not None
-        out.append(_pack_command(("EVALSHA", c.script.sha, len(c.keys), *c.keys, *c.args)))
+        out.append(_pack_command(("FCALL", c.script.function, len(c.keys), *c.keys, *c.args)))
     return b"".join(out)
 
 
@@ -131,7 +137,7 @@ def run_pipelined(client: Any, calls: Sequence[Call[Any]]) -> list[Any]:
         for i in idx:
             c = calls[i]
             assert c.script is not None
-            pipe.evalsha(c.script.sha, len(c.keys), *c.keys, *c.args)
+            pipe.fcall(c.script.function, len(c.keys), *c.keys, *c.args)
         for i, reply in zip(idx, pipe.execute(raise_on_error=False), strict=True):
             replies[i] = reply
     return _finish(client, calls, replies)
@@ -140,7 +146,7 @@ def run_pipelined(client: Any, calls: Sequence[Call[Any]]) -> list[Any]:
 def _finish(client: Any, calls: Sequence[Call[Any]], replies: list[Any]) -> list[Any]:
     """Run alone each call whose reply says it did not run; raise any other error reply."""
     for i, reply in enumerate(replies):
-        if isinstance(reply, DID_NOT_RUN):
+        if did_not_run(reply):
             c = calls[i]
             assert c.script is not None
             replies[i] = c.script.run(client, c.keys, c.args)
@@ -160,15 +166,17 @@ async def run_pipelined_async(client: Any, calls: Sequence[Call[Any]]) -> list[A
                 c = calls[i]
                 assert c.script is not None
                 try:
-                    replies[i] = await client.evalsha(c.script.sha, len(c.keys), *c.keys, *c.args)
-                except DID_NOT_RUN as exc:
+                    replies[i] = await client.fcall(c.script.function, len(c.keys), *c.keys, *c.args)
+                except ResponseError as exc:
+                    if not did_not_run(exc):
+                        raise
                     replies[i] = exc
             continue
         pipe = conn.pipeline(transaction=False)
         for i in idx:
             c = calls[i]
             assert c.script is not None
-            pipe.evalsha(c.script.sha, len(c.keys), *c.keys, *c.args)
+            pipe.fcall(c.script.function, len(c.keys), *c.keys, *c.args)
         for i, reply in zip(idx, await pipe.execute(raise_on_error=False), strict=True):
             replies[i] = reply
     return await _finish_async(client, calls, replies)
@@ -176,7 +184,7 @@ async def run_pipelined_async(client: Any, calls: Sequence[Call[Any]]) -> list[A
 
 async def _finish_async(client: Any, calls: Sequence[Call[Any]], replies: list[Any]) -> list[Any]:
     for i, reply in enumerate(replies):
-        if isinstance(reply, DID_NOT_RUN):
+        if did_not_run(reply):
             c = calls[i]
             assert c.script is not None
             replies[i] = await c.script.run_async(client, c.keys, c.args)

@@ -103,15 +103,19 @@ class RedisStore(LedgerStoreMixin, PlanStoreMixin):
         return all(answers)
 
     def setup(self, database_url: str | None = None) -> SetupResult:
-        """Load every Lua script into Redis (SCRIPT LOAD); with a database URL (or
+        """Load the scripts' function library into Redis (FUNCTION LOAD); with a database URL (or
         ``DUCTO_DATABASE_URL``) also create the ledger schema in Postgres. Safe to call again."""
         result = SetupResult()
-        for name, script in self.core.scripts.items():
-            try:
-                self.client.script_load(script.source)
-                result.rpcs_created.append(f"{name}.lua")
-            except redis.RedisError as exc:
-                result.errors.append(f"{name}.lua: {exc}")
+        library = next(iter(self.core.scripts.values())).library
+        if library.load(self.client):  # one function library holds every script
+            result.rpcs_created.extend(f"{name}.lua" for name in self.core.scripts)
+        else:  # no functions here (Redis < 7): the scripts are sent with EVAL
+            for name, script in self.core.scripts.items():
+                try:
+                    self.client.script_load(script.source)
+                    result.rpcs_created.append(f"{name}.lua")
+                except redis.RedisError as exc:
+                    result.errors.append(f"{name}.lua: {exc}")
         url = database_url or self.settings.database_url
         if url:
             self._setup_database(url, result)

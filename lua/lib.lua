@@ -1,6 +1,6 @@
--- lib.lua: helpers prepended to the scripts at load time (see ducto_redis/scripts.py): each script
--- gets the top-level definitions it names, directly or through another, in this file's order. Every
--- top-level statement is a `local` definition (scripts.py refuses anything else).
+-- lib.lua: the helpers of every script (see ducto_redis/scripts.py): loaded once at the top of the
+-- scripts' function library, and put before a script's body when it is sent with EVAL. The top level
+-- only defines things: it runs at library load time, where Redis offers no string, table or cjson.
 -- It reads no KEYS or ARGV of its own. Conventions shared by all scripts:
 --   * ARGV[1] is always the clock offset in ms (0 except in tests); time is redis TIME + offset.
 --   * Replies are arrays of strings: { status, idempotent ("0"/"1"), fields... }.
@@ -89,7 +89,6 @@ end
 local LEDGER_ROW = { ts = 1, id = 2, ak = 3, acct = 4, member = 5, kind = 6, amount = 7, bal = 8, held = 9,
   hold = 10, rid = 11, op = 12, model = 13, type = 14, idem = 15, exp = 16, cap = 17, reason = 18, meta = 19 }
 local COPY_ESCAPES = { ['\\'] = '\\\\', ['\t'] = '\\t', ['\n'] = '\\n', ['\r'] = '\\r' }
-local s_find, s_gsub, t_concat = string.find, string.gsub, table.concat
 
 local function ledger(stream, fields)
   local row = { '', '', 'u', '', '', '', '0', '', '', '', '', '', '', '', '', '', '', '', '', '' }
@@ -110,12 +109,13 @@ local function ledger(stream, fields)
   if meta ~= '' and string.byte(meta, 1) ~= 123 then row[19] = cjson.encode({ raw = meta }) end
   if extra then row[20] = cjson.encode(extra) end
   -- plain finds (memchr): a pattern with a set costs ~30 ns per character in Lua
-  local probe = t_concat(row)
-  if s_find(probe, '\\', 1, true) or s_find(probe, '\t', 1, true) or s_find(probe, '\n', 1, true)
-      or s_find(probe, '\r', 1, true) then
-    for i = 1, 20 do row[i] = (s_gsub(row[i], '[\\\t\n\r]', COPY_ESCAPES)) end
+  local probe = table.concat(row)
+  local find = string.find
+  if find(probe, '\\', 1, true) or find(probe, '\t', 1, true) or find(probe, '\n', 1, true)
+      or find(probe, '\r', 1, true) then
+    for i = 1, 20 do row[i] = (string.gsub(row[i], '[\\\t\n\r]', COPY_ESCAPES)) end
   end
-  return redis.call('XADD', stream, '*', 'r', t_concat(row, '\t'))
+  return redis.call('XADD', stream, '*', 'r', table.concat(row, '\t'))
 end
 
 local function event(stream, maxlen, fields)
@@ -281,7 +281,9 @@ end
 
 -- credit expiries made by this script call (lib.lua's locals are fresh in every call): with the
 -- call's own unique id they make each expiry's ledger entry id unique
-local expiry_seq = 0
+-- numbering of this call's grant expiries (restarted for each call id: a function library keeps it
+-- between calls)
+local expiry_call, expiry_seq = nil, 0
 
 -- the grants of G as a list {id, expires ms, remaining}, oldest expiry first
 local function grants_load(G)
@@ -336,6 +338,7 @@ local function grants_expire(list, G, now, bal, held, write, stream, akind, aid,
     if e > 0 then
       local eid = ''
       if write then
+        if expiry_call ~= call then expiry_call, expiry_seq = call, 0 end
         expiry_seq = expiry_seq + 1
         eid = 'cexp:' .. call .. ':' .. I(expiry_seq)
       end

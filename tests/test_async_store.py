@@ -91,13 +91,14 @@ def test_async_memory_store_shares_data_with_a_sync_memory_store() -> None:
     assert asyncio.run(aio.get_balance("u")).balance == 42
 
 
-def test_async_store_reloads_scripts_after_script_flush(redis_client: Any) -> None:
+def test_async_store_reloads_scripts_after_function_and_script_flush(redis_client: Any) -> None:
     ns = new_namespace()
 
     async def go() -> int:
         s = AsyncRedisStore.from_url(REDIS_URL, namespace=ns)
         try:
             await s.add_credits("u", 10)
+            await s.client.function_flush()
             await s.client.script_flush()
             return (await s.charge("u", 3, "x")).balance_after
         finally:

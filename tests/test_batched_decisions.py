@@ -73,9 +73,10 @@ def test_a_batch_uses_one_script_call_per_shard(store: RedisStore) -> None:
     assert len(batch.calls) == len(shards)
 
 
-def test_batched_charges_survive_script_flush(store: RedisStore) -> None:
+def test_batched_charges_survive_function_and_script_flush(store: RedisStore) -> None:
     store.add_credits("a", 10)
     store.add_credits("b", 10)
+    store.client.function_flush()
     store.client.script_flush()
     out = store.charge_many([ChargeRequest("a", 3, "x"), ChargeRequest("b", 11, "x"), ChargeRequest("a", 3, "x")])
     assert [(r.error, r.balance_after) for r in out] == [(None, 7), ("insufficient_credits", 10), (None, 4)]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import pytest
 from conftest import snapshot
@@ -123,20 +124,34 @@ def test_bad_arguments_raise_naming_the_field_and_write_nothing(
     assert snapshot(store) == before
 
 
-def test_scripts_reload_transparently_after_script_flush(store: RedisStore) -> None:
+def test_scripts_reload_transparently_after_function_and_script_flush(store: RedisStore) -> None:
     assert store.setup().success
     store.add_credits("u", 100)
-    store.client.script_flush()
+    store.client.function_flush()
     assert store.charge("u", 10, "x").balance_after == 90
+    store.client.function_flush()
     store.client.script_flush()
     assert store.get_balance("u").balance == 90
 
 
-def test_setup_loads_every_script(store: RedisStore) -> None:
+def test_setup_loads_one_library_with_a_function_per_script(store: RedisStore) -> None:
+    store.client.function_flush()
     result = store.setup()
     assert result.success and "debit.lua" in result.rpcs_created
-    shas = [s.sha for s in store.core.scripts.values()]
-    assert all(store.client.script_exists(*shas))
+    library = next(iter(store.core.scripts.values())).library
+
+    def as_dict(x: Any) -> dict[str, Any]:  # a RESP3 map, or RESP2's flat [name, value, ...]
+        pairs = x.items() if isinstance(x, dict) else zip(x[0::2], x[1::2], strict=True)
+        return {k.decode() if isinstance(k, bytes) else k: v for k, v in pairs}
+
+    reply = store.client.function_list(library=library.name)
+    per_node = list(reply.values()) if isinstance(reply, dict) else [reply]  # a cluster: every primary
+    for libraries in per_node:
+        (loaded,) = [lib for lib in map(as_dict, libraries)
+                     if lib["library_name"] in (library.name, library.name.encode())]
+        names = {as_dict(f)["name"] for f in loaded["functions"]}
+        assert {n if isinstance(n, str) else n.decode() for n in names} == {
+            s.function for s in store.core.scripts.values()}
 
 
 def test_memory_store_works_without_setup() -> None:
