@@ -554,7 +554,7 @@ def table(results: list[Result]) -> str:
     same = next(r for r in results if r.name == SAME).rate
     lines = [
         "| section | decisions/s | p50 µs | p99 µs | client CPU µs/decision | Redis CPU µs/decision "
-        "| vs minimal EVALSHA | vs same-script EVALSHA |",
+        "| vs minimal EVALSHA | vs same-function FCALL |",
         "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in results:

@@ -21,7 +21,7 @@ from redis.cluster import RedisCluster
 from redis.exceptions import AskError, MovedError, NoScriptError, ResponseError, TryAgainError
 
 from .core import Call
-from .scripts import function_missing
+from .scripts import fcall_async, function_missing
 
 try:
     import hiredis
@@ -166,7 +166,7 @@ async def run_pipelined_async(client: Any, calls: Sequence[Call[Any]]) -> list[A
                 c = calls[i]
                 assert c.script is not None
                 try:
-                    replies[i] = await client.fcall(c.script.function, len(c.keys), *c.keys, *c.args)
+                    replies[i] = await fcall_async(client, c.script.function, c.keys, c.args)
                 except ResponseError as exc:
                     if not did_not_run(exc):
                         raise

@@ -25,6 +25,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
+from redis.cluster import RedisCluster
 from redis.exceptions import ResponseError
 
 SCRIPT_NAMES = (
@@ -78,6 +80,26 @@ def function_missing(exc: BaseException) -> bool:
                                                or text.lower().startswith("unknown command"))
 
 
+def fcall(client: Any, function: str, keys: list[str], args: list[Any]) -> Any:
+    """FCALL on a sync client. On a cluster it goes straight to the node of the first key's slot:
+    redis-py would otherwise ask the server for FCALL's keys (COMMAND GETKEYS) on every call. A
+    redirect (MOVED, ASK) is still followed by the cluster client."""
+    if keys and isinstance(client, RedisCluster):
+        cluster: Any = client  # redis-py's cluster methods are untyped
+        return cluster.execute_command("FCALL", function, len(keys), *keys, *args,
+                                       target_nodes=cluster.get_node_from_key(keys[0]))
+    return client.fcall(function, len(keys), *keys, *args)
+
+
+async def fcall_async(client: Any, function: str, keys: list[str], args: list[Any]) -> Any:
+    """:func:`fcall` on an asyncio client."""
+    if keys and isinstance(client, AsyncRedisCluster):
+        await client.initialize()  # the slot map (a no-op once the client has it)
+        return await client.execute_command("FCALL", function, len(keys), *keys, *args,
+                                            target_nodes=client.get_node_from_key(keys[0]))
+    return await client.fcall(function, len(keys), *keys, *args)
+
+
 class Library:
     """The function library holding every script (see the module docstring)."""
 
@@ -125,13 +147,13 @@ class Script:
         if it is still not there, EVAL the source (see the module docstring). A call answered
         "Function not found" did not run: running it afterwards applies it exactly once."""
         try:
-            return client.fcall(self.function, len(keys), *keys, *args)
+            return fcall(client, self.function, keys, args)
         except ResponseError as exc:
             if not function_missing(exc):
                 raise
         if self.library.load(client):
             try:
-                return client.fcall(self.function, len(keys), *keys, *args)
+                return fcall(client, self.function, keys, args)
             except ResponseError as exc:
                 if not function_missing(exc):
                     raise
@@ -140,13 +162,13 @@ class Script:
     async def run_async(self, client: Any, keys: list[str], args: list[Any]) -> Any:
         """:meth:`run` on an asyncio client."""
         try:
-            return await client.fcall(self.function, len(keys), *keys, *args)
+            return await fcall_async(client, self.function, keys, args)
         except ResponseError as exc:
             if not function_missing(exc):
                 raise
         if await self.library.load_async(client):
             try:
-                return await client.fcall(self.function, len(keys), *keys, *args)
+                return await fcall_async(client, self.function, keys, args)
             except ResponseError as exc:
                 if not function_missing(exc):
                     raise

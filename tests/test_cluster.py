@@ -165,3 +165,24 @@ def test_flusher_restore_and_reconcile_work_per_shard_on_the_cluster(cluster: Lo
         drop_namespace(store.client, store.settings.namespace)
         with psycopg.connect(DATABASE_URL, autocommit=True) as c:
             c.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+
+
+def test_single_calls_on_the_cluster_never_ask_the_server_for_fcall_keys(cluster: LocalCluster) -> None:
+    """redis-py resolves FCALL's slot with COMMAND GETKEYS (a round trip per call) unless the call
+    names its node: ours do, so a charge is one round trip on a cluster too."""
+    s = RedisStore.from_url(cluster.url, namespace=new_namespace())
+    try:
+        s.setup()
+        for i in range(10):
+            s.add_credits(f"u{i}", 100)
+        nodes = [redis.Redis(host=n.host, port=n.port) for n in s.client.get_primaries()]
+        for n in nodes:
+            n.config_resetstat()
+        for i in range(10):
+            assert s.charge(f"u{i}", 1, "x").error is None
+        getkeys = sum(int(n.info("commandstats").get("cmdstat_command|getkeys", {}).get("calls", 0)) for n in nodes)
+        fcalls = sum(int(n.info("commandstats").get("cmdstat_fcall", {}).get("calls", 0)) for n in nodes)
+        assert (getkeys, fcalls) == (0, 10)
+    finally:
+        drop_namespace(s.client, s.settings.namespace)
+        s.close()
