@@ -18,7 +18,7 @@ import redis
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 from redis.cluster import RedisCluster
-from redis.exceptions import AskError, MovedError, NoScriptError, ResponseError, TryAgainError
+from redis.exceptions import AskError, MovedError, ResponseError, TryAgainError
 
 from .core import Call
 from .scripts import fcall_async, function_missing
@@ -30,7 +30,7 @@ try:
 except ImportError:  # pragma: no cover - hiredis is a dependency; the pipeline path still works
     _pack_command = None
 
-DID_NOT_RUN = (NoScriptError, MovedError, AskError, TryAgainError)
+DID_NOT_RUN = (MovedError, AskError, TryAgainError)
 
 
 def did_not_run(reply: Any) -> bool:

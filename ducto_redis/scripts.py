@@ -131,16 +131,15 @@ class Library:
 
 
 class Script:
-    """One script: its function in the library, and its EVAL source (lib.lua + body) and SHA1."""
+    """One script: its function in the library, and its EVAL source (lib.lua + body)."""
 
-    __slots__ = ("function", "library", "name", "sha", "source")
+    __slots__ = ("function", "library", "name", "source")
 
     def __init__(self, name: str, library: Library) -> None:
         self.name = name
         self.library = library
         self.function = f"{library.name}_{name}"
         self.source = _read("lib") + "\n" + _read(name)
-        self.sha = hashlib.sha1(self.source.encode("utf-8")).hexdigest()
 
     def run(self, client: Any, keys: list[str], args: list[Any]) -> Any:
         """FCALL on a sync client; if the function is not loaded, load the library and call again;
