@@ -70,7 +70,7 @@ def test_restore_publishes_every_pricing_version_again_and_reconcile_checks_them
     before = s.get_active_pricing()
     drop_namespace(s.client, s.settings.namespace)
     assert s.get_active_pricing() is None
-    s.restore_from_ledger()
+    assert s.restore_from_ledger() == 1  # accounts: "u"; the pricing versions come back beside them
     assert s.get_active_pricing() == before and before is not None and before.id == active_id
     assert s.get_pricing_history() == history and len(history) == 2
     assert s.get_pricing_config(1).config == first  # type: ignore[union-attr]

@@ -308,13 +308,16 @@ def write_state(store: Any, s: AccountState, now_ms: int) -> None:
 
 
 def restore(store: Any, database_url: str, *, progress: bool = True) -> int:
-    """Rebuild every account's Redis keys from the ledger; returns the number of accounts."""
+    """Rebuild every account's Redis keys (and the pricing versions) from the ledger; returns the
+    number of accounts."""
     schema, ns = store.settings.ledger_schema, store.settings.namespace
     total = _count_accounts(database_url, schema, ns)
     now_ms = int(time.time() * 1000)
     done = 0
     for state in derive(database_url, schema, ns, now_ms):
         write_state(store, state, now_ms)
+        if state.kind == "p":  # the pricing versions: not an account
+            continue
         done += 1
         if progress and (done % 500 == 0 or done == total):
             _bar(done, total)
@@ -328,7 +331,7 @@ def _count_accounts(database_url: str, schema: str, namespace: str) -> int:
 
     with psycopg.connect(database_url) as conn:
         row = conn.execute(f"SELECT COUNT(DISTINCT (account_kind, account_id)) FROM {schema}.ledger "
-                           "WHERE namespace = %s", (namespace,)).fetchone()
+                           "WHERE namespace = %s AND account_kind <> 'p'", (namespace,)).fetchone()
     return int(row[0]) if row else 0
 
 
