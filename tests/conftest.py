@@ -67,6 +67,30 @@ def redis_client() -> Iterator[redis.Redis]:
     client.close()
 
 
+@pytest.fixture(scope="session", autouse=True)
+def shared_redis_is_never_flushed() -> Iterator[None]:
+    """The shared Redis may serve others: a sentinel function library and script, loaded at the start,
+    must still be there at the end (FUNCTION FLUSH or SCRIPT FLUSH anywhere in the run fails it)."""
+    client = redis.Redis.from_url(REDIS_URL, decode_responses=True)
+    try:
+        client.ping()
+    except redis.ConnectionError:
+        yield  # the redis_client fixture says why the real-Redis tests cannot run
+        return
+    name = "sentinel_" + uuid.uuid4().hex[:12]
+    client.function_load(f"#!lua name={name}\nredis.register_function('{name}', function() return 1 end)")
+    sha = client.script_load(f"return '{name}'")
+    yield
+    try:
+        functions_kept = bool(client.function_list(library=name))
+        scripts_kept = client.script_exists(sha) == [True]
+        with contextlib.suppress(redis.ResponseError):
+            client.function_delete(name)
+    finally:
+        client.close()
+    assert functions_kept and scripts_kept, "a test flushed functions or scripts on the shared Redis"
+
+
 def _free_ports(n: int) -> list[int]:
     socks = [socket.socket() for _ in range(n)]
     try:
@@ -133,6 +157,40 @@ class LocalCluster:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
+class PrivateRedis:
+    """A plain redis-server of the tests' own on a free loopback port, in a temporary folder.
+
+    Tests that flush server-wide state (FUNCTION FLUSH, SCRIPT FLUSH) run here: the shared Redis
+    may serve other users and other test runs at the same time.
+    """
+
+    def __init__(self) -> None:
+        self.dir = tempfile.mkdtemp(prefix="ducto-redis-")
+        (self.port,) = _free_ports(1)
+        subprocess.run(
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+             "--daemonize", "yes", "--dir", self.dir, "--logfile", f"{self.dir}/redis.log"],
+            check=True,
+        )
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        LocalCluster._wait(lambda: redis.Redis(port=self.port).ping())
+
+    def stop(self) -> None:
+        with contextlib.suppress(redis.RedisError):
+            redis.Redis(port=self.port).shutdown(nosave=True)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def private_redis() -> Iterator[PrivateRedis]:
+    """A redis-server started for this test session only (see :class:`PrivateRedis`)."""
+    if shutil.which("redis-server") is None:
+        pytest.skip("no redis-server binary on this machine: tests that flush a private Redis are skipped")
+    server = PrivateRedis()
+    yield server
+    server.stop()
+
+
 @pytest.fixture(scope="session")
 def cluster() -> Iterator[LocalCluster]:
     if shutil.which("redis-server") is None or shutil.which("redis-cli") is None:
@@ -149,6 +207,8 @@ def make_store(kind: str, redis_client: Any, **overrides: Any) -> RedisStore:
     if kind == "cluster":
         url = os.environ["DUCTO_TEST_CLUSTER_URL"]
         return RedisStore.from_url(url, namespace=namespace, **overrides)
+    if kind == "private":
+        return RedisStore.from_url(os.environ["DUCTO_TEST_PRIVATE_URL"], namespace=namespace, **overrides)
     return RedisStore.from_url(REDIS_URL, namespace=namespace, **overrides)
 
 
@@ -156,6 +216,21 @@ def make_store(kind: str, redis_client: Any, **overrides: Any) -> RedisStore:
 def store(request: pytest.FixtureRequest, redis_client: redis.Redis) -> Iterator[RedisStore]:
     if request.param == "cluster":
         os.environ["DUCTO_TEST_CLUSTER_URL"] = request.getfixturevalue("cluster").url
+    s = make_store(request.param, redis_client)
+    yield s
+    if request.param != "memory":
+        drop_namespace(s.client, s.settings.namespace)
+        s.close()
+
+
+@pytest.fixture(params=["memory", "private", "cluster"])
+def flushable_store(request: pytest.FixtureRequest, redis_client: redis.Redis) -> Iterator[RedisStore]:
+    """The store table for tests that flush functions or scripts: the real Redis backend is a private
+    server of the tests' own, never the shared one."""
+    if request.param == "cluster":
+        os.environ["DUCTO_TEST_CLUSTER_URL"] = request.getfixturevalue("cluster").url
+    if request.param == "private":
+        os.environ["DUCTO_TEST_PRIVATE_URL"] = request.getfixturevalue("private_redis").url
     s = make_store(request.param, redis_client)
     yield s
     if request.param != "memory":

@@ -91,11 +91,11 @@ def test_async_memory_store_shares_data_with_a_sync_memory_store() -> None:
     assert asyncio.run(aio.get_balance("u")).balance == 42
 
 
-def test_async_store_reloads_scripts_after_function_and_script_flush(redis_client: Any) -> None:
+def test_async_store_reloads_scripts_after_function_and_script_flush(private_redis: Any) -> None:
     ns = new_namespace()
 
     async def go() -> int:
-        s = AsyncRedisStore.from_url(REDIS_URL, namespace=ns)
+        s = AsyncRedisStore.from_url(private_redis.url, namespace=ns)
         try:
             await s.add_credits("u", 10)
             await s.client.function_flush()
@@ -104,10 +104,7 @@ def test_async_store_reloads_scripts_after_function_and_script_flush(redis_clien
         finally:
             await s.close()
 
-    try:
-        assert asyncio.run(go()) == 7
-    finally:
-        drop_namespace(redis_client, ns)
+    assert asyncio.run(go()) == 7
 
 
 def test_auto_batching_coalesces_concurrent_calls_and_gives_each_its_own_result(redis_client: Any) -> None:

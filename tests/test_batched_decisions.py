@@ -73,7 +73,8 @@ def test_a_batch_uses_one_script_call_per_shard(store: RedisStore) -> None:
     assert len(batch.calls) == len(shards)
 
 
-def test_batched_charges_survive_function_and_script_flush(store: RedisStore) -> None:
+def test_batched_charges_survive_function_and_script_flush(flushable_store: RedisStore) -> None:
+    store = flushable_store
     store.add_credits("a", 10)
     store.add_credits("b", 10)
     store.client.function_flush()

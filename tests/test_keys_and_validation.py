@@ -124,7 +124,8 @@ def test_bad_arguments_raise_naming_the_field_and_write_nothing(
     assert snapshot(store) == before
 
 
-def test_scripts_reload_transparently_after_function_and_script_flush(store: RedisStore) -> None:
+def test_scripts_reload_transparently_after_function_and_script_flush(flushable_store: RedisStore) -> None:
+    store = flushable_store
     assert store.setup().success
     store.add_credits("u", 100)
     store.client.function_flush()
@@ -134,7 +135,8 @@ def test_scripts_reload_transparently_after_function_and_script_flush(store: Red
     assert store.get_balance("u").balance == 90
 
 
-def test_setup_loads_one_library_with_a_function_per_script(store: RedisStore) -> None:
+def test_setup_loads_one_library_with_a_function_per_script(flushable_store: RedisStore) -> None:
+    store = flushable_store
     store.client.function_flush()
     result = store.setup()
     assert result.success and "debit.lua" in result.rpcs_created

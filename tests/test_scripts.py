@@ -8,7 +8,6 @@ from typing import Any
 
 import redis
 import redis.asyncio as aredis
-from conftest import REDIS_URL
 
 from ducto_redis.scripts import scripts
 
@@ -47,8 +46,8 @@ class AsyncFlushBeforeEveryCall(FlushBeforeEveryCall):
         return await self.inner.evalsha(*args)
 
 
-def test_a_call_succeeds_even_when_the_cache_is_flushed_again_after_reloading(redis_client: Any) -> None:
-    client = redis.Redis.from_url(REDIS_URL, decode_responses=True)
+def test_a_call_succeeds_even_when_the_cache_is_flushed_again_after_reloading(private_redis: Any) -> None:
+    client = redis.Redis.from_url(private_redis.url, decode_responses=True)
     try:
         flushing = FlushBeforeEveryCall(client)
         reply = scripts()["balance"].run(flushing, KEYS, ["0"])
@@ -57,9 +56,9 @@ def test_a_call_succeeds_even_when_the_cache_is_flushed_again_after_reloading(re
         client.close()
 
 
-def test_an_async_call_succeeds_even_when_the_cache_is_flushed_again_after_reloading(redis_client: Any) -> None:
+def test_an_async_call_succeeds_even_when_the_cache_is_flushed_again_after_reloading(private_redis: Any) -> None:
     async def go() -> Any:
-        client = aredis.Redis.from_url(REDIS_URL, decode_responses=True)
+        client = aredis.Redis.from_url(private_redis.url, decode_responses=True)
         try:
             return await scripts()["balance"].run_async(
                 AsyncFlushBeforeEveryCall(client), KEYS, ["0"])
