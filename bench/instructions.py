@@ -1,17 +1,22 @@
-"""Instructions Redis executes per store call, counted by callgrind: repeatable on a noisy machine.
+"""Instructions Redis executes per decision, counted by callgrind: repeatable on a noisy machine.
 
 Timings on this 2-core machine swing by 2x from run to run; instruction counts do not. Each case
-starts a private ``redis-server`` under ``valgrind --tool=callgrind``, makes ``--calls`` calls (after
-the same setup) and again ``--calls`` + 1000, and reports the difference / 1000: what one call
-costs Redis, network handling included, startup and setup excluded.
+starts a private ``redis-server`` under ``valgrind --tool=callgrind``, makes ``--calls`` decisions
+(after the same setup) and again ``--calls`` + 1000, and reports the difference / 1000: what one
+decision costs Redis, network handling included, startup and setup excluded. Every row is also
+given as a ratio to the reference debit script (``../shared/bench/reference_debit.lua``: balance +
+daily window + member counter + XADD, by EVALSHA), measured in the same run.
 
-Cases: ``charge`` (a user debit), ``team`` (``deduct_team`` with a member cap), ``add`` (``add_credits``).
+Cases: ``reference``, ``noop`` (FCALL of a function returning 1), ``limits`` (the ``limits``
+library's moving-window ``hit()``), ``charge`` (one daily deny cap), ``charge_many`` (100 per call,
+per decision), ``team`` (``deduct_team``, member with a cap), ``reserve_deduct`` (the pair, per
+pair), ``allowance`` (``charge_with_allowance``, paid part), ``add`` (``add_credits``).
 ``--code PATH`` measures another checkout of ducto-redis (e.g. a ``git worktree`` of an older
 commit), so two versions compare in one run.
 
 Usage::
 
-    python bench/instructions.py [--calls 200] [--code PATH] [--write] [charge team add]
+    python bench/instructions.py [--calls 200] [--code PATH] [--write] [case ...]
 
 Needs ``valgrind`` and ``redis-server`` on PATH. Nothing here is asserted by a test.
 """
@@ -32,26 +37,88 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from results import write_section
 
 ROOT = Path(__file__).resolve().parent.parent
+REFERENCE = ROOT.parent / "shared" / "bench" / "reference_debit.lua"
+
+# Each case: (label, setup, one decision's code, decisions the code makes). The code sees `s` (a
+# RedisStore), `r` (a plain redis-py client), `i` (the call number) and whatever the setup made.
+STORE_SETUP = """
+from ducto_redis import RedisStore, SpendCap
+s = RedisStore.from_url(URL, namespace='cg', shards=8)
+s.setup()
+for u in range(20):
+    s.add_credits(f'u{u}', 10**12)
+"""
+CASES: dict[str, tuple[str, str, str, int]] = {
+    "reference": (
+        "reference debit script (EVALSHA)",
+        "sha = r.script_load(open(REFERENCE).read())\nr.hset('ref:{t}:bal', 'balance', 10**15)",
+        "r.evalsha(sha, 4, 'ref:{t}:bal', 'ref:{t}:day', 'ref:{t}:mem', 'ref:{t}:ledger', 1, 10**15, 'm1', 10**15,"
+        " f'e{i}', 1735689600000, 90000)",
+        1,
+    ),
+    "noop": (
+        "FCALL of a function returning 1",
+        "r.function_load(\"#!lua name=noop\\nredis.register_function('noop', function() return 1 end)\", replace=True)",
+        "r.fcall('noop', 0)",
+        1,
+    ),
+    "limits": (
+        "limits moving-window hit()",
+        "from limits import parse, storage, strategies\n"
+        "lim = strategies.MovingWindowRateLimiter(storage.RedisStorage(URL))\nitem = parse('1000000000/day')",
+        "lim.hit(item, 'k')",
+        1,
+    ),
+    "charge": (
+        "RedisStore.charge, one daily deny cap",
+        STORE_SETUP + "for u in range(20):\n"
+        "    s.set_spend_cap(SpendCap(user_id=f'u{u}', cap_type='daily', limit=10**12, action='deny'))",
+        "s.charge(f'u{i % 20}', 1, 'x')",
+        1,
+    ),
+    "charge_many": (
+        "charge_many, 100 per call, per decision",
+        STORE_SETUP + "from ducto_redis.batch import ChargeRequest\nfor u in range(20):\n"
+        "    s.set_spend_cap(SpendCap(user_id=f'u{u}', cap_type='daily', limit=10**12, action='deny'))\n"
+        "reqs = [ChargeRequest(f'u{u % 20}', 1, 'x') for u in range(100)]",
+        "s.charge_many(reqs)",
+        100,
+    ),
+    "team": (
+        "deduct_team, member with a cap",
+        STORE_SETUP + "tid = s.create_team('T', initial_balance=10**12).team_id\nfor u in range(20):\n"
+        "    s.add_team_member(tid, f'u{u}', spend_cap=10**9)",
+        "s.deduct_team(tid, f'u{i % 20}', 1)",
+        1,
+    ),
+    "reserve_deduct": (
+        "reserve_credits + deduct_credits (the pair)",
+        STORE_SETUP,
+        "s.deduct_credits(f'u{i % 20}', s.reserve_credits(f'u{i % 20}', 5, 'x').reservation_id, 3)",
+        1,
+    ),
+    "allowance": (
+        "charge_with_allowance (allowance used up: the paid path)",
+        STORE_SETUP + "from ducto_redis import PricingConfigData, PlanDefinition\n"
+        "s.set_active_pricing(PricingConfigData(models={'m': 'input_tokens'},"
+        " plans={'pro': PlanDefinition(id='pro', name='Pro', free_allowance=10)}))\n"
+        "for u in range(20):\n    s.set_user_plan(f'u{u}', 'pro')\n    s.charge_with_allowance(f'u{u}', 10, 'x')",
+        "s.charge_with_allowance(f'u{i % 20}', 1, 'x')",
+        1,
+    ),
+    "add": ("add_credits", STORE_SETUP, "s.add_credits(f'u{i % 20}', 1)", 1),
+}
 WORKLOAD = """
 import sys
 sys.path.insert(0, {code!r})
-from ducto_redis import RedisStore
-s = RedisStore.from_url('redis://127.0.0.1:{port}/0', namespace='cg')
-s.setup()
-for i in range(20):
-    s.add_credits(f'u{{i}}', 10**12)
-tid = s.create_team('T', initial_balance=10**12).team_id
-for i in range(20):
-    s.add_team_member(tid, f'u{{i}}', spend_cap=10**9)
-for i in range({n}):
-    if {case!r} == 'charge':
-        s.charge(f'u{{i % 20}}', 1, 'x')
-    elif {case!r} == 'team':
-        s.deduct_team(tid, f'u{{i % 20}}', 1)
-    else:
-        s.add_credits(f'u{{i % 20}}', 1)
+import redis
+URL = 'redis://127.0.0.1:{port}/0'
+REFERENCE = {reference!r}
+r = redis.Redis.from_url(URL, decode_responses=True)
+{setup}
+for i in range({calls}):
+    {call}
 """
-CASES = {"charge": "RedisStore.charge", "team": "deduct_team (member cap)", "add": "add_credits"}
 
 
 def free_port() -> int:
@@ -60,8 +127,9 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def instructions(code: str, case: str, n: int) -> int:
-    """Total instructions of a callgrind'ed redis-server that served the setup and ``n`` calls."""
+def instructions(code: str, case: str, decisions: int) -> int:
+    """Total instructions of a callgrind'ed redis-server that served the setup and ``decisions``."""
+    _label, setup, call, per_call = CASES[case]
     port, folder = free_port(), tempfile.mkdtemp(prefix="ducto-cg-")
     out = Path(folder) / "callgrind.out"
     server = subprocess.Popen(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", "redis-server",
@@ -73,7 +141,9 @@ def instructions(code: str, case: str, n: int) -> int:
             if ping.stdout.strip() == "PONG":
                 break
             time.sleep(0.1)
-        subprocess.run([sys.executable, "-c", WORKLOAD.format(code=code, port=port, n=n, case=case)], check=True)
+        workload = WORKLOAD.format(code=code, port=port, reference=str(REFERENCE), setup=setup,
+                                   calls=decisions // per_call, call=call)
+        subprocess.run([sys.executable, "-c", workload], check=True)
         subprocess.run(["redis-cli", "-p", str(port), "shutdown", "nosave"], capture_output=True)
         server.wait(120)
     finally:
@@ -81,29 +151,40 @@ def instructions(code: str, case: str, n: int) -> int:
             server.kill()
     for line in out.read_text().splitlines():
         if line.startswith(("summary:", "totals:")):
+            shutil.rmtree(folder, ignore_errors=True)
             return int(line.split()[1])
     raise RuntimeError(f"no totals in {out}")
 
 
+def per_decision(code: str, case: str, calls: int) -> float:
+    """Redis instructions of one decision: (calls + 1000 decisions) − (calls decisions), / 1000."""
+    return (instructions(code, case, calls + 1000) - instructions(code, case, calls)) / 1000
+
+
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     ap.add_argument("cases", nargs="*", help=f"any of {', '.join(CASES)} (default: all)")
-    ap.add_argument("--calls", type=int, default=200)
+    ap.add_argument("--calls", type=int, default=200, help="decisions before the measured 1000 (default 200)")
     ap.add_argument("--code", default=str(ROOT), help="the ducto-redis checkout to measure")
-    ap.add_argument("--write", action="store_true")
+    ap.add_argument("--write", action="store_true", help="write the table into bench/RESULTS.md")
     opts = ap.parse_args()
     if unknown := set(opts.cases) - set(CASES):
         ap.error(f"unknown case(s): {', '.join(sorted(unknown))}")
     if not (shutil.which("valgrind") and shutil.which("redis-server")):
         sys.exit("needs valgrind and redis-server on PATH")
-    rows = ["| call | Redis instructions per call |", "|---|---:|"]
-    for case in opts.cases or list(CASES):
-        per_call = (instructions(opts.code, case, opts.calls + 1000) - instructions(opts.code, case, opts.calls)) / 1000
-        rows.append(f"| {CASES[case]} | {per_call:,.0f} |")
+    if opts.calls % 100:
+        ap.error("--calls must be a multiple of 100 (charge_many makes 100 decisions per call)")
+    wanted = opts.cases or list(CASES)
+    reference = per_decision(opts.code, "reference", opts.calls)
+    rows = ["| decision | Redis instructions per decision | vs the reference debit |", "|---|---:|---:|"]
+    for case in wanted:
+        n = reference if case == "reference" else per_decision(opts.code, case, opts.calls)
+        rows.append(f"| {CASES[case][0]} | {n:,.0f} | {n / reference:.2f}× |")
         print(rows[-1], flush=True)
     if opts.write:
-        write_section("Redis instructions per call", "python bench/instructions.py " + " ".join(sys.argv[1:]),
-                      "callgrind on a private redis-server (deterministic: the machine's load does not change it).",
+        write_section("Redis instructions per decision", "python bench/instructions.py " + " ".join(sys.argv[1:]),
+                      "callgrind on a private redis-server (deterministic: the machine's load does not change "
+                      "it); each row also as a ratio to the reference debit script measured in the same run.",
                       "\n".join(rows))
 
 
