@@ -73,6 +73,12 @@ def _read(name: str) -> str:
     return (_lua_dir() / f"{name}.lua").read_text(encoding="utf-8")
 
 
+@cache
+def library_source() -> str:
+    """The shared helpers: ``lua/lib/*.lua`` joined in name order (each file one topic)."""
+    return "\n".join(p.read_text(encoding="utf-8") for p in sorted((_lua_dir() / "lib").glob("*.lua")))
+
+
 def function_missing(exc: BaseException) -> bool:
     """Whether an error reply says the function is not loaded (or FCALL unknown): the call did not run."""
     text = str(exc)
@@ -139,7 +145,7 @@ class Script:
         self.name = name
         self.library = library
         self.function = f"{library.name}_{name}"
-        self.source = _read("lib") + "\n" + _read(name)
+        self.source = library_source() + "\n" + _read(name)
 
     def run(self, client: Any, keys: list[str], args: list[Any]) -> Any:
         """FCALL on a sync client; if the function is not loaded, load the library and call again;
@@ -177,5 +183,5 @@ class Script:
 @cache
 def scripts() -> dict[str, Script]:
     """Every script by name, all in one library (sources read once per process)."""
-    library = Library(_read("lib"), {name: _read(name) for name in SCRIPT_NAMES})
+    library = Library(library_source(), {name: _read(name) for name in SCRIPT_NAMES})
     return {name: Script(name, library) for name in SCRIPT_NAMES}

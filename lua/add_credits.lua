@@ -1,53 +1,51 @@
--- add_credits.lua: credit a user's balance (amount 0 only creates the record).
--- With expires_at (users only) the credit is an expiring grant: it leaves the balance at that time if
--- unspent (see lib.lua grants_*); the account joins its shard's grant index.
--- KEYS[1] account hash   KEYS[2] idempotency key   KEYS[3] ledger stream
--- KEYS[4] expiring grants hash   KEYS[5] the shard's grant index (accounts by earliest expiry)
--- ARGV[1] clock offset ms   ARGV[2] transaction id   ARGV[3] user id (raw)   ARGV[4] amount (>= 0)
--- ARGV[5] transaction type   ARGV[6] counts toward lifetime_purchased ("1"/"0")   ARGV[7] metadata JSON
--- ARGV[8] has idempotency key ("1"/"0")   ARGV[9] idempotency key (raw)   ARGV[10] idempotency TTL s
--- ARGV[11] expires_at ms or ""   ARGV[12] account kind ("u"; "t" for a team top-up)
--- ARGV[13] "1" when the account must already exist (team top-up), else "0" or absent
--- Reply: { "ok"|"invalid_amount"|"team_not_found"|"invalid_expiry", idempotent, transaction id, amount, balance after,
---          lifetime purchased }
-local acct, idem, stream = KEYS[1], KEYS[2], KEYS[3]
-local again = replay(idem, ARGV[8])
-if again then return again end
-
-local now = now_ms(ARGV[1])
-local amount = tonumber(ARGV[4])
-local vals = redis.call('HMGET', acct, 'bal', 'life', 'held', 'created', 'gx')
-local bal = tonumber(vals[1]) or 0
-local life = tonumber(vals[2]) or 0
-if ARGV[13] == '1' and not vals[4] then
-  return { 'team_not_found', '0', '', I(amount), '0', '0' }
+-- add_credits.lua: credit an account's balance (amount 0 only creates the record). With expires_at
+-- (users) the credit is an expiring grant (lib/06_grants.lua) and the account joins its shard's
+-- grant index. An expiry already past is taken, as ducto takes it: the grant is due at once, so it
+-- is never spendable, and the next sweep (or script touching the account) expires it.
+-- KEYS: account idem ledger grants gindex
+-- ARGV: cid tx amount purchase frag expires must_exist config
+--   purchase: "1" when the credit counts toward lifetime purchased; must_exist: "1" for a team top-up
+-- REPLY: status idempotent tx amount balance life
+--   status: ok | invalid_amount | team_not_found
+local ctx = ctx_new(ARGV[8], KEYS[3], KEYS[3])
+local acct, idem = KEYS[1], KEYS[2]
+local has_idem = idem ~= acct .. ':i'
+if has_idem then
+  local again = idem_seen(ctx, idem)
+  if again then return again end
 end
-local expires = tonumber(ARGV[11])
-if expires and expires <= now then
-  return { 'invalid_expiry', '0', '', I(amount), I(bal), I(life) }
+local cid, tx, amount_s, frag = ARGV[1], ARGV[2], ARGV[3], ARGV[5]
+local st = account(ctx, acct, { 'life', 'created' })
+local life = field(st, 'life') or '0'
+local seen = ring_seen(st, cid)
+if seen then return 'ok|1|' .. tx .. '|' .. amount_s .. '|' .. bal_text(st) .. '|' .. life end
+if ARGV[7] == '1' and not field(st, 'created') then return 'team_not_found|0||' .. amount_s .. '|0|0' end
+local amount = amount_s + 0
+if st.bal + amount > MAX_SAFE then
+  return 'invalid_amount|0||' .. amount_s .. '|' .. bal_text(st) .. '|' .. life
 end
-if bal + amount > MAX_SAFE then
-  return { 'invalid_amount', '0', '', I(amount), I(bal), I(life) }
-end
--- expired grants leave first (held is as stored: a stale, larger held only pins more)
-if vals[5] then
-  bal = grants_due(acct, KEYS[4], vals[5], now, bal, tonumber(vals[3]) or 0, stream, ARGV[12], ARGV[3], ARGV[2])
-end
-bal = bal + amount
-if ARGV[6] == '1' then life = life + amount end
-redis.call('HSET', acct, 'bal', I(bal), 'life', I(life))
-if not vals[4] then redis.call('HSET', acct, 'created', I(now), 'held', '0') end
-if expires and amount > 0 then
-  redis.call('HSET', KEYS[4], ARGV[2], I(expires) .. '|' .. I(amount))
-  local gx = tonumber(redis.call('HGET', acct, 'gx'))
-  if not gx or expires < gx then
-    redis.call('HSET', acct, 'gx', I(expires))
-    redis.call('ZADD', KEYS[5], expires, ARGV[3])
+local ak = frag_value(frag, 2)
+local aid
+if st.gx ~= '' or ARGV[6] ~= '' or st.hx ~= '' then aid = frag_value(frag, 3) end
+if st.hx ~= '' then holds_sweep(ctx, st, ak, aid, ak == 't') end
+-- expired grants leave first
+grants_due(ctx, st, KEYS[4], ak, aid, cid)
+st_balance(st, ctx.c, st.bal + amount, 0)
+if ARGV[4] == '1' then life = I(life + amount) end
+field_set(st, 'life', life)
+if not field(st, 'created') then field_set(st, 'created', ctx.c.ts) end
+if ARGV[6] ~= '' and amount > 0 then
+  local expires = ARGV[6] + 0
+  redis.call('HSET', KEYS[4], tx, ARGV[6] .. '|' .. amount_s)
+  if st.gx == '' or expires < st.gx + 0 then
+    st.gx, st.wS = ARGV[6], true
+    redis.call('ZADD', KEYS[5], expires, aid)
   end
 end
-
-ledger(stream, { 'id', ARGV[2], 'ts', I(now), 'ak', ARGV[12], 'acct', ARGV[3], 'kind', 'credit',
-  'amount', I(amount), 'bal', I(bal), 'held', vals[3] or '0', 'type', ARGV[5], 'idem', ARGV[9],
-  'exp', ARGV[11], 'meta', ARGV[7] })
-
-return remember(idem, ARGV[8], ARGV[10], { 'ok', '0', ARGV[2], I(amount), I(bal), I(life) })
+row(ctx, tx, 'credit', amount_s, bal_text(st), held_text(st), '', ARGV[6], '', '', '', frag)
+ring_add(st, cid, nil)
+st.wS = st.wS or not st.exists
+local r = 'ok|0|' .. tx .. '|' .. amount_s .. '|' .. bal_text(st) .. '|' .. life
+finish(ctx, {}, nil)
+if has_idem then redis.call('SET', idem, r, 'EX', ctx.cfg.idem_ttl) end
+return r

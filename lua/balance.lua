@@ -1,13 +1,15 @@
 -- balance.lua (read-only): an account's balance, held amount (expired holds excluded) and lifetime.
 -- Expired grants are left out of the balance as the next mutation would expire them.
--- KEYS[1] account hash   KEYS[2] holds hash   KEYS[3] hold expiry zset   KEYS[4] expiring grants hash
--- ARGV[1] clock offset ms
--- Reply: { "ok", "0", balance, held, lifetime purchased, exists ("1"/"0") }
-local now = now_ms(ARGV[1])
-local v = redis.call('HMGET', KEYS[1], 'bal', 'held', 'life', 'created', 'gx')
-local held = (tonumber(v[2]) or 0) - expired_hold_total(KEYS[2], KEYS[3], now)
-local bal = v[1] or '0'
-if v[5] and tonumber(v[5]) <= now then
-  bal = I((grants_expire(grants_load(KEYS[4]), KEYS[4], now, tonumber(bal), held, false, nil, nil, nil, nil)))
+-- KEYS: account grants
+-- ARGV: config
+-- REPLY: [ok, 0, balance, held, life, exists ("1"/"0")]
+local ctx = { c = clock(config(ARGV[1])), rows = {} }
+local v = redis.call('HMGET', KEYS[1], 'b', 'S', 'life', 'created')
+local st = st_new(KEYS[1], v[1] or nil, v[2] or nil, nil)
+local held = st.held - (holds_expired(st, ctx.c.now, false))
+local bal = st.bal
+if st.gx ~= '' and st.gx + 0 <= ctx.c.now then
+  st.held = held
+  bal = grants_expire(ctx, st, grants_load(KEYS[2]), KEYS[2], false)
 end
-return { 'ok', '0', bal, I(held), v[3] or '0', v[4] and '1' or '0' }
+return { 'ok', '0', I(bal), I(held), v[3] or '0', v[4] and '1' or '0' }

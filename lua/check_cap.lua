@@ -1,38 +1,51 @@
 -- check_cap.lua (read-only): the cap that matters most for spending `amount` now.
 -- Order: a deny cap that would refuse, then a warn/notify cap that would be passed, then the cap
 -- with the least headroom. Without a model every cap counts (per-model caps against their model).
--- KEYS[1] caps hash   KEYS[2] day window   KEYS[3] month window
--- ARGV[1] clock offset ms   ARGV[2] model or ""   ARGV[3] amount, or "" for "one more credit"
--- Reply: { "ok", "0", capped ("1"/"0"), current spend, limit, action or "", model or "", period or "" }
-local now = now_ms(ARGV[1])
-local model = ARGV[2]
-local caps
-if model == '' then
-  caps = {}
-  local all = redis.call('HGETALL', KEYS[1])
-  for i = 1, #all, 2 do
-    local f, v = all[i], all[i + 1]
-    local limit, action = string.match(v, '^(%d+)|(%a+)$')
-    caps[#caps + 1] = { string.sub(f, 1, 1), string.sub(f, 3), tonumber(limit), action }
+-- KEYS: account
+-- ARGV: model amount config   (amount "" = "one more credit")
+-- REPLY: [ok, 0, capped ("1"/"0"), current spend, limit, action or "", model or "", period or ""]
+local c = clock(config(ARGV[3]))
+local model = ARGV[1]
+local v = redis.call('HMGET', KEYS[1], 'b', 'S')
+local st = st_new(KEYS[1], v[1] or nil, v[2] or nil, nil)
+local dS, mS = st_spend(st, c)
+local caps = {}
+local function add(text, period, mdl, spend)
+  if text ~= '' then
+    local limit, action = cap_parse(text)
+    caps[#caps + 1] = { period, mdl, limit, action, spend }
   end
+end
+add(st.dC, 'd', '', dS)
+add(st.mC, 'm', '', mS)
+local function add_model(mdl, text)
+  local w = mw_new(text)
+  local wd, wm = mw_spend(w, c)
+  add(w.dC, 'd', mdl, wd)
+  add(w.mC, 'm', mdl, wm)
+end
+if model ~= '' then
+  local t = redis.call('HGET', KEYS[1], 'M|' .. model)
+  if t then add_model(model, t) end
 else
-  caps = applicable_caps(KEYS[1], model)
+  local cursor = '0'
+  repeat
+    local r = redis.call('HSCAN', KEYS[1], cursor, 'MATCH', 'M|*', 'COUNT', 1000)
+    cursor = r[1]
+    for i = 1, #r[2], 2 do add_model(string.sub(r[2][i], 3), r[2][i + 1]) end
+  until cursor == '0'
 end
 if #caps == 0 then return { 'ok', '0', '0', '0', '0', '', '', '' } end
-
-local amount = tonumber(ARGV[3])
+local amount = ARGV[2] ~= '' and ARGV[2] + 0 or nil
 local best, best_rank, best_room = nil, 9, nil
-for _, c in ipairs(caps) do
-  local key = c[1] == 'd' and KEYS[2] or KEYS[3]
-  local bucket = bucket_of(c[1], now)
-  c[5] = window_spend(key, bucket, c[2] == '' and '*' or ('m|' .. c[2]))
+for _, cap in ipairs(caps) do
   local over
-  if amount then over = c[5] + amount > c[3] else over = c[5] >= c[3] end
+  if amount then over = cap[5] + amount > cap[3] else over = cap[5] >= cap[3] end
   local rank = 3
-  if over then rank = c[4] == 'deny' and 1 or 2 end
-  local room = c[3] - c[5]
+  if over then rank = cap[4] == 'deny' and 1 or 2 end
+  local room = cap[3] - cap[5]
   if rank < best_rank or (rank == best_rank and room < best_room) then
-    best, best_rank, best_room = c, rank, room
+    best, best_rank, best_room = cap, rank, room
   end
 end
 return { 'ok', '0', best_rank == 1 and '1' or '0', I(best[5]), I(best[3]), best[4], best[2],

@@ -1,18 +1,13 @@
--- debit.lua: spend credits, checking spend caps and balance in the same step. Two modes:
---   settle a reservation (ARGV[4] = reservation id): the hold is gone after; spending less than the
---   hold returns the rest, more succeeds only if the available balance covers the difference;
---   charge (ARGV[4] = ""): the gateway's one-round-trip debit with no hold.
+-- debit.lua: spend credits, checking rate limit, spend caps and balance in the same step. Two modes:
+--   charge (rid = ""): the gateway's one-round-trip debit with no hold;
+--   settle a reservation (rid given): the hold is gone after; spending less than the hold returns
+--   the rest, more succeeds only if the available balance covers the difference.
 -- A deny cap that would be exceeded refuses the debit (and releases the hold when settling);
--- warn/notify caps let it pass and append an event.
--- KEYS[1] account hash   KEYS[2] holds hash   KEYS[3] hold expiry zset   KEYS[4] caps hash
--- KEYS[5] day window   KEYS[6] month window   KEYS[7] idempotency key   KEYS[8] ledger stream
--- KEYS[9] events stream   KEYS[10] expiring grants hash   KEYS[11] this debit's refund record
--- ARGV[1] clock offset ms   ARGV[2] transaction id   ARGV[3] user id (raw)   ARGV[4] reservation id or ""
--- ARGV[5] amount (>= 0 settling, >= 1 charging)   ARGV[6] operation type   ARGV[7] model or ""
--- ARGV[8] metadata JSON   ARGV[9] has idempotency key   ARGV[10] idempotency key (raw)
--- ARGV[11] idempotency TTL s   ARGV[12] events stream max length   ARGV[13] min balance (charge)
--- ARGV[14] account kind   ARGV[15] ledger backlog limit (0 = none)   ARGV[16] backlog policy (closed|open)
--- ARGV[17] refund window ms (how long the refund record is kept; 0 = none is written)
--- Reply: { status, idempotent, transaction id, amount, balance after, held after, cap action or "" }
---   status: ok | insufficient_credits | spend_cap_exceeded | reservation_not_found | ledger_backlog_full
-return user_debit(KEYS, ARGV)
+-- warn/notify caps let it pass and append an event. See lib/07_user.lua.
+-- KEYS: account grants idem ledger events
+-- ARGV: cid amount model floor frag rid config
+-- REPLY: status idempotent ref amount balance held cap retry remaining
+--   status: ok | insufficient_credits | spend_cap_exceeded | rate_limited | reservation_not_found
+--           | ledger_backlog_full
+local ctx = ctx_new(ARGV[7], KEYS[4], KEYS[5])
+return finish(ctx, { user_debit(ctx, KEYS, ARGV) }, { KEYS[3] })[1]

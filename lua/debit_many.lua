@@ -1,26 +1,16 @@
--- debit_many.lua: many debits (settle or charge) in one call, each all-or-nothing on its own and
--- decided in order, exactly as if debit.lua had been called once per decision (at one instant:
--- TIME is read once per call). All keys share one hash tag (the client groups decisions by shard).
--- Values equal for every decision of the call (the shard's streams, clock offset, TTLs, ...) are
--- sent once; a layout names which of debit.lua's KEYS / ARGV positions are shared and which are
--- each decision's own, as strings of one byte per position (the byte's value = the 1-based position):
--- ARGV[1] own key positions    ARGV[2] shared key positions
--- ARGV[3] own argument positions    ARGV[4] shared argument positions (must include 1, the clock offset)
--- KEYS: the shared keys in the order of ARGV[2], then per decision its own keys in the order of ARGV[1]
--- ARGV[5 ..]: the shared arguments in the order of ARGV[4], then per decision its own arguments
--- Reply: one debit.lua reply per decision, in order
-local kown, kshared = { string.byte(ARGV[1], 1, -1) }, { string.byte(ARGV[2], 1, -1) }
-local aown, ashared = { string.byte(ARGV[3], 1, -1) }, { string.byte(ARGV[4], 1, -1) }
-local K, A = {}, {}
-for j = 1, #kshared do K[kshared[j]] = KEYS[j] end
-for j = 1, #ashared do A[ashared[j]] = ARGV[4 + j] end
-local ki, ai, nk, na = #kshared, 4 + #ashared, #kown, #aown
-local now = now_ms(A[1])
-local out = {}
-for i = 0, (#KEYS - ki) / nk - 1 do
-  local kb, ab = ki + i * nk, ai + i * na
-  for j = 1, nk do K[kown[j]] = KEYS[kb + j] end
-  for j = 1, na do A[aown[j]] = ARGV[ab + j] end
-  out[i + 1] = user_debit(K, A, nil, now)
+-- debit_many.lua: many charges in one call, each all-or-nothing on its own and decided in order,
+-- exactly as if debit.lua had been called once per decision at one instant (TIME is read once).
+-- All keys share one hash tag (the client groups decisions by shard). An account is read once and
+-- written once per call; the decisions' ledger rows form ONE stream entry.
+-- KEYS: ledger events, then per decision: account grants idem
+-- ARGV: config, then per decision: cid amount model floor frag
+-- REPLY: one debit.lua reply per decision, joined by newlines
+local ctx = ctx_new(ARGV[1], KEYS[1], KEYS[2])
+local replies, idems = {}, {}
+for i = 0, (#KEYS - 2) / 3 - 1 do
+  local k, a = 2 + 3 * i, 1 + 5 * i
+  local K = { KEYS[k + 1], KEYS[k + 2], KEYS[k + 3] }
+  replies[i + 1] = user_debit(ctx, K, { ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4], ARGV[a + 5], '' })
+  idems[i + 1] = K[3]
 end
-return out
+return table.concat(finish(ctx, replies, idems), '\n')

@@ -1,11 +1,14 @@
 -- hit_rate_limit.lua: admit one request against an account's rate limit without moving money
 -- (for routes that cost nothing). No ledger entry: no money moves.
--- KEYS[1] account hash
--- ARGV[1] clock offset ms
--- Reply: { "ok"|"rate_limited", "0", retry-after ms, remaining requests or "" (no limit set) }
-local now = now_ms(ARGV[1])
-local ok, tat, retry, left = gcra(KEYS[1], now)
-if ok == nil then return { 'ok', '0', '0', '' } end
-if not ok then return { 'rate_limited', '0', I(retry), '0' } end
-redis.call('HSET', KEYS[1], 'tat', I(tat))
-return { 'ok', '0', '0', I(left) }
+-- KEYS: account
+-- ARGV: config
+-- REPLY: status 0 retry remaining   (status ok | rate_limited; remaining "" = no limit set)
+local now = clock(config(ARGV[1])).now
+local v = redis.call('HMGET', KEYS[1], 'b', 'S')
+local st = st_new(KEYS[1], v[1] or nil, v[2] or nil, nil)
+if st.rl == '' then return 'ok|0|0|' end
+local ok, tat, retry, left = gcra(st.rl, st.tat, now)
+if not ok then return 'rate_limited|0|' .. I(retry) .. '|0' end
+st.tat = I(tat)
+redis.call('HSET', KEYS[1], 'S', st_text(st))
+return 'ok|0|0|' .. I(left)

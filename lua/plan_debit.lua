@@ -2,71 +2,74 @@
 -- The plan's free allowance left this month (UTC calendar) covers what it can; the rest is charged
 -- exactly as debit.lua charges (rate limit, spend caps, balance and min balance: the shared
 -- user_debit); the allowance is consumed only when the whole decision succeeds, so it can never be
--- spent twice and nothing is held. One ledger entry: 'amount' is minus the paid part, 'free' the
--- allowance part and 'plan' the plan (a fully covered charge is a 'debit' entry of amount 0).
+-- spent twice and nothing is held. One ledger row: 'amount' is minus the paid part, extra.free the
+-- allowance part and extra.plan the plan (a fully covered charge is a 'debit' row of amount 0).
 -- Spend caps count the paid part only.
--- KEYS: debit.lua's keys (KEYS[1] account ... KEYS[9] events), then LAST the plan usage window hash
--- ARGV: debit.lua's arguments for a charge (ARGV[4] = "": no reservation; ARGV[5] = the whole priced
---   amount, >= 1), then LAST the plan allowances JSON {"<plan id>": free allowance per month, ...}
--- (the extra key and argument come last so debit.lua's own list can grow without touching this file)
--- Reply: { status, idempotent, transaction id, paid amount, balance after, held after, cap action or "",
---          retry after ms, rate limit remaining or "", allowance used, plan id or "", allowance left after }
+-- KEYS: account grants idem ledger events
+-- ARGV: cid amount model floor frag allowances config
+--   allowances: JSON {"<plan id>": free allowance per month, ...}
+-- REPLY: status idempotent ref paid balance held cap retry remaining free left plan
 --   status: as debit.lua (ok | insufficient_credits | spend_cap_exceeded | rate_limited | ledger_backlog_full)
-local K, A = {}, {}
-for i = 1, #KEYS - 1 do K[i] = KEYS[i] end
-for i = 1, #ARGV - 1 do A[i] = ARGV[i] end
-local pw, allowances = KEYS[#KEYS], ARGV[#ARGV]
-
-local acct, idem, stream = K[1], K[7], K[8]
-local again = replay(idem, A[9])
-if again then return again end
-
-local now = now_ms(A[1])
-local amount = tonumber(A[5])
-local plan = redis.call('HGET', acct, 'plan') or ''
-local free, left, field, bucket, ends = 0, 0, '', 0, 0
+local ctx = ctx_new(ARGV[7], KEYS[4], KEYS[5])
+local acct, G, idem = KEYS[1], KEYS[2], KEYS[3]
+local has_idem = idem ~= acct .. ':i'
+if has_idem then
+  local again = idem_seen(ctx, idem)
+  if again then return again end
+end
+local cid, amount_s, model, frag = ARGV[1], ARGV[2], ARGV[3], ARGV[5]
+local st = account(ctx, acct, { 'plan' })
+local month = ctx.c.month
+local plan, used = '', 0
+local cur = field(st, 'plan')
+if cur then
+  local pm, u, p = string.match(cur, '^(%d*)|(%d+)|(.*)$')
+  plan = p
+  if pm ~= '' and pm + 0 == month then used = u + 0 end
+end
+local seen = ring_seen(st, cid)
+if seen then return reply_text(seen_reply(st, seen, amount_s)) .. '|0|0|' .. plan end
+local amount = amount_s + 0
+local free, left = 0, 0
 if plan ~= '' then
-  local allowance = tonumber(cjson.decode(allowances)[plan]) or 0
+  local allowance = plan_allowance(ARGV[6], plan)
   if allowance > 0 then
-    bucket, ends = bucket_of('m', now)
-    field = 'p|' .. plan
-    left = math.max(0, allowance - window_spend(pw, bucket, field))
+    left = math.max(0, allowance - used)
     free = math.min(left, amount)
   end
 end
 local paid = amount - free
-
-local reply
+local r
 if paid > 0 then
-  local P = {}
-  for i = 1, #A do P[i] = A[i] end
-  P[5] = I(paid)
-  P[9] = '0'  -- the idempotency key is remembered below, with the allowance part
-  reply = user_debit(K, P, { 'free', free > 0 and I(free) or '', 'plan', plan })
-  if reply[1] ~= 'ok' then
-    return { reply[1], '0', '', I(paid), reply[5], reply[6], reply[7], reply[8] or '0', reply[9] or '', '0',
-      plan, I(left) }
+  r = user_debit(ctx, { acct, G, acct .. ':i' }, { cid, I(paid), model, ARGV[4], frag, '' },
+    { free = free > 0 and I(free) or nil, plan = plan ~= '' and plan or nil })
+  if r[1] ~= 'ok' or r[2] == '1' then
+    r[10] = '0|' .. I(left) .. '|' .. plan
+    return reply_text(r, '')
   end
 else
   -- wholly covered by the allowance: no money moves, but the request still counts for the rate
   -- limit and is recorded in the ledger
-  if backlog_full(stream, A[15], A[16]) then
-    return { 'ledger_backlog_full', '0', '', '0', '0', '0', '', '0', '', '0', plan, I(left) }
+  if backlog_full(ctx) then return 'ledger_backlog_full|0||0|0|0||0||0|' .. I(left) .. '|' .. plan end
+  local aid
+  if st.hx ~= '' then aid = frag_value(frag, 3) end
+  holds_sweep(ctx, st, 'u', aid, false)
+  local new_tat, remaining
+  if st.rl ~= '' then
+    local ok, tat, retry, rem = gcra(st.rl, st.tat, ctx.c.now)
+    if not ok then
+      return 'rate_limited|0||0|' .. bal_text(st) .. '|' .. held_text(st) .. '||' .. I(retry) .. '|0|0|' ..
+        I(left) .. '|' .. plan
+    end
+    new_tat, remaining = tat, rem
   end
-  local held = sweep_holds(acct, K[2], K[3], now, stream, A[14], A[3])
-  local av = redis.call('HMGET', acct, 'bal', 'rl', 'tat')
-  local bal = tonumber(av[1]) or 0
-  local rl_ok, rl_tat, rl_retry, rl_left = gcra_known(av[2], av[3], now)
-  if rl_ok == false then
-    return { 'rate_limited', '0', '', '0', I(bal), I(held), '', I(rl_retry), '0', '0', plan, I(left) }
-  end
-  if rl_tat then redis.call('HSET', acct, 'tat', I(rl_tat)) end
-  ledger(stream, { 'id', A[2], 'ts', I(now), 'ak', A[14], 'acct', A[3], 'kind', 'debit', 'amount', '0',
-    'bal', I(bal), 'held', I(held), 'op', A[6], 'model', A[7], 'idem', A[10], 'meta', A[8],
-    'free', I(free), 'plan', plan })
-  reply = { 'ok', '0', A[2], '0', I(bal), I(held), '', '0', rl_left and I(rl_left) or '' }
+  if new_tat then st.tat, st.wS = I(new_tat), true end
+  local n = row(ctx, '', 'debit', '0', bal_text(st), held_text(st), '', '', '', '',
+    extra_json({ free = I(free), plan = plan }), frag)
+  ring_add(st, cid, n)
+  r = { 'ok', '0', n, '0', bal_text(st), held_text(st), '', '0', remaining and I(remaining) or '' }
 end
-
-if free > 0 then window_add(pw, bucket, ends, free, field) end
-return remember(idem, A[9], A[11], { 'ok', '0', reply[3], reply[4], reply[5], reply[6], reply[7],
-  reply[8] or '0', reply[9] or '', I(free), plan, I(left - free) })
+if free > 0 then field_set(st, 'plan', I(month) .. '|' .. I(used + free) .. '|' .. plan) end
+r[10] = I(free) .. '|' .. I(left - free) .. '|' .. plan
+if has_idem then ctx.idem[idem] = r end
+return finish(ctx, { r }, { idem })[1]

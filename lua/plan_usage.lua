@@ -1,13 +1,24 @@
 -- plan_usage.lua: add to the allowance a user has used this month under a plan
 -- (ducto's increment_usage_window). Recorded as a ledger 'config' entry (op allowance_used).
--- KEYS[1] plan usage window hash   KEYS[2] ledger stream
--- ARGV[1] clock offset ms   ARGV[2] transaction id   ARGV[3] user id (raw)   ARGV[4] plan id
--- ARGV[5] amount (>= 1)
--- Reply: { "ok", "0", used this month after }
-local now = now_ms(ARGV[1])
-local bucket, ends = bucket_of('m', now)
-local field = 'p|' .. ARGV[4]
-window_add(KEYS[1], bucket, ends, tonumber(ARGV[5]), field)
-ledger(KEYS[2], { 'id', ARGV[2], 'ts', I(now), 'ak', 'u', 'acct', ARGV[3], 'kind', 'config', 'amount', '0',
-  'op', 'allowance_used', 'free', ARGV[5], 'plan', ARGV[4] })
-return { 'ok', '0', I(window_spend(KEYS[1], bucket, field)) }
+-- KEYS: account ledger
+-- ARGV: tx plan amount frag config
+-- REPLY: [ok, 0, used this month after]
+local ctx = ctx_new(ARGV[5], KEYS[2], KEYS[2])
+local plan, amount = ARGV[2], ARGV[3] + 0
+local month = ctx.c.month
+local st = account(ctx, KEYS[1], { 'plan', 'P|' .. plan })
+local cur = field(st, 'plan')
+local f, m, used, tail = 'P|' .. plan, '', '0', ''
+local cp = cur and string.match(cur, '^%d*|%d+|(.*)$')
+if cp == plan then
+  f, tail = 'plan', '|' .. plan
+  m, used = string.match(cur, '^(%d*)|(%d+)|')
+else
+  local kept = field(st, f)
+  if kept then m, used = string.match(kept, '^(%d*)|(%d+)$') end
+end
+local after = ((m ~= '' and m + 0 == month) and used + 0 or 0) + amount
+field_set(st, f, I(month) .. '|' .. I(after) .. tail)
+row(ctx, ARGV[1], 'config', '0', '', '', '', '', '', '', extra_json({ free = ARGV[3], plan = plan }), ARGV[4])
+finish(ctx, {}, nil)
+return { 'ok', '0', I(after) }

@@ -1,18 +1,9 @@
--- pool_debit.lua: spend from a team pool for a member (deduct_team), or settle a team reservation.
--- Checks, in order: team exists -> membership -> the member's cap (their period spend plus what
--- their open reservations hold) -> the team's caps -> pool balance (beyond any hold); then debits
--- the pool (never a member's personal balance) and appends one ledger entry naming team and member.
--- A refusal changes nothing, except that refusing a settlement for a cap releases its hold.
--- KEYS[1] team hash   KEYS[2] holds   KEYS[3] hold expiry   KEYS[4] team caps   KEYS[5] day window
--- KEYS[6] month window   KEYS[7] idempotency key   KEYS[8] ledger stream   KEYS[9] events stream
--- KEYS[10] members   KEYS[11] member all-time spend   KEYS[12] member day spend
--- KEYS[13] member month spend   KEYS[14] member held
--- ARGV[1] clock offset ms   ARGV[2] transaction id   ARGV[3] team id (raw)   ARGV[4] member id (raw)
--- ARGV[5] reservation id or ""   ARGV[6] amount   ARGV[7] operation type   ARGV[8] model or ""
--- ARGV[9] metadata JSON   ARGV[10] has idempotency key   ARGV[11] idempotency key (raw)
--- ARGV[12] idempotency TTL s   ARGV[13] events max length   ARGV[14] ledger backlog limit
--- ARGV[15] backlog policy
--- Reply: { status, idempotent, transaction id, amount, team balance after, held after, cap action }
+-- pool_debit.lua: spend from a team pool for a member (deduct_team), or settle a team reservation
+-- (rid given). See lib/08_team.lua for the checks and their order.
+-- KEYS: team idem ledger events
+-- ARGV: cid amount model member frag rid config
+-- REPLY: status idempotent ref amount balance held cap retry remaining
 --   status: ok | team_not_found | user_not_in_team | spend_cap_exceeded | insufficient_team_balance
 --           | reservation_not_found | ledger_backlog_full
-return team_debit(KEYS, ARGV)
+local ctx = ctx_new(ARGV[7], KEYS[3], KEYS[4])
+return finish(ctx, { team_debit(ctx, KEYS, ARGV) }, { KEYS[2] })[1]

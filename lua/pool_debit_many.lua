@@ -1,14 +1,15 @@
 -- pool_debit_many.lua: many team debits in one call, each all-or-nothing on its own and decided in
--- order, exactly as if pool_debit.lua had been called once per decision. All keys share one hash
--- tag (the client groups decisions by shard).
--- KEYS: 14 keys per decision, in pool_debit.lua's order
--- ARGV: 15 arguments per decision, in pool_debit.lua's order
--- Reply: one pool_debit.lua reply per decision, in order
-local out = {}
-for i = 0, #KEYS / 14 - 1 do
-  local K, A = {}, {}
-  for j = 1, 14 do K[j] = KEYS[i * 14 + j] end
-  for j = 1, 15 do A[j] = ARGV[i * 15 + j] end
-  out[i + 1] = team_debit(K, A)
+-- order, exactly as if pool_debit.lua had been called once per decision at one instant. All keys
+-- share one hash tag (the client groups decisions by shard); one stream entry for the call.
+-- KEYS: ledger events, then per decision: team idem
+-- ARGV: config, then per decision: cid amount model member frag
+-- REPLY: one pool_debit.lua reply per decision, joined by newlines
+local ctx = ctx_new(ARGV[1], KEYS[1], KEYS[2])
+local replies, idems = {}, {}
+for i = 0, (#KEYS - 2) / 2 - 1 do
+  local k, a = 2 + 2 * i, 1 + 5 * i
+  local K = { KEYS[k + 1], KEYS[k + 2] }
+  replies[i + 1] = team_debit(ctx, K, { ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4], ARGV[a + 5], '' })
+  idems[i + 1] = K[2]
 end
-return out
+return table.concat(finish(ctx, replies, idems), '\n')

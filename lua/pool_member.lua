@@ -1,44 +1,47 @@
 -- pool_member.lua: add, update or remove a team member (membership is O(1): the count is kept).
--- Removing a member keeps their spend history (all-time spend stays in the member spend hash).
--- KEYS[1] team hash   KEYS[2] members   KEYS[3] ledger stream
--- ARGV[1] clock offset ms   ARGV[2] transaction id   ARGV[3] team id (raw)   ARGV[4] member id (raw)
--- ARGV[5] action: add | update | remove
--- ARGV[6] JSON of the fields to set: {role?, cap? (a string; "-1" removes the cap), period?}
--- Reply: { "ok"|"team_not_found"|"user_not_in_team", "0", role, cap or "", period, member count }
-local now = now_ms(ARGV[1])
-local tid, uid, action = ARGV[3], ARGV[4], ARGV[5]
-if redis.call('HEXISTS', KEYS[1], 'created') == 0 then
-  return { 'team_not_found', '0', '', '', '', '0' }
-end
-local raw = redis.call('HGET', KEYS[2], uid)
-local m = raw and cjson.decode(raw) or nil
-local mc = tonumber(redis.call('HGET', KEYS[1], 'mc')) or 0
-if action ~= 'add' and not m then
-  return { 'user_not_in_team', '0', '', '', '', I(mc) }
-end
+-- A member is field U|<id> of the team hash (ducto_redis/layout.py Member). Removing a member drops
+-- the field (their spend history stays in the ledger). The ledger entry (kind config, op
+-- member_added | member_updated | member_removed) carries the member record after the change as
+-- its metadata {role, cap, period}: restore rebuilds members from it.
+-- KEYS: team ledger
+-- ARGV: tx team member action role cap period config
+--   action: add | update | remove; role/cap/period "" keep the current value ("member", none,
+--   total for a new member); cap "-1" removes the cap; period t|d|m
+-- REPLY: status 0 cap period count role   (status ok | team_not_found | user_not_in_team)
+local ctx = ctx_new(ARGV[8], KEYS[2], KEYS[2])
+local tid, uid, action = ARGV[2], ARGV[3], ARGV[4]
+local uf = 'U|' .. uid
+local st = account(ctx, KEYS[1], { 'created', 'mc', uf })
+if not field(st, 'created') then return 'team_not_found|0|||0|' end
+local mc = (field(st, 'mc') or '0') + 0
+local m = member_of(st, uid)
+if action ~= 'add' and not m then return 'user_not_in_team|0|||' .. I(mc) .. '|' end
 local op
 if action == 'remove' then
-  redis.call('HDEL', KEYS[2], uid)
-  mc = redis.call('HINCRBY', KEYS[1], 'mc', -1)
+  mc = mc - 1
+  field_del(st, uf)
+  st.members[uid] = false
   op = 'member_removed'
 else
+  op = m and 'member_updated' or 'member_added'
   if not m then
-    m = { role = 'member', period = 'total' }
-    mc = redis.call('HINCRBY', KEYS[1], 'mc', 1)
-    op = 'member_added'
-  else
-    op = 'member_updated'
+    m = { period = 't', T = 0, dA = 0, mA = 0, held = 0, role = 'member' }
+    st.members[uid] = m
+    mc = mc + 1
   end
-  local set = cjson.decode(ARGV[6])
-  if set.role then m.role = set.role end
-  if set.period then m.period = set.period end
-  if set.cap then
-    if tonumber(set.cap) < 0 then m.cap = nil else m.cap = tostring(set.cap) end
+  if ARGV[5] ~= '' then m.role = ARGV[5] end
+  if ARGV[7] ~= '' then m.period = ARGV[7] end
+  if ARGV[6] ~= '' then
+    if ARGV[6] == '-1' then m.cap = nil else m.cap = ARGV[6] + 0 end
   end
-  redis.call('HSET', KEYS[2], uid, cjson.encode(m))
+  m.dirty = true
 end
-ledger(KEYS[3], { 'id', ARGV[2], 'ts', I(now), 'ak', 't', 'acct', tid, 'member', uid, 'kind', 'config',
-  'amount', '0', 'op', op, 'meta', cjson.encode(m) })
-local cap = ''
-if m.cap ~= nil and m.cap ~= cjson.null then cap = m.cap end
-return { 'ok', '0', m.role or '', cap, m.period or 'total', I(mc) }
+field_set(st, 'mc', I(mc))
+local PERIOD = { t = 'total', d = 'daily', m = 'monthly' }
+local meta = ''
+if m then meta = cjson.encode({ role = m.role, cap = m.cap and I(m.cap) or nil, period = PERIOD[m.period] }) end
+row(ctx, ARGV[1], 'config', '0', '', '', '', '', '', '', '',
+  '\t' .. op .. '\tt\t' .. esc(tid) .. '\t' .. esc(uid) .. '\t\t\t\t\t' .. esc(meta))
+finish(ctx, {}, nil)
+if action == 'remove' then return 'ok|0|||' .. I(mc) .. '|' end
+return 'ok|0|' .. (m.cap and I(m.cap) or '') .. '|' .. m.period .. '|' .. I(mc) .. '|' .. m.role

@@ -1,25 +1,38 @@
 -- pool_release.lua: give a team reservation's credits back to the pool without spending them.
--- KEYS: as pool_debit.lua (14 keys)
--- ARGV[1] clock offset ms   ARGV[2] transaction id   ARGV[3] team id (raw)   ARGV[4] member id (raw)
--- ARGV[5] reservation id   ARGV[6] has idempotency key   ARGV[7] idempotency key (raw)
--- ARGV[8] idempotency TTL s
--- Reply: { status, idempotent, reservation id, amount released, team balance, held after }
-local TK = team_keys(KEYS)
-local again = replay(TK.idem, ARGV[6])
-if again then return again end
-local now = now_ms(ARGV[1])
-local tid, uid, rid = ARGV[3], ARGV[4], ARGV[5]
-local av = redis.call('HMGET', TK.acct, 'bal', 'held', 'created')
-if not av[3] then return { 'team_not_found', '0', rid, '0', '0', '0' } end
-local bal = tonumber(av[1]) or 0
-local held = sweep_team_holds(TK, now, tid, tonumber(av[2]) or 0, bal)
-local raw = redis.call('HGET', TK.holds, rid)
-local amount, expires, member, op
-if raw then amount, expires, member, op = team_hold_decode(raw) end
-if not raw or member ~= uid then return { 'reservation_not_found', '0', rid, '0', I(bal), I(held) } end
-held = held - amount
-redis.call('HSET', TK.acct, 'held', I(held))
-team_hold_drop(TK, rid, uid, amount)
-ledger(TK.stream, { 'id', ARGV[2], 'ts', I(now), 'ak', 't', 'acct', tid, 'member', uid, 'kind', 'release',
-  'amount', '0', 'hold', I(amount), 'bal', I(bal), 'held', I(held), 'rid', rid, 'op', op, 'idem', ARGV[7] })
-return remember(TK.idem, ARGV[6], ARGV[8], { 'ok', '0', rid, I(amount), I(bal), I(held) })
+-- KEYS: team idem ledger
+-- ARGV: cid tx rid member frag config
+-- REPLY: status idempotent rid amount balance held
+--   status: ok | team_not_found | reservation_not_found
+local ctx = ctx_new(ARGV[6], KEYS[3], KEYS[3])
+local acct, idem = KEYS[1], KEYS[2]
+local has_idem = idem ~= acct .. ':i'
+if has_idem then
+  local again = idem_seen(ctx, idem)
+  if again then return again end
+end
+local cid, tx, rid, uid, frag = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+local hf = 'h:' .. rid
+local st = account(ctx, acct, { 'created', 'U|' .. uid, hf })
+if not field(st, 'created') then return 'team_not_found|0|' .. rid .. '|0|0|0' end
+if ring_seen(st, cid) then return 'ok|1|' .. rid .. '|0|' .. bal_text(st) .. '|' .. held_text(st) end
+local tid
+if st.hx ~= '' then tid = frag_value(frag, 3) end
+holds_sweep(ctx, st, 't', tid, true)
+local raw = field(st, hf)
+local amount, op, member
+if raw then amount, _, op, member = hold_decode(raw, true) end
+if not raw or member ~= uid then
+  finish(ctx, {}, nil)
+  return 'reservation_not_found|0|' .. rid .. '|0|' .. bal_text(st) .. '|' .. held_text(st)
+end
+st_held(st, st.held - amount)
+local m = member_of(st, uid)
+if m then m.held, m.dirty = m.held - amount, true end
+field_del(st, hf)
+if string.byte(frag, 2) == 9 then frag = '\t' .. esc(op) .. string.sub(frag, 2) end
+row(ctx, tx, 'release', '0', bal_text(st), held_text(st), I(amount), '', '', '', '', frag)
+ring_add(st, cid, nil)
+finish(ctx, {}, nil)
+local r = 'ok|0|' .. rid .. '|' .. I(amount) .. '|' .. bal_text(st) .. '|' .. held_text(st)
+if has_idem then redis.call('SET', idem, r, 'EX', ctx.cfg.idem_ttl) end
+return r

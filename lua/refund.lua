@@ -1,46 +1,48 @@
--- refund.lua: give back all or part of a debit (a charge or a settlement), ONCE: as in ducto 1.0, a
--- transaction that has been refunded (in full or in part) answers already_refunded, so a retried
--- refund call written for ducto (which has no idempotency key) can never pay out twice. The credits return in the form they were spent: first the part that came
--- from ordinary credits, then the parts that came from expiring grants (latest-expiring first), each
--- restored to its grant with the grant's original expiry (a grant already past it expires at once).
--- One ledger entry of kind 'refund' (amount positive, 'ref' = the original transaction id).
--- KEYS[1] the debit's refund record   KEYS[2] refund idempotency key   KEYS[3] ledger stream
--- KEYS[4] the shard's grant index   KEYS[5] account hash   KEYS[6] expiring grants hash
--- KEYS[7] holds hash   KEYS[8] hold expiry zset
--- ARGV[1] clock offset ms   ARGV[2] refund transaction id   ARGV[3] original transaction id
--- ARGV[4] user id (raw, as refund_find.lua read it)   ARGV[5] amount, or "" for the whole debit
--- ARGV[6] reason or ""   ARGV[7] metadata JSON   ARGV[8] has idempotency key   ARGV[9] idempotency key
--- ARGV[10] idempotency TTL s
--- Reply: { status, idempotent, refund transaction id, amount, new balance, user id }
---   status: ok | transaction_not_found | already_refunded | invalid_amount
-local rf, idem, stream, gidx, acct, G, holds, hexp =
-  KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8]
-local again = replay(idem, ARGV[8])
-if again then return again end
-
-local uid = ARGV[4]
-local rec = redis.call('GET', rf)
-if not rec then return { 'transaction_not_found', '0', '', '0', '0', uid } end
-local a, r, used, ruid = string.match(rec, '^(%d+)|(%d+)|([^|]*)|(.*)$')
-if ruid ~= uid then return { 'transaction_not_found', '0', '', '0', '0', uid } end
-a, r = tonumber(a), tonumber(r)
-local bal0 = redis.call('HGET', acct, 'bal') or '0'
--- once: a record names its debit's refunded amount, 0 until the one refund
-if r > 0 then return { 'already_refunded', '0', '', '0', bal0, uid } end
-local x = ARGV[5] == '' and a or tonumber(ARGV[5])
-if x > a then return { 'invalid_amount', '0', '', I(x), bal0, uid } end
-
-local now = now_ms(ARGV[1])
-local held = sweep_holds(acct, holds, hexp, now, stream, 'u', uid)
-local av = redis.call('HMGET', acct, 'bal', 'gx')
-local bal = grants_due(acct, G, av[2], now, tonumber(av[1]) or 0, held, stream, 'u', uid, ARGV[2])
-if bal + x > MAX_SAFE then return { 'invalid_amount', '0', '', I(x), I(bal), uid } end
+-- refund.lua: give back all or part of a debit (a charge or a settlement, user or team), ONCE: as in
+-- ducto 1.0, a transaction that has been refunded (in full or in part) answers already_refunded, so
+-- a retried refund call written for ducto (which has no idempotency key) can never pay out twice;
+-- racing refunds: one wins. The account keeps a marker r:<debit id> (the amount refunded). The
+-- debit's details come from its ledger row (the stream, or the ledger database once flushed).
+-- A user's credits return in the form they were spent: first the part that came from ordinary
+-- credits, then the parts that came from expiring grants (latest-expiring first), each restored to
+-- its grant with the grant's original expiry (a grant already past it expires at once). A team
+-- refund returns the credits to the pool. A refund does not give back spend-cap room.
+-- One ledger row of kind 'refund' (amount positive, extra.ref = the debit's id).
+-- KEYS: account grants gindex ledger idem
+-- ARGV: cid tx original amount requested parts reason frag has_idem config
+--   amount: the debit's amount; requested: "" for the whole debit; parts: the debit's grant parts
+--   ("id:expires:amount;..."); reason: COPY-escaped
+-- REPLY: status idempotent tx amount balance
+--   status: ok | already_refunded | invalid_amount
+local ctx = ctx_new(ARGV[10], KEYS[4], KEYS[4])
+local acct, G, gidx, idem = KEYS[1], KEYS[2], KEYS[3], KEYS[5]
+if ARGV[9] == '1' then
+  local again = idem_seen(ctx, idem)
+  if again then return again end
+end
+local cid, tx, orig, frag = ARGV[1], ARGV[2], ARGV[3], ARGV[8]
+local rf = 'r:' .. orig
+local st = account(ctx, acct, { rf })
+if ring_seen(st, cid) then
+  return 'ok|1|' .. tx .. '|' .. (field(st, rf) or '0') .. '|' .. bal_text(st)
+end
+if field(st, rf) then return 'already_refunded|0||0|' .. bal_text(st) end
+local a = ARGV[4] + 0
+local x = ARGV[5] == '' and a or ARGV[5] + 0
+if x > a then return 'invalid_amount|0||' .. I(x) .. '|' .. bal_text(st) end
+local ak, aid = frag_value(frag, 2), frag_value(frag, 3)
+holds_sweep(ctx, st, ak, aid, ak == 't')
+if ak == 'u' then grants_due(ctx, st, G, ak, aid, cid) end
+if st.bal + x > MAX_SAFE then
+  finish(ctx, {}, nil)
+  return 'invalid_amount|0||' .. I(x) .. '|' .. bal_text(st)
+end
 
 -- which grant parts this refund returns: units [0, x) of the debit, ordinary credits first,
 -- then the grant parts in reverse order of consumption
 local parts = {}
-for gid, e, n in string.gmatch(used, '([^:;]+):(%d+):(%d+)') do
-  parts[#parts + 1] = { gid, tonumber(e), tonumber(n) }
+for gid, e, n in string.gmatch(ARGV[6], '([^:;]+):(%d+):(%d+)') do
+  parts[#parts + 1] = { gid, e + 0, n + 0 }
 end
 local pos = a
 for _, p in ipairs(parts) do pos = pos - p[3] end
@@ -55,26 +57,28 @@ for i = #parts, 1, -1 do
   pos = pos + p[3]
 end
 
-bal = bal + x
-redis.call('HSET', acct, 'bal', I(bal))
-redis.call('SET', rf, I(a) .. '|' .. I(x) .. '|' .. used .. '|' .. uid, 'KEEPTTL')
+st_balance(st, ctx.c, st.bal + x, 0)
+field_set(st, rf, I(x))
 for _, g in ipairs(back) do
   local cur = redis.call('HGET', G, g[1])
-  local rem = cur and tonumber(string.match(cur, '|(%d+)$')) or 0
+  local rem = cur and string.match(cur, '|(%d+)$') + 0 or 0
   redis.call('HSET', G, g[1], I(g[2]) .. '|' .. I(rem + g[3]))
   if not earliest or g[2] < earliest then earliest = g[2] end
 end
-ledger(stream, { 'id', ARGV[2], 'ts', I(now), 'ak', 'u', 'acct', uid, 'kind', 'refund', 'amount', I(x),
-  'bal', I(bal), 'held', I(held), 'type', 'refund', 'ref', ARGV[3], 'reason', ARGV[6], 'gr', table.concat(back_s, ';'),
-  'idem', ARGV[9], 'meta', ARGV[7] })
+local e = { ref = orig }
+if #back_s > 0 then e.gr = table.concat(back_s, ';') end
+row(ctx, tx, 'refund', I(x), bal_text(st), held_text(st), '', '', '', ARGV[7], extra_json(e), frag)
 if earliest then
-  local gx = tonumber(redis.call('HGET', acct, 'gx'))
-  if not gx or earliest < gx then
-    redis.call('HSET', acct, 'gx', I(earliest))
-    redis.call('ZADD', gidx, earliest, uid)
+  if st.gx == '' or earliest < st.gx + 0 then
+    st.gx, st.wS = I(earliest), true
+    redis.call('ZADD', gidx, earliest, aid)
   end
   -- a part whose grant expiry has passed leaves again at once
-  bal = grants_due(acct, G, redis.call('HGET', acct, 'gx'), now, bal, held, stream, 'u', uid, ARGV[2])
+  local list = grants_due(ctx, st, G, ak, aid, cid)
+  if list then grants_keep(st, list) end
 end
-
-return remember(idem, ARGV[8], ARGV[10], { 'ok', '0', ARGV[2], I(x), I(bal), uid })
+ring_add(st, cid, nil)
+finish(ctx, {}, nil)
+local r = 'ok|0|' .. tx .. '|' .. I(x) .. '|' .. bal_text(st)
+if ARGV[9] == '1' then redis.call('SET', idem, r, 'EX', ctx.cfg.idem_ttl) end
+return r

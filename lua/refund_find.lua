@@ -1,14 +1,24 @@
--- refund_find.lua (read-only): which account a refundable debit belongs to, or a remembered reply.
--- A refund names only the transaction; its shard is encoded in the id (ducto_redis/core.py
--- tx_id_in_shard), its record (written by the debit) names the user, and the refund script then
--- runs with that user's keys.
--- KEYS[1] the debit's refund record   KEYS[2] refund idempotency key
--- ARGV[1] clock offset ms   ARGV[2] has idempotency key ("1"/"0")
--- Reply: a remembered refund.lua reply (idempotent "1"), or { "ok", "0", user id } or
---        { "transaction_not_found", "0", "" }
-local again = replay(KEYS[2], ARGV[2])
-if again then return again end
-local rec = redis.call('GET', KEYS[1])
-if not rec then return { 'transaction_not_found', '0', '' } end
-local uid = string.match(rec, '^%d+|%d+|[^|]*|(.*)$')
-return { 'ok', '0', uid }
+-- refund_find.lua (read-only): the ledger row of a debit still in its shard's stream, or a
+-- remembered refund reply. A refund names only the debit's transaction id, which names its shard,
+-- stream entry and row (ducto_redis/layout.py tx_id); the refund script then runs with the keys of
+-- the account the row names. A debit no longer in the stream (flushed) is looked up in the ledger
+-- database by the store.
+-- KEYS: ledger idem
+-- ARGV: entry row has_idem
+-- REPLY: a remembered refund.lua reply (idempotent "1"), or "found\t<the row>", or "transaction_not_found"
+if ARGV[3] == '1' then
+  local again = redis.call('GET', KEYS[2])
+  if again then return replayed(again) end
+end
+local got = redis.call('XRANGE', KEYS[1], ARGV[1], ARGV[1])
+if #got == 0 then return 'transaction_not_found' end
+local f = got[1][2]
+if f[1] ~= 'q' then return 'transaction_not_found' end
+local rows, n, s = f[2], ARGV[2] + 0, 1
+for _ = 1, n do
+  s = string.find(rows, '\n', s, true)
+  if not s then return 'transaction_not_found' end
+  s = s + 1
+end
+local e = string.find(rows, '\n', s, true)
+return 'found\t' .. string.sub(rows, s, e and e - 1 or -1)

@@ -1,31 +1,38 @@
 -- release.lua: give a reservation's credits back without spending them (resolves a hold once).
--- KEYS[1] account hash   KEYS[2] holds hash   KEYS[3] hold expiry zset   KEYS[4] idempotency key
--- KEYS[5] ledger stream   KEYS[6] expiring grants hash (the released hold may free an expired grant)
--- ARGV[1] clock offset ms   ARGV[2] transaction id   ARGV[3] user id (raw)   ARGV[4] reservation id
--- ARGV[5] has idempotency key   ARGV[6] idempotency key (raw)   ARGV[7] idempotency TTL s
--- ARGV[8] account kind
--- Reply: { "ok"|"reservation_not_found", idempotent, reservation id, amount released, balance, held after }
-local acct, holds, hexp, idem, stream = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
-local again = replay(idem, ARGV[5])
-if again then return again end
-
-local now = now_ms(ARGV[1])
-local aid, rid, akind = ARGV[3], ARGV[4], ARGV[8]
-local held = sweep_holds(acct, holds, hexp, now, stream, akind, aid)
-local bal = tonumber(redis.call('HGET', acct, 'bal')) or 0
-local h = redis.call('HGET', holds, rid)
-if not h then
-  return { 'reservation_not_found', '0', rid, '0', I(bal), I(held) }
+-- KEYS: account idem ledger grants
+-- ARGV: cid tx rid frag config
+-- REPLY: status idempotent rid amount balance held
+--   status: ok | reservation_not_found
+local ctx = ctx_new(ARGV[5], KEYS[3], KEYS[3])
+local acct, idem = KEYS[1], KEYS[2]
+local has_idem = idem ~= acct .. ':i'
+if has_idem then
+  local again = idem_seen(ctx, idem)
+  if again then return again end
 end
-local ha, _, op = string.match(h, '^(%d+)|(%d+)|(.*)$')
-local amount = tonumber(ha)
-held = held - amount
-redis.call('HSET', acct, 'held', I(held))
-redis.call('HDEL', holds, rid)
-redis.call('ZREM', hexp, rid)
-ledger(stream, { 'id', ARGV[2], 'ts', I(now), 'ak', akind, 'acct', aid, 'kind', 'release', 'amount', '0',
-  'hold', I(amount), 'bal', I(bal), 'held', I(held), 'rid', rid, 'op', op, 'idem', ARGV[6] })
-local gx = redis.call('HGET', acct, 'gx')
-if gx then bal = grants_due(acct, KEYS[6], gx, now, bal, held, stream, akind, aid, ARGV[2]) end
-
-return remember(idem, ARGV[5], ARGV[7], { 'ok', '0', rid, I(amount), I(bal), I(held) })
+local cid, tx, rid, frag = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local hf = 'h:' .. rid
+local st = account(ctx, acct, { hf })
+local seen = ring_seen(st, cid)
+if seen then return 'ok|1|' .. rid .. '|0|' .. bal_text(st) .. '|' .. held_text(st) end
+local aid
+if st.hx ~= '' or st.gx ~= '' then aid = frag_value(frag, 3) end
+holds_sweep(ctx, st, 'u', aid, false)
+local h = field(st, hf)
+if not h then
+  finish(ctx, {}, nil)
+  return 'reservation_not_found|0|' .. rid .. '|0|' .. bal_text(st) .. '|' .. held_text(st)
+end
+local amount, _, op = hold_decode(h, false)
+st_held(st, st.held - amount)
+field_del(st, hf)
+if string.byte(frag, 2) == 9 then frag = '\t' .. esc(op) .. string.sub(frag, 2) end
+row(ctx, tx, 'release', '0', bal_text(st), held_text(st), I(amount), '', '', '', '', frag)
+-- the released hold may free the pinned rest of an expired grant
+local list = grants_due(ctx, st, KEYS[4], 'u', aid, cid)
+if list then grants_keep(st, list) end
+ring_add(st, cid, nil)
+finish(ctx, {}, nil)
+local r = 'ok|0|' .. rid .. '|' .. I(amount) .. '|' .. bal_text(st) .. '|' .. held_text(st)
+if has_idem then redis.call('SET', idem, r, 'EX', ctx.cfg.idem_ttl) end
+return r

@@ -1,39 +1,42 @@
 -- reserve.lua: hold credits for an operation (a pending transfer that expires on its own).
--- KEYS[1] account hash   KEYS[2] holds hash   KEYS[3] hold expiry zset   KEYS[4] idempotency key
--- KEYS[5] ledger stream   KEYS[6] expiring grants hash (expired grants leave before the check)
--- ARGV[1] clock offset ms   ARGV[2] reservation id   ARGV[3] user id (raw)   ARGV[4] amount (>= 1)
--- ARGV[5] operation type   ARGV[6] min balance to keep available   ARGV[7] hold TTL ms
--- ARGV[8] metadata JSON   ARGV[9] has idempotency key   ARGV[10] idempotency key (raw)
--- ARGV[11] idempotency TTL s   ARGV[12] account kind   ARGV[13] ledger backlog limit   ARGV[14] policy
--- Reply: { "ok"|"insufficient_credits"|"ledger_backlog_full", idempotent, reservation id, amount, balance, held after, expires ms }
-local acct, holds, hexp, idem, stream = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
-local again = replay(idem, ARGV[9])
-if again then return again end
-
-if backlog_full(stream, ARGV[13], ARGV[14]) then
-  return { 'ledger_backlog_full', '0', '', '0', '0', '0', '0' }
+-- KEYS: account idem ledger grants
+-- ARGV: cid rid amount floor ttl op frag config
+--   floor: the balance to keep available; ttl: the hold's lifetime (ms); op: the operation (raw)
+-- REPLY: status idempotent rid amount balance held expires
+--   status: ok | insufficient_credits | ledger_backlog_full
+local ctx = ctx_new(ARGV[8], KEYS[3], KEYS[3])
+local acct, idem = KEYS[1], KEYS[2]
+local has_idem = idem ~= acct .. ':i'
+if has_idem then
+  local again = idem_seen(ctx, idem)
+  if again then return again end
 end
-local now = now_ms(ARGV[1])
-local rid, aid, akind = ARGV[2], ARGV[3], ARGV[12]
-local amount = tonumber(ARGV[4])
-local held = sweep_holds(acct, holds, hexp, now, stream, akind, aid)
-local av = redis.call('HMGET', acct, 'bal', 'gx')
-local bal = tonumber(av[1]) or 0
-if av[2] then bal = grants_due(acct, KEYS[6], av[2], now, bal, held, stream, akind, aid, rid) end
-if bal - held - amount < tonumber(ARGV[6]) then
-  return { 'insufficient_credits', '0', '', '0', I(bal), I(held), '0' }
+local cid, rid, amount_s, frag = ARGV[1], ARGV[2], ARGV[3], ARGV[7]
+local hf = 'h:' .. rid
+local st = account(ctx, acct, { hf })
+local seen = ring_seen(st, cid)
+if seen or field(st, hf) then
+  local h = field(st, hf)
+  local e = h and select(2, hold_decode(h, false)) or 0
+  return 'ok|1|' .. rid .. '|' .. amount_s .. '|' .. bal_text(st) .. '|' .. held_text(st) .. '|' .. I(e)
 end
-if redis.call('HEXISTS', holds, rid) == 1 then
-  return redis.error_reply('reservation id already in use')
+if backlog_full(ctx) then return 'ledger_backlog_full|0||0|0|0|0' end
+local aid
+if st.hx ~= '' or st.gx ~= '' then aid = frag_value(frag, 3) end
+holds_sweep(ctx, st, 'u', aid, false)
+grants_due(ctx, st, KEYS[4], 'u', aid, cid)
+local amount = amount_s + 0
+if st.bal - st.held - amount < ARGV[4] + 0 then
+  finish(ctx, {}, nil)  -- expiries found on the way are kept
+  return 'insufficient_credits|0||0|' .. bal_text(st) .. '|' .. held_text(st) .. '|0'
 end
-local expires = now + tonumber(ARGV[7])
-held = held + amount
-redis.call('HSET', acct, 'held', I(held))
-redis.call('HSET', holds, rid, I(amount) .. '|' .. I(expires) .. '|' .. ARGV[5])
-redis.call('ZADD', hexp, expires, rid)
-
-ledger(stream, { 'id', rid, 'ts', I(now), 'ak', akind, 'acct', aid, 'kind', 'hold', 'amount', '0',
-  'hold', I(amount), 'bal', I(bal), 'held', I(held), 'rid', rid, 'op', ARGV[5], 'idem', ARGV[10],
-  'exp', I(expires), 'meta', ARGV[8] })
-
-return remember(idem, ARGV[9], ARGV[11], { 'ok', '0', rid, I(amount), I(bal), I(held), I(expires) })
+local expires = ctx.c.now + ARGV[5]
+st_held(st, st.held + amount)
+holds_expiry_add(st, expires)
+field_set(st, hf, hold_text(amount, expires, ARGV[6]))
+row(ctx, rid, 'hold', '0', bal_text(st), held_text(st), amount_s, I(expires), '', '', '', frag)
+ring_add(st, cid, nil)
+finish(ctx, {}, nil)
+local r = 'ok|0|' .. rid .. '|' .. amount_s .. '|' .. bal_text(st) .. '|' .. held_text(st) .. '|' .. I(expires)
+if has_idem then redis.call('SET', idem, r, 'EX', ctx.cfg.idem_ttl) end
+return r

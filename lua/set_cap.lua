@@ -1,16 +1,22 @@
 -- set_cap.lua: set (or remove) one spend cap of an account and record it in the ledger.
--- KEYS[1] caps hash   KEYS[2] ledger stream
--- ARGV[1] clock offset ms   ARGV[2] transaction id   ARGV[3] account kind   ARGV[4] account id (raw)
--- ARGV[5] cap field ("d", "m", "d|<model>", "m|<model>")   ARGV[6] "limit|action", or "" to remove
--- ARGV[7] the cap as JSON (ledger metadata)
--- Reply: { "ok", "0", previous value or "" }
-local now = now_ms(ARGV[1])
-local prev = redis.call('HGET', KEYS[1], ARGV[5]) or ''
-if ARGV[6] == '' then
-  redis.call('HDEL', KEYS[1], ARGV[5])
+-- All-model caps live in the account's state, per-model caps in its model field (M|<model>).
+-- KEYS: account ledger
+-- ARGV: tx period model value frag config   (period d|m; model "" = all models; value "" removes)
+-- REPLY: [ok, 0, previous value or ""]
+local ctx = ctx_new(ARGV[6], KEYS[2], KEYS[2])
+local period, model, value = ARGV[2], ARGV[3], ARGV[4]
+local st = account(ctx, KEYS[1], model ~= '' and { 'M|' .. model } or {})
+local prev
+if model == '' then
+  prev = period == 'd' and st.dC or st.mC
+  if period == 'd' then st.dC = value else st.mC = value end
+  st.wS = true
 else
-  redis.call('HSET', KEYS[1], ARGV[5], ARGV[6])
+  local w = model_window(st, 'M|' .. model)
+  prev = period == 'd' and w.dC or w.mC
+  if period == 'd' then w.dC = value else w.mC = value end
+  w.dirty = true
 end
-ledger(KEYS[2], { 'id', ARGV[2], 'ts', I(now), 'ak', ARGV[3], 'acct', ARGV[4], 'kind', 'config',
-  'amount', '0', 'op', ARGV[6] == '' and 'cap_removed' or 'cap_set', 'meta', ARGV[7] })
+row(ctx, ARGV[1], 'config', '0', '', '', '', '', '', '', '', ARGV[5])
+finish(ctx, {}, nil)
 return { 'ok', '0', prev }

@@ -1,13 +1,24 @@
 -- set_plan.lua: assign a plan to a user; its free allowance is consumed before paid credits.
--- The plan id lives in the account hash (field 'plan') so plan_debit.lua reads it in the same slot.
--- Does not create the user record. Recorded as a ledger 'config' entry (op plan_set, plan <id>).
--- KEYS[1] account hash   KEYS[2] ledger stream
--- ARGV[1] clock offset ms   ARGV[2] transaction id   ARGV[3] user id (raw)   ARGV[4] plan id
--- ARGV[5] metadata JSON (the plan as known when set)
--- Reply: { "ok", "0", previous plan id or "" }
-local now = now_ms(ARGV[1])
-local prev = redis.call('HGET', KEYS[1], 'plan') or ''
-redis.call('HSET', KEYS[1], 'plan', ARGV[4])
-ledger(KEYS[2], { 'id', ARGV[2], 'ts', I(now), 'ak', 'u', 'acct', ARGV[3], 'kind', 'config', 'amount', '0',
-  'op', 'plan_set', 'plan', ARGV[4], 'prev', prev, 'meta', ARGV[5] })
+-- Field 'plan' holds the current plan with this month's allowance use ("mB|used|<plan id>"); the
+-- use under a plan the user leaves is kept in P|<plan id> ("mB|used") and comes back with the plan.
+-- Does not create the user record. Recorded as a ledger 'config' entry (op plan_set, extra.plan).
+-- KEYS: account ledger
+-- ARGV: tx plan frag config
+-- REPLY: [ok, 0, previous plan id or ""]
+local ctx = ctx_new(ARGV[4], KEYS[2], KEYS[2])
+local plan = ARGV[2]
+local st = account(ctx, KEYS[1], { 'plan', 'P|' .. plan })
+local cur = field(st, 'plan')
+local pm, pused, prev = '', '0', ''
+if cur then pm, pused, prev = string.match(cur, '^(%d*)|(%d+)|(.*)$') end
+if prev ~= plan then
+  if prev ~= '' then field_set(st, 'P|' .. prev, pm .. '|' .. pused) end
+  local kept = field(st, 'P|' .. plan)
+  local km, kused = '', '0'
+  if kept then km, kused = string.match(kept, '^(%d*)|(%d+)$') end
+  field_set(st, 'plan', km .. '|' .. kused .. '|' .. plan)
+  if kept then field_del(st, 'P|' .. plan) end
+end
+row(ctx, ARGV[1], 'config', '0', '', '', '', '', '', '', extra_json({ plan = plan, prev = prev }), ARGV[3])
+finish(ctx, {}, nil)
 return { 'ok', '0', prev }

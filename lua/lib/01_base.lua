@@ -1,0 +1,106 @@
+-- lib/01_base.lua: numbers, time, per-call configuration. The lib/*.lua files are joined in name
+-- order (ducto_redis/scripts.py) ahead of the scripts: loaded once as the top of the function
+-- library, and put before a script's body when it is sent with EVAL. The top level only defines
+-- things (it runs at library load time, where Redis offers no string, table or cjson).
+--
+-- Conventions shared by all scripts:
+--   * ARGV[1] is the store's configuration string (see config below); time is Redis TIME plus its
+--     clock offset (0 except in tests).
+--   * Stored formats are defined in ducto_redis/layout.py; lib/02_state.lua reads and writes them.
+--   * Integers are formatted with I() ('%d': exact up to 2^53-1; tostring would round), and text
+--     is turned into numbers with `+ 0` (a third of tonumber's cost); both are the price of a
+--     decision, so each value is converted once.
+
+local MAX_SAFE = 9007199254740991
+
+local function I(n)
+  return string.format('%d', n)
+end
+
+-- days since 1970-01-01 <-> proleptic Gregorian (y, m, d); H. Hinnant's algorithms
+local function civil_from_days(z)
+  z = z + 719468
+  local era = math.floor(z / 146097)
+  local doe = z - era * 146097
+  local yoe = math.floor((doe - math.floor(doe / 1460) + math.floor(doe / 36524) - math.floor(doe / 146096)) / 365)
+  local y = yoe + era * 400
+  local doy = doe - (365 * yoe + math.floor(yoe / 4) - math.floor(yoe / 100))
+  local mp = math.floor((5 * doy + 2) / 153)
+  local d = doy - math.floor((153 * mp + 2) / 5) + 1
+  local m = mp < 10 and mp + 3 or mp - 9
+  if m <= 2 then y = y + 1 end
+  return y, m, d
+end
+
+local function days_from_civil(y, m, d)
+  if m <= 2 then y = y - 1 end
+  local era = math.floor(y / 400)
+  local yoe = y - era * 400
+  local mp = m > 2 and m - 3 or m + 9
+  local doy = math.floor((153 * mp + 2) / 5) + d - 1
+  local doe = yoe * 365 + math.floor(yoe / 4) - math.floor(yoe / 100) + doy
+  return era * 146097 + doe - 719468
+end
+
+-- window buckets: "d" -> day number, "m" -> year*12 + month - 1; and when the bucket ends (ms).
+-- The month of the last day asked is remembered (a library keeps its locals between calls).
+local memo_day, memo_month, memo_month_end
+local function month_of_day(day)
+  if day ~= memo_day then
+    local y, m = civil_from_days(day)
+    local ny, nm = y, m + 1
+    if nm == 13 then ny, nm = y + 1, 1 end
+    memo_day, memo_month, memo_month_end = day, y * 12 + m - 1, days_from_civil(ny, nm, 1) * 86400000
+  end
+  return memo_month, memo_month_end
+end
+
+local function bucket_of(period, ms)
+  local day = math.floor(ms / 86400000)
+  if period == 'd' then return day, (day + 1) * 86400000 end
+  return month_of_day(day)
+end
+
+-- The store's configuration, ARGV[1] of every script that needs it:
+-- "<clock offset ms>|<idempotency TTL s>|<events max length>|<ledger backlog limit>|<policy>".
+-- Parsed once per distinct string (a pure function of it, so remembering it is always right).
+local configs, config_count = {}, 0
+local function config(text)
+  local c = configs[text]
+  if c then return c end
+  local off, ttl, maxlen, backlog, policy = string.match(text, '^(%-?%d+)|(%d+)|(%d+)|(%d+)|(%a+)$')
+  c = { offset = off + 0, idem_ttl = ttl, maxlen = maxlen, backlog = backlog + 0, closed = policy == 'closed' }
+  if config_count > 64 then configs, config_count = {}, 0 end
+  configs[text] = c
+  config_count = config_count + 1
+  return c
+end
+
+-- The clock of one script call: { now = ms, ts = ms as text, day = day bucket, month = month bucket }
+local function clock(cfg)
+  local t = redis.call('TIME')
+  local now = t[1] * 1000 + math.floor(t[2] / 1000) + cfg.offset
+  local day = math.floor(now / 86400000)
+  return { now = now, ts = I(now), day = day, month = (month_of_day(day)) }
+end
+
+local COPY_ESCAPES = { ['\\'] = '\\\\', ['\t'] = '\\t', ['\n'] = '\\n', ['\r'] = '\\r' }
+
+-- a value as COPY text (only values Lua itself puts into rows: stored text, member ids)
+local function esc(v)
+  if string.find(v, '[\\\t\n\r]') then return (string.gsub(v, '[\\\t\n\r]', COPY_ESCAPES)) end
+  return v
+end
+
+-- the raw value of column n of a client fragment (ducto_redis/layout.py CLIENT_COLUMNS order,
+-- 1-based; the fragment starts with its tab); for the rare paths that need the text itself
+local function frag_value(frag, n)
+  local s = 2
+  for _ = 2, n do s = string.find(frag, '\t', s, true) + 1 end
+  local e = string.find(frag, '\t', s, true)
+  local v = string.sub(frag, s, e and e - 1 or -1)
+  if string.find(v, '\\', 1, true) then
+    v = string.gsub(v, '\\(.)', { t = '\t', n = '\n', r = '\r', ['\\'] = '\\' })
+  end
+  return v
+end

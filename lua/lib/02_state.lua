@@ -1,0 +1,140 @@
+-- lib/02_state.lua: the stored formats of an account hash (ducto_redis/layout.py defines them;
+-- tests/test_layout.py holds the two sides together). One account in memory is a table `st`:
+--   key, bal (number), bals (bal as stored text), held, hx, gx, rl, tat (text, '' = none),
+--   dB, dK, mB, mK (day / month bucket and anchor: spend = anchor - balance in the current bucket),
+--   dC, mC (caps '<limit><d|w|n>' or ''), ring (recent call ids), and what to write back:
+--   wb (balance changed), wS (state changed), set (field -> value), del (fields), calls (ring entries).
+
+local SPAT = '^(%d*)|(%d*)|(%d*)|([^|]*)|(%d*)|(%d*)|(%-?%d*)|(%d*)|(%-?%d*)|(%w*)|(%w*)$'
+local RING_KEEP = 130
+
+local function num(s) if s == '' then return nil end return s + 0 end
+
+local function st_new(key, b, S, ring)
+  local st = { key = key, bal = 0, bals = '0', held = 0, hx = '', gx = '', rl = '', tat = '', dK = 0, mK = 0,
+    dC = '', mC = '', ring = ring or '', set = {}, del = {}, calls = {} }
+  if b then st.bal, st.bals = b + 0, b end
+  if S then
+    local held, hx, gx, rl, tat, dB, dK, mB, mK, dC, mC = string.match(S, SPAT)
+    st.held, st.hx, st.gx, st.rl, st.tat, st.dC, st.mC = held + 0, hx, gx, rl, tat, dC, mC
+    st.dB, st.mB = num(dB), num(mB)
+    if dK ~= '' then st.dK = dK + 0 end
+    if mK ~= '' then st.mK = mK + 0 end
+  end
+  return st
+end
+
+local function st_text(st)
+  return I(st.held) .. '|' .. st.hx .. '|' .. st.gx .. '|' .. st.rl .. '|' .. st.tat .. '|' ..
+    (st.dB and I(st.dB) or '') .. '|' .. I(st.dK) .. '|' .. (st.mB and I(st.mB) or '') .. '|' .. I(st.mK) ..
+    '|' .. st.dC .. '|' .. st.mC
+end
+
+-- spend today and this month (all models)
+local function st_spend(st, c)
+  return st.dB == c.day and st.dK - st.bal or 0, st.mB == c.month and st.mK - st.bal or 0
+end
+
+-- the balance becomes `bal`; `spent` of the change is spend (a debit: bal falls by spent), the rest
+-- is not (credits, refunds, expiries) and moves the anchors with it
+local function st_balance(st, c, bal, spent)
+  local move = bal - st.bal + spent
+  st.bal, st.wb = bal, true
+  if st.dB == c.day then
+    if move ~= 0 then st.dK, st.wS = st.dK + move, true end
+  elseif spent > 0 then
+    st.dB, st.dK, st.wS = c.day, bal + spent, true
+  end
+  if st.mB == c.month then
+    if move ~= 0 then st.mK, st.wS = st.mK + move, true end
+  elseif spent > 0 then
+    st.mB, st.mK, st.wS = c.month, bal + spent, true
+  end
+end
+
+local function st_held(st, held)
+  st.held, st.wS = held, true
+end
+
+-- the call id's earlier entry ('' for a mutation without one) if this account saw it recently
+local function ring_seen(st, cid)
+  local p = string.find(st.ring, cid .. '=', 1, true)
+  if p then return string.match(st.ring, '^([^;]*)', p + #cid + 1) end
+  return st.calls[cid]
+end
+
+local function ring_text(st, entries)
+  local ring = table.concat(entries) .. st.ring
+  if #ring > 2 * RING_KEEP then
+    local cut = string.find(ring, ';', RING_KEEP, true)
+    if cut then ring = string.sub(ring, 1, cut) end
+  end
+  return ring
+end
+
+-- A model's window and caps (field M|<model>): { T, dB, dA, mB, mA, dC, mC }; spend = T - anchor.
+local MPAT = '^(%d*)|(%d*)|(%-?%d*)|(%d*)|(%-?%d*)|(%w*)|(%w*)$'
+
+local function mw_new(text)
+  local w = { T = 0, dA = 0, mA = 0, dC = '', mC = '' }
+  if text then
+    local T, dB, dA, mB, mA, dC, mC = string.match(text, MPAT)
+    w.T, w.dB, w.dA, w.mB, w.mA, w.dC, w.mC = T + 0, num(dB), (num(dA) or 0), num(mB), (num(mA) or 0), dC, mC
+  end
+  return w
+end
+
+local function mw_text(w)
+  return I(w.T) .. '|' .. (w.dB and I(w.dB) or '') .. '|' .. I(w.dA) .. '|' .. (w.mB and I(w.mB) or '') .. '|' ..
+    I(w.mA) .. '|' .. w.dC .. '|' .. w.mC
+end
+
+local function mw_spend(w, c)
+  return w.dB == c.day and w.T - w.dA or 0, w.mB == c.month and w.T - w.mA or 0
+end
+
+-- add `x` of spend to a window table with fields T (total), dB/dA, mB/mA (model windows, members)
+local function total_add(w, c, x)
+  if w.dB ~= c.day then w.dB, w.dA = c.day, w.T end
+  if w.mB ~= c.month then w.mB, w.mA = c.month, w.T end
+  w.T = w.T + x
+end
+
+-- A team member (field U|<id>): { cap (number or nil), period (t|d|m), T (all-time spend),
+-- dB, dA, mB, mA, held, role }
+local UPAT = '^(%d*)|(%a)|(%d+)|(%d*)|(%-?%d*)|(%d*)|(%-?%d*)|(%d+)|(.*)$'
+
+local function member_new(text)
+  local cap, period, T, dB, dA, mB, mA, held, role = string.match(text, UPAT)
+  return { cap = num(cap), period = period, T = T + 0, dB = num(dB), dA = (num(dA) or 0), mB = num(mB),
+    mA = (num(mA) or 0), held = held + 0, role = role }
+end
+
+local function member_text(m)
+  return (m.cap and I(m.cap) or '') .. '|' .. m.period .. '|' .. I(m.T) .. '|' .. (m.dB and I(m.dB) or '') .. '|' ..
+    I(m.dA) .. '|' .. (m.mB and I(m.mB) or '') .. '|' .. I(m.mA) .. '|' .. I(m.held) .. '|' .. m.role
+end
+
+-- the member's spend in their cap's period
+local function member_spent(m, c)
+  if m.period == 'd' then return m.dB == c.day and m.T - m.dA or 0 end
+  if m.period == 'm' then return m.mB == c.month and m.T - m.mA or 0 end
+  return m.T
+end
+
+-- Holds (field h:<reservation id>): user "amount|expires_ms|op",
+-- team "amount|expires_ms|<#member>|<member><op>"
+local function hold_decode(raw, team)
+  if not team then
+    local a, e, op = string.match(raw, '^(%d+)|(%d+)|(.*)$')
+    return a + 0, e + 0, op, nil
+  end
+  local a, e, n, rest = string.match(raw, '^(%d+)|(%d+)|(%d+)|(.*)$')
+  n = n + 0
+  return a + 0, e + 0, string.sub(rest, n + 1), string.sub(rest, 1, n)
+end
+
+local function hold_text(amount, expires, op, member)
+  if not member then return I(amount) .. '|' .. I(expires) .. '|' .. op end
+  return I(amount) .. '|' .. I(expires) .. '|' .. I(#member) .. '|' .. member .. op
+end

@@ -1,0 +1,83 @@
+-- lib/03_ledger.lua: ledger rows and the call context that collects them.
+-- A row is one line of COPY text in ducto_redis/layout.py ROW_COLUMNS order: the script's columns
+-- (id ts kind amount bal held hold exp cap reason extra) then the client's fragment (op ak acct
+-- member rid model type idem meta), which arrives escaped and led by its tab. A script call
+-- appends all its rows as ONE stream entry (field 'q', rows joined by "\n"); a row with an empty id
+-- is named by its place in the stream (layout.tx_id).
+
+-- A script call's context: configuration, clock, streams, the accounts it loaded and its rows.
+local function ctx_new(cfgtext, ledger, events)
+  local cfg = config(cfgtext)
+  return { cfg = cfg, c = clock(cfg), ledger = ledger, events = events, rows = {}, order = {}, accounts = {},
+    idem = {} }
+end
+
+-- append a row (script columns as text; frag = the client's part); returns its index in the entry
+local function row(ctx, id, kind, amount, bal, held, hold, exp, cap, reason, extra, frag)
+  local rows = ctx.rows
+  local n = #rows
+  rows[n + 1] = id .. '\t' .. ctx.c.ts .. '\t' .. kind .. '\t' .. amount .. '\t' .. bal .. '\t' .. held .. '\t' ..
+    hold .. '\t' .. exp .. '\t' .. cap .. '\t' .. reason .. '\t' .. extra .. frag
+  return n
+end
+
+-- a client fragment built here from raw values (rows the client did not describe: expiries, ...)
+local function frag_of(op, ak, acct, member, rid)
+  return '\t' .. esc(op) .. '\t' .. ak .. '\t' .. esc(acct) .. '\t' .. esc(member or '') .. '\t' .. (rid or '') ..
+    '\t\t\t\t'
+end
+
+-- extra (a JSON object) as COPY text
+local function extra_json(t)
+  return esc(cjson.encode(t))
+end
+
+-- write the call's rows as one stream entry; its id (or nil when there were none)
+local function ctx_xadd(ctx)
+  if #ctx.rows == 0 then return nil end
+  return redis.call('XADD', ctx.ledger, '*', 'q', table.concat(ctx.rows, '\n'))
+end
+
+-- Ledger backpressure: the shard's stream holds what the flusher has not stored yet (it trims after
+-- committing). With a limit > 0 and policy "closed", holds and debits are refused past the limit.
+local function backlog_full(ctx)
+  local full = ctx.full
+  if full == nil then
+    full = ctx.cfg.closed and ctx.cfg.backlog > 0 and redis.call('XLEN', ctx.ledger) >= ctx.cfg.backlog
+    ctx.full = full
+  end
+  return full
+end
+
+local function event(ctx, fields)
+  local args = { ctx.events, 'MAXLEN', '~', ctx.cfg.maxlen, '*' }
+  for i = 1, #fields, 2 do
+    local v = fields[i + 1]
+    if v ~= nil and v ~= '' then
+      args[#args + 1] = fields[i]
+      args[#args + 1] = v
+    end
+  end
+  return redis.call('XADD', unpack(args))
+end
+
+-- Idempotency keys remember the decision's reply (a string "status|0|..."); a replay answers it
+-- with the idempotent flag set.
+local function replayed(stored)
+  local status, rest = string.match(stored, '^([^|]*)|%d|(.*)$')
+  return status .. '|1|' .. rest
+end
+
+local function idem_seen(ctx, key)
+  local r = ctx.idem[key]
+  if type(r) == 'table' then  -- decided earlier in this call
+    local again = {}
+    for k, v in pairs(r) do again[k] = v end
+    again[2] = '1'
+    return again
+  end
+  if r then return r end
+  r = redis.call('GET', key)
+  if r then return replayed(r) end
+  return nil
+end

@@ -1,0 +1,77 @@
+-- lib/04_rules.lua: spend caps and the request-rate limit.
+
+-- caps '<limit><d|w|n>' -> limit, action word (remembered: a pure function of the text)
+local ACTION = { d = 'deny', w = 'warn', n = 'notify' }
+local cap_memo, cap_count = {}, 0
+local function cap_parse(text)
+  local c = cap_memo[text]
+  if not c then
+    local limit, a = string.match(text, '^(%d+)(%a)$')
+    c = { limit + 0, ACTION[a] }
+    if cap_count > 256 then cap_memo, cap_count = {}, 0 end
+    cap_memo[text], cap_count = c, cap_count + 1
+  end
+  return c[1], c[2]
+end
+
+-- Caps that spending `amount` now would pass: the first deny cap (period d|m, model or '', limit,
+-- action, spend) or nil, and the warn/notify caps passed. st: the account; w: the model's window
+-- (or nil); dS, mS: the account's spend today and this month.
+local function caps_check(st, w, model, amount, dS, mS, c)
+  local deny, warns
+  local function test(text, period, mdl, spend)
+    if text == '' then return end
+    local limit, action = cap_parse(text)
+    if spend + amount > limit then
+      local cap = { period, mdl, limit, action, spend }
+      if action == 'deny' then
+        deny = deny or cap
+      else
+        warns = warns or {}
+        warns[#warns + 1] = cap
+      end
+    end
+  end
+  test(st.dC, 'd', '', dS)
+  test(st.mC, 'm', '', mS)
+  if w and (w.dC ~= '' or w.mC ~= '') then
+    local wd, wm = mw_spend(w, c)
+    test(w.dC, 'd', model, wd)
+    test(w.mC, 'm', model, wm)
+  end
+  return deny, warns
+end
+
+local function cap_event(ctx, etype, ak, aid, cap, amount)
+  event(ctx, { 'type', etype, 'ts', ctx.c.ts, 'ak', ak, 'acct', aid,
+    'period', cap[1] == 'd' and 'daily' or 'monthly', 'model', cap[2], 'limit', I(cap[3]), 'action', cap[4],
+    'spend', I(cap[5]), 'amount', I(amount) })
+end
+
+-- Request-rate limit (GCRA): rl = "limit,period_ms,burst", tat = theoretical arrival time (ms).
+-- Returns allowed, new tat (to store on success), retry-after ms, remaining requests.
+local function gcra(rl, tat, now)
+  local limit, period, burst = string.match(rl, '^(%d+),(%d+),(%d+)$')
+  local t = period / limit
+  local window = burst * t
+  local at = tat ~= '' and tat + 0 or now
+  if at < now then at = now end
+  local new_tat = at + t
+  if new_tat - now > window then
+    return false, nil, math.ceil(new_tat - window - now), 0
+  end
+  return true, math.ceil(new_tat), 0, math.floor((window - (new_tat - now)) / t)
+end
+
+-- a plan's monthly free allowance from the allowance table JSON {"<plan id>": credits, ...}
+-- (decoded once per distinct table: a pure function of the text)
+local allowance_memo, allowance_count = {}, 0
+local function plan_allowance(text, plan)
+  local t = allowance_memo[text]
+  if not t then
+    t = cjson.decode(text)
+    if allowance_count > 64 then allowance_memo, allowance_count = {}, 0 end
+    allowance_memo[text], allowance_count = t, allowance_count + 1
+  end
+  return (t[plan] or 0) + 0
+end

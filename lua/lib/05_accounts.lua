@@ -1,0 +1,201 @@
+-- lib/05_accounts.lua: loading accounts into a call's context and writing back what changed.
+-- A call reads each account once (HMGET of b, S, r and the fields its decision needs) and writes it
+-- once at the end (HSET of what changed, HDEL of resolved holds), whatever number of decisions of
+-- the call touched it.
+
+-- the account `key` in the call's context, with `extra` fields (a list of names, may be empty)
+local function account(ctx, key, extra)
+  local st = ctx.accounts[key]
+  if st then
+    for i = 1, #extra do
+      local f = extra[i]
+      if st.f[f] == nil then st.f[f] = redis.call('HGET', key, f) or false end
+    end
+    return st
+  end
+  local v
+  if #extra == 0 then
+    v = redis.call('HMGET', key, 'b', 'S', 'r')
+  else
+    v = redis.call('HMGET', key, 'b', 'S', 'r', unpack(extra))
+  end
+  st = st_new(key, v[1] or nil, v[2] or nil, v[3] or nil)
+  st.exists = v[1] ~= false
+  st.f = {}
+  for i = 1, #extra do st.f[extra[i]] = v[3 + i] or false end
+  ctx.accounts[key] = st
+  ctx.order[#ctx.order + 1] = st
+  return st
+end
+
+-- a field of a loaded account (read once per call)
+local function field(st, f)
+  local v = st.f[f]
+  if v == nil then
+    v = redis.call('HGET', st.key, f) or false
+    st.f[f] = v
+  end
+  return v or nil
+end
+
+local function field_set(st, f, v)
+  st.f[f] = v
+  st.set[f] = v
+  st.del[f] = nil
+end
+
+local function field_del(st, f)
+  st.f[f] = false
+  st.set[f] = nil
+  st.del[f] = true
+end
+
+-- the balance and held as text (formatted once per value)
+local function bal_text(st)
+  if st.bals_of ~= st.bal then st.bals, st.bals_of = I(st.bal), st.bal end
+  return st.bals
+end
+
+local function held_text(st)
+  if st.helds_of ~= st.held then st.helds, st.helds_of = I(st.held), st.held end
+  return st.helds
+end
+
+-- a model's window of a loaded account (parsed once per call; written back if changed)
+local function model_window(st, f)
+  st.models = st.models or {}
+  local w = st.models[f]
+  if not w then
+    w = mw_new(field(st, f))
+    st.models[f] = w
+  end
+  return w
+end
+
+-- a team member of a loaded team (nil if not a member)
+local function member_of(st, uid)
+  st.members = st.members or {}
+  local m = st.members[uid]
+  if m == nil then
+    local raw = field(st, 'U|' .. uid)
+    m = raw and member_new(raw) or false
+    st.members[uid] = m
+  end
+  return m or nil
+end
+
+-- write back every changed account; `entry` is the call's stream entry id (ring entries name it)
+local function accounts_store(ctx, entry)
+  for _, st in ipairs(ctx.order) do
+    local args = { st.key }
+    if st.wb then
+      args[#args + 1] = 'b'
+      args[#args + 1] = bal_text(st)
+    end
+    if st.wS then
+      args[#args + 1] = 'S'
+      args[#args + 1] = st_text(st)
+    end
+    if st.ring_new then
+      local entries = {}
+      for i = #st.ring_new, 1, -1 do
+        local e = st.ring_new[i]
+        entries[#entries + 1] = e[1] .. '=' .. (e[2] and (entry .. '/' .. e[2]) or '') .. ';'
+      end
+      args[#args + 1] = 'r'
+      args[#args + 1] = ring_text(st, entries)
+    end
+    if st.models then
+      for f, w in pairs(st.models) do
+        if w.dirty then
+          args[#args + 1] = f
+          args[#args + 1] = mw_text(w)
+        end
+      end
+    end
+    if st.members then
+      for uid, m in pairs(st.members) do
+        if m and m.dirty then
+          args[#args + 1] = 'U|' .. uid
+          args[#args + 1] = member_text(m)
+        end
+      end
+    end
+    for f, v in pairs(st.set) do
+      args[#args + 1] = f
+      args[#args + 1] = v
+    end
+    if #args > 1 then redis.call('HSET', unpack(args)) end
+    if next(st.del) then
+      local d = { st.key }
+      for f in pairs(st.del) do d[#d + 1] = f end
+      redis.call('HDEL', unpack(d))
+    end
+  end
+end
+
+-- remember that call id `cid` changed this account (row: its row in the call's entry, or nil)
+local function ring_add(st, cid, row_index)
+  st.ring_new = st.ring_new or {}
+  st.ring_new[#st.ring_new + 1] = { cid, row_index }
+  st.calls[cid] = row_index or ''
+end
+
+-- Expired holds of an account leave it (one 'expire' row each); hx becomes the earliest open hold's
+-- expiry. Holds are fields h:<rid> of the account hash: found with HSCAN, only when hx says one is
+-- due (hx may be early: a settled hold does not move it; the next sweep does).
+local function holds_sweep(ctx, st, ak, aid, team)
+  local now = ctx.c.now
+  if st.hx == '' or st.hx + 0 > now then return end
+  local held, nx, cursor = st.held, nil, '0'
+  local acct = esc(aid)
+  repeat
+    local r = redis.call('HSCAN', st.key, cursor, 'MATCH', 'h:*', 'COUNT', 1000)
+    cursor = r[1]
+    local kv = r[2]
+    for i = 1, #kv, 2 do
+      local f = kv[i]
+      if st.f[f] ~= false then
+        local a, e, op, member = hold_decode(kv[i + 1], team)
+        if e <= now then
+          local rid = string.sub(f, 3)
+          held = held - a
+          field_del(st, f)
+          if member then
+            local m = member_of(st, member)
+            if m then m.held, m.dirty = m.held - a, true end
+          end
+          row(ctx, 'exp:' .. rid, 'expire', '0', bal_text(st), I(held), I(a), '', '', '', '',
+            '\t' .. esc(op) .. '\t' .. ak .. '\t' .. acct .. '\t' .. esc(member or '') .. '\t' .. rid .. '\t\t\t\t')
+        elseif not nx or e < nx then
+          nx = e
+        end
+      end
+    end
+  until cursor == '0'
+  st_held(st, held)
+  st.hx = nx and I(nx) or ''
+end
+
+-- sum of the holds past due (read-only scripts), per member for a team
+local function holds_expired(st, now, team)
+  if st.hx == '' or st.hx + 0 > now then return 0, {} end
+  local total, per, cursor = 0, {}, '0'
+  repeat
+    local r = redis.call('HSCAN', st.key, cursor, 'MATCH', 'h:*', 'COUNT', 1000)
+    cursor = r[1]
+    for i = 1, #r[2], 2 do
+      local a, e, _, member = hold_decode(r[2][i + 1], team)
+      if e <= now then
+        total = total + a
+        if member then per[member] = (per[member] or 0) + a end
+      end
+    end
+  until cursor == '0'
+  return total, per
+end
+
+-- a hold was added: hx becomes its expiry if earlier
+local function holds_expiry_add(st, expires)
+  if st.hx == '' or expires < st.hx + 0 then st.hx, st.wS = I(expires), true end
+end

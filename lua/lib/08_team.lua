@@ -1,0 +1,96 @@
+-- lib/08_team.lua: one team debit (deduct_team, or the settlement of a team hold), the body of
+-- pool_debit.lua and pool_debit_many.lua. The team hash holds the pool (b, S as a user's), its
+-- members (U|<id>: cap, period, spend windows, held) and its holds (h:<rid>, naming the member).
+-- Checks, in order: team exists -> membership -> the member's cap (their period spend plus what
+-- their open holds hold) -> the team's caps -> pool balance (beyond any hold); then debits the pool
+-- (never a member's personal balance). A refusal changes nothing, except that refusing a
+-- settlement for a cap releases its hold.
+
+-- K: { team hash, idempotency key (or "<team>:i") }
+-- A: { call id, amount (text), model, member id, fragment, reservation id or "" }
+local function team_debit(ctx, K, A)
+  local acct, idem = K[1], K[2]
+  local has_idem = idem ~= acct .. ':i'
+  if has_idem then
+    local again = idem_seen(ctx, idem)
+    if again then return again end
+  end
+  local cid, amount_s, model, uid, frag, rid = A[1], A[2], A[3], A[4], A[5], A[6]
+  local uf = 'U|' .. uid
+  local hf = rid ~= '' and ('h:' .. rid) or nil
+  local mf = model ~= '' and ('M|' .. model) or nil
+  local extra = { 'created', uf }
+  if hf then extra[#extra + 1] = hf end
+  if mf then extra[#extra + 1] = mf end
+  local st = account(ctx, acct, extra)
+  if not field(st, 'created') then return refusal('team_not_found', amount_s, st) end
+  local m = member_of(st, uid)
+  if not m then return refusal('user_not_in_team', amount_s, st) end
+  local seen = ring_seen(st, cid)
+  if seen then return seen_reply(st, seen, amount_s) end
+  if backlog_full(ctx) then return refusal('ledger_backlog_full', amount_s, st) end
+  local c = ctx.c
+  local amount = amount_s + 0
+  local tid
+  if st.hx ~= '' then tid = frag_value(frag, 3) end
+  holds_sweep(ctx, st, 't', tid, true)
+
+  local hold = 0
+  if hf then
+    local raw = field(st, hf)
+    local hop, hm
+    if raw then hold, _, hop, hm = hold_decode(raw, true) end
+    if not raw or hm ~= uid then return refusal('reservation_not_found', amount_s, st) end
+    if string.byte(frag, 2) == 9 then frag = '\t' .. esc(hop) .. string.sub(frag, 2) end
+  end
+
+  local function refuse_for_cap(cap)
+    if cap then cap_event(ctx, 'credits.cap_reached', 't', tid or frag_value(frag, 3), cap, amount) end
+    if not hf then return refusal('spend_cap_exceeded', amount_s, st, 'deny') end
+    st_held(st, st.held - hold)
+    m.held, m.dirty = m.held - hold, true
+    field_del(st, hf)
+    local n = row(ctx, '', 'release', '0', bal_text(st), held_text(st), I(hold), '', '', 'spend_cap_exceeded', '',
+      frag)
+    ring_add(st, cid, n)
+    local r = { 'spend_cap_exceeded', '0', n, amount_s, bal_text(st), held_text(st), 'deny', '0', '' }
+    if has_idem then ctx.idem[idem] = r end
+    return r
+  end
+
+  -- the member's cap: their spend in its period, plus what their other open holds hold
+  if m.cap and member_spent(m, c) + (m.held - hold) + amount > m.cap then return refuse_for_cap(nil) end
+  local dS, mS = st_spend(st, c)
+  local w = mf and model_window(st, mf)
+  local deny, warns = caps_check(st, w, model, amount, dS, mS, c)
+  if deny then return refuse_for_cap(deny) end
+  local need = amount - hold
+  if need > 0 and st.bal - st.held - need < 0 then return refusal('insufficient_team_balance', amount_s, st) end
+
+  st_balance(st, c, st.bal - amount, amount)
+  if hf then
+    st_held(st, st.held - hold)
+    m.held = m.held - hold
+    field_del(st, hf)
+  end
+  if amount > 0 then total_add(m, c, amount) end
+  m.dirty = true
+  if w and amount > 0 then
+    total_add(w, c, amount)
+    w.dirty = true
+  end
+  local action = ''
+  if warns then
+    tid = tid or frag_value(frag, 3)
+    for _, cap in ipairs(warns) do
+      cap_event(ctx, cap[4] == 'warn' and 'credits.cap_warning' or 'credits.cap_reached', 't', tid, cap, amount)
+      if action == '' or cap[4] == 'warn' then action = cap[4] end
+    end
+  end
+  local n = row(ctx, '', hf and 'settle' or 'debit', amount == 0 and '0' or '-' .. amount_s, bal_text(st),
+    held_text(st), hf and I(hold) or '', '', action, '', '', frag)
+  ring_add(st, cid, n)
+  local r = { 'ok', '0', n, amount_s, bal_text(st), held_text(st), action, '0', '' }
+  if has_idem then ctx.idem[idem] = r end
+  return r
+end
