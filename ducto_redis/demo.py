@@ -81,5 +81,5 @@ def _priced_call(store: RedisStore, echo: Callable[[str], None]) -> None:
     call = UsageMetrics(model="gpt-4o", input_tokens=1200, output_tokens=350,
                         tool_calls=[ToolCall(name="web_search"), ToolCall(name="calculator")])
     r = manager.deduct("dev", call, idempotency_key="call-1")
-    echo(f"11. one gpt-4o call (1200 in, 350 out, 2 tools) = {manager.price(call).total} credits; "
+    echo(f"11. one gpt-4o call (1200 in, 350 out, 2 tools) = {manager.price(call).credits} credits; "
          f"dev's balance 100 -> {r.balance_after}")
