@@ -15,7 +15,6 @@ from typing import Any, TypeVar
 import fakeredis
 import redis
 
-from . import errors
 from .batch import Batch, ChargeRequest, TeamDebitRequest, charge_calls, team_debit_calls
 from .connect import async_client, run_pipelined_async, writes_direct
 from .core import Call, StoreCore, check_amount, check_id, check_label
@@ -265,8 +264,6 @@ class AsyncRedisStore(AsyncPlanStoreMixin):
     ) -> AddTeamMemberResult:
         """See :meth:`RedisStore.add_team_member`."""
         fields = self.core.teams.add_member_fields(role, spend_cap, cap_period)
-        if not await self._run(self.core.user_exists(user_id)):
-            return AddTeamMemberResult(team_id=team_id, user_id=user_id, role=role, error=errors.USER_NOT_FOUND)
         return await self._run(self.core.teams.member(team_id, user_id, "add", fields))
 
     async def set_member_cap(

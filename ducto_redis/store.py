@@ -8,7 +8,6 @@ from typing import Any, TypeVar
 
 import redis
 
-from . import errors
 from .batch import Batch, ChargeRequest, TeamDebitRequest, charge_calls, team_debit_calls
 from .connect import run_pipelined, sync_client
 from .core import Call, StoreCore, check_amount, check_id, check_label
@@ -295,10 +294,9 @@ class RedisStore(LedgerStoreMixin, PlanStoreMixin):
         spend_cap: int | None = None,
         cap_period: str = "total",
     ) -> AddTeamMemberResult:
-        """Add (or update) a member; the user record must exist (``user_not_found``)."""
+        """Add (or update) a member: any user id, as in ducto (a team member needs no personal
+        balance: the pool pays); ``team_not_found`` for an unknown team."""
         fields = self.core.teams.add_member_fields(role, spend_cap, cap_period)
-        if not self._run(self.core.user_exists(user_id)):
-            return AddTeamMemberResult(team_id=team_id, user_id=user_id, role=role, error=errors.USER_NOT_FOUND)
         return self._run(self.core.teams.member(team_id, user_id, "add", fields))
 
     def set_member_cap(
