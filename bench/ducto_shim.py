@@ -4,8 +4,9 @@ Loaded by ``bench/ducto_suite.py`` (``-p ducto_shim``), never by the project's o
 Every ``ducto`` module ducto 1.0's tests import is an alias module that hands out the attributes of
 the ducto-redis module it maps to (``MODULES``); a name missing there fails the import as it would
 for a user. On the ``redis`` backend (``DUCTO_SUITE_BACKEND=redis``) ``MemoryStore()`` builds a
-:class:`~ducto_redis.RedisStore` on ``DUCTO_SUITE_REDIS_URL`` in a namespace of its own, deleted
-when the run ends. Each test's outcome is written as JSON to ``DUCTO_SUITE_REPORT``.
+:class:`~ducto_redis.RedisStore` on ``DUCTO_SUITE_REDIS_URL`` in a namespace of its own (deleted
+when the run ends), with its ledger in PostgreSQL (``DUCTO_SUITE_DATABASE_URL``, schema
+``DUCTO_SUITE_LEDGER_SCHEMA``). Each test's outcome is written as JSON to ``DUCTO_SUITE_REPORT``.
 """
 
 from __future__ import annotations
@@ -62,14 +63,18 @@ def _redis_store_class() -> type:
     from ducto_redis.connect import sync_client
 
     url = os.environ.get("DUCTO_SUITE_REDIS_URL", "redis://127.0.0.1:6379/0")
+    database_url = os.environ["DUCTO_SUITE_DATABASE_URL"]
+    schema = os.environ["DUCTO_SUITE_LEDGER_SCHEMA"]
 
     class RedisBackedStore(RedisStore):
-        """ducto's ``MemoryStore()``, on the real Redis: a fresh namespace per store."""
+        """ducto's ``MemoryStore()``, on the real Redis (a fresh namespace per store) with its ledger
+        in PostgreSQL (the run's schema, migrated by the runner as an operator would)."""
 
         def __init__(self) -> None:
             namespace = "ducto-suite-" + uuid.uuid4().hex[:12]
             _namespaces.append(namespace)
-            super().__init__(sync_client(url), namespace=namespace)
+            super().__init__(sync_client(url), namespace=namespace, database_url=database_url,
+                             ledger_schema=schema)
 
     return RedisBackedStore
 

@@ -7,7 +7,8 @@
 (``SUITE``: test_store, test_manager, test_engine, test_expr, test_config) run unchanged, in a pytest
 of their own, with ``bench/ducto_shim.py`` mapping every ``ducto.*`` import to ducto-redis. On the
 ``redis`` backend each ``MemoryStore()`` of the tests is a ``RedisStore`` on ``--redis-url`` in a
-fresh namespace (deleted afterwards). No line of ducto is copied into this project.
+fresh namespace (deleted afterwards), its ledger in PostgreSQL at ``--database-url`` in a schema
+made for the run (dropped afterwards). No line of ducto is copied into this project.
 
 Prints, per backend, the tests passed of those collected, any file that failed to import, and every
 failing test. ``--check`` also compares the failing tests with the ones
@@ -19,6 +20,7 @@ not import, or fewer than ``--min-percent`` pass.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -26,6 +28,8 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,6 +37,8 @@ ROOT = Path(__file__).resolve().parent.parent
 SUITE = ("test_store.py", "test_manager.py", "test_engine.py", "test_expr.py", "test_config.py")
 DIFFERENCES = ROOT / "docs" / "differences-from-ducto.md"
 BACKENDS = ("memory", "redis")
+
+sys.path.insert(0, str(ROOT))
 
 
 @dataclass
@@ -61,12 +67,34 @@ class SuiteRun:
         return 100.0 * self.passed / self.total if self.total else 0.0
 
 
-def run_suite(ducto: Path, backend: str, redis_url: str) -> SuiteRun:
+@contextlib.contextmanager
+def ledger_schema(database_url: str) -> Iterator[str]:
+    """A fresh PostgreSQL ledger schema for the run (migrated as an operator would), dropped after."""
+    import psycopg
+
+    from ducto_redis.ledger.flusher import migrate
+
+    schema = "ducto_suite_" + uuid.uuid4().hex[:10]
+    migrate(database_url, schema)
+    try:
+        yield schema
+    finally:
+        with psycopg.connect(database_url, autocommit=True) as conn:
+            conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+
+
+def run_suite(ducto: Path, backend: str, redis_url: str, database_url: str) -> SuiteRun:
     """Run the five test files of the ducto checkout at ``ducto`` on ``backend``."""
     tests = ducto / "python" / "tests"
     missing = [f for f in SUITE if not (tests / f).is_file()]
     if missing:
         raise SystemExit(f"ducto_suite: {tests} lacks {', '.join(missing)}: is --ducto a checkout of apoorwv/ducto?")
+    with contextlib.ExitStack() as stack:
+        schema = stack.enter_context(ledger_schema(database_url)) if backend == "redis" else ""
+        return _run(tests, backend, redis_url, database_url, schema)
+
+
+def _run(tests: Path, backend: str, redis_url: str, database_url: str, schema: str) -> SuiteRun:
     with tempfile.TemporaryDirectory() as tmp:
         report = Path(tmp) / "report.json"
         ini = Path(tmp) / "pytest.ini"
@@ -76,10 +104,13 @@ def run_suite(ducto: Path, backend: str, redis_url: str) -> SuiteRun:
             "PYTHONPATH": os.pathsep.join([str(ROOT / "bench"), str(ROOT), os.environ.get("PYTHONPATH", "")]),
             "DUCTO_SUITE_BACKEND": backend,
             "DUCTO_SUITE_REDIS_URL": redis_url,
+            "DUCTO_SUITE_DATABASE_URL": database_url,
+            "DUCTO_SUITE_LEDGER_SCHEMA": schema,
             "DUCTO_SUITE_REPORT": str(report),
         }
-        cmd = [sys.executable, "-m", "pytest", "-q", "-p", "ducto_shim", "-p", "no:cacheprovider", "--continue-on-collection-errors",
-               "-c", str(ini), "--rootdir", str(tests), *(str(tests / f) for f in SUITE)]
+        cmd = [sys.executable, "-m", "pytest", "-q", "-p", "ducto_shim", "-p", "no:cacheprovider",
+               "--continue-on-collection-errors", "-c", str(ini), "--rootdir", str(tests),
+               *(str(tests / f) for f in SUITE)]
         start = time.perf_counter()
         subprocess.run(cmd, cwd=tests, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
         seconds = time.perf_counter() - start
@@ -132,13 +163,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--ducto", required=True, type=Path, help="a checkout of apoorwv/ducto")
     parser.add_argument("--backend", choices=(*BACKENDS, "both"), default="both")
-    parser.add_argument("--redis-url", default=os.environ.get("DUCTO_SUITE_REDIS_URL", "redis://127.0.0.1:6379/0"))
+    parser.add_argument("--redis-url", default=os.environ.get("DUCTO_TEST_REDIS_URL", "redis://127.0.0.1:6379/0"))
+    parser.add_argument("--database-url", help="the redis backend's PostgreSQL ledger (a schema of its own)",
+                        default=os.environ.get("DUCTO_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test"))
     parser.add_argument("--check", action="store_true", help="exit 1 unless the failures are the documented ones")
     parser.add_argument("--min-percent", type=float, default=95.0)
     parser.add_argument("--json", action="store_true", help="print the outcomes as JSON instead")
     args = parser.parse_args(argv)
     backends = BACKENDS if args.backend == "both" else (args.backend,)
-    runs = [run_suite(args.ducto.resolve(), b, args.redis_url) for b in backends]
+    runs = [run_suite(args.ducto.resolve(), b, args.redis_url, args.database_url) for b in backends]
     if args.json:
         print(json.dumps({r.backend: {"outcomes": r.outcomes, "import_errors": r.import_errors} for r in runs},
                          indent=1))

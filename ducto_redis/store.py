@@ -35,7 +35,7 @@ from .models import (
     TeamMemberSpend,
 )
 from .plans import PlanStoreMixin
-from .settings import Settings
+from .settings import Settings, given
 from .team_ops import check_period
 
 T = TypeVar("T")
@@ -69,15 +69,16 @@ class RedisStore(LedgerStoreMixin, PlanStoreMixin):
         self.core = StoreCore(self.settings)
 
     @classmethod
-    def from_url(cls, url: str | None = None, namespace: str = "ducto", **overrides: Any) -> RedisStore:
-        """A store on the Redis at ``url`` (default ``DUCTO_REDIS_URL``), keys under ``namespace``.
+    def from_url(cls, url: str | None = None, namespace: str | None = None, **overrides: Any) -> RedisStore:
+        """A store on the Redis at ``url`` (default ``DUCTO_REDIS_URL``), keys under ``namespace``
+        (default ``DUCTO_NAMESPACE``); every other setting from its ``DUCTO_*`` variable unless given.
 
         ``?cluster=true`` in the URL connects to a Redis Cluster; a ``RedisCluster`` client can also
         be passed to the constructor.
         """
         settings = Settings()
         url = url or settings.redis_url
-        return cls(sync_client(url), settings, namespace=namespace, redis_url=url, **overrides)
+        return cls(sync_client(url), settings, redis_url=url, **given(namespace=namespace), **overrides)
 
     @classmethod
     def from_settings(cls, settings: Settings | None = None) -> RedisStore:

@@ -1,0 +1,125 @@
+"""MemoryStore's embedded ledger: every ledger entry copied into SQLite right after its script ran.
+
+The scripts append entries to the shards' streams as they do on Redis; after each call of a
+MemoryStore (or AsyncMemoryStore) the entries new in the streams the call named are read (XRANGE
+from the last one copied), turned into rows by ``copy_text`` exactly as the flusher turns them for
+PostgreSQL, and inserted in one SQLite transaction before the call returns. So the embedded ledger
+holds every entry of every decision that returned, and analytics and restore read it as they read
+PostgreSQL (``database.py``, ``queries.py``, ``restore.py``).
+
+The SQLite database is in memory by default, or a file (``MemoryStore(ledger_file=...)``,
+``DUCTO_LEDGER_FILE``): a file-backed store that starts on a fresh in-process server rebuilds its
+state from the file (the same restore as from PostgreSQL), so a single-process app keeps balances,
+holds, caps, teams, plans and grants across restarts with no server at all.
+
+Copied entries stay in the streams up to :data:`STREAM_TAIL` per stream (the most recent ones, for
+readers of the streams); older ones are trimmed, so memory stays bounded. Stores sharing one
+in-process server (``AsyncMemoryStore(server=store.server)``) share one ledger per namespace.
+"""
+
+from __future__ import annotations
+
+import threading
+import weakref
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import fakeredis
+
+from ..keys import KeySchema
+from .copy_text import Entry, copy_payload
+from .database import SqliteLedger
+
+STREAM_TAIL = 1000
+"""Copied entries kept in each stream (the most recent); older ones are trimmed."""
+
+_LEDGERS: weakref.WeakKeyDictionary[Any, dict[str, EmbeddedLedger]] = weakref.WeakKeyDictionary()
+_REGISTRY_LOCK = threading.Lock()
+
+
+def _stream_id(raw: bytes) -> tuple[int, int]:
+    ms, _, seq = raw.partition(b"-")
+    return int(ms), int(seq or 0)
+
+
+class EmbeddedLedger:
+    """Copies one namespace's ledger streams, on one in-process server, into a :class:`SqliteLedger`."""
+
+    def __init__(self, server: Any, keys: KeySchema, path: str | Path | None = None) -> None:
+        self.db = SqliteLedger(path)
+        self.path = self.db.path
+        self.namespace = keys.namespace
+        self.client: Any = fakeredis.FakeRedis(server=server)  # bytes: the flusher's fast path
+        self.shard_of = {name: shard for shard, name in enumerate(keys.all_ledger_streams())}
+        self._last: dict[str, bytes] = {}
+        self._since_trim: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    @classmethod
+    def for_server(cls, server: Any, keys: KeySchema, path: str | Path | None) -> tuple[EmbeddedLedger, bool]:
+        """The ledger of ``keys.namespace`` on ``server`` (shared by every store on that server), and
+        whether it was opened just now. A second store asking for another file is refused."""
+        with _REGISTRY_LOCK:
+            by_namespace = _LEDGERS.setdefault(server, {})
+            found = by_namespace.get(keys.namespace)
+            if found is not None:
+                if path is not None and str(path) != found.path:
+                    raise ValueError(f"ledger_file: namespace {keys.namespace!r} on this server already keeps its "
+                                     f"ledger in {found.path or 'memory'}, not {path}")
+                return found, False
+            ledger = by_namespace[keys.namespace] = cls(server, keys, path)
+            return ledger, True
+
+    def streams_in(self, keys: Iterable[str]) -> list[str]:
+        """The ledger streams among a call's keys."""
+        return [k for k in keys if k in self.shard_of]
+
+    def copy(self, streams: Sequence[str] | None = None) -> int:
+        """Copy the entries new in ``streams`` (default: every stream) into SQLite; returns how many."""
+        with self._lock:
+            entries: list[Entry] = []
+            read: dict[str, list[bytes]] = {}
+            for stream in self.shard_of if streams is None else streams:
+                start = b"(" + self._last[stream] if stream in self._last else b"-"
+                for mid, fields in self.client.xrange(stream, min=start):
+                    entries.append((self.shard_of[stream], mid, [x for kv in fields.items() for x in kv]))
+                    read.setdefault(stream, []).append(mid)
+            if not entries:
+                return 0
+            self.db.append(copy_payload(entries, self.namespace))
+            for stream, ids in read.items():
+                self._last[stream] = ids[-1]
+                self._since_trim[stream] = self._since_trim.get(stream, 0) + len(ids)
+                if self._since_trim[stream] >= STREAM_TAIL:
+                    self._trim(stream)
+            return len(entries)
+
+    def _trim(self, stream: str) -> None:
+        """Drop the stream's entries older than its last :data:`STREAM_TAIL`, all of them copied."""
+        self._since_trim[stream] = 0
+        kept = self.client.xrevrange(stream, count=STREAM_TAIL)
+        if len(kept) < STREAM_TAIL:
+            return
+        oldest_kept = _stream_id(kept[-1][0])
+        ms, seq = _stream_id(self._last[stream])
+        minid = min(oldest_kept, (ms, seq + 1))  # never past an entry not yet copied
+        self.client.xtrim(stream, minid=f"{minid[0]}-{minid[1]}", approximate=False)
+
+    def resume(self) -> None:
+        """After a restart: each stream continues after the last id the file holds, so entries of the
+        new run never take an id (nor an id derived from one) of an earlier run."""
+        with self._lock:
+            streams = {shard: name for name, shard in self.shard_of.items()}
+            for shard, (ms, seq) in self.db.last_stream_ids(self.namespace).items():
+                stream = streams.get(shard)
+                if stream is None or self.client.exists(stream):
+                    continue
+                mid = f"{ms}-{seq}".encode()
+                self.client.xadd(stream, {"_": "resume"}, id=mid)
+                self.client.xdel(stream, mid)
+                self._last[stream] = mid
+
+    def close(self) -> None:
+        """Close the SQLite database (the file keeps every entry copied)."""
+        self.db.close()
