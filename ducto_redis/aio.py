@@ -417,11 +417,11 @@ class AsyncMemoryStore(AsyncRedisStore):
     async def _run(self, call: Call[T]) -> T:
         try:
             return await super()._run(call)
-        finally:  # the embedded ledger, as MemoryStore's: entries copied into SQLite before returning
-            self.ledger.copy(self.ledger.streams_in(call.keys))
+        finally:  # the embedded ledger, as MemoryStore's
+            self.ledger.after(call.keys)
 
     async def _run_many(self, calls: Sequence[Call[T]]) -> list[T]:
         try:
             return await super()._run_many(calls)
         finally:
-            self.ledger.copy(self.ledger.streams_in({k for c in calls for k in c.keys}))
+            self.ledger.after({k for c in calls for k in c.keys})

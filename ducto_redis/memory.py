@@ -19,7 +19,7 @@ T = TypeVar("T")
 
 class MemoryStore(RedisStore):
     """A store that needs no server: an in-process fakeredis (with lupa) runs the very same scripts,
-    and every ledger entry is copied into SQLite before the call returns.
+    and its ledger entries are copied into SQLite (``ledger/embedded.py`` says when).
 
     Usable straight after construction, as ducto's ``MemoryStore`` is. Each instance has its own
     private server unless ``server`` is given (stores sharing a server share its ledger).
@@ -50,19 +50,19 @@ class MemoryStore(RedisStore):
             restore(self, self.ledger.db, progress=False)
             self.ledger.resume()
 
-    # ── I/O: every call's new ledger entries are copied into SQLite before it returns ──
+    # ── I/O: the calls' ledger entries go to SQLite (a file: before each call returns) ──
 
     def _run(self, call: Call[T]) -> T:
         try:
             return super()._run(call)
         finally:
-            self.ledger.copy(self.ledger.streams_in(call.keys))
+            self.ledger.after(call.keys)
 
     def _run_many(self, calls: Sequence[Call[T]]) -> list[T]:
         try:
             return super()._run_many(calls)
         finally:
-            self.ledger.copy(self.ledger.streams_in({k for c in calls for k in c.keys}))
+            self.ledger.after({k for c in calls for k in c.keys})
 
     # ── the ledger is the embedded one ────────────────────────────────
 
@@ -76,11 +76,13 @@ class MemoryStore(RedisStore):
     def _ledger_database(self, database_url: str | None = None) -> LedgerDatabase:
         if database_url is not None:
             return super()._ledger_database(database_url)
+        self.ledger.flush()
         return self.ledger.db
 
     def _catch_up(self) -> None:
-        self.ledger.copy()  # entries of other stores on this server (an AsyncMemoryStore's) too
+        self.ledger.flush()
 
     def ledger_reader(self) -> LedgerReader | None:
-        """Finds one ledger entry by id (``.entry(namespace, entry_id)``): the embedded SQLite ledger."""
-        return self.ledger.db
+        """Finds one ledger entry by id (``.entry(namespace, entry_id)``): the embedded SQLite ledger,
+        brought up to date first."""
+        return self.ledger

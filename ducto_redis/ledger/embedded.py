@@ -1,16 +1,19 @@
-"""MemoryStore's embedded ledger: every ledger entry copied into SQLite right after its script ran.
+"""MemoryStore's embedded ledger: the ledger entries copied from the in-process streams into SQLite.
 
-The scripts append entries to the shards' streams as they do on Redis; after each call of a
-MemoryStore (or AsyncMemoryStore) the entries new in the streams the call named are read (XRANGE
-from the last one copied), turned into rows by ``copy_text`` exactly as the flusher turns them for
-PostgreSQL, and inserted in one SQLite transaction before the call returns. So the embedded ledger
-holds every entry of every decision that returned, and analytics and restore read it as they read
-PostgreSQL (``database.py``, ``queries.py``, ``restore.py``).
+The scripts append entries to the shards' streams as they do on Redis. The entries new in a stream
+(XRANGE from the last one copied) are turned into rows by ``copy_text`` exactly as the flusher
+turns them for PostgreSQL, and inserted in one SQLite transaction; analytics and restore then read
+SQLite as they read PostgreSQL (``database.py``, ``queries.py``, ``restore.py``). When:
 
-The SQLite database is in memory by default, or a file (``MemoryStore(ledger_file=...)``,
-``DUCTO_LEDGER_FILE``): a file-backed store that starts on a fresh in-process server rebuilds its
-state from the file (the same restore as from PostgreSQL), so a single-process app keeps balances,
-holds, caps, teams, plans and grants across restarts with no server at all.
+* **a file** (``MemoryStore(ledger_file=...)``, ``DUCTO_LEDGER_FILE``): after every call, before it
+  returns, so every decision that returned is in the file (WAL, ``synchronous=FULL``). A
+  file-backed store that starts on a fresh in-process server rebuilds its state from the file (the
+  same restore as from PostgreSQL): a single-process app keeps balances, holds, caps, teams, plans
+  and grants across restarts with no server at all;
+* **in memory** (the default): every :data:`COPY_EVERY` calls, and before anything reads the ledger
+  (analytics, restore, reconcile, :meth:`EmbeddedLedger.entry`), so every read sees every decision
+  made before it, at a fraction of the per-call cost (an in-memory ledger dies with the process
+  either way).
 
 Copied entries stay in the streams up to :data:`STREAM_TAIL` per stream (the most recent ones, for
 readers of the streams); older ones are trimmed, so memory stays bounded. Stores sharing one
@@ -33,6 +36,8 @@ from .database import SqliteLedger
 
 STREAM_TAIL = 1000
 """Copied entries kept in each stream (the most recent); older ones are trimmed."""
+COPY_EVERY = 256
+"""An in-memory ledger copies the streams touched once per this many calls (and before any read)."""
 
 _LEDGERS: weakref.WeakKeyDictionary[Any, dict[str, EmbeddedLedger]] = weakref.WeakKeyDictionary()
 _REGISTRY_LOCK = threading.Lock()
@@ -54,7 +59,9 @@ class EmbeddedLedger:
         self.shard_of = {name: shard for shard, name in enumerate(keys.all_ledger_streams())}
         self._last: dict[str, bytes] = {}
         self._since_trim: dict[str, int] = {}
-        self._lock = threading.Lock()
+        self._pending: set[str] = set()  # streams written since the last copy (in-memory ledger)
+        self._calls = 0
+        self._lock = threading.RLock()
 
     @classmethod
     def for_server(cls, server: Any, keys: KeySchema, path: str | Path | None) -> tuple[EmbeddedLedger, bool]:
@@ -71,13 +78,35 @@ class EmbeddedLedger:
             ledger = by_namespace[keys.namespace] = cls(server, keys, path)
             return ledger, True
 
-    def streams_in(self, keys: Iterable[str]) -> list[str]:
-        """The ledger streams among a call's keys."""
-        return [k for k in keys if k in self.shard_of]
+    def after(self, keys: Iterable[str]) -> None:
+        """A call naming ``keys`` ran: copy its streams now (a file), or note them for the next copy."""
+        streams = [k for k in keys if k in self.shard_of]
+        if not streams:
+            return
+        if self.path is not None:
+            self.copy(streams)
+            return
+        with self._lock:
+            self._pending.update(streams)
+            self._calls += 1
+            if self._calls >= COPY_EVERY:
+                self.flush()
+
+    def flush(self) -> int:
+        """Copy what the streams written since the last copy hold; returns how many entries."""
+        with self._lock:
+            return self.copy(sorted(self._pending))
+
+    def entry(self, namespace: str, entry_id: str) -> dict[str, Any] | None:
+        """One entry by id, the ledger brought up to date first (a :class:`LedgerReader`)."""
+        self.flush()
+        return self.db.entry(namespace, entry_id)
 
     def copy(self, streams: Sequence[str] | None = None) -> int:
         """Copy the entries new in ``streams`` (default: every stream) into SQLite; returns how many."""
         with self._lock:
+            self._pending.difference_update(self.shard_of if streams is None else streams)
+            self._calls = 0
             entries: list[Entry] = []
             read: dict[str, list[bytes]] = {}
             for stream in self.shard_of if streams is None else streams:
