@@ -402,8 +402,8 @@ class _AutoBatcher:
 
 class AsyncMemoryStore(AsyncRedisStore):
     """The embedded store for asyncio code; pass ``server=memory_store.server`` to share its data (and
-    its ledger: the entries of every call are copied into the server's SQLite ledger, see
-    :class:`~ducto_redis.MemoryStore`). A file-backed state is restored by a MemoryStore."""
+    its SQLite ledger: in memory, or ``ledger_file`` it restores from, see
+    :class:`~ducto_redis.MemoryStore`)."""
 
     def __init__(
         self, namespace: str | None = None, *, server: Any = None, settings: Settings | None = None,
@@ -412,7 +412,7 @@ class AsyncMemoryStore(AsyncRedisStore):
         self.server = server or fakeredis.FakeServer()
         client = fakeredis.FakeAsyncRedis(server=self.server, decode_responses=True)
         super().__init__(client, settings or Settings(), **given(namespace=namespace), **overrides)
-        self.ledger, _ = EmbeddedLedger.for_server(self.server, self.core.keys, self.settings.ledger_file)
+        self.ledger = EmbeddedLedger.open(self.server, self.settings, self.core.keys)
 
     async def _run(self, call: Call[T]) -> T:
         try:

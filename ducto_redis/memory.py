@@ -35,20 +35,10 @@ class MemoryStore(RedisStore):
         self, namespace: str | None = None, *, server: Any = None, settings: Settings | None = None,
         **overrides: Any,
     ) -> None:
-        fresh_server = server is None
         self.server = server or fakeredis.FakeServer()
         client = fakeredis.FakeRedis(server=self.server, decode_responses=True)
         super().__init__(client, settings or Settings(), **given(namespace=namespace), **overrides)
-        self.ledger, opened = EmbeddedLedger.for_server(self.server, self.core.keys, self.settings.ledger_file)
-        if opened and self.ledger.path and (fresh_server or not self.client.keys(self.core.keys.pattern())):
-            self._restore_from_file()
-
-    def _restore_from_file(self) -> None:
-        from .ledger.restore import restore
-
-        if self.ledger.db.rows("SELECT 1 FROM {table} WHERE namespace = ? LIMIT 1", (self.settings.namespace,)):
-            restore(self, self.ledger.db, progress=False)
-            self.ledger.resume()
+        self.ledger = EmbeddedLedger.open(self.server, self.settings, self.core.keys)
 
     # ── I/O: the calls' ledger entries go to SQLite (a file: before each call returns) ──
 

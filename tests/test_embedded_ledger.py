@@ -213,3 +213,19 @@ def test_setup_reports_the_ledger_table_it_keeps(tmp_path: Path) -> None:
     assert MemoryStore().setup().tables_created[0] == "ledger (SQLite, in memory)"
     f = str(tmp_path / "l.sqlite")
     assert MemoryStore(ledger_file=f).setup().tables_created[0] == f"ledger (SQLite, {f})"
+
+
+def test_an_async_memory_store_on_a_file_carries_on_after_a_restart_too(tmp_path: Path) -> None:
+    f = str(tmp_path / "ledger.sqlite")
+
+    async def first() -> str:
+        s = AsyncMemoryStore(ledger_file=f)
+        await s.add_credits("u", 100)
+        return (await s.reserve_credits("u", 30, "job")).reservation_id
+
+    async def second(rid: str) -> tuple[int, int, str | None]:
+        s = AsyncMemoryStore(ledger_file=f)
+        b = await s.get_balance("u")
+        return b.balance, b.held, (await s.deduct_credits("u", rid, 30)).error
+
+    assert asyncio.run(second(asyncio.run(first()))) == (100, 30, None)

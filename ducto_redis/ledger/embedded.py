@@ -31,6 +31,7 @@ from typing import Any
 import fakeredis
 
 from ..keys import KeySchema
+from ..settings import Settings
 from .copy_text import Entry, copy_payload
 from .database import SqliteLedger
 
@@ -64,19 +65,36 @@ class EmbeddedLedger:
         self._lock = threading.RLock()
 
     @classmethod
-    def for_server(cls, server: Any, keys: KeySchema, path: str | Path | None) -> tuple[EmbeddedLedger, bool]:
-        """The ledger of ``keys.namespace`` on ``server`` (shared by every store on that server), and
-        whether it was opened just now. A second store asking for another file is refused."""
+    def open(cls, server: Any, settings: Settings, keys: KeySchema) -> EmbeddedLedger:
+        """The ledger of ``keys.namespace`` on ``server``, shared by every store on that server (a
+        second store naming another file is refused). Opened on a file that holds entries of the
+        namespace, with the server holding none of its keys (a fresh process), it first rebuilds the
+        namespace's state in the server from the file."""
         with _REGISTRY_LOCK:
             by_namespace = _LEDGERS.setdefault(server, {})
             found = by_namespace.get(keys.namespace)
+            path = settings.ledger_file
             if found is not None:
                 if path is not None and str(path) != found.path:
                     raise ValueError(f"ledger_file: namespace {keys.namespace!r} on this server already keeps its "
                                      f"ledger in {found.path or 'memory'}, not {path}")
-                return found, False
+                return found
             ledger = by_namespace[keys.namespace] = cls(server, keys, path)
-            return ledger, True
+        if ledger.path is not None:
+            ledger._restore(server, settings, keys)
+        return ledger
+
+    def _restore(self, server: Any, settings: Settings, keys: KeySchema) -> None:
+        from ..store import RedisStore
+        from .restore import restore
+
+        if not self.db.rows("SELECT 1 FROM {table} WHERE namespace = ? LIMIT 1", (keys.namespace,)):
+            return
+        if next(iter(self.client.scan_iter(match=keys.pattern(), count=1000)), None) is not None:
+            return  # the server already holds this namespace: it is the live state
+        restore(RedisStore(fakeredis.FakeRedis(server=server, decode_responses=True), settings), self.db,
+                progress=False)
+        self.resume()
 
     def after(self, keys: Iterable[str]) -> None:
         """A call naming ``keys`` ran: copy its streams now (a file), or note them for the next copy."""
