@@ -4,14 +4,13 @@ reconcile from it with no PostgreSQL; a file-backed store carries on after a res
 from __future__ import annotations
 
 import asyncio
-import json
 import sqlite3
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import drop_namespace, ledger_entries, snapshot
+from conftest import drop_namespace, ledger_entries, restorable_state
 
 from ducto_redis import (
     AsyncMemoryStore,
@@ -24,17 +23,7 @@ from ducto_redis import (
 from ducto_redis.ledger.database import sqlite_schema
 from ducto_redis.ledger.embedded import STREAM_TAIL
 
-
-def comparable(store: MemoryStore) -> dict[str, Any]:
-    """Every key but streams and idempotency keys (not restored by design); JSON values decoded."""
-    out: dict[str, Any] = {}
-    for key, (t, v) in snapshot(store).items():
-        if t == "stream" or ":i:" in key or ":ri:" in key:
-            continue
-        if t == "hash":
-            v = {f: (json.loads(x) if x.startswith("{") else x) for f, x in v.items()}
-        out[key] = (t, v)
-    return out
+comparable = restorable_state
 
 
 def workload(s: MemoryStore) -> dict[str, str]:
