@@ -39,6 +39,7 @@ DIFFERENCES = ROOT / "docs" / "differences-from-ducto.md"
 BACKENDS = ("memory", "redis")
 
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
 
 
 @dataclass
@@ -169,6 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--check", action="store_true", help="exit 1 unless the failures are the documented ones")
     parser.add_argument("--min-percent", type=float, default=95.0)
     parser.add_argument("--json", action="store_true", help="print the outcomes as JSON instead")
+    parser.add_argument("--write", action="store_true", help="write the figures into bench/RESULTS.md")
     args = parser.parse_args(argv)
     backends = BACKENDS if args.backend == "both" else (args.backend,)
     runs = [run_suite(args.ducto.resolve(), b, args.redis_url, args.database_url) for b in backends]
@@ -177,6 +179,13 @@ def main(argv: list[str] | None = None) -> int:
                          indent=1))
     else:
         print(summary(runs))
+    if args.write:
+        from results import write_section
+
+        command = f"python bench/ducto_suite.py --ducto PATH --backend {args.backend}" + (" --check" * args.check)
+        write_section("ducto 1.0's own test suite", command,
+                      "PATH: a checkout of apoorwv/ducto at 7877861. Each failing test is a difference "
+                      "docs/differences-from-ducto.md lists.", summary(runs))
     if not args.check:
         return 0
     documented = documented_failures()
