@@ -218,3 +218,15 @@ def test_an_async_memory_store_on_a_file_carries_on_after_a_restart_too(tmp_path
         return b.balance, b.held, (await s.deduct_credits("u", rid, 30)).error
 
     assert asyncio.run(second(asyncio.run(first()))) == (100, 30, None)
+
+
+def test_a_dropped_memory_store_frees_its_server_and_its_ledger() -> None:
+    import gc
+    import weakref
+
+    s = MemoryStore()
+    s.add_credits("u", 1)
+    ledger, server = weakref.ref(s.ledger), weakref.ref(s.server)
+    del s
+    gc.collect()
+    assert ledger() is None and server() is None  # thousands of stores in a test run stay bounded

@@ -23,7 +23,6 @@ in-process server (``AsyncMemoryStore(server=store.server)``) share one ledger p
 from __future__ import annotations
 
 import threading
-import weakref
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -40,8 +39,8 @@ STREAM_TAIL = 1000
 COPY_EVERY = 256
 """An in-memory ledger copies the streams touched once per this many calls (and before any read)."""
 
-_LEDGERS: weakref.WeakKeyDictionary[Any, dict[str, EmbeddedLedger]] = weakref.WeakKeyDictionary()
 _REGISTRY_LOCK = threading.Lock()
+_ATTRIBUTE = "_ducto_ledgers"  # on the in-process server: its ledgers live and die with it
 
 
 def _stream_id(raw: bytes) -> tuple[int, int]:
@@ -71,7 +70,8 @@ class EmbeddedLedger:
         namespace, with the server holding none of its keys (a fresh process), it first rebuilds the
         namespace's state in the server from the file."""
         with _REGISTRY_LOCK:
-            by_namespace = _LEDGERS.setdefault(server, {})
+            by_namespace: dict[str, EmbeddedLedger] = getattr(server, _ATTRIBUTE, None) or {}
+            setattr(server, _ATTRIBUTE, by_namespace)
             found = by_namespace.get(keys.namespace)
             path = settings.ledger_file
             if found is not None:
