@@ -15,10 +15,12 @@ from typing import Any, TypeVar
 import fakeredis
 import redis
 
+from . import errors
 from .batch import Batch, ChargeRequest, TeamDebitRequest, charge_calls, team_debit_calls
 from .connect import async_client, run_pipelined_async, writes_direct
 from .core import Call, StoreCore, check_amount, check_id, check_label
 from .keys import TEAM
+from .ledger.database import LedgerReader
 from .ledger.embedded import EmbeddedLedger
 from .models import (
     AddCreditsResult,
@@ -140,7 +142,24 @@ class AsyncRedisStore(AsyncPlanStoreMixin):
         found = await self._run(self.core.refunds.find(transaction_id, amount, reason, metadata, idempotency_key))
         if isinstance(found, RefundResult):
             return found
+        if not found.account_id:  # not in the stream: flushed (or never a debit)
+            reader = self.ledger_reader()
+            if reader is None:
+                return self.core.refunds.not_found(found, errors.TRANSACTION_FLUSHED)
+            row = await asyncio.to_thread(reader.entry, self.settings.namespace, transaction_id)
+            found = self.core.refunds.from_database(found, row)
+            if isinstance(found, RefundResult):
+                return found
         return await self._run(self.core.refunds.apply(found))
+
+    def ledger_reader(self) -> LedgerReader | None:
+        """Finds one ledger entry by id once it has left the Redis stream: the PostgreSQL ledger, or
+        None without a database URL (see :meth:`RedisStore.ledger_reader`)."""
+        if not self.settings.database_url:
+            return None
+        from .ledger.database import PostgresLedger
+
+        return PostgresLedger(self.settings.database_url, self.settings.ledger_schema)
 
     async def sweep_expired_credits(self, dry_run: bool = False) -> SweepResult:
         """See :meth:`RedisStore.sweep_expired_credits`."""
@@ -425,3 +444,7 @@ class AsyncMemoryStore(AsyncRedisStore):
             return await super()._run_many(calls)
         finally:
             self.ledger.after({k for c in calls for k in c.keys})
+
+    def ledger_reader(self) -> LedgerReader | None:
+        """The embedded SQLite ledger (see :meth:`MemoryStore.ledger_reader`)."""
+        return self.ledger

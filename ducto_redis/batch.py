@@ -8,9 +8,8 @@ the resulting calls in one pipeline (sync) or one pipeline (async).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from operator import itemgetter
 from typing import Any, Generic, TypeVar
 
 from .core import Call, StoreCore
@@ -20,27 +19,28 @@ T = TypeVar("T")
 
 @dataclass(frozen=True, slots=True)
 class Twin:
-    """How decisions of one script are packed into its "many" twin.
+    """How calls of one script are packed into its "many" twin (whose Lua header gives the layout).
 
     ``shared_keys`` / ``shared_args``: 0-based positions of the single script's KEYS / ARGV whose
-    values are the same for every decision of one shard (its streams, the clock offset, TTLs, ...):
-    a compact twin receives them once per call, with a layout saying which positions they are.
-    Without shared positions the twin takes every decision's full KEYS and ARGV.
+    values are the same for every decision of one shard (its streams, the configuration), sent once
+    at the head of the twin's KEYS / ARGV; ``own_keys`` / ``own_args``: each decision's, in the twin's
+    order. ``only``: (ARGV position, value) a call must have to be packed: a settlement (a
+    reservation id there) is sent on its own.
     """
 
     name: str
-    shared_keys: frozenset[int] = frozenset()
-    shared_args: frozenset[int] = frozenset()
-
-
-MAX_LAYOUT_POSITIONS = 255  # a layout names positions with one byte each
+    shared_keys: tuple[int, ...]
+    shared_args: tuple[int, ...]
+    own_keys: tuple[int, ...]
+    own_args: tuple[int, ...]
+    only: tuple[int, str]
 
 
 MANY_TWINS: dict[str, Twin] = {
-    # debit.lua: KEYS 8-9 the shard's ledger and events streams; ARGV 1 clock offset, 11 idempotency
-    # TTL, 12 events max length, 14 account kind, 15-16 ledger backlog limit and policy, 17 refund window
-    "debit": Twin("debit_many", frozenset({7, 8}), frozenset({0, 10, 11, 13, 14, 15, 16})),
-    "pool_debit": Twin("pool_debit_many"),
+    # debit.lua KEYS: account grants idem ledger events; ARGV: cid amount model floor frag rid config
+    "debit": Twin("debit_many", (3, 4), (6,), (0, 1, 2), (0, 1, 2, 3, 4), (5, "")),
+    # pool_debit.lua KEYS: team idem ledger events; ARGV: cid amount model member frag rid config
+    "pool_debit": Twin("pool_debit_many", (2, 3), (6,), (0, 1), (0, 1, 2, 3, 4), (5, "")),
 }
 
 MAX_DECISIONS_PER_CALL = 256
@@ -93,56 +93,9 @@ def _identity(raw: Any) -> Any:
     return raw
 
 
-def _none(_values: Any) -> None:
-    return None
-
-
-def _picker(positions: list[int], size: int) -> Callable[[list[Any]], Any]:
-    """A fast function returning the values at ``positions`` of a list of length ``size``."""
-    if positions == list(range(size)):
-        return _identity
-    if not positions:
-        return _none
-    if len(positions) == 1:
-        p = positions[0]
-        return lambda values: (values[p],)
-    return itemgetter(*positions)
-
-
-@dataclass(frozen=True, slots=True, eq=False)  # one per (twin, sizes): compared and hashed by identity
-class _Layout:
-    """A twin's packing for one (keys, args) size: shared positions, the layout header, pickers."""
-
-    twin: Twin
-    header: list[str]
-    shared_keys: Callable[[list[Any]], Any]
-    shared_args: Callable[[list[Any]], Any]
-    own_keys: Callable[[list[Any]], Any]
-    own_args: Callable[[list[Any]], Any]
-
-
-_LAYOUTS: dict[tuple[str, int, int], _Layout] = {}
-
-
-def _layout(name: str, nk: int, na: int) -> _Layout:
-    got = _LAYOUTS.get((name, nk, na))
-    if got is not None:
-        return got
-    twin = MANY_TWINS[name]
-    if twin.shared_args and max(nk, na) > MAX_LAYOUT_POSITIONS:
-        raise ValueError(f"{name}: at most {MAX_LAYOUT_POSITIONS} KEYS and ARGV positions can be packed")
-    sk = sorted(p for p in twin.shared_keys if p < nk)
-    sa = sorted(p for p in twin.shared_args if p < na)
-    ok = [p for p in range(nk) if p not in sk]
-    oa = [p for p in range(na) if p not in sa]
-    # the twin's layout header: positions as one byte each (value = 1-based position)
-    header = ["".join(chr(p + 1) for p in positions) for positions in (ok, sk, oa, sa)]
-    layout = _Layout(
-        twin, header if sk or sa else [], _picker(sk, nk) if sk else _none, _picker(sa, na) if sa else _none,
-        _picker(ok, nk), _picker(oa, na),
-    )
-    _LAYOUTS[(name, nk, na)] = layout
-    return layout
+def _lines(raw: Any) -> list[str]:
+    """A twin's reply: one decision's reply per line."""
+    return (raw.decode("utf-8") if isinstance(raw, bytes) else str(raw)).split("\n")
 
 
 class Batch(Generic[T]):
@@ -158,26 +111,25 @@ class Batch(Generic[T]):
             script = call.script
             if script is None:
                 continue
-            name = script.name
-            if name not in MANY_TWINS:
+            twin = MANY_TWINS.get(script.name)
+            keys, args = call.keys, call.args
+            if twin is None or args[twin.only[0]] != twin.only[1]:
                 self._slots[i] = (len(self.calls), None)
                 self.calls.append(call)
                 continue
-            keys, args = call.keys, call.args
-            layout = _layout(name, len(keys), len(args))
-            k0 = keys[0]
-            # decisions share a call only if their shared values are equal (always so within one store)
-            group = (layout, k0[: k0.index("}") + 1], layout.shared_keys(keys), layout.shared_args(args))
+            # decisions share a call only if their shared values are equal (always so within one shard)
+            group = (twin, *(keys[p] for p in twin.shared_keys), *(args[p] for p in twin.shared_args))
             members = groups.get(group)
             if members is None:
                 groups[group] = [i]
             else:
                 members.append(i)
-        for (layout, _tag, shared_keys, shared_args), members in groups.items():
-            twin_script = scripts[layout.twin.name]
-            own_keys, own_args = layout.own_keys, layout.own_args
-            head_keys = list(shared_keys or ())
-            head_args = [*layout.header, *(shared_args or ())]
+        for group, members in groups.items():
+            twin = group[0]
+            twin_script = scripts[twin.name]
+            first = self.decisions[members[0]]
+            head_keys = [first.keys[p] for p in twin.shared_keys]
+            head_args = [first.args[p] for p in twin.shared_args]
             for start in range(0, len(members), MAX_DECISIONS_PER_CALL):
                 chunk = members[start : start + MAX_DECISIONS_PER_CALL]
                 keys = list(head_keys)
@@ -185,19 +137,23 @@ class Batch(Generic[T]):
                 index = len(self.calls)
                 for pos, i in enumerate(chunk):
                     d = self.decisions[i]
-                    keys.extend(own_keys(d.keys))
-                    args.extend(own_args(d.args))
+                    keys.extend([d.keys[p] for p in twin.own_keys])
+                    args.extend([d.args[p] for p in twin.own_args])
                     self._slots[i] = (index, pos)
-                self.calls.append(Call(twin_script, keys, args, _identity))
+                self.calls.append(Call(twin_script, keys, args, _lines))
 
     def assemble(self, replies: Sequence[Any]) -> list[T]:
         """Results in the order of the decisions, from the replies of :attr:`calls`."""
         out: list[T] = []
+        split: dict[int, list[str]] = {}
         for call, slot in zip(self.decisions, self._slots, strict=True):
             if slot is None:
                 out.append(call.parse(None))
             elif slot[1] is None:
                 out.append(call.parse(replies[slot[0]]))
             else:
-                out.append(call.parse(replies[slot[0]][slot[1]]))
+                lines = split.get(slot[0])
+                if lines is None:
+                    lines = split[slot[0]] = _lines(replies[slot[0]])
+                out.append(call.parse(lines[slot[1]]))
         return out

@@ -13,7 +13,6 @@ import itertools
 import json
 import math
 import os
-import re
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,6 +24,7 @@ from pydantic import BaseModel
 from . import errors as E
 from .errors import InvalidInputError, ScriptReplyError
 from .keys import MAX_ID_LENGTH, USER, AccountKeys, KeySchema
+from .layout import cap_text, copy_escape, fragment, tx_id
 from .models import (
     AddCreditsResult,
     BalanceResult,
@@ -152,6 +152,7 @@ def _s(value: Any) -> str:
 
 
 def _reply(raw: Any, size: int) -> list[str]:
+    """A script's table reply as strings (at least ``size`` of them)."""
     if not isinstance(raw, list) or len(raw) < size:
         raise ScriptReplyError(f"unexpected script reply: {raw!r}")
     if isinstance(raw[0], str):  # a decoding client: every element is already str
@@ -159,14 +160,30 @@ def _reply(raw: Any, size: int) -> list[str]:
     return [_s(v) for v in raw]
 
 
+def _parts(raw: Any, size: int) -> list[str]:
+    """A script's one-string reply ("status|idempotent|...") split into at least ``size`` fields.
+
+    A reply's last field may be free text (a plan id, a role): it is split off once, whole."""
+    text = raw.decode("utf-8") if isinstance(raw, bytes) else raw
+    if not isinstance(text, str):
+        raise ScriptReplyError(f"unexpected script reply: {raw!r}")
+    r = text.split("|", size - 1)
+    if len(r) < size:
+        raise ScriptReplyError(f"unexpected script reply: {raw!r}")
+    return r
+
+
 def _err(status: str) -> str | None:
     return None if status == "ok" else status
 
 
 class _Ids:
-    """UUID-shaped ids, unique without a syscall per id: a random per-process prefix and a counter.
+    """Unique ids without a syscall per id: a random per-process prefix and a counter.
 
-    The prefix is drawn anew in a forked child, so two processes never share it.
+    ``next`` gives UUID-shaped ids (reservations, credits, config entries); ``call`` gives the
+    20-hex-digit id of one script call, which the scripts remember per account to refuse a call
+    that arrives twice. The prefixes are drawn anew in a forked child, so two processes never
+    share them, and the call prefix again whenever its counter wraps.
     """
 
     def __init__(self) -> None:
@@ -178,41 +195,39 @@ class _Ids:
         h = uuid.uuid4().hex
         self.prefix = f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{h[16:20]}-"
         self.counter = itertools.count(int(h[20:32], 16) >> 8)
+        self.call_prefix = uuid.uuid4().hex[:12]
+        self.calls = itertools.count()
 
     def next(self) -> str:
         return f"{self.prefix}{next(self.counter) & 0xFFFFFFFFFFFF:012x}"
+
+    def call(self) -> str:
+        n = next(self.calls)
+        if n > 0xFFFFFFFF:
+            self.call_prefix, self.calls = uuid.uuid4().hex[:12], itertools.count(1)
+            n = 0
+        return f"{self.call_prefix}{n:08x}"
 
 
 _IDS = _Ids()
 
 
 def new_id() -> str:
-    """A fresh transaction / reservation id (UUID-shaped, unique)."""
+    """A fresh UUID-shaped id (reservations, credits, config entries)."""
     return _IDS.next()
 
 
-def tx_id_in_shard(shard: int) -> str:
-    """A fresh UUID-shaped id whose second group is the shard (4 hex digits; shards <= 16384).
-
-    Debits get such ids so that ``refund_credits(transaction_id)`` finds the debit's shard (hence its
-    refund record, see keys.py) from the id alone, on Redis Cluster too. The group replaced is part
-    of the random per-process prefix; what stays random (60 bits) and the counter keep ids unique.
-    """
-    h = _IDS.next()
-    return f"{h[:9]}{shard:04x}{h[13:]}"
+def new_call_id() -> str:
+    """A fresh call id (see :class:`_Ids`): one per script call that changes an account."""
+    return _IDS.call()
 
 
-_OUR_ID = re.compile(r"[0-9a-f]{8}-([0-9a-f]{4})-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
-
-
-def shard_of_tx(transaction_id: str, shards: int) -> int | None:
-    """The shard encoded by :func:`tx_id_in_shard`, or None when the id cannot be one of ours
-    (ours are lowercase hex UUID-shaped, so they need no escaping in key names)."""
-    m = _OUR_ID.fullmatch(transaction_id)
-    if m is None:
-        return None
-    shard = int(m.group(1), 16)
-    return shard if shard < shards else None
+def tx_of(shard: int, ref: str) -> str:
+    """The transaction id of a reply's ``<entry>/<row>`` reference ("" when the call wrote no row)."""
+    if not ref:
+        return ""
+    entry, _, row = ref.partition("/")
+    return tx_id(shard, entry, int(row or 0))
 
 
 M = TypeVar("M", bound=BaseModel)
@@ -269,6 +284,19 @@ def deduction_result(
 # ── the core ──────────────────────────────────────────────────────────
 
 
+@dataclass(frozen=True, slots=True)
+class DebitKeys:
+    """What a user's debit needs that depends only on the user: its KEYS and its escaped id."""
+
+    account: str
+    grants: str
+    no_idem: str  # the never-written idempotency key name: "no key"
+    ledger: str
+    events: str
+    shard: int
+    escaped_id: str  # the id as COPY text, for the row's fragment
+
+
 class StoreCore:
     """Everything a store does except I/O: builds :class:`Call` objects for each operation."""
 
@@ -277,31 +305,37 @@ class StoreCore:
         self.keys = KeySchema(settings.namespace, settings.shards)
         self.scripts = scripts()
         self.clock_offset_ms = 0
+        self._config_of: tuple[int, str] = (-1, "")
         from .team_ops import TeamOps  # the team calls share this core (keys, scripts, settings)
 
         self.teams = TeamOps(self)
         from .refund_ops import RefundOps  # refunds and expiring-credit sweeps share this core too
 
         self.refunds = RefundOps(self)
-        self._refund_window_ms = str(settings.refund_window_seconds * 1000)
-        self._idem_ttl = str(settings.idempotency_ttl_seconds)
         self._hold_ttl_ms = settings.hold_ttl_seconds * 1000
-        self._events_maxlen = str(settings.events_maxlen)
-        self._backlog = [str(settings.ledger_max_backlog), settings.ledger_backlog_policy]
-        # debit.lua's KEYS of an account without an idempotency key (copied before a change); the
-        # hot accounts only (~0.8 kB each)
-        self._debit_keys = lru_cache(maxsize=8192)(self._debit_keys_uncached)
+        # a debit's per-user KEYS and escaped id, for the hot accounts only (~0.5 kB each)
+        self.debit_keys = lru_cache(maxsize=8192)(self._debit_keys)
 
     # helpers
 
-    def _offset(self) -> str:
-        return str(self.clock_offset_ms)
+    def config(self) -> str:
+        """Every script's configuration argument (lua/lib/01_base.lua ``config``):
+        ``offset|idempotency TTL s|events max length|ledger backlog limit|policy``."""
+        offset, text = self._config_of
+        if offset != self.clock_offset_ms:
+            s = self.settings
+            text = (f"{self.clock_offset_ms}|{s.idempotency_ttl_seconds}|{s.events_maxlen}|{s.ledger_max_backlog}|"
+                    f"{s.ledger_backlog_policy}")
+            self._config_of = (self.clock_offset_ms, text)
+        return text
 
-    def _idem(self, k: AccountKeys, key: str | None) -> tuple[str, str, str]:
-        """(KEYS entry, has-key flag, raw key) for an optional idempotency key."""
-        if key is None:
-            return k.idempotency(None), "0", ""
-        return k.idempotency(key), "1", key
+    def _idem(self, k: AccountKeys, key: str | None) -> str:
+        """The idempotency KEYS entry: the key's record, or the account's never-written name."""
+        return k.idempotency(key)
+
+    def _debit_keys(self, uid: str) -> DebitKeys:
+        k = self.keys.user(uid)
+        return DebitKeys(k.account, k.grants, k.idempotency(None), k.ledger, k.events, k.shard, copy_escape(uid))
 
     # health
 
@@ -310,7 +344,7 @@ class StoreCore:
         calls: list[Call[bool]] = []
         for shard in range(self.keys.shards):
             k = self.keys.probe(shard)
-            calls.append(Call(self.scripts["balance"], [k.account, k.holds, k.hold_expiry, k.grants], [self._offset()],
+            calls.append(Call(self.scripts["balance"], [k.account, k.grants], [self.config()],
                               lambda raw: _reply(raw, 6)[0] == "ok"))
         return calls
 
@@ -327,13 +361,13 @@ class StoreCore:
                 user_id=uid, balance=int(r[2]), held=int(r[3]), lifetime_purchased=int(r[4])
             )
 
-        return Call(self.scripts["balance"], [k.account, k.holds, k.hold_expiry, k.grants], [self._offset()], parse)
+        return Call(self.scripts["balance"], [k.account, k.grants], [self.config()], parse)
 
     def user_exists(self, user_id: str) -> Call[bool]:
         """Whether a user record exists (made by any credit, even of 0)."""
         uid = check_id(user_id, "user_id")
         k = self.keys.user(uid)
-        return Call(self.scripts["balance"], [k.account, k.holds, k.hold_expiry, k.grants], [self._offset()],
+        return Call(self.scripts["balance"], [k.account, k.grants], [self.config()],
                     lambda raw: _reply(raw, 6)[5] == "1")
 
     def add_credits(
@@ -354,11 +388,11 @@ class StoreCore:
         meta = metadata_of(metadata)
         ikey = idempotency_of(idempotency_key, meta)
         k = self.keys.user(uid) if account_kind == USER else self.keys.team(uid)
-        idem_key, has, raw = self._idem(k, ikey)
-        tx = new_id()
 
         def parse(raw_reply: Any) -> AddCreditsResult:
-            r = _reply(raw_reply, 6)
+            r = _parts(raw_reply, 6)
+            if r[0] == "team_not_found":
+                raise InvalidInputError("team_id", f"no team {uid!r}; nothing was written")
             if r[0] != "ok":
                 raise InvalidInputError("amount", "would push the balance past 2**53-1; nothing was written")
             return construct(AddCreditsResult,
@@ -366,12 +400,13 @@ class StoreCore:
                 lifetime_purchased=int(r[5]), idempotent=r[1] == "1",
             )
 
+        frag = fragment(ak=account_kind, acct=uid, type=tx_type, idem=ikey or "", meta=metadata_json(meta))
         args = [
-            self._offset(), tx, uid, str(n), tx_type, "1" if tx_type in PURCHASE_TYPES else "0",
-            metadata_json(meta), has, raw, self._idem_ttl,
-            "" if expires_at_ms is None else str(expires_at_ms), account_kind,
+            new_call_id(), new_id(), str(n), "1" if tx_type in PURCHASE_TYPES else "0", frag,
+            "" if expires_at_ms is None else str(expires_at_ms), "1" if account_kind != USER else "0", self.config(),
         ]
-        return Call(self.scripts["add_credits"], [k.account, idem_key, k.ledger, k.grants, k.grant_index], args, parse)
+        keys = [k.account, self._idem(k, ikey), k.ledger, k.grants, k.grant_index]
+        return Call(self.scripts["add_credits"], keys, args, parse)
 
     # reservations
 
@@ -396,22 +431,18 @@ class StoreCore:
         if not amount_in_range(n, 1):
             return ready(ReserveResult(reservation_id="", user_id=uid, amount=0, error=E.INVALID_AMOUNT))
         k = self.keys.user(uid)
-        idem_key, has, raw = self._idem(k, ikey)
+        rid = new_id()
 
         def parse(raw_reply: Any) -> ReserveResult:
-            r = _reply(raw_reply, 7)
+            r = _parts(raw_reply, 7)
             return construct(ReserveResult,
                 reservation_id=r[2], user_id=uid, amount=int(r[3]), balance=int(r[4]),
                 reserved_total=int(r[5]), expires_at_ms=int(r[6]), error=_err(r[0]), idempotent=r[1] == "1",
             )
 
-        args = [
-            self._offset(), new_id(), uid, str(n), op, str(floor), str(ttl_ms), metadata_json(meta),
-            has, raw, self._idem_ttl, USER, *self._backlog,
-        ]
-        return Call(
-            self.scripts["reserve"], [k.account, k.holds, k.hold_expiry, idem_key, k.ledger, k.grants], args, parse
-        )
+        frag = fragment(op=op, acct=uid, rid=rid, idem=ikey or "", meta=metadata_json(meta))
+        args = [new_call_id(), rid, str(n), str(floor), str(ttl_ms), op, frag, self.config()]
+        return Call(self.scripts["reserve"], [k.account, self._idem(k, ikey), k.ledger, k.grants], args, parse)
 
     def release_reservation(
         self, user_id: str, reservation_id: str, idempotency_key: str | None = None
@@ -421,19 +452,17 @@ class StoreCore:
         rid = check_id(reservation_id, "reservation_id")
         ikey = check_idempotency_key(idempotency_key)
         k = self.keys.user(uid)
-        idem_key, has, raw = self._idem(k, ikey)
 
         def parse(raw_reply: Any) -> ReleaseResult:
-            r = _reply(raw_reply, 6)
+            r = _parts(raw_reply, 6)
             return construct(ReleaseResult,
                 reservation_id=rid, user_id=uid, amount=int(r[3]), balance=int(r[4]), held=int(r[5]),
                 idempotent=r[1] == "1", error=_err(r[0]),
             )
 
-        args = [self._offset(), new_id(), uid, rid, has, raw, self._idem_ttl, USER]
-        return Call(
-            self.scripts["release"], [k.account, k.holds, k.hold_expiry, idem_key, k.ledger, k.grants], args, parse
-        )
+        frag = fragment(acct=uid, rid=rid, idem=ikey or "")
+        args = [new_call_id(), new_id(), rid, frag, self.config()]
+        return Call(self.scripts["release"], [k.account, self._idem(k, ikey), k.ledger, k.grants], args, parse)
 
     # debits
 
@@ -463,34 +492,22 @@ class StoreCore:
             return ready(
                 DeductionResult(transaction_id="", user_id=uid, amount=-n, balance_after=0, error=E.INVALID_AMOUNT)
             )
-        fixed, shard = self._debit_keys(uid)
-        tx = tx_id_in_shard(shard)  # refund_credits(tx) finds the shard from the id
-        keys = [*fixed, self.keys.refundable(shard, tx)]
-        if ikey is None:
-            has, raw = "0", ""
-        else:
-            keys[6], has, raw = self.keys.user(uid).idempotency(ikey), "1", ikey
+        dk = self.debit_keys(uid)
+        shard = dk.shard
+        idem = dk.no_idem if ikey is None else self.keys.user(uid).idempotency(ikey)
 
         def parse(raw_reply: Any) -> DeductionResult:
-            r = _reply(raw_reply, 7)
-            rate = len(r) > 8
+            r = _parts(raw_reply, 9)
             return deduction_result(
-                r[2], uid, -int(r[3]), int(r[4]), r[1] == "1", None if r[0] == "ok" else r[0], r[6] or None,
-                int(r[7]) if rate else 0, int(r[8]) if rate and r[8] else None,
+                tx_of(shard, r[2]), uid, -int(r[3]), int(r[4]), r[1] == "1", None if r[0] == "ok" else r[0],
+                r[6] or None, int(r[7]), int(r[8]) if r[8] else None,
             )
 
-        args = [
-            self._offset(), tx, uid, reservation_id, str(n), op, model, metadata_json(meta),
-            has, raw, self._idem_ttl, self._events_maxlen, str(floor), USER, *self._backlog,
-            self._refund_window_ms,
-        ]
-        return Call(self.scripts["debit"], keys, args, parse)
-
-    def _debit_keys_uncached(self, uid: str) -> tuple[list[str], int]:
-        """debit.lua's KEYS 1-10 of an account (all but the debit's own refund record) and its shard."""
-        k = self.keys.user(uid)
-        return [k.account, k.holds, k.hold_expiry, k.caps, k.day_window, k.month_window, k.idempotency(None),
-                k.ledger, k.events, k.grants], k.shard
+        e = copy_escape
+        frag = (f"\t{e(op)}\tu\t{dk.escaped_id}\t\t{e(reservation_id)}\t{e(model)}\t\t{e(ikey) if ikey else ''}"
+                f"\t{e(metadata_json(meta))}")
+        args = [new_call_id(), str(n), model, str(floor), frag, reservation_id, self.config()]
+        return Call(self.scripts["debit"], [dk.account, dk.grants, idem, dk.ledger, dk.events], args, parse)
 
     def deduct_credits(
         self,
@@ -540,8 +557,10 @@ class StoreCore:
             ):
                 raise InvalidInputError("period_seconds", "must be a number of seconds from 0.001 to 366 days")
             b = n if burst is None else check_amount(burst, "burst", 1)
-            value = f"{n}|{round(period_seconds * 1000)}|{b}"
-        args = [self._offset(), new_id(), USER, uid, value]
+            value = f"{n},{round(period_seconds * 1000)},{b}"
+        frag = fragment(op="rate_limit_set" if value else "rate_limit_removed", acct=uid, meta=json.dumps(
+            {"limit": limit, "period_ms": round(period_seconds * 1000), "burst": burst} if value else {}))
+        args = [new_id(), value, frag, self.config()]
         return Call(self.scripts["set_rate_limit"], [k.account, k.ledger], args, lambda _r: None)
 
     def hit_rate_limit(self, user_id: str) -> Call[RateLimitResult]:
@@ -550,13 +569,13 @@ class StoreCore:
         k = self.keys.user(uid)
 
         def parse(raw: Any) -> RateLimitResult:
-            r = _reply(raw, 4)
+            r = _parts(raw, 4)
             return construct(RateLimitResult,
                 user_id=uid, allowed=r[0] == "ok", retry_after_ms=int(r[2]),
                 remaining=int(r[3]) if r[3] else None, error=_err(r[0]),
             )
 
-        return Call(self.scripts["hit_rate_limit"], [k.account], [self._offset()], parse)
+        return Call(self.scripts["hit_rate_limit"], [k.account], [self.config()], parse)
 
     # spend caps
 
@@ -568,13 +587,11 @@ class StoreCore:
         check_amount(cap.limit, "limit", 0)
         model = check_label(cap.model, "model") if cap.model else ""
         k = self.keys.user(uid) if account_kind == USER else self.keys.team(uid)
-        field = ("d" if cap.cap_type == "daily" else "m") + (f"|{model}" if model else "")
-        value = "" if remove else f"{cap.limit}|{cap.action}"
-        args = [
-            self._offset(), new_id(), account_kind, uid, field, value,
-            json.dumps(cap.model_dump(by_alias=False), separators=(",", ":")),
-        ]
-        return Call(self.scripts["set_cap"], [k.caps, k.ledger], args, lambda _r: None)
+        frag = fragment(op="cap_removed" if remove else "cap_set", ak=account_kind, acct=uid, model=model,
+                        meta=json.dumps(cap.model_dump(by_alias=False), separators=(",", ":")))
+        args = [new_id(), "d" if cap.cap_type == "daily" else "m", model,
+                "" if remove else cap_text(cap.limit, cap.action), frag, self.config()]
+        return Call(self.scripts["set_cap"], [k.account, k.ledger], args, lambda _r: None)
 
     def check_spend_cap(
         self, user_id: str, model: str | None = None, amount: int | None = None
@@ -592,6 +609,4 @@ class StoreCore:
                 model=r[6] or None, cap_type=r[7] or None,
             )
 
-        return Call(
-            self.scripts["check_cap"], [k.caps, k.day_window, k.month_window], [self._offset(), m, amt], parse
-        )
+        return Call(self.scripts["check_cap"], [k.account], [m, amt, self.config()], parse)

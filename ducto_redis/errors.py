@@ -17,6 +17,9 @@ ALREADY_REFUNDED = "already_refunded"
 RESERVATION_NOT_FOUND = "reservation_not_found"
 LEDGER_BACKLOG_FULL = "ledger_backlog_full"
 RATE_LIMITED = "rate_limited"
+# refund_credits: the debit's ledger row has left Redis (flushed) and this store has no ledger
+# database to read it from (set DUCTO_DATABASE_URL; the embedded store always has its own)
+TRANSACTION_FLUSHED = "transaction_flushed"
 
 ERROR_CODES = frozenset(
     {
@@ -32,6 +35,7 @@ ERROR_CODES = frozenset(
         RESERVATION_NOT_FOUND,
         LEDGER_BACKLOG_FULL,
         RATE_LIMITED,
+        TRANSACTION_FLUSHED,
     }
 )
 

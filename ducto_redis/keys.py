@@ -2,27 +2,18 @@
 
 Layout (``ns`` = namespace, ``N`` = shard of the account, ``<id>`` = escaped account id)::
 
-    {ns:N}:u:<id>            HASH  user account: bal, held, life, created
-    {ns:N}:u:<id>:holds      HASH  reservation id -> "amount|expires_ms|operation_type"
-    {ns:N}:u:<id>:hexp       ZSET  reservation id scored by expiry (ms)
-    {ns:N}:u:<id>:caps       HASH  "d" / "m" (all models) or "d|<model>" -> "limit|action"
-    {ns:N}:u:<id>:wd         HASH  today's spend: "_b" day number, "*" all models, "m|<model>"
-    {ns:N}:u:<id>:wm         HASH  this month's spend, same fields ("_b" = year*12+month-1)
-    {ns:N}:u:<id>:i:<key>    STRING remembered reply of an idempotency key (expires)
-    {ns:N}:t:<id>            HASH  team pool: bal, held, life, name, mc (member count), created
-    {ns:N}:t:<id>:members    HASH  member id -> {"role", "cap", "period"} (JSON)
-    {ns:N}:t:<id>:mspend     HASH  member id -> all-time spend
-    {ns:N}:t:<id>:md / :mm   HASH  today's / this month's member spend: "_b" bucket, member_window_field(id) -> n
-    {ns:N}:t:<id>:mheld      HASH  member id -> held by the member's open reservations
-    {ns:N}:t:<id>:holds ...  holds, hold expiry, caps, windows, idempotency as for a user
-    {ns:N}:u:<id>:grants     HASH  expiring grant id -> "expires_ms|remaining" (field "gx" of the
-                                   account hash: the earliest grant expiry; absent = no grants)
+    {ns:N}:u:<id>            HASH  a user account: every field a decision reads or writes (balance,
+                                   state, holds, per-model windows and caps, refund markers, plan...;
+                                   ducto_redis/layout.py defines each field's format)
+    {ns:N}:t:<id>            HASH  a team pool: the same, plus its members (U|<member id>)
+    {ns:N}:u:<id>:i:<key>    STRING remembered reply of an idempotency key (expires); the account's
+                                   ``...:i`` (no key) is never written: a script's "no key" KEYS entry
+    {ns:N}:u:<id>:grants     HASH  expiring grant id -> "expires_ms|remaining" (the account's state
+                                   holds the earliest expiry; none = no grants)
     {ns:N}:gexp              ZSET  the shard's accounts with expiring grants, by earliest expiry
-    {ns:N}:rf:<tx>           STRING refundable debit: "amount|refunded|grant parts|user id" (expires)
     {ns:N}:ri:<tx>:<key>     STRING remembered reply of a refund's idempotency key (expires)
     {ns:N}:ledger            STREAM the shard's ledger entries (flushed to Postgres)
     {ns:N}:events            STREAM the shard's events (cap warnings, ...)
-    {ns:N}:u:<id>:pw         HASH  plan allowance used this month: "_b" month bucket, "p|<plan id>"
     {ns:pricing}:active      STRING the active pricing config (JSON: id, version, label, config)
     {ns:pricing}:versions    HASH  version number -> that version's JSON (every version kept)
     {ns:pricing}:ledger      STREAM ledger entries of published pricing versions (flushed with the
@@ -57,15 +48,6 @@ def escape_id(raw: str) -> str:
     return _ESCAPE.sub(lambda m: "".join(f"%{b:02X}" for b in m.group(0).encode("utf-8")), raw)
 
 
-def member_window_field(member_id: str) -> str:
-    """A member's field in a team's day / month member windows, whose ``_b`` field is the bucket.
-
-    The id itself, but ``~`` + id for an id starting with ``_`` or ``~``: injective, and no member
-    id maps to ``_b`` (lua/lib.lua's ``member_field`` is the same mapping).
-    """
-    return "~" + member_id if member_id[:1] in ("_", "~") else member_id
-
-
 def shard_of(kind: str, account_id: str, shards: int) -> int:
     """The shard (hash tag) an account lives in."""
     return zlib.crc32(f"{kind}:{account_id}".encode()) % shards
@@ -86,72 +68,14 @@ class AccountKeys:
         return self.base
 
     @property
-    def holds(self) -> str:
-        return self.base + ":holds"
-
-    @property
-    def hold_expiry(self) -> str:
-        return self.base + ":hexp"
-
-    @property
-    def caps(self) -> str:
-        return self.base + ":caps"
-
-    @property
-    def day_window(self) -> str:
-        return self.base + ":wd"
-
-    @property
-    def month_window(self) -> str:
-        return self.base + ":wm"
-
-    @property
-    def members(self) -> str:
-        """Team only: member id -> JSON {"role", "cap" (null = none), "period" (total|daily|monthly)}."""
-        return self.base + ":members"
-
-    @property
-    def member_spend(self) -> str:
-        """Team only: member id -> all-time spend from the pool."""
-        return self.base + ":mspend"
-
-    @property
-    def member_day(self) -> str:
-        """Team only: today's spend per member ("_b" = day number)."""
-        return self.base + ":md"
-
-    @property
-    def member_month(self) -> str:
-        """Team only: this month's spend per member ("_b" = year*12+month-1)."""
-        return self.base + ":mm"
-
-    @property
-    def member_held(self) -> str:
-        """Team only: member id -> credits held by the member's open team reservations."""
-        return self.base + ":mheld"
-
-    @property
-    def plan_window(self) -> str:
-        """User only: free allowance used this month per plan ("_b" = year*12+month-1, "p|<plan id>")."""
-        return self.base + ":pw"
-
-    @property
     def grants(self) -> str:
-        """User only: expiring grant id -> "expires_ms|remaining" (see lua/lib.lua grants_*)."""
+        """User only: expiring grant id -> "expires_ms|remaining" (see lua/lib/06_grants.lua)."""
         return self.base + ":grants"
 
     @property
     def grant_index(self) -> str:
         """The shard's ZSET of accounts with expiring grants, scored by their earliest expiry."""
         return self.tag + ":gexp"
-
-    def refundable(self, transaction_id: str) -> str:
-        """The shard's refund record of one debit (written by the debit, read by the refund).
-
-        Only for ids the store made (lowercase hex, UUID-shaped: nothing to escape; see
-        ``core.shard_of_tx``, which refuses any other id before a key is built).
-        """
-        return self.tag + ":rf:" + transaction_id
 
     @property
     def ledger(self) -> str:
@@ -196,10 +120,6 @@ class KeySchema:
     def grant_index(self, shard: int) -> str:
         """The ZSET of ``shard``'s accounts with expiring grants, by earliest expiry (ms)."""
         return self.tag(shard) + ":gexp"
-
-    def refundable(self, shard: int, transaction_id: str) -> str:
-        """The refund record of a debit made in ``shard`` (an id the store made: see ``refundable`` above)."""
-        return self.tag(shard) + ":rf:" + transaction_id
 
     def refund_idempotency(self, shard: int, transaction_id: str, key: str | None) -> str:
         """Remembered reply of a refund's idempotency key, scoped to the refunded transaction (a refund

@@ -359,3 +359,17 @@ def fragment(op: str = "", ak: str = "u", acct: str = "", member: str = "", rid:
              type: str = "", idem: str = "", meta: str = "") -> str:
     """The client's part of a ledger row (``CLIENT_COLUMNS``), escaped, led by its tab."""
     return "\t" + "\t".join(copy_escape(v) for v in (op, ak, acct, member, rid, model, type, idem, meta))
+
+
+_UNESCAPE = re.compile(r"\\(.)", re.S)
+_UNESCAPED = {"t": "\t", "n": "\n", "r": "\r"}
+
+
+def copy_unescape(value: str) -> str:
+    """The value of COPY text (the inverse of :func:`copy_escape`)."""
+    return _UNESCAPE.sub(lambda m: _UNESCAPED.get(m.group(1), m.group(1)), value) if "\\" in value else value
+
+
+def parse_row(text: str) -> dict[str, str]:
+    """A ledger row's values by column name (``ROW_COLUMNS``), unescaped, empty ones left out."""
+    return {name: copy_unescape(v) for name, v in zip(ROW_COLUMNS, text.split("\t"), strict=False) if v}

@@ -284,12 +284,14 @@ class AllowanceResult(BaseModel):
 class RefundResult(BaseModel):
     """Result of refunding a debit (all of it or a part); ``amount`` is positive, credited back.
 
-    ``user_id`` is the account credited (read from the debit's refund record; "" when not found).
+    ``user_id`` is the user whose debit it was (read from the debit's ledger row; "" when not found);
+    for a team debit, the member who spent, and ``team_id`` the pool credited.
     """
 
     refund_transaction_id: str
     original_transaction_id: str
     user_id: str
+    team_id: str | None = None
     amount: int = 0
     new_balance: int = 0
     error: str | None = None

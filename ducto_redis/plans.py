@@ -26,6 +26,7 @@ from .core import (
     Call,
     StoreCore,
     _err,
+    _parts,
     _reply,
     check_amount,
     check_id,
@@ -33,8 +34,10 @@ from .core import (
     construct,
     new_id,
     ready,
+    tx_of,
 )
 from .errors import ConfigError, InvalidInputError
+from .layout import fragment
 from .models import (
     AllowanceResult,
     CreditMetadata,
@@ -117,7 +120,7 @@ class PlanOps:
         """Publish ``config`` as the next version (the active one); answers its id."""
         cfg = check_pricing_config(config)
         lab = "" if label is None else check_label(label, "label")
-        args = [self.core._offset(), str(uuid.uuid4()), lab, cfg.model_dump_json(exclude_none=True)]
+        args = [str(uuid.uuid4()), lab, cfg.model_dump_json(exclude_none=True), self.core.config()]
         keys = [*self._pricing_keys(), self.core.keys.pricing_ledger()]
         return Call(self.core.scripts["pricing_set"], keys, args, lambda raw: _reply(raw, 4)[2])
 
@@ -129,7 +132,7 @@ class PlanOps:
             r = _reply(raw, 3)
             return _pricing_record(r[3]) if len(r) > 3 else None
 
-        return Call(self.core.scripts["pricing_read"], self._pricing_keys(), [self.core._offset(), sel], parse)
+        return Call(self.core.scripts["pricing_read"], self._pricing_keys(), [sel], parse)
 
     def pricing_history(self) -> Call[list[PricingHistoryItem]]:
         """Every published version, oldest first, the active one marked."""
@@ -144,7 +147,7 @@ class PlanOps:
                 ))
             return sorted(items, key=lambda i: i.version)
 
-        return Call(self.core.scripts["pricing_read"], self._pricing_keys(), [self.core._offset(), "*"], parse)
+        return Call(self.core.scripts["pricing_read"], self._pricing_keys(), ["*"], parse)
 
     # ── plans ─────────────────────────────────────────────────────────
 
@@ -161,7 +164,8 @@ class PlanOps:
             r = _reply(raw, 3)
             return SetUserPlanResult(user_id=uid, plan_id=pid, previous_plan_id=r[2] or None)
 
-        args = [self.core._offset(), new_id(), uid, pid, json.dumps(meta, separators=(",", ":"))]
+        frag = fragment(op="plan_set", acct=uid, meta=json.dumps(meta, separators=(",", ":")))
+        args = [new_id(), pid, frag, self.core.config()]
         return Call(self.core.scripts["set_plan"], [k.account, k.ledger], args, parse)
 
     def read_plan(self, user_id: str) -> Call[tuple[str, int, int, int]]:
@@ -173,7 +177,7 @@ class PlanOps:
             r = _reply(raw, 6)
             return r[2], int(r[3]), int(r[4]), int(r[5])
 
-        return Call(self.core.scripts["plan_read"], [k.account, k.plan_window], [self.core._offset()], parse)
+        return Call(self.core.scripts["plan_read"], [k.account], [self.core.config()], parse)
 
     @staticmethod
     def user_plan(user_id: str, plan_id: str, plans: dict[str, PlanDefinition] | None) -> GetUserPlanResult:
@@ -206,8 +210,9 @@ class PlanOps:
         if n == 0:
             return ready(None)
         k = self.core.keys.user(uid)
-        args = [self.core._offset(), new_id(), uid, pid, str(n)]
-        return Call(self.core.scripts["plan_usage"], [k.plan_window, k.ledger], args, lambda _r: None)
+        frag = fragment(op="allowance_used", acct=uid)
+        args = [new_id(), pid, str(n), frag, self.core.config()]
+        return Call(self.core.scripts["plan_usage"], [k.account, k.ledger], args, lambda _r: None)
 
     def charge_with_allowance(
         self,
@@ -221,8 +226,8 @@ class PlanOps:
     ) -> Call[UsageDeductionResult]:
         """Charge ``amount`` with the user's plan allowance first, then caps and balance: one script.
 
-        The call is ``charge``'s (same validation, KEYS and ARGV for debit.lua) with the plan usage
-        window appended to KEYS and the allowance table to ARGV.
+        The call is ``charge``'s (same validation, KEYS and ARGV for debit.lua) with the allowance
+        table in place of the reservation id (lua/plan_debit.lua).
         """
         base = self.core.charge(user_id, amount, operation_type, idempotency_key, metadata, min_balance)
         if not isinstance(allowances, dict):
@@ -232,19 +237,20 @@ class PlanOps:
             refused = base.parse(None)
             return ready(UsageDeductionResult(**refused.model_dump(), cost=amount))
 
+        shard = self.core.debit_keys(user_id).shard
+
         def parse(raw_reply: Any) -> UsageDeductionResult:
-            r = _reply(raw_reply, 12)
+            r = _parts(raw_reply, 12)
             paid, free = int(r[3]), int(r[9])
             return construct(UsageDeductionResult,
-                transaction_id=r[2], user_id=user_id, amount=-paid, balance_after=int(r[4]),
+                transaction_id=tx_of(shard, r[2]), user_id=user_id, amount=-paid, balance_after=int(r[4]),
                 idempotent=r[1] == "1", error=_err(r[0]), cap_action=r[6] or None,
                 retry_after_ms=int(r[7]) if r[7] else 0, rate_limit_remaining=int(r[8]) if r[8] else None,
                 cost=amount, allowance_used=free, plan_id=r[10] or None, allowance_remaining=int(r[11]),
             )
 
-        keys = [*base.keys, self.core.keys.user(user_id).plan_window]
-        args = [*base.args, json.dumps(table, separators=(",", ":"))]
-        return Call(self.core.scripts["plan_debit"], keys, args, parse)
+        args = [*base.args[:5], json.dumps(table, separators=(",", ":")), base.args[6]]
+        return Call(self.core.scripts["plan_debit"], base.keys, args, parse)
 
 
 def _ops(core: StoreCore) -> PlanOps:

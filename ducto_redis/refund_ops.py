@@ -1,12 +1,12 @@
 """Refunds and expiring-credit sweeps: the calls every store shell runs (validation, keys, ARGV, replies).
 
-**Refunds.** ``refund_credits`` names only a transaction. A debit's id carries its account's shard
-(:func:`~ducto_redis.core.tx_id_in_shard`), and the debit script writes a refund record under
-that shard's tag (``{ns:N}:rf:<tx>`` = "amount|refunded|grant parts|user id", kept for
-``refund_window_seconds``). A refund is two calls: ``refund_find.lua`` (read-only) reads which
-user the record names (or a remembered reply), then ``refund.lua`` checks and credits back under
-that user's keys, all in the shard's one hash tag — so it works on Redis Cluster. ``refund.lua``
-re-reads the record, so the first read deciding nothing cannot go stale.
+**Refunds.** ``refund_credits`` names only a transaction. A debit's id names its ledger row: the
+shard, the stream entry and the row in it (:func:`~ducto_redis.layout.tx_id`), so no per-debit
+record is kept in Redis. A refund is two calls: ``refund_find.lua`` (read-only) reads the row from
+the shard's stream (or a remembered reply); a debit no longer in the stream (flushed) is read from
+the ledger database (PostgreSQL, or the embedded ledger) by the store; then ``refund.lua`` credits
+it back under the account's keys. "Refunded once" is the account's marker ``r:<debit id>``,
+checked and set by ``refund.lua`` in one step, so racing refunds cannot both pay out.
 
 **Sweeps.** ``sweep_expired_credits`` asks every shard for its accounts with a grant due
 (``sweep_due.lua`` over the shard's grant index, by Redis TIME), then runs ``sweep_credits.lua``
@@ -15,6 +15,7 @@ once per shard (per 128 accounts) with those accounts' keys.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -22,6 +23,7 @@ from . import errors as E
 from .core import (
     Call,
     _err,
+    _parts,
     _reply,
     amount_in_range,
     check_id,
@@ -31,31 +33,44 @@ from .core import (
     idempotency_of,
     metadata_json,
     metadata_of,
+    new_call_id,
     new_id,
     ready,
-    shard_of_tx,
 )
 from .errors import InvalidInputError
+from .keys import TEAM, USER
+from .layout import copy_escape, fragment, parse_row, parse_tx_id
 from .models import CreditMetadata, ExpiredCredit, RefundResult, SweepResult
 
 if TYPE_CHECKING:
     from .core import StoreCore
 
 SWEEP_ACCOUNTS_PER_CALL = 128
+REFUNDABLE_KINDS = ("debit", "settle")
 
 
 @dataclass(slots=True)
 class RefundRequest:
-    """A validated refund whose account is known (the second call's arguments)."""
+    """A validated refund; once its debit is found (``account_id`` set), the second call's arguments."""
 
     transaction_id: str
-    shard: int
     amount: str  # "" = the whole debit
     reason: str
     metadata: str
-    has_key: str
-    raw_key: str
-    user_id: str = ""
+    idempotency_key: str | None
+    account_kind: str = USER
+    account_id: str = ""
+    member: str = ""
+    debit_amount: int = 0
+    parts: str = ""
+
+    def found(self, kind: str, ak: str, acct: str, member: str, amount: int, parts: str) -> RefundRequest | None:
+        """The request with its debit's details, or None when the row is not a refundable debit."""
+        if kind not in REFUNDABLE_KINDS or amount >= 0 or not acct:
+            return None
+        self.account_kind, self.account_id, self.member = ak, acct, member
+        self.debit_amount, self.parts = -amount, parts
+        return self
 
 
 class RefundOps:
@@ -68,12 +83,18 @@ class RefundOps:
 
     # refunds
 
-    def _result(self, tx: str, r: list[str]) -> RefundResult:
+    def _result(self, req: RefundRequest, r: list[str]) -> RefundResult:
         return construct(RefundResult,
-            refund_transaction_id=r[2], original_transaction_id=tx, user_id=r[5] if len(r) > 5 else "",
-            amount=int(r[3]) if len(r) > 3 else 0, new_balance=int(r[4]) if len(r) > 4 else 0,
-            error=_err(r[0]), idempotent=r[1] == "1",
+            refund_transaction_id=r[2], original_transaction_id=req.transaction_id,
+            user_id=req.member if req.account_kind == TEAM else req.account_id,
+            team_id=req.account_id if req.account_kind == TEAM else None,
+            amount=int(r[3]), new_balance=int(r[4]), error=_err(r[0]), idempotent=r[1] == "1",
         )
+
+    def not_found(self, req: RefundRequest, error: str = E.TRANSACTION_NOT_FOUND) -> RefundResult:
+        """The answer for a debit that cannot be refunded (unknown, or not a debit)."""
+        return RefundResult(refund_transaction_id="", original_transaction_id=req.transaction_id, user_id="",
+                            error=error)
 
     def find(
         self,
@@ -83,56 +104,71 @@ class RefundOps:
         metadata: CreditMetadata | dict[str, Any] | None = None,
         idempotency_key: str | None = None,
     ) -> Call[RefundResult | RefundRequest]:
-        """Validate a refund and find the debit's user: a RefundRequest to :meth:`apply`, or a result
-        decided already (bad amount, unknown transaction, a replayed idempotency key)."""
+        """Validate a refund and read its debit's row from the stream: a RefundRequest to
+        :meth:`apply` (``account_id`` empty: not in the stream, ask the ledger database), or a result
+        decided already (bad amount, a replayed idempotency key)."""
         tx = check_id(transaction_id, "transaction_id")
         if amount is not None:
             check_int(amount, "amount")
         why = "" if reason is None else check_label(reason, "reason")
         meta = metadata_of(metadata)
         ikey = idempotency_of(idempotency_key, meta)
+        req = RefundRequest(tx, "" if amount is None else str(amount), why, metadata_json(meta), ikey)
         if amount is not None and not amount_in_range(amount, 1):
             return ready(RefundResult(refund_transaction_id="", original_transaction_id=tx, user_id="",
                                       amount=amount, error=E.INVALID_AMOUNT))
-        shard = shard_of_tx(tx, self.keys.shards)
-        if shard is None:
-            return ready(RefundResult(refund_transaction_id="", original_transaction_id=tx, user_id="",
-                                      error=E.TRANSACTION_NOT_FOUND))
-        req = RefundRequest(tx, shard, "" if amount is None else str(amount), why, metadata_json(meta),
-                            "0" if ikey is None else "1", ikey or "")
+        where = parse_tx_id(tx)
+        if where is None or where[0] >= self.keys.shards:
+            return ready(req)  # not an id of a stream row: only the ledger database can know it
+        shard, entry, row = where
 
         def parse(raw: Any) -> RefundResult | RefundRequest:
-            r = _reply(raw, 3)
-            if r[1] == "1" or r[0] != "ok":  # a remembered reply, or no such refundable debit
-                return self._result(tx, r)
-            req.user_id = r[2]
-            return req
+            text = raw.decode("utf-8") if isinstance(raw, bytes) else str(raw)
+            if text.startswith("found\t"):
+                row = parse_row(text[6:])
+                got = req.found(row.get("kind", ""), row.get("ak", USER), row.get("acct", ""), row.get("member", ""),
+                                int(row.get("amount", "0")), json.loads(row.get("extra", "{}")).get("gc", ""))
+                return got if got is not None else self.not_found(req)
+            if text == "transaction_not_found":
+                return req
+            r = _parts(text, 5)  # a remembered reply
+            return construct(RefundResult, refund_transaction_id=r[2], original_transaction_id=tx, user_id="",
+                             amount=int(r[3]), new_balance=int(r[4]), error=_err(r[0]), idempotent=True)
 
-        keys = [self.keys.refundable(shard, tx), self.keys.refund_idempotency(shard, tx, ikey)]
-        return Call(self.scripts["refund_find"], keys, [self.core._offset(), req.has_key], parse)
+        keys = [self.keys.ledger_stream(shard), self.keys.refund_idempotency(shard, tx, ikey)]
+        return Call(self.scripts["refund_find"], keys, [entry, str(row), "0" if ikey is None else "1"], parse)
+
+    def from_database(self, req: RefundRequest, row: dict[str, Any] | None) -> RefundRequest | RefundResult:
+        """The request completed from the debit's row in the ledger database (None: no such entry)."""
+        if row is None:
+            return self.not_found(req)
+        extra = row.get("extra") or {}
+        if isinstance(extra, str):
+            extra = json.loads(extra)
+        got = req.found(row.get("kind") or "", row.get("account_kind") or USER, row.get("account_id") or "",
+                        row.get("member") or "", int(row.get("amount") or 0), extra.get("gc", ""))
+        return got if got is not None else self.not_found(req)
 
     def apply(self, req: RefundRequest) -> Call[RefundResult]:
-        """The refund itself, under the keys of the user :meth:`find` read."""
-        k = self.keys.user(req.user_id)
-        if k.shard != req.shard:  # a record always names a user of its own shard
-            raise InvalidInputError("transaction_id", "refund record names a user of another shard")
-        keys = [
-            self.keys.refundable(req.shard, req.transaction_id),
-            self.keys.refund_idempotency(req.shard, req.transaction_id, req.raw_key or None), k.ledger, k.grant_index,
-            k.account, k.grants, k.holds, k.hold_expiry,
-        ]
+        """The refund itself, under the keys of the account its debit names."""
+        team = req.account_kind == TEAM
+        k = self.keys.team(req.account_id) if team else self.keys.user(req.account_id)
+        idem = self.keys.refund_idempotency(k.shard, req.transaction_id, req.idempotency_key)
+        frag = fragment(ak=req.account_kind, acct=req.account_id, member=req.member, type="refund",
+                        idem=req.idempotency_key or "", meta=req.metadata)
         args = [
-            self.core._offset(), new_id(), req.transaction_id, req.user_id, req.amount, req.reason, req.metadata,
-            req.has_key, req.raw_key, self.core._idem_ttl,
+            new_call_id(), new_id(), req.transaction_id, str(req.debit_amount), req.amount, req.parts,
+            copy_escape(req.reason), frag, "0" if req.idempotency_key is None else "1", self.core.config(),
         ]
-        return Call(self.scripts["refund"], keys, args, lambda raw: self._result(req.transaction_id, _reply(raw, 6)))
+        keys = [k.account, k.grants, k.grant_index, k.ledger, idem]
+        return Call(self.scripts["refund"], keys, args, lambda raw: self._result(req, _parts(raw, 5)))
 
     # sweeps
 
     def due_accounts(self) -> list[Call[list[str]]]:
         """One read-only call per shard: the users with a grant due now (by Redis TIME)."""
         return [
-            Call(self.scripts["sweep_due"], [self.keys.grant_index(shard)], [self.core._offset()],
+            Call(self.scripts["sweep_due"], [self.keys.grant_index(shard)], [self.core.config()],
                  lambda raw: _reply(raw, 2)[2:])
             for shard in range(self.keys.shards)
         ]
@@ -148,8 +184,8 @@ class RefundOps:
                 keys = [self.keys.grant_index(shard), self.keys.ledger_stream(shard)]
                 for uid in chunk:
                     k = self.keys.user(uid)
-                    keys += [k.account, k.grants, k.holds, k.hold_expiry]
-                args = [self.core._offset(), "1" if dry_run else "0", new_id(), *chunk]
+                    keys += [k.account, k.grants]
+                args = ["1" if dry_run else "0", new_id(), self.core.config(), *chunk]
                 calls.append(Call(self.scripts["sweep_credits"], keys, args, lambda raw: _reply(raw, 4)))
         return calls
 

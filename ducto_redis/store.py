@@ -8,6 +8,7 @@ from typing import Any, TypeVar
 
 import redis
 
+from . import errors
 from .batch import Batch, ChargeRequest, TeamDebitRequest, charge_calls, team_debit_calls
 from .connect import run_pipelined, sync_client
 from .core import Call, StoreCore, check_amount, check_id, check_label
@@ -157,14 +158,24 @@ class RedisStore(LedgerStoreMixin, PlanStoreMixin):
     ) -> RefundResult:
         """Give back a debit (``charge`` or settlement), in full (``amount`` None) or in part, once.
 
+        The debit is found from its id alone: in its shard's ledger stream while it is not flushed,
+        then in the ledger database (``DUCTO_DATABASE_URL``; the embedded store's own ledger), so any
+        debit the ledger holds can be refunded, user or team (credits go back to the pool).
         ``error``: ``already_refunded`` once the debit has been refunded, ``invalid_amount`` for more
-        than the debit or less than 1, ``transaction_not_found`` (unknown, or older than
-        ``refund_window_seconds``). Credits spent from an
-        expiring grant go back to that grant, with its expiry.
+        than the debit or less than 1, ``transaction_not_found`` (unknown, or not a debit),
+        ``transaction_flushed`` (flushed, and no ledger database to read it from). Credits spent
+        from an expiring grant go back to that grant, with its expiry.
         """
         found = self._run(self.core.refunds.find(transaction_id, amount, reason, metadata, idempotency_key))
         if isinstance(found, RefundResult):
             return found
+        if not found.account_id:  # not in the stream: flushed (or never a debit)
+            reader = self.ledger_reader()
+            if reader is None:
+                return self.core.refunds.not_found(found, errors.TRANSACTION_FLUSHED)
+            found = self.core.refunds.from_database(found, reader.entry(self.settings.namespace, transaction_id))
+            if isinstance(found, RefundResult):
+                return found
         return self._run(self.core.refunds.apply(found))
 
     def sweep_expired_credits(self, dry_run: bool = False) -> SweepResult:

@@ -17,6 +17,7 @@ from .core import (
     Call,
     StoreCore,
     _err,
+    _parts,
     _reply,
     amount_in_range,
     check_amount,
@@ -27,11 +28,14 @@ from .core import (
     idempotency_of,
     metadata_json,
     metadata_of,
+    new_call_id,
     new_id,
     ready,
+    tx_of,
 )
 from .errors import InvalidInputError
 from .keys import TEAM, AccountKeys
+from .layout import PERIOD_NAMES, PERIODS, fragment
 from .models import (
     AddTeamMemberResult,
     CreateTeamResult,
@@ -45,14 +49,6 @@ from .models import (
 )
 
 CapPeriod = Literal["total", "daily", "monthly"]
-PERIODS = ("total", "daily", "monthly")
-
-
-def _team_keys(k: AccountKeys, idem_key: str) -> list[str]:
-    return [
-        k.account, k.holds, k.hold_expiry, k.caps, k.day_window, k.month_window, idem_key, k.ledger, k.events,
-        k.members, k.member_spend, k.member_day, k.member_month, k.member_held,
-    ]
 
 
 def check_period(period: object) -> str:
@@ -90,24 +86,23 @@ class TeamOps:
         tid = check_id(team_id, "team_id") if team_id is not None else new_id()
         ikey = idempotency_of(idempotency_key, None)
         k = self.keys.team(tid)
-        idem_key, has, raw = self.core._idem(k, ikey)
 
         def parse(r_: Any) -> CreateTeamResult:
-            r = _reply(r_, 5)
+            r = _parts(r_, 3)
             if r[0] != "ok":
                 raise InvalidInputError("team_id", f"a team {tid!r} already exists")
-            return construct(CreateTeamResult, team_id=r[2], name=r[3])
+            return construct(CreateTeamResult, team_id=tid, name=label)
 
-        args = [self.core._offset(), new_id(), tid, label, str(n), has, raw, self.core._idem_ttl]
-        return Call(self.scripts["pool_create"], [k.account, idem_key, k.ledger], args, parse)
+        frag = fragment(op="team_created", ak=TEAM, acct=tid, type="team_created", idem=ikey or "",
+                        meta=json.dumps({"name": label}))
+        args = [new_id(), label, str(n), frag, self.core.config()]
+        return Call(self.scripts["pool_create"], [k.account, self.core._idem(k, ikey), k.ledger], args, parse)
 
     def read(self, team_id: str, with_members: bool) -> Call[list[str]]:
         """The raw pool_read reply (see lua/pool_read.lua)."""
         k = self._k(team_id)
-        return Call(
-            self.scripts["pool_read"], _team_keys(k, k.idempotency(None)),
-            [self.core._offset(), "1" if with_members else "0"], lambda r: _reply(r, 7),
-        )
+        return Call(self.scripts["pool_read"], [k.account], ["1" if with_members else "0", self.core.config()],
+                    lambda r: _reply(r, 7))
 
     def get_team_balance(self, team_id: str) -> Call[TeamBalanceResult]:
         """Balance, held, name and member count (O(1)); zeros for an unknown team, as ducto."""
@@ -129,13 +124,11 @@ class TeamOps:
         def parse(raw: Any) -> list[TeamMemberSpend]:
             r = inner(raw)
             out: list[TeamMemberSpend] = []
-            for i in range(7, len(r), 6):
-                m = json.loads(r[i + 1])
+            for i in range(7, len(r), 8):
                 out.append(construct(
-                    TeamMemberSpend, user_id=r[i], role=m.get("role", "member"),
-                    spend_cap=int(m["cap"]) if m.get("cap") is not None else None,
-                    cap_period=m.get("period", "total"), total_spent=int(r[i + 2]), spent_today=int(r[i + 3]),
-                    spent_this_month=int(r[i + 4]), held=int(r[i + 5]),
+                    TeamMemberSpend, user_id=r[i], role=r[i + 1], spend_cap=int(r[i + 2]) if r[i + 2] else None,
+                    cap_period=PERIOD_NAMES[r[i + 3]], total_spent=int(r[i + 4]), spent_today=int(r[i + 5]),
+                    spent_this_month=int(r[i + 6]), held=int(r[i + 7]),
                 ))
             out.sort(key=lambda m: m.user_id)
             return out
@@ -167,10 +160,9 @@ class TeamOps:
         """Credit the pool (typed, idempotent); ``team_not_found`` for an unknown team."""
         tid = check_id(team_id, "team_id")
         call = self.core.add_credits(tid, amount, type, metadata, None, idempotency_key, account_kind=TEAM)
-        call.args.append("1")  # the team must exist
 
         def parse(raw: Any) -> TeamBalanceResult:
-            r = _reply(raw, 6)
+            r = _parts(raw, 6)
             if r[0] == E.TEAM_NOT_FOUND:
                 return TeamBalanceResult(team_id=tid, error=E.TEAM_NOT_FOUND)
             if r[0] != "ok":
@@ -187,19 +179,20 @@ class TeamOps:
         uid = check_id(user_id, "user_id")
 
         def parse(raw: Any) -> AddTeamMemberResult:
-            r = _reply(raw, 6)
-            return construct(AddTeamMemberResult, team_id=team_id, user_id=uid, role=r[2] or "member",
+            r = _parts(raw, 6)
+            return construct(AddTeamMemberResult, team_id=team_id, user_id=uid, role=r[5] or "member",
                              error=_err(r[0]))
 
-        args = [self.core._offset(), new_id(), team_id, uid, action, json.dumps(fields)]
-        return Call(self.scripts["pool_member"], [k.account, k.members, k.ledger], args, parse)
+        period = fields.get("period")
+        args = [new_id(), team_id, uid, action, fields.get("role", ""), fields.get("cap", ""),
+                PERIODS[period] if period else "", self.core.config()]
+        return Call(self.scripts["pool_member"], [k.account, k.ledger], args, parse)
 
     def add_member_fields(
         self, role: str, spend_cap: int | None, cap_period: str
     ) -> dict[str, Any]:
         """The validated fields of a new member."""
         cap, period = _check_cap(spend_cap, cap_period)
-        # the cap travels as a string: cjson would round numbers past 1e14
         return {"role": check_label(role, "role"), "cap": "-1" if cap is None else str(cap), "period": period}
 
     # spending
@@ -228,21 +221,20 @@ class TeamOps:
         model = check_label(meta.model, "metadata.model") if meta and meta.model else ""
         if not amount_in_range(n, 0 if settling else 1):
             return ready(TeamDeductionResult(team_id=team_id, user_id=uid, amount=-n, error=E.INVALID_AMOUNT))
-        idem_key, has, raw = self.core._idem(k, ikey)
+        shard = k.shard
 
         def parse(raw_reply: Any) -> TeamDeductionResult:
-            r = _reply(raw_reply, 7)
+            r = _parts(raw_reply, 9)
             return construct(
-                TeamDeductionResult, transaction_id=r[2], team_id=team_id, user_id=uid, amount=-int(r[3]),
-                team_balance_after=int(r[4]), error=_err(r[0]), idempotent=r[1] == "1",
+                TeamDeductionResult, transaction_id=tx_of(shard, r[2]), team_id=team_id, user_id=uid,
+                amount=-int(r[3]), team_balance_after=int(r[4]), error=_err(r[0]), idempotent=r[1] == "1",
             )
 
-        args = [
-            self.core._offset(), new_id(), team_id, uid, reservation_id, str(n), op if not settling else "",
-            model, metadata_json(meta), has, raw, self.core._idem_ttl, self.core._events_maxlen,
-            *self.core._backlog,
-        ]
-        return Call(self.scripts["pool_debit"], _team_keys(k, idem_key), args, parse)
+        frag = fragment(op=op if not settling else "", ak=TEAM, acct=team_id, member=uid, rid=reservation_id,
+                        model=model, idem=ikey or "", meta=metadata_json(meta))
+        args = [new_call_id(), str(n), model, uid, frag, reservation_id, self.core.config()]
+        return Call(self.scripts["pool_debit"], [k.account, self.core._idem(k, ikey), k.ledger, k.events], args,
+                    parse)
 
     def reserve_team(
         self,
@@ -266,20 +258,18 @@ class TeamOps:
         )
         if not amount_in_range(n, 1):
             return ready(ReserveResult(reservation_id="", user_id=uid, amount=0, error=E.INVALID_AMOUNT))
-        idem_key, has, raw = self.core._idem(k, ikey)
+        rid = new_id()
 
         def parse(raw_reply: Any) -> ReserveResult:
-            r = _reply(raw_reply, 7)
+            r = _parts(raw_reply, 7)
             return construct(
                 ReserveResult, reservation_id=r[2], user_id=uid, amount=int(r[3]), balance=int(r[4]),
                 reserved_total=int(r[5]), expires_at_ms=int(r[6]), error=_err(r[0]), idempotent=r[1] == "1",
             )
 
-        args = [
-            self.core._offset(), new_id(), team_id, uid, str(n), op, str(ttl_ms), metadata_json(meta),
-            has, raw, self.core._idem_ttl, *self.core._backlog,
-        ]
-        return Call(self.scripts["pool_reserve"], _team_keys(k, idem_key), args, parse)
+        frag = fragment(op=op, ak=TEAM, acct=team_id, member=uid, rid=rid, idem=ikey or "", meta=metadata_json(meta))
+        args = [new_call_id(), rid, str(n), uid, str(ttl_ms), op, frag, self.core.config()]
+        return Call(self.scripts["pool_reserve"], [k.account, self.core._idem(k, ikey), k.ledger], args, parse)
 
     def release_team(
         self, team_id: str, user_id: str, reservation_id: str, idempotency_key: str | None = None
@@ -288,14 +278,15 @@ class TeamOps:
         k = self._k(team_id)
         uid = check_id(user_id, "user_id")
         rid = check_id(reservation_id, "reservation_id")
-        idem_key, has, raw = self.core._idem(k, idempotency_of(idempotency_key, None))
+        ikey = idempotency_of(idempotency_key, None)
 
         def parse(raw_reply: Any) -> ReleaseResult:
-            r = _reply(raw_reply, 6)
+            r = _parts(raw_reply, 6)
             return construct(
                 ReleaseResult, reservation_id=rid, user_id=uid, amount=int(r[3]), balance=int(r[4]),
                 held=int(r[5]), idempotent=r[1] == "1", error=_err(r[0]),
             )
 
-        args = [self.core._offset(), new_id(), team_id, uid, rid, has, raw, self.core._idem_ttl]
-        return Call(self.scripts["pool_release"], _team_keys(k, idem_key), args, parse)
+        frag = fragment(ak=TEAM, acct=team_id, member=uid, rid=rid, idem=ikey or "")
+        args = [new_call_id(), new_id(), rid, uid, frag, self.core.config()]
+        return Call(self.scripts["pool_release"], [k.account, self.core._idem(k, ikey), k.ledger], args, parse)

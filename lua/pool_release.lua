@@ -19,7 +19,7 @@ local tid
 if st.hx ~= '' then tid = frag_value(frag, 3) end
 holds_sweep(ctx, st, 't', tid, true)
 local raw = field(st, hf)
-local amount, op, member
+local amount, op, member, _
 if raw then amount, _, op, member = hold_decode(raw, true) end
 if not raw or member ~= uid then
   finish(ctx, {}, nil)

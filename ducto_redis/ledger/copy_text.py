@@ -1,17 +1,18 @@
-"""Ledger entries (Redis stream fields, as bytes) -> PostgreSQL COPY text, fast; and back to fields.
+"""Ledger entries (Redis stream fields, as bytes) -> PostgreSQL COPY text, fast; and back to values.
 
-The scripts store each ledger entry as ONE stream field, ``r``: the entry's row in COPY text
-(``FORMAT text, NULL ''``), values in ``ROW_FIELDS`` order, tab-separated and COPY-escaped by Lua
-(lib.lua's ``ledger``). The flusher only puts the columns Redis cannot know in front of it (namespace,
-shard, the stream id's two halves) and turns the row's first value, ``ts`` (epoch ms), into a
-timestamp literal, ``YYYY-MM-DD HH:MM:SS.mmm+00``, with one formatted prefix per second: an entry
-costs two partitions and one list extend.
+A script call appends ONE stream entry with one field, ``q``: its rows (one per decision, several
+for a batch) joined by newlines, each a row of the Postgres ledger in COPY text (``FORMAT text,
+NULL ''``), values in :data:`~ducto_redis.layout.ROW_COLUMNS` order, tab-separated and escaped
+(ducto_redis/layout.py; lua/lib/03_ledger.lua writes them). The flusher only puts the columns Redis
+cannot know in front of each row (namespace, shard, the stream id's two halves, the row's place in
+the entry), names a row whose id is empty (debits) by its place (:func:`~ducto_redis.layout.tx_id`),
+and turns ``ts`` (epoch ms) into a timestamp literal, ``YYYY-MM-DD HH:MM:SS.mmm+00``, with one
+formatted prefix per second.
 
-Entries in the older layout (one stream field per value, written before the row layout) and any
-row the fast path cannot take (no ``ts`` or id) take the reference path: the entry's fields as a
-dict, defaults, every value escaped. A payload whose tab or newline count is not exactly what its
-entries must give is formatted again on the reference path, so Postgres reads exactly the values
-Redis holds.
+A row the fast path cannot take (no ``ts``) takes the reference path: its values as a dict,
+defaults, every value escaped. A payload whose tab or newline count is not exactly what its rows
+must give is formatted again on the reference path, so Postgres reads exactly the values Redis holds.
+Reading an entry back (:func:`entry_rows`) gives each row's values by the scripts' column names.
 """
 
 from __future__ import annotations
@@ -22,20 +23,23 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
 from typing import Any
 
-# the row's values in order, by the scripts' field names (lib.lua's LEDGER_ROW), then `extra`
-ROW_FIELDS = ("ts", "id", "ak", "acct", "member", "kind", "amount", "bal", "held", "hold", "rid", "op",
-              "model", "type", "idem", "exp", "cap", "reason", "meta")
+from ..layout import ROW_COLUMNS as ROW_FIELDS
+from ..layout import ROW_FIELD as _ROW_FIELD
+from ..layout import tx_id
+
 COLUMN_OF = {
     "ts": "ts", "id": "entry_id", "ak": "account_kind", "acct": "account_id", "member": "member", "kind": "kind",
     "amount": "amount", "bal": "balance_after", "held": "held_after", "hold": "hold", "rid": "reservation_id",
     "op": "operation_type", "model": "model", "type": "tx_type", "idem": "idempotency_key", "exp": "expires_ms",
-    "cap": "cap_action", "reason": "reason", "meta": "metadata",
+    "cap": "cap_action", "reason": "reason", "meta": "metadata", "extra": "extra",
 }
-ROW_COLUMNS = (*(COLUMN_OF[f] for f in ROW_FIELDS), "extra")
+ROW_COLUMNS = tuple(COLUMN_OF[f] for f in ROW_FIELDS)
 # the order of the COPY lines: what the flusher knows first, then the row as the script wrote it
-COPY_COLUMNS = ("namespace", "shard", "stream_ms", "stream_seq", *ROW_COLUMNS)
-COLUMNS = ("entry_id", "namespace", "shard", "stream_ms", "stream_seq", *(c for c in ROW_COLUMNS if c != "entry_id"))
-ROW_FIELD = b"r"
+STREAM_COLUMNS = ("namespace", "shard", "stream_ms", "stream_seq", "stream_row")
+COPY_COLUMNS = (*STREAM_COLUMNS, *ROW_COLUMNS)
+# the table's columns (its key is (namespace, entry_id))
+COLUMNS = ("entry_id", *STREAM_COLUMNS, *(c for c in ROW_COLUMNS if c != "entry_id"))
+ROW_FIELD = _ROW_FIELD.encode()
 
 # one entry: (shard, stream entry id, its fields as the flat [name, value, ...] list Redis sends)
 Entry = tuple[int, bytes, list[bytes]]
@@ -80,20 +84,27 @@ def _b(v: Any) -> bytes:
     return v if isinstance(v, bytes) else str(v).encode()
 
 
-def entry_fields(fields: Mapping[Any, Any] | Sequence[Any]) -> dict[str, str]:
-    """A stream entry's fields by name, as the scripts named them (``id``, ``ts``, ``acct``, ...;
-    ``extra``'s keys are spread out), empty values left out: the same dict for the row layout and
-    for the older one-field-per-value layout. ``fields`` is a reply's dict or flat list (str or bytes).
-    """
+def _rows(flat: Sequence[Any]) -> list[bytes]:
+    """An entry's rows (COPY text lines), or [] for an entry that is not in the row layout."""
+    if len(flat) == 2 and _b(flat[0]) == ROW_FIELD:
+        return _b(flat[1]).split(_NL)
+    return []
+
+
+def entry_rows(shard: int, stream_id: Any, fields: Mapping[Any, Any] | Sequence[Any]) -> list[dict[str, str]]:
+    """A stream entry's rows, each its values by the scripts' column names (``id``, ``ts``, ``acct``,
+    ...; ``extra``'s keys spread out), empty values left out, ``id`` named as the flusher names it.
+    ``fields`` is a reply's dict or flat list (str or bytes)."""
     flat = [x for kv in fields.items() for x in kv] if isinstance(fields, Mapping) else list(fields)
-    names = [_b(x) for x in flat[0::2]]
-    values = [_b(x) for x in flat[1::2]]
-    if names != [ROW_FIELD]:
-        return {k.decode(): v.decode() for k, v in zip(names, values, strict=True) if v}
-    cols = [_unescape(v).decode() for v in values[0].split(_TAB)]
-    out = {name: v for name, v in zip(ROW_FIELDS, cols, strict=False) if v}
-    if len(cols) > len(ROW_FIELDS) and cols[len(ROW_FIELDS)]:
-        out.update(json.loads(cols[len(ROW_FIELDS)]))
+    out = []
+    for i, line in enumerate(_rows(flat)):
+        cols = [_unescape(v).decode() for v in line.split(_TAB)]
+        row = {name: v for name, v in zip(ROW_FIELDS, cols, strict=False) if v}
+        if "extra" in row:
+            row.update(json.loads(row.pop("extra")))
+        if "id" not in row:
+            row["id"] = tx_id(shard, _b(stream_id).decode(), i)
+        out.append(row)
     return out
 
 
@@ -104,44 +115,49 @@ def _meta(meta: str) -> str:
     return json.dumps({"raw": meta})
 
 
-def reference_line(namespace: bytes, shard: int, mid: bytes, flat: list[bytes]) -> bytes:
-    """One line from any entry (the reference path): fields as a dict, defaults, every value escaped."""
-    f = entry_fields(flat)
+def reference_line(namespace: bytes, shard: int, mid: bytes, index: int, line: bytes) -> bytes:
+    """One COPY line from any row (the reference path): values as a dict, defaults, every value escaped."""
+    cols = [_unescape(v).decode() for v in line.split(_TAB)]
+    f = {name: v for name, v in zip(ROW_FIELDS, cols, strict=False) if v}
     ms, _, seq = mid.partition(b"-")
-    extra = {k: v for k, v in f.items() if k not in COLUMN_OF}
-    values: dict[str, bytes] = {COLUMN_OF[k]: v.encode() for k, v in f.items() if k in COLUMN_OF}
+    values: dict[str, bytes] = {COLUMN_OF[k]: v.encode() for k, v in f.items()}
     values.update(
-        namespace=namespace, shard=b"%d" % shard, stream_ms=ms, stream_seq=seq or b"0",
-        entry_id=values.get("entry_id") or b"%s:%d:%s" % (namespace, shard, mid),
+        namespace=namespace, shard=b"%d" % shard, stream_ms=ms, stream_seq=seq or b"0", stream_row=b"%d" % index,
+        entry_id=values.get("entry_id") or tx_id(shard, mid.decode(), index).encode(),
         ts=ts_text(values.get("ts") or ms), account_kind=values.get("account_kind") or b"u",
         amount=values.get("amount") or b"0", metadata=_meta(f.get("meta", "")).encode(),
-        extra=json.dumps(extra).encode() if extra else b"",
+        kind=values.get("kind") or b"unknown", account_id=values.get("account_id") or b"",
     )
     return _TAB.join(_escape(values.get(c, b"")) for c in COPY_COLUMNS)
 
 
-def _pieces(entries: Sequence[Entry], namespace: bytes) -> list[bytes]:
-    """The payload's pieces: rows on the fast path, anything else through ``reference_line``."""
+def _pieces(entries: Sequence[Entry], namespace: bytes) -> tuple[list[bytes], int]:
+    """The payload's pieces and its number of rows."""
     out: list[bytes] = []
     extend = out.extend
     heads: dict[int, bytes] = {}
     seconds = _SECONDS
     escaped_ns = _escape(namespace)
+    n = 0
     for shard, mid, flat in entries:
         head = heads.get(shard)
         if head is None:
             head = heads[shard] = escaped_ns + b"\t%d\t" % shard
-        if len(flat) == 2 and flat[0] == ROW_FIELD:
-            ts, _, rest = flat[1].partition(_TAB)
+        ms, _, seq = mid.partition(b"-")
+        for i, line in enumerate(_rows(flat)):
+            n += 1
+            eid, _, rest = line.partition(_TAB)
+            ts, _, rest = rest.partition(_TAB)
             sec = seconds.get(ts[:-3])
             if sec is None and len(ts) >= 4 and ts.isdigit():
                 sec = _second_prefix(ts[:-3])
-            if sec is not None and rest[:1] != _TAB:  # a time and an id: the fast path
-                ms, _, seq = mid.partition(b"-")
-                extend((head, ms, _TAB, seq or b"0", _TAB, sec, ts[-3:], b"+00\t", rest, _NL))
+            if sec is None:
+                extend((reference_line(namespace, shard, mid, i, line), _NL))
                 continue
-        extend((reference_line(namespace, shard, mid, flat), _NL))
-    return out
+            if not eid:
+                eid = tx_id(shard, mid.decode(), i).encode()
+            extend((head, ms, _TAB, seq or b"0", b"\t%d\t" % i, eid, _TAB, sec, ts[-3:], b"+00\t", rest, _NL))
+    return out, n
 
 
 def copy_rows(payload: bytes) -> list[tuple[str | None, ...]]:
@@ -152,12 +168,13 @@ def copy_rows(payload: bytes) -> list[tuple[str | None, ...]]:
 
 
 def copy_payload(entries: Sequence[Entry], namespace: str) -> bytes:
-    """The COPY text (``NULL ''``) of ``entries``, one line each, columns in ``COPY_COLUMNS`` order."""
+    """The COPY text (``NULL ''``) of ``entries``: one line per row, columns in ``COPY_COLUMNS`` order."""
     if not entries:
         return b""
     ns = namespace.encode()
-    payload = b"".join(_pieces(entries, ns))
-    n = len(entries)
+    pieces, n = _pieces(entries, ns)
+    payload = b"".join(pieces)
     if payload.count(_NL) != n or payload.count(_TAB) != n * _TABS:  # a row not as the scripts write it
-        payload = b"".join(reference_line(ns, shard, mid, flat) + _NL for shard, mid, flat in entries)
+        payload = b"".join(reference_line(ns, shard, mid, i, line) + _NL
+                           for shard, mid, flat in entries for i, line in enumerate(_rows(flat)))
     return payload

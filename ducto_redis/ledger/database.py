@@ -28,12 +28,12 @@ from typing import Any, Protocol
 
 from .copy_text import COLUMNS, COPY_COLUMNS, copy_rows
 
-INTEGER_COLUMNS = frozenset({"shard", "stream_ms", "stream_seq", "amount", "balance_after", "held_after", "hold",
-                             "expires_ms"})
+INTEGER_COLUMNS = frozenset({"shard", "stream_ms", "stream_seq", "stream_row", "amount", "balance_after",
+                             "held_after", "hold", "expires_ms"})
 JSON_COLUMNS = frozenset({"metadata", "extra"})
 
 RESTORE_SQL = ("SELECT * FROM {table} WHERE namespace = ? "
-               "ORDER BY account_kind, account_id, shard, stream_ms, stream_seq")
+               "ORDER BY account_kind, account_id, shard, stream_ms, stream_seq, stream_row")
 ACCOUNTS_SQL = ("SELECT COUNT(*) FROM (SELECT DISTINCT account_kind, account_id FROM {table} "
                 "WHERE namespace = ? AND account_kind <> 'p') AS accounts")
 ENTRY_SQL = "SELECT * FROM {table} WHERE namespace = ? AND entry_id = ?"
@@ -132,10 +132,10 @@ def sqlite_schema(table: str = "ledger") -> str:
     cols = []
     for c in COLUMNS:
         kind = "INTEGER" if c in INTEGER_COLUMNS else "TEXT"
-        null = " PRIMARY KEY" if c == "entry_id" else (
-            " NOT NULL" if c in ("namespace", "shard", "stream_ms", "stream_seq", "ts", "account_kind",
-                                 "account_id", "kind") else "")
+        null = " NOT NULL" if c in ("entry_id", "namespace", "shard", "stream_ms", "stream_seq", "stream_row", "ts",
+                                    "account_kind", "account_id", "kind") else ""
         cols.append(f"{c} {kind}{null}")
+    cols.append("PRIMARY KEY (namespace, entry_id)")
     return (f"CREATE TABLE IF NOT EXISTS {table} ({', '.join(cols)});\n"
             f"CREATE INDEX IF NOT EXISTS {table}_ts ON {table} (namespace, ts);\n")
 

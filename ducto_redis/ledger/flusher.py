@@ -321,7 +321,7 @@ class LedgerFlusher:
             with cur.copy(f"COPY ledger_stage ({columns}) FROM STDIN (NULL '')") as copy:
                 copy.write(payload)
             cur.execute(f"INSERT INTO {self.schema}.ledger ({columns}) SELECT {columns} "
-                        f"FROM ledger_stage ON CONFLICT (entry_id) DO NOTHING")
+                        f"FROM ledger_stage ON CONFLICT (namespace, entry_id) DO NOTHING")
         conn.commit()
 
     def _write_or_keep(self, batch: Batch) -> None:

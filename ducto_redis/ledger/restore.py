@@ -3,20 +3,20 @@
 The rows come from a :class:`~ducto_redis.ledger.database.LedgerDatabase`: PostgreSQL (the
 flusher's) or SQLite (MemoryStore's embedded ledger) — the same read, the same derivation.
 
-Both derive each account's state from its ledger entries in stream order: balance and held
-(the last entry's ``bal``/``held``), lifetime purchases, open holds, caps and rate limit (config
-entries), the current day's and month's spend windows, and for teams the name, members (config
-entries carry the member record), member totals, member windows and member holds.
+Both derive each account's hash (ducto_redis/layout.py :class:`~ducto_redis.layout.Account`) from
+its ledger rows in stream order: balance and held (the last row's), lifetime purchases, open holds,
+caps and rate limit (config rows), today's and this month's spend (all models, and per model), the
+plan and its allowance use this month, refund markers (a refunded debit stays refunded), and for
+teams the name and members (config rows carry the member record) with their spend and holds.
+Expiring grants (credit rows with an expiry, less what debits' ``gc``, ``credit_expired`` expiries
+and refunds' ``gr`` moved) come back with the shard's grant index. Each shard's stream is set past
+the last id the ledger holds, so new rows never reuse a debit's id.
 
-Expiring grants (credit entries with an expiry, less what debits' ``gc``, ``credit_expired``
-expiries and refunds' ``gr`` moved) come back with the account's ``gx`` field and the shard's grant
-index; refund records come back for the debits still inside ``refund_window_seconds``.
+Published pricing versions (config rows of the pricing stream, account kind ``p``) come back as
+they were: every version, the last one active.
 
-Published pricing versions (config entries of the pricing stream, account kind ``p``) come back
-as they were: every version, the last one active.
-
-Not restored: idempotency keys (a retry within their TTL after a Redis loss decides again) and
-the rate limiter's position (it starts fresh).
+Not restored: idempotency keys and recent call ids (a retry within their life after a Redis loss
+decides again) and the rate limiter's position (it starts fresh).
 """
 
 from __future__ import annotations
@@ -26,34 +26,33 @@ import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from typing import Any
 
-from ..core import shard_of_tx
-from ..keys import member_window_field
+from ..layout import Account, Hold, Member, ModelWindow, State, cap_text, day_bucket, month_bucket, plan_text
 from .database import LedgerDatabase
 
-DAY_MS = 86_400_000
-WINDOW_GRACE_MS = 3_600_000
+
+@dataclass
+class Spend:
+    """Spend of one scope (all models, a model, a member): all time, today, this month."""
+
+    total: int = 0
+    day: int = 0
+    month: int = 0
+
+    def add(self, amount: int, today: bool, this_month: bool) -> None:
+        self.total += amount
+        self.day += amount if today else 0
+        self.month += amount if this_month else 0
 
 
-def day_bucket(ms: int) -> tuple[int, int]:
-    """(UTC day number, end of that day in ms) as lua/lib.lua's bucket_of('d')."""
-    d = ms // DAY_MS
-    return d, (d + 1) * DAY_MS
-
-
-def month_bucket(ms: int) -> tuple[int, int]:
-    """(year*12 + month - 1, end of that month in ms) as lua/lib.lua's bucket_of('m')."""
-    t = datetime.fromtimestamp(ms / 1000, timezone.utc)
-    ny, nm = (t.year + 1, 1) if t.month == 12 else (t.year, t.month + 1)
-    end = int(datetime(ny, nm, 1, tzinfo=timezone.utc).timestamp() * 1000)
-    return t.year * 12 + t.month - 1, end
+def _json(v: Any) -> Any:
+    return json.loads(v) if isinstance(v, str) else (v or {})
 
 
 @dataclass
 class AccountState:
-    """What the ledger says one account's Redis keys hold."""
+    """What the ledger says one account's hash holds (folded row by row, then :meth:`account`)."""
 
     kind: str
     account_id: str
@@ -63,29 +62,18 @@ class AccountState:
     held: int = 0
     life: int = 0
     name: str = ""
-    rate_limit: str | None = None
-    holds: dict[str, tuple[int, int, str, str]] = field(default_factory=dict)  # rid -> amount, exp, op, member
-    caps: dict[str, str] = field(default_factory=dict)
-    day: dict[str, int] = field(default_factory=dict)  # "*" / "m|<model>" (users and team caps)
-    month: dict[str, int] = field(default_factory=dict)
-    members: dict[str, str] = field(default_factory=dict)  # team: member -> record JSON
-    mspend: dict[str, int] = field(default_factory=dict)
-    mday: dict[str, int] = field(default_factory=dict)
-    mmonth: dict[str, int] = field(default_factory=dict)
+    rate_limit: str = ""
+    holds: dict[str, Hold] = field(default_factory=dict)
+    caps: dict[tuple[str, str], str] = field(default_factory=dict)  # (period d|m, model or "") -> cap text
+    spend: dict[str, Spend] = field(default_factory=dict)  # "" = all models, else the model
+    members: dict[str, Member] = field(default_factory=dict)  # team
+    member_spend: dict[str, Spend] = field(default_factory=dict)
     grants: dict[str, list[int]] = field(default_factory=dict)  # grant id -> [expires ms, remaining]
-    refundable: dict[str, list[Any]] = field(default_factory=dict)  # tx -> [amount, refunded, parts, ts ms]
+    refunded: dict[str, int] = field(default_factory=dict)  # debit id -> amount refunded
     plan: str | None = None  # user: the plan id set last (None: never set)
     plan_used: dict[str, int] = field(default_factory=dict)  # user: plan id -> allowance used this month
     pricing: list[dict[str, Any]] = field(default_factory=list)  # kind "p": version records, in order
-
-    def _plans(self, e: dict[str, Any], extra: dict[str, Any], kind: str, ts: int, now_ms: int) -> None:
-        """Plan changes (config op plan_set) and allowance use this month ('free' on debits and on
-        config op allowance_used), from the entry's extra fields."""
-        if kind == "config" and e["operation_type"] == "plan_set":
-            self.plan = extra.get("plan", "")
-        free = int(extra.get("free") or 0)
-        if free and extra.get("plan") and month_bucket(ts)[0] == month_bucket(now_ms)[0]:
-            self.plan_used[extra["plan"]] = self.plan_used.get(extra["plan"], 0) + free
+    last_entry: dict[int, tuple[int, int]] = field(default_factory=dict)  # shard -> the last stream id seen
 
     def _grant_parts(self, parts: str, sign: int) -> None:
         """Move the parts "id:expires:amount;..." of a debit (sign -1) or a refund (+1)."""
@@ -96,84 +84,117 @@ class AccountState:
             if g[1] <= 0:
                 del self.grants[gid]
 
-    def _expiry_and_refunds(self, e: dict[str, Any], extra: dict[str, Any], kind: str, ts: int) -> None:
-        if kind == "credit" and e["expires_ms"] and int(e["amount"]) > 0:
-            self.grants[e["entry_id"]] = [int(e["expires_ms"]), int(e["amount"])]
-        elif kind in ("debit", "settle") and int(e["amount"]) < 0:
-            self._grant_parts(extra.get("gc", ""), -1)
-            self.refundable[e["entry_id"]] = [-int(e["amount"]), 0, extra.get("gc", ""), ts]
-        elif kind == "expire" and e["reason"] == "credit_expired":
-            self._grant_parts(f"{extra.get('grant')}:{e['expires_ms']}:{-int(e['amount'])}", -1)
-        elif kind == "refund":
-            self._grant_parts(extra.get("gr", ""), 1)
-            if extra.get("ref") in self.refundable:
-                self.refundable[extra["ref"]][1] += int(e["amount"])
-
     def apply(self, e: dict[str, Any], now_ms: int) -> None:
         """Fold one ledger row (a dict of the table's columns) into the state."""
         kind = e["kind"]
+        shard, sid = int(e["shard"]), (int(e["stream_ms"]), int(e["stream_seq"]))
+        if sid > self.last_entry.get(shard, (0, 0)):
+            self.last_entry[shard] = sid
         if self.kind == "p":
             if kind == "config" and e["operation_type"] == "pricing_set":
-                self.pricing.append(e["metadata"])
+                self.pricing.append(_json(e["metadata"]))
             return
         ts = int(e["ts"].timestamp() * 1000)
+        extra = _json(e.get("extra"))
+        amount = int(e["amount"] or 0)
         if e["balance_after"] is not None:
             self.bal, self.held = int(e["balance_after"]), int(e["held_after"] or 0)
         if kind == "credit":
             if not self.exists:
                 self.exists, self.created_ms = True, ts
             if e["tx_type"] == "team_created":
-                self.life += int(e["amount"])
-                self.name = (e["metadata"] or {}).get("name", "")
+                self.life += amount
+                self.name = _json(e["metadata"]).get("name", "")
             elif e["tx_type"] == "purchase":
-                self.life += int(e["amount"])
+                self.life += amount
+            if e["expires_ms"] and amount > 0:
+                self.grants[e["entry_id"]] = [int(e["expires_ms"]), amount]
         elif kind == "hold":
-            self.holds[e["reservation_id"]] = (int(e["hold"]), int(e["expires_ms"] or 0),
-                                               e["operation_type"] or "", e["member"] or "")
-        elif kind in ("settle", "release", "expire") and e["reservation_id"]:
+            member = e["member"] if self.kind == "t" else None
+            self.holds[e["reservation_id"]] = Hold(int(e["hold"]), int(e["expires_ms"] or 0),
+                                                   e["operation_type"] or "", member)
+        elif kind == "config":
+            self._config(e, extra, ts, now_ms)
+        elif kind == "refund":
+            self._grant_parts(extra.get("gr", ""), 1)
+            ref = extra.get("ref")
+            if ref:
+                self.refunded[ref] = self.refunded.get(ref, 0) + amount
+        elif kind == "expire" and e["reason"] == "credit_expired":
+            self._grant_parts(f"{extra.get('grant')}:{e['expires_ms']}:{-amount}", -1)
+        if kind in ("settle", "release", "expire") and e["reservation_id"]:
             self.holds.pop(e["reservation_id"], None)
-        if kind in ("debit", "settle") and int(e["amount"]) < 0:
-            self._spend(-int(e["amount"]), e["model"] or "", e["member"], ts, now_ms)
-        if kind == "config":
-            self._config(e)
-        if self.kind == "u":
-            extra = e.get("extra") or {}
-            if isinstance(extra, str):
-                extra = json.loads(extra)
-            self._expiry_and_refunds(e, extra, kind, ts)
-            self._plans(e, extra, kind, ts, now_ms)
+        if kind in ("debit", "settle"):
+            if amount < 0:
+                self._spend(-amount, e["model"] or "", e["member"], ts, now_ms)
+                self._grant_parts(extra.get("gc", ""), -1)
+            self._free(extra, ts, now_ms)
+
+    def _free(self, extra: dict[str, Any], ts: int, now_ms: int) -> None:
+        free = int(extra.get("free") or 0)
+        if free and extra.get("plan") and month_bucket(ts) == month_bucket(now_ms):
+            self.plan_used[extra["plan"]] = self.plan_used.get(extra["plan"], 0) + free
 
     def _spend(self, amount: int, model: str, member: str | None, ts: int, now_ms: int) -> None:
-        today, this_month = day_bucket(ts)[0] == day_bucket(now_ms)[0], month_bucket(ts)[0] == month_bucket(now_ms)[0]
-        scopes = ["*"] + ([f"m|{model}"] if model else [])
-        for scope in scopes:
-            if today:
-                self.day[scope] = self.day.get(scope, 0) + amount
-            if this_month:
-                self.month[scope] = self.month.get(scope, 0) + amount
+        today, this_month = day_bucket(ts) == day_bucket(now_ms), month_bucket(ts) == month_bucket(now_ms)
+        for scope in ("", model) if model else ("",):
+            self.spend.setdefault(scope, Spend()).add(amount, today, this_month)
         if member:
-            self.mspend[member] = self.mspend.get(member, 0) + amount
-            if today:
-                self.mday[member] = self.mday.get(member, 0) + amount
-            if this_month:
-                self.mmonth[member] = self.mmonth.get(member, 0) + amount
+            self.member_spend.setdefault(member, Spend()).add(amount, today, this_month)
 
-    def _config(self, e: dict[str, Any]) -> None:
-        op, meta = e["operation_type"], e["metadata"]
+    def _config(self, e: dict[str, Any], extra: dict[str, Any], ts: int, now_ms: int) -> None:
+        op, meta = e["operation_type"], _json(e["metadata"])
         if op in ("cap_set", "cap_removed"):
-            f = ("d" if meta["cap_type"] == "daily" else "m") + (f"|{meta['model']}" if meta.get("model") else "")
+            scope = ("d" if meta["cap_type"] == "daily" else "m", meta.get("model") or "")
             if op == "cap_set":
-                self.caps[f] = f"{meta['limit']}|{meta['action']}"
+                self.caps[scope] = cap_text(int(meta["limit"]), meta["action"])
             else:
-                self.caps.pop(f, None)
+                self.caps.pop(scope, None)
         elif op == "rate_limit_set":
-            self.rate_limit = meta.get("raw") if isinstance(meta, dict) else meta  # "limit|period_ms|burst"
+            self.rate_limit = f"{meta['limit']},{meta['period_ms']},{meta.get('burst') or meta['limit']}"
         elif op == "rate_limit_removed":
-            self.rate_limit = None
+            self.rate_limit = ""
         elif op in ("member_added", "member_updated"):
-            self.members[e["member"]] = json.dumps(meta, separators=(",", ":"))
+            cap = meta.get("cap")
+            self.members[e["member"]] = Member(role=meta.get("role", "member"), cap=None if cap is None else int(cap),
+                                               period=meta.get("period", "total"))
         elif op == "member_removed":
             self.members.pop(e["member"], None)
+        elif op == "plan_set":
+            self.plan = extra.get("plan", "")
+        elif op == "allowance_used":
+            self._free(extra, ts, now_ms)
+
+    def account(self, now_ms: int) -> Account:
+        """The account hash this state is (:class:`~ducto_redis.layout.Account`)."""
+        day, month = day_bucket(now_ms), month_bucket(now_ms)
+        team = self.kind == "t"
+        whole = self.spend.get("", Spend())
+        state = State(held=self.held, rate_limit=self.rate_limit,
+                      hold_expiry=min((h.expires_ms for h in self.holds.values()), default=None),
+                      grant_expiry=min((exp for exp, _ in self.grants.values()), default=None),
+                      day_cap=self.caps.get(("d", ""), ""), month_cap=self.caps.get(("m", ""), ""))
+        state.with_spend(self.bal, day, whole.day, month, whole.month)
+        a = Account(balance=self.bal, state=state, life=self.life, created=self.created_ms if self.exists else None,
+                    holds=dict(self.holds), refunded=dict(self.refunded))
+        models = {m for m in self.spend if m} | {m for _, m in self.caps if m}
+        for m in sorted(models):
+            sp = self.spend.get(m, Spend())
+            a.models[m] = ModelWindow(total=sp.total, day=day, day_anchor=sp.total - sp.day, month=month,
+                                      month_anchor=sp.total - sp.month, day_cap=self.caps.get(("d", m), ""),
+                                      month_cap=self.caps.get(("m", m), ""))
+        if team:
+            a.name = self.name
+            for uid, rec in self.members.items():
+                sp = self.member_spend.get(uid, Spend())
+                held = sum(h.amount for h in self.holds.values() if h.member == uid)
+                a.members[uid] = Member(rec.role, rec.cap, rec.period, sp.total, day, sp.total - sp.day, month,
+                                        sp.total - sp.month, held)
+        elif self.plan is not None or self.plan_used:
+            if self.plan is not None:
+                a.plan = plan_text(month, self.plan_used.get(self.plan, 0), self.plan)
+            a.plans_left = {p: f"{month}|{n}" for p, n in self.plan_used.items() if p != self.plan}
+        return a
 
 
 def derive(source: LedgerDatabase, namespace: str, now_ms: int | None = None) -> Iterator[AccountState]:
@@ -182,9 +203,7 @@ def derive(source: LedgerDatabase, namespace: str, now_ms: int | None = None) ->
     now_ms = now_ms or int(time.time() * 1000)
     state: AccountState | None = None
     for row in source.restore_rows(namespace):
-        if row["metadata"] is not None and isinstance(row["metadata"], str):
-            row["metadata"] = json.loads(row["metadata"])
-        if state is None or (state.kind, state.account_id) != (row["account_kind"], row["account_id"]):
+        if state is None or (state.kind, state.account_id) != (row["account_kind"].strip(), row["account_id"]):
             if state is not None:
                 yield state
             state = AccountState(row["account_kind"].strip(), row["account_id"])
@@ -232,100 +251,53 @@ def write_state(store: Any, s: AccountState, now_ms: int) -> None:
         _write_pricing(store, s)
         return
     k = _account_keys(store, s)
-    team = s.kind == "t"
-    keys = [k.account, k.holds, k.hold_expiry, k.caps, k.day_window, k.month_window]
-    if team:
-        keys += [k.members, k.member_spend, k.member_day, k.member_month, k.member_held]
+    a = s.account(now_ms)
     p = store.client.pipeline(transaction=False)
-    for key in keys:
-        p.delete(key)
-    acct: dict[str, str] = {}
-    if s.exists:
-        acct.update(bal=str(s.bal), held=str(s.held), life=str(s.life), created=str(s.created_ms))
-        if team:
-            acct.update(name=s.name, mc=str(len(s.members)))
-    if s.rate_limit:
-        acct["rl"] = s.rate_limit
-    if not team:
-        p.delete(k.grants)
-        p.delete(k.plan_window)
-        if s.plan is not None:
-            acct["plan"] = s.plan
-        if s.plan_used:
-            m_bucket, m_end = month_bucket(now_ms)
-            used = {f"p|{pid}": str(n) for pid, n in s.plan_used.items()}
-            p.hset(k.plan_window, mapping={"_b": str(m_bucket), **used})
-            p.pexpireat(k.plan_window, m_end + WINDOW_GRACE_MS)
+    p.delete(k.account, k.grants)
+    if s.exists or a.holds or a.members or a.plan is not None or a.models or s.rate_limit or s.caps:
+        p.hset(k.account, mapping=a.fields())
     if s.grants:
-        acct["gx"] = str(min(exp for exp, _ in s.grants.values()))
         p.hset(k.grants, mapping={gid: f"{exp}|{rem}" for gid, (exp, rem) in s.grants.items()})
-        p.zadd(k.grant_index, {s.account_id: int(acct["gx"])})
-    window_ms = store.settings.refund_window_seconds * 1000
-    for tx, (amount, refunded, parts, ts) in s.refundable.items():
-        # only debits refund_credits can find (ids carrying this account's shard), still in the window
-        if ts + window_ms > now_ms and shard_of_tx(tx, store.core.keys.shards) == k.shard:
-            p.set(k.refundable(tx), f"{amount}|{refunded}|{parts}|{s.account_id}")
-            p.pexpireat(k.refundable(tx), ts + window_ms)
-    if acct:
-        p.hset(k.account, mapping=acct)
-    mheld: dict[str, int] = {}
-    for rid, (amount, exp, op, member) in s.holds.items():
-        if team:
-            p.hset(k.holds, rid, json.dumps({"a": str(amount), "e": str(exp), "m": member, "o": op}))
-            mheld[member] = mheld.get(member, 0) + amount
-        else:
-            p.hset(k.holds, rid, f"{amount}|{exp}|{op}")
-        p.zadd(k.hold_expiry, {rid: exp})
-    if s.caps:
-        p.hset(k.caps, mapping=s.caps)
-    d_bucket, d_end = day_bucket(now_ms)
-    m_bucket, m_end = month_bucket(now_ms)
-    windows = ((k.day_window, s.day, d_bucket, d_end), (k.month_window, s.month, m_bucket, m_end))
-    for key, values, bucket, end in windows:
-        if values:
-            p.hset(key, mapping={"_b": str(bucket), **{f: str(v) for f, v in values.items()}})
-            p.pexpireat(key, end + WINDOW_GRACE_MS)
-    if team:
-        if s.members:
-            p.hset(k.members, mapping=s.members)
-        if s.mspend:
-            p.hset(k.member_spend, mapping={m: str(v) for m, v in s.mspend.items()})
-        for key, values, bucket, end in ((k.member_day, s.mday, d_bucket, d_end),
-                                         (k.member_month, s.mmonth, m_bucket, m_end)):
-            if values:
-                p.hset(key, mapping={"_b": str(bucket), **{member_window_field(m): str(v) for m, v in values.items()}})
-                p.pexpireat(key, end + WINDOW_GRACE_MS)
-        if mheld:
-            p.hset(k.member_held, mapping={m: str(v) for m, v in mheld.items()})
+        p.zadd(k.grant_index, {s.account_id: min(exp for exp, _ in s.grants.values())})
     p.execute()
 
 
-def restore(store: Any, source: LedgerDatabase, *, progress: bool = True) -> int:
-    """Rebuild every account's Redis keys (and the pricing versions) from the ledger in ``source``;
-    returns the number of accounts."""
-    ns = store.settings.namespace
-    total = source.count_accounts(ns)
-    now_ms = int(time.time() * 1000)
-    done = 0
-    for state in derive(source, ns, now_ms):
-        write_state(store, state, now_ms)
-        if state.kind == "p":  # the pricing versions: not an account
-            continue
-        done += 1
-        if progress and (done % 500 == 0 or done == total):
-            _bar(done, total)
-    if progress:
-        print(file=sys.stderr)
-    return done
+def set_streams_past(store: Any, last: dict[int, tuple[int, int]]) -> None:
+    """Move each shard's ledger stream past the last id the ledger holds for it (creating it if need
+    be): a debit's id is its place in the stream, so a rebuilt Redis must never hand it out again."""
+    keys = store.core.keys
+    for shard, (ms, seq) in last.items():
+        stream = keys.ledger_stream(shard) if shard < keys.shards else keys.pricing_ledger()
+        top = store.client.xrevrange(stream, count=1)
+        if top:
+            cur = tuple(int(x) for x in str(top[0][0]).split("-"))
+            if cur >= (ms, seq):
+                continue
+        try:
+            store.client.xsetid(stream, f"{ms}-{seq}")
+        except Exception:  # no such stream yet: make it, empty, with that last id
+            eid = store.client.xadd(stream, {"q": ""}, id=f"{ms}-{seq + 1}")
+            store.client.xdel(stream, eid)
 
 
-def _bar(done: int, total: int, width: int = 30) -> None:
-    filled = int(width * done / max(total, 1))
-    print(f"\rrestore [{'#' * filled}{'.' * (width - filled)}] {done}/{total} accounts", end="", file=sys.stderr)
-
-
-def _int_fields(h: dict[str, str], skip: tuple[str, ...] = ()) -> dict[str, int]:
-    return {f: int(v) for f, v in h.items() if f not in skip and int(v) != 0}
+def _live(a: Account, now_ms: int, team: bool) -> dict[str, Any]:
+    """What reconcile compares of an account: its meaning, not its encoding (anchors and buckets of
+    windows that rolled over differ in form, not in what they say)."""
+    day_spend, month_spend = a.state.spend(a.balance, now_ms)
+    out: dict[str, Any] = {
+        "balance": a.balance, "held": a.state.held, "lifetime": a.life, "spend today": day_spend,
+        "spend this month": month_spend, "caps": (a.state.day_cap, a.state.month_cap),
+        "rate limit": a.state.rate_limit,
+        "holds": {r: (h.amount, h.expires_ms, h.operation_type, h.member) for r, h in a.holds.items()},
+        "models": {m: (*w.spend(now_ms), w.day_cap, w.month_cap) for m, w in a.models.items()
+                   if w.day_cap or w.month_cap or any(w.spend(now_ms))},
+        "refunded": a.refunded,
+    }
+    if team:
+        out["members"] = {u: (m.role, m.cap, m.period, m.spent, *m.spend(now_ms), m.held) for u, m in a.members.items()}
+    else:
+        out["plan"] = a.plan and a.plan.split("|", 2)[2]
+    return out
 
 
 def account_drift(store: Any, s: AccountState, now_ms: int) -> list[str]:
@@ -345,27 +317,42 @@ def account_drift(store: Any, s: AccountState, now_ms: int) -> list[str]:
         check("active pricing", c.hget(store.core.keys.pricing_active(), "version"), active.get("version"))
         return found
     k = _account_keys(store, s)
-    acct = c.hgetall(k.account)
-
-    if s.exists:
-        check("balance", int(acct.get("bal", 0)), s.bal)
-        check("held", int(acct.get("held", 0)), s.held)
-        check("lifetime", int(acct.get("life", 0)), s.life)
-    check("holds", set(c.hkeys(k.holds)), set(s.holds))
-    check("caps", c.hgetall(k.caps), s.caps)
-    if s.kind == "u":
+    team = s.kind == "t"
+    redis_side = _live(Account.decode(c.hgetall(k.account), team), now_ms, team)
+    ledger_side = _live(s.account(now_ms), now_ms, team)
+    for what, value in ledger_side.items():
+        check(what, redis_side[what], value)
+    if not team:
         check("grants", c.hgetall(k.grants), {gid: f"{exp}|{rem}" for gid, (exp, rem) in s.grants.items()})
-    for name, key, values, bucket in (("day window", k.day_window, s.day, day_bucket(now_ms)[0]),
-                                      ("month window", k.month_window, s.month, month_bucket(now_ms)[0])):
-        h = c.hgetall(key)
-        check(name, _int_fields(h, ("_b",)) if h.get("_b") == str(bucket) else {}, values)
-    if s.kind == "t":
-        check("members", {m: json.loads(v) for m, v in c.hgetall(k.members).items()},
-              {m: json.loads(v) for m, v in s.members.items()})
-        check("member totals", _int_fields(c.hgetall(k.member_spend)), s.mspend)
-        if s.exists:
-            check("member count", int(acct.get("mc", 0)), len(s.members))
     return found
+
+
+def restore(store: Any, source: LedgerDatabase, *, progress: bool = True) -> int:
+    """Rebuild every account's Redis keys (and the pricing versions) from the ledger in ``source``;
+    returns the number of accounts."""
+    ns = store.settings.namespace
+    total = source.count_accounts(ns)
+    now_ms = int(time.time() * 1000)
+    done = 0
+    last: dict[int, tuple[int, int]] = {}
+    for state in derive(source, ns, now_ms):
+        write_state(store, state, now_ms)
+        for shard, sid in state.last_entry.items():
+            last[shard] = max(last.get(shard, (0, 0)), sid)
+        if state.kind == "p":  # the pricing versions: not an account
+            continue
+        done += 1
+        if progress and (done % 500 == 0 or done == total):
+            _bar(done, total)
+    set_streams_past(store, last)
+    if progress:
+        print(file=sys.stderr)
+    return done
+
+
+def _bar(done: int, total: int, width: int = 30) -> None:
+    filled = int(width * done / max(total, 1))
+    print(f"\rrestore [{'#' * filled}{'.' * (width - filled)}] {done}/{total} accounts", end="", file=sys.stderr)
 
 
 def reconcile(store: Any, source: LedgerDatabase) -> dict[str, list[str]]:

@@ -1,13 +1,14 @@
 -- ducto-redis ledger schema. {schema} is replaced by the configured schema name (DUCTO_LEDGER_SCHEMA).
--- One row per ledger entry, written by the flusher; idempotent by entry_id.
+-- One row per ledger entry, written by the flusher; idempotent by (namespace, entry_id).
 CREATE SCHEMA IF NOT EXISTS {schema};
 
 CREATE TABLE IF NOT EXISTS {schema}.ledger (
-    entry_id        text PRIMARY KEY,          -- the transaction / reservation id (unique)
+    entry_id        text NOT NULL,             -- the transaction / reservation id (unique in its namespace)
     namespace       text NOT NULL,
     shard           integer NOT NULL,
     stream_ms       bigint NOT NULL,           -- Redis stream id: order within a shard
     stream_seq      bigint NOT NULL,
+    stream_row      integer NOT NULL DEFAULT 0, -- the row's place in its stream entry (a batch's rows share one)
     ts              timestamptz NOT NULL,      -- Redis TIME when the script ran
     account_kind    char(1) NOT NULL,          -- u = user, t = team
     account_id      text NOT NULL,
@@ -26,8 +27,21 @@ CREATE TABLE IF NOT EXISTS {schema}.ledger (
     cap_action      text,
     reason          text,
     metadata        jsonb,
-    extra           jsonb
+    extra           jsonb,
+    PRIMARY KEY (namespace, entry_id)
 );
+
+-- Older schemas: the row's place in its entry, and the key (namespace, entry_id) instead of
+-- entry_id alone (a debit's id is its place in its shard's stream, unique within a namespace).
+ALTER TABLE {schema}.ledger ADD COLUMN IF NOT EXISTS stream_row integer NOT NULL DEFAULT 0;
+DO $$
+BEGIN
+    IF (SELECT count(*) FROM information_schema.key_column_usage
+        WHERE table_schema = '{schema}' AND table_name = 'ledger' AND constraint_name = 'ledger_pkey') = 1 THEN
+        ALTER TABLE {schema}.ledger DROP CONSTRAINT ledger_pkey;
+        ALTER TABLE {schema}.ledger ADD PRIMARY KEY (namespace, entry_id);
+    END IF;
+END $$;
 
 -- Indexes are what the flusher pays for on every row, so there are few and cheap ones:
 -- * no per-account index: restore and reconcile read a whole namespace and sort it (an index on

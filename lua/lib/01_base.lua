@@ -17,6 +17,18 @@ local function I(n)
   return string.format('%d', n)
 end
 
+-- small non-negative integers as text, remembered (row numbers, milliseconds of a second)
+local small_text = {}
+local function N(n)
+  local s = small_text[n]
+  if not s then
+    s = I(n)
+    if n < 4096 then small_text[n] = s end
+  end
+  return s
+end
+local ms_text = {}
+
 -- days since 1970-01-01 <-> proleptic Gregorian (y, m, d); H. Hinnant's algorithms
 local function civil_from_days(z)
   z = z + 719468
@@ -77,11 +89,27 @@ local function config(text)
 end
 
 -- The clock of one script call: { now = ms, ts = ms as text, day = day bucket, month = month bucket }
+-- (one table, reused by every call)
+local CLOCK = {}
 local function clock(cfg)
   local t = redis.call('TIME')
-  local now = t[1] * 1000 + math.floor(t[2] / 1000) + cfg.offset
+  local ms = math.floor(t[2] / 1000)
+  local now = t[1] * 1000 + ms + cfg.offset
+  local ts
+  if cfg.offset == 0 then  -- the seconds as Redis sent them and the milliseconds, zero-padded
+    ts = ms_text[ms]
+    if not ts then
+      ts = string.format('%03d', ms)
+      ms_text[ms] = ts
+    end
+    ts = t[1] .. ts
+  else
+    ts = I(now)
+  end
   local day = math.floor(now / 86400000)
-  return { now = now, ts = I(now), day = day, month = (month_of_day(day)) }
+  local c = CLOCK
+  c.now, c.ts, c.day, c.month = now, ts, day, (month_of_day(day))
+  return c
 end
 
 local COPY_ESCAPES = { ['\\'] = '\\\\', ['\t'] = '\\t', ['\n'] = '\\n', ['\r'] = '\\r' }

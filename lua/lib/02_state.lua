@@ -10,18 +10,28 @@ local RING_KEEP = 130
 
 local function num(s) if s == '' then return nil end return s + 0 end
 
+-- The parsed state S, remembered per distinct text (a pure function of it; a hot account's S
+-- changes only when its day rolls over or its holds / caps / limits change). An account table reads
+-- what it does not hold itself from it (metatable __index): writes land in the account table and
+-- shadow the shared values, never changing them.
+local parsed, parsed_count = {}, 0
+local EMPTY_S = '0||||||||||'
+local function state_of(S)
+  local p = parsed[S]
+  if p then return p end
+  local held, hx, gx, rl, tat, dB, dK, mB, mK, dC, mC = string.match(S, SPAT)
+  p = { held = held + 0, helds = held, helds_of = held + 0, hx = hx, gx = gx, rl = rl, tat = tat, dB = num(dB),
+    dK = (num(dK) or 0), mB = num(mB), mK = (num(mK) or 0), dC = dC, mC = mC }
+  p.mt = { __index = p }
+  if parsed_count > 10000 then parsed, parsed_count = {}, 0 end
+  parsed[S], parsed_count = p, parsed_count + 1
+  return p
+end
+
 local function st_new(key, b, S, ring)
-  local st = { key = key, bal = 0, bals = '0', held = 0, hx = '', gx = '', rl = '', tat = '', dK = 0, mK = 0,
-    dC = '', mC = '', ring = ring or '', set = {}, del = {}, calls = {} }
-  if b then st.bal, st.bals = b + 0, b end
-  if S then
-    local held, hx, gx, rl, tat, dB, dK, mB, mK, dC, mC = string.match(S, SPAT)
-    st.held, st.hx, st.gx, st.rl, st.tat, st.dC, st.mC = held + 0, hx, gx, rl, tat, dC, mC
-    st.dB, st.mB = num(dB), num(mB)
-    if dK ~= '' then st.dK = dK + 0 end
-    if mK ~= '' then st.mK = mK + 0 end
-  end
-  return st
+  local st = { key = key, bal = 0, bals = '0', bals_of = 0, ring = ring or '', calls = false }
+  if b then st.bal, st.bals, st.bals_of = b + 0, b, b + 0 end
+  return setmetatable(st, state_of(S or EMPTY_S).mt)
 end
 
 local function st_text(st)
@@ -60,7 +70,7 @@ end
 local function ring_seen(st, cid)
   local p = string.find(st.ring, cid .. '=', 1, true)
   if p then return string.match(st.ring, '^([^;]*)', p + #cid + 1) end
-  return st.calls[cid]
+  return st.calls and st.calls[cid]
 end
 
 local function ring_text(st, entries)

@@ -6,10 +6,23 @@
 -- is named by its place in the stream (layout.tx_id).
 
 -- A script call's context: configuration, clock, streams, the accounts it loaded and its rows.
+-- One table, reused by every call (a script call runs alone) and reset at its start.
+local CTX = { rows = {}, order = {}, accounts = {}, idem = {} }
+local function clear(t)
+  for k in pairs(t) do t[k] = nil end
+end
+
 local function ctx_new(cfgtext, ledger, events)
+  local ctx = CTX
   local cfg = config(cfgtext)
-  return { cfg = cfg, c = clock(cfg), ledger = ledger, events = events, rows = {}, order = {}, accounts = {},
-    idem = {} }
+  ctx.cfg, ctx.c, ctx.ledger, ctx.events, ctx.full = cfg, clock(cfg), ledger, events, nil
+  if #ctx.rows > 0 then clear(ctx.rows) end
+  if #ctx.order > 0 then
+    clear(ctx.order)
+    clear(ctx.accounts)
+  end
+  if next(ctx.idem) then clear(ctx.idem) end
+  return ctx
 end
 
 -- append a row (script columns as text; frag = the client's part); returns its index in the entry

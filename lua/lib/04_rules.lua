@@ -14,30 +14,37 @@ local function cap_parse(text)
   return c[1], c[2]
 end
 
--- Caps that spending `amount` now would pass: the first deny cap (period d|m, model or '', limit,
--- action, spend) or nil, and the warn/notify caps passed. st: the account; w: the model's window
--- (or nil); dS, mS: the account's spend today and this month.
+-- One cap (text) against `spend` + `amount`: the cap passed, as {period d|m, model or '', limit,
+-- action, spend}, or nil
+local function cap_passed(text, period, mdl, spend, amount)
+  if text == '' then return nil end
+  local limit, action = cap_parse(text)
+  if spend + amount <= limit then return nil end
+  return { period, mdl, limit, action, spend }
+end
+
+local function cap_sort(cap, deny, warns)
+  if cap[4] == 'deny' then return deny or cap, warns end
+  warns = warns or {}
+  warns[#warns + 1] = cap
+  return deny, warns
+end
+
+-- Caps that spending `amount` now would pass: the first deny cap (or nil) and the warn/notify caps
+-- passed (or nil). st: the account; w: the model's window (or nil); dS, mS: the account's spend
+-- today and this month.
 local function caps_check(st, w, model, amount, dS, mS, c)
   local deny, warns
-  local function test(text, period, mdl, spend)
-    if text == '' then return end
-    local limit, action = cap_parse(text)
-    if spend + amount > limit then
-      local cap = { period, mdl, limit, action, spend }
-      if action == 'deny' then
-        deny = deny or cap
-      else
-        warns = warns or {}
-        warns[#warns + 1] = cap
-      end
-    end
-  end
-  test(st.dC, 'd', '', dS)
-  test(st.mC, 'm', '', mS)
+  local cap = cap_passed(st.dC, 'd', '', dS, amount)
+  if cap then deny, warns = cap_sort(cap, deny, warns) end
+  cap = cap_passed(st.mC, 'm', '', mS, amount)
+  if cap then deny, warns = cap_sort(cap, deny, warns) end
   if w and (w.dC ~= '' or w.mC ~= '') then
     local wd, wm = mw_spend(w, c)
-    test(w.dC, 'd', model, wd)
-    test(w.mC, 'm', model, wm)
+    cap = cap_passed(w.dC, 'd', model, wd, amount)
+    if cap then deny, warns = cap_sort(cap, deny, warns) end
+    cap = cap_passed(w.mC, 'm', model, wm, amount)
+    if cap then deny, warns = cap_sort(cap, deny, warns) end
   end
   return deny, warns
 end

@@ -21,7 +21,7 @@ local function account(ctx, key, extra)
   end
   st = st_new(key, v[1] or nil, v[2] or nil, v[3] or nil)
   st.exists = v[1] ~= false
-  st.f = {}
+  st.f, st.set, st.del = {}, {}, {}
   for i = 1, #extra do st.f[extra[i]] = v[3 + i] or false end
   ctx.accounts[key] = st
   ctx.order[#ctx.order + 1] = st
@@ -100,7 +100,7 @@ local function accounts_store(ctx, entry)
       local entries = {}
       for i = #st.ring_new, 1, -1 do
         local e = st.ring_new[i]
-        entries[#entries + 1] = e[1] .. '=' .. (e[2] and (entry .. '/' .. e[2]) or '') .. ';'
+        entries[#entries + 1] = e[1] .. '=' .. (e[2] and (entry .. '/' .. N(e[2])) or '') .. ';'
       end
       args[#args + 1] = 'r'
       args[#args + 1] = ring_text(st, entries)
@@ -138,6 +138,7 @@ end
 local function ring_add(st, cid, row_index)
   st.ring_new = st.ring_new or {}
   st.ring_new[#st.ring_new + 1] = { cid, row_index }
+  st.calls = st.calls or {}
   st.calls[cid] = row_index or ''
 end
 

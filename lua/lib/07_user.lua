@@ -7,7 +7,7 @@
 -- (<entry>/<row> names the decision's ledger row, '' when it wrote none).
 
 local function reply_text(r, entry)
-  local ref = r.ref or (r.row and (entry .. '/' .. r.row)) or ''
+  local ref = r.ref or (r[3] and (entry .. '/' .. N(r[3]))) or ''
   local s = r[1] .. '|' .. r[2] .. '|' .. ref .. '|' .. r[4] .. '|' .. r[5] .. '|' .. r[6] .. '|' .. (r[7] or '') ..
     '|' .. (r[8] or '0') .. '|' .. (r[9] or '')
   if r[10] then s = s .. '|' .. r[10] end
@@ -54,6 +54,7 @@ local function user_debit(ctx, K, A, X)
   if hf then
     local h = field(st, hf)
     if not h then return refusal('reservation_not_found', amount_s, st) end
+    local _
     hold, _, hop = hold_decode(h, false)
     if string.byte(frag, 2) == 9 then frag = '\t' .. esc(hop) .. string.sub(frag, 2) end  -- op from the hold
   end

@@ -38,7 +38,7 @@ local function team_debit(ctx, K, A)
   local hold = 0
   if hf then
     local raw = field(st, hf)
-    local hop, hm
+    local hop, hm, _
     if raw then hold, _, hop, hm = hold_decode(raw, true) end
     if not raw or hm ~= uid then return refusal('reservation_not_found', amount_s, st) end
     if string.byte(frag, 2) == 9 then frag = '\t' .. esc(hop) .. string.sub(frag, 2) end
