@@ -143,16 +143,17 @@ class AsyncRedisStore(AsyncPlanStoreMixin):
         if isinstance(found, RefundResult):
             return found
         if not found.account_id:  # not in the stream: flushed (or never a debit)
-            reader = self.ledger_reader()
+            reader = self._ledger_reader()
             if reader is None:
-                return self.core.refunds.not_found(found, errors.TRANSACTION_FLUSHED)
+                return self.core.refunds.not_found(
+                    found, errors.TRANSACTION_FLUSHED if found.flushed else errors.TRANSACTION_NOT_FOUND)
             row = await asyncio.to_thread(reader.entry, self.settings.namespace, transaction_id)
             found = self.core.refunds.from_database(found, row)
             if isinstance(found, RefundResult):
                 return found
         return await self._run(self.core.refunds.apply(found))
 
-    def ledger_reader(self) -> LedgerReader | None:
+    def _ledger_reader(self) -> LedgerReader | None:
         """Finds one ledger entry by id once it has left the Redis stream: the PostgreSQL ledger, or
         None without a database URL (see :meth:`RedisStore.ledger_reader`)."""
         if not self.settings.database_url:
@@ -445,6 +446,6 @@ class AsyncMemoryStore(AsyncRedisStore):
         finally:
             self.ledger.after({k for c in calls for k in c.keys})
 
-    def ledger_reader(self) -> LedgerReader | None:
+    def _ledger_reader(self) -> LedgerReader | None:
         """The embedded SQLite ledger (see :meth:`MemoryStore.ledger_reader`)."""
         return self.ledger

@@ -23,24 +23,28 @@ class Twin:
 
     ``shared_keys`` / ``shared_args``: 0-based positions of the single script's KEYS / ARGV whose
     values are the same for every decision of one shard (its streams, the configuration), sent once
-    at the head of the twin's KEYS / ARGV; ``own_keys`` / ``own_args``: each decision's, in the twin's
-    order. ``only``: (ARGV position, value) a call must have to be packed: a settlement (a
+    at the head of the twin's KEYS / ARGV; every other position is each decision's own, in order
+    (so a position debit.lua gains later is sent per decision, never dropped). ``only``: (ARGV
+    position, value) a call must have to be packed, a position then not sent: a settlement (a
     reservation id there) is sent on its own.
     """
 
     name: str
     shared_keys: tuple[int, ...]
     shared_args: tuple[int, ...]
-    own_keys: tuple[int, ...]
-    own_args: tuple[int, ...]
     only: tuple[int, str]
+
+    def own(self, keys: int, args: int) -> tuple[list[int], list[int]]:
+        """Each decision's own KEYS and ARGV positions for a call of that many."""
+        return ([p for p in range(keys) if p not in self.shared_keys],
+                [p for p in range(args) if p not in self.shared_args and p != self.only[0]])
 
 
 MANY_TWINS: dict[str, Twin] = {
     # debit.lua KEYS: account grants idem ledger events; ARGV: cid amount model floor frag rid config
-    "debit": Twin("debit_many", (3, 4), (6,), (0, 1, 2), (0, 1, 2, 3, 4), (5, "")),
+    "debit": Twin("debit_many", (3, 4), (6,), (5, "")),
     # pool_debit.lua KEYS: team idem ledger events; ARGV: cid amount model member frag rid config
-    "pool_debit": Twin("pool_debit_many", (2, 3), (6,), (0, 1), (0, 1, 2, 3, 4), (5, "")),
+    "pool_debit": Twin("pool_debit_many", (2, 3), (6,), (5, "")),
 }
 
 MAX_DECISIONS_PER_CALL = 256
@@ -99,48 +103,67 @@ def _lines(raw: Any) -> list[str]:
 
 
 class Batch(Generic[T]):
-    """A list of calls rearranged into as few script calls as their shards allow."""
+    """A list of calls rearranged into as few script calls as their shards allow.
+
+    Decisions of one shard run in the order given: consecutive packable decisions of a shard share
+    a packed call placed where the first of them stood, and a call that cannot be packed (another
+    script, a settlement) closes its shard's open group, so what follows it goes into a new one.
+    """
 
     def __init__(self, calls: Sequence[Call[T]], scripts: dict[str, Script]) -> None:
         self.decisions = list(calls)
-        self.calls: list[Call[Any]] = []
         # per decision: (index in calls, position in a packed reply or None), None without a call
         self._slots: list[tuple[int, int | None] | None] = [None] * len(self.decisions)
+        # the pipeline in order: a single call, or a group of packed decisions (indexes)
+        order: list[Call[Any] | list[int]] = []
         groups: dict[tuple[Any, ...], list[int]] = {}
+        generation: dict[str, int] = {}  # per shard tag: bumped by each call that is not packed
         for i, call in enumerate(self.decisions):
             script = call.script
             if script is None:
                 continue
-            twin = MANY_TWINS.get(script.name)
             keys, args = call.keys, call.args
+            tag = keys[0][: keys[0].find("}") + 1] if keys else ""
+            twin = MANY_TWINS.get(script.name)
             if twin is None or args[twin.only[0]] != twin.only[1]:
-                self._slots[i] = (len(self.calls), None)
-                self.calls.append(call)
+                generation[tag] = generation.get(tag, 0) + 1
+                order.append(call)
+                self._slots[i] = (-1, None)
                 continue
             # decisions share a call only if their shared values are equal (always so within one shard)
-            group = (twin, *(keys[p] for p in twin.shared_keys), *(args[p] for p in twin.shared_args))
+            group = (twin, generation.get(tag, 0), len(keys), len(args), *(keys[p] for p in twin.shared_keys),
+                     *(args[p] for p in twin.shared_args))
             members = groups.get(group)
             if members is None:
-                groups[group] = [i]
+                members = groups[group] = []
+                order.append(members)
+            members.append(i)
+        self.calls: list[Call[Any]] = []
+        singles = iter([i for i, slot in enumerate(self._slots) if slot is not None])
+        for item in order:
+            if isinstance(item, Call):
+                self._slots[next(singles)] = (len(self.calls), None)
+                self.calls.append(item)
             else:
-                members.append(i)
-        for group, members in groups.items():
-            twin = group[0]
-            twin_script = scripts[twin.name]
-            first = self.decisions[members[0]]
-            head_keys = [first.keys[p] for p in twin.shared_keys]
-            head_args = [first.args[p] for p in twin.shared_args]
-            for start in range(0, len(members), MAX_DECISIONS_PER_CALL):
-                chunk = members[start : start + MAX_DECISIONS_PER_CALL]
-                keys = list(head_keys)
-                args = list(head_args)
-                index = len(self.calls)
-                for pos, i in enumerate(chunk):
-                    d = self.decisions[i]
-                    keys.extend([d.keys[p] for p in twin.own_keys])
-                    args.extend([d.args[p] for p in twin.own_args])
-                    self._slots[i] = (index, pos)
-                self.calls.append(Call(twin_script, keys, args, _lines))
+                self._pack(item, scripts)
+
+    def _pack(self, members: list[int], scripts: dict[str, Script]) -> None:
+        first = self.decisions[members[0]]
+        assert first.script is not None
+        twin = MANY_TWINS[first.script.name]
+        head_keys = [first.keys[p] for p in twin.shared_keys]
+        head_args = [first.args[p] for p in twin.shared_args]
+        own_keys, own_args = twin.own(len(first.keys), len(first.args))
+        for start in range(0, len(members), MAX_DECISIONS_PER_CALL):
+            chunk = members[start : start + MAX_DECISIONS_PER_CALL]
+            keys, args = list(head_keys), list(head_args)
+            index = len(self.calls)
+            for pos, i in enumerate(chunk):
+                d = self.decisions[i]
+                keys.extend([d.keys[p] for p in own_keys])
+                args.extend([d.args[p] for p in own_args])
+                self._slots[i] = (index, pos)
+            self.calls.append(Call(scripts[twin.name], keys, args, _lines))
 
     def assemble(self, replies: Sequence[Any]) -> list[T]:
         """Results in the order of the decisions, from the replies of :attr:`calls`."""

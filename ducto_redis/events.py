@@ -21,6 +21,8 @@ from typing import Any
 
 from redis.exceptions import ResponseError
 
+from .core import tx_of
+
 CREDIT_EVENT_TYPES = frozenset(
     {
         "credits.deducted",
@@ -84,8 +86,13 @@ class CreditEventEmitter:
 _INT_FIELDS = {"limit": "limit", "spend": "current_spend", "amount": "amount"}
 
 
+def _shard_of_stream(stream: str) -> int:
+    """The shard N of an events stream ``{ns:N}:events``."""
+    return int(stream[stream.index(":") + 1 : stream.index("}")])
+
+
 def event_from_stream(stream: str, entry_id: str, fields: dict[str, str]) -> CreditEvent:
-    """A :class:`CreditEvent` from one entry of a Redis events stream (see ``cap_event`` in lib.lua).
+    """A :class:`CreditEvent` from one entry of a Redis events stream (see ``cap_event`` in lua/lib/04_rules.lua).
 
     ``data["event_id"]`` (``"<stream>/<entry id>"``) is unique across shards: deduplicate on it.
     """
@@ -97,8 +104,8 @@ def event_from_stream(stream: str, entry_id: str, fields: dict[str, str]) -> Cre
             data[_INT_FIELDS[k]] = int(v)
         elif k == "ak":
             data["account_kind"] = "team" if v == "t" else "user"
-        elif k == "tx":
-            data["transaction_id"] = v
+        elif k == "ref":  # the decision's ledger row: its transaction id
+            data["transaction_id"] = tx_of(_shard_of_stream(stream), v)
         else:
             data[k] = v
     data.setdefault("model", None)

@@ -62,6 +62,9 @@ ACTIONS = {"deny": "d", "warn": "w", "notify": "n"}
 ACTION_NAMES = {v: k for k, v in ACTIONS.items()}
 PERIODS = {"total": "t", "daily": "d", "monthly": "m"}
 PERIOD_NAMES = {v: k for k, v in PERIODS.items()}
+REMOVED = "removed"  # a member's period once removed: their record (spend history) stays, period "x"
+PERIODS_STORED = {**PERIODS, REMOVED: "x"}
+PERIOD_NAMES_STORED = {v: k for k, v in PERIODS_STORED.items()}
 
 DAY_MS = 86_400_000
 
@@ -192,11 +195,11 @@ class ModelWindow:
 
 @dataclass
 class Member:
-    """Field ``U|<member id>`` of a team hash."""
+    """Field ``U|<member id>`` of a team hash (a removed member keeps it, period ``removed``)."""
 
     role: str = "member"
     cap: int | None = None
-    period: str = "total"  # total | daily | monthly
+    period: str = "total"  # total | daily | monthly | removed
     spent: int = 0  # all-time spend from the pool
     day: int | None = None
     day_anchor: int = 0  # spent - spend today
@@ -205,13 +208,13 @@ class Member:
     held: int = 0  # held by the member's open team holds
 
     def encode(self) -> str:
-        return "|".join((_s(self.cap), PERIODS[self.period], str(self.spent), _s(self.day), str(self.day_anchor),
+        return "|".join((_s(self.cap), PERIODS_STORED[self.period], str(self.spent), _s(self.day), str(self.day_anchor),
                          _s(self.month), str(self.month_anchor), str(self.held), self.role))
 
     @classmethod
     def decode(cls, text: str) -> Member:
         p = text.split("|", 8)
-        return cls(p[8], _opt(p[0]), PERIOD_NAMES[p[1]], _int(p[2]), _opt(p[3]), _int(p[4]), _opt(p[5]),
+        return cls(p[8], _opt(p[0]), PERIOD_NAMES_STORED[p[1]], _int(p[2]), _opt(p[3]), _int(p[4]), _opt(p[5]),
                    _int(p[6]), _int(p[7]))
 
     def spend(self, now_ms: int) -> tuple[int, int]:
@@ -286,7 +289,7 @@ class Account:
         out.update({PLAN_PREFIX + p: v for p, v in self.plans_left.items()})
         if self.name is not None:
             out[NAME] = self.name
-            out[MEMBER_COUNT] = str(len(self.members))
+            out[MEMBER_COUNT] = str(sum(1 for m in self.members.values() if m.period != REMOVED))
         return out
 
     @classmethod
@@ -310,28 +313,29 @@ class Account:
 
 # ── transaction ids ───────────────────────────────────────────────────
 
-_TX = re.compile(r"([0-9a-f]{8})-([0-9a-f]{4})-([0-9a-f]{4})-([0-9a-f]{4})-([0-9a-f]{12})")
+_TX = re.compile(r"([0-9a-f]{8})-([0-9a-f]{4})-8([0-9a-f]{3})-([0-9a-f]{4})-([0-9a-f]{12})")
 
 
 def tx_id(shard: int, stream_id: str | bytes, row: int = 0) -> str:
-    """The id of row ``row`` of ledger stream entry ``stream_id`` in ``shard``: UUID-shaped,
-    ``msms msms-msms-shard-row-seqseqseqseq`` in hex (time 48 bits, shard 16, row 16, sequence 48).
+    """The id of row ``row`` of ledger stream entry ``stream_id`` in ``shard``: UUID-shaped, version
+    8 (so never one of the random version-4 ids of holds and credits): ``tttttttt-tttt-8rrr-ssss-qqqqqqqqqqqq``
+    in hex: t the entry's time (48 bits), r the row (12 bits), s the shard (16), q its sequence (48).
 
     Debits and settlements get no id of their own: their ledger row is the id. A refund finds the
     debit from the id alone (its shard, then the stream entry or the database row)."""
     sid = stream_id.decode() if isinstance(stream_id, bytes) else stream_id
     ms, _, seq = sid.partition("-")
     m, s = int(ms), int(seq or 0)
-    return f"{m >> 16:08x}-{m & 0xFFFF:04x}-{shard:04x}-{row:04x}-{s:012x}"
+    return f"{m >> 16:08x}-{m & 0xFFFF:04x}-8{row:03x}-{shard:04x}-{s:012x}"
 
 
 def parse_tx_id(transaction_id: str) -> tuple[int, str, int] | None:
-    """(shard, stream id, row) of an id made by :func:`tx_id`, or None for any other shape."""
+    """(shard, stream id, row) of an id made by :func:`tx_id`, or None for any other id."""
     m = _TX.fullmatch(transaction_id)
     if m is None:
         return None
     ms = (int(m.group(1), 16) << 16) | int(m.group(2), 16)
-    return int(m.group(3), 16), f"{ms}-{int(m.group(5), 16)}", int(m.group(4), 16)
+    return int(m.group(4), 16), f"{ms}-{int(m.group(5), 16)}", int(m.group(3), 16)
 
 
 # ── the ledger row ────────────────────────────────────────────────────

@@ -246,7 +246,7 @@ class PlanOps:
                 transaction_id=tx_of(shard, r[2]), user_id=user_id, amount=-paid, balance_after=int(r[4]),
                 idempotent=r[1] == "1", error=_err(r[0]), cap_action=r[6] or None,
                 retry_after_ms=int(r[7]) if r[7] else 0, rate_limit_remaining=int(r[8]) if r[8] else None,
-                cost=amount, allowance_used=free, plan_id=r[10] or None, allowance_remaining=int(r[11]),
+                cost=amount, allowance_used=free, plan_id=r[11] or None, allowance_remaining=int(r[10]),
             )
 
         args = [*base.args[:5], json.dumps(table, separators=(",", ":")), base.args[6]]

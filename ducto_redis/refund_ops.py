@@ -58,6 +58,7 @@ class RefundRequest:
     reason: str
     metadata: str
     idempotency_key: str | None
+    flushed: bool = True  # not found in Redis, where it would be had it not been flushed
     account_kind: str = USER
     account_id: str = ""
     member: str = ""
@@ -83,12 +84,15 @@ class RefundOps:
 
     # refunds
 
-    def _result(self, req: RefundRequest, r: list[str]) -> RefundResult:
+    @staticmethod
+    def _result(tx: str, raw: Any) -> RefundResult:
+        r = _parts(raw, 7)
+        account, member = json.loads(r[6])
+        team = r[5] == TEAM
         return construct(RefundResult,
-            refund_transaction_id=r[2], original_transaction_id=req.transaction_id,
-            user_id=req.member if req.account_kind == TEAM else req.account_id,
-            team_id=req.account_id if req.account_kind == TEAM else None,
-            amount=int(r[3]), new_balance=int(r[4]), error=_err(r[0]), idempotent=r[1] == "1",
+            refund_transaction_id=r[2], original_transaction_id=tx, user_id=member if team else account,
+            team_id=account if team else None, amount=int(r[3]), new_balance=int(r[4]), error=_err(r[0]),
+            idempotent=r[1] == "1",
         )
 
     def not_found(self, req: RefundRequest, error: str = E.TRANSACTION_NOT_FOUND) -> RefundResult:
@@ -105,8 +109,9 @@ class RefundOps:
         idempotency_key: str | None = None,
     ) -> Call[RefundResult | RefundRequest]:
         """Validate a refund and read its debit's row from the stream: a RefundRequest to
-        :meth:`apply` (``account_id`` empty: not in the stream, ask the ledger database), or a result
-        decided already (bad amount, a replayed idempotency key)."""
+        :meth:`apply` (``account_id`` empty: not in Redis, ask the ledger database; ``flushed``: it
+        would be in Redis had it not been flushed), or a result decided already (bad amount, not a
+        debit, a replayed idempotency key)."""
         tx = check_id(transaction_id, "transaction_id")
         if amount is not None:
             check_int(amount, "amount")
@@ -118,8 +123,11 @@ class RefundOps:
             return ready(RefundResult(refund_transaction_id="", original_transaction_id=tx, user_id="",
                                       amount=amount, error=E.INVALID_AMOUNT))
         where = parse_tx_id(tx)
-        if where is None or where[0] >= self.keys.shards:
-            return ready(req)  # not an id of a stream row: only the ledger database can know it
+        if where is None:  # not an id of a stream row (an id from before them?): only a ledger database knows it
+            req.flushed = False
+            return ready(req)
+        if where[0] >= self.keys.shards:
+            return ready(self.not_found(req))
         shard, entry, row = where
 
         def parse(raw: Any) -> RefundResult | RefundRequest:
@@ -129,11 +137,11 @@ class RefundOps:
                 got = req.found(row.get("kind", ""), row.get("ak", USER), row.get("acct", ""), row.get("member", ""),
                                 int(row.get("amount", "0")), json.loads(row.get("extra", "{}")).get("gc", ""))
                 return got if got is not None else self.not_found(req)
-            if text == "transaction_not_found":
+            if text == "gone":
                 return req
-            r = _parts(text, 5)  # a remembered reply
-            return construct(RefundResult, refund_transaction_id=r[2], original_transaction_id=tx, user_id="",
-                             amount=int(r[3]), new_balance=int(r[4]), error=_err(r[0]), idempotent=True)
+            if text == E.TRANSACTION_NOT_FOUND:
+                return self.not_found(req)
+            return self._result(tx, text)  # a remembered reply
 
         keys = [self.keys.ledger_stream(shard), self.keys.refund_idempotency(shard, tx, ikey)]
         return Call(self.scripts["refund_find"], keys, [entry, str(row), "0" if ikey is None else "1"], parse)
@@ -161,7 +169,7 @@ class RefundOps:
             copy_escape(req.reason), frag, "0" if req.idempotency_key is None else "1", self.core.config(),
         ]
         keys = [k.account, k.grants, k.grant_index, k.ledger, idem]
-        return Call(self.scripts["refund"], keys, args, lambda raw: self._result(req, _parts(raw, 5)))
+        return Call(self.scripts["refund"], keys, args, lambda raw: self._result(req.transaction_id, raw))
 
     # sweeps
 

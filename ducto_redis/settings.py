@@ -20,9 +20,6 @@ class Settings(BaseSettings):
     - ``events_maxlen``: approximate length the events stream is trimmed to.
     - ``auto_batch_ms``: async store only; when > 0, concurrent calls made within this window
       (milliseconds, at most 1 by default design) are sent together in one pipeline round trip.
-    - ``refund_window_seconds``: how long a debit stays refundable by ``refund_credits`` (its refund
-      record in Redis, ~100 bytes per debit, lives this long: memory ≈ 100 B × debits/s × window;
-      default one day, like idempotency keys; 0 = debits are not refundable).
     - ``ledger_schema``: the Postgres schema of the ledger table.
     - ``ledger_file``: MemoryStore only: the SQLite file its embedded ledger is kept in (default:
       in memory); a MemoryStore started with a file holding entries rebuilds its state from them.
@@ -42,7 +39,6 @@ class Settings(BaseSettings):
     events_maxlen: int = Field(default=100_000, ge=100)
     auto_batch_ms: float = Field(default=0.0, ge=0.0, le=50.0)
     auto_batch_max: int = Field(default=512, ge=1, le=10_000)
-    refund_window_seconds: int = Field(default=86400, ge=0, le=366 * 86400)
     ledger_schema: str = Field(default="ducto", pattern=r"^[a-z_][a-z0-9_]{0,62}$")
     ledger_file: str | None = None
     ledger_max_backlog: int = Field(default=0, ge=0)

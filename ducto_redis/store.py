@@ -172,7 +172,8 @@ class RedisStore(LedgerStoreMixin, PlanStoreMixin):
         if not found.account_id:  # not in the stream: flushed (or never a debit)
             reader = self.ledger_reader()
             if reader is None:
-                return self.core.refunds.not_found(found, errors.TRANSACTION_FLUSHED)
+                return self.core.refunds.not_found(
+                    found, errors.TRANSACTION_FLUSHED if found.flushed else errors.TRANSACTION_NOT_FOUND)
             found = self.core.refunds.from_database(found, reader.entry(self.settings.namespace, transaction_id))
             if isinstance(found, RefundResult):
                 return found

@@ -45,7 +45,7 @@ if paid > 0 then
     { free = free > 0 and I(free) or nil, plan = plan ~= '' and plan or nil })
   if r[1] ~= 'ok' or r[2] == '1' then
     r[10] = '0|' .. I(left) .. '|' .. plan
-    return reply_text(r, '')
+    return finish(ctx, { r }, nil)[1]  -- a refusal by a deny cap still writes its event
   end
 else
   -- wholly covered by the allowance: no money moves, but the request still counts for the rate

@@ -1,6 +1,6 @@
 -- pool_member.lua: add, update or remove a team member (membership is O(1): the count is kept).
--- A member is field U|<id> of the team hash (ducto_redis/layout.py Member). Removing a member drops
--- the field (their spend history stays in the ledger). The ledger entry (kind config, op
+-- A member is field U|<id> of the team hash (ducto_redis/layout.py Member). Removing a member keeps
+-- the field with period 'x' (removed): their spend history stays, and comes back if they rejoin. The ledger entry (kind config, op
 -- member_added | member_updated | member_removed) carries the member record after the change as
 -- its metadata {role, cap, period}: restore rebuilds members from it.
 -- KEYS: team ledger
@@ -19,14 +19,18 @@ if action ~= 'add' and not m then return 'user_not_in_team|0|||' .. I(mc) .. '|'
 local op
 if action == 'remove' then
   mc = mc - 1
-  field_del(st, uf)
-  st.members[uid] = false
+  m.period, m.cap, m.dirty = 'x', nil, true
   op = 'member_removed'
 else
   op = m and 'member_updated' or 'member_added'
   if not m then
-    m = { period = 't', T = 0, dA = 0, mA = 0, held = 0, role = 'member' }
-    st.members[uid] = m
+    m = member_record(st, uid)  -- a removed member rejoining keeps their spend history
+    if m then
+      m.period, m.cap, m.role = 't', nil, 'member'
+    else
+      m = { period = 't', T = 0, dA = 0, mA = 0, held = 0, role = 'member' }
+      st.members[uid] = m
+    end
     mc = mc + 1
   end
   if ARGV[5] ~= '' then m.role = ARGV[5] end
@@ -39,7 +43,9 @@ end
 field_set(st, 'mc', I(mc))
 local PERIOD = { t = 'total', d = 'daily', m = 'monthly' }
 local meta = ''
-if m then meta = cjson.encode({ role = m.role, cap = m.cap and I(m.cap) or nil, period = PERIOD[m.period] }) end
+if action ~= 'remove' then
+  meta = cjson.encode({ role = m.role, cap = m.cap and I(m.cap) or nil, period = PERIOD[m.period] })
+end
 row(ctx, ARGV[1], 'config', '0', '', '', '', '', '', '', '',
   '\t' .. op .. '\tt\t' .. esc(tid) .. '\t' .. esc(uid) .. '\t\t\t\t\t' .. esc(meta))
 finish(ctx, {}, nil)

@@ -19,6 +19,7 @@ repeat
   for i = 1, #r[2], 2 do
     local uid = string.sub(r[2][i], 3)
     local m = member_new(r[2][i + 1])
+    if m.period ~= 'x' then
     local d = m.dB == c.day and m.T - m.dA or 0
     local mo = m.mB == c.month and m.T - m.mA or 0
     out[#out + 1] = uid
@@ -29,6 +30,7 @@ repeat
     out[#out + 1] = I(d)
     out[#out + 1] = I(mo)
     out[#out + 1] = I(m.held - (per[uid] or 0))
+    end
   end
 until cursor == '0'
 return out

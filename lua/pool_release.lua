@@ -26,7 +26,7 @@ if not raw or member ~= uid then
   return 'reservation_not_found|0|' .. rid .. '|0|' .. bal_text(st) .. '|' .. held_text(st)
 end
 st_held(st, st.held - amount)
-local m = member_of(st, uid)
+local m = member_record(st, uid)  -- a removed member's hold is released too
 if m then m.held, m.dirty = m.held - amount, true end
 field_del(st, hf)
 if string.byte(frag, 2) == 9 then frag = '\t' .. esc(op) .. string.sub(frag, 2) end

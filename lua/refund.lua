@@ -12,9 +12,13 @@
 -- ARGV: cid tx original amount requested parts reason frag has_idem config
 --   amount: the debit's amount; requested: "" for the whole debit; parts: the debit's grant parts
 --   ("id:expires:amount;..."); reason: COPY-escaped
--- REPLY: status idempotent tx amount balance
+-- REPLY: status idempotent tx amount balance kind who   (who: JSON [account id, member])
 --   status: ok | already_refunded | invalid_amount
 local ctx = ctx_new(ARGV[10], KEYS[4], KEYS[4])
+local function reply(status, idem, tx, amount, bal)
+  return status .. '|' .. idem .. '|' .. tx .. '|' .. amount .. '|' .. bal .. '|' .. frag_value(ARGV[8], 2) .. '|' ..
+    cjson.encode({ frag_value(ARGV[8], 3), frag_value(ARGV[8], 4) })
+end
 local acct, G, gidx, idem = KEYS[1], KEYS[2], KEYS[3], KEYS[5]
 if ARGV[9] == '1' then
   local again = idem_seen(ctx, idem)
@@ -24,18 +28,18 @@ local cid, tx, orig, frag = ARGV[1], ARGV[2], ARGV[3], ARGV[8]
 local rf = 'r:' .. orig
 local st = account(ctx, acct, { rf })
 if ring_seen(st, cid) then
-  return 'ok|1|' .. tx .. '|' .. (field(st, rf) or '0') .. '|' .. bal_text(st)
+  return reply('ok', '1', tx, field(st, rf) or '0', bal_text(st))
 end
-if field(st, rf) then return 'already_refunded|0||0|' .. bal_text(st) end
+if field(st, rf) then return reply('already_refunded', '0', '', '0', bal_text(st)) end
 local a = ARGV[4] + 0
 local x = ARGV[5] == '' and a or ARGV[5] + 0
-if x > a then return 'invalid_amount|0||' .. I(x) .. '|' .. bal_text(st) end
+if x > a then return reply('invalid_amount', '0', '', I(x), bal_text(st)) end
 local ak, aid = frag_value(frag, 2), frag_value(frag, 3)
 holds_sweep(ctx, st, ak, aid, ak == 't')
 if ak == 'u' then grants_due(ctx, st, G, ak, aid, cid) end
 if st.bal + x > MAX_SAFE then
   finish(ctx, {}, nil)
-  return 'invalid_amount|0||' .. I(x) .. '|' .. bal_text(st)
+  return reply('invalid_amount', '0', '', I(x), bal_text(st))
 end
 
 -- which grant parts this refund returns: units [0, x) of the debit, ordinary credits first,
@@ -79,6 +83,6 @@ if earliest then
 end
 ring_add(st, cid, nil)
 finish(ctx, {}, nil)
-local r = 'ok|0|' .. tx .. '|' .. I(x) .. '|' .. bal_text(st)
+local r = reply('ok', '0', tx, I(x), bal_text(st))
 if ARGV[9] == '1' then redis.call('SET', idem, r, 'EX', ctx.cfg.idem_ttl) end
 return r

@@ -5,13 +5,22 @@
 -- database by the store.
 -- KEYS: ledger idem
 -- ARGV: entry row has_idem
--- REPLY: a remembered refund.lua reply (idempotent "1"), or "found\t<the row>", or "transaction_not_found"
+-- REPLY: a remembered refund.lua reply (idempotent "1"), or "found\t<the row>", or "gone" (not in the
+--   stream, and older than its first entry: flushed, look in the ledger database), or
+--   "transaction_not_found" (never in this stream)
 if ARGV[3] == '1' then
   local again = redis.call('GET', KEYS[2])
   if again then return replayed(again) end
 end
 local got = redis.call('XRANGE', KEYS[1], ARGV[1], ARGV[1])
-if #got == 0 then return 'transaction_not_found' end
+if #got == 0 then
+  local first = redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', 1)
+  local ms, seq = string.match(ARGV[1], '^(%d+)-(%d+)$')
+  if #first == 0 then return 'gone' end
+  local fms, fseq = string.match(first[1][1], '^(%d+)-(%d+)$')
+  if ms + 0 < fms + 0 or (ms + 0 == fms + 0 and seq + 0 < fseq + 0) then return 'gone' end
+  return 'transaction_not_found'
+end
 local f = got[1][2]
 if f[1] ~= 'q' then return 'transaction_not_found' end
 local rows, n, s = f[2], ARGV[2] + 0, 1

@@ -7,7 +7,9 @@ long runs (marked ``slow``).
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -22,7 +24,7 @@ import pytest
 import redis
 
 from ducto_redis import MemoryStore, RedisStore
-from ducto_redis.ledger.copy_text import entry_fields
+from ducto_redis.ledger.copy_text import entry_rows
 
 REDIS_URL = os.environ.get("DUCTO_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 DATABASE_URL = os.environ.get("DUCTO_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")
@@ -280,16 +282,29 @@ def snapshot(store: RedisStore) -> dict[str, Any]:
     return out
 
 
-def restorable_state(store: RedisStore) -> dict[str, Any]:
-    """Every key but streams and idempotency keys (not restored by design); JSON values decoded:
-    what a restore must bring back exactly."""
-    import json
+_ACCOUNT_KEY = re.compile(r"\{[^}]*\}:([ut]):[^:]*")
 
+
+def restorable_state(store: RedisStore, skip: tuple[str, ...] = ()) -> dict[str, Any]:
+    """What a restore must bring back: every key of the namespace but streams and idempotency keys (not
+    restored by design) and keys ending with ``skip``;
+    account hashes by what they mean (ducto_redis.ledger.restore.account_meaning: balances, spend,
+    caps, holds, members, plans...; not the ring of recent calls, the rate limiter's position, or how
+    a rolled-over window is written down), other values exactly (JSON decoded)."""
+    from ducto_redis.layout import Account
+    from ducto_redis.ledger.restore import account_meaning
+
+    sec, usec = store.client.time()
+    now_ms = int(sec) * 1000 + int(usec) // 1000 + store.core.clock_offset_ms
     out: dict[str, Any] = {}
     for key, (t, v) in snapshot(store).items():
-        if t == "stream" or ":i:" in key or ":ri:" in key:
+        if t == "stream" or ":i:" in key or ":ri:" in key or key.endswith(skip or ("\0",)):
             continue
-        if t == "hash":
+        account = _ACCOUNT_KEY.fullmatch(key)
+        if t == "hash" and account:
+            team = account.group(1) == "t"
+            v = account_meaning(Account.decode(v, team), now_ms, team)
+        elif t == "hash":
             v = {f: (json.loads(x) if x.startswith("{") else x) for f, x in v.items()}
         out[key] = (t, v)
     return out
@@ -301,10 +316,11 @@ def advance(store: RedisStore, seconds: float) -> None:
 
 
 def ledger_entries(store: RedisStore) -> list[dict[str, str]]:
-    """Every ledger entry of every shard, in stream order per shard."""
+    """Every ledger row of every shard, in stream order per shard (a batch's rows share an entry)."""
     out: list[dict[str, str]] = []
-    for stream in store.core.keys.all_ledger_streams():
-        out.extend(entry_fields(fields) for _id, fields in store.client.xrange(stream))
+    for shard, stream in enumerate(store.core.keys.all_ledger_streams()):
+        for sid, fields in store.client.xrange(stream):
+            out.extend(entry_rows(shard, sid, fields))
     return out
 
 

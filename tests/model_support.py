@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, settings
 from hypothesis.stateful import RuleBasedStateMachine
 
 from ducto_redis import MemoryStore, RedisStore
-from ducto_redis.ledger.copy_text import entry_fields
+from ducto_redis.ledger.copy_text import entry_rows
 
 SLOW = os.environ.get("DUCTO_SLOW") == "1"
 # examples per backend; --slow makes ≥ 100 000 operations over both machines and both backends
@@ -64,7 +64,18 @@ class LedgerSums:
         for stream in streams:
             start = "(" + self.last[stream] if stream in self.last else "-"
             for entry_id, raw in self.store.client.xrange(stream, min=start):
-                fields = entry_fields(raw)
-                self.sums[(fields["ak"], fields["acct"])] += int(fields["amount"])
+                for row in entry_rows(0, entry_id, raw):
+                    self.sums[(row["ak"], row["acct"])] += int(row.get("amount", 0))
                 self.last[stream] = entry_id
         return self.sums
+
+
+def stored_spend(store: RedisStore, account_key: str, team: bool, period: str, model: str, now_ms: int) -> int:
+    """An account's current window spend (period "d" / "m"; model "" = all models) as the debit
+    script reads it from the account hash (ducto_redis/layout.py)."""
+    from ducto_redis.layout import Account, ModelWindow
+
+    acct = Account.decode(store.client.hgetall(account_key), team)
+    day, month = acct.state.spend(acct.balance, now_ms) if not model else acct.models.get(
+        model, ModelWindow()).spend(now_ms)
+    return day if period == "d" else month

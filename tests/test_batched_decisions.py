@@ -12,7 +12,7 @@ from conftest import make_store, snapshot
 from ducto_redis import CreditMetadata, InvalidInputError, RedisStore, SpendCap
 from ducto_redis.aio import AsyncMemoryStore
 from ducto_redis.batch import ChargeRequest
-from ducto_redis.ledger.copy_text import entry_fields
+from ducto_redis.ledger.copy_text import entry_rows
 
 VOLATILE = {"transaction_id"}
 
@@ -167,12 +167,12 @@ def _fixed_ids(core: Any, create: Any) -> Any:
 
 
 def ledger_contents(store: RedisStore) -> list[list[dict[str, str]]]:
-    """Every shard's ledger entries without per-store ids and times (tx and hold ids, ts, hold expiry)."""
+    """Every shard's ledger rows without per-store ids and times (tx and hold ids, ts, hold expiry)."""
     out = []
-    for stream in store.core.keys.all_ledger_streams():
-        entries = store.client.xrange(stream)
-        volatile = ("id", "ts", "rid", "exp")
-        out.append([{k: v for k, v in entry_fields(fields).items() if k not in volatile} for _id, fields in entries])
+    volatile = ("id", "ts", "rid", "exp")
+    for shard, stream in enumerate(store.core.keys.all_ledger_streams()):
+        rows = [r for sid, fields in store.client.xrange(stream) for r in entry_rows(shard, sid, fields)]
+        out.append([{k: v for k, v in r.items() if k not in volatile} for r in rows])
     return out
 
 
@@ -238,22 +238,18 @@ def test_packed_layout_sends_shared_values_once_and_new_positions_per_decision(s
     shard = store.core.keys.user("same-shard-0").shard
     calls = [c for c in calls if c.keys[0].startswith(store.core.keys.tag(shard))] or calls[:1]
     packed = Batch(calls, store.core.scripts).calls[0]
-    def positions(*ps: int) -> str:
-        return "".join(chr(p) for p in ps)
-
-    # debit.lua: 11 keys (10 grants, 11 the debit's refund record: each decision's own), 17 arguments
-    own_keys, own_args = positions(1, 2, 3, 4, 5, 6, 7, 10, 11), positions(2, 3, 4, 5, 6, 7, 8, 9, 10, 13)
-    shared_args = positions(1, 11, 12, 14, 15, 16, 17)
-    assert packed.args[:4] == [own_keys, positions(8, 9), own_args, shared_args]
-    assert packed.keys[:2] == calls[0].keys[7:9]  # the shard's ledger and events streams, once
-    assert len(packed.keys) == 2 + 9 * len(calls) and len(packed.args) == 4 + 7 + 10 * len(calls)
+    # debit.lua: KEYS account grants idem ledger events; ARGV cid amount model floor frag rid config
+    assert packed.keys[:2] == calls[0].keys[3:5]  # the shard's ledger and events streams, once
+    assert packed.args[:1] == calls[0].args[6:7]  # the configuration, once
+    assert packed.keys[2:] == [k for c in calls for k in c.keys[:3]]  # account, grants, idempotency each
+    assert packed.args[1:] == [a for c in calls for a in c.args[:5]]  # no reservation id: charges only
     # a position another debit.lua change adds is sent per decision, never assumed shared
     for c in calls:
         c.keys.append(c.keys[0] + ":extra")
         c.args.append("x")
     wider = Batch(calls, store.core.scripts).calls[0]
-    assert wider.args[:4] == [own_keys + chr(12), positions(8, 9), own_args + chr(18), shared_args]
-    assert len(wider.keys) == 2 + 10 * len(calls) and len(wider.args) == 4 + 7 + 11 * len(calls)
+    assert wider.keys[2:] == [k for c in calls for k in (*c.keys[:3], c.keys[5])]
+    assert wider.args[1:] == [a for c in calls for a in (*c.args[:5], c.args[7])]
 
 
 def test_an_error_reply_in_a_batch_raises_and_leaves_the_connection_in_step(store: RedisStore) -> None:

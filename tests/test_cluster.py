@@ -142,8 +142,8 @@ def test_moving_a_slot_under_load_loses_and_doubles_no_decision(cluster: LocalCl
 
 def test_flusher_restore_and_reconcile_work_per_shard_on_the_cluster(cluster: LocalCluster) -> None:
     import psycopg
-    from conftest import DATABASE_URL
-    from test_ledger import comparable_snapshot, workload
+    from conftest import DATABASE_URL, restorable_state
+    from test_ledger import workload
 
     from ducto_redis.ledger.flusher import LedgerFlusher
 
@@ -156,10 +156,10 @@ def test_flusher_restore_and_reconcile_work_per_shard_on_the_cluster(cluster: Lo
         assert LedgerFlusher(store, DATABASE_URL, batch=64).drain() == made
         assert store.ledger_lag().backlog == 0
         assert store.reconcile_with_ledger() == {}
-        before = comparable_snapshot(store)
+        before = restorable_state(store)
         drop_namespace(store.client, store.settings.namespace)
         store.restore_from_ledger()
-        assert comparable_snapshot(store) == before
+        assert restorable_state(store) == before
         assert store.reconcile_with_ledger() == {}
     finally:
         drop_namespace(store.client, store.settings.namespace)

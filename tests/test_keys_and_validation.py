@@ -20,8 +20,8 @@ def test_every_key_of_an_account_shares_one_hash_slot_with_its_ledger_stream() -
     schema = KeySchema("ducto", 64)
     for uid in [w for w in WEIRD_IDS if w] + ["user-1"]:
         k = schema.user(uid)
-        names = [k.account, k.holds, k.hold_expiry, k.caps, k.day_window, k.month_window,
-                 k.idempotency("{evil}:key"), k.ledger, k.events]
+        names = [k.account, k.grants, k.grant_index, k.idempotency(None), k.idempotency("{evil}:key"), k.ledger,
+                 k.events]
         assert len({key_slot(n.encode()) for n in names}) == 1, uid
         assert all(n.startswith(k.tag) for n in names)
 

@@ -17,7 +17,16 @@ from test_ledger import rows, workload
 
 from ducto_redis import CreditMetadata, RedisStore
 from ducto_redis.cli import main as cli
-from ducto_redis.ledger.copy_text import COPY_COLUMNS, ROW_FIELD, ROW_FIELDS, copy_payload, entry_fields, reference_line
+from ducto_redis.layout import tx_id
+from ducto_redis.ledger.copy_text import (
+    COPY_COLUMNS,
+    ROW_FIELD,
+    ROW_FIELDS,
+    _entry_values,
+    copy_payload,
+    entry_rows,
+    reference_line,
+)
 from ducto_redis.ledger.flusher import LedgerFlusher, migrate, trim_point
 
 
@@ -33,29 +42,38 @@ def test_every_entry_the_scripts_write_formats_as_the_reference_path_does(ledger
     entries = raw_entries(f)
     ns = ledger_store.settings.namespace
     assert all(flat[0] == ROW_FIELD and len(flat) == 2 for _, _, flat in entries)  # one row field each
-    assert len({entry_fields(flat)["kind"] for _, _, flat in entries}) >= 5  # many script paths
+    assert len({r["kind"] for sh, mid, flat in entries for r in entry_rows(sh, mid, flat)}) >= 5  # many paths
     fast = copy_payload(entries, ns)
-    reference = b"".join(reference_line(ns.encode(), shard, mid, flat) + b"\n" for shard, mid, flat in entries)
+    reference = b"".join(reference_line(ns.encode(), shard, mid, i, values) + b"\n"
+                         for shard, mid, flat in entries for i, values in enumerate(_entry_values(flat)))
     assert fast == reference
 
 
 def test_entries_in_the_older_field_per_value_layout_are_still_stored() -> None:
     """Entries written before the row layout (still unflushed at an upgrade) take the reference path:
-    an unknown field goes to `extra`, an entry without id gets one from its stream position."""
+    an unknown field goes to `extra`, an entry without id is named by its stream position."""
     old = [(3, b"5-1", [b"ts", b"1700000000123", b"acct", b"a", b"kind", b"debit", b"new", b"x"]),
            (0, b"6-0", [b"id", b"t1", b"ts", b"1700000000124", b"ak", b"u", b"acct", b"b", b"kind", b"debit",
                         b"amount", b"-2", b"meta", b"not json"])]
     first, second = copy_payload(old, "ns").rstrip(b"\n").split(b"\n")
     cols = dict(zip(COPY_COLUMNS, first.split(b"\t"), strict=True))
-    assert cols["entry_id"] == b"ns:3:5-1" and cols["extra"] == b'{"new": "x"}'
+    assert cols["entry_id"] == tx_id(3, "5-1").encode() and cols["extra"] == b'{"new": "x"}'
     assert cols["ts"] == b"2023-11-14 22:13:20.123+00" and (cols["account_kind"], cols["amount"]) == (b"u", b"0")
     cols = dict(zip(COPY_COLUMNS, second.split(b"\t"), strict=True))
     assert (cols["entry_id"], cols["amount"], cols["metadata"]) == (b"t1", b"-2", b'{"raw": "not json"}')
 
 
+def test_entries_in_the_older_row_layout_are_still_stored() -> None:
+    """An entry of the older row layout (field "r", one row, its own column order) is stored as it says."""
+    old = b"\t".join([b"1700000000123", b"t1", b"u", b"a", b"", b"debit", b"-3", b"7", b"0"] + [b""] * 11)
+    (line,) = copy_payload([(1, b"5-0", [b"r", old])], "ns").rstrip(b"\n").split(b"\n")
+    cols = dict(zip(COPY_COLUMNS, line.split(b"\t"), strict=True))
+    assert (cols["entry_id"], cols["account_id"], cols["amount"], cols["balance_after"]) == (b"t1", b"a", b"-3", b"7")
+
+
 def test_a_row_with_a_stray_tab_is_formatted_again_on_the_reference_path() -> None:
-    good = b"\t".join([b"1700000000123", b"id1", b"u", b"a"] + [b""] * (len(ROW_FIELDS) - 3))
-    stray = b"\t".join([b"1700000000123", b"id2", b"u", b"a\tb"] + [b""] * (len(ROW_FIELDS) - 3))
+    good = b"\t".join([b"id1", b"1700000000123", b"debit", b"-1"] + [b""] * (len(ROW_FIELDS) - 4))
+    stray = b"\t".join([b"id2", b"1700000000123", b"debit", b"-1\tb"] + [b""] * (len(ROW_FIELDS) - 4))
     payload = copy_payload([(0, b"1-0", [ROW_FIELD, good]), (0, b"1-1", [ROW_FIELD, stray])], "ns")
     assert payload.count(b"\n") == 2 and payload.count(b"\t") == 2 * (len(COPY_COLUMNS) - 1)
 

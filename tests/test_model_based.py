@@ -15,8 +15,17 @@ from typing import Any
 import pytest
 from hypothesis import strategies as st
 from hypothesis.stateful import Bundle, RuleBasedStateMachine, consumes, initialize, invariant, precondition, rule
-from model_support import ADVANCES, OPERATIONS, LedgerSums, close_store, open_store, run_machine, store_now
-from reference_model import Model, bucket
+from model_support import (
+    ADVANCES,
+    OPERATIONS,
+    LedgerSums,
+    close_store,
+    open_store,
+    run_machine,
+    store_now,
+    stored_spend,
+)
+from reference_model import Model
 
 from ducto_redis import CreditMetadata, PlanDefinition, PricingConfigData, RedisStore, SpendCap
 
@@ -186,9 +195,7 @@ def make_machine(backend: str) -> type[RuleBasedStateMachine]:
                 for period, model in m.caps:
                     # each cap's current spend, as the debit script will read it
                     scope = "*" if model == "" else model
-                    window = keys.day_window if period == "d" else keys.month_window
-                    b_stored, spent = self.store.client.hmget(window, "_b", scope if model == "" else "m|" + model)
-                    stored = int(spent or 0) if b_stored is not None and int(b_stored) == bucket(period, now) else 0
+                    stored = stored_spend(self.store, keys.account, False, period, model, now)
                     assert stored == m.window(period, now, scope), (user, period, model)
                     c = self.store.check_spend_cap(user, model=model or None)
                     if model == "" and c.model is None and c.cap_type == ("daily" if period == "d" else "monthly"):

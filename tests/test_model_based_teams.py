@@ -15,7 +15,16 @@ from typing import Any
 import pytest
 from hypothesis import strategies as st
 from hypothesis.stateful import Bundle, RuleBasedStateMachine, consumes, initialize, invariant, rule
-from model_support import ADVANCES, OPERATIONS, LedgerSums, close_store, open_store, run_machine, store_now
+from model_support import (
+    ADVANCES,
+    OPERATIONS,
+    LedgerSums,
+    close_store,
+    open_store,
+    run_machine,
+    store_now,
+    stored_spend,
+)
 from reference_model import bucket
 from reference_team_model import TeamModel
 
@@ -158,9 +167,7 @@ def make_machine(backend: str) -> type[RuleBasedStateMachine]:
             assert sum(m.mspend.values()) == m.debits_out
             for (period, model), _ in m.caps.items():
                 keys = self.store.core.keys.team(self.tid)
-                window = keys.day_window if period == "d" else keys.month_window
-                b_stored, spent = self.store.client.hmget(window, "_b", "*" if model == "" else "m|" + model)
-                stored = int(spent or 0) if b_stored is not None and int(b_stored) == bucket(period, now) else 0
+                stored = stored_spend(self.store, keys.account, True, period, model, now)
                 assert stored == m.spend.get((period, bucket(period, now), "*" if model == "" else model), 0)
 
         @invariant()

@@ -2,27 +2,19 @@
 
 from __future__ import annotations
 
-import json
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from conftest import DATABASE_URL, advance, drop_namespace, snapshot
+from conftest import DATABASE_URL, advance, drop_namespace, restorable_state
 
 from ducto_redis import RedisStore
 from ducto_redis.ledger.flusher import LedgerFlusher
 
 
 def comparable(store: RedisStore) -> dict[str, Any]:
-    """Every key but streams and idempotency keys (plain and refund ones); refund records with their
-    value only (their TTL is rebuilt from the debit's time)."""
-    out: dict[str, Any] = {}
-    for key, (t, v) in snapshot(store).items():
-        if t == "stream" or ":i:" in key or ":ri:" in key or key.endswith(":gexp"):
-            continue  # the grant index may keep stale entries (dropped by the next sweep): see below
-        if t == "hash":
-            v = {f: (json.loads(x) if x.startswith("{") else x) for f, x in v.items() if f != "tat"}
-        out[key] = (t, v)
-    return out
+    """The namespace's state by meaning (conftest.restorable_state); the grant index may keep stale
+    entries (dropped by the next sweep): see below."""
+    return restorable_state(store, skip=(":gexp",))
 
 
 def test_restore_after_refunds_and_expiring_grants_rebuilds_the_same_state(

@@ -11,7 +11,8 @@ import redis.asyncio as aredis
 
 from ducto_redis.scripts import scripts
 
-KEYS = ["{zz:0}:u:x", "{zz:0}:u:x:holds", "{zz:0}:u:x:hexp", "{zz:0}:u:x:grants"]  # balance.lua's
+KEYS = ["{zz:0}:u:x", "{zz:0}:u:x:grants"]  # balance.lua's
+ARGS = ["0|86400|100000|0|closed"]  # the configuration (lua/lib/01_base.lua config)
 
 
 class FlushBeforeEveryCall:
@@ -50,7 +51,7 @@ def test_a_call_succeeds_even_when_the_cache_is_flushed_again_after_reloading(pr
     client = redis.Redis.from_url(private_redis.url, decode_responses=True)
     try:
         flushing = FlushBeforeEveryCall(client)
-        reply = scripts()["balance"].run(flushing, KEYS, ["0"])
+        reply = scripts()["balance"].run(flushing, KEYS, ARGS)
         assert reply[0] == "ok" and flushing.fcalls == 2  # missing, loaded, missing again: EVAL
     finally:
         client.close()
@@ -61,7 +62,7 @@ def test_an_async_call_succeeds_even_when_the_cache_is_flushed_again_after_reloa
         client = aredis.Redis.from_url(private_redis.url, decode_responses=True)
         try:
             return await scripts()["balance"].run_async(
-                AsyncFlushBeforeEveryCall(client), KEYS, ["0"])
+                AsyncFlushBeforeEveryCall(client), KEYS, ARGS)
         finally:
             await client.aclose()
 

@@ -6,6 +6,7 @@ import pytest
 from conftest import advance, event_entries, snapshot
 
 from ducto_redis import CreditMetadata, RedisStore, SpendCap
+from ducto_redis.layout import Account
 
 DAY = 86400
 
@@ -124,8 +125,9 @@ def test_daily_window_rolls_over_at_utc_midnight_and_monthly_keeps_counting(stor
     advance(store, seconds_to_next_utc_midnight(store) + 1)
     assert store.check_spend_cap("u", amount=1).capped is False
     assert store.charge("u", 60, "x").error is None
-    monthly = store.core.keys.user("u").month_window
-    assert store.client.hget(monthly, "*") == "160"
+    acct = Account.decode(store.client.hgetall(store.core.keys.user("u").account), team=False)
+    now_ms = store.client.time()[0] * 1000 + store.core.clock_offset_ms
+    assert acct.state.spend(acct.balance, now_ms)[1] == 160  # this month's window kept counting
 
 
 def test_monthly_window_rolls_over_with_the_calendar_month(store: RedisStore) -> None:
@@ -138,14 +140,26 @@ def test_monthly_window_rolls_over_with_the_calendar_month(store: RedisStore) ->
     assert store.charge("u", 100, "x").error is None
 
 
-def test_windows_expire_on_their_own_after_the_period(store: RedisStore) -> None:
+def test_windows_roll_over_in_place_so_nothing_accumulates_over_periods(store: RedisStore) -> None:
+    """A window is a value in the account hash, replaced when its day or month rolls over: after many
+    days and months of spending (with and without a model) the account holds the same fields, and
+    nothing else of the account's is left in Redis."""
     store.add_credits("u", 10_000)
+    store.set_spend_cap(SpendCap(user_id="u", limit=1_000))
+    gpt = CreditMetadata(model="gpt-4")
     store.charge("u", 5, "x")
+    store.charge("u", 5, "x", metadata=gpt)
     k = store.core.keys.user("u")
-    day_ttl = store.client.pttl(k.day_window)
-    month_ttl = store.client.pttl(k.month_window)
-    assert 0 < day_ttl <= (DAY + 3600) * 1000
-    assert 0 < month_ttl <= (31 * DAY + 3600) * 1000
+    fields = set(store.client.hkeys(k.account))
+    for _ in range(40):
+        advance(store, DAY)
+        store.charge("u", 5, "x")
+        store.charge("u", 5, "x", metadata=gpt)
+    assert set(store.client.hkeys(k.account)) == fields
+    assert store.check_spend_cap("u").current_spend == 10  # today's only
+    ns = store.settings.namespace
+    left = {key for key in store.client.scan_iter(match=f"{{{ns}:*") if ":u:" in key}
+    assert left == {k.account}
 
 
 def test_per_model_cap_applies_only_to_that_models_spend(store: RedisStore) -> None:

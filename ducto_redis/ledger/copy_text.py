@@ -12,6 +12,8 @@ formatted prefix per second.
 A row the fast path cannot take (no ``ts``) takes the reference path: its values as a dict,
 defaults, every value escaped. A payload whose tab or newline count is not exactly what its rows
 must give is formatted again on the reference path, so Postgres reads exactly the values Redis holds.
+Entries of the two older layouts (field ``r``: one row in the older column order; or one stream
+field per value), still unflushed at an upgrade, take the reference path too: nothing is lost.
 Reading an entry back (:func:`entry_rows`) gives each row's values by the scripts' column names.
 """
 
@@ -84,11 +86,38 @@ def _b(v: Any) -> bytes:
     return v if isinstance(v, bytes) else str(v).encode()
 
 
+# the older row layout (field "r"): one row per entry, these columns, then ``extra``
+LEGACY_ROW_FIELD = b"r"
+LEGACY_ROW_FIELDS = ("ts", "id", "ak", "acct", "member", "kind", "amount", "bal", "held", "hold", "rid", "op",
+                     "model", "type", "idem", "exp", "cap", "reason", "meta", "extra")
+
+
 def _rows(flat: Sequence[Any]) -> list[bytes]:
     """An entry's rows (COPY text lines), or [] for an entry that is not in the row layout."""
     if len(flat) == 2 and _b(flat[0]) == ROW_FIELD:
         return _b(flat[1]).split(_NL)
     return []
+
+
+def _line_values(line: bytes, names: Sequence[str] = ROW_FIELDS) -> dict[str, str]:
+    cols = [_unescape(v).decode() for v in line.split(_TAB)]
+    return {name: v for name, v in zip(names, cols, strict=False) if v}
+
+
+def _entry_values(flat: Sequence[Any]) -> list[dict[str, str]]:
+    """Each row of an entry of any layout as raw values by the scripts' names (``extra`` as JSON text)."""
+    rows = _rows(flat)
+    if rows:
+        return [_line_values(line) for line in rows]
+    names = [_b(x).decode() for x in flat[0::2]]
+    values = [_b(x) for x in flat[1::2]]
+    if names == [LEGACY_ROW_FIELD.decode()]:
+        return [_line_values(values[0], LEGACY_ROW_FIELDS)]
+    known = {k: v.decode() for k, v in zip(names, values, strict=True) if v and k in COLUMN_OF}
+    unknown = {k: v.decode() for k, v in zip(names, values, strict=True) if v and k not in COLUMN_OF}
+    if unknown:
+        known["extra"] = json.dumps(unknown)
+    return [known]
 
 
 def entry_rows(shard: int, stream_id: Any, fields: Mapping[Any, Any] | Sequence[Any]) -> list[dict[str, str]]:
@@ -97,9 +126,7 @@ def entry_rows(shard: int, stream_id: Any, fields: Mapping[Any, Any] | Sequence[
     ``fields`` is a reply's dict or flat list (str or bytes)."""
     flat = [x for kv in fields.items() for x in kv] if isinstance(fields, Mapping) else list(fields)
     out = []
-    for i, line in enumerate(_rows(flat)):
-        cols = [_unescape(v).decode() for v in line.split(_TAB)]
-        row = {name: v for name, v in zip(ROW_FIELDS, cols, strict=False) if v}
+    for i, row in enumerate(_entry_values(flat)):
         if "extra" in row:
             row.update(json.loads(row.pop("extra")))
         if "id" not in row:
@@ -115,10 +142,8 @@ def _meta(meta: str) -> str:
     return json.dumps({"raw": meta})
 
 
-def reference_line(namespace: bytes, shard: int, mid: bytes, index: int, line: bytes) -> bytes:
-    """One COPY line from any row (the reference path): values as a dict, defaults, every value escaped."""
-    cols = [_unescape(v).decode() for v in line.split(_TAB)]
-    f = {name: v for name, v in zip(ROW_FIELDS, cols, strict=False) if v}
+def reference_line(namespace: bytes, shard: int, mid: bytes, index: int, f: dict[str, str]) -> bytes:
+    """One COPY line from a row's values (the reference path): defaults, every value escaped."""
     ms, _, seq = mid.partition(b"-")
     values: dict[str, bytes] = {COLUMN_OF[k]: v.encode() for k, v in f.items()}
     values.update(
@@ -144,7 +169,13 @@ def _pieces(entries: Sequence[Entry], namespace: bytes) -> tuple[list[bytes], in
         if head is None:
             head = heads[shard] = escaped_ns + b"\t%d\t" % shard
         ms, _, seq = mid.partition(b"-")
-        for i, line in enumerate(_rows(flat)):
+        rows = _rows(flat)
+        if not rows:  # an older layout
+            for i, values in enumerate(_entry_values(flat)):
+                n += 1
+                extend((reference_line(namespace, shard, mid, i, values), _NL))
+            continue
+        for i, line in enumerate(rows):
             n += 1
             eid, _, rest = line.partition(_TAB)
             ts, _, rest = rest.partition(_TAB)
@@ -152,7 +183,7 @@ def _pieces(entries: Sequence[Entry], namespace: bytes) -> tuple[list[bytes], in
             if sec is None and len(ts) >= 4 and ts.isdigit():
                 sec = _second_prefix(ts[:-3])
             if sec is None:
-                extend((reference_line(namespace, shard, mid, i, line), _NL))
+                extend((reference_line(namespace, shard, mid, i, _line_values(line)), _NL))
                 continue
             if not eid:
                 eid = tx_id(shard, mid.decode(), i).encode()
@@ -175,6 +206,6 @@ def copy_payload(entries: Sequence[Entry], namespace: str) -> bytes:
     pieces, n = _pieces(entries, ns)
     payload = b"".join(pieces)
     if payload.count(_NL) != n or payload.count(_TAB) != n * _TABS:  # a row not as the scripts write it
-        payload = b"".join(reference_line(ns, shard, mid, i, line) + _NL
-                           for shard, mid, flat in entries for i, line in enumerate(_rows(flat)))
+        payload = b"".join(reference_line(ns, shard, mid, i, values) + _NL
+                           for shard, mid, flat in entries for i, values in enumerate(_entry_values(flat)))
     return payload

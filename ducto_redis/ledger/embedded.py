@@ -15,8 +15,9 @@ SQLite as they read PostgreSQL (``database.py``, ``queries.py``, ``restore.py``)
   made before it, at a fraction of the per-call cost (an in-memory ledger dies with the process
   either way).
 
-Copied entries stay in the streams up to :data:`STREAM_TAIL` per stream (the most recent ones, for
-readers of the streams); older ones are trimmed, so memory stays bounded. Stores sharing one
+Copied entries stay in the streams for their readers (refunds find a debit there): once
+:data:`STREAM_TAIL` more have been copied, a stream is trimmed to its newest :data:`STREAM_TAIL`, so it
+holds between one and two tails and memory stays bounded. Stores sharing one
 in-process server (``AsyncMemoryStore(server=store.server)``) share one ledger per namespace.
 """
 

@@ -28,7 +28,18 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..layout import Account, Hold, Member, ModelWindow, State, cap_text, day_bucket, month_bucket, plan_text
+from ..layout import (
+    REMOVED,
+    Account,
+    Hold,
+    Member,
+    ModelWindow,
+    State,
+    cap_text,
+    day_bucket,
+    month_bucket,
+    plan_text,
+)
 from .database import LedgerDatabase
 
 
@@ -67,6 +78,7 @@ class AccountState:
     caps: dict[tuple[str, str], str] = field(default_factory=dict)  # (period d|m, model or "") -> cap text
     spend: dict[str, Spend] = field(default_factory=dict)  # "" = all models, else the model
     members: dict[str, Member] = field(default_factory=dict)  # team
+    removed: dict[str, str] = field(default_factory=dict)  # team: removed member -> their last role
     member_spend: dict[str, Spend] = field(default_factory=dict)
     grants: dict[str, list[int]] = field(default_factory=dict)  # grant id -> [expires ms, remaining]
     refunded: dict[str, int] = field(default_factory=dict)  # debit id -> amount refunded
@@ -156,10 +168,13 @@ class AccountState:
             self.rate_limit = ""
         elif op in ("member_added", "member_updated"):
             cap = meta.get("cap")
+            self.removed.pop(e["member"], None)
             self.members[e["member"]] = Member(role=meta.get("role", "member"), cap=None if cap is None else int(cap),
                                                period=meta.get("period", "total"))
         elif op == "member_removed":
-            self.members.pop(e["member"], None)
+            gone = self.members.pop(e["member"], None)
+            if gone is not None:
+                self.removed[e["member"]] = gone.role
         elif op == "plan_set":
             self.plan = extra.get("plan", "")
         elif op == "allowance_used":
@@ -185,7 +200,8 @@ class AccountState:
                                       month_cap=self.caps.get(("m", m), ""))
         if team:
             a.name = self.name
-            for uid, rec in self.members.items():
+            records = {**{u: Member(role, None, REMOVED) for u, role in self.removed.items()}, **self.members}
+            for uid, rec in records.items():
                 sp = self.member_spend.get(uid, Spend())
                 held = sum(h.amount for h in self.holds.values() if h.member == uid)
                 a.members[uid] = Member(rec.role, rec.cap, rec.period, sp.total, day, sp.total - sp.day, month,
@@ -253,7 +269,8 @@ def write_state(store: Any, s: AccountState, now_ms: int) -> None:
     k = _account_keys(store, s)
     a = s.account(now_ms)
     p = store.client.pipeline(transaction=False)
-    p.delete(k.account, k.grants)
+    p.delete(k.account)  # one key per delete: a cluster pipeline takes no multi-key command
+    p.delete(k.grants)
     if s.exists or a.holds or a.members or a.plan is not None or a.models or s.rate_limit or s.caps:
         p.hset(k.account, mapping=a.fields())
     if s.grants:
@@ -280,7 +297,7 @@ def set_streams_past(store: Any, last: dict[int, tuple[int, int]]) -> None:
             store.client.xdel(stream, eid)
 
 
-def _live(a: Account, now_ms: int, team: bool) -> dict[str, Any]:
+def account_meaning(a: Account, now_ms: int, team: bool) -> dict[str, Any]:
     """What reconcile compares of an account: its meaning, not its encoding (anchors and buckets of
     windows that rolled over differ in form, not in what they say)."""
     day_spend, month_spend = a.state.spend(a.balance, now_ms)
@@ -318,8 +335,8 @@ def account_drift(store: Any, s: AccountState, now_ms: int) -> list[str]:
         return found
     k = _account_keys(store, s)
     team = s.kind == "t"
-    redis_side = _live(Account.decode(c.hgetall(k.account), team), now_ms, team)
-    ledger_side = _live(s.account(now_ms), now_ms, team)
+    redis_side = account_meaning(Account.decode(c.hgetall(k.account), team), now_ms, team)
+    ledger_side = account_meaning(s.account(now_ms), now_ms, team)
     for what, value in ledger_side.items():
         check(what, redis_side[what], value)
     if not team:

@@ -7,7 +7,7 @@
 
 -- A script call's context: configuration, clock, streams, the accounts it loaded and its rows.
 -- One table, reused by every call (a script call runs alone) and reset at its start.
-local CTX = { rows = {}, order = {}, accounts = {}, idem = {} }
+local CTX = { rows = {}, order = {}, accounts = {}, idem = {}, pending = {} }
 local function clear(t)
   for k in pairs(t) do t[k] = nil end
 end
@@ -22,6 +22,7 @@ local function ctx_new(cfgtext, ledger, events)
     clear(ctx.accounts)
   end
   if next(ctx.idem) then clear(ctx.idem) end
+  if #ctx.pending > 0 then clear(ctx.pending) end
   return ctx
 end
 

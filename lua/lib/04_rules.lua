@@ -49,10 +49,24 @@ local function caps_check(st, w, model, amount, dS, mS, c)
   return deny, warns
 end
 
-local function cap_event(ctx, etype, ak, aid, cap, amount)
-  event(ctx, { 'type', etype, 'ts', ctx.c.ts, 'ak', ak, 'acct', aid,
+-- A cap event (credits.cap_reached / credits.cap_warning), written when the call finishes: an event
+-- about a decision that wrote a row names it ('ref' = "<entry>/<row>", the transaction id's source).
+local function cap_event(ctx, etype, ak, aid, cap, amount, row_index)
+  local pending = ctx.pending
+  pending[#pending + 1] = { { 'type', etype, 'ts', ctx.c.ts, 'ak', ak, 'acct', aid,
     'period', cap[1] == 'd' and 'daily' or 'monthly', 'model', cap[2], 'limit', I(cap[3]), 'action', cap[4],
-    'spend', I(cap[5]), 'amount', I(amount) })
+    'spend', I(cap[5]), 'amount', I(amount) }, row_index }
+end
+
+local function events_write(ctx, entry)
+  for _, e in ipairs(ctx.pending) do
+    local fields = e[1]
+    if e[2] and entry then
+      fields[#fields + 1] = 'ref'
+      fields[#fields + 1] = entry .. '/' .. N(e[2])
+    end
+    event(ctx, fields)
+  end
 end
 
 -- Request-rate limit (GCRA): rl = "limit,period_ms,burst", tat = theoretical arrival time (ms).

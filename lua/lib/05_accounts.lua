@@ -72,8 +72,9 @@ local function model_window(st, f)
   return w
 end
 
--- a team member of a loaded team (nil if not a member)
-local function member_of(st, uid)
+-- a team member's record of a loaded team, a removed member's included (their spend history stays:
+-- period 'x'); nil if the id never was a member
+local function member_record(st, uid)
   st.members = st.members or {}
   local m = st.members[uid]
   if m == nil then
@@ -82,6 +83,13 @@ local function member_of(st, uid)
     st.members[uid] = m
   end
   return m or nil
+end
+
+-- a member of a loaded team (nil if not a member now)
+local function member_of(st, uid)
+  local m = member_record(st, uid)
+  if m and m.period ~= 'x' then return m end
+  return nil
 end
 
 -- write back every changed account; `entry` is the call's stream entry id (ring entries name it)
@@ -163,7 +171,7 @@ local function holds_sweep(ctx, st, ak, aid, team)
           held = held - a
           field_del(st, f)
           if member then
-            local m = member_of(st, member)
+            local m = member_record(st, member)
             if m then m.held, m.dirty = m.held - a, true end
           end
           row(ctx, 'exp:' .. rid, 'expire', '0', bal_text(st), I(held), I(a), '', '', '', '',

@@ -72,13 +72,16 @@ local function user_debit(ctx, K, A, X)
   local deny, warns = caps_check(st, w, model, amount, dS, mS, c)
   if deny then
     aid = aid or frag_value(frag, 3)
-    cap_event(ctx, 'credits.cap_reached', 'u', aid, deny, amount)
-    if not hf then return refusal('spend_cap_exceeded', amount_s, st, 'deny') end
+    if not hf then
+      cap_event(ctx, 'credits.cap_reached', 'u', aid, deny, amount)
+      return refusal('spend_cap_exceeded', amount_s, st, 'deny')
+    end
     -- refusing a settlement releases the hold: the reserved credits stay the user's
     st_held(st, st.held - hold)
     field_del(st, hf)
     local n = row(ctx, '', 'release', '0', bal_text(st), held_text(st), I(hold), '', '', 'spend_cap_exceeded', '',
       frag)
+    cap_event(ctx, 'credits.cap_reached', 'u', aid, deny, amount, n)
     ring_add(st, cid, n)
     local r = { 'spend_cap_exceeded', '0', n, amount_s, bal_text(st), held_text(st), 'deny', '0', '' }
     if has_idem then ctx.idem[idem] = r end
@@ -102,9 +105,7 @@ local function user_debit(ctx, K, A, X)
   end
   local action = ''
   if warns then
-    aid = aid or frag_value(frag, 3)
     for _, cap in ipairs(warns) do
-      cap_event(ctx, cap[4] == 'warn' and 'credits.cap_warning' or 'credits.cap_reached', 'u', aid, cap, amount)
       if action == '' or cap[4] == 'warn' then action = cap[4] end
     end
   end
@@ -120,6 +121,12 @@ local function user_debit(ctx, K, A, X)
   end
   local n = row(ctx, '', hf and 'settle' or 'debit', amount == 0 and '0' or '-' .. amount_s, bal_text(st),
     held_text(st), hf and I(hold) or '', '', action, '', x, frag)
+  if warns then
+    aid = aid or frag_value(frag, 3)
+    for _, cap in ipairs(warns) do
+      cap_event(ctx, cap[4] == 'warn' and 'credits.cap_warning' or 'credits.cap_reached', 'u', aid, cap, amount, n)
+    end
+  end
   if grants then
     -- a settled hold may free the pinned rest of an expired grant: it expires now
     if hf then grants_expire(ctx, st, grants, G, true, 'u', aid, cid) end
@@ -135,6 +142,7 @@ end
 local function finish(ctx, replies, idem_keys)
   local entry = ctx_xadd(ctx)
   accounts_store(ctx, entry)
+  if #ctx.pending > 0 then events_write(ctx, entry) end
   local out = {}
   for i, r in ipairs(replies) do
     if type(r) == 'string' then

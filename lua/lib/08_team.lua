@@ -45,13 +45,16 @@ local function team_debit(ctx, K, A)
   end
 
   local function refuse_for_cap(cap)
-    if cap then cap_event(ctx, 'credits.cap_reached', 't', tid or frag_value(frag, 3), cap, amount) end
-    if not hf then return refusal('spend_cap_exceeded', amount_s, st, 'deny') end
+    if not hf then
+      if cap then cap_event(ctx, 'credits.cap_reached', 't', tid or frag_value(frag, 3), cap, amount) end
+      return refusal('spend_cap_exceeded', amount_s, st, 'deny')
+    end
     st_held(st, st.held - hold)
     m.held, m.dirty = m.held - hold, true
     field_del(st, hf)
     local n = row(ctx, '', 'release', '0', bal_text(st), held_text(st), I(hold), '', '', 'spend_cap_exceeded', '',
       frag)
+    if cap then cap_event(ctx, 'credits.cap_reached', 't', tid or frag_value(frag, 3), cap, amount, n) end
     ring_add(st, cid, n)
     local r = { 'spend_cap_exceeded', '0', n, amount_s, bal_text(st), held_text(st), 'deny', '0', '' }
     if has_idem then ctx.idem[idem] = r end
@@ -81,14 +84,18 @@ local function team_debit(ctx, K, A)
   end
   local action = ''
   if warns then
-    tid = tid or frag_value(frag, 3)
     for _, cap in ipairs(warns) do
-      cap_event(ctx, cap[4] == 'warn' and 'credits.cap_warning' or 'credits.cap_reached', 't', tid, cap, amount)
       if action == '' or cap[4] == 'warn' then action = cap[4] end
     end
   end
   local n = row(ctx, '', hf and 'settle' or 'debit', amount == 0 and '0' or '-' .. amount_s, bal_text(st),
     held_text(st), hf and I(hold) or '', '', action, '', '', frag)
+  if warns then
+    tid = tid or frag_value(frag, 3)
+    for _, cap in ipairs(warns) do
+      cap_event(ctx, cap[4] == 'warn' and 'credits.cap_warning' or 'credits.cap_reached', 't', tid, cap, amount, n)
+    end
+  end
   ring_add(st, cid, n)
   local r = { 'ok', '0', n, amount_s, bal_text(st), held_text(st), action, '0', '' }
   if has_idem then ctx.idem[idem] = r end
