@@ -41,6 +41,7 @@ from .models import (
     TeamMemberSpend,
 )
 from .plans import AsyncPlanStoreMixin
+from .progress import ProgressFn
 from .settings import Settings
 from .store import expires_ms
 from .team_ops import check_period
@@ -141,10 +142,12 @@ class AsyncRedisStore(AsyncPlanStoreMixin):
             return found
         return await self._run(self.core.refunds.apply(found))
 
-    async def sweep_expired_credits(self, dry_run: bool = False) -> SweepResult:
+    async def sweep_expired_credits(self, dry_run: bool = False, progress: ProgressFn | None = None) -> SweepResult:
         """See :meth:`RedisStore.sweep_expired_credits`."""
         due: list[list[str]] = await self._run_many(self.core.refunds.due_accounts())
-        replies: list[list[str]] = await self._run_many(self.core.refunds.sweep(due, dry_run))
+        replies: list[list[str]] = []
+        for step in self.core.refunds.sweep_steps(due, dry_run, progress):
+            replies += await self._run_many(step)
         return self.core.refunds.sweep_result(replies, dry_run)
 
     # ── reservations and debits ───────────────────────────────────────

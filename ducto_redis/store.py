@@ -36,6 +36,7 @@ from .models import (
     TeamMemberSpend,
 )
 from .plans import PlanStoreMixin
+from .progress import ProgressFn
 from .settings import Settings
 from .team_ops import check_period
 
@@ -167,14 +168,18 @@ class RedisStore(LedgerStoreMixin, PlanStoreMixin):
             return found
         return self._run(self.core.refunds.apply(found))
 
-    def sweep_expired_credits(self, dry_run: bool = False) -> SweepResult:
+    def sweep_expired_credits(self, dry_run: bool = False, progress: ProgressFn | None = None) -> SweepResult:
         """Remove expired unspent grant remainders from balances, on every shard (one ledger entry each).
 
         Idempotent (a second sweep finds nothing); ``dry_run`` reports and writes nothing. Expired
-        credits are never spendable even before a sweep: every script expires them lazily.
+        credits are never spendable even before a sweep: every script expires them lazily. With
+        ``progress``, the sweep runs a few shards per round trip and calls ``progress(accounts swept,
+        accounts due)`` after each.
         """
         due: list[list[str]] = self._run_many(self.core.refunds.due_accounts())
-        replies: list[list[str]] = self._run_many(self.core.refunds.sweep(due, dry_run))
+        replies: list[list[str]] = []
+        for step in self.core.refunds.sweep_steps(due, dry_run, progress):
+            replies += self._run_many(step)
         return self.core.refunds.sweep_result(replies, dry_run)
 
     # ── reservations and debits ───────────────────────────────────────

@@ -19,7 +19,6 @@ the rate limiter's position (it starts fresh).
 from __future__ import annotations
 
 import json
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -28,6 +27,7 @@ from typing import Any
 
 from ..core import shard_of_tx
 from ..keys import member_window_field
+from ..progress import ProgressFn, no_progress
 
 DAY_MS = 86_400_000
 WINDOW_GRACE_MS = 3_600_000
@@ -307,9 +307,9 @@ def write_state(store: Any, s: AccountState, now_ms: int) -> None:
     p.execute()
 
 
-def restore(store: Any, database_url: str, *, progress: bool = True) -> int:
+def restore(store: Any, database_url: str, *, progress: ProgressFn = no_progress) -> int:
     """Rebuild every account's Redis keys (and the pricing versions) from the ledger; returns the
-    number of accounts."""
+    number of accounts. ``progress(done, total)`` is called after each account."""
     schema, ns = store.settings.ledger_schema, store.settings.namespace
     total = _count_accounts(database_url, schema, ns)
     now_ms = int(time.time() * 1000)
@@ -319,10 +319,7 @@ def restore(store: Any, database_url: str, *, progress: bool = True) -> int:
         if state.kind == "p":  # the pricing versions: not an account
             continue
         done += 1
-        if progress and (done % 500 == 0 or done == total):
-            _bar(done, total)
-    if progress:
-        print(file=sys.stderr)
+        progress(done, max(total, done))
     return done
 
 
@@ -333,11 +330,6 @@ def _count_accounts(database_url: str, schema: str, namespace: str) -> int:
         row = conn.execute(f"SELECT COUNT(DISTINCT (account_kind, account_id)) FROM {schema}.ledger "
                            "WHERE namespace = %s AND account_kind <> 'p'", (namespace,)).fetchone()
     return int(row[0]) if row else 0
-
-
-def _bar(done: int, total: int, width: int = 30) -> None:
-    filled = int(width * done / max(total, 1))
-    print(f"\rrestore [{'#' * filled}{'.' * (width - filled)}] {done}/{total} accounts", end="", file=sys.stderr)
 
 
 def _int_fields(h: dict[str, str], skip: tuple[str, ...] = ()) -> dict[str, int]:
@@ -384,12 +376,19 @@ def account_drift(store: Any, s: AccountState, now_ms: int) -> list[str]:
     return found
 
 
-def reconcile(store: Any, database_url: str) -> dict[str, list[str]]:
-    """Drift per account (``"u:<id>"`` / ``"t:<id>"``) between Redis and the ledger."""
+def reconcile(store: Any, database_url: str, *, progress: ProgressFn = no_progress) -> dict[str, list[str]]:
+    """Drift per account (``"u:<id>"`` / ``"t:<id>"``) between Redis and the ledger;
+    ``progress(done, total)`` is called after each account."""
     now_ms = int(time.time() * 1000)
+    schema, ns = store.settings.ledger_schema, store.settings.namespace
+    total = _count_accounts(database_url, schema, ns)
     out: dict[str, list[str]] = {}
-    for s in derive(database_url, store.settings.ledger_schema, store.settings.namespace, now_ms):
+    done = 0
+    for s in derive(database_url, schema, ns, now_ms):
         d = account_drift(store, s, now_ms)
         if d:
             out[f"{s.kind}:{s.account_id}"] = d
+        if s.kind != "p":
+            done += 1
+            progress(done, max(total, done))
     return out

@@ -16,6 +16,7 @@ from ..models import (
     SpendByUserRow,
     TopUserRow,
 )
+from ..progress import ProgressFn, no_progress
 
 if TYPE_CHECKING:
     from ..core import StoreCore
@@ -125,14 +126,17 @@ class LedgerStoreMixin:
         """A team's spend per member in ``[start, end)``."""
         return self._queries().spend_by_member(team_id, start, end)
 
-    def restore_from_ledger(self, database_url: str | None = None, progress: bool = False) -> int:
-        """Rebuild every account's Redis keys from the ledger; returns accounts restored."""
+    def restore_from_ledger(self, database_url: str | None = None, progress: ProgressFn = no_progress) -> int:
+        """Rebuild every account's Redis keys from the ledger; returns accounts restored.
+        ``progress(done, total)`` is called after each account."""
         from .restore import restore
 
         return restore(self, self._database_url(database_url), progress=progress)
 
-    def reconcile_with_ledger(self, database_url: str | None = None) -> dict[str, list[str]]:
-        """Drift per account between Redis and the ledger (empty when they agree)."""
+    def reconcile_with_ledger(self, database_url: str | None = None,
+                              progress: ProgressFn = no_progress) -> dict[str, list[str]]:
+        """Drift per account between Redis and the ledger (empty when they agree).
+        ``progress(done, total)`` is called after each account."""
         from .restore import reconcile
 
-        return reconcile(self, self._database_url(database_url))
+        return reconcile(self, self._database_url(database_url), progress=progress)
