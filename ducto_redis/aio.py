@@ -47,6 +47,7 @@ from .store import expires_ms
 from .team_ops import check_period
 
 T = TypeVar("T")
+_AsyncStore = TypeVar("_AsyncStore", bound="AsyncRedisStore")
 
 
 class AsyncRedisStore(AsyncPlanStoreMixin):
@@ -63,10 +64,12 @@ class AsyncRedisStore(AsyncPlanStoreMixin):
             self._batcher = _AutoBatcher(self, self.settings.auto_batch_ms / 1000, self.settings.auto_batch_max)
 
     @classmethod
-    def from_url(cls, url: str | None = None, namespace: str = "ducto", **overrides: Any) -> AsyncRedisStore:
-        """An async store on the Redis at ``url`` (default ``DUCTO_REDIS_URL``), keys under ``namespace``."""
+    def from_url(cls, url: str | None = None, namespace: str | None = None, **overrides: Any) -> AsyncRedisStore:
+        """An async store on the Redis at ``url`` (default ``DUCTO_REDIS_URL``), keys under ``namespace`` (default
+        ``DUCTO_NAMESPACE``, else ``ducto``)."""
         settings = Settings()
         url = url or settings.redis_url
+        namespace = namespace or settings.namespace
         return cls(async_client(url), settings, namespace=namespace, redis_url=url, **overrides)
 
     async def _run(self, call: Call[T]) -> T:
@@ -105,6 +108,13 @@ class AsyncRedisStore(AsyncPlanStoreMixin):
     async def close(self) -> None:
         """Close the client's connections."""
         await self.client.aclose()
+
+    async def __aenter__(self: _AsyncStore) -> _AsyncStore:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        """``async with store:`` closes its connections."""
+        await self.close()
 
     # ── balances and credits ──────────────────────────────────────────
 

@@ -41,6 +41,7 @@ from .settings import Settings
 from .team_ops import check_period
 
 T = TypeVar("T")
+_Store = TypeVar("_Store", bound="RedisStore")
 
 
 def expires_ms(expires_at: datetime | None) -> int | None:
@@ -59,7 +60,7 @@ class RedisStore(LedgerStoreMixin, PlanStoreMixin):
 
     Build it with :meth:`from_url` (``RedisStore.from_url("redis://127.0.0.1:6379", namespace="ducto")``),
     :meth:`from_settings`, or pass a ``redis.Redis`` client. Method names, arguments and results are
-    ducto 1.0's; see the README for the deliberate differences.
+    ducto 1.0's; docs/differences-from-ducto.md lists the deliberate differences.
     """
 
     def __init__(self, client: Any, settings: Settings | None = None, **overrides: Any) -> None:
@@ -71,14 +72,16 @@ class RedisStore(LedgerStoreMixin, PlanStoreMixin):
         self.core = StoreCore(self.settings)
 
     @classmethod
-    def from_url(cls, url: str | None = None, namespace: str = "ducto", **overrides: Any) -> RedisStore:
-        """A store on the Redis at ``url`` (default ``DUCTO_REDIS_URL``), keys under ``namespace``.
+    def from_url(cls, url: str | None = None, namespace: str | None = None, **overrides: Any) -> RedisStore:
+        """A store on the Redis at ``url`` (default ``DUCTO_REDIS_URL``), keys under ``namespace`` (default
+        ``DUCTO_NAMESPACE``, else ``ducto``).
 
         ``?cluster=true`` in the URL connects to a Redis Cluster; a ``RedisCluster`` client can also
         be passed to the constructor.
         """
         settings = Settings()
         url = url or settings.redis_url
+        namespace = namespace or settings.namespace
         return cls(sync_client(url), settings, namespace=namespace, redis_url=url, **overrides)
 
     @classmethod
@@ -125,6 +128,14 @@ class RedisStore(LedgerStoreMixin, PlanStoreMixin):
     def close(self) -> None:
         """Close the client's connections."""
         self.client.close()
+
+    def __enter__(self: _Store) -> _Store:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        """``with store:`` stops its background flusher, if one runs, and closes its connections."""
+        self.stop_flusher()
+        self.close()
 
     # ── balances and credits ──────────────────────────────────────────
 
