@@ -33,8 +33,10 @@ def migrate(state: CliState) -> None:
 @click.option("--batch", type=POSITIVE, default=20_000, show_default=True, help="entries per PostgreSQL transaction")
 @click.option("--processes", type=POSITIVE, default=1, show_default=True,
               help="flusher processes sharing the work (each holds about one core)")
+@click.option("--log-interval", type=click.FloatRange(min=0), default=10.0, show_default=True,
+              help="seconds between throughput lines in the log (0: none)")
 @pass_state
-def flush(state: CliState, once: bool, batch: int, processes: int) -> None:
+def flush(state: CliState, once: bool, batch: int, processes: int, log_interval: float) -> None:
     """Copy ledger entries from Redis into PostgreSQL (until interrupted, or --once)."""
     from ..ledger.flusher import LedgerFlusher
     from ..ledger.flusher import migrate as create_schema
@@ -55,17 +57,19 @@ def flush(state: CliState, once: bool, batch: int, processes: int) -> None:
         kwargs = {"url": settings.redis_url, "namespace": settings.namespace, "database_url": url,
                   "ledger_schema": settings.ledger_schema}
         with polled_progress("flush", "entries", drained) if once else contextlib.nullcontext():
-            moved = run_flusher_processes(processes, kwargs, url, batch=batch, once=once)
+            moved = run_flusher_processes(processes, kwargs, url, batch=batch, once=once,
+                                          log_level=logging.getLogger("ducto_redis").getEffectiveLevel(),
+                                          log_interval=log_interval)
     else:
-        flusher = LedgerFlusher(store, url, batch=batch)
+        flusher = LedgerFlusher(store, url, batch=batch, log_interval=log_interval)
         if once:
             with polled_progress("flush", "entries", drained):
                 flusher.drain(timeout=3600)
         else:
             stop = threading.Event()
-            signal.signal(signal.SIGTERM, lambda *_: stop.set())
-            with contextlib.suppress(KeyboardInterrupt):
-                flusher.run(stop)
+            for sig in (signal.SIGTERM, signal.SIGINT):  # finish the batch in hand, then stop
+                signal.signal(sig, lambda *_: stop.set())
+            flusher.run(stop)
         moved = flusher.flushed
     emit(state, {"flushed": moved}, lambda out: out.print(f"flushed {moved} entries"))
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -17,6 +18,8 @@ from ..models import (
     TopUserRow,
 )
 from ..progress import ProgressFn, no_progress
+
+log = logging.getLogger("ducto_redis.ledger")
 
 if TYPE_CHECKING:
     from ..core import StoreCore
@@ -131,7 +134,11 @@ class LedgerStoreMixin:
         ``progress(done, total)`` is called after each account."""
         from .restore import restore
 
-        return restore(self, self._database_url(database_url), progress=progress)
+        started = time.monotonic()
+        n = restore(self, self._database_url(database_url), progress=progress)
+        log.info("restored %d accounts of namespace %r from the ledger (schema %r) in %.1f s", n,
+                 self.settings.namespace, self.settings.ledger_schema, time.monotonic() - started)
+        return n
 
     def reconcile_with_ledger(self, database_url: str | None = None,
                               progress: ProgressFn = no_progress) -> dict[str, list[str]]:
@@ -139,4 +146,7 @@ class LedgerStoreMixin:
         ``progress(done, total)`` is called after each account."""
         from .restore import reconcile
 
-        return reconcile(self, self._database_url(database_url), progress=progress)
+        drift = reconcile(self, self._database_url(database_url), progress=progress)
+        log.log(logging.WARNING if drift else logging.INFO, "reconcile of namespace %r: %d accounts drift",
+                self.settings.namespace, len(drift))
+        return drift
