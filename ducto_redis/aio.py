@@ -12,7 +12,6 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any, TypeVar
 
-import fakeredis
 import redis
 
 from . import errors
@@ -420,6 +419,8 @@ class AsyncMemoryStore(AsyncRedisStore):
     def __init__(
         self, namespace: str = "ducto", *, server: Any = None, settings: Settings | None = None, **overrides: Any
     ) -> None:
+        import fakeredis  # imported here: code that never builds an embedded store never loads it (nor lupa)
+
         self.server = server or fakeredis.FakeServer()
         client = fakeredis.FakeAsyncRedis(server=self.server, decode_responses=True)
         super().__init__(client, settings or Settings(), namespace=namespace, **overrides)

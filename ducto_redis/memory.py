@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import fakeredis
-
 from .settings import Settings
 from .store import RedisStore
 
@@ -20,6 +18,8 @@ class MemoryStore(RedisStore):
     def __init__(
         self, namespace: str = "ducto", *, server: Any = None, settings: Settings | None = None, **overrides: Any
     ) -> None:
+        import fakeredis  # imported here: code that never builds an embedded store never loads it (nor lupa)
+
         self.server = server or fakeredis.FakeServer()
         client = fakeredis.FakeRedis(server=self.server, decode_responses=True)
         super().__init__(client, settings or Settings(), namespace=namespace, **overrides)

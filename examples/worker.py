@@ -18,12 +18,13 @@ import uuid
 
 from ducto_redis import CreditManager, InsufficientCreditsError, RedisStore, UsageMetrics
 
+MODELS = {
+    "gpt-4o": "input_tokens * 0.0025 + output_tokens * 0.01",
+    "gpt-4o-mini": "input_tokens * 0.00015 + output_tokens * 0.0006",
+    "claude-sonnet": "input_tokens * 0.003 + output_tokens * 0.015",
+}
 PRICING = {
-    "models": {
-        "gpt-4o": "input_tokens * 0.0025 + output_tokens * 0.01",
-        "gpt-4o-mini": "input_tokens * 0.00015 + output_tokens * 0.0006",
-        "claude-sonnet": "input_tokens * 0.003 + output_tokens * 0.015",
-    },
+    "models": MODELS,
     "tools": {"web_search": "tool_calls * 2", "_default": "tool_calls * 0.5"},
     "min_balance": 0,
 }
@@ -46,12 +47,12 @@ def run(store: RedisStore, calls: int, seed: int = 7) -> dict[str, int]:
 
     counts = {"charged": 0, "refused": 0, "team": 0, "credits": 0}
     for i in range(calls):
-        model = rnd.choice(list(PRICING["models"]))
+        model = rnd.choice(list(MODELS))
         usage = UsageMetrics(model=model, input_tokens=rnd.randint(200, 4_000), output_tokens=rnd.randint(50, 1_500))
         key = f"{run_id}-call-{i}"
         if i % 5 == 0:  # every fifth call is a team member's, paid from the pool
-            r = manager.deduct_team(team.team_id, rnd.choice(MEMBERS), usage, idempotency_key=key)
-            counts["team" if r.error is None else "refused"] += 1
+            team_debit = manager.deduct_team(team.team_id, rnd.choice(MEMBERS), usage, idempotency_key=key)
+            counts["team" if team_debit.error is None else "refused"] += 1
             continue
         user = rnd.choices(USERS, weights=range(len(USERS), 0, -1))[0]  # a few users spend most
         try:
