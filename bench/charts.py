@@ -114,6 +114,7 @@ def draw(path: Path) -> Path | None:
     if not labels:
         return None
     plt.rcParams["svg.hashsalt"] = "ducto-redis"  # the same figures draw the same file
+    plt.rcParams["svg.fonttype"] = "none"  # text stays text: small files, searchable labels
     height = 0.35 * len(labels) * max(1, len(values)) ** 0.5 + (2.0 if len(values) > 1 else 1.4)
     fig, ax = plt.subplots(figsize=(9, height))
     n, bar = len(values), 0.8 / len(values)
