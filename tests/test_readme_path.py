@@ -1,6 +1,6 @@
 """The README's road from the demo to production, run command by command as a newcomer types it:
 a worker charging on the real Redis, the ledger flushed into PostgreSQL, Redis and the ledger
-reconciled (and whatever the README adds to that road).
+reconciled, a spend report rendered (and whatever the README adds to that road).
 
 The install line is left out (the fresh-clone check and `.ci/run` install); the `export` lines are
 honoured, except that the namespace and the ledger schema are the test's own.
@@ -67,6 +67,10 @@ def test_the_readme_road_from_a_worker_to_the_ledger_runs(tmp_path: Path, redis_
         flushed = next(out for line, out in ran if "flush" in line)
         assert re.search(r"flushed [1-9]\d* entries", flushed)
         assert any("reconcile" in line and "0 drift" in out for line, out in ran)
+        report = next(tmp_path / word for line, _ in ran if " report" in line for word in shlex.split(line)
+                      if word.endswith(".html"))
+        page = report.read_text(encoding="utf-8")
+        assert page.count("<svg") >= 4 and "gpt-4o" in page and "Research" in page  # charts, models, the team
     finally:
         drop_namespace(redis_client, namespace)
         import psycopg

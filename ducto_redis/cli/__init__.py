@@ -15,7 +15,7 @@ from .app import CliState, cli, pass_state
 from .errors import CliError, ExitCode
 from .pricing import load_pricing_file
 
-COMMAND_MODULES = ("accounts", "ledger", "pricing", "completion")
+COMMAND_MODULES = ("accounts", "ledger", "pricing", "report", "completion")
 """Modules of this package whose import registers their commands on :data:`cli`."""
 
 for _name in COMMAND_MODULES:

@@ -15,6 +15,7 @@ from ..models import (
     DailySpendRow,
     SpendByMemberRow,
     SpendByModelRow,
+    SpendByTeamRow,
     SpendByUserRow,
     TopUserRow,
 )
@@ -94,3 +95,10 @@ class LedgerQueries:
         rows = self._rows(f"SELECT member, -SUM(amount), COUNT(*) FROM {self.table} WHERE {cond} "
                           "AND account_id = %s GROUP BY member ORDER BY 2 DESC, 1", *p, team_id)
         return [SpendByMemberRow(user_id=r[0] or "", total_spend=int(r[1]), transaction_count=r[2]) for r in rows]
+
+    def spend_by_team(self, limit: int, start: datetime, end: datetime) -> list[SpendByTeamRow]:
+        """The ``limit`` team pools that spent most, largest first."""
+        cond, p = self._where(start, end, "t")
+        rows = self._rows(f"SELECT account_id, -SUM(amount), COUNT(*) FROM {self.table} WHERE {cond} "
+                          "GROUP BY account_id ORDER BY 2 DESC, 1 LIMIT %s", *p, max(0, limit))
+        return [SpendByTeamRow(team_id=r[0], total_spend=int(r[1]), transaction_count=r[2]) for r in rows]
