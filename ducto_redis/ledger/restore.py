@@ -22,7 +22,6 @@ the rate limiter's position (it starts fresh).
 from __future__ import annotations
 
 import json
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -31,6 +30,7 @@ from typing import Any
 
 from ..core import shard_of_tx
 from ..keys import member_window_field
+from ..progress import ProgressFn, no_progress
 from .database import LedgerDatabase
 
 DAY_MS = 86_400_000
@@ -300,9 +300,9 @@ def write_state(store: Any, s: AccountState, now_ms: int) -> None:
     p.execute()
 
 
-def restore(store: Any, source: LedgerDatabase, *, progress: bool = True) -> int:
+def restore(store: Any, source: LedgerDatabase, *, progress: ProgressFn = no_progress) -> int:
     """Rebuild every account's Redis keys (and the pricing versions) from the ledger in ``source``;
-    returns the number of accounts."""
+    returns the number of accounts. ``progress(done, total)`` is called after each account."""
     ns = store.settings.namespace
     total = source.count_accounts(ns)
     now_ms = int(time.time() * 1000)
@@ -312,16 +312,8 @@ def restore(store: Any, source: LedgerDatabase, *, progress: bool = True) -> int
         if state.kind == "p":  # the pricing versions: not an account
             continue
         done += 1
-        if progress and (done % 500 == 0 or done == total):
-            _bar(done, total)
-    if progress:
-        print(file=sys.stderr)
+        progress(done, max(total, done))
     return done
-
-
-def _bar(done: int, total: int, width: int = 30) -> None:
-    filled = int(width * done / max(total, 1))
-    print(f"\rrestore [{'#' * filled}{'.' * (width - filled)}] {done}/{total} accounts", end="", file=sys.stderr)
 
 
 def _int_fields(h: dict[str, str], skip: tuple[str, ...] = ()) -> dict[str, int]:
@@ -368,12 +360,19 @@ def account_drift(store: Any, s: AccountState, now_ms: int) -> list[str]:
     return found
 
 
-def reconcile(store: Any, source: LedgerDatabase) -> dict[str, list[str]]:
-    """Drift per account (``"u:<id>"`` / ``"t:<id>"``) between Redis and the ledger in ``source``."""
+def reconcile(store: Any, source: LedgerDatabase, *, progress: ProgressFn = no_progress) -> dict[str, list[str]]:
+    """Drift per account (``"u:<id>"`` / ``"t:<id>"``) between Redis and the ledger in ``source``;
+    ``progress(done, total)`` is called after each account."""
     now_ms = int(time.time() * 1000)
+    ns = store.settings.namespace
+    total = source.count_accounts(ns)
     out: dict[str, list[str]] = {}
-    for s in derive(source, store.settings.namespace, now_ms):
+    done = 0
+    for s in derive(source, ns, now_ms):
         d = account_drift(store, s, now_ms)
         if d:
             out[f"{s.kind}:{s.account_id}"] = d
+        if s.kind != "p":
+            done += 1
+            progress(done, max(total, done))
     return out

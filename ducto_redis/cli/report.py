@@ -1,0 +1,54 @@
+"""``ducto-redis report``: the ledger's spend analytics as one self-contained HTML page with charts."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from pathlib import Path
+
+import click
+
+from .app import CliState, cli, pass_state
+from .output import emit
+
+
+@cli.command()
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="write the page here (default: stdout)")
+@click.option("--days", type=click.IntRange(1, 366), default=30, show_default=True,
+              help="the last N UTC days, today included")
+@click.option("--start", type=click.DateTime(["%Y-%m-%d"]), default=None, help="first day (YYYY-MM-DD)")
+@click.option("--end", type=click.DateTime(["%Y-%m-%d"]), default=None, help="last day, included (YYYY-MM-DD)")
+@click.option("--top", type=click.IntRange(1, 100), default=10, show_default=True, help="how many top users")
+@click.option("--team", "teams", multiple=True, help="a team whose members to show (repeat; default: the 3 "
+              "pools that spent most)")
+@pass_state
+def report(state: CliState, output: Path | None, days: int, start: datetime | None, end: datetime | None, top: int,
+           teams: tuple[str, ...]) -> None:
+    """Render spend analytics (daily spend, by model, top users, team members) as one HTML page."""
+    from ..ledger.database import PostgresLedger
+    from ..ledger.queries import LedgerQueries
+    from ..report import gather, render_html, window
+
+    settings = state.settings()
+    store = state.store()
+    source = LedgerQueries(PostgresLedger(state.database_url(), settings.ledger_schema), settings.namespace)
+    first, stop = window(days, start.date() if start else None, end.date() if end else None)
+
+    def team_name(team_id: str) -> str:
+        try:
+            return store.get_team_balance(team_id).name or ""
+        except Exception:  # the names live in Redis: the report is the ledger's, it goes on without them
+            return ""
+
+    data = gather(source, settings.namespace, first, stop, top=top, team_ids=teams, team_name=team_name)
+    if state.json:
+        emit(state, data.model_dump(mode="json"), lambda out: None)
+        return
+    page = render_html(data)
+    if output is None:
+        click.echo(page, nl=False)
+        return
+    output.write_text(page, encoding="utf-8")
+    click.echo(f"wrote {output} ({len(page) // 1024 + 1} KiB): {data.stats.total_credits_consumed:,} credits spent "
+               f"by {data.stats.active_users} users, {len(data.by_model)} models, {len(data.teams)} teams",
+               err=False)
