@@ -72,7 +72,9 @@ def test_the_report_is_one_self_contained_page_of_the_ledgers_spend(ledger_store
     assert "Research &amp; &lt;Dev&gt;" in page and team_id in page
     for label, credits in (("ana", 320), ("ben", 120), ("chloe", 400), ("dan", 50)):
         assert re.search(rf"<title>{label}: {credits:,} credits</title>", page), label
-    assert re.search(r"<title>gpt-4o: 870 credits</title>", page)
+    # by model: users' spend, the analytics' one rule (ana 300 + ben 120); the pool's 450 is the team's, above
+    assert re.search(r"<title>gpt-4o: 420 credits</title>", page)
+    assert "<h2>Team Research &amp; &lt;Dev&gt; (" + team_id + "): 450 credits</h2>" in page
     assert f"<title>{datetime.now(timezone.utc).date().isoformat()}: 447 credits</title>" in page  # today's column
 
 

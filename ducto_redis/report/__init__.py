@@ -141,7 +141,7 @@ def render_html(report: SpendReport) -> str:
         _table(("day", "credits", "debits"), [(d.date, d.total_spend, d.transaction_count) for d in report.daily]),
         "<h2>Spend by model</h2>",
         hbars([m.model or "(no model)" for m in report.by_model], [m.total_spend for m in report.by_model],
-              title="Spend by model (users and teams)"),
+              title="Spend by model (users)"),
         _table(("model", "credits", "debits"),
                [(m.model or "(no model)", m.total_spend, m.transaction_count) for m in report.by_model]),
         f"<h2>Top {len(report.top_users)} users</h2>",
