@@ -4,18 +4,18 @@ from __future__ import annotations
 
 import json
 import re
-from datetime import date, datetime, timezone
+from datetime import date, datetime, timedelta, timezone
 from html.parser import HTMLParser
 from pathlib import Path
 
 from click.testing import CliRunner
 from conftest import DATABASE_URL, REDIS_URL
 
-from ducto_redis import CreditMetadata, RedisStore
-from ducto_redis.cli import cli
+from ducto_redis import CreditMetadata, MemoryStore, RedisStore
+from ducto_redis.cli import ExitCode, cli
 from ducto_redis.ledger.flusher import LedgerFlusher
 from ducto_redis.models import AggregateStatsRow, DailySpendRow, SpendByMemberRow, TopUserRow
-from ducto_redis.report import SpendReport, TeamSpend, render_html, window
+from ducto_redis.report import SpendReport, TeamSpend, gather, render_html, window
 
 EVIL = '<script>alert("x")</script>'
 
@@ -88,6 +88,54 @@ def test_the_report_as_json_and_for_a_chosen_team(ledger_store: RedisStore) -> N
     assert [(t["team_id"], t["name"], t["total_spend"]) for t in data["teams"]] == [(team_id, "Research & <Dev>", 450)]
     assert [m["user_id"] for m in data["teams"][0]["members"]] == ["chloe", "dan"]
     assert len(data["daily"]) == 2 and sum(d["total_spend"] for d in data["daily"]) == 447
+
+
+def embedded_spend(store: MemoryStore) -> str:
+    store.add_credits("ana", 1_000)
+    store.charge("ana", 300, "chat", metadata=CreditMetadata(model="gpt-4o"))
+    store.charge("ben", 5, "chat")  # refused (no credits): not spend
+    team = store.create_team(name="Research & <Dev>", initial_balance=5_000)
+    store.add_team_member(team.team_id, "chloe")
+    store.deduct_team(team.team_id, "chloe", 400, metadata=CreditMetadata(model="gpt-4o"))
+    return team.team_id
+
+
+def test_the_report_reads_a_memorystores_ledger_file_without_redis_or_postgresql(tmp_path: Path) -> None:
+    ledger = tmp_path / "app.sqlite"
+    team_id = embedded_spend(MemoryStore(ledger_file=str(ledger)))
+    env = {"DUCTO_DATABASE_URL": None, "DUCTO_LEDGER_FILE": None, "DUCTO_REDIS_URL": "redis://127.0.0.1:1/0"}
+    r = CliRunner().invoke(cli, ["report", "--json", "--ledger-file", str(ledger)], env=env, catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    data = json.loads(r.output)
+    assert data["stats"]["total_credits_consumed"] == 300 and data["stats"]["top_user"] == "ana"
+    assert [(m["model"], m["total_spend"]) for m in data["by_model"]] == [("gpt-4o", 300)]
+    # the team, its name read from the ledger (no Redis next to a file), its member
+    assert [(t["team_id"], t["name"], t["total_spend"]) for t in data["teams"]] == [(team_id, "Research & <Dev>", 400)]
+    assert [(m["user_id"], m["total_spend"]) for m in data["teams"][0]["members"]] == [("chloe", 400)]
+    # DUCTO_LEDGER_FILE serves when no database URL is set; the HTML page the same
+    out = tmp_path / "report.html"
+    r = CliRunner().invoke(cli, ["report", "-o", str(out)], env={**env, "DUCTO_LEDGER_FILE": str(ledger)},
+                           catch_exceptions=False)
+    assert r.exit_code == 0 and "300 credits spent by 1 users, 1 models, 1 teams" in r.output, r.output
+    assert "Research &amp; &lt;Dev&gt;" in out.read_text(encoding="utf-8")
+
+
+def test_a_missing_ledger_file_is_one_line_and_exit_7(tmp_path: Path) -> None:
+    r = CliRunner().invoke(cli, ["report", "--ledger-file", str(tmp_path / "nope.sqlite")],
+                           env={"DUCTO_DATABASE_URL": None})
+    assert r.exit_code == ExitCode.NO_FILE and "cannot read ledger file" in r.output
+    assert not (tmp_path / "nope.sqlite").exists()  # nothing created in its place
+
+
+def test_a_store_is_a_source_of_the_report_its_embedded_ledger_answering() -> None:
+    store = MemoryStore()
+    team_id = embedded_spend(store)
+    now = datetime.now(timezone.utc)
+    data = gather(store, "ducto", now.replace(hour=0, minute=0, second=0, microsecond=0), now + timedelta(minutes=1),
+                  team_name=lambda t: store.get_team_balance(t).name)
+    assert (data.stats.total_credits_consumed, [u.user_id for u in data.top_users]) == (300, ["ana"])
+    assert [(t.team_id, t.name, t.total_spend) for t in data.teams] == [(team_id, "Research & <Dev>", 400)]
+    assert store.spend_by_team(5, now - timedelta(days=1), now + timedelta(minutes=1))[0].total_spend == 400
 
 
 def test_days_without_spend_are_drawn_at_zero() -> None:

@@ -7,8 +7,22 @@ from pathlib import Path
 
 import click
 
+from ..ledger.database import LedgerDatabase, PostgresLedger, SqliteLedger
 from .app import CliState, cli, pass_state
+from .errors import CliError, ExitCode
 from .output import emit
+
+
+def _ledger(state: CliState, ledger_file: Path | None) -> LedgerDatabase:
+    """The ledger the report reads: the SQLite file given (or ``DUCTO_LEDGER_FILE`` when no database
+    URL is set), else the PostgreSQL ledger (exit 5 when none is configured)."""
+    settings = state.settings()
+    path = ledger_file or (settings.ledger_file if not settings.database_url else None)
+    if path is not None:
+        if not Path(path).is_file():
+            raise CliError(ExitCode.NO_FILE, f"cannot read ledger file {path}: no such file")
+        return SqliteLedger(path)
+    return PostgresLedger(state.database_url(), settings.ledger_schema)
 
 
 @cli.command()
@@ -21,26 +35,20 @@ from .output import emit
 @click.option("--top", type=click.IntRange(1, 100), default=10, show_default=True, help="how many top users")
 @click.option("--team", "teams", multiple=True, help="a team whose members to show (repeat; default: the 3 "
               "pools that spent most)")
+@click.option("--ledger-file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="read a MemoryStore's embedded SQLite ledger instead of PostgreSQL  [default: $DUCTO_LEDGER_FILE "
+              "when no database URL is set]")
 @pass_state
 def report(state: CliState, output: Path | None, days: int, start: datetime | None, end: datetime | None, top: int,
-           teams: tuple[str, ...]) -> None:
+           teams: tuple[str, ...], ledger_file: Path | None) -> None:
     """Render spend analytics (daily spend, by model, top users, team members) as one HTML page."""
-    from ..ledger.database import PostgresLedger
     from ..ledger.queries import LedgerQueries
     from ..report import gather, render_html, window
 
     settings = state.settings()
-    store = state.store()
-    source = LedgerQueries(PostgresLedger(state.database_url(), settings.ledger_schema), settings.namespace)
+    source = LedgerQueries(_ledger(state, ledger_file), settings.namespace)
     first, stop = window(days, start.date() if start else None, end.date() if end else None)
-
-    def team_name(team_id: str) -> str:
-        try:
-            return store.get_team_balance(team_id).name or ""
-        except Exception:  # the names live in Redis: the report is the ledger's, it goes on without them
-            return ""
-
-    data = gather(source, settings.namespace, first, stop, top=top, team_ids=teams, team_name=team_name)
+    data = gather(source, settings.namespace, first, stop, top=top, team_ids=teams, team_name=source.team_name)
     if state.json:
         emit(state, data.model_dump(mode="json"), lambda out: None)
         return

@@ -40,6 +40,8 @@ DAILY_SPEND = (f"SELECT {DAY}, -SUM(amount), COUNT(*) FROM {{table}} WHERE {USER
                f"GROUP BY {DAY} ORDER BY 1")
 SPEND_BY_MEMBER = (f"SELECT COALESCE(member, ''), -SUM(amount), COUNT(*) FROM {{table}} WHERE {SPEND} "
                    "AND account_kind = 't' AND account_id = ? GROUP BY COALESCE(member, '') ORDER BY 2 DESC, 1")
+TEAM_NAME = ("SELECT metadata FROM {table} WHERE namespace = ? AND account_kind = 't' AND account_id = ? "
+             "AND kind = 'credit' AND tx_type = 'team_created' ORDER BY ts LIMIT 1")
 SPEND_BY_TEAM = (f"SELECT account_id, -SUM(amount), COUNT(*) FROM {{table}} WHERE {SPEND} AND account_kind = 't' "
                  "GROUP BY account_id ORDER BY 2 DESC, 1 LIMIT ?")
 
@@ -99,3 +101,10 @@ class LedgerQueries:
         """The ``limit`` team pools that spent most (all their members together), largest first."""
         return [SpendByTeamRow(team_id=t, total_spend=s, transaction_count=n)
                 for t, s, n in self._spend(SPEND_BY_TEAM, start, end, max(0, limit))]
+
+    def team_name(self, team_id: str) -> str:
+        """A team's name, as the entry that created its pool holds it ("" for a team the ledger does
+        not know): the report names teams without asking Redis."""
+        row = next(self.db.dict_rows(TEAM_NAME, (self.namespace, team_id)), None)
+        meta = row["metadata"] if row else None
+        return str(meta.get("name", "")) if isinstance(meta, dict) else ""

@@ -17,6 +17,7 @@ from ..models import (
     SetupResult,
     SpendByMemberRow,
     SpendByModelRow,
+    SpendByTeamRow,
     SpendByUserRow,
     TopUserRow,
 )
@@ -163,6 +164,11 @@ class LedgerStoreMixin:
     def spend_by_member(self, team_id: str, start: datetime, end: datetime) -> list[SpendByMemberRow]:
         """A team's spend per member in ``[start, end)``."""
         return self._queries().spend_by_member(team_id, start, end)
+
+    def spend_by_team(self, limit: int, start: datetime, end: datetime) -> list[SpendByTeamRow]:
+        """The ``limit`` team pools that spent most in ``[start, end)`` (with the methods above, the
+        store is a source of :func:`ducto_redis.report.gather`)."""
+        return self._queries().spend_by_team(limit, start, end)
 
     def restore_from_ledger(self, database_url: str | None = None, progress: ProgressFn = no_progress) -> int:
         """Rebuild every account's Redis keys from the ledger; returns accounts restored.

@@ -29,7 +29,9 @@ MAX_DAYS = 366
 
 
 class SpendSource(Protocol):
-    """Where the report's figures come from (the PostgreSQL ledger's queries)."""
+    """Where the report's figures come from: a :class:`~ducto_redis.ledger.queries.LedgerQueries` on
+    a ledger database (PostgreSQL, or a MemoryStore's SQLite file), or a store itself (its analytics:
+    a RedisStore's PostgreSQL ledger, a MemoryStore's embedded one)."""
 
     def daily_spend(self, start: datetime, end: datetime) -> list[DailySpendRow]: ...
     def spend_by_model(self, start: datetime, end: datetime) -> list[SpendByModelRow]: ...
