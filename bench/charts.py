@@ -43,6 +43,8 @@ SECTIONS = {
     "Redis instructions per call": Chart(("Redis instructions per call",),
                                          "Redis instructions per call, callgrind (less is better)"),
     "Import time": Chart(("ms",), "milliseconds (less is better)"),
+    "ducto 1.0's own test suite": Chart(("passed", "collected"), "tests of ducto 1.0's suite (passed of collected)"),
+    "Embedded ledger (MemoryStore)": Chart(("charge/s (median round)",), "charges per second (more is better)"),
 }
 
 
