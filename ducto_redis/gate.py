@@ -36,6 +36,12 @@ BALANCE_HEADER = "X-Credits-Remaining"
 RESERVATION_HEADER = "X-Reservation-Id"
 TRANSACTION_HEADER = "X-Transaction-Id"
 ACCOUNT_HEADER_UPSTREAM = "X-Ducto-Account"
+RATE_HEADER = "RateLimit-Remaining"
+# what forward-auth answers on an admitted request, for the gateway to copy onto the upstream
+# request: every one is always present (empty when it does not apply), so a gateway that copies a
+# header the answer lacks (Caddy 2.6 copies its placeholder) or keeps the client's own can't be fooled
+UPSTREAM_HEADERS = (BALANCE_HEADER, RATE_HEADER, RESERVATION_HEADER, TRANSACTION_HEADER, ACCOUNT_HEADER_UPSTREAM,
+                    REPLAYED_HEADER)
 
 _REDIS_FAILURES = (redis.RedisError, OSError, TimeoutError, asyncio.TimeoutError)
 
@@ -228,7 +234,7 @@ class Gate:
 
 
 def _rate_headers(remaining: int | None) -> list[tuple[str, str]]:
-    return [] if remaining is None else [("RateLimit-Remaining", str(remaining))]
+    return [] if remaining is None else [(RATE_HEADER, str(remaining))]
 
 
 def limited(retry_after_ms: int) -> Verdict:
