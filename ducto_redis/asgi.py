@@ -7,11 +7,11 @@ nothing). A matched request's account comes from a header (``X-API-Key``) or a c
 script call decides (see ``ducto_redis.gate``):
 
 - a fixed ``cost`` is charged before the app runs (``cost: 0`` applies only the rate limit); if the
-  app then fails without answering, the charge is refunded;
+  app then raises or answers a server error (5xx), the charge is refunded;
 - a ``hold`` route holds its estimate before the app runs and settles the actual price when the
   response starts: ``price_response(scope, status, headers)`` if given, else the response's
-  ``X-Credits-Used`` header (taken off the response), else the estimate. An app that fails without
-  answering has its hold released.
+  ``X-Credits-Used`` header (taken off the response), else the estimate (0 for a 5xx). An app that
+  raises before answering has its hold released.
 
 Refusals: 401 without an account, 402 with ``{"error": "insufficient_credits" | "spend_cap_exceeded"}``
 and ``X-Credits-Remaining``, 429 with ``Retry-After``, 503 when Redis fails under ``fail_mode=closed``
@@ -147,19 +147,25 @@ class CreditMiddleware:
 
     async def _charged(self, scope: Scope, receive: Receive, send: Send, verdict: Verdict) -> None:
         extra = _encode(verdict.headers)
-        started = False
+        refundable = bool(verdict.transaction_id) and not verdict.replayed
+        answered = False
 
         async def wrapped(message: Message) -> None:
-            nonlocal started
+            nonlocal answered, refundable
             if message["type"] == "http.response.start":
-                started = True
+                answered = True
+                if message["status"] >= 500 and refundable:  # a server error is not charged
+                    refundable = False
+                    await self._refund(verdict.transaction_id)
                 message = {**message, "headers": [*message.get("headers", []), *extra]}
             await send(message)
 
+        failed = True
         try:
             await self.app(scope, receive, wrapped)
+            failed = False
         finally:
-            if not started and verdict.transaction_id and not verdict.replayed:
+            if (failed or not answered) and refundable:  # raised, or answered nothing: not charged
                 await self._refund(verdict.transaction_id)
 
     async def _refund(self, transaction_id: str) -> None:
@@ -218,7 +224,7 @@ class CreditMiddleware:
                     return max(0, int(v))
                 except ValueError:
                     log.warning("ignoring a malformed X-Credits-Used header: %r", v)
-        return estimate
+        return 0 if status >= 500 else estimate  # a server error that says nothing costs nothing
 
 
 def _encode(headers: list[tuple[str, str]]) -> list[tuple[bytes, bytes]]:
