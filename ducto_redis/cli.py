@@ -83,6 +83,22 @@ def _pricing(args: argparse.Namespace) -> int:
     return 0
 
 
+def _serve(args: argparse.Namespace) -> int:
+    import logging
+
+    from .errors import ConfigError
+    from .service.run import serve
+
+    logging.basicConfig(level=logging.INFO, format="ducto-redis: %(message)s")
+    settings = Settings(redis_url=args.redis_url, namespace=args.namespace)
+    try:
+        serve(settings, host=args.host, port=args.port, workers=args.workers, routes_file=args.routes)
+    except ConfigError as exc:
+        print(f"ducto-redis serve: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``ducto-redis`` command; returns its exit code."""
     settings = Settings()
@@ -103,6 +119,13 @@ def main(argv: list[str] | None = None) -> int:
     flush.add_argument("--batch", type=int, default=20_000, help="entries per Postgres transaction")
     flush.add_argument("--processes", type=int, default=1,
                        help="flusher processes sharing the work (each holds about one core)")
+    flush.add_argument("--metrics-port", type=int, default=None,
+                       help="answer Prometheus metrics (ledger backlog, rows/s, batch time) on this port")
+    serve = sub.add_parser("serve", help="run the HTTP decision service (JSON API, forward-auth, metrics)")
+    serve.add_argument("--host", default=None, help="default: $DUCTO_SERVICE_HOST (127.0.0.1)")
+    serve.add_argument("--port", type=int, default=None, help="default: $DUCTO_SERVICE_PORT (8080)")
+    serve.add_argument("--workers", type=int, default=None, help="processes; default: $DUCTO_SERVICE_WORKERS (1)")
+    serve.add_argument("--routes", default=None, help="routes file of forward-auth; default: $DUCTO_ROUTES_FILE")
     sub.add_parser("status", help="print the ledger backlog and lag")
     sub.add_parser("restore", help="rebuild every Redis key of the namespace from the ledger")
     sub.add_parser("reconcile", help="compare Redis with the ledger; exit code 1 on drift")
@@ -141,11 +164,18 @@ def main(argv: list[str] | None = None) -> int:
         migrate(_database_url(args), args.ledger_schema)
         print(f"ledger schema {args.ledger_schema!r} ready")
         return 0
+    if args.command == "serve":
+        return _serve(args)
     if args.command == "flush":
         from .ledger.flusher import LedgerFlusher, migrate
 
         url = _database_url(args)
         migrate(url, args.ledger_schema)
+        on_batch = None
+        if args.metrics_port is not None:
+            from .metrics import serve_ledger_metrics
+
+            on_batch = serve_ledger_metrics(args.metrics_port, _store(args)).on_batch
         if args.processes > 1:
             from .ledger.processes import run_flusher_processes
 
@@ -154,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
             moved = run_flusher_processes(args.processes, kwargs, url, batch=args.batch, once=args.once)
             print(f"flushed {moved} entries")
             return 0
-        flusher = LedgerFlusher(_store(args), url, batch=args.batch)
+        flusher = LedgerFlusher(_store(args), url, batch=args.batch, on_batch=on_batch)
         if args.once:
             print(f"flushed {flusher.drain(timeout=3600)} entries")
             return 0

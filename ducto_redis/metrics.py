@@ -162,3 +162,17 @@ def metrics_app(extra: Collector | None = None) -> Callable[..., Any]:
         await send({"type": "http.response.body", "body": body})
 
     return app
+
+
+def serve_ledger_metrics(port: int, store: Any, host: str = "0.0.0.0") -> FlusherMetrics:
+    """Answer ``ducto-redis flush``'s metrics on ``host:port`` (a thread): ledger backlog and age at
+    each scrape, and the flusher's rows and batch times through the returned :class:`FlusherMetrics`
+    (pass its ``on_batch`` to the flusher)."""
+    from prometheus_client import start_http_server
+
+    namespace = store.settings.namespace
+    registry = CollectorRegistry()
+    flusher = FlusherMetrics(namespace, registry)
+    registry.register(LedgerLagCollector(namespace, store.ledger_lag, flusher))
+    start_http_server(port, host, registry)
+    return flusher
