@@ -18,7 +18,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-LUA = Path(os.environ.get("DUCTO_REFERENCE_LUA", Path(__file__).resolve().parents[2] / "shared/bench/reference_debit.lua"))
+DEFAULT_LUA = Path(__file__).resolve().parents[2] / "shared/bench/reference_debit.lua"
+LUA = Path(os.environ.get("DUCTO_REFERENCE_LUA", DEFAULT_LUA))
 client = aioredis.Redis.from_url(os.environ.get("DUCTO_REDIS_URL", "redis://127.0.0.1:6379/0"))
 sha: str | None = None
 ids = itertools.count()

@@ -28,9 +28,9 @@ from pathlib import Path
 import redis
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from gateway_support import free_port, wait_port  # noqa: E402
+from gateway_support import free_port, wait_port
 
-from ducto_redis import RedisStore  # noqa: E402
+from ducto_redis import RedisStore
 
 BENCH = Path(__file__).resolve().parent
 TOKEN = "bench-token"
@@ -103,7 +103,7 @@ def locust(user: str, host: str, seconds: int, users: int, tmp: str) -> tuple[fl
                    check=False, env={**os.environ, "DUCTO_BENCH_TOKEN": TOKEN, "DUCTO_NAMESPACE": NS},
                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     with open(prefix + "_stats.csv", encoding="utf-8") as f:
-        row = [r for r in csv.DictReader(f) if r["Name"] == "Aggregated"][0]
+        row = next(r for r in csv.DictReader(f) if r["Name"] == "Aggregated")
     return float(row["Requests/s"]), float(row["50%"]), float(row["99%"]), int(row["Failure Count"])
 
 
@@ -159,7 +159,8 @@ def main() -> None:
             rows.append(("Caddy forward_auth → service `/v1/authorize`, 1 worker", ours, f"{ours[0] / base[0]:.2f}×"))
         finally:
             cleanup()
-    table = ["| target | req/s | p50 ms | p99 ms | failures | vs the yardstick above |", "|---|---:|---:|---:|---:|---:|"]
+    table = ["| target | req/s | p50 ms | p99 ms | failures | vs the yardstick above |",
+             "|---|---:|---:|---:|---:|---:|"]
     for name, (rps, p50, p99, fails), ratio in rows:
         table.append(f"| {name} | {rps:,.0f} | {p50:.0f} | {p99:.0f} | {fails} | {ratio} |")
     text = "\n".join(table)

@@ -13,6 +13,10 @@ script call decides (see ``ducto_redis.gate``):
   ``X-Credits-Used`` header (taken off the response), else the estimate (0 for a 5xx). An app that
   raises before answering has its hold released.
 
+A route with a ``quantity`` (e.g. tokens) also checks the account's quantity limits against the
+request's estimate in the same script call; on a hold route, the response's ``X-Quantity-Used``
+header (taken off the response) corrects the estimate when the hold is settled.
+
 Refusals: 401 without an account, 402 with ``{"error": "insufficient_credits" | "spend_cap_exceeded"}``
 and ``X-Credits-Remaining``, 429 with ``Retry-After``, 503 when Redis fails under ``fail_mode=closed``
 (``open`` lets the request through). Admitted responses carry ``X-Credits-Remaining`` and, when the
@@ -45,6 +49,17 @@ AccountPicker = Callable[[Scope], "Awaitable[str | None] | str | None"]
 PriceHook = Callable[[Scope, int, list[tuple[bytes, bytes]]], int]
 
 COST_HEADER = b"x-credits-used"
+QUANTITY_HEADER = b"x-quantity-used"
+
+
+def _used_quantity(route: RouteSpec, headers: list[tuple[bytes, bytes]]) -> dict[str, int] | None:
+    """The actual quantity the app reports (``X-Quantity-Used``) for a route with a quantity limit."""
+    if route.quantity is None:
+        return None
+    for k, v in headers:
+        if k.lower() == QUANTITY_HEADER and v.strip().isdigit() and len(v.strip()) <= 15:
+            return {route.quantity: int(v)}
+    return None  # as estimated
 
 
 def _header(scope: Scope, name: str) -> str | None:
@@ -126,14 +141,14 @@ class CreditMiddleware:
             await _json(send, 401, {"error": "missing_account"})
             return
         idem = _header(scope, "Idempotency-Key")
-        verdict = await self.gate.admit(account, match, idem)
+        verdict = await self.gate.admit(account, match, idem, match.quantities(lambda name: _header(scope, name)))
         if not verdict.admitted:
             await _json(send, verdict.status, verdict.body(), _encode(verdict.headers))
             return
         if verdict.replayed:  # the app can tell a retried request
             scope = {**scope, "headers": [*scope.get("headers", []), (b"idempotent-replayed", b"true")]}
         if verdict.reservation_id:
-            await self._settled(scope, receive, send, account, verdict, idem, match.route.hold or 0)
+            await self._settled(scope, receive, send, account, verdict, idem, match.route)
         else:
             await self._charged(scope, receive, send, verdict)
 
@@ -180,7 +195,7 @@ class CreditMiddleware:
 
     async def _settled(
         self, scope: Scope, receive: Receive, send: Send, account: str, verdict: Verdict, idem: str | None,
-        estimate: int,
+        route: RouteSpec,
     ) -> None:
         settled = False
         rid = verdict.reservation_id
@@ -191,11 +206,13 @@ class CreditMiddleware:
             if message["type"] == "http.response.start" and not settled:
                 settled = True
                 headers = list(message.get("headers", []))
-                price = self._price(scope, message["status"], headers, estimate)
-                headers = [(k, v) for k, v in headers if k.lower() != COST_HEADER]
+                price = self._price(scope, message["status"], headers, route.hold or 0)
+                used = _used_quantity(route, headers)
+                headers = [(k, v) for k, v in headers if k.lower() not in (COST_HEADER, QUANTITY_HEADER)]
                 try:
                     r = await self.gate.guard("settle", self.store.deduct_credits(
-                        account, rid, price, idempotency_key=None if idem is None else idem + ":settle"))
+                        account, rid, price, idempotency_key=None if idem is None else idem + ":settle",
+                        quantities=used))
                     error = r.error
                 except Unavailable:  # the hold expires on its own: the request costs nothing
                     error = "unavailable"

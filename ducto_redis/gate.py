@@ -184,22 +184,31 @@ class Gate:
             return Verdict(200, headers=[(FAIL_OPEN_HEADER, "1")])
         return Verdict(503, "unavailable", [("Retry-After", "1")], message="the credit store is not answering")
 
-    async def admit(self, account: str, match: RouteMatch, idempotency_key: str | None = None) -> Verdict:
-        """Decide one request of ``account`` on a matched route: charge, hold or rate-limit only."""
+    async def admit(
+        self,
+        account: str,
+        match: RouteMatch,
+        idempotency_key: str | None = None,
+        quantities: dict[str, int] | None = None,
+    ) -> Verdict:
+        """Decide one request of ``account`` on a matched route: charge, hold or rate-limit only;
+        ``quantities`` (the request's estimate, see ``RouteMatch.quantities``) are checked against
+        the account's quantity limits in the same script call."""
         route = match.route
         model = match.model
         meta = {"model": model} if model else None
         operation = "hold" if route.hold is not None else "charge" if route.cost else "rate_limit"
         try:
             if route.hold is not None:
-                return await self._hold(account, route.hold, route.operation_type, meta, idempotency_key)
-            if route.cost == 0:
+                return await self._hold(account, route.hold, route.operation_type, meta, idempotency_key, quantities)
+            if operation == "rate_limit":
                 hit = await self.guard("rate_limit", self.store.hit_rate_limit(account))
                 if not hit.allowed:
                     return limited(hit.retry_after_ms)
                 return Verdict(200, headers=_rate_headers(hit.remaining))
             r = await self.guard("charge", self.store.charge(
-                account, route.cost, route.operation_type, idempotency_key=idempotency_key, metadata=meta))
+                account, route.cost, route.operation_type, idempotency_key=idempotency_key, metadata=meta,
+                quantities=quantities))
         except Unavailable:
             return self.unavailable(operation)
         except InvalidInputError as exc:
@@ -216,18 +225,20 @@ class Gate:
         return Verdict(200, headers=headers, transaction_id=r.transaction_id, replayed=r.idempotent)
 
     async def _hold(
-        self, account: str, estimate: int, operation_type: str, meta: dict[str, Any] | None, idem: str | None
+        self, account: str, estimate: int, operation_type: str, meta: dict[str, Any] | None, idem: str | None,
+        quantities: dict[str, int] | None,
     ) -> Verdict:
-        hit = await self.guard("rate_limit", self.store.hit_rate_limit(account))
-        if not hit.allowed:
-            return limited(hit.retry_after_ms)
+        """A hold of ``estimate`` credits; rate limit and quantity limits in the same script call."""
         h = await self.guard("reserve", self.store.reserve_credits(
-            account, estimate, operation_type, metadata=meta, min_balance=0, idempotency_key=idem))
+            account, estimate, operation_type, metadata=meta, min_balance=0, idempotency_key=idem,
+            quantities=quantities, rate_limit=True))
+        if h.error == E.RATE_LIMITED:
+            return limited(h.retry_after_ms)
         headers = [(BALANCE_HEADER, str(h.balance))]
         if h.error:
             return refused(h.error, headers)
         headers.append((RESERVATION_HEADER, h.reservation_id))
-        headers.extend(_rate_headers(hit.remaining))
+        headers.extend(_rate_headers(h.rate_limit_remaining))
         if h.idempotent:
             headers.append((REPLAYED_HEADER, "true"))
         return Verdict(200, headers=headers, reservation_id=h.reservation_id, replayed=h.idempotent)

@@ -8,6 +8,11 @@ A route is a method and a path pattern with a price:
   through ``POST /v1/settle``, or by the middleware from the response), the rest of the hold
   returning to the account. A hold that is never settled expires and costs nothing.
 
+``quantity: tokens`` makes the decision also check the account's quantity limits (e.g. tokens per
+minute, ``set_quantity_limit``) against the request's estimate: the ``quantity_header`` request
+header (e.g. ``X-Token-Estimate``) when it holds a whole number, else ``quantity_estimate``; on a
+hold route the settlement corrects it with the actual quantity.
+
 Path patterns: ``/v1/models`` (exact), ``/v1/chat/{model}`` (a template: ``{name}`` is one path
 segment, available to ``model: "{model}"``), ``/files/*`` (a prefix: ``/files`` and everything
 below it). Exact paths are looked up first, then templates and prefixes in the order listed.
@@ -30,7 +35,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -55,6 +60,9 @@ class RouteSpec(BaseModel):
     hold: int | None = Field(default=None, ge=1, le=2**53 - 1)
     operation_type: str = Field(default="http", min_length=1, max_length=256)
     model: str | None = Field(default=None, max_length=256)
+    quantity: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    quantity_estimate: int = Field(default=0, ge=0, le=2**53 - 1)
+    quantity_header: str | None = Field(default=None, pattern=r"^[A-Za-z0-9-]{1,128}$")
 
     @model_validator(mode="after")
     def _check(self) -> RouteSpec:
@@ -66,6 +74,10 @@ class RouteSpec(BaseModel):
             raise ValueError("path: '*' is allowed only as the last segment ('/prefix/*')")
         if self.method != "*" and not all(_METHOD.match(m.strip()) for m in self.method.upper().split(",")):
             raise ValueError("method must be '*', or methods like 'GET' or 'GET,POST'")
+        if (self.quantity_estimate or self.quantity_header) and not self.quantity:
+            raise ValueError("quantity_estimate / quantity_header need quantity (the limited quantity's name)")
+        if self.quantity and self.cost == 0:
+            raise ValueError("a quantity limit is checked by a charge or a hold: give cost >= 1 or hold")
         if self.model:
             for name in _PARAM.findall(self.model):
                 if name not in _PARAM.findall(self.path):
@@ -103,6 +115,19 @@ class RouteMatch:
         if not m or "{" not in m:
             return m or None
         return _PARAM.sub(lambda g: self.params.get(g.group(1), ""), m) or None
+
+    def quantities(self, header: Callable[[str], str | None]) -> dict[str, int] | None:
+        """The request's quantity estimate for the route's quantity limit: the ``quantity_header``
+        request header when it holds a whole number, else ``quantity_estimate`` (None: no quantity)."""
+        r = self.route
+        if r.quantity is None:
+            return None
+        n = r.quantity_estimate
+        if r.quantity_header:
+            given = header(r.quantity_header)
+            if given is not None and given.strip().isdigit() and len(given.strip()) <= 15:
+                n = int(given)
+        return {r.quantity: n}
 
 
 def normalize_path(raw: str) -> str:

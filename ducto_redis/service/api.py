@@ -35,6 +35,7 @@ class ChargeBody(_Body):
     operation_type: StrictStr = "api"
     metadata: dict[str, Any] | None = None
     min_balance: StrictInt = 0
+    quantities: dict[str, StrictInt] | None = None
 
 
 class ReserveBody(_Body):
@@ -46,6 +47,8 @@ class ReserveBody(_Body):
     metadata: dict[str, Any] | None = None
     min_balance: StrictInt = 0
     ttl_seconds: StrictInt | None = None
+    quantities: dict[str, StrictInt] | None = None
+    rate_limit: bool = False
 
 
 class SettleBody(_Body):
@@ -55,6 +58,7 @@ class SettleBody(_Body):
     reservation_id: StrictStr
     amount: StrictInt
     metadata: dict[str, Any] | None = None
+    quantities: dict[str, StrictInt] | None = None
 
 
 class ReleaseBody(_Body):
@@ -83,6 +87,7 @@ class ChargeItem(_Body):
     idempotency_key: StrictStr | None = None
     metadata: dict[str, Any] | None = None
     min_balance: StrictInt = 0
+    quantities: dict[str, StrictInt] | None = None
 
 
 class ChargeManyBody(_Body):

@@ -161,16 +161,18 @@ class Service:
     async def charge(self, request: Request) -> BaseModel:
         b = await parse_body(request, api.ChargeBody)
         return await self.store.charge(b.user_id, b.amount, b.operation_type, _idem(request), b.metadata,
-                                       b.min_balance)
+                                       b.min_balance, quantities=b.quantities)
 
     async def reserve(self, request: Request) -> BaseModel:
         b = await parse_body(request, api.ReserveBody)
         return await self.store.reserve_credits(b.user_id, b.amount, b.operation_type, b.metadata, b.min_balance,
-                                                _idem(request), b.ttl_seconds)
+                                                _idem(request), b.ttl_seconds, quantities=b.quantities,
+                                                rate_limit=b.rate_limit)
 
     async def settle(self, request: Request) -> BaseModel:
         b = await parse_body(request, api.SettleBody)
-        return await self.store.deduct_credits(b.user_id, b.reservation_id, b.amount, _idem(request), b.metadata)
+        return await self.store.deduct_credits(b.user_id, b.reservation_id, b.amount, _idem(request), b.metadata,
+                                               quantities=b.quantities)
 
     async def release(self, request: Request) -> BaseModel:
         b = await parse_body(request, api.ReleaseBody)
@@ -214,7 +216,7 @@ class Service:
         account = h.get(self.account_header)
         if not account:
             return verdict_response(Verdict(401, "missing_account"), deny_status)
-        verdict = await self.gate.admit(account, match, h.get("idempotency-key"))
+        verdict = await self.gate.admit(account, match, h.get("idempotency-key"), match.quantities(h.get))
         if verdict.admitted:
             verdict.headers.append((ACCOUNT_HEADER_UPSTREAM, account))
             given = {k for k, _ in verdict.headers}
