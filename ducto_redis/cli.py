@@ -28,27 +28,13 @@ def _database_url(args: argparse.Namespace) -> str:
 
 def load_pricing_file(path: str) -> dict[str, Any]:
     """A pricing config dict from a JSON file, or a YAML file (``.yaml``/``.yml``) when PyYAML is installed."""
-    import json
-    from pathlib import Path
+    from .config_files import load_mapping
+    from .errors import ConfigError
 
-    text = Path(path).read_text(encoding="utf-8")
-    if path.endswith((".yaml", ".yml")):
-        try:
-            import yaml  # type: ignore[import-untyped,import-not-found,unused-ignore]
-        except ImportError:
-            raise SystemExit(
-                f"ducto-redis: {path} is YAML, and reading YAML needs PyYAML (pip install pyyaml); "
-                "or give the same config as JSON"
-            ) from None
-        data = yaml.safe_load(text)
-    else:
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise SystemExit(f"ducto-redis: {path} is not valid JSON: {exc}") from None
-    if not isinstance(data, dict):
-        raise SystemExit(f"ducto-redis: {path} must hold a mapping (models, tools, ...), not {type(data).__name__}")
-    return data
+    try:
+        return load_mapping(path)
+    except ConfigError as exc:
+        raise SystemExit(f"ducto-redis: {exc}") from None
 
 
 def _pricing(args: argparse.Namespace) -> int:

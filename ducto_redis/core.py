@@ -128,6 +128,15 @@ def idempotency_of(key: object, meta: CreditMetadata | None) -> str | None:
     return check_idempotency_key(key)
 
 
+def period_ms(period_seconds: object) -> int:
+    """A limit's period in whole milliseconds, from seconds (0.001 s to 366 days)."""
+    if isinstance(period_seconds, bool) or not isinstance(period_seconds, (int, float)) or not (
+        0.001 <= period_seconds <= 366 * 86400
+    ):
+        raise InvalidInputError("period_seconds", "must be a number of seconds from 0.001 to 366 days")
+    return round(period_seconds * 1000)
+
+
 _QUANTITY_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 
 
@@ -580,12 +589,8 @@ class StoreCore:
         value = ""
         if limit is not None:
             n = check_amount(limit, "limit", 1)
-            if isinstance(period_seconds, bool) or not isinstance(period_seconds, (int, float)) or not (
-                0.001 <= period_seconds <= 366 * 86400
-            ):
-                raise InvalidInputError("period_seconds", "must be a number of seconds from 0.001 to 366 days")
             b = n if burst is None else check_amount(burst, "burst", 1)
-            value = f"{n}|{round(period_seconds * 1000)}|{b}"
+            value = f"{n}|{period_ms(period_seconds)}|{b}"
         args = [self._offset(), new_id(), USER, uid, value]
         return Call(self.scripts["set_rate_limit"], [k.account, k.ledger], args, lambda _r: None)
 
@@ -602,12 +607,7 @@ class StoreCore:
             raise InvalidInputError("model", "must not contain '|' or ';'")
         value = ""
         if limit is not None:
-            n = check_amount(limit, "limit", 1)
-            if isinstance(period_seconds, bool) or not isinstance(period_seconds, (int, float)) or not (
-                0.001 <= period_seconds <= 366 * 86400
-            ):
-                raise InvalidInputError("period_seconds", "must be a number of seconds from 0.001 to 366 days")
-            value = f"{n}|{round(period_seconds * 1000)}"
+            value = f"{check_amount(limit, 'limit', 1)}|{period_ms(period_seconds)}"
         k = self.keys.user(uid)
         args = [self._offset(), new_id(), USER, uid, name, m, value]
         return Call(self.scripts["set_quantity_limit"], [k.account, k.ledger], args, lambda _r: None)

@@ -38,16 +38,11 @@ class ChargeBody(_Body):
     quantities: dict[str, StrictInt] | None = None
 
 
-class ReserveBody(_Body):
-    """``POST /v1/reserve``: hold an estimate; settle it with ``/v1/settle``."""
+class ReserveBody(ChargeBody):
+    """``POST /v1/reserve``: hold an estimate; settle it with ``/v1/settle``. ``rate_limit``: apply
+    the account's request-rate limit in the same call (a gateway admitting a request)."""
 
-    user_id: StrictStr
-    amount: StrictInt
-    operation_type: StrictStr = "api"
-    metadata: dict[str, Any] | None = None
-    min_balance: StrictInt = 0
     ttl_seconds: StrictInt | None = None
-    quantities: dict[str, StrictInt] | None = None
     rate_limit: bool = False
 
 
@@ -78,16 +73,10 @@ class CreditsBody(_Body):
     expires_at: datetime | None = None
 
 
-class ChargeItem(_Body):
+class ChargeItem(ChargeBody):
     """One decision of ``/v1/charge_many``."""
 
-    user_id: StrictStr
-    amount: StrictInt
-    operation_type: StrictStr = "api"
     idempotency_key: StrictStr | None = None
-    metadata: dict[str, Any] | None = None
-    min_balance: StrictInt = 0
-    quantities: dict[str, StrictInt] | None = None
 
 
 class ChargeManyBody(_Body):
