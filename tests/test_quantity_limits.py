@@ -140,3 +140,12 @@ def test_quantity_limits_through_the_middleware_and_forward_auth(redis_client: A
         drop_namespace(redis_client, ns)
         admin.close()
 
+
+
+def test_batched_charges_apply_quantity_limits_as_one_by_one(store: RedisStore) -> None:
+    store.add_credits("u", 1_000)
+    store.set_quantity_limit("u", "tokens", 1_000, period_seconds=60)
+    results = store.charge_many([{"user_id": "u", "amount": 1, "operation_type": "b", "quantities": {"tokens": 400}}
+                                 for _ in range(3)])
+    assert [r.error for r in results] == [None, None, "rate_limited"]
+    assert store.get_balance("u").balance == 998

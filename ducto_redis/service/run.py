@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import tempfile
 
 from ..errors import ConfigError
@@ -45,13 +46,17 @@ def serve(
         if value is not None:
             os.environ[f"DUCTO_{name.upper()}"] = str(value)
     n = workers or settings.service_workers
+    made = None
     if n > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):  # every scrape sums all workers
-        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="ducto-metrics-")
-    import uvicorn
-
+        made = os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="ducto-metrics-")
+    try:
+        import uvicorn
+    except ImportError as exc:  # pragma: no cover - the [service] extra is missing
+        raise ConfigError(f"ducto-redis serve needs the [service] extra: {exc}") from None
     try:
         uvicorn.run("ducto_redis.service.app:create_app", factory=True, host=bind,
                     port=settings.service_port if port is None else port, workers=n, log_level="warning",
                     access_log=False)
-    except ImportError as exc:  # pragma: no cover - the [service] extra is missing
-        raise ConfigError(f"ducto-redis serve needs the [service] extra: {exc}") from None
+    finally:
+        if made:
+            shutil.rmtree(made, ignore_errors=True)
