@@ -5,10 +5,12 @@ EVALSHA of the shared reference debit per request) and ``ducto-redis serve``, bo
 with the same settings, with 1 and then 2 workers; then Caddy in front of each (``forward_auth`` to
 the plain endpoint's ``/auth`` or to the service's ``/v1/authorize``, the upstream a Caddy
 ``respond``). Each target gets the same locust load (FastHttpUser, ``--users``) for ``--seconds``;
-the pairs run back to back. Prints req/s, p50 and p99 and the ratios; ``--write`` puts them into
-bench/RESULTS.md.
+both sides of a pair run at once and the load alternates between them, ``--rounds`` times. Prints
+median req/s, p50 and p99, the servers' CPU per request (their process trees' CPU time over the
+requests served: less sensitive to the machine's other load) and the ratios; ``--write`` puts them
+into bench/RESULTS.md.
 
-    python bench/service.py --seconds 30 --users 32 --write
+    python bench/service.py --seconds 20 --rounds 3 --users 32 --write
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import contextlib
 import csv
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -38,14 +41,44 @@ NS = "bench-svc"
 URL = os.environ.get("DUCTO_REDIS_URL", "redis://127.0.0.1:6379/0")
 
 
+class Server(str):
+    """A started server: its base URL (the str), and its process id (``pid``)."""
+
+    pid: int
+
+
+def cpu_seconds(*pids: int) -> float:
+    """User + system CPU seconds of these processes and all their descendants (Linux /proc)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    stats: dict[int, tuple[int, float]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat", encoding="ascii", errors="replace") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            stats[int(entry)] = (int(fields[1]), (int(fields[11]) + int(fields[12])) / tick)
+    wanted, total, frontier = set(pids), 0.0, list(pids)
+    while frontier:
+        p = frontier.pop()
+        total += stats.get(p, (0, 0.0))[1]
+        kids = [c for c, (ppid, _) in stats.items() if ppid == p and c not in wanted]
+        wanted.update(kids)
+        frontier.extend(kids)
+    return total
+
+
 @contextlib.contextmanager
-def process(cmd: list[str], port: int, env: dict[str, str] | None = None, cwd: str | None = None) -> Iterator[str]:
+def process(cmd: list[str], port: int, env: dict[str, str] | None = None, cwd: str | None = None) -> Iterator[Server]:
     proc = subprocess.Popen(cmd, env={**os.environ, **(env or {})}, cwd=cwd, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     try:
         wait_port(port, proc)  # type: ignore[arg-type]
         time.sleep(1.0)  # every worker up
-        yield f"http://127.0.0.1:{port}"
+        server = Server(f"http://127.0.0.1:{port}")
+        server.pid = proc.pid
+        yield server
     finally:
         proc.terminate()
         try:
@@ -54,20 +87,20 @@ def process(cmd: list[str], port: int, env: dict[str, str] | None = None, cwd: s
             proc.kill()
 
 
-def plain(workers: int) -> contextlib.AbstractContextManager[str]:
+def plain(workers: int) -> contextlib.AbstractContextManager[Server]:
     port = free_port()
     return process([sys.executable, "-m", "uvicorn", "plain_endpoint:app", "--app-dir", str(BENCH), "--port",
                     str(port), "--workers", str(workers), "--log-level", "warning", "--no-access-log"], port)
 
 
-def service(workers: int, routes: Path) -> contextlib.AbstractContextManager[str]:
+def service(workers: int, routes: Path) -> contextlib.AbstractContextManager[Server]:
     port = free_port()
     return process([sys.executable, "-m", "ducto_redis.cli", "--redis-url", URL, "--namespace", NS, "serve",
                     "--port", str(port), "--workers", str(workers), "--routes", str(routes)], port,
                    {"DUCTO_SERVICE_TOKENS": TOKEN})
 
 
-def caddy(auth_url: str, auth_uri: str, tmp: str) -> contextlib.AbstractContextManager[str]:
+def caddy(auth_url: str, auth_uri: str, tmp: str) -> contextlib.AbstractContextManager[Server]:
     port = free_port()
     host = auth_url.removeprefix("http://")
     d = tempfile.mkdtemp(dir=tmp)
@@ -129,15 +162,44 @@ def cleanup() -> None:
     client.close()
 
 
+Result = tuple[float, float, float, int, float]  # req/s, p50 ms, p99 ms, failures, server CPU ms per request
+
+
+def compare(
+    base: list[Server], ours: list[Server], user: tuple[str, str], rounds: int, seconds: int, users: int, tmp: str
+) -> tuple[Result, Result]:
+    """Alternate the same load on the yardstick and on ours, ``rounds`` times each; medians of
+    req/s and latency, and the servers' CPU per request over all rounds (less sensitive to the
+    machine's other load than req/s)."""
+    runs: dict[int, list[tuple[float, float, float, int]]] = {0: [], 1: []}
+    cpu = [0.0, 0.0]
+    requests = [0.0, 0.0]
+    for _ in range(rounds):
+        for side, servers in enumerate((base, ours)):
+            before = cpu_seconds(*(s.pid for s in servers))
+            r = locust(user[side], servers[-1], seconds, users, tmp)
+            cpu[side] += cpu_seconds(*(s.pid for s in servers)) - before
+            requests[side] += r[0] * seconds
+            runs[side].append(r)
+
+    def summary(side: int) -> Result:
+        rs = runs[side]
+        return (statistics.median(r[0] for r in rs), statistics.median(r[1] for r in rs),
+                statistics.median(r[2] for r in rs), sum(r[3] for r in rs), 1000 * cpu[side] / max(requests[side], 1))
+
+    return summary(0), summary(1)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--seconds", type=int, default=30)
+    ap.add_argument("--rounds", type=int, default=3, help="alternating runs of each side")
     ap.add_argument("--users", type=int, default=32)
     ap.add_argument("--accounts", type=int, default=1000)
     ap.add_argument("--write", action="store_true")
     args = ap.parse_args()
     os.environ["DUCTO_BENCH_ACCOUNTS"] = str(args.accounts)
-    rows: list[tuple[str, tuple[float, float, float, int], str]] = []
+    rows: list[tuple[str, Result, str, str]] = []
     with tempfile.TemporaryDirectory(prefix="ducto-bench-") as tmp:
         routes = Path(tmp) / "routes.json"
         routes.write_text('{"routes": [{"method": "GET", "path": "/chat", "cost": 1}]}')
@@ -145,30 +207,32 @@ def main() -> None:
         seed(args.accounts)
         try:
             for workers in (1, 2):
-                with plain(workers) as url:
-                    base = locust("PlainUser", url, args.seconds, args.users, tmp)
-                with service(workers, routes) as url:
-                    ours = locust("ServiceUser", url, args.seconds, args.users, tmp)
-                rows.append((f"plain endpoint `POST /charge` (bare EVALSHA), {workers} worker(s)", base, ""))
-                rows.append((f"service `POST /v1/charge`, {workers} worker(s)", ours, f"{ours[0] / base[0]:.2f}×"))
-            with plain(1) as purl, caddy(purl, "/auth", tmp) as curl:
-                base = locust("ForwardAuthUser", curl, args.seconds, args.users, tmp)
-            with service(1, routes) as surl, caddy(surl, "/v1/authorize", tmp) as curl:
-                ours = locust("ForwardAuthUser", curl, args.seconds, args.users, tmp)
-            rows.append(("Caddy forward_auth → plain endpoint `/auth`, 1 worker", base, ""))
-            rows.append(("Caddy forward_auth → service `/v1/authorize`, 1 worker", ours, f"{ours[0] / base[0]:.2f}×"))
+                with plain(workers) as purl, service(workers, routes) as surl:
+                    base, ours = compare([purl], [surl], ("PlainUser", "ServiceUser"), args.rounds, args.seconds,
+                                         args.users, tmp)
+                rows.append((f"plain endpoint `POST /charge` (bare EVALSHA), {workers} worker(s)", base, "", ""))
+                rows.append((f"service `POST /v1/charge`, {workers} worker(s)", ours, f"{ours[0] / base[0]:.2f}×",
+                             f"{ours[4] / base[4]:.2f}×"))
+            with plain(1) as purl, caddy(purl, "/auth", tmp) as pc, service(1, routes) as surl, \
+                    caddy(surl, "/v1/authorize", tmp) as sc:
+                base, ours = compare([purl, pc], [surl, sc], ("ForwardAuthUser",) * 2, args.rounds, args.seconds,
+                                     args.users, tmp)
+            rows.append(("Caddy forward_auth → plain endpoint `/auth`, 1 worker", base, "", ""))
+            rows.append(("Caddy forward_auth → service `/v1/authorize`, 1 worker", ours, f"{ours[0] / base[0]:.2f}×",
+                         f"{ours[4] / base[4]:.2f}×"))
         finally:
             cleanup()
-    table = ["| target | req/s | p50 ms | p99 ms | failures | vs the yardstick above |",
-             "|---|---:|---:|---:|---:|---:|"]
-    for name, (rps, p50, p99, fails), ratio in rows:
-        table.append(f"| {name} | {rps:,.0f} | {p50:.0f} | {p99:.0f} | {fails} | {ratio} |")
+    table = ["| target | req/s (median) | p50 ms | p99 ms | failures | server CPU ms/request | req/s vs the yardstick "
+             "above | CPU per request vs the yardstick |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for name, (rps, p50, p99, fails, cpu), ratio, cpu_ratio in rows:
+        table.append(f"| {name} | {rps:,.0f} | {p50:.0f} | {p99:.0f} | {fails} | {cpu:.2f} | {ratio} | {cpu_ratio} |")
     text = "\n".join(table)
     print(text)
     if args.write:
         from results import write_section
 
-        note = (f"locust FastHttpUser, {args.users} users, {args.seconds} s per target, {args.accounts} accounts, "
+        note = (f"locust FastHttpUser, {args.users} users, {args.rounds} alternating rounds of {args.seconds} s per "
+                f"target (medians), {args.accounts} accounts, "
                 "uvicorn with the same settings for both apps, Caddy 2.6 (Debian), Redis 7, all on one noisy 2-core "
                 "machine (locust, the servers and Redis share the cores): read the ratios, from this one run.")
         write_section("Decision service (locust)", "python bench/service.py " + " ".join(sys.argv[1:]), note, text)
