@@ -15,7 +15,7 @@ What is measured:
   ``ducto_flusher_rows_per_second{namespace}`` (the last batch): fed by the flusher's ``on_batch`` hook.
 
 ``serve`` answers them at ``/metrics``, ``ducto-redis flush --metrics-port`` on its own port, and
-``metrics_app()`` is an ASGI app to mount in your own (``app.mount("/metrics", metrics_app())``).
+``metrics_app()`` is an ASGI app for your own (``Route("/metrics", metrics_app())``).
 With several worker processes, set ``PROMETHEUS_MULTIPROC_DIR`` (``serve --workers`` does) and every
 scrape sums all workers. ``import ducto_redis`` does not import prometheus_client; this module does.
 """
@@ -152,16 +152,22 @@ class _Default(Collector):
         yield from REGISTRY.collect()
 
 
-def metrics_app(extra: Collector | None = None) -> Callable[..., Any]:
-    """An ASGI app answering the metrics (mount it at ``/metrics`` in your own app)."""
+class MetricsApp:
+    """An ASGI app answering the metrics; ``Route("/metrics", MetricsApp())`` in your own app."""
 
-    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
-        body = scrape(extra)
+    def __init__(self, extra: Collector | None = None) -> None:
+        self.extra = extra
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        body = scrape(self.extra)
         await send({"type": "http.response.start", "status": 200,
                     "headers": [(b"content-type", CONTENT_TYPE_LATEST.encode())]})
         await send({"type": "http.response.body", "body": body})
 
-    return app
+
+def metrics_app(extra: Collector | None = None) -> MetricsApp:
+    """An ASGI app answering the metrics (``Route("/metrics", metrics_app())``, or mount it)."""
+    return MetricsApp(extra)
 
 
 def serve_ledger_metrics(port: int, store: Any, host: str = "0.0.0.0") -> FlusherMetrics:

@@ -18,6 +18,7 @@ from starlette.routing import Route
 from ducto_redis import RedisStore, SpendCap
 from ducto_redis.aio import AsyncRedisStore
 from ducto_redis.asgi import CreditMiddleware
+from ducto_redis.metrics import metrics_app
 
 ROUTES = [
     {"method": "POST", "path": "/v1/chat/{model}", "cost": 5, "model": "{model}"},
@@ -45,7 +46,8 @@ def site(redis_client: Any) -> Iterator[tuple[str, RedisStore]]:
     admin = RedisStore.from_url(REDIS_URL, namespace=ns)
     app = Starlette(routes=[Route("/v1/chat/{model}", echo, methods=["POST", "GET"]),
                             Route("/files/{rest:path}", echo), Route("/filesystem", echo),
-                            Route("/jobs", job, methods=["POST"]), Route("/boom", boom)])
+                            Route("/jobs", job, methods=["POST"]), Route("/boom", boom),
+                            Route("/metrics", metrics_app())])
     wrapped = CreditMiddleware(app, AsyncRedisStore.from_url(REDIS_URL, namespace=ns), routes=ROUTES)
     try:
         with serve(wrapped) as url:
@@ -124,3 +126,12 @@ def test_a_request_the_app_never_answered_is_not_charged(site: tuple[str, RedisS
     uid = user(admin, 100)
     assert httpx.get(url + "/boom", headers={"X-API-Key": uid}).status_code == 500
     assert admin.get_balance(uid).balance == 100  # charged, then refunded
+
+
+def test_the_middleware_records_decision_metrics_a_mounted_endpoint_serves(site: tuple[str, RedisStore]) -> None:
+    url, admin = site
+    uid = user(admin, 100)
+    assert httpx.get(url + "/files/x", headers={"X-API-Key": uid}).status_code == 200
+    text = httpx.get(url + "/metrics").text  # unlisted: free, no account
+    assert 'ducto_decisions_total{operation="charge",outcome="ok"}' in text
+    assert 'ducto_decision_seconds_count{operation="charge"}' in text

@@ -173,3 +173,16 @@ def test_a_client_cannot_forge_the_headers_the_service_gives_the_upstream(gw: tu
     assert seen["x-ducto-account"] == user
     assert seen.get("x-reservation-id", "") == ""
     assert seen.get("idempotent-replayed", "") == ""
+
+
+def test_envoy_style_check_requests_carry_the_method_and_path_themselves(world: dict[str, Any]) -> None:
+    """Envoy's ext_authz (HTTP) sends the original method, and path_prefix + the original path."""
+    admin: RedisStore = world["admin"]
+    user = account(admin, "envoy", 100)
+    auth = {"X-Ducto-Token": TOKEN, "X-API-Key": user}
+    r = httpx.post(world["service"] + "/v1/authorize/llm/gpt-4o", headers=auth)
+    assert r.status_code == 200 and r.headers["x-reservation-id"]
+    assert httpx.get(world["service"] + "/v1/authorize/chat", headers=auth).status_code == 200
+    assert httpx.post(world["service"] + "/v1/authorize/chat", headers=auth).headers["x-transaction-id"] == ""
+    bal = admin.get_balance(user)
+    assert (bal.balance, bal.held) == (95, 50)

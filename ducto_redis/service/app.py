@@ -67,6 +67,8 @@ def result_response(result: BaseModel) -> Response:
     ``Idempotent-Replayed`` on a replay."""
     data = result.model_dump(mode="json")
     error = data.get("error")
+    if error is None and not data.get("idempotent"):  # the common case, kept short
+        return Response(json.dumps(data, separators=(",", ":")), 200, None, "application/json")
     headers: dict[str, str] = {}
     status = status_of(error)
     if status == 429:
@@ -274,9 +276,11 @@ def _idem(request: Request) -> str | None:
 
 
 def service_store(settings: Settings) -> AsyncRedisStore:
-    """The service's async store: its Redis calls bounded by ``decision_timeout_ms``."""
-    timeout = settings.decision_timeout_ms / 1000
-    client = async_client(settings.redis_url, socket_timeout=timeout, socket_connect_timeout=timeout)
+    """The service's async store. A connection attempt gives up after ``decision_timeout_ms``; every
+    call is bounded by the gate (one ``asyncio.timeout`` per decision, which also disconnects a
+    connection left mid-reply), so the client needs no socket timeout of its own (redis-py's costs a
+    task per read)."""
+    client = async_client(settings.redis_url, socket_connect_timeout=settings.decision_timeout_ms / 1000)
     return AsyncRedisStore(client, settings)
 
 
