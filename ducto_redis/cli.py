@@ -27,12 +27,13 @@ def _database_url(args: argparse.Namespace) -> str:
 
 
 def load_pricing_file(path: str) -> dict[str, Any]:
-    """A pricing config dict from a JSON file, or a YAML file (``.yaml``/``.yml``) when PyYAML is installed."""
-    from .config_files import load_mapping
+    """The raw pricing config of a JSON or YAML file (:func:`ducto_redis.config.read_pricing_file`);
+    a file that cannot be read ends the command with its message."""
+    from .config import read_pricing_file
     from .errors import ConfigError
 
     try:
-        return load_mapping(path)
+        return read_pricing_file(path)
     except ConfigError as exc:
         raise SystemExit(f"ducto-redis: {exc}") from None
 
@@ -85,6 +86,27 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _demo(args: argparse.Namespace) -> int:
+    """The demo on the embedded store with its ledger in a temporary SQLite file (restarted at the
+    end), or with --redis on the Redis at --redis-url."""
+    import tempfile
+    from pathlib import Path
+
+    from .demo import run_demo
+    from .memory import MemoryStore
+    from .store import RedisStore
+
+    if args.redis:
+        run_demo(RedisStore.from_url(args.redis_url, namespace=args.namespace + "-demo"))
+        return 0
+    with tempfile.TemporaryDirectory() as tmp:
+        ledger = str(Path(tmp) / "ledger.sqlite")
+        print(f"ledger file: {ledger} (SQLite; MemoryStore(ledger_file=...) or DUCTO_LEDGER_FILE)")
+        run_demo(MemoryStore(args.namespace, ledger_file=ledger),
+                 reopen=lambda: MemoryStore(args.namespace, ledger_file=ledger))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``ducto-redis`` command; returns its exit code."""
     settings = Settings()
@@ -127,16 +149,7 @@ def main(argv: list[str] | None = None) -> int:
 
     args = parser.parse_args(argv)
     if args.command == "demo":
-        from .demo import run_demo
-        from .memory import MemoryStore
-        from .store import RedisStore
-
-        store: Any = (
-            RedisStore.from_url(args.redis_url, namespace=args.namespace + "-demo")
-            if args.redis else MemoryStore(args.namespace)
-        )
-        run_demo(store)
-        return 0
+        return _demo(args)
     if args.command == "pricing":
         return _pricing(args)
     if args.command == "balance":

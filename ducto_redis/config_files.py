@@ -9,31 +9,32 @@ from typing import Any
 from .errors import ConfigError
 
 
-def load_mapping(path: str | Path) -> dict[str, Any]:
+def load_mapping(path: str | Path, what: str = "file", holds: str = "") -> dict[str, Any]:
     """A mapping from a JSON file, or a YAML file (``.yaml``/``.yml``) when PyYAML is installed.
 
-    Raises :class:`ConfigError` with a one-line reason (missing file, bad syntax, not a mapping).
+    Raises :class:`ConfigError` with a one-line reason (missing file, bad syntax, not a mapping);
+    ``what`` names the file's kind (``"pricing file"``), ``holds`` what the mapping holds.
     """
-    p = Path(path)
+    name = str(path)
     try:
-        text = p.read_text(encoding="utf-8")
+        text = Path(path).read_text(encoding="utf-8")
     except OSError as exc:
-        raise ConfigError(f"{path}: cannot read it ({exc.strerror or exc})") from None
-    if p.suffix in (".yaml", ".yml"):
+        raise ConfigError(f"cannot read {what} {name}: {exc.strerror or exc}") from None
+    if name.endswith((".yaml", ".yml")):
         try:
             import yaml  # type: ignore[import-untyped,import-not-found,unused-ignore]
         except ImportError:
-            raise ConfigError(f"{path} is YAML, and reading YAML needs PyYAML (pip install pyyaml); "
+            raise ConfigError(f"{name} is YAML, and reading YAML needs PyYAML (pip install pyyaml); "
                               "or give the same content as JSON") from None
         try:
             data = yaml.safe_load(text)
         except yaml.YAMLError as exc:
-            raise ConfigError(f"{path} is not valid YAML: {exc}") from None
+            raise ConfigError(f"{name} is not valid YAML: {exc}") from None
     else:
         try:
             data = json.loads(text)
         except json.JSONDecodeError as exc:
-            raise ConfigError(f"{path} is not valid JSON: {exc}") from None
+            raise ConfigError(f"{name} is not valid JSON: {exc}") from None
     if not isinstance(data, dict):
-        raise ConfigError(f"{path} must hold a mapping, not {type(data).__name__}")
+        raise ConfigError(f"{name} must hold a mapping{holds}, not {type(data).__name__}")
     return data

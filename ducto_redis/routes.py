@@ -191,7 +191,7 @@ class RouteTable:
     @classmethod
     def from_file(cls, path: str | Path) -> RouteTable:
         """Read a routes file: JSON, or YAML (``.yaml``/``.yml``) when PyYAML is installed."""
-        data = load_mapping(path)
+        data = load_mapping(path, "routes file")
         try:
             parsed = RoutesFile.model_validate(data)
         except ValidationError as exc:

@@ -1,4 +1,7 @@
-"""Rebuild Redis from the Postgres ledger (restore) and compare the two (reconcile).
+"""Rebuild Redis from the ledger (restore) and compare the two (reconcile).
+
+The rows come from a :class:`~ducto_redis.ledger.database.LedgerDatabase`: PostgreSQL (the
+flusher's) or SQLite (MemoryStore's embedded ledger) — the same read, the same derivation.
 
 Both derive each account's state from its ledger entries in stream order: balance and held
 (the last entry's ``bal``/``held``), lifetime purchases, open holds, caps and rate limit (config
@@ -28,6 +31,7 @@ from typing import Any
 
 from ..core import shard_of_tx
 from ..keys import member_window_field
+from .database import LedgerDatabase
 
 DAY_MS = 86_400_000
 WINDOW_GRACE_MS = 3_600_000
@@ -172,23 +176,12 @@ class AccountState:
             self.members.pop(e["member"], None)
 
 
-def ledger_rows(database_url: str, schema: str, namespace: str) -> Iterator[dict[str, Any]]:
-    """Every ledger row of a namespace, account by account, in stream order (a server-side cursor)."""
-    import psycopg
-    from psycopg.rows import dict_row
-
-    with psycopg.connect(database_url) as conn, conn.cursor(name="ducto_restore", row_factory=dict_row) as cur:
-        cur.itersize = 5000
-        cur.execute(f"SELECT * FROM {schema}.ledger WHERE namespace = %s "
-                    "ORDER BY account_kind, account_id, shard, stream_ms, stream_seq", (namespace,))
-        yield from cur
-
-
-def derive(database_url: str, schema: str, namespace: str, now_ms: int | None = None) -> Iterator[AccountState]:
-    """The state of every account of the namespace, as the ledger says."""
+def derive(source: LedgerDatabase, namespace: str, now_ms: int | None = None) -> Iterator[AccountState]:
+    """The state of every account of the namespace, as the ledger in ``source`` (PostgreSQL or
+    SQLite) says."""
     now_ms = now_ms or int(time.time() * 1000)
     state: AccountState | None = None
-    for row in ledger_rows(database_url, schema, namespace):
+    for row in source.restore_rows(namespace):
         if row["metadata"] is not None and isinstance(row["metadata"], str):
             row["metadata"] = json.loads(row["metadata"])
         if state is None or (state.kind, state.account_id) != (row["account_kind"], row["account_id"]):
@@ -307,14 +300,14 @@ def write_state(store: Any, s: AccountState, now_ms: int) -> None:
     p.execute()
 
 
-def restore(store: Any, database_url: str, *, progress: bool = True) -> int:
-    """Rebuild every account's Redis keys (and the pricing versions) from the ledger; returns the
-    number of accounts."""
-    schema, ns = store.settings.ledger_schema, store.settings.namespace
-    total = _count_accounts(database_url, schema, ns)
+def restore(store: Any, source: LedgerDatabase, *, progress: bool = True) -> int:
+    """Rebuild every account's Redis keys (and the pricing versions) from the ledger in ``source``;
+    returns the number of accounts."""
+    ns = store.settings.namespace
+    total = source.count_accounts(ns)
     now_ms = int(time.time() * 1000)
     done = 0
-    for state in derive(database_url, schema, ns, now_ms):
+    for state in derive(source, ns, now_ms):
         write_state(store, state, now_ms)
         if state.kind == "p":  # the pricing versions: not an account
             continue
@@ -324,15 +317,6 @@ def restore(store: Any, database_url: str, *, progress: bool = True) -> int:
     if progress:
         print(file=sys.stderr)
     return done
-
-
-def _count_accounts(database_url: str, schema: str, namespace: str) -> int:
-    import psycopg
-
-    with psycopg.connect(database_url) as conn:
-        row = conn.execute(f"SELECT COUNT(DISTINCT (account_kind, account_id)) FROM {schema}.ledger "
-                           "WHERE namespace = %s AND account_kind <> 'p'", (namespace,)).fetchone()
-    return int(row[0]) if row else 0
 
 
 def _bar(done: int, total: int, width: int = 30) -> None:
@@ -384,11 +368,11 @@ def account_drift(store: Any, s: AccountState, now_ms: int) -> list[str]:
     return found
 
 
-def reconcile(store: Any, database_url: str) -> dict[str, list[str]]:
-    """Drift per account (``"u:<id>"`` / ``"t:<id>"``) between Redis and the ledger."""
+def reconcile(store: Any, source: LedgerDatabase) -> dict[str, list[str]]:
+    """Drift per account (``"u:<id>"`` / ``"t:<id>"``) between Redis and the ledger in ``source``."""
     now_ms = int(time.time() * 1000)
     out: dict[str, list[str]] = {}
-    for s in derive(database_url, store.settings.ledger_schema, store.settings.namespace, now_ms):
+    for s in derive(source, store.settings.namespace, now_ms):
         d = account_drift(store, s, now_ms)
         if d:
             out[f"{s.kind}:{s.account_id}"] = d

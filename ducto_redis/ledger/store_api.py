@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import socket
+import threading
 import time
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -20,17 +23,24 @@ from ..models import (
 if TYPE_CHECKING:
     from ..core import StoreCore
     from ..settings import Settings
+    from .database import LedgerDatabase, LedgerReader
     from .flusher import LedgerFlusher
     from .queries import LedgerQueries
 
+CATCH_UP_SECONDS = 5.0
+"""How long analytics on a RedisStore spend copying unflushed entries into PostgreSQL first, at most."""
+
 
 class LedgerStoreMixin:
-    """Methods of the store that reach the Postgres ledger (``DUCTO_DATABASE_URL``)."""
+    """Methods of the store that reach the ledger database: PostgreSQL (``DUCTO_DATABASE_URL``) for a
+    RedisStore; MemoryStore answers from its embedded SQLite ledger instead (``memory.py``)."""
 
     client: Any
     core: StoreCore
     settings: Settings
     _flusher: LedgerFlusher | None = None
+    _catch_up_flusher: LedgerFlusher | None = None
+    _catch_up_lock = threading.Lock()
 
     def _database_url(self, database_url: str | None = None) -> str:
         url = database_url or self.settings.database_url
@@ -96,13 +106,38 @@ class LedgerStoreMixin:
         lag.oldest_unflushed_age_ms = max(0, now_ms - oldest) if oldest is not None else 0
         return lag
 
+    def _ledger_database(self, database_url: str | None = None) -> LedgerDatabase:
+        """The database holding this store's ledger rows: PostgreSQL at ``database_url`` (default
+        ``DUCTO_DATABASE_URL``), schema ``DUCTO_LEDGER_SCHEMA``."""
+        from .database import PostgresLedger
+
+        return PostgresLedger(self._database_url(database_url), self.settings.ledger_schema)
+
+    def ledger_reader(self) -> LedgerReader | None:
+        """Finds one ledger entry by id (``.entry(namespace, entry_id)``) once it has left the Redis
+        stream: the PostgreSQL ledger, or None without a database URL."""
+        return self._ledger_database() if self.settings.database_url else None
+
+    def _catch_up(self) -> None:
+        """Copy what the ledger streams hold into PostgreSQL first (as ``ducto-redis flush --once``,
+        idempotently, for up to :data:`CATCH_UP_SECONDS`), so analytics count every decision made
+        before the call; entries another flusher is writing at that moment arrive with its commit."""
+        from .flusher import LedgerFlusher
+
+        with self._catch_up_lock:
+            if self._catch_up_flusher is None:
+                consumer = f"{socket.gethostname()}-{os.getpid()}-analytics"
+                self._catch_up_flusher = LedgerFlusher(self, self._database_url(), consumer=consumer)
+            self._catch_up_flusher.drain(timeout=CATCH_UP_SECONDS)
+
     def _queries(self) -> LedgerQueries:
         from .queries import LedgerQueries
 
-        return LedgerQueries(self._database_url(), self.settings.ledger_schema, self.settings.namespace)
+        self._catch_up()
+        return LedgerQueries(self._ledger_database(), self.settings.namespace)
 
     def spend_by_user(self, start: datetime, end: datetime) -> list[SpendByUserRow]:
-        """Spend per user in ``[start, end)``, from the Postgres ledger."""
+        """Spend per user in ``[start, end)``, from the ledger (the rule: ``ledger/queries.py``)."""
         return self._queries().spend_by_user(start, end)
 
     def spend_by_model(self, start: datetime, end: datetime) -> list[SpendByModelRow]:
@@ -129,10 +164,10 @@ class LedgerStoreMixin:
         """Rebuild every account's Redis keys from the ledger; returns accounts restored."""
         from .restore import restore
 
-        return restore(self, self._database_url(database_url), progress=progress)
+        return restore(self, self._ledger_database(database_url), progress=progress)
 
     def reconcile_with_ledger(self, database_url: str | None = None) -> dict[str, list[str]]:
         """Drift per account between Redis and the ledger (empty when they agree)."""
         from .restore import reconcile
 
-        return reconcile(self, self._database_url(database_url))
+        return reconcile(self, self._ledger_database(database_url))
