@@ -17,7 +17,9 @@ from collections.abc import Iterator
 from typing import Any
 
 import uvicorn
+from conftest import REDIS_URL, drop_namespace, new_namespace
 
+from ducto_redis import RedisStore
 from ducto_redis.gate import UPSTREAM_HEADERS
 
 # the headers the service answers on an admitted request, copied onto the upstream request
@@ -65,6 +67,24 @@ def serve(app: Any) -> Iterator[str]:
     finally:
         server.should_exit = True
         thread.join(timeout=10)
+
+
+@contextlib.contextmanager
+def own_namespace(redis_client: Any) -> Iterator[RedisStore]:
+    """A sync store on a fresh namespace of the real Redis (the tests' admin), deleted afterwards."""
+    admin = RedisStore.from_url(REDIS_URL, namespace=new_namespace())
+    try:
+        yield admin
+    finally:
+        drop_namespace(redis_client, admin.settings.namespace)
+        admin.close()
+
+
+def funded_user(admin: RedisStore, credits: int, prefix: str = "u") -> str:
+    """A new user id with ``credits``."""
+    uid = f"{prefix}-{new_namespace()}"
+    admin.add_credits(uid, credits)
+    return uid
 
 
 def need_binary(name: str) -> str:

@@ -8,8 +8,9 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import REDIS_URL, drop_namespace, new_namespace
-from gateway_support import serve
+from conftest import REDIS_URL
+from gateway_support import funded_user as user
+from gateway_support import own_namespace, serve
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
@@ -42,25 +43,14 @@ async def boom(request: Request) -> JSONResponse:
 
 @pytest.fixture(scope="module")
 def site(redis_client: Any) -> Iterator[tuple[str, RedisStore]]:
-    ns = new_namespace()
-    admin = RedisStore.from_url(REDIS_URL, namespace=ns)
     app = Starlette(routes=[Route("/v1/chat/{model}", echo, methods=["POST", "GET"]),
                             Route("/files/{rest:path}", echo), Route("/filesystem", echo),
                             Route("/jobs", job, methods=["POST"]), Route("/boom", boom),
                             Route("/metrics", metrics_app())])
-    wrapped = CreditMiddleware(app, AsyncRedisStore.from_url(REDIS_URL, namespace=ns), routes=ROUTES)
-    try:
-        with serve(wrapped) as url:
+    with own_namespace(redis_client) as admin:
+        store = AsyncRedisStore.from_url(REDIS_URL, namespace=admin.settings.namespace)
+        with serve(CreditMiddleware(app, store, routes=ROUTES)) as url:
             yield url, admin
-    finally:
-        drop_namespace(redis_client, ns)
-        admin.close()
-
-
-def user(admin: RedisStore, credits: int) -> str:
-    uid = "u-" + new_namespace()
-    admin.add_credits(uid, credits)
-    return uid
 
 
 def test_unlisted_paths_are_free_and_a_404_costs_nothing(site: tuple[str, RedisStore]) -> None:

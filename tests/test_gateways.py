@@ -9,8 +9,8 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import REDIS_URL, drop_namespace, new_namespace
-from gateway_support import Caddy, Gateway, Nginx, free_port, serve
+from conftest import REDIS_URL
+from gateway_support import Caddy, Gateway, Nginx, free_port, funded_user, own_namespace, serve
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
@@ -48,22 +48,20 @@ def upstream_app(service_url: str) -> Starlette:
 
 @pytest.fixture(scope="module")
 def world(redis_client: Any) -> Iterator[dict[str, Any]]:
-    ns = new_namespace()
-    settings = Settings(redis_url=REDIS_URL, namespace=ns, service_tokens=TOKEN)
-    admin = RedisStore.from_url(REDIS_URL, namespace=ns)
     gateways: dict[str, Gateway] = {}
-    try:
-        with serve(create_app(settings, routes=ROUTES)) as service_url, serve(upstream_app(service_url)) as up_url:
-            service_port = int(service_url.rsplit(":", 1)[1])
-            up_port = int(up_url.rsplit(":", 1)[1])
-            for cls in (Caddy, Nginx):
-                gateways[cls.name] = cls(service_port, up_port, TOKEN, free_port())
-            yield {"admin": admin, "gateways": gateways, "service": service_url}
-    finally:
-        for g in gateways.values():
-            g.stop()
-        drop_namespace(redis_client, ns)
-        admin.close()
+    with own_namespace(redis_client) as admin:
+        settings = Settings(redis_url=REDIS_URL, namespace=admin.settings.namespace, service_tokens=TOKEN)
+        try:
+            with serve(create_app(settings, routes=ROUTES)) as service_url, \
+                    serve(upstream_app(service_url)) as up_url:
+                service_port = int(service_url.rsplit(":", 1)[1])
+                up_port = int(up_url.rsplit(":", 1)[1])
+                for cls in (Caddy, Nginx):
+                    gateways[cls.name] = cls(service_port, up_port, TOKEN, free_port())
+                yield {"admin": admin, "gateways": gateways, "service": service_url}
+        finally:
+            for g in gateways.values():
+                g.stop()
 
 
 @pytest.fixture(params=["caddy", "nginx"])
@@ -72,9 +70,7 @@ def gw(request: pytest.FixtureRequest, world: dict[str, Any]) -> tuple[str, Redi
 
 
 def account(admin: RedisStore, name: str, credits: int) -> str:
-    user = f"{name}-{new_namespace()}"
-    admin.add_credits(user, credits)
-    return user
+    return funded_user(admin, credits, name)
 
 
 def test_admitted_request_reaches_the_upstream_with_the_copied_headers(gw: tuple[str, RedisStore]) -> None:

@@ -8,8 +8,8 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import REDIS_URL, drop_namespace, new_namespace
-from gateway_support import serve
+from conftest import REDIS_URL
+from gateway_support import own_namespace, serve
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
@@ -101,17 +101,16 @@ def test_bad_quantities_are_refused_naming_the_field(store: RedisStore, quantiti
 
 
 def test_quantity_limits_through_the_middleware_and_forward_auth(redis_client: Any) -> None:
-    ns = new_namespace()
-    admin = RedisStore.from_url(REDIS_URL, namespace=ns)
     routes = RouteTable([{"method": "POST", "path": "/llm", "hold": 10, "quantity": "tokens",
                           "quantity_estimate": 500, "quantity_header": "X-Token-Estimate"}])
 
     async def llm(request: Request) -> JSONResponse:
         return JSONResponse({}, headers={"X-Credits-Used": "3", "X-Quantity-Used": request.query_params["used"]})
 
-    app = CreditMiddleware(Starlette(routes=[Route("/llm", llm, methods=["POST"])]),
-                           AsyncRedisStore.from_url(REDIS_URL, namespace=ns), routes=routes)
-    try:
+    with own_namespace(redis_client) as admin:
+        ns = admin.settings.namespace
+        app = CreditMiddleware(Starlette(routes=[Route("/llm", llm, methods=["POST"])]),
+                               AsyncRedisStore.from_url(REDIS_URL, namespace=ns), routes=routes)
         admin.add_credits("mw", 100)
         admin.add_credits("fa", 100)
         for u in ("mw", "fa"):
@@ -125,8 +124,7 @@ def test_quantity_limits_through_the_middleware_and_forward_auth(redis_client: A
             r = httpx.post(url + "/llm?used=1", headers=h)  # 800 + 500 estimated does not
             assert r.status_code == 429 and int(r.headers["retry-after"]) >= 1
         assert admin.get_balance("mw").balance == 91
-        settings = Settings(redis_url=REDIS_URL, namespace=ns)
-        with serve(create_app(settings, routes=routes)) as svc:
+        with serve(create_app(Settings(redis_url=REDIS_URL, namespace=ns), routes=routes)) as svc:
             fwd = {"X-Forwarded-Method": "POST", "X-Forwarded-Uri": "/llm", "X-API-Key": "fa",
                    "X-Token-Estimate": "800"}
             first = httpx.get(svc + "/v1/authorize", headers=fwd)
@@ -136,10 +134,6 @@ def test_quantity_limits_through_the_middleware_and_forward_auth(redis_client: A
                       "quantities": {"tokens": 100}}
             assert httpx.post(svc + "/v1/settle", json=settle).json()["error"] is None
             assert httpx.get(svc + "/v1/authorize", headers=fwd).status_code == 200  # 100 + 800
-    finally:
-        drop_namespace(redis_client, ns)
-        admin.close()
-
 
 
 def test_batched_charges_apply_quantity_limits_as_one_by_one(store: RedisStore) -> None:

@@ -8,8 +8,9 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import REDIS_URL, drop_namespace, new_namespace
-from gateway_support import serve
+from conftest import REDIS_URL, new_namespace
+from gateway_support import funded_user as user
+from gateway_support import own_namespace, serve
 
 from ducto_redis import RedisStore, Settings, SpendCap
 from ducto_redis.service import create_app
@@ -20,21 +21,10 @@ AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 @pytest.fixture(scope="module")
 def api(redis_client: Any) -> Iterator[tuple[httpx.Client, RedisStore]]:
-    ns = new_namespace()
-    admin = RedisStore.from_url(REDIS_URL, namespace=ns)
-    settings = Settings(redis_url=REDIS_URL, namespace=ns, service_tokens=f"other,{TOKEN}")
-    try:
+    with own_namespace(redis_client) as admin:
+        settings = Settings(redis_url=REDIS_URL, namespace=admin.settings.namespace, service_tokens=f"other,{TOKEN}")
         with serve(create_app(settings)) as url, httpx.Client(base_url=url, headers=AUTH) as client:
             yield client, admin
-    finally:
-        drop_namespace(redis_client, ns)
-        admin.close()
-
-
-def user(admin: RedisStore, credits: int) -> str:
-    uid = "u-" + new_namespace()
-    admin.add_credits(uid, credits)
-    return uid
 
 
 def test_charge_debits_and_a_retry_with_the_same_key_is_charged_once(api: Any) -> None:
