@@ -1,5 +1,6 @@
 -- set_quantity_limit.lua: set (or remove) a limit on a quantity requests carry (tokens per period,
--- optionally for one model), kept in the account hash's 'ql' field (see lib.lua quantity_admit), and record it.
+-- optionally for one model), kept in the account hash's 'ql' field (see lib.lua quantity_admit), and record it
+-- (the ledger entry's meta holds the account's limits after the change, 'ql': restore sets them again).
 -- KEYS[1] account hash   KEYS[2] ledger stream
 -- ARGV[1] clock offset ms   ARGV[2] transaction id   ARGV[3] account kind   ARGV[4] account id (raw)
 -- ARGV[5] quantity name   ARGV[6] model or ""   ARGV[7] "limit|period_ms", or "" to remove
@@ -21,5 +22,5 @@ else
 end
 ledger(KEYS[2], { 'id', ARGV[2], 'ts', I(now), 'ak', ARGV[3], 'acct', ARGV[4], 'kind', 'config', 'amount', '0',
   'op', ARGV[7] == '' and 'quantity_limit_removed' or 'quantity_limit_set', 'model', model,
-  'meta', cjson.encode({ quantity = name, model = model, limit = ARGV[7] }) })
+  'meta', cjson.encode({ quantity = name, model = model, limit = ARGV[7], ql = ql }) })
 return { 'ok', '0', ql }
