@@ -291,7 +291,11 @@ def create_app(
     environment). ``routes`` default to ``settings.routes_file`` (none: every route is unlisted)."""
     settings = settings or Settings()
     if routes is None:
-        routes = RouteTable.from_file(settings.routes_file) if settings.routes_file else RouteTable()
+        if settings.routes_file:
+            routes = RouteTable.from_file(settings.routes_file)
+        else:
+            routes = RouteTable()
+            log.warning("no routes file (DUCTO_ROUTES_FILE): forward-auth admits every request for free")
     store = store or service_store(settings)
     service = Service(settings, store, routes)
     if not service.tokens:
