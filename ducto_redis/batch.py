@@ -56,6 +56,7 @@ class ChargeRequest:
     idempotency_key: str | None = None
     metadata: Any = None
     min_balance: int = 0
+    quantities: dict[str, int] | None = None
 
 
 def charge_calls(core: StoreCore, requests: Sequence[ChargeRequest | Mapping[str, Any]]) -> list[Call[Any]]:
@@ -64,7 +65,8 @@ def charge_calls(core: StoreCore, requests: Sequence[ChargeRequest | Mapping[str
     for req in requests:
         r = req if isinstance(req, ChargeRequest) else ChargeRequest(**req)
         calls.append(
-            core.charge(r.user_id, r.amount, r.operation_type, r.idempotency_key, r.metadata, r.min_balance)
+            core.charge(r.user_id, r.amount, r.operation_type, r.idempotency_key, r.metadata, r.min_balance,
+                        r.quantities)
         )
     return calls
 

@@ -11,7 +11,7 @@ import click
 from rich.console import Console
 
 from .app import CliState, cli, pass_state
-from .errors import CliError, ExitCode
+from .errors import CliError, ExitCode, missing_extra
 from .output import emit, polled_progress, progress_bar, table
 
 POSITIVE = click.IntRange(min=1)
@@ -35,16 +35,26 @@ def migrate(state: CliState) -> None:
               help="flusher processes sharing the work (each holds about one core)")
 @click.option("--log-interval", type=click.FloatRange(min=0), default=10.0, show_default=True,
               help="seconds between throughput lines in the log (0: none)")
+@click.option("--metrics-port", type=click.IntRange(1, 65535), default=None,
+              help="answer Prometheus metrics (ledger backlog, rows/s, batch time) on this port "
+              "(needs the [service] extra)")
 @pass_state
-def flush(state: CliState, once: bool, batch: int, processes: int, log_interval: float) -> None:
+def flush(state: CliState, once: bool, batch: int, processes: int, log_interval: float,
+          metrics_port: int | None) -> None:
     """Copy ledger entries from Redis into PostgreSQL (until interrupted, or --once)."""
     from ..ledger.flusher import LedgerFlusher
     from ..ledger.flusher import migrate as create_schema
 
+    if metrics_port is not None:  # before anything is touched
+        try:
+            from ..metrics import serve_ledger_metrics
+        except ImportError as exc:
+            raise missing_extra("--metrics-port", "service", exc) from None
     settings, url = state.settings(), state.database_url()
     store = state.store()
     store.client.ping()  # an unreachable Redis fails here, with its own exit code
     create_schema(url, settings.ledger_schema)
+    on_batch = serve_ledger_metrics(metrics_port, store).on_batch if metrics_port is not None else None
     start = store.ledger_lag().backlog
 
     def drained() -> tuple[int, int]:  # (entries gone from the streams, entries in all): the progress
@@ -61,7 +71,7 @@ def flush(state: CliState, once: bool, batch: int, processes: int, log_interval:
                                           log_level=logging.getLogger("ducto_redis").getEffectiveLevel(),
                                           log_interval=log_interval)
     else:
-        flusher = LedgerFlusher(store, url, batch=batch, log_interval=log_interval)
+        flusher = LedgerFlusher(store, url, batch=batch, log_interval=log_interval, on_batch=on_batch)
         if once:
             with polled_progress("flush", "entries", drained):
                 flusher.drain(timeout=3600)
