@@ -16,6 +16,7 @@ from conftest import DATABASE_URL, REDIS_URL, drop_namespace, new_namespace
 from gateway_support import free_port, wait_port
 
 from ducto_redis import RedisStore
+from ducto_redis.cli import ExitCode, cli
 
 CLI = [sys.executable, "-m", "ducto_redis.cli"]
 
@@ -80,6 +81,24 @@ def test_serve_refuses_a_bad_routes_file_in_one_line(tmp_path: Path) -> None:
     r = subprocess.run([*CLI, "serve", "--routes", str(bad)], capture_output=True, text=True, timeout=60)
     assert r.returncode == 2
     assert "exactly one of cost" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_serve_says_a_missing_routes_file_in_one_line_with_its_own_exit_code(tmp_path: Path) -> None:
+    r = subprocess.run([*CLI, "serve", "--routes", str(tmp_path / "nope.json")], capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode == ExitCode.NO_FILE
+    assert r.stderr.startswith("ducto-redis: serve: cannot read routes file") and r.stderr.count("\n") == 1
+
+
+def test_serve_and_metrics_port_without_the_service_extra_name_it(monkeypatch: Any) -> None:
+    from click.testing import CliRunner
+
+    for module in ("ducto_redis.service.run", "ducto_redis.metrics"):
+        monkeypatch.setitem(sys.modules, module, None)  # as if Starlette / prometheus_client were missing
+    for args in (["serve"], ["flush", "--metrics-port", "9999", "--redis-url", "redis://127.0.0.1:1/0"]):
+        r = CliRunner().invoke(cli, args)
+        assert r.exit_code == ExitCode.CONFIG, (args, r.output)
+        assert "needs the [service] extra" in r.output
 
 
 def test_flush_metrics_port_reports_rows_and_backlog(ledger_store: RedisStore) -> None:
