@@ -12,7 +12,6 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any, TypeVar
 
-import fakeredis
 import redis
 
 from . import errors
@@ -21,7 +20,6 @@ from .connect import async_client, run_pipelined_async, writes_direct
 from .core import Call, StoreCore, check_amount, check_id, check_label
 from .keys import TEAM
 from .ledger.database import LedgerReader
-from .ledger.embedded import EmbeddedLedger
 from .models import (
     AddCreditsResult,
     AddTeamMemberResult,
@@ -43,11 +41,13 @@ from .models import (
     TeamMemberSpend,
 )
 from .plans import AsyncPlanStoreMixin
+from .progress import ProgressFn
 from .settings import Settings, given
 from .store import expires_ms
 from .team_ops import check_period
 
 T = TypeVar("T")
+_AsyncStore = TypeVar("_AsyncStore", bound="AsyncRedisStore")
 
 
 class AsyncRedisStore(AsyncPlanStoreMixin):
@@ -108,6 +108,13 @@ class AsyncRedisStore(AsyncPlanStoreMixin):
         """Close the client's connections."""
         await self.client.aclose()
 
+    async def __aenter__(self: _AsyncStore) -> _AsyncStore:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        """``async with store:`` closes its connections."""
+        await self.close()
+
     # ── balances and credits ──────────────────────────────────────────
 
     async def get_balance(self, user_id: str) -> BalanceResult:
@@ -162,10 +169,12 @@ class AsyncRedisStore(AsyncPlanStoreMixin):
 
         return PostgresLedger(self.settings.database_url, self.settings.ledger_schema)
 
-    async def sweep_expired_credits(self, dry_run: bool = False) -> SweepResult:
+    async def sweep_expired_credits(self, dry_run: bool = False, progress: ProgressFn | None = None) -> SweepResult:
         """See :meth:`RedisStore.sweep_expired_credits`."""
         due: list[list[str]] = await self._run_many(self.core.refunds.due_accounts())
-        replies: list[list[str]] = await self._run_many(self.core.refunds.sweep(due, dry_run))
+        replies: list[list[str]] = []
+        for step in self.core.refunds.sweep_steps(due, dry_run, progress):
+            replies += await self._run_many(step)
         return self.core.refunds.sweep_result(replies, dry_run)
 
     # ── reservations and debits ───────────────────────────────────────
@@ -179,11 +188,15 @@ class AsyncRedisStore(AsyncPlanStoreMixin):
         min_balance: int = 5,
         idempotency_key: str | None = None,
         ttl_seconds: int | None = None,
+        *,
+        quantities: dict[str, int] | None = None,
+        rate_limit: bool = False,
     ) -> ReserveResult:
         """See :meth:`RedisStore.reserve_credits`."""
         return await self._run(
             self.core.reserve_credits(
-                user_id, amount, operation_type, metadata, min_balance, idempotency_key, ttl_seconds
+                user_id, amount, operation_type, metadata, min_balance, idempotency_key, ttl_seconds,
+                quantities=quantities, rate_limit=rate_limit,
             )
         )
 
@@ -194,9 +207,13 @@ class AsyncRedisStore(AsyncPlanStoreMixin):
         amount: int,
         idempotency_key: str | None = None,
         metadata: CreditMetadata | dict[str, Any] | None = None,
+        *,
+        quantities: dict[str, int] | None = None,
     ) -> DeductionResult:
         """See :meth:`RedisStore.deduct_credits`."""
-        return await self._run(self.core.deduct_credits(user_id, reservation_id, amount, idempotency_key, metadata))
+        return await self._run(
+            self.core.deduct_credits(user_id, reservation_id, amount, idempotency_key, metadata, quantities)
+        )
 
     async def release_reservation(
         self, user_id: str, reservation_id: str, idempotency_key: str | None = None
@@ -212,10 +229,12 @@ class AsyncRedisStore(AsyncPlanStoreMixin):
         idempotency_key: str | None = None,
         metadata: CreditMetadata | dict[str, Any] | None = None,
         min_balance: int = 0,
+        *,
+        quantities: dict[str, int] | None = None,
     ) -> DeductionResult:
         """See :meth:`RedisStore.charge`."""
         return await self._run(
-            self.core.charge(user_id, amount, operation_type, idempotency_key, metadata, min_balance)
+            self.core.charge(user_id, amount, operation_type, idempotency_key, metadata, min_balance, quantities)
         )
 
     async def charge_many(
@@ -231,6 +250,12 @@ class AsyncRedisStore(AsyncPlanStoreMixin):
     ) -> None:
         """See :meth:`RedisStore.set_rate_limit`."""
         await self._run(self.core.set_rate_limit(user_id, limit, period_seconds, burst))
+
+    async def set_quantity_limit(
+        self, user_id: str, quantity: str, limit: int | None, period_seconds: float = 60.0, model: str | None = None
+    ) -> None:
+        """See :meth:`RedisStore.set_quantity_limit`."""
+        await self._run(self.core.set_quantity_limit(user_id, quantity, limit, period_seconds, model))
 
     async def hit_rate_limit(self, user_id: str) -> RateLimitResult:
         """See :meth:`RedisStore.hit_rate_limit`."""
@@ -429,6 +454,10 @@ class AsyncMemoryStore(AsyncRedisStore):
         self, namespace: str | None = None, *, server: Any = None, settings: Settings | None = None,
         **overrides: Any,
     ) -> None:
+        import fakeredis  # imported here: code that never builds an embedded store never loads it (nor lupa)
+
+        from .ledger.embedded import EmbeddedLedger
+
         self.server = server or fakeredis.FakeServer()
         client = fakeredis.FakeAsyncRedis(server=self.server, decode_responses=True)
         super().__init__(client, settings or Settings(), **given(namespace=namespace), **overrides)

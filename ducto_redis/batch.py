@@ -41,8 +41,8 @@ class Twin:
 
 
 MANY_TWINS: dict[str, Twin] = {
-    # debit.lua KEYS: account grants idem ledger events; ARGV: cid amount model floor frag rid config
-    "debit": Twin("debit_many", (3, 4), (6,), (5, "")),
+    # debit.lua KEYS: account grants idem ledger events; ARGV: cid amount model floor frag rid quantities config
+    "debit": Twin("debit_many", (3, 4), (7,), (5, "")),
     # pool_debit.lua KEYS: team idem ledger events; ARGV: cid amount model member frag rid config
     "pool_debit": Twin("pool_debit_many", (2, 3), (6,), (5, "")),
 }
@@ -60,6 +60,7 @@ class ChargeRequest:
     idempotency_key: str | None = None
     metadata: Any = None
     min_balance: int = 0
+    quantities: dict[str, int] | None = None
 
 
 def charge_calls(core: StoreCore, requests: Sequence[ChargeRequest | Mapping[str, Any]]) -> list[Call[Any]]:
@@ -68,7 +69,8 @@ def charge_calls(core: StoreCore, requests: Sequence[ChargeRequest | Mapping[str
     for req in requests:
         r = req if isinstance(req, ChargeRequest) else ChargeRequest(**req)
         calls.append(
-            core.charge(r.user_id, r.amount, r.operation_type, r.idempotency_key, r.metadata, r.min_balance)
+            core.charge(r.user_id, r.amount, r.operation_type, r.idempotency_key, r.metadata, r.min_balance,
+                        r.quantities)
         )
     return calls
 

@@ -69,7 +69,7 @@ class AccountKeys:
 
     @property
     def grants(self) -> str:
-        """User only: expiring grant id -> "expires_ms|remaining" (see lua/lib/06_grants.lua)."""
+        """User only: expiring grant id -> "expires_ms|remaining" (see lua/lib/07_grants.lua)."""
         return self.base + ":grants"
 
     @property

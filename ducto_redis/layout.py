@@ -12,7 +12,7 @@ and Redis costs about as much per field as per command, so the hot scalars share
 field       value
 ==========  =====================================================================================
 ``b``       balance (decimal)
-``S``       state: ``held|hx|gx|rl|tat|dB|dK|mB|mK|dC|mC`` (see :class:`State`)
+``S``       state: ``held|hx|gx|rl|tat|dB|dK|mB|mK|dC|mC|ql`` (see :class:`State`)
 ``r``       recent mutations, newest first: ``<call id>=<entry>;...`` (see :data:`RING_KEEP`)
 ``M|<m>``   per-model spend and caps: ``T|dB|dA|mB|mA|dC|mC`` (see :class:`ModelWindow`)
 ``h:<rid>`` an open hold: user ``amount|expires_ms|op``; team ``amount|expires_ms|n|<member><op>``
@@ -136,20 +136,23 @@ class State:
     month_anchor: int = 0  # mK
     day_cap: str = ""  # dC
     month_cap: str = ""  # mC
+    # ql: quantity limits (tokens per period...), "name|model|limit|period_ms;..." (last: it holds '|')
+    quantity_limits: str = ""
 
     def encode(self) -> str:
         return "|".join((
             str(self.held), _s(self.hold_expiry), _s(self.grant_expiry), self.rate_limit, _s(self.tat),
             _s(self.day), str(self.day_anchor), _s(self.month), str(self.month_anchor), self.day_cap, self.month_cap,
+            self.quantity_limits,
         ))
 
     @classmethod
     def decode(cls, text: str | None) -> State:
         if not text:
             return cls()
-        p = text.split("|")
+        p = text.split("|", 11)
         return cls(_int(p[0]), _opt(p[1]), _opt(p[2]), p[3], _opt(p[4]), _opt(p[5]), _int(p[6]), _opt(p[7]),
-                   _int(p[8]), p[9], p[10])
+                   _int(p[8]), p[9], p[10], p[11] if len(p) > 11 else "")
 
     def spend(self, balance: int, now_ms: int) -> tuple[int, int]:
         """(spent today, spent this month) for an account whose balance is ``balance``."""

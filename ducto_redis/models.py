@@ -115,6 +115,8 @@ class ReserveResult(BaseModel):
     error: str | None = None
     expires_at_ms: int = 0
     idempotent: bool = False
+    retry_after_ms: int = 0
+    rate_limit_remaining: int | None = None
 
 
 class DeductionResult(BaseModel):
@@ -362,6 +364,14 @@ class SpendByMemberRow(BaseModel):
     """A team member's spend from the pool in a time window."""
 
     user_id: str = ""
+    total_spend: int = 0
+    transaction_count: int = 0
+
+
+class SpendByTeamRow(BaseModel):
+    """A team pool's spend in a time window (all its members together)."""
+
+    team_id: str = ""
     total_spend: int = 0
     transaction_count: int = 0
 

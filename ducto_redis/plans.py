@@ -249,7 +249,7 @@ class PlanOps:
                 cost=amount, allowance_used=free, plan_id=r[11] or None, allowance_remaining=int(r[10]),
             )
 
-        args = [*base.args[:5], json.dumps(table, separators=(",", ":")), base.args[6]]
+        args = [*base.args[:5], json.dumps(table, separators=(",", ":")), base.args[7]]
         return Call(self.core.scripts["plan_debit"], base.keys, args, parse)
 
 

@@ -16,6 +16,7 @@ once per shard (per 128 accounts) with those accounts' keys.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -41,12 +42,14 @@ from .errors import InvalidInputError
 from .keys import TEAM, USER
 from .layout import copy_escape, fragment, parse_row, parse_tx_id
 from .models import CreditMetadata, ExpiredCredit, RefundResult, SweepResult
+from .progress import ProgressFn
 
 if TYPE_CHECKING:
     from .core import StoreCore
 
 SWEEP_ACCOUNTS_PER_CALL = 128
 REFUNDABLE_KINDS = ("debit", "settle")
+SWEEP_CALLS_PER_STEP = 8  # calls per round trip when a sweep reports progress
 
 
 @dataclass(slots=True)
@@ -196,6 +199,22 @@ class RefundOps:
                 args = ["1" if dry_run else "0", new_id(), self.core.config(), *chunk]
                 calls.append(Call(self.scripts["sweep_credits"], keys, args, lambda raw: _reply(raw, 4)))
         return calls
+
+    def sweep_steps(self, due: list[list[str]], dry_run: bool,
+                    progress: ProgressFn | None = None) -> Iterator[list[Call[list[str]]]]:
+        """The sweep calls in round trips: all at once, or with ``progress`` a few shards' worth at a
+        time, reporting ``progress(accounts swept, accounts due)`` after each (the shell runs each
+        step before asking for the next)."""
+        calls = self.sweep(due, dry_run)
+        if progress is None:
+            yield calls
+            return
+        total, done = sum(len(users) for users in due), 0
+        for start in range(0, len(calls), SWEEP_CALLS_PER_STEP):
+            step = calls[start : start + SWEEP_CALLS_PER_STEP]
+            yield step
+            done += sum(len(c.args) - 3 for c in step)  # ARGV: offset, dry run, entry id, then the users
+            progress(done, total)
 
     @staticmethod
     def sweep_result(replies: list[list[str]], dry_run: bool) -> SweepResult:

@@ -36,10 +36,12 @@ from .models import (
     TeamMemberSpend,
 )
 from .plans import PlanStoreMixin
+from .progress import ProgressFn
 from .settings import Settings, given
 from .team_ops import check_period
 
 T = TypeVar("T")
+_Store = TypeVar("_Store", bound="RedisStore")
 
 
 def expires_ms(expires_at: datetime | None) -> int | None:
@@ -58,7 +60,7 @@ class RedisStore(LedgerStoreMixin, PlanStoreMixin):
 
     Build it with :meth:`from_url` (``RedisStore.from_url("redis://127.0.0.1:6379", namespace="ducto")``),
     :meth:`from_settings`, or pass a ``redis.Redis`` client. Method names, arguments and results are
-    ducto 1.0's; see the README for the deliberate differences.
+    ducto 1.0's; docs/differences-from-ducto.md lists the deliberate differences.
     """
 
     def __init__(self, client: Any, settings: Settings | None = None, **overrides: Any) -> None:
@@ -126,6 +128,14 @@ class RedisStore(LedgerStoreMixin, PlanStoreMixin):
         """Close the client's connections."""
         self.client.close()
 
+    def __enter__(self: _Store) -> _Store:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        """``with store:`` stops its background flusher, if one runs, and closes its connections."""
+        self.stop_flusher()
+        self.close()
+
     # ── balances and credits ──────────────────────────────────────────
 
     def get_balance(self, user_id: str) -> BalanceResult:
@@ -179,14 +189,18 @@ class RedisStore(LedgerStoreMixin, PlanStoreMixin):
                 return found
         return self._run(self.core.refunds.apply(found))
 
-    def sweep_expired_credits(self, dry_run: bool = False) -> SweepResult:
+    def sweep_expired_credits(self, dry_run: bool = False, progress: ProgressFn | None = None) -> SweepResult:
         """Remove expired unspent grant remainders from balances, on every shard (one ledger entry each).
 
         Idempotent (a second sweep finds nothing); ``dry_run`` reports and writes nothing. Expired
-        credits are never spendable even before a sweep: every script expires them lazily.
+        credits are never spendable even before a sweep: every script expires them lazily. With
+        ``progress``, the sweep runs a few shards per round trip and calls ``progress(accounts swept,
+        accounts due)`` after each.
         """
         due: list[list[str]] = self._run_many(self.core.refunds.due_accounts())
-        replies: list[list[str]] = self._run_many(self.core.refunds.sweep(due, dry_run))
+        replies: list[list[str]] = []
+        for step in self.core.refunds.sweep_steps(due, dry_run, progress):
+            replies += self._run_many(step)
         return self.core.refunds.sweep_result(replies, dry_run)
 
     # ── reservations and debits ───────────────────────────────────────
@@ -200,11 +214,15 @@ class RedisStore(LedgerStoreMixin, PlanStoreMixin):
         min_balance: int = 5,
         idempotency_key: str | None = None,
         ttl_seconds: int | None = None,
+        *,
+        quantities: dict[str, int] | None = None,
+        rate_limit: bool = False,
     ) -> ReserveResult:
         """Hold credits for an operation; the hold expires after ``hold_ttl_seconds`` on its own."""
         return self._run(
             self.core.reserve_credits(
-                user_id, amount, operation_type, metadata, min_balance, idempotency_key, ttl_seconds
+                user_id, amount, operation_type, metadata, min_balance, idempotency_key, ttl_seconds,
+                quantities=quantities, rate_limit=rate_limit,
             )
         )
 
@@ -215,9 +233,13 @@ class RedisStore(LedgerStoreMixin, PlanStoreMixin):
         amount: int,
         idempotency_key: str | None = None,
         metadata: CreditMetadata | dict[str, Any] | None = None,
+        *,
+        quantities: dict[str, int] | None = None,
     ) -> DeductionResult:
         """Settle a reservation with the actual amount; spend caps are enforced in the same script."""
-        return self._run(self.core.deduct_credits(user_id, reservation_id, amount, idempotency_key, metadata))
+        return self._run(
+            self.core.deduct_credits(user_id, reservation_id, amount, idempotency_key, metadata, quantities)
+        )
 
     def release_reservation(
         self, user_id: str, reservation_id: str, idempotency_key: str | None = None
@@ -233,10 +255,12 @@ class RedisStore(LedgerStoreMixin, PlanStoreMixin):
         idempotency_key: str | None = None,
         metadata: CreditMetadata | dict[str, Any] | None = None,
         min_balance: int = 0,
+        *,
+        quantities: dict[str, int] | None = None,
     ) -> DeductionResult:
         """Check caps and balance and debit in one round trip, with no hold (the gateway's call)."""
         return self._run(
-            self.core.charge(user_id, amount, operation_type, idempotency_key, metadata, min_balance)
+            self.core.charge(user_id, amount, operation_type, idempotency_key, metadata, min_balance, quantities)
         )
 
     def charge_many(self, requests: Sequence[ChargeRequest | Mapping[str, Any]]) -> list[DeductionResult]:
@@ -254,6 +278,15 @@ class RedisStore(LedgerStoreMixin, PlanStoreMixin):
     ) -> None:
         """Allow ``limit`` requests per ``period_seconds`` (GCRA); ``None`` removes it. Checked by ``charge``."""
         self._run(self.core.set_rate_limit(user_id, limit, period_seconds, burst))
+
+    def set_quantity_limit(
+        self, user_id: str, quantity: str, limit: int | None, period_seconds: float = 60.0, model: str | None = None
+    ) -> None:
+        """Allow ``limit`` units of ``quantity`` (e.g. ``"tokens"``) per ``period_seconds``, for one
+        ``model`` or (None) all; ``None`` removes it. ``charge(..., quantities={"tokens": n})`` and
+        ``reserve_credits(..., quantities=...)`` are checked against it in the same script as caps
+        and balance; ``deduct_credits(..., quantities=actual)`` corrects a hold's estimate."""
+        self._run(self.core.set_quantity_limit(user_id, quantity, limit, period_seconds, model))
 
     def hit_rate_limit(self, user_id: str) -> RateLimitResult:
         """Admit one request against the rate limit without moving money (free routes)."""

@@ -1,5 +1,5 @@
 -- add_credits.lua: credit an account's balance (amount 0 only creates the record). With expires_at
--- (users) the credit is an expiring grant (lib/06_grants.lua) and the account joins its shard's
+-- (users) the credit is an expiring grant (lib/07_grants.lua) and the account joins its shard's
 -- grant index. An expiry already past is taken, as ducto takes it: the grant is due at once, so it
 -- is never spendable, and the next sweep (or script touching the account) expires it.
 -- KEYS: account idem ledger grants gindex

@@ -3,14 +3,15 @@
 -- All keys share one hash tag (the client groups decisions by shard). An account is read once and
 -- written once per call; the decisions' ledger rows form ONE stream entry.
 -- KEYS: ledger events, then per decision: account grants idem
--- ARGV: config, then per decision: cid amount model floor frag
+-- ARGV: config, then per decision: cid amount model floor frag quantities
 -- REPLY: one debit.lua reply per decision, joined by newlines
 local ctx = ctx_new(ARGV[1], KEYS[1], KEYS[2])
 local replies, idems = {}, {}
 for i = 0, (#KEYS - 2) / 3 - 1 do
-  local k, a = 2 + 3 * i, 1 + 5 * i
+  local k, a = 2 + 3 * i, 1 + 6 * i
   local K = { KEYS[k + 1], KEYS[k + 2], KEYS[k + 3] }
-  replies[i + 1] = user_debit(ctx, K, { ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4], ARGV[a + 5], '' })
+  replies[i + 1] = user_debit(ctx, K,
+    { ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4], ARGV[a + 5], '', ARGV[a + 6] })
   idems[i + 1] = K[3]
 end
 return table.concat(finish(ctx, replies, idems), '\n')

@@ -26,6 +26,7 @@ end
 local amount, _, op = hold_decode(h, false)
 st_held(st, st.held - amount)
 field_del(st, hf)
+quantity_resolve(st, rid, nil)  -- the hold's quantity estimate is given back
 if string.byte(frag, 2) == 9 then frag = '\t' .. esc(op) .. string.sub(frag, 2) end
 row(ctx, tx, 'release', '0', bal_text(st), held_text(st), I(amount), '', '', '', '', frag)
 -- the released hold may free the pinned rest of an expired grant

@@ -1,10 +1,13 @@
 -- reserve.lua: hold credits for an operation (a pending transfer that expires on its own).
 -- KEYS: account idem ledger grants
--- ARGV: cid rid amount floor ttl op frag config
---   floor: the balance to keep available; ttl: the hold's lifetime (ms); op: the operation (raw)
--- REPLY: status idempotent rid amount balance held expires
---   status: ok | insufficient_credits | ledger_backlog_full
-local ctx = ctx_new(ARGV[8], KEYS[3], KEYS[3])
+-- ARGV: cid rid amount floor ttl op frag rate quantities model config
+--   floor: the balance to keep available; ttl: the hold's lifetime (ms); op: the operation (raw);
+--   rate: "1" applies the account's request-rate limit too (a gateway admitting a request with a hold);
+--   quantities: "name=n;..." (an estimate, checked against the account's quantity limits and corrected
+--   when the hold is settled) or ""; model: the request's model or ""
+-- REPLY: status idempotent rid amount balance held expires retry remaining
+--   status: ok | insufficient_credits | rate_limited | ledger_backlog_full
+local ctx = ctx_new(ARGV[11], KEYS[3], KEYS[3])
 local acct, idem = KEYS[1], KEYS[2]
 local has_idem = idem ~= acct .. ':i'
 if has_idem then
@@ -18,25 +21,40 @@ local seen = ring_seen(st, cid)
 if seen or field(st, hf) then
   local h = field(st, hf)
   local e = h and select(2, hold_decode(h, false)) or 0
-  return 'ok|1|' .. rid .. '|' .. amount_s .. '|' .. bal_text(st) .. '|' .. held_text(st) .. '|' .. I(e)
+  return 'ok|1|' .. rid .. '|' .. amount_s .. '|' .. bal_text(st) .. '|' .. held_text(st) .. '|' .. I(e) .. '|0|'
 end
-if backlog_full(ctx) then return 'ledger_backlog_full|0||0|0|0|0' end
+if backlog_full(ctx) then return 'ledger_backlog_full|0||0|0|0|0|0|' end
 local aid
 if st.hx ~= '' or st.gx ~= '' then aid = frag_value(frag, 3) end
 holds_sweep(ctx, st, 'u', aid, false)
 grants_due(ctx, st, KEYS[4], 'u', aid, cid)
 local amount = amount_s + 0
-if st.bal - st.held - amount < ARGV[4] + 0 then
+local function refused(status, retry, remaining)
   finish(ctx, {}, nil)  -- expiries found on the way are kept
-  return 'insufficient_credits|0||0|' .. bal_text(st) .. '|' .. held_text(st) .. '|0'
+  return status .. '|0||0|' .. bal_text(st) .. '|' .. held_text(st) .. '|0|' .. retry .. '|' .. remaining
 end
+local new_tat, left
+if ARGV[8] == '1' and st.rl ~= '' then
+  local ok, tat, retry, remaining = gcra(st.rl, st.tat, ctx.c.now)
+  if not ok then return refused('rate_limited', I(retry), '0') end
+  new_tat, left = tat, remaining
+end
+local q_ok, q_retry, q_writes = quantity_admit(st, ARGV[9], ARGV[10], ctx.c.now)
+if not q_ok then return refused('rate_limited', I(q_retry), left and I(left) or '') end
+if st.bal - st.held - amount < ARGV[4] + 0 then return refused('insufficient_credits', '0', '') end
 local expires = ctx.c.now + ARGV[5]
 st_held(st, st.held + amount)
 holds_expiry_add(st, expires)
 field_set(st, hf, hold_text(amount, expires, ARGV[6]))
+if new_tat then st.tat, st.wS = I(new_tat), true end
+if q_writes then
+  quantity_store(st, q_writes)
+  field_set(st, 'qh|' .. rid, ARGV[10] .. '|' .. ARGV[9])
+end
 row(ctx, rid, 'hold', '0', bal_text(st), held_text(st), amount_s, I(expires), '', '', '', frag)
 ring_add(st, cid, nil)
 finish(ctx, {}, nil)
-local r = 'ok|0|' .. rid .. '|' .. amount_s .. '|' .. bal_text(st) .. '|' .. held_text(st) .. '|' .. I(expires)
+local r = 'ok|0|' .. rid .. '|' .. amount_s .. '|' .. bal_text(st) .. '|' .. held_text(st) .. '|' .. I(expires) ..
+  '|0|' .. (left and I(left) or '')
 if has_idem then redis.call('SET', idem, r, 'EX', ctx.cfg.idem_ttl) end
 return r

@@ -1,6 +1,6 @@
 -- sweep_credits.lua: expire the due grants of some accounts of one shard (sweep_expired_credits).
 -- Each expired grant remainder leaves the balance with one ledger row (kind 'expire', reason
--- 'credit_expired'); never below what is held (lib/06_grants.lua). The account's place in the
+-- 'credit_expired'); never below what is held (lib/07_grants.lua). The account's place in the
 -- grant index moves to its next expiry (or it leaves the index). A dry run writes nothing.
 -- KEYS: gindex ledger, then per account: account grants
 -- ARGV: dry call config, then per account: user id (raw)

@@ -93,8 +93,7 @@ class EmbeddedLedger:
             return
         if next(iter(self.client.scan_iter(match=keys.pattern(), count=1000)), None) is not None:
             return  # the server already holds this namespace: it is the live state
-        restore(RedisStore(fakeredis.FakeRedis(server=server, decode_responses=True), settings), self.db,
-                progress=False)
+        restore(RedisStore(fakeredis.FakeRedis(server=server, decode_responses=True), settings), self.db)
         self.resume()
 
     def after(self, keys: Iterable[str]) -> None:

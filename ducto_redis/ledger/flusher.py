@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import contextlib
 import gc
-import logging
 import os
 import queue
 import socket
@@ -43,8 +42,7 @@ from redis.cluster import ClusterNode, RedisCluster
 from redis.exceptions import ResponseError
 
 from .copy_text import COLUMNS, COPY_COLUMNS, Entry, copy_payload
-
-log = logging.getLogger("ducto_redis.flusher")
+from .watch import ThroughputLog, database_label, log, waiting_for
 
 GROUP = "ducto-flusher"
 __all__ = ["COLUMNS", "GROUP", "Batch", "LedgerFlusher", "migrate", "schema_sql"]
@@ -184,8 +182,11 @@ class LedgerFlusher:
         block_ms: int = 200,
         claim_idle_ms: int = 30_000,
         schema: str | None = None,
+        log_interval: float = 10.0,
+        on_batch: Callable[[int, float], None] | None = None,
     ) -> None:
         self.store = store
+        self.on_batch = on_batch  # called with (entries, seconds) after each committed batch (metrics)
         self.client = bytes_client(store.client)
         self.cluster = isinstance(self.client, RedisCluster)
         self.database_url = database_url
@@ -208,6 +209,7 @@ class LedgerFlusher:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._groups_ready = False
+        self.log_interval = log_interval  # seconds between throughput lines in the log (0: none)
 
     # ── Redis side ────────────────────────────────────────────────────
 
@@ -361,10 +363,17 @@ class LedgerFlusher:
         batch = self._next_batch(block)
         if not batch:
             return 0
+        self._store_batch(batch)
+        return len(batch)
+
+    def _store_batch(self, batch: Batch) -> None:
+        """Write, commit, ack and trim one batch; count it (and tell ``on_batch``)."""
+        start = time.perf_counter()
         self._write_or_keep(batch)
         self._ack_and_trim(batch.ids)
         self.flushed += len(batch)
-        return len(batch)
+        if self.on_batch is not None:
+            self.on_batch(len(batch), time.perf_counter() - start)
 
     def _pipelined(self, keep_going: Callable[[int], bool], block: bool) -> int:
         """Read and format batch k+1 while a writer thread stores batch k, acks and trims it.
@@ -387,12 +396,10 @@ class LedgerFlusher:
                 if batch is None:
                     return
                 try:
-                    self._write_or_keep(batch)
-                    self._ack_and_trim(batch.ids)
+                    self._store_batch(batch)
                 except BaseException as exc:
                     errors.append(exc)
                     return
-                self.flushed += len(batch)
                 moved[0] += len(batch)
 
         thread = threading.Thread(target=writer, name="ducto-ledger-writer", daemon=True)
@@ -433,30 +440,65 @@ class LedgerFlusher:
             raise errors[0]
         return moved[0]
 
+    def _starting(self, how: str) -> ThroughputLog:
+        log.info("flusher %s %s: namespace %r, %d streams -> PostgreSQL %s schema %r, batches of up to %s",
+                 self.consumer, how, self.namespace, len(self.streams), database_label(self.database_url),
+                 self.schema, f"{self.batch:,}")
+        return ThroughputLog(self.log_interval, lambda: int(self.store.ledger_lag().backlog))
+
     def drain(self, timeout: float = 60.0) -> int:
         """Flush until nothing is left to read (or ``timeout``); returns entries moved."""
+        watch = self._starting("draining")
         deadline = time.monotonic() + timeout
         self._last_claim = 0.0
         moved = 0
         while self.unwritten and time.monotonic() < deadline:
             moved += self.flush_once()
-        return moved + self._pipelined(lambda _n: time.monotonic() < deadline, block=False)
+
+        def keep_going(n: int) -> bool:
+            watch.tick(moved + n)
+            return time.monotonic() < deadline
+
+        moved += self._pipelined(keep_going, block=False)
+        log.info("flusher %s drained %s", self.consumer, watch.summary(moved))
+        return moved
 
     def run(self, stop: threading.Event | None = None) -> None:
         """Flush until ``stop`` is set, retrying with exponential backoff when anything fails."""
         stop = stop or self._stop
+        watch = self._starting("started")
+        log.info("waiting for ledger entries (reads block %d ms; a dead flusher's entries are claimed after %d s)",
+                 self.block_ms, self.claim_idle_ms // 1000)
+
+        failing = [False]  # since the last failure, nothing has been flushed yet
+
+        def flushed_again() -> None:
+            if failing[0]:
+                log.info("flushing again after %d failed attempts in all", self.failures)
+                failing[0] = False
+
+        def keep_going(n: int) -> bool:
+            if n:
+                flushed_again()
+            watch.tick(self.flushed)
+            return not stop.is_set()
+
         delay = 0.05
         while not stop.is_set():
             try:
                 while self.unwritten and not stop.is_set():
                     self.flush_once()
-                self._pipelined(lambda _n: not stop.is_set(), block=True)
+                    flushed_again()
+                self._pipelined(keep_going, block=True)
                 delay = 0.05
             except Exception as exc:
                 self.failures += 1
-                log.warning("ledger flush failed (%s); retrying in %.2fs", exc, delay)
+                failing[0] = True
+                log.warning("ledger flush failed (%s); waiting for %s, retrying in %.2fs",
+                            " ".join(str(exc).split()), waiting_for(exc), delay)
                 stop.wait(delay)
                 delay = min(delay * 2, 5.0)
+        log.info("flusher %s stopped after %s", self.consumer, watch.summary(self.flushed))
 
     def start(self) -> LedgerFlusher:
         """Run in a daemon thread."""

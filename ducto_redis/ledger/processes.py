@@ -8,6 +8,7 @@ faster, up to what Redis and Postgres can take (bench/RESULTS.md, "Flusher").
 
 from __future__ import annotations
 
+import logging
 import multiprocessing as mp
 import signal
 from typing import Any
@@ -16,14 +17,18 @@ __all__ = ["run_flusher_processes"]
 
 
 def _flusher_process(store_kwargs: dict[str, Any], database_url: str, batch: int, once: bool, stop: Any,
-                     out: Any) -> None:
+                     out: Any, log_level: int | None = None, log_interval: float = 10.0) -> None:
     """One flusher: drain (``once``) or run until ``stop`` is set; reports the entries it moved."""
     from ..store import RedisStore
     from .flusher import LedgerFlusher
 
+    if log_level is not None:  # a spawned process starts with no logging set up
+        logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(processName)s: %(message)s")
+        logging.getLogger("ducto_redis").setLevel(log_level)
+
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the parent, which sets `stop`
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    flusher = LedgerFlusher(RedisStore.from_url(**store_kwargs), database_url, batch=batch)
+    flusher = LedgerFlusher(RedisStore.from_url(**store_kwargs), database_url, batch=batch, log_interval=log_interval)
     try:
         if once:
             flusher.drain(timeout=3600)
@@ -35,15 +40,17 @@ def _flusher_process(store_kwargs: dict[str, Any], database_url: str, batch: int
 
 
 def run_flusher_processes(processes: int, store_kwargs: dict[str, Any], database_url: str, *, batch: int = 20_000,
-                          once: bool = False) -> int:
+                          once: bool = False, log_level: int | None = None, log_interval: float = 10.0) -> int:
     """Run ``processes`` flusher processes until they have drained the ledger (``once``) or until
     SIGINT/SIGTERM; returns the entries they moved in all. ``store_kwargs`` go to
-    :meth:`RedisStore.from_url` in each process. A process that fails makes this raise."""
+    :meth:`RedisStore.from_url` in each process. A process that fails makes this raise. With
+    ``log_level``, each process logs ``ducto_redis.*`` records at that level to its stderr (its
+    throughput every ``log_interval`` seconds)."""
     ctx = mp.get_context("spawn")
     stop, out = ctx.Event(), ctx.Queue()
     previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    procs = [ctx.Process(target=_flusher_process, args=(store_kwargs, database_url, batch, once, stop, out),
-                         name=f"ducto-flusher-{i}") for i in range(processes)]
+    args = (store_kwargs, database_url, batch, once, stop, out, log_level, log_interval)
+    procs = [ctx.Process(target=_flusher_process, args=args, name=f"ducto-flusher-{i}") for i in range(processes)]
     for p in procs:
         p.start()
     try:

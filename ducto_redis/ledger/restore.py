@@ -22,7 +22,6 @@ decides again) and the rate limiter's position (it starts fresh).
 from __future__ import annotations
 
 import json
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -40,6 +39,7 @@ from ..layout import (
     month_bucket,
     plan_text,
 )
+from ..progress import ProgressFn, no_progress
 from .database import LedgerDatabase
 
 
@@ -74,6 +74,7 @@ class AccountState:
     life: int = 0
     name: str = ""
     rate_limit: str = ""
+    quantity_limits: str = ""  # "name|model|limit|period_ms;..." (tokens per period...)
     holds: dict[str, Hold] = field(default_factory=dict)
     caps: dict[tuple[str, str], str] = field(default_factory=dict)  # (period d|m, model or "") -> cap text
     spend: dict[str, Spend] = field(default_factory=dict)  # "" = all models, else the model
@@ -166,6 +167,8 @@ class AccountState:
             self.rate_limit = f"{meta['limit']},{meta['period_ms']},{meta.get('burst') or meta['limit']}"
         elif op == "rate_limit_removed":
             self.rate_limit = ""
+        elif op in ("quantity_limit_set", "quantity_limit_removed"):
+            self.quantity_limits = meta.get("ql") or ""
         elif op in ("member_added", "member_updated"):
             cap = meta.get("cap")
             self.removed.pop(e["member"], None)
@@ -185,7 +188,7 @@ class AccountState:
         day, month = day_bucket(now_ms), month_bucket(now_ms)
         team = self.kind == "t"
         whole = self.spend.get("", Spend())
-        state = State(held=self.held, rate_limit=self.rate_limit,
+        state = State(held=self.held, rate_limit=self.rate_limit, quantity_limits=self.quantity_limits,
                       hold_expiry=min((h.expires_ms for h in self.holds.values()), default=None),
                       grant_expiry=min((exp for exp, _ in self.grants.values()), default=None),
                       day_cap=self.caps.get(("d", ""), ""), month_cap=self.caps.get(("m", ""), ""))
@@ -271,7 +274,8 @@ def write_state(store: Any, s: AccountState, now_ms: int) -> None:
     p = store.client.pipeline(transaction=False)
     p.delete(k.account)  # one key per delete: a cluster pipeline takes no multi-key command
     p.delete(k.grants)
-    if s.exists or a.holds or a.members or a.plan is not None or a.models or s.rate_limit or s.caps:
+    if (s.exists or a.holds or a.members or a.plan is not None or a.models or s.rate_limit or s.caps
+            or s.quantity_limits):
         p.hset(k.account, mapping=a.fields())
     if s.grants:
         p.hset(k.grants, mapping={gid: f"{exp}|{rem}" for gid, (exp, rem) in s.grants.items()})
@@ -285,16 +289,15 @@ def set_streams_past(store: Any, last: dict[int, tuple[int, int]]) -> None:
     keys = store.core.keys
     for shard, (ms, seq) in last.items():
         stream = keys.ledger_stream(shard) if shard < keys.shards else keys.pricing_ledger()
-        top = store.client.xrevrange(stream, count=1)
-        if top:
-            cur = tuple(int(x) for x in str(top[0][0]).split("-"))
-            if cur >= (ms, seq):
-                continue
         try:
-            store.client.xsetid(stream, f"{ms}-{seq}")
-        except Exception:  # no such stream yet: make it, empty, with that last id
+            info = store.client.xinfo_stream(stream)
+        except Exception:  # no such stream: make it, empty, with that last id
             eid = store.client.xadd(stream, {"q": ""}, id=f"{ms}-{seq + 1}")
             store.client.xdel(stream, eid)
+            continue
+        generated = tuple(int(x) for x in str(info["last-generated-id"]).split("-"))
+        if generated < (ms, seq):
+            store.client.xsetid(stream, f"{ms}-{seq}")
 
 
 def account_meaning(a: Account, now_ms: int, team: bool) -> dict[str, Any]:
@@ -304,7 +307,7 @@ def account_meaning(a: Account, now_ms: int, team: bool) -> dict[str, Any]:
     out: dict[str, Any] = {
         "balance": a.balance, "held": a.state.held, "lifetime": a.life, "spend today": day_spend,
         "spend this month": month_spend, "caps": (a.state.day_cap, a.state.month_cap),
-        "rate limit": a.state.rate_limit,
+        "rate limit": a.state.rate_limit, "quantity limits": a.state.quantity_limits,
         "holds": {r: (h.amount, h.expires_ms, h.operation_type, h.member) for r, h in a.holds.items()},
         "models": {m: (*w.spend(now_ms), w.day_cap, w.month_cap) for m, w in a.models.items()
                    if w.day_cap or w.month_cap or any(w.spend(now_ms))},
@@ -344,9 +347,9 @@ def account_drift(store: Any, s: AccountState, now_ms: int) -> list[str]:
     return found
 
 
-def restore(store: Any, source: LedgerDatabase, *, progress: bool = True) -> int:
+def restore(store: Any, source: LedgerDatabase, *, progress: ProgressFn = no_progress) -> int:
     """Rebuild every account's Redis keys (and the pricing versions) from the ledger in ``source``;
-    returns the number of accounts."""
+    returns the number of accounts. ``progress(done, total)`` is called after each account."""
     ns = store.settings.namespace
     total = source.count_accounts(ns)
     now_ms = int(time.time() * 1000)
@@ -359,25 +362,24 @@ def restore(store: Any, source: LedgerDatabase, *, progress: bool = True) -> int
         if state.kind == "p":  # the pricing versions: not an account
             continue
         done += 1
-        if progress and (done % 500 == 0 or done == total):
-            _bar(done, total)
+        progress(done, max(total, done))
     set_streams_past(store, last)
-    if progress:
-        print(file=sys.stderr)
     return done
 
 
-def _bar(done: int, total: int, width: int = 30) -> None:
-    filled = int(width * done / max(total, 1))
-    print(f"\rrestore [{'#' * filled}{'.' * (width - filled)}] {done}/{total} accounts", end="", file=sys.stderr)
-
-
-def reconcile(store: Any, source: LedgerDatabase) -> dict[str, list[str]]:
-    """Drift per account (``"u:<id>"`` / ``"t:<id>"``) between Redis and the ledger in ``source``."""
+def reconcile(store: Any, source: LedgerDatabase, *, progress: ProgressFn = no_progress) -> dict[str, list[str]]:
+    """Drift per account (``"u:<id>"`` / ``"t:<id>"``) between Redis and the ledger in ``source``;
+    ``progress(done, total)`` is called after each account."""
     now_ms = int(time.time() * 1000)
+    ns = store.settings.namespace
+    total = source.count_accounts(ns)
     out: dict[str, list[str]] = {}
-    for s in derive(source, store.settings.namespace, now_ms):
+    done = 0
+    for s in derive(source, ns, now_ms):
         d = account_drift(store, s, now_ms)
         if d:
             out[f"{s.kind}:{s.account_id}"] = d
+        if s.kind != "p":
+            done += 1
+            progress(done, max(total, done))
     return out

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import threading
@@ -16,9 +17,13 @@ from ..models import (
     SetupResult,
     SpendByMemberRow,
     SpendByModelRow,
+    SpendByTeamRow,
     SpendByUserRow,
     TopUserRow,
 )
+from ..progress import ProgressFn, no_progress
+
+log = logging.getLogger("ducto_redis.ledger")
 
 if TYPE_CHECKING:
     from ..core import StoreCore
@@ -160,14 +165,30 @@ class LedgerStoreMixin:
         """A team's spend per member in ``[start, end)``."""
         return self._queries().spend_by_member(team_id, start, end)
 
-    def restore_from_ledger(self, database_url: str | None = None, progress: bool = False) -> int:
-        """Rebuild every account's Redis keys from the ledger; returns accounts restored."""
+    def spend_by_team(self, limit: int, start: datetime, end: datetime) -> list[SpendByTeamRow]:
+        """The ``limit`` team pools that spent most in ``[start, end)`` (with the methods above, the
+        store is a source of :func:`ducto_redis.report.gather`)."""
+        return self._queries().spend_by_team(limit, start, end)
+
+    def restore_from_ledger(self, database_url: str | None = None, progress: ProgressFn = no_progress) -> int:
+        """Rebuild every account's Redis keys from the ledger; returns accounts restored.
+        ``progress(done, total)`` is called after each account."""
         from .restore import restore
 
-        return restore(self, self._ledger_database(database_url), progress=progress)
+        source = self._ledger_database(database_url)
+        started = time.monotonic()
+        n = restore(self, source, progress=progress)
+        log.info("restored %d accounts of namespace %r from the ledger (%s) in %.1f s", n,
+                 self.settings.namespace, source.label, time.monotonic() - started)
+        return n
 
-    def reconcile_with_ledger(self, database_url: str | None = None) -> dict[str, list[str]]:
-        """Drift per account between Redis and the ledger (empty when they agree)."""
+    def reconcile_with_ledger(self, database_url: str | None = None,
+                              progress: ProgressFn = no_progress) -> dict[str, list[str]]:
+        """Drift per account between Redis and the ledger (empty when they agree).
+        ``progress(done, total)`` is called after each account."""
         from .restore import reconcile
 
-        return reconcile(self, self._ledger_database(database_url))
+        drift = reconcile(self, self._ledger_database(database_url), progress=progress)
+        log.log(logging.WARNING if drift else logging.INFO, "reconcile of namespace %r: %d accounts drift",
+                self.settings.namespace, len(drift))
+        return drift

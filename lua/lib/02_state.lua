@@ -2,10 +2,10 @@
 -- tests/test_layout.py holds the two sides together). One account in memory is a table `st`:
 --   key, bal (number), bals (bal as stored text), held, hx, gx, rl, tat (text, '' = none),
 --   dB, dK, mB, mK (day / month bucket and anchor: spend = anchor - balance in the current bucket),
---   dC, mC (caps '<limit><d|w|n>' or ''), ring (recent call ids), and what to write back:
+--   dC, mC (caps '<limit><d|w|n>' or ''), ql (quantity limits), ring (recent call ids), and what to write back:
 --   wb (balance changed), wS (state changed), set (field -> value), del (fields), calls (ring entries).
 
-local SPAT = '^(%d*)|(%d*)|(%d*)|([^|]*)|(%d*)|(%d*)|(%-?%d*)|(%d*)|(%-?%d*)|(%w*)|(%w*)$'
+local SPAT = '^(%d*)|(%d*)|(%d*)|([^|]*)|(%d*)|(%d*)|(%-?%d*)|(%d*)|(%-?%d*)|(%w*)|(%w*)|(.*)$'
 local RING_KEEP = 130
 
 local function num(s) if s == '' then return nil end return s + 0 end
@@ -15,13 +15,17 @@ local function num(s) if s == '' then return nil end return s + 0 end
 -- what it does not hold itself from it (metatable __index): writes land in the account table and
 -- shadow the shared values, never changing them.
 local parsed, parsed_count = {}, 0
-local EMPTY_S = '0||||||||||'
+local EMPTY_S = '0|||||||||||'
 local function state_of(S)
   local p = parsed[S]
   if p then return p end
-  local held, hx, gx, rl, tat, dB, dK, mB, mK, dC, mC = string.match(S, SPAT)
+  local held, hx, gx, rl, tat, dB, dK, mB, mK, dC, mC, ql = string.match(S, SPAT)
+  if not held then  -- a state of the older eleven fields: no quantity limits
+    held, hx, gx, rl, tat, dB, dK, mB, mK, dC, mC = string.match(S .. '|', SPAT)
+    ql = ''
+  end
   p = { held = held + 0, helds = held, helds_of = held + 0, hx = hx, gx = gx, rl = rl, tat = tat, dB = num(dB),
-    dK = (num(dK) or 0), mB = num(mB), mK = (num(mK) or 0), dC = dC, mC = mC }
+    dK = (num(dK) or 0), mB = num(mB), mK = (num(mK) or 0), dC = dC, mC = mC, ql = ql }
   p.mt = { __index = p }
   if parsed_count > 10000 then parsed, parsed_count = {}, 0 end
   parsed[S], parsed_count = p, parsed_count + 1
@@ -37,7 +41,7 @@ end
 local function st_text(st)
   return I(st.held) .. '|' .. st.hx .. '|' .. st.gx .. '|' .. st.rl .. '|' .. st.tat .. '|' ..
     (st.dB and I(st.dB) or '') .. '|' .. I(st.dK) .. '|' .. (st.mB and I(st.mB) or '') .. '|' .. I(st.mK) ..
-    '|' .. st.dC .. '|' .. st.mC
+    '|' .. st.dC .. '|' .. st.mC .. '|' .. st.ql
 end
 
 -- spend today and this month (all models)

@@ -96,3 +96,4 @@ local function plan_allowance(text, plan)
   end
   return (t[plan] or 0) + 0
 end
+

@@ -170,6 +170,7 @@ local function holds_sweep(ctx, st, ak, aid, team)
           local rid = string.sub(f, 3)
           held = held - a
           field_del(st, f)
+          field_del(st, 'qh|' .. rid)  -- a quantity estimate it held (quantity limits)
           if member then
             local m = member_record(st, member)
             if m then m.held, m.dirty = m.held - a, true end

@@ -1,4 +1,4 @@
--- lib/06_grants.lua: expiring grants.
+-- lib/07_grants.lua: expiring grants.
 -- A grant (add_credits with expires_at) is a part of the balance that leaves it at expiry if unspent.
 -- The grants hash G holds grant id -> "expires_ms|remaining"; the account's state field gx holds the
 -- earliest expiry ('' when the account has no grant), so an account without grants pays nothing.

@@ -1,4 +1,4 @@
--- lib/08_team.lua: one team debit (deduct_team, or the settlement of a team hold), the body of
+-- lib/09_team.lua: one team debit (deduct_team, or the settlement of a team hold), the body of
 -- pool_debit.lua and pool_debit_many.lua. The team hash holds the pool (b, S as a user's), its
 -- members (U|<id>: cap, period, spend windows, held) and its holds (h:<rid>, naming the member).
 -- Checks, in order: team exists -> membership -> the member's cap (their period spend plus what

@@ -1,4 +1,4 @@
--- lib/07_user.lua: one user debit (a charge, or the settlement of a hold), the body of debit.lua,
+-- lib/08_user.lua: one user debit (a charge, or the settlement of a hold), the body of debit.lua,
 -- debit_many.lua and plan_debit.lua.
 --
 -- A decision's reply is a table r = { status, idempotent, row, amount, balance, held, cap action,
@@ -25,7 +25,8 @@ end
 
 -- Run one user debit in the call's context.
 -- K: { account hash, grants hash, idempotency key (or the never-written "<account>:i") }
--- A: { call id, amount (text), model, min balance (text, charges), fragment, reservation id or "" }
+-- A: { call id, amount (text), model, min balance (text, charges), fragment, reservation id or "",
+--      quantities ("name=n;..." or "": a charge's, checked; a settlement's actual ones, correcting its hold's estimate) }
 -- X: extra fields for the row's extra JSON (plan_debit.lua), or nil
 -- Returns the reply table (see reply_text), or a string (an idempotency replay).
 local function user_debit(ctx, K, A, X)
@@ -66,6 +67,13 @@ local function user_debit(ctx, K, A, X)
     if not ok then return refusal('rate_limited', amount_s, st, '', I(retry), '0') end
     new_tat, left = tat, remaining
   end
+  -- quantity limits (tokens per minute...): a charge is checked with its quantities
+  local q_writes
+  if not hf and st.ql ~= '' then
+    local q_ok, q_retry
+    q_ok, q_retry, q_writes = quantity_admit(st, A[7] or '', model, c.now)
+    if not q_ok then return refusal('rate_limited', amount_s, st, '', I(q_retry), left and I(left) or '') end
+  end
 
   local dS, mS = st_spend(st, c)
   local w = mf and model_window(st, mf)
@@ -79,6 +87,7 @@ local function user_debit(ctx, K, A, X)
     -- refusing a settlement releases the hold: the reserved credits stay the user's
     st_held(st, st.held - hold)
     field_del(st, hf)
+    quantity_resolve(st, rid, nil)
     local n = row(ctx, '', 'release', '0', bal_text(st), held_text(st), I(hold), '', '', 'spend_cap_exceeded', '',
       frag)
     cap_event(ctx, 'credits.cap_reached', 'u', aid, deny, amount, n)
@@ -97,8 +106,10 @@ local function user_debit(ctx, K, A, X)
   if hf then
     st_held(st, st.held - hold)
     field_del(st, hf)
+    quantity_resolve(st, rid, A[7] or '')
   end
   if new_tat then st.tat, st.wS = I(new_tat), true end
+  quantity_store(st, q_writes)
   if w and amount > 0 then
     total_add(w, c, amount)
     w.dirty = true
