@@ -28,7 +28,7 @@ if cur then
   if pm ~= '' and pm + 0 == month then used = u + 0 end
 end
 local seen = ring_seen(st, cid)
-if seen then return reply_text(seen_reply(st, seen, amount_s)) .. '|0|0|' .. plan end
+if seen then return seen_reply(st, seen, amount_s) .. '|0|0|' .. plan end
 local amount = amount_s + 0
 local free, left = 0, 0
 if plan ~= '' then
@@ -43,14 +43,15 @@ local r
 if paid > 0 then
   r = user_debit(ctx, { acct, G, acct .. ':i' }, { cid, I(paid), model, ARGV[4], frag, '' },
     { free = free > 0 and I(free) or nil, plan = plan ~= '' and plan or nil })
-  if r[1] ~= 'ok' or r[2] == '1' then
-    r[10] = '0|' .. I(left) .. '|' .. plan
-    return finish(ctx, { r }, nil)[1]  -- a refusal by a deny cap still writes its event
+  if type(r) == 'string' then  -- refused (or a replay): nothing of the allowance is used
+    return finish(ctx, { r }, nil)[1] .. '|0|' .. I(left) .. '|' .. plan  -- a deny cap's event is written
   end
 else
   -- wholly covered by the allowance: no money moves, but the request still counts for the rate
   -- limit and is recorded in the ledger
-  if backlog_full(ctx) then return 'ledger_backlog_full|0||0|0|0||0||0|' .. I(left) .. '|' .. plan end
+  if ctx.cfg.backlog > 0 and backlog_full(ctx) then
+    return 'ledger_backlog_full|0||0|0|0||0||0|' .. I(left) .. '|' .. plan
+  end
   local aid
   if st.hx ~= '' then aid = frag_value(frag, 3) end
   holds_sweep(ctx, st, 'u', aid, false)
@@ -67,9 +68,9 @@ else
   local n = row(ctx, '', 'debit', '0', bal_text(st), held_text(st), '', '', '', '',
     extra_json({ free = I(free), plan = plan }), frag)
   ring_add(st, cid, n)
-  r = { 'ok', '0', n, '0', bal_text(st), held_text(st), '', '0', remaining and I(remaining) or '' }
+  r = { 'ok', n, '|0|' .. bal_text(st) .. '|' .. held_text(st) .. '||0|' .. (remaining and I(remaining) or ''), '0' }
 end
 if free > 0 then field_set(st, 'plan', I(month) .. '|' .. I(used + free) .. '|' .. plan) end
-r[10] = I(free) .. '|' .. I(left - free) .. '|' .. plan
+r[3] = r[3] .. '|' .. I(free) .. '|' .. I(left - free) .. '|' .. plan
 if has_idem then ctx.idem[idem] = r end
 return finish(ctx, { r }, { idem })[1]

@@ -33,7 +33,7 @@ local function state_of(S)
 end
 
 local function st_new(key, b, S, ring)
-  local st = { key = key, bal = 0, bals = '0', bals_of = 0, ring = ring or '', calls = false }
+  local st = { key = key, bal = 0, bals = '0', bals_of = 0, ring = ring or '' }
   if b then st.bal, st.bals, st.bals_of = b + 0, b, b + 0 end
   return setmetatable(st, state_of(S or EMPTY_S).mt)
 end
@@ -70,15 +70,24 @@ local function st_held(st, held)
   st.held, st.wS = held, true
 end
 
--- the call id's earlier entry ('' for a mutation without one) if this account saw it recently
+-- the call id's earlier entry ("<entry>/<row>", or '' for a mutation without a row) if this account
+-- saw it recently: in its ring, or earlier in this call (st.ring_new: call id, row, ...)
 local function ring_seen(st, cid)
-  local p = string.find(st.ring, cid .. '=', 1, true)
-  if p then return string.match(st.ring, '^([^;]*)', p + #cid + 1) end
-  return st.calls and st.calls[cid]
+  if st.ring ~= '' then
+    local p = string.find(st.ring, cid, 1, true)
+    if p then return string.match(st.ring, '^=([^;]*)', p + #cid) end
+  end
+  local new = st.ring_new
+  if new then
+    for i = 1, #new, 2 do
+      if new[i] == cid then return '' end
+    end
+  end
+  return nil
 end
 
 local function ring_text(st, entries)
-  local ring = table.concat(entries) .. st.ring
+  local ring = entries .. st.ring
   if #ring > 2 * RING_KEEP then
     local cut = string.find(ring, ';', RING_KEEP, true)
     if cut then ring = string.sub(ring, 1, cut) end

@@ -84,11 +84,8 @@ end
 
 local function idem_seen(ctx, key)
   local r = ctx.idem[key]
-  if type(r) == 'table' then  -- decided earlier in this call
-    local again = {}
-    for k, v in pairs(r) do again[k] = v end
-    again[2] = '1'
-    return again
+  if type(r) == 'table' then  -- decided earlier in this call: the same row, flagged as a replay
+    return { r[1], r[2], r[3], '1' }
   end
   if r then return r end
   r = redis.call('GET', key)

@@ -3,51 +3,74 @@
 -- once at the end (HSET of what changed, HDEL of resolved holds), whatever number of decisions of
 -- the call touched it.
 
--- the account `key` in the call's context, with `extra` fields (a list of names, may be empty)
+-- The account `key` in the call's context, with `extra` fields read in the same HMGET: nil (none),
+-- one field name, or a list of them. A loaded account keeps what it read in st.f (field -> value or
+-- false), what to write in st.set / st.del; all three are made when first needed.
 local function account(ctx, key, extra)
   local st = ctx.accounts[key]
+  local one = type(extra) == 'string'
   if st then
-    for i = 1, #extra do
-      local f = extra[i]
-      if st.f[f] == nil then st.f[f] = redis.call('HGET', key, f) or false end
+    if extra then
+      local f = st.f or {}
+      st.f = f
+      for i = 1, one and 1 or #extra do
+        local name = one and extra or extra[i]
+        if f[name] == nil then f[name] = redis.call('HGET', key, name) or false end
+      end
     end
     return st
   end
   local v
-  if #extra == 0 then
+  if not extra then
     v = redis.call('HMGET', key, 'b', 'S', 'r')
+  elseif one then
+    v = redis.call('HMGET', key, 'b', 'S', 'r', extra)
   else
     v = redis.call('HMGET', key, 'b', 'S', 'r', unpack(extra))
   end
   st = st_new(key, v[1] or nil, v[2] or nil, v[3] or nil)
   st.exists = v[1] ~= false
-  st.f, st.set, st.del = {}, {}, {}
-  for i = 1, #extra do st.f[extra[i]] = v[3 + i] or false end
+  if extra then
+    local f = {}
+    if one then
+      f[extra] = v[4] or false
+    else
+      for i = 1, #extra do f[extra[i]] = v[3 + i] or false end
+    end
+    st.f = f
+  end
   ctx.accounts[key] = st
   ctx.order[#ctx.order + 1] = st
   return st
 end
 
 -- a field of a loaded account (read once per call)
-local function field(st, f)
-  local v = st.f[f]
+local function field(st, name)
+  local f = st.f
+  if not f then
+    f = {}
+    st.f = f
+  end
+  local v = f[name]
   if v == nil then
-    v = redis.call('HGET', st.key, f) or false
-    st.f[f] = v
+    v = redis.call('HGET', st.key, name) or false
+    f[name] = v
   end
   return v or nil
 end
 
-local function field_set(st, f, v)
-  st.f[f] = v
-  st.set[f] = v
-  st.del[f] = nil
+local function field_set(st, name, v)
+  local f, set = st.f or {}, st.set or {}
+  st.f, st.set = f, set
+  f[name], set[name] = v, v
+  if st.del then st.del[name] = nil end
 end
 
-local function field_del(st, f)
-  st.f[f] = false
-  st.set[f] = nil
-  st.del[f] = true
+local function field_del(st, name)
+  local f, del = st.f or {}, st.del or {}
+  st.f, st.del = f, del
+  f[name], del[name] = false, true
+  if st.set then st.set[name] = nil end
 end
 
 -- the balance and held as text (formatted once per value)
@@ -95,46 +118,64 @@ end
 -- write back every changed account; `entry` is the call's stream entry id (ring entries name it)
 local function accounts_store(ctx, entry)
   for _, st in ipairs(ctx.order) do
-    local args = { st.key }
-    if st.wb then
-      args[#args + 1] = 'b'
-      args[#args + 1] = bal_text(st)
-    end
-    if st.wS then
-      args[#args + 1] = 'S'
-      args[#args + 1] = st_text(st)
-    end
-    if st.ring_new then
-      local entries = {}
-      for i = #st.ring_new, 1, -1 do
-        local e = st.ring_new[i]
-        entries[#entries + 1] = e[1] .. '=' .. (e[2] and (entry .. '/' .. N(e[2])) or '') .. ';'
+    local ring
+    local new = st.ring_new
+    if new then
+      local text = ''
+      for i = 1, #new, 2 do  -- pairs call id, row: the newest first
+        local r = new[i + 1]
+        text = new[i] .. '=' .. (r and (entry .. '/' .. N(r)) or '') .. ';' .. text
       end
-      args[#args + 1] = 'r'
-      args[#args + 1] = ring_text(st, entries)
+      ring = ring_text(st, text)
     end
-    if st.models then
-      for f, w in pairs(st.models) do
-        if w.dirty then
+    if not (st.wS or st.set or st.models or st.members) then
+      -- the common case: the balance and the ring
+      if st.wb and ring then
+        redis.call('HSET', st.key, 'b', bal_text(st), 'r', ring)
+      elseif st.wb then
+        redis.call('HSET', st.key, 'b', bal_text(st))
+      elseif ring then
+        redis.call('HSET', st.key, 'r', ring)
+      end
+    else
+      local args = { st.key }
+      if st.wb then
+        args[#args + 1] = 'b'
+        args[#args + 1] = bal_text(st)
+      end
+      if st.wS then
+        args[#args + 1] = 'S'
+        args[#args + 1] = st_text(st)
+      end
+      if ring then
+        args[#args + 1] = 'r'
+        args[#args + 1] = ring
+      end
+      if st.models then
+        for f, w in pairs(st.models) do
+          if w.dirty then
+            args[#args + 1] = f
+            args[#args + 1] = mw_text(w)
+          end
+        end
+      end
+      if st.members then
+        for uid, m in pairs(st.members) do
+          if m and m.dirty then
+            args[#args + 1] = 'U|' .. uid
+            args[#args + 1] = member_text(m)
+          end
+        end
+      end
+      if st.set then
+        for f, v in pairs(st.set) do
           args[#args + 1] = f
-          args[#args + 1] = mw_text(w)
+          args[#args + 1] = v
         end
       end
+      if #args > 1 then redis.call('HSET', unpack(args)) end
     end
-    if st.members then
-      for uid, m in pairs(st.members) do
-        if m and m.dirty then
-          args[#args + 1] = 'U|' .. uid
-          args[#args + 1] = member_text(m)
-        end
-      end
-    end
-    for f, v in pairs(st.set) do
-      args[#args + 1] = f
-      args[#args + 1] = v
-    end
-    if #args > 1 then redis.call('HSET', unpack(args)) end
-    if next(st.del) then
+    if st.del and next(st.del) then
       local d = { st.key }
       for f in pairs(st.del) do d[#d + 1] = f end
       redis.call('HDEL', unpack(d))
@@ -144,10 +185,13 @@ end
 
 -- remember that call id `cid` changed this account (row: its row in the call's entry, or nil)
 local function ring_add(st, cid, row_index)
-  st.ring_new = st.ring_new or {}
-  st.ring_new[#st.ring_new + 1] = { cid, row_index }
-  st.calls = st.calls or {}
-  st.calls[cid] = row_index or ''
+  local new = st.ring_new
+  if not new then
+    new = {}
+    st.ring_new = new
+  end
+  new[#new + 1] = cid
+  new[#new + 1] = row_index or false
 end
 
 -- Expired holds of an account leave it (one 'expire' row each); hx becomes the earliest open hold's
@@ -164,7 +208,7 @@ local function holds_sweep(ctx, st, ak, aid, team)
     local kv = r[2]
     for i = 1, #kv, 2 do
       local f = kv[i]
-      if st.f[f] ~= false then
+      if not (st.f and st.f[f] == false) then
         local a, e, op, member = hold_decode(kv[i + 1], team)
         if e <= now then
           local rid = string.sub(f, 3)

@@ -30,7 +30,7 @@ local function quantity_tats(st, lims)
   for i, l in ipairs(lims) do fields[i] = l[1] end
   local tats = redis.call('HMGET', st.key, unpack(fields))
   for i, l in ipairs(lims) do
-    local pending = st.set[l[1]]  -- written earlier in this call
+    local pending = st.set and st.set[l[1]]  -- written earlier in this call
     if pending then tats[i] = pending end
   end
   return tats

@@ -26,14 +26,18 @@ local function team_debit(ctx, K, A)
   if not field(st, 'created') then return refusal('team_not_found', amount_s, st) end
   local m = member_of(st, uid)
   if not m then return refusal('user_not_in_team', amount_s, st) end
-  local seen = ring_seen(st, cid)
-  if seen then return seen_reply(st, seen, amount_s) end
-  if backlog_full(ctx) then return refusal('ledger_backlog_full', amount_s, st) end
+  if st.ring ~= '' or st.ring_new then
+    local seen = ring_seen(st, cid)
+    if seen then return seen_reply(st, seen, amount_s) end
+  end
+  if ctx.cfg.backlog > 0 and backlog_full(ctx) then return refusal('ledger_backlog_full', amount_s, st) end
   local c = ctx.c
   local amount = amount_s + 0
   local tid
-  if st.hx ~= '' then tid = frag_value(frag, 3) end
-  holds_sweep(ctx, st, 't', tid, true)
+  if st.hx ~= '' then
+    tid = frag_value(frag, 3)
+    holds_sweep(ctx, st, 't', tid, true)
+  end
 
   local hold = 0
   if hf then
@@ -56,16 +60,20 @@ local function team_debit(ctx, K, A)
       frag)
     if cap then cap_event(ctx, 'credits.cap_reached', 't', tid or frag_value(frag, 3), cap, amount, n) end
     ring_add(st, cid, n)
-    local r = { 'spend_cap_exceeded', '0', n, amount_s, bal_text(st), held_text(st), 'deny', '0', '' }
+    local r = { 'spend_cap_exceeded', n, '|' .. amount_s .. '|' .. bal_text(st) .. '|' .. held_text(st) .. '|deny|0|',
+      '0' }
     if has_idem then ctx.idem[idem] = r end
     return r
   end
 
   -- the member's cap: their spend in its period, plus what their other open holds hold
   if m.cap and member_spent(m, c) + (m.held - hold) + amount > m.cap then return refuse_for_cap(nil) end
-  local dS, mS = st_spend(st, c)
   local w = mf and model_window(st, mf)
-  local deny, warns = caps_check(st, w, model, amount, dS, mS, c)
+  local deny, warns
+  if st.dC ~= '' or st.mC ~= '' or (w and (w.dC ~= '' or w.mC ~= '')) then
+    local dS, mS = st_spend(st, c)
+    deny, warns = caps_check(st, w, model, amount, dS, mS, c)
+  end
   if deny then return refuse_for_cap(deny) end
   local need = amount - hold
   if need > 0 and st.bal - st.held - need < 0 then return refusal('insufficient_team_balance', amount_s, st) end
@@ -88,8 +96,9 @@ local function team_debit(ctx, K, A)
       if action == '' or cap[4] == 'warn' then action = cap[4] end
     end
   end
-  local n = row(ctx, '', hf and 'settle' or 'debit', amount == 0 and '0' or '-' .. amount_s, bal_text(st),
-    held_text(st), hf and I(hold) or '', '', action, '', '', frag)
+  local bals, helds = bal_text(st), held_text(st)
+  local n = row(ctx, '', hf and 'settle' or 'debit', amount == 0 and '0' or '-' .. amount_s, bals, helds,
+    hf and I(hold) or '', '', action, '', '', frag)
   if warns then
     tid = tid or frag_value(frag, 3)
     for _, cap in ipairs(warns) do
@@ -97,7 +106,7 @@ local function team_debit(ctx, K, A)
     end
   end
   ring_add(st, cid, n)
-  local r = { 'ok', '0', n, amount_s, bal_text(st), held_text(st), action, '0', '' }
+  local r = { 'ok', n, '|' .. amount_s .. '|' .. bals .. '|' .. helds .. '|' .. action .. '|0|', '0' }
   if has_idem then ctx.idem[idem] = r end
   return r
 end
