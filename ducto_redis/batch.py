@@ -9,11 +9,12 @@ the resulting calls in one pipeline (sync) or one pipeline (async).
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import MISSING, dataclass, fields
 from operator import itemgetter
 from typing import Any, Generic, TypeVar
 
 from .core import Call, StoreCore
+from .errors import InvalidInputError
 from .scripts import Script
 
 T = TypeVar("T")
@@ -58,15 +59,40 @@ class ChargeRequest:
     min_balance: int = 0
 
 
+R = TypeVar("R", "ChargeRequest", "TeamDebitRequest")
+
+
+def _each(cls: type[R], requests: object, build: Callable[[R], Call[Any]]) -> list[Call[Any]]:
+    """Every request as ``cls`` (a mapping of its fields, or one), each validated by ``build`` before
+    anything is sent: a bad one raises :class:`InvalidInputError` naming ``requests[i].<field>``."""
+    if isinstance(requests, (str, bytes, Mapping)) or not isinstance(requests, Sequence):
+        raise InvalidInputError("requests", f"must be a list of requests, got {type(requests).__name__}")
+    calls: list[Call[Any]] = []
+    names = [f.name for f in fields(cls)]
+    required = [f.name for f in fields(cls) if f.default is MISSING]
+    for i, req in enumerate(requests):
+        if isinstance(req, Mapping):
+            unknown = [k for k in req if k not in names]
+            if unknown:
+                raise InvalidInputError(f"requests[{i}]", f"unknown field {unknown[0]!r} (fields: {', '.join(names)})")
+            missing = [k for k in required if k not in req]
+            if missing:
+                raise InvalidInputError(f"requests[{i}].{missing[0]}", "is required")
+            req = cls(**req)
+        elif not isinstance(req, cls):
+            got = type(req).__name__
+            raise InvalidInputError(f"requests[{i}]", f"must be a {cls.__name__} or a mapping, got {got}")
+        try:
+            calls.append(build(req))
+        except InvalidInputError as exc:
+            raise InvalidInputError(f"requests[{i}].{exc.field}", exc.message) from exc
+    return calls
+
+
 def charge_calls(core: StoreCore, requests: Sequence[ChargeRequest | Mapping[str, Any]]) -> list[Call[Any]]:
     """Validate every request (raising before anything is sent) and build its charge call."""
-    calls: list[Call[Any]] = []
-    for req in requests:
-        r = req if isinstance(req, ChargeRequest) else ChargeRequest(**req)
-        calls.append(
-            core.charge(r.user_id, r.amount, r.operation_type, r.idempotency_key, r.metadata, r.min_balance)
-        )
-    return calls
+    return _each(ChargeRequest, requests, lambda r: core.charge(
+        r.user_id, r.amount, r.operation_type, r.idempotency_key, r.metadata, r.min_balance))
 
 
 @dataclass(slots=True)
@@ -82,11 +108,8 @@ class TeamDebitRequest:
 
 def team_debit_calls(core: StoreCore, requests: Sequence[TeamDebitRequest | Mapping[str, Any]]) -> list[Call[Any]]:
     """Validate every request (raising before anything is sent) and build its deduct_team call."""
-    calls: list[Call[Any]] = []
-    for req in requests:
-        r = req if isinstance(req, TeamDebitRequest) else TeamDebitRequest(**req)
-        calls.append(core.teams.deduct_team(r.team_id, r.user_id, r.amount, r.metadata, r.idempotency_key))
-    return calls
+    return _each(TeamDebitRequest, requests, lambda r: core.teams.deduct_team(
+        r.team_id, r.user_id, r.amount, r.metadata, r.idempotency_key))
 
 
 def _identity(raw: Any) -> Any:

@@ -12,12 +12,23 @@ from typing import Any
 from .settings import Settings
 
 
+def _settings(args: argparse.Namespace) -> Settings:
+    """The settings of the command line's options, checked as the environment's are (one rule)."""
+    from pydantic import ValidationError
+
+    from .validation import invalid_input
+
+    try:
+        return Settings(redis_url=args.redis_url, namespace=args.namespace, database_url=args.database_url,
+                        ledger_schema=args.ledger_schema)
+    except ValidationError as exc:
+        raise invalid_input(exc) from exc
+
+
 def _store(args: argparse.Namespace) -> Any:
     from .store import RedisStore
 
-    return RedisStore.from_url(
-        args.redis_url, namespace=args.namespace, database_url=args.database_url, ledger_schema=args.ledger_schema
-    )
+    return RedisStore.from_settings(_settings(args))
 
 
 def _database_url(args: argparse.Namespace) -> str:
@@ -84,7 +95,17 @@ def _pricing(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``ducto-redis`` command; returns its exit code."""
+    """Entry point of the ``ducto-redis`` command; returns its exit code (2: bad input, named)."""
+    from .errors import InvalidInputError
+
+    try:
+        return _main(argv)
+    except InvalidInputError as exc:
+        print(f"ducto-redis: {exc}", file=sys.stderr)
+        return 2
+
+
+def _main(argv: list[str] | None) -> int:
     settings = Settings()
     parser = argparse.ArgumentParser(prog="ducto-redis", description="Credits and spend caps on Redis.")
     parser.add_argument("--redis-url", default=settings.redis_url, help="default: $DUCTO_REDIS_URL")
@@ -103,6 +124,8 @@ def main(argv: list[str] | None = None) -> int:
     flush.add_argument("--batch", type=int, default=20_000, help="entries per Postgres transaction")
     flush.add_argument("--processes", type=int, default=1,
                        help="flusher processes sharing the work (each holds about one core)")
+    flush.add_argument("--claim-idle-ms", type=int, default=30_000,
+                       help="take over entries another flusher left pending this long (a dead flusher's)")
     sub.add_parser("status", help="print the ledger backlog and lag")
     sub.add_parser("restore", help="rebuild every Redis key of the namespace from the ledger")
     sub.add_parser("reconcile", help="compare Redis with the ledger; exit code 1 on drift")
@@ -117,6 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     sweep.add_argument("--dry-run", action="store_true", help="report what would expire, write nothing")
 
     args = parser.parse_args(argv)
+    _settings(args)  # every option checked before anything runs
     if args.command == "demo":
         from .demo import run_demo
         from .memory import MemoryStore
@@ -138,12 +162,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "migrate":
         from .ledger.flusher import migrate
 
-        migrate(_database_url(args), args.ledger_schema)
+        migrate(_database_url(args), _settings(args).ledger_schema)
         print(f"ledger schema {args.ledger_schema!r} ready")
         return 0
     if args.command == "flush":
-        from .ledger.flusher import LedgerFlusher, migrate
+        from .ledger.flusher import LedgerFlusher, check_flusher_options, migrate
 
+        check_flusher_options(batch=args.batch, claim_idle_ms=args.claim_idle_ms, processes=args.processes)
         url = _database_url(args)
         migrate(url, args.ledger_schema)
         if args.processes > 1:

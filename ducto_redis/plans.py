@@ -27,9 +27,6 @@ from .core import (
     StoreCore,
     _err,
     _reply,
-    check_amount,
-    check_id,
-    check_label,
     construct,
     new_id,
     ready,
@@ -46,6 +43,7 @@ from .models import (
     SetUserPlanResult,
     UsageDeductionResult,
 )
+from .validation import check_amount, check_id, check_label
 
 T = TypeVar("T")
 
@@ -228,9 +226,7 @@ class PlanOps:
         if not isinstance(allowances, dict):
             raise InvalidInputError("allowances", f"must be a dict plan id -> credits, not {type(allowances).__name__}")
         table = {check_label(p, "allowances"): check_amount(a, "allowances", 0) for p, a in allowances.items()}
-        if base.script is None:  # refused before Redis (amount out of range)
-            refused = base.parse(None)
-            return ready(UsageDeductionResult(**refused.model_dump(), cost=amount))
+        cost = check_amount(amount, "amount", 1)  # charge checked it already: its plain int value
 
         def parse(raw_reply: Any) -> UsageDeductionResult:
             r = _reply(raw_reply, 12)
@@ -239,7 +235,7 @@ class PlanOps:
                 transaction_id=r[2], user_id=user_id, amount=-paid, balance_after=int(r[4]),
                 idempotent=r[1] == "1", error=_err(r[0]), cap_action=r[6] or None,
                 retry_after_ms=int(r[7]) if r[7] else 0, rate_limit_remaining=int(r[8]) if r[8] else None,
-                cost=amount, allowance_used=free, plan_id=r[10] or None, allowance_remaining=int(r[11]),
+                cost=cost, allowance_used=free, plan_id=r[10] or None, allowance_remaining=int(r[11]),
             )
 
         keys = [*base.keys, self.core.keys.user(user_id).plan_window]

@@ -23,10 +23,6 @@ from .core import (
     Call,
     _err,
     _reply,
-    amount_in_range,
-    check_id,
-    check_int,
-    check_label,
     construct,
     idempotency_of,
     metadata_json,
@@ -37,6 +33,7 @@ from .core import (
 )
 from .errors import InvalidInputError
 from .models import CreditMetadata, ExpiredCredit, RefundResult, SweepResult
+from .validation import check_amount, check_id, check_label
 
 if TYPE_CHECKING:
     from .core import StoreCore
@@ -86,19 +83,15 @@ class RefundOps:
         """Validate a refund and find the debit's user: a RefundRequest to :meth:`apply`, or a result
         decided already (bad amount, unknown transaction, a replayed idempotency key)."""
         tx = check_id(transaction_id, "transaction_id")
-        if amount is not None:
-            check_int(amount, "amount")
+        n = None if amount is None else check_amount(amount, "amount", 1)
         why = "" if reason is None else check_label(reason, "reason")
         meta = metadata_of(metadata)
         ikey = idempotency_of(idempotency_key, meta)
-        if amount is not None and not amount_in_range(amount, 1):
-            return ready(RefundResult(refund_transaction_id="", original_transaction_id=tx, user_id="",
-                                      amount=amount, error=E.INVALID_AMOUNT))
         shard = shard_of_tx(tx, self.keys.shards)
         if shard is None:
             return ready(RefundResult(refund_transaction_id="", original_transaction_id=tx, user_id="",
                                       error=E.TRANSACTION_NOT_FOUND))
-        req = RefundRequest(tx, shard, "" if amount is None else str(amount), why, metadata_json(meta),
+        req = RefundRequest(tx, shard, "" if n is None else str(n), why, metadata_json(meta),
                             "0" if ikey is None else "1", ikey or "")
 
         def parse(raw: Any) -> RefundResult | RefundRequest:

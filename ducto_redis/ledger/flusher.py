@@ -42,6 +42,7 @@ import redis
 from redis.cluster import ClusterNode, RedisCluster
 from redis.exceptions import ResponseError
 
+from ..validation import check_amount, check_schema_name
 from .copy_text import COLUMNS, COPY_COLUMNS, Entry, copy_payload
 
 log = logging.getLogger("ducto_redis.flusher")
@@ -51,9 +52,9 @@ __all__ = ["COLUMNS", "GROUP", "Batch", "LedgerFlusher", "migrate", "schema_sql"
 
 
 def schema_sql(schema: str) -> str:
-    """The DDL of the ledger in ``schema``."""
+    """The DDL of the ledger in ``schema`` (a name checked by ``check_schema_name``: it goes into SQL)."""
     text = (resources.files("ducto_redis.ledger") / "schema.sql").read_text(encoding="utf-8")
-    return text.replace("{schema}", schema)
+    return text.replace("{schema}", check_schema_name(schema))
 
 
 def migrate(database_url: str, schema: str) -> None:
@@ -62,6 +63,20 @@ def migrate(database_url: str, schema: str) -> None:
 
     with psycopg.connect(database_url) as conn:
         conn.execute(schema_sql(schema))
+
+
+MAX_BATCH = 1_000_000
+MAX_CLAIM_IDLE_MS = 86_400_000
+MAX_PROCESSES = 64
+
+
+def check_flusher_options(*, batch: int = 20_000, claim_idle_ms: int = 30_000, block_ms: int = 200,
+                          processes: int = 1) -> None:
+    """A flusher's options within their bounds, else :class:`InvalidInputError` naming the option."""
+    check_amount(batch, "batch", 1, MAX_BATCH, unit="entries")
+    check_amount(claim_idle_ms, "claim_idle_ms", 0, MAX_CLAIM_IDLE_MS, unit="milliseconds")
+    check_amount(block_ms, "block_ms", 0, 60_000, unit="milliseconds")
+    check_amount(processes, "processes", 1, MAX_PROCESSES, unit="processes")
 
 
 @dataclass
@@ -185,11 +200,12 @@ class LedgerFlusher:
         claim_idle_ms: int = 30_000,
         schema: str | None = None,
     ) -> None:
+        check_flusher_options(batch=batch, claim_idle_ms=claim_idle_ms, block_ms=block_ms)
         self.store = store
         self.client = bytes_client(store.client)
         self.cluster = isinstance(self.client, RedisCluster)
         self.database_url = database_url
-        self.schema = schema or store.settings.ledger_schema
+        self.schema = check_schema_name(schema or store.settings.ledger_schema)
         self.namespace = store.settings.namespace
         self.stream_names = store.core.keys.all_ledger_streams()
         self.streams = [s.encode() for s in self.stream_names]

@@ -26,10 +26,11 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from ducto_redis.errors import ConfigError, ExpressionError
+from ducto_redis.errors import ConfigError, ExpressionError, InvalidInputError
 from ducto_redis.models import PlanDefinition, PricingConfigData
-from ducto_redis.pricing.expr import MAX_MAGNITUDE, evaluate_expression, validate_expression
+from ducto_redis.pricing.expr import evaluate_expression, validate_expression
 from ducto_redis.pricing.metrics import METRIC_VARIABLES, CostBreakdown, UsageMetrics
+from ducto_redis.validation import MAX_AMOUNT, check_json
 
 DEFAULT_KEY = "_default"
 """Key of the fallback formula in ``models``, ``tools`` and a plan's ``rate_overrides``."""
@@ -79,12 +80,16 @@ def _check_config(config: PricingConfigData) -> None:
                 raise ConfigError(f"{section}[{key!r}]: unknown key; {section} accepts only {sorted(keys)}")
             _check_formula(f"{section}[{key!r}]", formula)
     for job, price in config.fixed.items():
-        if not 0 <= price <= MAX_MAGNITUDE:
-            raise ConfigError(f"fixed[{job!r}]: price must be within 0..2**53, got {price}")
-    if config.min_balance < 0:
-        raise ConfigError(f"min_balance must be >= 0, got {config.min_balance}")
+        if not 0 <= price <= MAX_AMOUNT:
+            raise ConfigError(f"fixed[{job!r}]: price must be within 0..2**53-1, got {price}")
+    if not 0 <= config.min_balance <= MAX_AMOUNT:
+        raise ConfigError(f"min_balance must be within 0..2**53-1, got {config.min_balance}")
     for key, plan in (config.plans or {}).items():
         _check_plan(key, plan)
+    try:
+        check_json(config, "config", max_depth=16)  # published configs are stored in the ledger as they are
+    except InvalidInputError as exc:
+        raise ConfigError(str(exc)) from exc
 
 
 def _evaluate(where: str, formula: str, variables: Mapping[str, int | float]) -> float:
