@@ -166,33 +166,24 @@ def _main(argv: list[str] | None) -> int:
         print(f"ledger schema {args.ledger_schema!r} ready")
         return 0
     if args.command == "flush":
-        from .ledger.flusher import LedgerFlusher, check_flusher_options, migrate
+        from .ledger import ops
 
-        check_flusher_options(batch=args.batch, claim_idle_ms=args.claim_idle_ms, processes=args.processes)
-        url = _database_url(args)
-        migrate(url, args.ledger_schema)
-        if args.processes > 1:
-            from .ledger.processes import run_flusher_processes
-
-            kwargs = {"url": args.redis_url, "namespace": args.namespace, "database_url": url,
-                      "ledger_schema": args.ledger_schema}
-            moved = run_flusher_processes(args.processes, kwargs, url, batch=args.batch, once=args.once)
-            print(f"flushed {moved} entries")
-            return 0
-        flusher = LedgerFlusher(_store(args), url, batch=args.batch)
-        if args.once:
-            print(f"flushed {flusher.drain(timeout=3600)} entries")
-            return 0
         stop = threading.Event()
-        signal.signal(signal.SIGTERM, lambda *_: stop.set())
+        if not args.once:
+            signal.signal(signal.SIGTERM, lambda *_: stop.set())
+        report = None
         with contextlib.suppress(KeyboardInterrupt):
-            flusher.run(stop)
-        print(f"flushed {flusher.flushed} entries")
-        return 0
+            report = ops.flush(_store(args), _database_url(args), once=args.once, batch=args.batch,
+                               claim_idle_ms=args.claim_idle_ms, processes=args.processes, stop=stop,
+                               redis_url=args.redis_url)
+        for line in report.lines() if report else []:
+            print(line)
+        return 0 if report is None or report.complete else 1
     if args.command == "status":
-        lag = _store(args).ledger_lag()
-        print(f"backlog {lag.backlog} entries, pending {lag.pending}, "
-              f"oldest unflushed {lag.oldest_unflushed_age_ms} ms")
+        from .ledger import ops
+
+        for line in ops.status(_store(args), args.database_url).lines():
+            print(line)
         return 0
     if args.command == "restore":
         n = _store(args).restore_from_ledger(_database_url(args), progress=True)

@@ -154,3 +154,21 @@ def copy_payload(entries: Sequence[Entry], namespace: str) -> bytes:
     if payload.count(_NL) != n or payload.count(_TAB) != n * _TABS:  # a row not as the scripts write it
         payload = b"".join(reference_line(ns, shard, mid, flat) + _NL for shard, mid, flat in entries)
     return payload
+
+
+def line_values(line: bytes) -> dict[str, bytes | None]:
+    """One COPY line (as :func:`copy_payload` builds it, without its newline) back into its columns,
+    unescaped; None for an empty value (COPY's NULL). A line with too few or too many values keeps
+    what it has: the quarantine stores whatever can be read."""
+    values = line.rstrip(_NL).split(_TAB)
+    return {c: (_unescape(v) if v else None) for c, v in zip(COPY_COLUMNS, values, strict=False)}
+
+
+def line_position(line: bytes) -> tuple[str, int, int, int]:
+    """(namespace, shard, stream ms, stream seq) of a COPY line: the columns the flusher itself wrote."""
+    ns, shard, ms, seq = ([*line.split(_TAB, 4), b"", b"", b"", b""])[:4]
+    return _unescape(ns).decode("utf-8", "replace"), _int(shard), _int(ms), _int(seq)
+
+
+def _int(v: bytes) -> int:
+    return int(v) if v.isdigit() else -1

@@ -14,7 +14,15 @@ Crash-safe and idempotent:
   is pending, just past the last delivered one (read *before* the pending summary, so an entry
   another flusher read in between is never trimmed);
 - entries left pending by a flusher that died are claimed by another after ``claim_idle_ms``
-  (XAUTOCLAIM); when Postgres is unreachable the batch is kept and retried with backoff.
+  (XAUTOCLAIM), and a consumer that holds nothing and was idle that long is removed from the group
+  (atomically, so a live one is never removed with entries in hand); when Postgres is unreachable
+  the batch is kept and retried with backoff — also at start: ``run`` creates the schema itself,
+  waiting for Postgres, and says what it waits for;
+- a consumer group that vanished (Redis restarted without persistence, the namespace's keys
+  deleted or restored) is re-created; whatever it delivers again is stored once;
+- a row Postgres refuses (a data error) never holds back the others: the batch is halved until the
+  refused row(s) are found, every other row is stored, and each refused one goes to the quarantine
+  table (``quarantine.py``), counted and acknowledged.
 
 Speed: replies are read as bytes on a private connection whose stream replies skip redis-py's
 per-entry parsing; COPY text is built from the bytes (``copy_text``); ack and trim of every
@@ -44,11 +52,48 @@ from redis.exceptions import ResponseError
 
 from ..validation import check_amount, check_schema_name
 from .copy_text import COLUMNS, COPY_COLUMNS, Entry, copy_payload
+from .quarantine import TooManyRefused, is_row_refusal, sift
 
 log = logging.getLogger("ducto_redis.flusher")
 
 GROUP = "ducto-flusher"
-__all__ = ["COLUMNS", "GROUP", "Batch", "LedgerFlusher", "migrate", "schema_sql"]
+__all__ = ["COLUMNS", "GROUP", "Batch", "LedgerFlusher", "check_flusher_options", "migrate", "schema_sql"]
+
+# Remove, atomically, the consumers of a stream's group that hold no pending entry and have been idle
+# at least ARGV[2] ms: all but ARGV[3] (this flusher), or only ARGV[4] when given. Atomic, so a
+# consumer that reads in between is either seen with its entries (kept) or re-created by its read.
+_REAP = """
+local ok, consumers = pcall(redis.call, 'XINFO', 'CONSUMERS', KEYS[1], ARGV[1])
+if not ok then return 0 end
+local removed = 0
+for _, c in ipairs(consumers) do
+  local f = {}
+  for i = 1, #c, 2 do f[c[i]] = c[i + 1] end
+  local wanted = (ARGV[4] ~= '' and f['name'] == ARGV[4]) or (ARGV[4] == '' and f['name'] ~= ARGV[3])
+  if wanted and tonumber(f['pending']) == 0 and tonumber(f['idle']) >= tonumber(ARGV[2]) then
+    redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], f['name'])
+    removed = removed + 1
+  end
+end
+return removed
+"""
+
+
+def _nogroup(exc: BaseException) -> bool:
+    """A reply saying the consumer group (or the stream) is gone."""
+    text = str(exc)
+    return isinstance(exc, ResponseError) and ("NOGROUP" in text or "no such key" in text)
+
+
+def _where(database_url: str) -> str:
+    """host:port/dbname of a Postgres URL, without the password (for log lines)."""
+    try:
+        from psycopg.conninfo import conninfo_to_dict
+
+        d = conninfo_to_dict(database_url)
+        return f"{d.get('host') or 'localhost'}:{d.get('port') or 5432}/{d.get('dbname') or ''}"
+    except Exception:
+        return "the configured database"
 
 
 def schema_sql(schema: str) -> str:
@@ -61,7 +106,7 @@ def migrate(database_url: str, schema: str) -> None:
     """Create the ledger schema, table and indexes (idempotent)."""
     import psycopg
 
-    with psycopg.connect(database_url) as conn:
+    with psycopg.connect(database_url, connect_timeout=5) as conn:
         conn.execute(schema_sql(schema))
 
 
@@ -199,6 +244,7 @@ class LedgerFlusher:
         block_ms: int = 200,
         claim_idle_ms: int = 30_000,
         schema: str | None = None,
+        create_schema: bool = True,
     ) -> None:
         check_flusher_options(batch=batch, claim_idle_ms=claim_idle_ms, block_ms=block_ms)
         self.store = store
@@ -217,6 +263,11 @@ class LedgerFlusher:
         self.flushed = 0
         self.failures = 0
         self.fallbacks = 0  # fresh batches that met an id already stored and took the idempotent path
+        self.quarantined = 0  # entries Postgres refused, kept in the quarantine table
+        self.regrouped = 0  # times the consumer group was found missing and re-created
+        self.reaped = 0  # dead consumers removed from the group
+        self.left_pending = 0  # after drain(): entries other consumers hold, not idle long enough to claim
+        self._schema_ready = not create_schema
         self._conn: Any = None
         self._staged = False
         self.unwritten: list[Batch] = []  # read but not yet committed: written first, idempotently
@@ -236,6 +287,48 @@ class LedgerFlusher:
                 if "BUSYGROUP" not in str(exc):
                     raise
         self._groups_ready = True
+
+    def _regroup(self, exc: BaseException) -> None:
+        """The group is gone (Redis restarted or the namespace's keys were deleted): create it again.
+        Entries it delivers again are stored once (the idempotent path)."""
+        self.regrouped += 1
+        log.warning("consumer group %s is missing (%s): Redis restarted or its keys were deleted; re-creating it",
+                    GROUP, str(exc).splitlines()[0])
+        self._groups_ready = False
+        self.ensure_groups()
+
+    def reap_consumers(self, *, only_self: bool = False) -> int:
+        """Remove from the group the consumers that hold nothing and were idle ``claim_idle_ms`` (dead
+        flushers: their entries were claimed by now), or with ``only_self`` this flusher's own consumer
+        if it holds nothing. Returns how many were removed."""
+        me = self.consumer.encode()
+        idle = 0 if only_self else self.claim_idle_ms
+        args = (GROUP, idle, me, me if only_self else b"")
+        if self.cluster:  # a cluster pipeline runs no scripts: one call per stream, each to its node
+            replies: list[Any] = []
+            for s in self.streams:
+                try:
+                    replies.append(self.client.eval(_REAP, 1, s, *args))
+                except redis.RedisError as exc:
+                    replies.append(exc)
+        else:
+            pipe = self.client.pipeline(transaction=False)
+            for s in self.streams:
+                pipe.eval(_REAP, 1, s, *args)
+            replies = pipe.execute(raise_on_error=False)
+        removed = sum(int(n) for n in replies if not isinstance(n, Exception))
+        if removed and not only_self:
+            log.info("removed %d idle consumer(s) holding no entries from group %s", removed, GROUP)
+        self.reaped += removed
+        return removed
+
+    def pending_elsewhere(self) -> int:
+        """Entries of the namespace delivered to a consumer and not yet acknowledged (XPENDING)."""
+        pipe = self.client.pipeline(transaction=False)
+        for s in self.streams:
+            pipe.xpending(s, GROUP)
+        replies = pipe.execute(raise_on_error=False)
+        return sum(int(r.get("pending", 0)) for r in replies if isinstance(r, dict))
 
     def _collect(self, stream: Any, msgs: Any, out: list[Entry]) -> None:
         shard = self.shard_of[stream if isinstance(stream, bytes) else str(stream).encode()]
@@ -265,6 +358,7 @@ class LedgerFlusher:
             claimed = self._claim()
             if claimed:
                 return Batch(claimed, fresh=False)
+            self.reap_consumers()
         out: list[Entry] = []
         # COUNT applies per stream: split the batch over the shards so a read stays near `batch`
         per_stream = max(1, -(-self.batch // len(self.streams)))
@@ -293,7 +387,14 @@ class LedgerFlusher:
             pipe.xack(s, GROUP, *by_stream[shard])
             pipe.xinfo_groups(s)  # the last delivered id, read BEFORE the pending summary
             pipe.xpending(s, GROUP)
-        replies = pipe.execute()
+        replies = pipe.execute(raise_on_error=False)
+        gone = next((r for r in replies if isinstance(r, Exception) and _nogroup(r)), None)
+        failed = next((r for r in replies if isinstance(r, Exception) and not _nogroup(r)), None)
+        if failed is not None:
+            raise failed
+        if gone is not None:  # committed already; the group vanished since the read: nothing to ack
+            self._regroup(gone)
+            return
         pipe = self.client.pipeline(transaction=False)
         for i, shard in enumerate(shards):
             groups, pending = replies[3 * i + 1], replies[3 * i + 2]
@@ -318,8 +419,10 @@ class LedgerFlusher:
         import psycopg
 
         payload = batch.prepare(self.namespace).payload
+        assert payload is not None
         conn = self._connection()
         columns = ", ".join(COPY_COLUMNS)
+        refused = False
         with conn.cursor() as cur:
             if batch.fresh:
                 try:
@@ -330,15 +433,46 @@ class LedgerFlusher:
                 except psycopg.errors.UniqueViolation:
                     conn.rollback()
                     self.fallbacks += 1
-            if not self._staged:
-                cur.execute(f"CREATE TEMP TABLE IF NOT EXISTS ledger_stage "
-                            f"(LIKE {self.schema}.ledger INCLUDING DEFAULTS) ON COMMIT DELETE ROWS")
-                self._staged = True
-            with cur.copy(f"COPY ledger_stage ({columns}) FROM STDIN (NULL '')") as copy:
-                copy.write(payload)
-            cur.execute(f"INSERT INTO {self.schema}.ledger ({columns}) SELECT {columns} "
-                        f"FROM ledger_stage ON CONFLICT (entry_id) DO NOTHING")
+                except psycopg.Error as exc:
+                    if not is_row_refusal(exc):
+                        raise
+                    conn.rollback()
+                    refused = True
+            if not refused:
+                try:
+                    self._store_idempotently(cur, payload)
+                except psycopg.Error as exc:
+                    if not is_row_refusal(exc):
+                        raise
+                    conn.rollback()
+                    self._staged = False  # a temporary table made in that transaction is gone
+                    refused = True
+            if refused:  # find the refused row(s); store the rest
+                self._ensure_stage(cur)  # outside the savepoints, so one refused part cannot drop it
+                lines = [line + b"\n" for line in payload.split(b"\n")[:-1]]
+                try:
+                    self.quarantined += sift(conn, self.schema, lines, lambda part: self._store_idempotently(cur, part))
+                except TooManyRefused:
+                    conn.rollback()
+                    self._staged = False
+                    raise
         conn.commit()
+
+    def _ensure_stage(self, cur: Any) -> None:
+        if not self._staged:
+            cur.execute(f"CREATE TEMP TABLE IF NOT EXISTS ledger_stage "
+                        f"(LIKE {self.schema}.ledger INCLUDING DEFAULTS) ON COMMIT DELETE ROWS")
+            self._staged = True
+
+    def _store_idempotently(self, cur: Any, payload: bytes) -> None:
+        """COPY into a temporary table, then INSERT what is not stored yet (the replay-safe path)."""
+        columns = ", ".join(COPY_COLUMNS)
+        self._ensure_stage(cur)
+        with cur.copy(f"COPY ledger_stage ({columns}) FROM STDIN (NULL '')") as copy:
+            copy.write(payload)
+        cur.execute(f"INSERT INTO {self.schema}.ledger ({columns}) SELECT {columns} "
+                    f"FROM ledger_stage ON CONFLICT (entry_id) DO NOTHING")
+        cur.execute("DELETE FROM ledger_stage")
 
     def _write_or_keep(self, batch: Batch) -> None:
         """Write; on failure keep the batch (first in line) for an idempotent retry and re-raise."""
@@ -362,11 +496,40 @@ class LedgerFlusher:
             self.ensure_groups()
         if self.unwritten:
             return self.unwritten.pop(0)
+        try:
+            return self._fresh_batch(block)
+        except ResponseError as exc:
+            if not _nogroup(exc):
+                raise
+            self._regroup(exc)
+            return self._fresh_batch(block)
+
+    def _fresh_batch(self, block: bool) -> Batch:
         with _gc_paused():
             batch = self._read(block=False).prepare(self.namespace)
         if not batch and block:
             batch = self._read(block=True).prepare(self.namespace)
         return batch
+
+    def prepare_schema(self) -> None:
+        """Create the ledger schema once (``create_schema``): ``run`` and ``drain`` call it first, so
+        a flusher started while Postgres is away waits for it (with backoff) instead of failing."""
+        if not self._schema_ready:
+            migrate(self.database_url, self.schema)
+            self._schema_ready = True
+
+    def describe(self, exc: BaseException) -> str:
+        """What a failure means for the flusher, for its log line."""
+        import psycopg
+
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        if isinstance(exc, psycopg.OperationalError) and not is_row_refusal(exc):
+            return f"waiting for PostgreSQL at {_where(self.database_url)} ({first})"
+        if isinstance(exc, (redis.ConnectionError, redis.TimeoutError)):
+            return f"waiting for Redis ({first})"
+        if isinstance(exc, TooManyRefused):
+            return first
+        return f"ledger flush failed ({type(exc).__name__}: {first})"
 
     def flush_once(self, block: bool = False) -> int:
         """Move one batch: read, write (COPY), commit, then ack and trim. Returns entries moved.
@@ -449,28 +612,72 @@ class LedgerFlusher:
             raise errors[0]
         return moved[0]
 
-    def drain(self, timeout: float = 60.0) -> int:
-        """Flush until nothing is left to read (or ``timeout``); returns entries moved."""
-        deadline = time.monotonic() + timeout
-        self._last_claim = 0.0
+    def _claim_all(self) -> int:
+        """Write every entry other consumers left pending for ``claim_idle_ms``; returns how many."""
+        moved = 0
+        while claimed := self._claim():
+            batch = Batch(claimed, fresh=False).prepare(self.namespace)
+            self._write_or_keep(batch)
+            self._ack_and_trim(batch.ids)
+            self.flushed += len(batch)
+            moved += len(batch)
+        return moved
+
+    def _drain_once(self, deadline: float) -> int:
+        self.prepare_schema()
+        if not self._groups_ready:
+            self.ensure_groups()
         moved = 0
         while self.unwritten and time.monotonic() < deadline:
             moved += self.flush_once()
+        moved += self._claim_all()
+        self._last_claim = time.monotonic()
         return moved + self._pipelined(lambda _n: time.monotonic() < deadline, block=False)
 
+    def drain(self, timeout: float = 60.0) -> int:
+        """Flush until nothing is left to read (or ``timeout``), entries a dead flusher left pending
+        for ``claim_idle_ms`` included; returns entries moved. Failures are retried with backoff
+        until ``timeout`` (then raised). Afterwards ``left_pending`` says how many entries other
+        consumers still hold (delivered less than ``claim_idle_ms`` ago, or to a live flusher) and
+        idle consumers holding nothing are removed from the group."""
+        deadline = time.monotonic() + timeout
+        moved, delay = 0, 0.05
+        while True:
+            try:
+                moved += self._drain_once(deadline)
+                break
+            except Exception as exc:
+                if _nogroup(exc):  # the group vanished between two steps: re-create it, go on
+                    self._regroup(exc)
+                    continue
+                self.failures += 1
+                if time.monotonic() + delay >= deadline:
+                    raise
+                log.warning("%s; retrying in %.2fs", self.describe(exc), delay)
+                time.sleep(delay)
+                delay = min(delay * 2, 5.0)
+        self.reap_consumers()
+        self.left_pending = self.pending_elsewhere()
+        return moved
+
     def run(self, stop: threading.Event | None = None) -> None:
-        """Flush until ``stop`` is set, retrying with exponential backoff when anything fails."""
+        """Flush until ``stop`` is set, retrying with exponential backoff when anything fails (saying
+        what it waits for: PostgreSQL, Redis); creates the schema first, waiting for Postgres."""
         stop = stop or self._stop
         delay = 0.05
         while not stop.is_set():
             try:
+                self.prepare_schema()
                 while self.unwritten and not stop.is_set():
                     self.flush_once()
                 self._pipelined(lambda _n: not stop.is_set(), block=True)
                 delay = 0.05
             except Exception as exc:
+                if _nogroup(exc):
+                    self._regroup(exc)
+                    continue
                 self.failures += 1
-                log.warning("ledger flush failed (%s); retrying in %.2fs", exc, delay)
+                log.warning("%s; retrying in %.2fs", self.describe(exc), delay)
                 stop.wait(delay)
                 delay = min(delay * 2, 5.0)
 
@@ -481,9 +688,13 @@ class LedgerFlusher:
         return self
 
     def stop(self, timeout: float = 10.0) -> None:
-        """Stop the thread (after its current batch) and close the Postgres connection."""
+        """Stop the thread (after its current batch), leave the group if nothing is pending on this
+        flusher (a clean stop leaves no dead consumer behind), close the Postgres connection."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout)
+        if self._groups_ready and not self.unwritten:
+            with contextlib.suppress(Exception):
+                self.reap_consumers(only_self=True)
         if self._conn is not None:
             self._conn.close()

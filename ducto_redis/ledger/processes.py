@@ -16,14 +16,15 @@ __all__ = ["run_flusher_processes"]
 
 
 def _flusher_process(store_kwargs: dict[str, Any], database_url: str, batch: int, once: bool, stop: Any,
-                     out: Any) -> None:
+                     out: Any, claim_idle_ms: int = 30_000) -> None:
     """One flusher: drain (``once``) or run until ``stop`` is set; reports the entries it moved."""
     from ..store import RedisStore
     from .flusher import LedgerFlusher
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the parent, which sets `stop`
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    flusher = LedgerFlusher(RedisStore.from_url(**store_kwargs), database_url, batch=batch)
+    flusher = LedgerFlusher(RedisStore.from_url(**store_kwargs), database_url, batch=batch,
+                            claim_idle_ms=claim_idle_ms)
     try:
         if once:
             flusher.drain(timeout=3600)
@@ -35,15 +36,15 @@ def _flusher_process(store_kwargs: dict[str, Any], database_url: str, batch: int
 
 
 def run_flusher_processes(processes: int, store_kwargs: dict[str, Any], database_url: str, *, batch: int = 20_000,
-                          once: bool = False) -> int:
+                          once: bool = False, claim_idle_ms: int = 30_000) -> int:
     """Run ``processes`` flusher processes until they have drained the ledger (``once``) or until
     SIGINT/SIGTERM; returns the entries they moved in all. ``store_kwargs`` go to
     :meth:`RedisStore.from_url` in each process. A process that fails makes this raise."""
     ctx = mp.get_context("spawn")
     stop, out = ctx.Event(), ctx.Queue()
     previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    procs = [ctx.Process(target=_flusher_process, args=(store_kwargs, database_url, batch, once, stop, out),
-                         name=f"ducto-flusher-{i}") for i in range(processes)]
+    args = (store_kwargs, database_url, batch, once, stop, out, claim_idle_ms)
+    procs = [ctx.Process(target=_flusher_process, args=args, name=f"ducto-flusher-{i}") for i in range(processes)]
     for p in procs:
         p.start()
     try:

@@ -48,11 +48,11 @@ class LedgerStoreMixin:
             result.errors.append(f"ledger schema: {exc}")
 
     def start_flusher(self, database_url: str | None = None, **options: Any) -> LedgerFlusher:
-        """Start a background thread copying this namespace's ledger into Postgres."""
-        from .flusher import LedgerFlusher, migrate
+        """Start a background thread copying this namespace's ledger into Postgres (it creates the
+        schema first, waiting with backoff while Postgres is away; see ``LedgerFlusher``)."""
+        from .flusher import LedgerFlusher
 
         url = self._database_url(database_url)
-        migrate(url, options.get("schema") or self.settings.ledger_schema)
         self.stop_flusher()
         self._flusher = LedgerFlusher(self, url, **options).start()
         return self._flusher
