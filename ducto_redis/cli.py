@@ -127,8 +127,17 @@ def _main(argv: list[str] | None) -> int:
     flush.add_argument("--claim-idle-ms", type=int, default=30_000,
                        help="take over entries another flusher left pending this long (a dead flusher's)")
     sub.add_parser("status", help="print the ledger backlog and lag")
-    sub.add_parser("restore", help="rebuild every Redis key of the namespace from the ledger")
-    sub.add_parser("reconcile", help="compare Redis with the ledger; exit code 1 on drift")
+    restore = sub.add_parser("restore", help="rebuild every Redis key of the namespace from the ledger "
+                             "(refused while entries are unflushed or keys live, unless --force)")
+    restore.add_argument("--dry-run", action="store_true", help="write nothing; report what would be written")
+    restore.add_argument("--force", action="store_true",
+                         help="restore although entries are not flushed yet (their decisions are lost) or keys live")
+    restore.add_argument("--target-namespace", default=None,
+                         help="restore into this namespace instead (a drill: the live one is only read)")
+    reconcile = sub.add_parser("reconcile", help="compare Redis with the ledger, every account on both sides; "
+                               "exit 1 on drift, 3 when accounts wait to be flushed")
+    reconcile.add_argument("--ledger-namespace", default=None,
+                           help="compare with the ledger of this namespace (after a drill restore)")
     pricing = sub.add_parser("pricing", help="validate, publish or print the pricing config (JSON; YAML with PyYAML)")
     psub = pricing.add_subparsers(dest="pricing_command", required=True)
     psub.add_parser("validate", help="check every formula of a pricing file; exit 1 if invalid").add_argument("file")
@@ -186,20 +195,28 @@ def _main(argv: list[str] | None) -> int:
             print(line)
         return 0
     if args.command == "restore":
-        n = _store(args).restore_from_ledger(_database_url(args), progress=True)
-        print(f"restored {n} accounts")
-        return 0
+        from .ledger.recovery import RestoreRefused, progress_bar
+
+        try:
+            report = _store(args).restore_ledger(
+                _database_url(args), dry_run=args.dry_run, force=args.force, target_namespace=args.target_namespace,
+                progress=None if args.dry_run else progress_bar)
+        except RestoreRefused as exc:
+            for line in exc.report.lines():
+                print(line, file=sys.stderr)
+            return 1
+        for line in report.lines():
+            print(line)
+        return 1 if report.refusals else 0
     if args.command == "sweep-credits":
         r = _store(args).sweep_expired_credits(dry_run=args.dry_run)
         print(f"{'would expire' if r.dry_run else 'expired'} {r.expired_count} grants, {r.expired_amount} credits")
         return 0
     if args.command == "reconcile":
-        drift = _store(args).reconcile_with_ledger(_database_url(args))
-        for account, lines in sorted(drift.items()):
-            for line in lines:
-                print(f"{account}: {line}")
-        print(f"{len(drift)} accounts drift" if drift else "0 drift")
-        return 1 if drift else 0
+        result = _store(args).reconcile_ledger(_database_url(args), ledger_namespace=args.ledger_namespace)
+        for line in result.lines():
+            print(line)
+        return int(result.exit_code)
     return 2
 
 

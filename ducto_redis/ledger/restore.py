@@ -14,12 +14,14 @@ as they were: every version, the last one active.
 
 Not restored: idempotency keys (a retry within their TTL after a Redis loss decides again) and
 the rate limiter's position (it starts fresh).
+
+``recovery.py`` runs these: restore with its safety checks (backlog, live keys, dry run, another
+namespace) and reconcile over both sides.
 """
 
 from __future__ import annotations
 
 import json
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -307,37 +309,14 @@ def write_state(store: Any, s: AccountState, now_ms: int) -> None:
     p.execute()
 
 
-def restore(store: Any, database_url: str, *, progress: bool = True) -> int:
-    """Rebuild every account's Redis keys (and the pricing versions) from the ledger; returns the
-    number of accounts."""
-    schema, ns = store.settings.ledger_schema, store.settings.namespace
-    total = _count_accounts(database_url, schema, ns)
-    now_ms = int(time.time() * 1000)
-    done = 0
-    for state in derive(database_url, schema, ns, now_ms):
-        write_state(store, state, now_ms)
-        if state.kind == "p":  # the pricing versions: not an account
-            continue
-        done += 1
-        if progress and (done % 500 == 0 or done == total):
-            _bar(done, total)
-    if progress:
-        print(file=sys.stderr)
-    return done
-
-
-def _count_accounts(database_url: str, schema: str, namespace: str) -> int:
+def count_accounts(database_url: str, schema: str, namespace: str) -> int:
+    """How many accounts (users and teams) the ledger of a namespace holds."""
     import psycopg
 
     with psycopg.connect(database_url) as conn:
         row = conn.execute(f"SELECT COUNT(DISTINCT (account_kind, account_id)) FROM {schema}.ledger "
                            "WHERE namespace = %s AND account_kind <> 'p'", (namespace,)).fetchone()
     return int(row[0]) if row else 0
-
-
-def _bar(done: int, total: int, width: int = 30) -> None:
-    filled = int(width * done / max(total, 1))
-    print(f"\rrestore [{'#' * filled}{'.' * (width - filled)}] {done}/{total} accounts", end="", file=sys.stderr)
 
 
 def _int_fields(h: dict[str, str], skip: tuple[str, ...] = ()) -> dict[str, int]:
@@ -382,14 +361,3 @@ def account_drift(store: Any, s: AccountState, now_ms: int) -> list[str]:
         if s.exists:
             check("member count", int(acct.get("mc", 0)), len(s.members))
     return found
-
-
-def reconcile(store: Any, database_url: str) -> dict[str, list[str]]:
-    """Drift per account (``"u:<id>"`` / ``"t:<id>"``) between Redis and the ledger."""
-    now_ms = int(time.time() * 1000)
-    out: dict[str, list[str]] = {}
-    for s in derive(database_url, store.settings.ledger_schema, store.settings.namespace, now_ms):
-        d = account_drift(store, s, now_ms)
-        if d:
-            out[f"{s.kind}:{s.account_id}"] = d
-    return out

@@ -18,10 +18,13 @@ from ..models import (
 )
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from ..core import StoreCore
     from ..settings import Settings
     from .flusher import LedgerFlusher
     from .queries import LedgerQueries
+    from .recovery import ReconcileReport, RestoreReport
 
 
 class LedgerStoreMixin:
@@ -125,14 +128,38 @@ class LedgerStoreMixin:
         """A team's spend per member in ``[start, end)``."""
         return self._queries().spend_by_member(team_id, start, end)
 
-    def restore_from_ledger(self, database_url: str | None = None, progress: bool = False) -> int:
-        """Rebuild every account's Redis keys from the ledger; returns accounts restored."""
-        from .restore import restore
+    def restore_ledger(
+        self, database_url: str | None = None, *, dry_run: bool = False, force: bool = False,
+        target_namespace: str | None = None, progress: Callable[[int, int], None] | None = None,
+    ) -> RestoreReport:
+        """Rebuild the namespace's Redis keys (or ``target_namespace``'s, for a drill) from the ledger.
 
-        return restore(self, self._database_url(database_url), progress=progress)
+        Refuses (:class:`~ducto_redis.ledger.recovery.RestoreRefused`, nothing written) while the
+        namespace written has ledger entries not yet in PostgreSQL or live keys, unless ``force``;
+        ``dry_run`` writes nothing and reports what it would write. See ``docs/ledger.md``.
+        """
+        from .recovery import restore
+
+        return restore(self, self._database_url(database_url), dry_run=dry_run, force=force,
+                       target_namespace=target_namespace, progress=progress)
+
+    def restore_from_ledger(self, database_url: str | None = None, progress: bool = False, *,
+                            force: bool = False) -> int:
+        """:meth:`restore_ledger`, returning the number of accounts restored (``progress``: a bar on stderr)."""
+        from .recovery import progress_bar
+
+        report = self.restore_ledger(database_url, force=force, progress=progress_bar if progress else None)
+        return report.total_accounts
+
+    def reconcile_ledger(self, database_url: str | None = None, *,
+                         ledger_namespace: str | None = None) -> ReconcileReport:
+        """Every account on both sides, Redis against the ledger (of ``ledger_namespace`` after a
+        drill): drift, and apart from it the accounts whose entries are not flushed yet."""
+        from .recovery import reconcile
+
+        return reconcile(self, self._database_url(database_url), ledger_namespace=ledger_namespace)
 
     def reconcile_with_ledger(self, database_url: str | None = None) -> dict[str, list[str]]:
-        """Drift per account between Redis and the ledger (empty when they agree)."""
-        from .restore import reconcile
-
-        return reconcile(self, self._database_url(database_url))
+        """Drift per account between Redis and the ledger (empty when they agree); accounts whose
+        entries are not flushed yet are not drift (:meth:`reconcile_ledger` lists them)."""
+        return self.reconcile_ledger(database_url).drift
