@@ -259,7 +259,10 @@ def test_bad_values_are_refused_naming_the_field_and_nothing_is_written(store: R
     before = snapshot(store)
     for value in values:
         refused(store, lambda value=value: call(store, value), field, value)  # type: ignore[misc]
-        assert snapshot(store) == before, value
+    # once per case: a refused call writes nothing, and no call here deletes what another wrote, so
+    # any value that wrote anything leaves the namespace changed (a snapshot per value SCANs the
+    # whole shared keyspace ~10 times as often for the same proof)
+    assert snapshot(store) == before
 
 
 @pytest.mark.parametrize("case", UNKNOWN, ids=[c[0] for c in UNKNOWN])
