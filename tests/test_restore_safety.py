@@ -35,11 +35,11 @@ def test_restore_refuses_to_roll_back_a_decision_not_yet_flushed(ledger_store: R
     flush(s)
     assert s.charge("u", 30, "x").error is None  # in Redis and its stream, not in PostgreSQL yet
     before = snapshot(s)
+    with pytest.raises(RestoreRefused) as info:
+        s.restore_from_ledger()
+    assert "1 ledger entries" in str(info.value) and "not in PostgreSQL yet" in str(info.value)
     report = s.reconcile_ledger()
     assert report.drift == {} and report.not_yet_flushed == {"u:u": 1} and report.exit_code == 3
-    with pytest.raises(RestoreRefused) as info:
-        s.restore_ledger()
-    assert "1 ledger entries" in str(info.value) and "not in PostgreSQL yet" in str(info.value)
     assert cli([*cli_args(s), "restore"]) == 1
     assert "not in PostgreSQL yet" in capsys.readouterr().err
     assert snapshot(s) == before and s.get_balance("u").balance == 70  # nothing rolled back
@@ -127,13 +127,14 @@ def funded(ledger_store: RedisStore) -> Iterator[RedisStore]:
 def test_reconcile_walks_the_accounts_redis_holds_and_the_ledger_does_not(funded: RedisStore, capsys: Any) -> None:
     """Issue 16.5: 51 funded accounts in Redis, 0 rows in PostgreSQL: reconcile printed `0 drift`."""
     s = funded
-    report = s.reconcile_ledger()
-    assert report.drift == {} and len(report.not_yet_flushed) == 51 and report.redis_accounts == 51
     assert cli([*cli_args(s), "reconcile"]) == 3  # not drift, but not judged either: flush first
     out = capsys.readouterr().out
     assert "51 accounts not yet flushed" in out and "0 drift" in out
+    report = s.reconcile_ledger()
+    assert report.drift == {} and len(report.not_yet_flushed) == 51 and report.redis_accounts == 51
     for stream in s.core.keys.all_ledger_streams():  # the entries never reach the ledger
         s.client.delete(stream)
+    assert len(s.reconcile_with_ledger()) == 51
     report = s.reconcile_ledger()
     assert len(report.drift) == 51 and report.exit_code == 1
     assert report.drift["u:u7"] == ["in Redis but not in the ledger: balance=107 held=0"]
