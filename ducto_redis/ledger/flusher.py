@@ -43,7 +43,6 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from importlib import resources
 from typing import Any
 
 import redis
@@ -51,64 +50,15 @@ from redis.cluster import ClusterNode, RedisCluster
 from redis.exceptions import ResponseError
 
 from ..validation import check_amount, check_schema_name
-from .copy_text import COLUMNS, COPY_COLUMNS, Entry, copy_payload
-from .quarantine import TooManyRefused, is_row_refusal, sift
+from .copy_text import COLUMNS, Entry, copy_payload
+from .groups import GROUP, ConsumerGroups, group_gone, trim_point
+from .postgres_writer import PostgresWriter, database_where, migrate, schema_sql
+from .quarantine import TooManyRefused, is_row_refusal
 
 log = logging.getLogger("ducto_redis.flusher")
 
-GROUP = "ducto-flusher"
-__all__ = ["COLUMNS", "GROUP", "Batch", "LedgerFlusher", "check_flusher_options", "migrate", "schema_sql"]
-
-# Remove, atomically, the consumers of a stream's group that hold no pending entry and have been idle
-# at least ARGV[2] ms: all but ARGV[3] (this flusher), or only ARGV[4] when given. Atomic, so a
-# consumer that reads in between is either seen with its entries (kept) or re-created by its read.
-_REAP = """
-local ok, consumers = pcall(redis.call, 'XINFO', 'CONSUMERS', KEYS[1], ARGV[1])
-if not ok then return 0 end
-local removed = 0
-for _, c in ipairs(consumers) do
-  local f = {}
-  for i = 1, #c, 2 do f[c[i]] = c[i + 1] end
-  local wanted = (ARGV[4] ~= '' and f['name'] == ARGV[4]) or (ARGV[4] == '' and f['name'] ~= ARGV[3])
-  if wanted and tonumber(f['pending']) == 0 and tonumber(f['idle']) >= tonumber(ARGV[2]) then
-    redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], f['name'])
-    removed = removed + 1
-  end
-end
-return removed
-"""
-
-
-def _nogroup(exc: BaseException) -> bool:
-    """A reply saying the consumer group (or the stream) is gone."""
-    text = str(exc)
-    return isinstance(exc, ResponseError) and ("NOGROUP" in text or "no such key" in text)
-
-
-def _where(database_url: str) -> str:
-    """host:port/dbname of a Postgres URL, without the password (for log lines)."""
-    try:
-        from psycopg.conninfo import conninfo_to_dict
-
-        d = conninfo_to_dict(database_url)
-        return f"{d.get('host') or 'localhost'}:{d.get('port') or 5432}/{d.get('dbname') or ''}"
-    except Exception:
-        return "the configured database"
-
-
-def schema_sql(schema: str) -> str:
-    """The DDL of the ledger in ``schema`` (a name checked by ``check_schema_name``: it goes into SQL)."""
-    text = (resources.files("ducto_redis.ledger") / "schema.sql").read_text(encoding="utf-8")
-    return text.replace("{schema}", check_schema_name(schema))
-
-
-def migrate(database_url: str, schema: str) -> None:
-    """Create the ledger schema, table and indexes (idempotent)."""
-    import psycopg
-
-    with psycopg.connect(database_url, connect_timeout=5) as conn:
-        conn.execute(schema_sql(schema))
-
+__all__ = ["COLUMNS", "GROUP", "Batch", "LedgerFlusher", "check_flusher_options", "migrate", "schema_sql",
+           "trim_point"]
 
 MAX_BATCH = 1_000_000
 MAX_CLAIM_IDLE_MS = 86_400_000
@@ -195,10 +145,6 @@ def bytes_client(client: Any) -> Any:
     return raw
 
 
-def _text(v: Any) -> str:
-    return v.decode() if isinstance(v, bytes) else str(v)
-
-
 def _stream_items(reply: Any) -> list[tuple[Any, Any]]:
     """(stream, messages) pairs of an XREADGROUP reply (RESP2 list or RESP3 map)."""
     if not reply:
@@ -217,21 +163,7 @@ def _fields(fields: Any) -> list[bytes] | None:
     return list(fields)
 
 
-def trim_point(last_delivered: Any, pending: Any) -> str:
-    """The MINID below which a stream's entries are stored and acknowledged.
-
-    ``last_delivered`` must have been read before ``pending`` (the pending summary): an entry is
-    pending from delivery until its ack, and delivery is in id order, so everything below the
-    oldest pending id is acknowledged, and with nothing pending everything delivered up to
-    ``last_delivered`` is.
-    """
-    if pending and pending.get("pending"):
-        return _text(pending["min"])
-    ms, _, seq = _text(last_delivered).partition("-")
-    return f"{ms}-{int(seq or 0) + 1}"
-
-
-class LedgerFlusher:
+class LedgerFlusher(ConsumerGroups, PostgresWriter):
     """Moves one namespace's ledger entries from Redis into Postgres (see the module docstring)."""
 
     def __init__(
@@ -277,58 +209,6 @@ class LedgerFlusher:
         self._groups_ready = False
 
     # ── Redis side ────────────────────────────────────────────────────
-
-    def ensure_groups(self) -> None:
-        """Create the consumer group on every shard stream (MKSTREAM; existing groups are kept)."""
-        for s in self.streams:
-            try:
-                self.client.xgroup_create(s, GROUP, id="0", mkstream=True)
-            except ResponseError as exc:
-                if "BUSYGROUP" not in str(exc):
-                    raise
-        self._groups_ready = True
-
-    def _regroup(self, exc: BaseException) -> None:
-        """The group is gone (Redis restarted or the namespace's keys were deleted): create it again.
-        Entries it delivers again are stored once (the idempotent path)."""
-        self.regrouped += 1
-        log.warning("consumer group %s is missing (%s): Redis restarted or its keys were deleted; re-creating it",
-                    GROUP, str(exc).splitlines()[0])
-        self._groups_ready = False
-        self.ensure_groups()
-
-    def reap_consumers(self, *, only_self: bool = False) -> int:
-        """Remove from the group the consumers that hold nothing and were idle ``claim_idle_ms`` (dead
-        flushers: their entries were claimed by now), or with ``only_self`` this flusher's own consumer
-        if it holds nothing. Returns how many were removed."""
-        me = self.consumer.encode()
-        idle = 0 if only_self else self.claim_idle_ms
-        args = (GROUP, idle, me, me if only_self else b"")
-        if self.cluster:  # a cluster pipeline runs no scripts: one call per stream, each to its node
-            replies: list[Any] = []
-            for s in self.streams:
-                try:
-                    replies.append(self.client.eval(_REAP, 1, s, *args))
-                except redis.RedisError as exc:
-                    replies.append(exc)
-        else:
-            pipe = self.client.pipeline(transaction=False)
-            for s in self.streams:
-                pipe.eval(_REAP, 1, s, *args)
-            replies = pipe.execute(raise_on_error=False)
-        removed = sum(int(n) for n in replies if not isinstance(n, Exception))
-        if removed and not only_self:
-            log.info("removed %d idle consumer(s) holding no entries from group %s", removed, GROUP)
-        self.reaped += removed
-        return removed
-
-    def pending_elsewhere(self) -> int:
-        """Entries of the namespace delivered to a consumer and not yet acknowledged (XPENDING)."""
-        pipe = self.client.pipeline(transaction=False)
-        for s in self.streams:
-            pipe.xpending(s, GROUP)
-        replies = pipe.execute(raise_on_error=False)
-        return sum(int(r.get("pending", 0)) for r in replies if isinstance(r, dict))
 
     def _collect(self, stream: Any, msgs: Any, out: list[Entry]) -> None:
         shard = self.shard_of[stream if isinstance(stream, bytes) else str(stream).encode()]
@@ -378,101 +258,7 @@ class LedgerFlusher:
                 self._collect(stream, msgs, out)
         return Batch(out, fresh=True)
 
-    def _ack_and_trim(self, by_stream: dict[int, list[bytes]]) -> None:
-        """XACK the batch, then XTRIM each stream it touched: two pipelined round trips."""
-        shards = list(by_stream)
-        pipe = self.client.pipeline(transaction=False)
-        for shard in shards:
-            s = self.streams[shard]
-            pipe.xack(s, GROUP, *by_stream[shard])
-            pipe.xinfo_groups(s)  # the last delivered id, read BEFORE the pending summary
-            pipe.xpending(s, GROUP)
-        replies = pipe.execute(raise_on_error=False)
-        gone = next((r for r in replies if isinstance(r, Exception) and _nogroup(r)), None)
-        failed = next((r for r in replies if isinstance(r, Exception) and not _nogroup(r)), None)
-        if failed is not None:
-            raise failed
-        if gone is not None:  # committed already; the group vanished since the read: nothing to ack
-            self._regroup(gone)
-            return
-        pipe = self.client.pipeline(transaction=False)
-        for i, shard in enumerate(shards):
-            groups, pending = replies[3 * i + 1], replies[3 * i + 2]
-            group = next((g for g in groups if _text(g["name"]) == GROUP), None)
-            if group is None:
-                continue
-            pipe.xtrim(self.streams[shard], minid=trim_point(group["last-delivered-id"], pending), approximate=False)
-        pipe.execute()
-
     # ── Postgres side ─────────────────────────────────────────────────
-
-    def _connection(self) -> Any:
-        import psycopg
-
-        if self._conn is None or self._conn.closed:
-            self._conn = psycopg.connect(self.database_url, connect_timeout=3)
-            self._staged = False
-        return self._conn
-
-    def _write(self, batch: Batch) -> None:
-        """Store the batch in one transaction (see the module docstring for the two paths)."""
-        import psycopg
-
-        payload = batch.prepare(self.namespace).payload
-        assert payload is not None
-        conn = self._connection()
-        columns = ", ".join(COPY_COLUMNS)
-        refused = False
-        with conn.cursor() as cur:
-            if batch.fresh:
-                try:
-                    with cur.copy(f"COPY {self.schema}.ledger ({columns}) FROM STDIN (NULL '')") as copy:
-                        copy.write(payload)
-                    conn.commit()
-                    return
-                except psycopg.errors.UniqueViolation:
-                    conn.rollback()
-                    self.fallbacks += 1
-                except psycopg.Error as exc:
-                    if not is_row_refusal(exc):
-                        raise
-                    conn.rollback()
-                    refused = True
-            if not refused:
-                try:
-                    self._store_idempotently(cur, payload)
-                except psycopg.Error as exc:
-                    if not is_row_refusal(exc):
-                        raise
-                    conn.rollback()
-                    self._staged = False  # a temporary table made in that transaction is gone
-                    refused = True
-            if refused:  # find the refused row(s); store the rest
-                self._ensure_stage(cur)  # outside the savepoints, so one refused part cannot drop it
-                lines = [line + b"\n" for line in payload.split(b"\n")[:-1]]
-                try:
-                    self.quarantined += sift(conn, self.schema, lines, lambda part: self._store_idempotently(cur, part))
-                except TooManyRefused:
-                    conn.rollback()
-                    self._staged = False
-                    raise
-        conn.commit()
-
-    def _ensure_stage(self, cur: Any) -> None:
-        if not self._staged:
-            cur.execute(f"CREATE TEMP TABLE IF NOT EXISTS ledger_stage "
-                        f"(LIKE {self.schema}.ledger INCLUDING DEFAULTS) ON COMMIT DELETE ROWS")
-            self._staged = True
-
-    def _store_idempotently(self, cur: Any, payload: bytes) -> None:
-        """COPY into a temporary table, then INSERT what is not stored yet (the replay-safe path)."""
-        columns = ", ".join(COPY_COLUMNS)
-        self._ensure_stage(cur)
-        with cur.copy(f"COPY ledger_stage ({columns}) FROM STDIN (NULL '')") as copy:
-            copy.write(payload)
-        cur.execute(f"INSERT INTO {self.schema}.ledger ({columns}) SELECT {columns} "
-                    f"FROM ledger_stage ON CONFLICT (entry_id) DO NOTHING")
-        cur.execute("DELETE FROM ledger_stage")
 
     def _write_or_keep(self, batch: Batch) -> None:
         """Write; on failure keep the batch (first in line) for an idempotent retry and re-raise."""
@@ -499,7 +285,7 @@ class LedgerFlusher:
         try:
             return self._fresh_batch(block)
         except ResponseError as exc:
-            if not _nogroup(exc):
+            if not group_gone(exc):
                 raise
             self._regroup(exc)
             return self._fresh_batch(block)
@@ -511,20 +297,13 @@ class LedgerFlusher:
             batch = self._read(block=True).prepare(self.namespace)
         return batch
 
-    def prepare_schema(self) -> None:
-        """Create the ledger schema once (``create_schema``): ``run`` and ``drain`` call it first, so
-        a flusher started while Postgres is away waits for it (with backoff) instead of failing."""
-        if not self._schema_ready:
-            migrate(self.database_url, self.schema)
-            self._schema_ready = True
-
     def describe(self, exc: BaseException) -> str:
         """What a failure means for the flusher, for its log line."""
         import psycopg
 
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         if isinstance(exc, psycopg.OperationalError) and not is_row_refusal(exc):
-            return f"waiting for PostgreSQL at {_where(self.database_url)} ({first})"
+            return f"waiting for PostgreSQL at {database_where(self.database_url)} ({first})"
         if isinstance(exc, (redis.ConnectionError, redis.TimeoutError)):
             return f"waiting for Redis ({first})"
         if isinstance(exc, TooManyRefused):
@@ -647,7 +426,7 @@ class LedgerFlusher:
                 moved += self._drain_once(deadline)
                 break
             except Exception as exc:
-                if _nogroup(exc):  # the group vanished between two steps: re-create it, go on
+                if group_gone(exc):  # the group vanished between two steps: re-create it, go on
                     self._regroup(exc)
                     continue
                 self.failures += 1
@@ -673,13 +452,23 @@ class LedgerFlusher:
                 self._pipelined(lambda _n: not stop.is_set(), block=True)
                 delay = 0.05
             except Exception as exc:
-                if _nogroup(exc):
+                if group_gone(exc):
                     self._regroup(exc)
                     continue
                 self.failures += 1
                 log.warning("%s; retrying in %.2fs", self.describe(exc), delay)
                 stop.wait(delay)
                 delay = min(delay * 2, 5.0)
+
+    def serve(self, once: bool = False, stop: threading.Event | None = None) -> None:
+        """Drain (``once``) or run until ``stop`` is set, then stop cleanly (see :meth:`stop`)."""
+        try:
+            if once:
+                self.drain(timeout=3600)
+            else:
+                self.run(stop)
+        finally:
+            self.stop()
 
     def start(self) -> LedgerFlusher:
         """Run in a daemon thread."""

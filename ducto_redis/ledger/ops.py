@@ -55,13 +55,7 @@ def flush(store: Any, database_url: str, *, once: bool = False, batch: int = 20_
         probe = LedgerFlusher(store, database_url, batch=batch, claim_idle_ms=claim_idle_ms)
         return FlushReport(moved, left_pending=probe.pending_elsewhere() if once else 0, claim_idle_ms=claim_idle_ms)
     flusher = LedgerFlusher(store, database_url, batch=batch, claim_idle_ms=claim_idle_ms)
-    try:
-        if once:
-            flusher.drain(timeout=3600)
-        else:
-            flusher.run(stop)
-    finally:
-        flusher.stop()
+    flusher.serve(once, stop)
     return FlushReport(flusher.flushed, flusher.quarantined, flusher.left_pending if once else 0, claim_idle_ms)
 
 

@@ -25,13 +25,7 @@ def _flusher_process(store_kwargs: dict[str, Any], database_url: str, batch: int
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     flusher = LedgerFlusher(RedisStore.from_url(**store_kwargs), database_url, batch=batch,
                             claim_idle_ms=claim_idle_ms)
-    try:
-        if once:
-            flusher.drain(timeout=3600)
-        else:
-            flusher.run(stop)
-    finally:
-        flusher.stop()
+    flusher.serve(once, stop)
     out.put(flusher.flushed)
 
 
