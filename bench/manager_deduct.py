@@ -11,14 +11,14 @@ LLM call with two tool calls, build its metadata, then plan_debit.lua). Nothing 
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
-import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from results import interleaved
 
 from ducto_redis import CreditManager, RedisStore, ToolCall, UsageMetrics
 
@@ -31,15 +31,6 @@ PRICING = {
 }
 CALL = UsageMetrics(model="gpt-4o", input_tokens=1200, output_tokens=350,
                     tool_calls=[ToolCall(name="web_search"), ToolCall(name="calc")])
-
-
-def timed(op: Callable[[], object], seconds: float) -> float:
-    n, end = 0, time.perf_counter() + seconds
-    start = time.perf_counter()
-    while time.perf_counter() < end:
-        op()
-        n += 1
-    return n / (time.perf_counter() - start)
 
 
 def main() -> None:
@@ -61,14 +52,10 @@ def main() -> None:
                 "b", 9, "usage", allowances={"pro": 1000}),
             "CreditManager.deduct (price + plan_debit)": lambda: manager.deduct("c", CALL),
         }
-        rates: dict[str, list[float]] = {k: [] for k in ops}
-        for _ in range(args.rounds):
-            for name, op in ops.items():
-                rates[name].append(timed(op, args.seconds))
-        base = statistics.median(rates["RedisStore.charge (9 credits)"])
+        rates = interleaved(ops, args.rounds, args.seconds)
+        base = rates["RedisStore.charge (9 credits)"]
         print("| operation | decisions/s | vs charge |\n|---|---:|---:|")
-        for name, rs in rates.items():
-            m = statistics.median(rs)
+        for name, m in rates.items():
             print(f"| {name} | {m:,.0f} | {m / base:.2f}x |")
     finally:
         keys = list(store.client.scan_iter(match=f"{{{ns}:*", count=1000))

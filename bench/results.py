@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import statistics
 import time
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 PATH = Path(__file__).with_name("RESULTS.md")
@@ -21,3 +23,23 @@ def write_section(title: str, command: str, note: str, table: str) -> None:
     else:
         new = old.rstrip("\n") + "\n\n" + section
     PATH.write_text(new, encoding="utf-8")
+
+
+def timed(op: Callable[[], object], seconds: float) -> float:
+    """Calls of ``op`` per second, run back to back for ``seconds``."""
+    n, end = 0, time.perf_counter() + seconds
+    start = time.perf_counter()
+    while time.perf_counter() < end:
+        op()
+        n += 1
+    return n / (time.perf_counter() - start)
+
+
+def interleaved(ops: Mapping[str, Callable[[], object]], rounds: int, seconds: float) -> dict[str, float]:
+    """The median calls/s of each op over ``rounds`` rounds, the ops interleaved within each round
+    (a noisy machine's load then falls on all of them alike)."""
+    rates: dict[str, list[float]] = {name: [] for name in ops}
+    for _ in range(rounds):
+        for name, op in ops.items():
+            rates[name].append(timed(op, seconds))
+    return {name: statistics.median(r) for name, r in rates.items()}

@@ -1,6 +1,7 @@
 """ducto-redis: atomic credits, reservations, spend caps and team pools on Redis, API-compatible with ducto 1.0."""
 
 from .aio import AsyncMemoryStore, AsyncRedisStore
+from .config import PricingConfig, load_config_from_dict, load_pricing_file
 from .errors import (
     ConfigError,
     DuctoError,
@@ -83,6 +84,7 @@ __all__ = [
     "KeySchema",
     "MemoryStore",
     "PlanDefinition",
+    "PricingConfig",
     "PricingConfigData",
     "PricingConfigError",
     "PricingConfigResult",
@@ -111,5 +113,7 @@ __all__ = [
     "UsageDeductionResult",
     "UsageMetrics",
     "evaluate_expression",
+    "load_config_from_dict",
+    "load_pricing_file",
     "validate_expression",
 ]

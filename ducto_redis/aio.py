@@ -15,10 +15,10 @@ from typing import Any, TypeVar
 import fakeredis
 import redis
 
-from . import errors
 from .batch import Batch, ChargeRequest, TeamDebitRequest, charge_calls, team_debit_calls
 from .connect import async_client, run_pipelined_async, writes_direct
 from .core import Call, StoreCore
+from .ledger.embedded import EmbeddedLedger
 from .models import (
     AddCreditsResult,
     AddTeamMemberResult,
@@ -40,7 +40,7 @@ from .models import (
     TeamMemberSpend,
 )
 from .plans import AsyncPlanStoreMixin
-from .settings import Settings
+from .settings import Settings, given
 from .store import expires_ms
 from .team_ops import check_period
 from .validation import check_amount, check_id, check_label
@@ -62,11 +62,12 @@ class AsyncRedisStore(AsyncPlanStoreMixin):
             self._batcher = _AutoBatcher(self, self.settings.auto_batch_ms / 1000, self.settings.auto_batch_max)
 
     @classmethod
-    def from_url(cls, url: str | None = None, namespace: str = "ducto", **overrides: Any) -> AsyncRedisStore:
-        """An async store on the Redis at ``url`` (default ``DUCTO_REDIS_URL``), keys under ``namespace``."""
+    def from_url(cls, url: str | None = None, namespace: str | None = None, **overrides: Any) -> AsyncRedisStore:
+        """An async store on the Redis at ``url`` (default ``DUCTO_REDIS_URL``), keys under ``namespace``
+        (default ``DUCTO_NAMESPACE``); every other setting from its ``DUCTO_*`` variable unless given."""
         settings = Settings()
         url = url or settings.redis_url
-        return cls(async_client(url), settings, namespace=namespace, redis_url=url, **overrides)
+        return cls(async_client(url), settings, redis_url=url, **given(namespace=namespace), **overrides)
 
     async def _run(self, call: Call[T]) -> T:
         if call.script is None:
@@ -265,8 +266,6 @@ class AsyncRedisStore(AsyncPlanStoreMixin):
     ) -> AddTeamMemberResult:
         """See :meth:`RedisStore.add_team_member`."""
         fields = self.core.teams.add_member_fields(role, spend_cap, cap_period)
-        if not await self._run(self.core.user_exists(user_id)):
-            return AddTeamMemberResult(team_id=team_id, user_id=user_id, role=role, error=errors.USER_NOT_FOUND)
         return await self._run(self.core.teams.member(team_id, user_id, "add", fields))
 
     async def set_member_cap(
@@ -401,11 +400,27 @@ class _AutoBatcher:
 
 
 class AsyncMemoryStore(AsyncRedisStore):
-    """The embedded store for asyncio code; pass ``server=memory_store.server`` to share its data."""
+    """The embedded store for asyncio code; pass ``server=memory_store.server`` to share its data (and
+    its SQLite ledger: in memory, or ``ledger_file`` it restores from, see
+    :class:`~ducto_redis.MemoryStore`)."""
 
     def __init__(
-        self, namespace: str = "ducto", *, server: Any = None, settings: Settings | None = None, **overrides: Any
+        self, namespace: str | None = None, *, server: Any = None, settings: Settings | None = None,
+        **overrides: Any,
     ) -> None:
         self.server = server or fakeredis.FakeServer()
         client = fakeredis.FakeAsyncRedis(server=self.server, decode_responses=True)
-        super().__init__(client, settings or Settings(), namespace=namespace, **overrides)
+        super().__init__(client, settings or Settings(), **given(namespace=namespace), **overrides)
+        self.ledger = EmbeddedLedger.open(self.server, self.settings, self.core.keys)
+
+    async def _run(self, call: Call[T]) -> T:
+        try:
+            return await super()._run(call)
+        finally:  # the embedded ledger, as MemoryStore's
+            self.ledger.after(call.keys)
+
+    async def _run_many(self, calls: Sequence[Call[T]]) -> list[T]:
+        try:
+            return await super()._run_many(calls)
+        finally:
+            self.ledger.after({k for c in calls for k in c.keys})

@@ -38,28 +38,15 @@ def _database_url(args: argparse.Namespace) -> str:
 
 
 def load_pricing_file(path: str) -> dict[str, Any]:
-    """A pricing config dict from a JSON file, or a YAML file (``.yaml``/``.yml``) when PyYAML is installed."""
-    import json
-    from pathlib import Path
+    """The raw pricing config of a JSON or YAML file (:func:`ducto_redis.config.read_pricing_file`);
+    a file that cannot be read ends the command with its message."""
+    from .config import read_pricing_file
+    from .errors import ConfigError
 
-    text = Path(path).read_text(encoding="utf-8")
-    if path.endswith((".yaml", ".yml")):
-        try:
-            import yaml  # type: ignore[import-untyped,import-not-found,unused-ignore]
-        except ImportError:
-            raise SystemExit(
-                f"ducto-redis: {path} is YAML, and reading YAML needs PyYAML (pip install pyyaml); "
-                "or give the same config as JSON"
-            ) from None
-        data = yaml.safe_load(text)
-    else:
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise SystemExit(f"ducto-redis: {path} is not valid JSON: {exc}") from None
-    if not isinstance(data, dict):
-        raise SystemExit(f"ducto-redis: {path} must hold a mapping (models, tools, ...), not {type(data).__name__}")
-    return data
+    try:
+        return read_pricing_file(path)
+    except ConfigError as exc:
+        raise SystemExit(f"ducto-redis: {exc}") from None
 
 
 def _pricing(args: argparse.Namespace) -> int:
@@ -91,6 +78,27 @@ def _pricing(args: argparse.Namespace) -> int:
     pid = store.set_active_pricing(config, label=args.label)
     active = store.get_active_pricing()
     print(f"active pricing {pid} version {active.version if active else '?'}: {summary}")
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    """The demo on the embedded store with its ledger in a temporary SQLite file (restarted at the
+    end), or with --redis on the Redis at --redis-url."""
+    import tempfile
+    from pathlib import Path
+
+    from .demo import run_demo
+    from .memory import MemoryStore
+    from .store import RedisStore
+
+    if args.redis:
+        run_demo(RedisStore.from_url(args.redis_url, namespace=args.namespace + "-demo"))
+        return 0
+    with tempfile.TemporaryDirectory() as tmp:
+        ledger = str(Path(tmp) / "ledger.sqlite")
+        print(f"ledger file: {ledger} (SQLite; MemoryStore(ledger_file=...) or DUCTO_LEDGER_FILE)")
+        run_demo(MemoryStore(args.namespace, ledger_file=ledger),
+                 reopen=lambda: MemoryStore(args.namespace, ledger_file=ledger))
     return 0
 
 
@@ -151,16 +159,7 @@ def _main(argv: list[str] | None) -> int:
     args = parser.parse_args(argv)
     _settings(args)  # every option checked before anything runs
     if args.command == "demo":
-        from .demo import run_demo
-        from .memory import MemoryStore
-        from .store import RedisStore
-
-        store: Any = (
-            RedisStore.from_url(args.redis_url, namespace=args.namespace + "-demo")
-            if args.redis else MemoryStore(args.namespace)
-        )
-        run_demo(store)
-        return 0
+        return _demo(args)
     if args.command == "pricing":
         return _pricing(args)
     if args.command == "balance":

@@ -323,8 +323,6 @@ class StoreCore:
 
         def parse(raw_reply: Any) -> AddCreditsResult:
             r = _reply(raw_reply, 6)
-            if r[0] == "invalid_expiry":
-                raise InvalidInputError("expires_at", "must be in the future; nothing was written")
             if r[0] != "ok":
                 raise InvalidInputError("amount", "would push the balance past 2**53-1; nothing was written")
             return construct(AddCreditsResult,

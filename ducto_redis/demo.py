@@ -1,16 +1,21 @@
 """The `ducto-redis demo`: the seed scenarios of notebooks 05 (spend caps) and 06 (team pools), then
-one LLM call priced and charged through the CreditManager, printed step by step."""
+one LLM call priced and charged through the CreditManager, printed step by step; on the embedded
+store, then its ledger: analytics from the SQLite file, and a restart that finds every balance."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import datetime, timedelta, timezone
 
 from .models import SpendCap
 from .store import RedisStore
 
 
-def run_demo(store: RedisStore, echo: Callable[[str], None] = print) -> None:
-    """Walk through caps, team pools and a priced charge on ``store`` (the embedded MemoryStore by default)."""
+def run_demo(store: RedisStore, echo: Callable[[str], None] = print,
+             reopen: Callable[[], RedisStore] | None = None) -> None:
+    """Walk through caps, team pools and a priced charge on ``store`` (the embedded MemoryStore by
+    default). With ``reopen`` (a new store on the same ledger file), show the ledger's analytics
+    and that a restarted store has the same balances, holds, caps and pool."""
     echo(f"store: {type(store).__name__} (namespace {store.settings.namespace!r})")
     echo(f"setup: {'scripts loaded' if store.setup().success else 'FAILED'}")
 
@@ -46,17 +51,39 @@ def run_demo(store: RedisStore, echo: Callable[[str], None] = print) -> None:
     replay = store.charge(user2, 10, "request", idempotency_key="req-42")
     echo(f"7. charge with idempotency key: balance {again.balance_after}; replay idempotent={replay.idempotent}, "
          f"balance still {store.get_balance(user2).balance}")
-    _teams(store, echo)
+    team_id = _teams(store, echo)
     _priced_call(store, echo)
-    entries = sum(store.client.xlen(s) for s in store.core.keys.all_ledger_streams())
-    echo(f"12. ledger entries appended (one per mutation, in the same scripts): {entries}")
+    if reopen is None:
+        entries = sum(store.client.xlen(s) for s in store.core.keys.all_ledger_streams())
+        echo(f"12. ledger entries appended (one per mutation, in the same scripts): {entries}")
+        return
+    _restart(store, reopen, team_id, echo)
 
 
-def _teams(store: RedisStore, echo: Callable[[str], None]) -> None:
+def _state(store: RedisStore, team_id: str) -> str:
+    bal, pool, cap = store.get_balance("demo-user"), store.get_team_balance(team_id), store.check_spend_cap("demo-user")
+    return (f"demo-user balance {bal.balance} held {bal.held}, daily cap {cap.current_spend}/{cap.cap_limit}; "
+            f"pool {pool.balance} ({pool.member_count} members); dev {store.get_balance('dev').balance}")
+
+
+def _restart(store: RedisStore, reopen: Callable[[], RedisStore], team_id: str, echo: Callable[[str], None]) -> None:
+    """The embedded ledger: analytics answered from SQLite, then a new store on the same file."""
+    now = datetime.now(timezone.utc)
+    stats = store.aggregate_stats(now - timedelta(days=1), now + timedelta(days=1))
+    echo(f"12. analytics from the SQLite ledger: {stats.total_credits_consumed} credits consumed by "
+         f"{stats.active_users} users today, top user {stats.top_user}")
+    store.reserve_credits("demo-user", 1_000, operation_type="agent-run")
+    before = _state(store, team_id)
+    echo(f"13. demo-user holds 1000 for a long job; before the restart: {before}")
+    after = _state(reopen(), team_id)
+    echo(f"14. a new MemoryStore on the same ledger file (a restart) rebuilt its state: {after} "
+         f"({'the same' if after == before else 'DIFFERENT'})")
+
+
+def _teams(store: RedisStore, echo: Callable[[str], None]) -> str:
     """Notebook 06: a team pool, members, an overdraw refused, a member's cap enforced."""
     team = store.create_team(name="Engineering", initial_balance=100_000)
     for uid in ("ana", "ben", "cai"):
-        store.add_credits(uid, 0)
         store.add_team_member(team.team_id, uid, spend_cap=3_000 if uid == "cai" else None)
     r = store.deduct_team(team.team_id, "ana", 5_000)
     echo(f"8. team 'Engineering' (100000, 3 members): ana spends 5000 from the pool -> {r.team_balance_after}")
@@ -65,6 +92,7 @@ def _teams(store: RedisStore, echo: Callable[[str], None]) -> None:
     ok = store.deduct_team(team.team_id, "cai", 3_000)
     over = store.deduct_team(team.team_id, "cai", 1)
     echo(f"10. cai (member cap 3000) spends 3000 (error={ok.error}), then 1 more: error={over.error}")
+    return team.team_id
 
 
 def _priced_call(store: RedisStore, echo: Callable[[str], None]) -> None:
@@ -81,5 +109,5 @@ def _priced_call(store: RedisStore, echo: Callable[[str], None]) -> None:
     call = UsageMetrics(model="gpt-4o", input_tokens=1200, output_tokens=350,
                         tool_calls=[ToolCall(name="web_search"), ToolCall(name="calculator")])
     r = manager.deduct("dev", call, idempotency_key="call-1")
-    echo(f"11. one gpt-4o call (1200 in, 350 out, 2 tools) = {manager.price(call).total} credits; "
+    echo(f"11. one gpt-4o call (1200 in, 350 out, 2 tools) = {manager.price(call).credits} credits; "
          f"dev's balance 100 -> {r.balance_after}")

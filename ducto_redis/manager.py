@@ -162,7 +162,7 @@ class CreditManager:
         self._engine = PricingEngine(active.config)
 
     def price(self, metrics: UsageMetrics) -> CostBreakdown:
-        """What ``metrics`` cost: exact parts, ``total`` rounded up to whole credits."""
+        """What ``metrics`` cost: the exact parts and ``total``, and ``credits`` (rounded up) charged."""
         return self._need_engine().calculate(metrics)
 
     # ── balances and credits ──────────────────────────────────────────
@@ -213,7 +213,7 @@ class CreditManager:
                      metadata: CreditMetadata | dict[str, Any] | None) -> CreditMetadata:
         base: dict[str, Any] = {
             "input_tokens": metrics.input_tokens, "output_tokens": metrics.output_tokens, "model": metrics.model,
-            "breakdown_total": cost.total, "cost_exact": cost.exact_total,
+            "breakdown_total": cost.total, "credits": cost.credits,
         }
         if metrics.fixed_job:
             base["fixed_job"] = metrics.fixed_job
@@ -255,7 +255,7 @@ class CreditManager:
         """
         engine = self._need_engine()
         cost = engine.calculate(metrics)
-        if cost.total == 0:
+        if cost.credits == 0:
             balance = self.get_balance(user_id)
             result = UsageDeductionResult(transaction_id="", user_id=user_id, amount=0,
                                           balance_after=balance.balance, cost=0)
@@ -264,15 +264,16 @@ class CreditManager:
             return result
         meta = self._tx_metadata(metrics, cost, idempotency_key, metadata)
         result = self._store.charge_with_allowance(
-            user_id, cost.total, metrics.fixed_job or "usage", self._allowances(engine), idempotency_key,
+            user_id, cost.credits, metrics.fixed_job or "usage", self._allowances(engine), idempotency_key,
             meta, engine.min_balance,
         )
         if result.cap_action or result.error == E.SPEND_CAP_EXCEEDED:
             self.poll_events(user_id=user_id)
         if result.error:
-            raise ChargeRefusedError(
-                f"charge refused: {result.error} (user={user_id}, cost={cost.total})", code=result.error,
-                result=result)
+            raise ChargeRefusedError(self._refusal_message(user_id, metrics, cost.credits, result.error),
+                                     code=result.error, result=result)
+        if result.amount == 0:  # wholly covered by the free allowance: no credits moved, no transaction
+            result.transaction_id = ""
         if not result.idempotent:
             self._emit("credits.deducted", user_id, {
                 "transaction_id": result.transaction_id, "amount": result.amount,
@@ -282,6 +283,17 @@ class CreditManager:
             })
             self._check_low_balance(user_id, result.balance_after - result.amount, result.balance_after)
         return result  # type: ignore[no-any-return]
+
+    def _refusal_message(self, user_id: str, metrics: UsageMetrics, credits: int, error: str) -> str:
+        """ducto's texts: ``Spend cap exceeded: <spend>/<limit> (<model>)`` for a deny cap (the
+        figures read after the refusal), ``Credit reservation failed: <code>. User=..., requested=N``
+        for any other refusal; both name the user and the credits asked for."""
+        if error == E.SPEND_CAP_EXCEEDED:
+            cap = self._store.check_spend_cap(user_id, model=metrics.model, amount=credits)
+            model_info = f" ({cap.model})" if cap.model else ""
+            return (f"Spend cap exceeded: {cap.current_spend}/{cap.cap_limit}{model_info}. "
+                    f"User={user_id}, requested={credits}")
+        return f"Credit reservation failed: {error}. User={user_id}, requested={credits}"
 
     def deduct_fixed(
         self,
@@ -305,19 +317,19 @@ class CreditManager:
         script). Refusals are returned as the result's ``error``, as in ducto."""
         engine = self._need_engine()
         cost = engine.calculate(metrics)
-        if cost.total == 0:
+        if cost.credits == 0:
             bal = self._store.get_team_balance(team_id)
             return TeamDeductionResult(transaction_id="", team_id=team_id, user_id=user_id, amount=0,
                                        team_balance_after=bal.balance, error=bal.error)
         meta = self._tx_metadata(metrics, cost, idempotency_key, metadata)
-        result: TeamDeductionResult = self._store.deduct_team(team_id, user_id, cost.total, meta, idempotency_key)
+        result: TeamDeductionResult = self._store.deduct_team(team_id, user_id, cost.credits, meta, idempotency_key)
         if result.error == E.SPEND_CAP_EXCEEDED:
             self.poll_events(team_id=team_id)
         if result.error is None and not result.idempotent:
             self._emit("credits.deducted", user_id, {
                 "transaction_id": result.transaction_id, "amount": result.amount,
                 "team_balance_after": result.team_balance_after, "team_id": team_id, "deduct_type": "team",
-                "model": metrics.model, "cost": cost.total,
+                "model": metrics.model, "cost": cost.credits,
             })
         return result
 

@@ -1,25 +1,86 @@
-"""MemoryStore: the embedded default, RedisStore over an in-process fakeredis running the same Lua."""
+"""MemoryStore: the embedded store — an in-process fakeredis running the same Lua, and a SQLite ledger."""
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, TypeVar
 
 import fakeredis
 
-from .settings import Settings
+from .core import Call
+from .ledger.database import LedgerDatabase, LedgerReader
+from .ledger.embedded import EmbeddedLedger
+from .models import SetupResult
+from .settings import Settings, given
 from .store import RedisStore
+
+T = TypeVar("T")
 
 
 class MemoryStore(RedisStore):
-    """A store that needs no server: an in-process fakeredis (with lupa) runs the very same scripts.
+    """A store that needs no server: an in-process fakeredis (with lupa) runs the very same scripts,
+    and its ledger entries are copied into SQLite (``ledger/embedded.py`` says when).
 
     Usable straight after construction, as ducto's ``MemoryStore`` is. Each instance has its own
-    private server unless ``server`` is given.
+    private server unless ``server`` is given (stores sharing a server share its ledger).
+
+    ``ledger_file`` (or ``DUCTO_LEDGER_FILE``) keeps the ledger in that SQLite file instead of in
+    memory; a store that starts on a fresh server with a file holding entries of its namespace
+    rebuilds its state from them (balances, holds, caps, teams, plans, grants, pricing versions), so
+    it carries on where the last process stopped. Analytics (``spend_by_user``, ...), restore and
+    reconcile answer from the ledger, with the same queries as on PostgreSQL.
     """
 
     def __init__(
-        self, namespace: str = "ducto", *, server: Any = None, settings: Settings | None = None, **overrides: Any
+        self, namespace: str | None = None, *, server: Any = None, settings: Settings | None = None,
+        **overrides: Any,
     ) -> None:
         self.server = server or fakeredis.FakeServer()
         client = fakeredis.FakeRedis(server=self.server, decode_responses=True)
-        super().__init__(client, settings or Settings(), namespace=namespace, **overrides)
+        super().__init__(client, settings or Settings(), **given(namespace=namespace), **overrides)
+        self.ledger = EmbeddedLedger.open(self.server, self.settings, self.core.keys)
+
+    # ── I/O: the calls' ledger entries go to SQLite (a file: before each call returns) ──
+
+    def _run(self, call: Call[T]) -> T:
+        try:
+            return super()._run(call)
+        finally:
+            self.ledger.after(call.keys)
+
+    def _run_many(self, calls: Sequence[Call[T]]) -> list[T]:
+        try:
+            return super()._run_many(calls)
+        finally:
+            self.ledger.after({k for c in calls for k in c.keys})
+
+    # ── the ledger is the embedded one ────────────────────────────────
+
+    def setup(self, database_url: str | None = None) -> SetupResult:
+        """Load the scripts into the in-process server; the ledger table is SQLite's (created with the
+        store). With a database URL, also create the PostgreSQL ledger schema."""
+        result = super().setup(database_url)
+        result.tables_created.insert(0, f"ledger (SQLite, {self.ledger.path or 'in memory'})")
+        return result
+
+    def _ledger_database(self, database_url: str | None = None) -> LedgerDatabase:
+        if database_url is not None:
+            return super()._ledger_database(database_url)
+        self.ledger.flush()
+        return self.ledger.db
+
+    def _catch_up(self) -> None:
+        self.ledger.flush()
+
+    def _unflushed_start(self, stream: str) -> str | None:
+        """Where the entries not copied into SQLite yet begin (None: every entry is copied)."""
+        return self.ledger.unflushed_start(stream)
+
+    def _in_namespace(self, namespace: str) -> MemoryStore:
+        """A store on this in-process server and these settings for another namespace."""
+        return MemoryStore(namespace, server=self.server, settings=self.settings)
+
+    def ledger_reader(self) -> LedgerReader | None:
+        """Finds one ledger entry by id (``.entry(namespace, entry_id)``): the embedded SQLite ledger,
+        brought up to date first."""
+        return self.ledger

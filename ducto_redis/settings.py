@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -26,6 +26,8 @@ class Settings(BaseSettings):
       record in Redis, ~100 bytes per debit, lives this long: memory ≈ 100 B × debits/s × window;
       default one day, like idempotency keys; 0 = debits are not refundable).
     - ``ledger_schema``: the Postgres schema of the ledger table.
+    - ``ledger_file``: MemoryStore only: the SQLite file its embedded ledger is kept in (default:
+      in memory); a MemoryStore started with a file holding entries rebuilds its state from them.
     - ``ledger_max_backlog``: unflushed ledger entries per shard before the policy applies (0 = no limit).
     - ``ledger_backlog_policy``: ``closed`` refuses new holds and debits past the limit
       (``ledger_backlog_full``); ``open`` keeps accepting them.
@@ -44,6 +46,13 @@ class Settings(BaseSettings):
     auto_batch_max: int = Field(default=512, ge=1, le=10_000)
     refund_window_seconds: int = Field(default=86400, ge=0, le=366 * 86400)
     ledger_schema: str = Field(default="ducto", pattern=SCHEMA_NAME_PATTERN)
+    ledger_file: str | None = None
     ledger_max_backlog: int = Field(default=0, ge=0)
     ledger_backlog_policy: Literal["closed", "open"] = "closed"
     default_min_balance: int = Field(default=5, ge=0)
+
+
+def given(**values: Any) -> dict[str, Any]:
+    """The keyword arguments actually given (not None): they override the environment's settings,
+    and an argument left out keeps the ``DUCTO_*`` value (as the CLI does)."""
+    return {k: v for k, v in values.items() if v is not None}

@@ -8,7 +8,6 @@ from typing import Any, TypeVar
 
 import redis
 
-from . import errors
 from .batch import Batch, ChargeRequest, TeamDebitRequest, charge_calls, team_debit_calls
 from .connect import run_pipelined, sync_client
 from .core import Call, StoreCore
@@ -35,7 +34,7 @@ from .models import (
     TeamMemberSpend,
 )
 from .plans import PlanStoreMixin
-from .settings import Settings
+from .settings import Settings, given
 from .team_ops import check_period
 from .validation import check_amount, check_id, check_label
 
@@ -70,15 +69,16 @@ class RedisStore(LedgerStoreMixin, PlanStoreMixin):
         self.core = StoreCore(self.settings)
 
     @classmethod
-    def from_url(cls, url: str | None = None, namespace: str = "ducto", **overrides: Any) -> RedisStore:
-        """A store on the Redis at ``url`` (default ``DUCTO_REDIS_URL``), keys under ``namespace``.
+    def from_url(cls, url: str | None = None, namespace: str | None = None, **overrides: Any) -> RedisStore:
+        """A store on the Redis at ``url`` (default ``DUCTO_REDIS_URL``), keys under ``namespace``
+        (default ``DUCTO_NAMESPACE``); every other setting from its ``DUCTO_*`` variable unless given.
 
         ``?cluster=true`` in the URL connects to a Redis Cluster; a ``RedisCluster`` client can also
         be passed to the constructor.
         """
         settings = Settings()
         url = url or settings.redis_url
-        return cls(sync_client(url), settings, namespace=namespace, redis_url=url, **overrides)
+        return cls(sync_client(url), settings, redis_url=url, **given(namespace=namespace), **overrides)
 
     @classmethod
     def from_settings(cls, settings: Settings | None = None) -> RedisStore:
@@ -295,10 +295,9 @@ class RedisStore(LedgerStoreMixin, PlanStoreMixin):
         spend_cap: int | None = None,
         cap_period: str = "total",
     ) -> AddTeamMemberResult:
-        """Add (or update) a member; the user record must exist (``user_not_found``)."""
+        """Add (or update) a member: any user id, as in ducto (a team member needs no personal
+        balance: the pool pays); ``team_not_found`` for an unknown team."""
         fields = self.core.teams.add_member_fields(role, spend_cap, cap_period)
-        if not self._run(self.core.user_exists(user_id)):
-            return AddTeamMemberResult(team_id=team_id, user_id=user_id, role=role, error=errors.USER_NOT_FOUND)
         return self._run(self.core.teams.member(team_id, user_id, "add", fields))
 
     def set_member_cap(

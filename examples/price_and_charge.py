@@ -55,8 +55,8 @@ def run(store: RedisStore, user: str) -> list[CreditEvent]:
         tool_calls=[ToolCall(name="web_search"), ToolCall(name="calculator")],
     )
     cost = manager.price(call)
-    print(f"model {cost.model_credits:g} + tools {cost.tool_credits:g} = {cost.exact_total:g} credits exactly "
-          f"-> {cost.total} charged (whole credits, rounded up)")
+    print(f"model {cost.model_credits:g} + tools {cost.tool_credits:g} = {cost.total:g} credits exactly "
+          f"-> {cost.credits} charged (whole credits, rounded up)")
 
     for n in range(1, 4):
         r = manager.deduct(user, call, idempotency_key=f"{user}-req-{n}")

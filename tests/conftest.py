@@ -280,6 +280,21 @@ def snapshot(store: RedisStore) -> dict[str, Any]:
     return out
 
 
+def restorable_state(store: RedisStore) -> dict[str, Any]:
+    """Every key but streams and idempotency keys (not restored by design); JSON values decoded:
+    what a restore must bring back exactly."""
+    import json
+
+    out: dict[str, Any] = {}
+    for key, (t, v) in snapshot(store).items():
+        if t == "stream" or ":i:" in key or ":ri:" in key:
+            continue
+        if t == "hash":
+            v = {f: (json.loads(x) if x.startswith("{") else x) for f, x in v.items()}
+        out[key] = (t, v)
+    return out
+
+
 def advance(store: RedisStore, seconds: float) -> None:
     """Move the scripts' clock forward (the test clock offset)."""
     store.core.clock_offset_ms += int(seconds * 1000)

@@ -8,10 +8,9 @@ from collections import defaultdict
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-import pytest
 from conftest import REDIS_URL, advance, drop_namespace, ledger_entries, make_store, snapshot
 
-from ducto_redis import InvalidInputError, RedisStore
+from ducto_redis import RedisStore
 from ducto_redis.cli import main as cli
 
 
@@ -127,13 +126,19 @@ def test_a_hold_covers_the_expiring_credits_first_so_ordinary_ones_stay_spendabl
     assert store.charge("u", 5, "x").balance_after == 30
 
 
-def test_an_expiry_in_the_past_is_refused_and_nothing_is_written(store: RedisStore) -> None:
+def test_an_expiry_already_past_is_taken_never_spendable_and_swept_as_in_ducto(store: RedisStore) -> None:
     store.add_credits("u", 1)
-    before = snapshot(store)
-    with pytest.raises(InvalidInputError) as info:
-        store.add_credits("u", 10, expires_at=in_hours(store, -1))
-    assert info.value.field == "expires_at"
-    assert snapshot(store) == before
+    g = store.add_credits("u", 10, type="purchase", expires_at=in_hours(store, -1))
+    assert g.new_balance == 11  # taken, as ducto takes it...
+    assert store.get_balance("u").balance == 1  # ...but due at once: never spendable
+    dry = store.sweep_expired_credits(dry_run=True)
+    assert (dry.expired_count, dry.expired_amount, dry.dry_run) == (1, 10, True)
+    swept = store.sweep_expired_credits()
+    assert (swept.expired_count, swept.expired_amount) == (1, 10)
+    assert [e.grant_id for e in swept.expired] == [g.transaction_id]
+    assert store.sweep_expired_credits().expired_count == 0
+    assert store.get_balance("u").balance == 1
+    assert store.charge("u", 2, "x").error == "insufficient_credits"
 
 
 def test_naive_expiry_datetimes_are_utc(store: RedisStore) -> None:

@@ -124,7 +124,7 @@ def test_search_costs_formula_prices_queries_results_and_web_search_calls() -> N
     m = UsageMetrics(model="gpt-4", search_queries=4, search_results=30, web_search_calls=2)
     r = engine().calculate(m)
     assert r.search_credits == pytest.approx(5.5)  # 4*0.5 + 30*0.05 + 2
-    assert r.total == 6
+    assert (r.total, r.credits) == (pytest.approx(5.5), 6)
 
 
 def test_cache_discount_is_a_negative_part_that_lowers_the_total() -> None:
@@ -132,7 +132,7 @@ def test_cache_discount_is_a_negative_part_that_lowers_the_total() -> None:
     r = engine().calculate(m)
     assert r.model_credits == pytest.approx(10.0)
     assert r.cache_savings == pytest.approx(-4.5)
-    assert r.total == 6  # 10 - 4.5 = 5.5, rounded up
+    assert (r.total, r.credits) == (pytest.approx(5.5), 6)  # 10 - 4.5 = 5.5, charged rounded up
 
 
 def test_cache_savings_cannot_make_the_total_negative() -> None:
@@ -173,7 +173,7 @@ def test_all_dimensions_add_up_in_one_breakdown() -> None:
     assert (r.model_credits, r.tool_credits, r.search_credits) == pytest.approx((16, 3.5, 1.5))
     assert (r.cache_savings, r.fixed_credits) == pytest.approx((-4.5, 20))
     assert r.breakdown["exact"]["total"] == pytest.approx(36.5)
-    assert r.total == 37
+    assert (r.total, r.credits) == (pytest.approx(36.5), 37)
     assert r.breakdown["tool_count"] == 3
 
 
@@ -184,7 +184,8 @@ def test_a_fraction_of_a_credit_costs_one_credit() -> None:
     e = PricingEngine.from_dict({"models": {"_default": "input_tokens * 0.001"}})
     r = e.calculate(UsageMetrics(input_tokens=400))
     assert r.model_credits == pytest.approx(0.4)  # the part keeps the exact value
-    assert r.total == 1  # ducto 1.0's int() made it 0
+    assert r.total == pytest.approx(0.4)  # ducto's exact total
+    assert r.credits == 1  # what is charged: ducto 1.0's int() made it 0
 
 
 def test_zero_usage_costs_zero() -> None:
@@ -195,7 +196,7 @@ def test_float_noise_does_not_cost_an_extra_credit() -> None:
     e = PricingEngine.from_dict({"models": {"_default": "input_tokens * 0.1 * 3 * 10"}})
     r = e.calculate(UsageMetrics(input_tokens=1))
     assert r.model_credits != 3  # 3.0000000000000004 in binary floats
-    assert r.total == 3
+    assert r.credits == 3
 
 
 def test_negative_model_tool_and_search_parts_are_clamped_at_zero() -> None:
@@ -228,11 +229,18 @@ def test_round_up_credits_refuses_nan() -> None:
         round_up_credits(float("nan"))
 
 
-def test_cost_breakdown_recomputes_total_from_its_parts() -> None:
+def test_cost_breakdown_recomputes_the_exact_total_from_its_parts_and_charges_it_rounded_up() -> None:
     b = CostBreakdown(model_credits=1.2, tool_credits=0.5, cache_savings=-0.3, total=99)
-    assert b.total == 2
-    assert isinstance(b.total, int)
-    assert b.exact_total == pytest.approx(1.4)
+    assert b.total == pytest.approx(1.4)  # ducto's exact total, whatever was passed
+    assert b.credits == 2 and isinstance(b.credits, int)
+    assert b.model_dump()["credits"] == 2  # serialized beside the total
+
+
+def test_the_breakdown_total_is_ductos_exact_cost_and_credits_are_what_is_charged() -> None:
+    e = PricingEngine.from_dict({"models": {"_default": "input_tokens * 0.01 + output_tokens * 0.03"}})
+    r = e.calculate(UsageMetrics(input_tokens=100, output_tokens=50))  # 1 + 1.5
+    assert (r.total, r.credits) == (2.5, 3)
+    assert CostBreakdown(model_credits=-2).total == 0.0  # clamped at 0, as ducto
 
 
 # ── Plans ─────────────────────────────────────────────────────────────
@@ -272,8 +280,8 @@ def test_plan_definition_with_a_bad_formula_raises_config_error() -> None:
 
 def test_calculate_batch_prices_each_event_in_order() -> None:
     ms = [UsageMetrics(model="gpt-4", input_tokens=n) for n in (100, 1000, 40)]
-    assert [r.total for r in engine().calculate_batch(ms)] == [1, 10, 1]
-    assert [r.total for r in engine().calculate_batch(ms, plan="free")] == [2, 20, 1]
+    assert [r.credits for r in engine().calculate_batch(ms)] == [1, 10, 1]
+    assert [r.credits for r in engine().calculate_batch(ms, plan="free")] == [2, 20, 1]
 
 
 # ── Introspection ─────────────────────────────────────────────────────
@@ -309,7 +317,7 @@ def test_engine_built_from_config_data_is_not_affected_by_later_changes() -> Non
 @pytest.mark.parametrize(
     ("config", "message"),
     [
-        ({}, "models: Field required"),
+        ({}, "missing required section: models"),
         ({"models": {}}, "at least one formula"),
         ({"models": {"a": 5}}, "models.a"),
         ({"models": {"a": "input_tokens ** 2"}}, r"models\['a'\].*\*\* operator"),
@@ -319,7 +327,7 @@ def test_engine_built_from_config_data_is_not_affected_by_later_changes() -> Non
         ({"models": {"a": "1"}, "search": {"per_query": "search_queries"}}, "accepts only"),
         ({"models": {"a": "1"}, "cache": {"discount": "'x'"}}, r"cache\['discount'\].*string"),
         ({"models": {"a": "1"}, "cache": {"bonus": "1"}}, "accepts only"),
-        ({"models": {"a": "1"}, "fixed": {"j": -1}}, r"fixed\['j'\]"),
+        ({"models": {"a": "1"}, "fixed": {"j": -1}}, r"fixed\.j: .*greater than or equal to 0"),
         ({"models": {"a": "1"}, "min_balance": -1}, "min_balance"),
         ({"models": {"a": "1"}, "version": 3}, "version"),
         (

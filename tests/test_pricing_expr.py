@@ -225,11 +225,11 @@ def test_nested_power_is_refused_without_hanging() -> None:
 
 
 def test_unknown_variable_is_refused() -> None:
-    refused("x + nope", "unknown name.*nope")
+    refused("x + nope", "undefined variable: 'nope'")
 
 
 def test_unknown_variable_is_refused_even_in_a_branch_not_taken() -> None:
-    refused("if(1, x, nope)", "unknown name.*nope")
+    refused("if(1, x, nope)", "undefined variable: 'nope'")
 
 
 def test_unknown_function_is_refused() -> None:
@@ -244,7 +244,7 @@ def test_calling_something_that_is_not_a_plain_function_name_is_refused() -> Non
 
 def test_lambda_is_refused() -> None:
     refused("(lambda: 1)()", "only the allowed functions|lambda")
-    refused("lambda: 1", "lambda is not allowed")
+    refused("lambda: 1", "disallowed node type: Lambda: lambda is not allowed")
 
 
 def test_string_literal_is_refused() -> None:
@@ -263,7 +263,7 @@ def test_subscript_is_refused() -> None:
 
 
 def test_containers_and_comprehensions_are_refused() -> None:
-    refused("[x]", "List is not allowed")
+    refused("[x]", "disallowed node type: List")
     refused("max(v for v in (1, 2))", "comprehensions")
 
 
@@ -279,7 +279,8 @@ def test_keyword_and_starred_arguments_are_refused() -> None:
 def test_bitwise_operators_and_in_are_refused() -> None:
     refused("1 << 60", "LShift is not allowed")
     refused("x & y", "BitAnd is not allowed")
-    refused("x in y", "In is not allowed")
+    refused("x in y", "'in' and 'not in' are not allowed")
+    refused("x not in y", "'in' and 'not in' are not allowed")
 
 
 def test_wrong_argument_counts_are_refused() -> None:

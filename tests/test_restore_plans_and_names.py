@@ -3,25 +3,12 @@
 
 from __future__ import annotations
 
-import json
-from typing import Any
-
-from conftest import DATABASE_URL, drop_namespace, snapshot
+from conftest import DATABASE_URL, drop_namespace, restorable_state
 
 from ducto_redis import PlanDefinition, PricingConfigData, RedisStore
 from ducto_redis.ledger.flusher import LedgerFlusher
 
-
-def state(store: RedisStore) -> dict[str, Any]:
-    """Every key but streams and idempotency keys (not restored by design); JSON values decoded."""
-    out: dict[str, Any] = {}
-    for key, (t, v) in snapshot(store).items():
-        if t == "stream" or ":i:" in key or ":ri:" in key:
-            continue
-        if t == "hash":
-            v = {f: (json.loads(x) if x.startswith("{") else x) for f, x in v.items()}
-        out[key] = (t, v)
-    return out
+state = restorable_state
 
 
 def test_restore_rebuilds_plans_allowance_use_and_odd_member_ids(ledger_store: RedisStore) -> None:

@@ -41,14 +41,13 @@ def test_unknown_team_is_team_not_found_everywhere_and_nothing_is_written(store:
     assert snapshot(store) == before
 
 
-def test_a_member_must_exist_as_a_user_first(store: RedisStore) -> None:
-    tid = team_with(store)
-    before = snapshot(store)
-    r = store.add_team_member(tid, "never-credited")
-    assert r.error == "user_not_found"
-    assert snapshot(store) == before
-    store.add_credits("never-credited", 0)
-    assert store.add_team_member(tid, "never-credited").error is None
+def test_any_user_id_can_join_a_team_without_a_user_record_as_in_ducto(store: RedisStore) -> None:
+    tid = team_with(store, 100)
+    r = store.add_team_member(tid, "never-credited", role="admin", spend_cap=50)
+    assert (r.error, r.role) == (None, "admin")
+    assert store.deduct_team(tid, "never-credited", 30).team_balance_after == 70  # the pool pays
+    assert store.get_balance("never-credited").balance == 0  # no personal record was needed or made
+    assert [m.user_id for m in store.get_team_members(tid)] == ["never-credited"]
 
 
 def test_deduct_team_debits_the_pool_never_the_members_balance(store: RedisStore) -> None:

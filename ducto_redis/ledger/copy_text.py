@@ -144,6 +144,13 @@ def _pieces(entries: Sequence[Entry], namespace: bytes) -> list[bytes]:
     return out
 
 
+def copy_rows(payload: bytes) -> list[tuple[str | None, ...]]:
+    """The rows of a COPY text payload (:func:`copy_payload`'s), values in ``COPY_COLUMNS`` order,
+    unescaped, ``None`` for NULL (an empty value): what a database without COPY inserts."""
+    return [tuple(_unescape(v).decode() if v else None for v in line.split(_TAB))
+            for line in payload.split(_NL) if line]
+
+
 def copy_payload(entries: Sequence[Entry], namespace: str) -> bytes:
     """The COPY text (``NULL ''``) of ``entries``, one line each, columns in ``COPY_COLUMNS`` order."""
     if not entries:

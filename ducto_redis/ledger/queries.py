@@ -1,14 +1,20 @@
-"""Analytics over the Postgres ledger, with ducto 1.0's names and rows.
+"""Analytics over the ledger, with ducto 1.0's names and rows; each query written once, for
+PostgreSQL and for SQLite alike (see ``database.py``).
 
-Spend is what left balances: ``debit`` and ``settle`` entries (``-amount``). User analytics count
-user accounts; ``spend_by_model`` counts users and teams; ``spend_by_member`` a team's members.
-Windows are ``start <= ts < end`` (datetimes; naive ones are UTC).
+The rule, the same for every method: **spend** is what left a balance for usage — ``debit`` and
+``settle`` entries with a negative amount (``-amount`` each; a call wholly covered by a plan's free
+allowance moved no credits and is not spend). ``spend_by_user``, ``spend_by_model``, ``top_users``,
+``daily_spend`` and ``aggregate_stats`` count **user accounts' spend only**: a team pool's debits are
+the team's spend, reported by ``spend_by_member`` (per member). That is ducto 1.0's rule (its
+analytics count type ``usage``, never ``team_usage``), so the figures of a workload are ducto's, and
+the five agree with each other (``aggregate_stats.total_credits_consumed`` is the sum of
+``spend_by_user``, of ``spend_by_model`` and of ``daily_spend``). Windows are ``start <= ts < end``
+(datetimes; naive ones are UTC); days are UTC days.
 """
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
-from typing import Any
+from datetime import datetime
 
 from ..models import (
     AggregateStatsRow,
@@ -18,49 +24,42 @@ from ..models import (
     SpendByUserRow,
     TopUserRow,
 )
+from .database import LedgerDatabase, ts_param
 
-SPEND = "kind IN ('debit', 'settle')"
+SPEND = "namespace = ? AND kind IN ('debit', 'settle') AND amount < 0 AND ts >= ? AND ts < ?"
+USER_SPEND = SPEND + " AND account_kind = 'u'"
+DAY = "substr(CAST(ts AS TEXT), 1, 10)"
 
-
-def _utc(d: datetime) -> datetime:
-    return d if d.tzinfo else d.replace(tzinfo=timezone.utc)
+SPEND_BY_USER = (f"SELECT account_id, -SUM(amount), COUNT(*) FROM {{table}} WHERE {USER_SPEND} "
+                 "GROUP BY account_id ORDER BY 2 DESC, 1")
+SPEND_BY_MODEL = (f"SELECT COALESCE(model, ''), -SUM(amount), COUNT(*) FROM {{table}} WHERE {USER_SPEND} "
+                  "GROUP BY COALESCE(model, '') ORDER BY 2 DESC, 1")
+DAILY_SPEND = (f"SELECT {DAY}, -SUM(amount), COUNT(*) FROM {{table}} WHERE {USER_SPEND} "
+               f"GROUP BY {DAY} ORDER BY 1")
+SPEND_BY_MEMBER = (f"SELECT COALESCE(member, ''), -SUM(amount), COUNT(*) FROM {{table}} WHERE {SPEND} "
+                   "AND account_kind = 't' AND account_id = ? GROUP BY COALESCE(member, '') ORDER BY 2 DESC, 1")
 
 
 class LedgerQueries:
-    """Runs the analytics queries of one namespace on a Postgres ledger."""
+    """The analytics of one namespace on a ledger database (PostgreSQL or SQLite)."""
 
-    def __init__(self, database_url: str, schema: str, namespace: str) -> None:
-        self.database_url = database_url
-        self.table = f"{schema}.ledger"
+    def __init__(self, db: LedgerDatabase, namespace: str) -> None:
+        self.db = db
         self.namespace = namespace
 
-    def _rows(self, sql: str, *params: Any) -> list[tuple[Any, ...]]:
-        import psycopg
-
-        with psycopg.connect(self.database_url) as conn:
-            return conn.execute(sql, params).fetchall()
-
-    def _where(self, start: datetime, end: datetime, kind: str | None = "u") -> tuple[str, list[Any]]:
-        cond = f"namespace = %s AND {SPEND} AND ts >= %s AND ts < %s"
-        params: list[Any] = [self.namespace, _utc(start), _utc(end)]
-        if kind:
-            cond += " AND account_kind = %s"
-            params.append(kind)
-        return cond, params
+    def _spend(self, sql: str, start: datetime, end: datetime, *more: str) -> list[tuple[str, int, int]]:
+        rows = self.db.rows(sql, (self.namespace, ts_param(start), ts_param(end), *more))
+        return [(str(r[0]), int(r[1]), int(r[2])) for r in rows]
 
     def spend_by_user(self, start: datetime, end: datetime) -> list[SpendByUserRow]:
         """Spend and debit count per user, largest first."""
-        cond, p = self._where(start, end)
-        rows = self._rows(f"SELECT account_id, -SUM(amount), COUNT(*) FROM {self.table} WHERE {cond} "
-                          "GROUP BY account_id ORDER BY 2 DESC, 1", *p)
-        return [SpendByUserRow(user_id=r[0], total_spend=int(r[1]), transaction_count=r[2]) for r in rows]
+        return [SpendByUserRow(user_id=u, total_spend=s, transaction_count=n)
+                for u, s, n in self._spend(SPEND_BY_USER, start, end)]
 
     def spend_by_model(self, start: datetime, end: datetime) -> list[SpendByModelRow]:
-        """Spend per model (users and teams; entries without a model are grouped under "")."""
-        cond, p = self._where(start, end, None)
-        rows = self._rows(f"SELECT COALESCE(model, ''), -SUM(amount), COUNT(*) FROM {self.table} WHERE {cond} "
-                          "GROUP BY 1 ORDER BY 2 DESC, 1", *p)
-        return [SpendByModelRow(model=r[0], total_spend=int(r[1]), transaction_count=r[2]) for r in rows]
+        """Spend per model of users' debits (entries without a model are grouped under "")."""
+        return [SpendByModelRow(model=m, total_spend=s, transaction_count=n)
+                for m, s, n in self._spend(SPEND_BY_MODEL, start, end)]
 
     def top_users(self, limit: int, start: datetime, end: datetime) -> list[TopUserRow]:
         """The ``limit`` users who spent most."""
@@ -68,14 +67,13 @@ class LedgerQueries:
                 for r in self.spend_by_user(start, end)[: max(0, limit)]]
 
     def daily_spend(self, start: datetime, end: datetime) -> list[DailySpendRow]:
-        """Spend per UTC day (users), oldest first; date as YYYY-MM-DD."""
-        cond, p = self._where(start, end)
-        rows = self._rows(f"SELECT to_char(ts AT TIME ZONE 'UTC', 'YYYY-MM-DD'), -SUM(amount), COUNT(*) "
-                          f"FROM {self.table} WHERE {cond} GROUP BY 1 ORDER BY 1", *p)
-        return [DailySpendRow(date=r[0], total_spend=int(r[1]), transaction_count=r[2]) for r in rows]
+        """Users' spend per UTC day, oldest first; date as YYYY-MM-DD."""
+        return [DailySpendRow(date=d, total_spend=s, transaction_count=n)
+                for d, s, n in self._spend(DAILY_SPEND, start, end)]
 
     def aggregate_stats(self, start: datetime, end: datetime) -> AggregateStatsRow:
-        """Totals over the window: credits consumed, active users, average spend per active day."""
+        """Totals over the window: credits consumed, active users, average spend per active day,
+        the model and the user that spent most."""
         users = self.spend_by_user(start, end)
         days = self.daily_spend(start, end)
         models = [m for m in self.spend_by_model(start, end) if m.model]
@@ -89,8 +87,6 @@ class LedgerQueries:
         )
 
     def spend_by_member(self, team_id: str, start: datetime, end: datetime) -> list[SpendByMemberRow]:
-        """A team's spend per member, largest first."""
-        cond, p = self._where(start, end, "t")
-        rows = self._rows(f"SELECT member, -SUM(amount), COUNT(*) FROM {self.table} WHERE {cond} "
-                          "AND account_id = %s GROUP BY member ORDER BY 2 DESC, 1", *p, team_id)
-        return [SpendByMemberRow(user_id=r[0] or "", total_spend=int(r[1]), transaction_count=r[2]) for r in rows]
+        """A team pool's spend per member, largest first."""
+        return [SpendByMemberRow(user_id=u, total_spend=s, transaction_count=n)
+                for u, s, n in self._spend(SPEND_BY_MEMBER, start, end, team_id)]

@@ -27,8 +27,8 @@ from typing import Any
 
 from ..errors import DuctoError
 from .copy_text import entry_fields
-from .flusher import GROUP, trim_point
-from .restore import AccountState, account_drift, count_accounts, derive, write_state
+from .database import LedgerDatabase
+from .restore import AccountState, account_drift, derive, write_state
 
 Account = tuple[str, str]  # (kind, id): "u" user, "t" team, ("p", "pricing") the pricing versions
 PRICING: Account = ("p", "pricing")
@@ -62,24 +62,14 @@ def _stream_entries(client: Any, stream: str, start: str) -> Iterator[tuple[Any,
 
 
 def unflushed(store: Any) -> Unflushed:
-    """The entries of ``store``'s namespace not yet stored in PostgreSQL as far as Redis can tell —
-    each stream from its trim point (its oldest pending entry, else just past the last one
-    delivered; every entry when no flusher ever ran) — and the accounts they touch."""
-    from redis.exceptions import ResponseError
-
+    """The entries of ``store``'s namespace not yet in its ledger database as far as Redis can tell
+    (each stream from where ``store._unflushed_start`` says they begin), and the accounts they touch."""
     out = Unflushed()
     client = store.client
     for stream in store.core.keys.all_ledger_streams():
-        if not client.exists(stream):
+        start = store._unflushed_start(stream)
+        if start is None:
             continue
-        start = "-"
-        try:
-            group = next((g for g in client.xinfo_groups(stream) if str(g["name"]) in (GROUP, repr(GROUP.encode()))),
-                         None)
-        except ResponseError:
-            group = None
-        if group is not None:
-            start = trim_point(group["last-delivered-id"], client.xpending(stream, GROUP))
         for _mid, fields in _stream_entries(client, stream, start):
             f = entry_fields(fields)
             out.entries += 1
@@ -113,13 +103,6 @@ def redis_accounts(store: Any) -> set[Account]:
     if store.client.exists(schema.pricing_versions()):
         found.add(PRICING)
     return found
-
-
-def namespace_store(store: Any, namespace: str) -> Any:
-    """A store on the same Redis and settings for another namespace."""
-    if namespace == store.settings.namespace:
-        return store
-    return type(store)(store.client, store.settings, namespace=namespace)
 
 
 @dataclass
@@ -193,13 +176,14 @@ def _refusals(report: RestoreReport) -> list[str]:
     return out
 
 
-def restore(store: Any, database_url: str, *, dry_run: bool = False, force: bool = False,
+def restore(store: Any, source: LedgerDatabase, *, dry_run: bool = False, force: bool = False,
             target_namespace: str | None = None, progress: Callable[[int, int], None] | None = None) -> RestoreReport:
-    """Rebuild the keys of ``target_namespace`` (default: the store's own) from the ledger of the
-    store's namespace. Refuses (:class:`RestoreRefused`, nothing written) while the namespace written
-    has entries not yet flushed or live keys, unless ``force``; ``dry_run`` writes nothing and reports
-    what it would write. ``progress(done, total)`` is called as accounts are written."""
-    target = namespace_store(store, target_namespace or store.settings.namespace)
+    """Rebuild the keys of ``target_namespace`` (default: the store's own) from the rows ``source``
+    holds for the store's namespace. Refuses (:class:`RestoreRefused`, nothing written) while the
+    namespace written has entries not yet flushed or live keys, unless ``force``; ``dry_run`` writes
+    nothing and reports what it would write. ``progress(done, total)`` is called as accounts are written."""
+    ns = store.settings.namespace
+    target = store if target_namespace in (None, ns) else store._in_namespace(target_namespace)
     report = RestoreReport(target.settings.namespace, store.settings.namespace, dry_run=dry_run)
     report.unflushed = unflushed(target).entries
     if target is not store:
@@ -208,11 +192,10 @@ def restore(store: Any, database_url: str, *, dry_run: bool = False, force: bool
     report.refusals = [] if force else _refusals(report)
     if report.refusals and not dry_run:
         raise RestoreRefused(report)
-    schema, ns = store.settings.ledger_schema, store.settings.namespace
-    total = 0 if dry_run or progress is None else count_accounts(database_url, schema, ns)
+    total = 0 if dry_run or progress is None else source.count_accounts(ns)
     now_ms = int(time.time() * 1000)
     window_ms = target.settings.refund_window_seconds * 1000
-    for state in derive(database_url, schema, ns, now_ms):
+    for state in derive(source, ns, now_ms):
         report.count(state, now_ms, window_ms)
         if dry_run:
             continue
@@ -283,7 +266,7 @@ def _redis_only(store: Any, account: Account) -> list[str]:
     return ["keys in Redis but no account and no ledger row"]
 
 
-def reconcile(store: Any, database_url: str, *, ledger_namespace: str | None = None) -> ReconcileReport:
+def reconcile(store: Any, source: LedgerDatabase, *, ledger_namespace: str | None = None) -> ReconcileReport:
     """Compare every account of the store's namespace with the ledger of ``ledger_namespace`` (default
     the same; another one after a drill restore), both sides walked: accounts only the ledger knows,
     and accounts only Redis holds. Accounts with entries still in the Redis streams are reported as
@@ -303,7 +286,7 @@ def reconcile(store: Any, database_url: str, *, ledger_namespace: str | None = N
 
     now_ms = int(time.time() * 1000)
     seen: set[Account] = set()
-    for s in derive(database_url, store.settings.ledger_schema, ns, now_ms):
+    for s in derive(source, ns, now_ms):
         account = (s.kind, s.account_id)
         seen.add(account)
         judge(account, account_drift(store, s, now_ms))

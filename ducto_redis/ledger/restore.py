@@ -1,4 +1,7 @@
-"""Rebuild Redis from the Postgres ledger (restore) and compare the two (reconcile).
+"""Rebuild Redis from the ledger (restore) and compare the two (reconcile).
+
+The rows come from a :class:`~ducto_redis.ledger.database.LedgerDatabase`: PostgreSQL (the
+flusher's) or SQLite (MemoryStore's embedded ledger) — the same read, the same derivation.
 
 Both derive each account's state from its ledger entries in stream order: balance and held
 (the last entry's ``bal``/``held``), lifetime purchases, open holds, caps and rate limit (config
@@ -30,6 +33,7 @@ from typing import Any
 
 from ..core import shard_of_tx
 from ..keys import member_window_field
+from .database import LedgerDatabase
 
 DAY_MS = 86_400_000
 WINDOW_GRACE_MS = 3_600_000
@@ -174,23 +178,12 @@ class AccountState:
             self.members.pop(e["member"], None)
 
 
-def ledger_rows(database_url: str, schema: str, namespace: str) -> Iterator[dict[str, Any]]:
-    """Every ledger row of a namespace, account by account, in stream order (a server-side cursor)."""
-    import psycopg
-    from psycopg.rows import dict_row
-
-    with psycopg.connect(database_url) as conn, conn.cursor(name="ducto_restore", row_factory=dict_row) as cur:
-        cur.itersize = 5000
-        cur.execute(f"SELECT * FROM {schema}.ledger WHERE namespace = %s "
-                    "ORDER BY account_kind, account_id, shard, stream_ms, stream_seq", (namespace,))
-        yield from cur
-
-
-def derive(database_url: str, schema: str, namespace: str, now_ms: int | None = None) -> Iterator[AccountState]:
-    """The state of every account of the namespace, as the ledger says."""
+def derive(source: LedgerDatabase, namespace: str, now_ms: int | None = None) -> Iterator[AccountState]:
+    """The state of every account of the namespace, as the ledger in ``source`` (PostgreSQL or
+    SQLite) says."""
     now_ms = now_ms or int(time.time() * 1000)
     state: AccountState | None = None
-    for row in ledger_rows(database_url, schema, namespace):
+    for row in source.restore_rows(namespace):
         if row["metadata"] is not None and isinstance(row["metadata"], str):
             row["metadata"] = json.loads(row["metadata"])
         if state is None or (state.kind, state.account_id) != (row["account_kind"], row["account_id"]):
@@ -309,14 +302,6 @@ def write_state(store: Any, s: AccountState, now_ms: int) -> None:
     p.execute()
 
 
-def count_accounts(database_url: str, schema: str, namespace: str) -> int:
-    """How many accounts (users and teams) the ledger of a namespace holds."""
-    import psycopg
-
-    with psycopg.connect(database_url) as conn:
-        row = conn.execute(f"SELECT COUNT(DISTINCT (account_kind, account_id)) FROM {schema}.ledger "
-                           "WHERE namespace = %s AND account_kind <> 'p'", (namespace,)).fetchone()
-    return int(row[0]) if row else 0
 
 
 def _int_fields(h: dict[str, str], skip: tuple[str, ...] = ()) -> dict[str, int]:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import socket
+import threading
 import time
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -22,18 +25,25 @@ if TYPE_CHECKING:
 
     from ..core import StoreCore
     from ..settings import Settings
+    from .database import LedgerDatabase, LedgerReader
     from .flusher import LedgerFlusher
     from .queries import LedgerQueries
     from .recovery import ReconcileReport, RestoreReport
 
+CATCH_UP_SECONDS = 5.0
+"""How long analytics on a RedisStore spend copying unflushed entries into PostgreSQL first, at most."""
+
 
 class LedgerStoreMixin:
-    """Methods of the store that reach the Postgres ledger (``DUCTO_DATABASE_URL``)."""
+    """Methods of the store that reach the ledger database: PostgreSQL (``DUCTO_DATABASE_URL``) for a
+    RedisStore; MemoryStore answers from its embedded SQLite ledger instead (``memory.py``)."""
 
     client: Any
     core: StoreCore
     settings: Settings
     _flusher: LedgerFlusher | None = None
+    _catch_up_flusher: LedgerFlusher | None = None
+    _catch_up_lock = threading.Lock()
 
     def _database_url(self, database_url: str | None = None) -> str:
         url = database_url or self.settings.database_url
@@ -99,13 +109,61 @@ class LedgerStoreMixin:
         lag.oldest_unflushed_age_ms = max(0, now_ms - oldest) if oldest is not None else 0
         return lag
 
+    def _unflushed_start(self, stream: str) -> str | None:
+        """Where the entries of a ledger stream not yet in the ledger database begin (an XRANGE
+        start), or None when there are none: the flusher's trim point (its group's oldest pending
+        entry, else just past the last delivered one; every entry when no flusher ever ran)."""
+        from redis.exceptions import ResponseError
+
+        from .groups import GROUP, trim_point
+
+        if not self.client.exists(stream):
+            return None
+        try:
+            group = next((g for g in self.client.xinfo_groups(stream) if g["name"] in (GROUP, GROUP.encode())), None)
+        except ResponseError:
+            group = None
+        if group is None:
+            return "-"
+        return trim_point(group["last-delivered-id"], self.client.xpending(stream, GROUP))
+
+    def _in_namespace(self, namespace: str) -> Any:
+        """A store like this one (same Redis, same settings) for another namespace (a restore drill)."""
+        cls: Any = type(self)
+        return cls(self.client, self.settings, namespace=namespace)
+
+    def _ledger_database(self, database_url: str | None = None) -> LedgerDatabase:
+        """The database holding this store's ledger rows: PostgreSQL at ``database_url`` (default
+        ``DUCTO_DATABASE_URL``), schema ``DUCTO_LEDGER_SCHEMA``."""
+        from .database import PostgresLedger
+
+        return PostgresLedger(self._database_url(database_url), self.settings.ledger_schema)
+
+    def ledger_reader(self) -> LedgerReader | None:
+        """Finds one ledger entry by id (``.entry(namespace, entry_id)``) once it has left the Redis
+        stream: the PostgreSQL ledger, or None without a database URL."""
+        return self._ledger_database() if self.settings.database_url else None
+
+    def _catch_up(self) -> None:
+        """Copy what the ledger streams hold into PostgreSQL first (as ``ducto-redis flush --once``,
+        idempotently, for up to :data:`CATCH_UP_SECONDS`), so analytics count every decision made
+        before the call; entries another flusher is writing at that moment arrive with its commit."""
+        from .flusher import LedgerFlusher
+
+        with self._catch_up_lock:
+            if self._catch_up_flusher is None:
+                consumer = f"{socket.gethostname()}-{os.getpid()}-analytics"
+                self._catch_up_flusher = LedgerFlusher(self, self._database_url(), consumer=consumer)
+            self._catch_up_flusher.drain(timeout=CATCH_UP_SECONDS)
+
     def _queries(self) -> LedgerQueries:
         from .queries import LedgerQueries
 
-        return LedgerQueries(self._database_url(), self.settings.ledger_schema, self.settings.namespace)
+        self._catch_up()
+        return LedgerQueries(self._ledger_database(), self.settings.namespace)
 
     def spend_by_user(self, start: datetime, end: datetime) -> list[SpendByUserRow]:
-        """Spend per user in ``[start, end)``, from the Postgres ledger."""
+        """Spend per user in ``[start, end)``, from the ledger (the rule: ``ledger/queries.py``)."""
         return self._queries().spend_by_user(start, end)
 
     def spend_by_model(self, start: datetime, end: datetime) -> list[SpendByModelRow]:
@@ -140,7 +198,7 @@ class LedgerStoreMixin:
         """
         from .recovery import restore
 
-        return restore(self, self._database_url(database_url), dry_run=dry_run, force=force,
+        return restore(self, self._ledger_database(database_url), dry_run=dry_run, force=force,
                        target_namespace=target_namespace, progress=progress)
 
     def restore_from_ledger(self, database_url: str | None = None, progress: bool = False, *,
@@ -157,7 +215,7 @@ class LedgerStoreMixin:
         drill): drift, and apart from it the accounts whose entries are not flushed yet."""
         from .recovery import reconcile
 
-        return reconcile(self, self._database_url(database_url), ledger_namespace=ledger_namespace)
+        return reconcile(self, self._ledger_database(database_url), ledger_namespace=ledger_namespace)
 
     def reconcile_with_ledger(self, database_url: str | None = None) -> dict[str, list[str]]:
         """Drift per account between Redis and the ledger (empty when they agree); accounts whose

@@ -1,7 +1,8 @@
 """Pricing: formulas per model, tool, search, cache and fixed job, turned into whole-credit costs.
 
 Pure Python (no Redis). ``PricingEngine.from_dict(config).calculate(UsageMetrics(...))`` gives a
-:class:`CostBreakdown` whose ``total`` is the exact cost rounded up to a whole credit.
+:class:`CostBreakdown` whose ``total`` is the exact cost and ``credits`` the whole credits charged
+for it (rounded up).
 """
 
 from __future__ import annotations

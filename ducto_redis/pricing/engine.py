@@ -9,9 +9,10 @@ these deliberate differences:
 * a tool's formula sees ``tool_calls`` = the number of calls to THAT tool (ducto 1.0 passed the
   count of all tool calls to every listed tool), and ``_default`` is applied once per unlisted tool
   name with that tool's count;
-* ``total`` is whole credits rounded up (see :func:`~ducto_redis.pricing.metrics.round_up_credits`);
-  model, tool and search parts are clamped at 0 (a formula can never pay credits back, per tool
-  too); only the cache part, a discount, may be negative;
+* ``total`` is ducto's exact cost; what is charged is ``credits``, the total rounded up to whole
+  credits (:func:`~ducto_redis.pricing.metrics.round_up_credits`); model, tool and search parts
+  are clamped at 0 (a formula can never pay credits back, per tool too); only the cache part, a
+  discount, may be negative;
 * the ``search`` section may only hold ``costs`` and ``cache`` only ``discount`` — the only keys
   ducto 1.0 ever evaluated — instead of silently ignoring other keys;
 * an unknown ``fixed_job`` raises :class:`UnknownFixedJobError` (ducto 1.0 charged 0 for it);
@@ -26,17 +27,15 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from ducto_redis.errors import ConfigError, ExpressionError, InvalidInputError
+from ducto_redis import config as pricing_config  # a module: config imports this package's expr
+from ducto_redis.errors import ConfigError, ExpressionError
 from ducto_redis.models import PlanDefinition, PricingConfigData
-from ducto_redis.pricing.expr import evaluate_expression, validate_expression
-from ducto_redis.pricing.metrics import METRIC_VARIABLES, CostBreakdown, UsageMetrics
-from ducto_redis.validation import MAX_AMOUNT, check_json
+from ducto_redis.pricing.expr import evaluate_expression
+from ducto_redis.pricing.metrics import CostBreakdown, UsageMetrics
 
 DEFAULT_KEY = "_default"
 """Key of the fallback formula in ``models``, ``tools`` and a plan's ``rate_overrides``."""
 DEFAULT_TOOL_FORMULA = "tool_calls * 0"
-SEARCH_KEYS = frozenset({"costs"})
-CACHE_KEYS = frozenset({"discount"})
 
 
 class UnknownModelError(ConfigError, ValueError):
@@ -49,47 +48,6 @@ class UnknownFixedJobError(ConfigError, ValueError):
 
 class UnknownPlanError(ConfigError, ValueError):
     """``calculate(plan=...)`` names a plan that is not in the config's ``plans``."""
-
-
-def _check_formula(where: str, formula: Any) -> None:
-    if not isinstance(formula, str):
-        raise ConfigError(f"{where}: a formula must be a string, not {type(formula).__name__}")
-    try:
-        validate_expression(formula, METRIC_VARIABLES)
-    except ExpressionError as e:
-        raise ConfigError(f"invalid formula in {where}: {e}") from e
-
-
-def _check_plan(key: str, plan: PlanDefinition) -> None:
-    for model, formula in (plan.rate_overrides or {}).items():
-        _check_formula(f"plans[{key!r}].rate_overrides[{model!r}]", formula)
-
-
-def _check_config(config: PricingConfigData) -> None:
-    if not config.models:
-        raise ConfigError("models must contain at least one formula (a model name or '_default')")
-    for section, formulas in (("models", config.models), ("tools", config.tools)):
-        for key, formula in formulas.items():
-            _check_formula(f"{section}[{key!r}]", formula)
-    for section, formulas, keys in (
-        ("search", config.search, SEARCH_KEYS),
-        ("cache", config.cache, CACHE_KEYS),
-    ):
-        for key, formula in formulas.items():
-            if key not in keys:
-                raise ConfigError(f"{section}[{key!r}]: unknown key; {section} accepts only {sorted(keys)}")
-            _check_formula(f"{section}[{key!r}]", formula)
-    for job, price in config.fixed.items():
-        if not 0 <= price <= MAX_AMOUNT:
-            raise ConfigError(f"fixed[{job!r}]: price must be within 0..2**53-1, got {price}")
-    if not 0 <= config.min_balance <= MAX_AMOUNT:
-        raise ConfigError(f"min_balance must be within 0..2**53-1, got {config.min_balance}")
-    for key, plan in (config.plans or {}).items():
-        _check_plan(key, plan)
-    try:
-        check_json(config, "config", max_depth=16)  # published configs are stored in the ledger as they are
-    except InvalidInputError as exc:
-        raise ConfigError(str(exc)) from exc
 
 
 def _evaluate(where: str, formula: str, variables: Mapping[str, int | float]) -> float:
@@ -107,7 +65,7 @@ class PricingEngine:
         engine = PricingEngine.from_dict({
             "models": {"_default": "input_tokens * 0.001 + output_tokens * 0.003"},
         })
-        engine.calculate(UsageMetrics(model="gpt-4", input_tokens=1000, output_tokens=2000)).total  # 7
+        engine.calculate(UsageMetrics(model="gpt-4", input_tokens=1000, output_tokens=2000)).credits  # 7
 
     Model lookup (:meth:`calculate`): the model's exact key, else ``_default``; a model of None or
     ``"none"`` uses ``_default``; with neither, :class:`UnknownModelError` (a :class:`ConfigError`
@@ -120,7 +78,7 @@ class PricingEngine:
     def __init__(self, config: PricingConfigData) -> None:
         if not isinstance(config, PricingConfigData):
             raise ConfigError(f"config must be a PricingConfigData, not {type(config).__name__}")
-        _check_config(config)
+        pricing_config.check_config(config)
         self._config = config.model_copy(deep=True)
 
     @classmethod
@@ -134,7 +92,7 @@ class PricingEngine:
         if not isinstance(data, Mapping):
             raise ConfigError(f"pricing config must be a dict, not {type(data).__name__}")
         try:
-            config = PricingConfigData.model_validate(dict(data))
+            config = pricing_config.PricingConfig.model_validate(dict(data))
         except ValidationError as e:
             problems = "; ".join(
                 f"{'.'.join(str(p) for p in err['loc']) or 'config'}: {err['msg']}" for err in e.errors()
@@ -154,7 +112,7 @@ class PricingEngine:
                 the plan's ``_default``, then the config's model lookup.
 
         Returns:
-            The breakdown; ``total`` is whole credits, rounded up.
+            The breakdown: the exact ``total``, and ``credits`` (whole credits, rounded up) to charge.
 
         Raises:
             UnknownModelError: No formula prices ``metrics.model``.
@@ -211,7 +169,7 @@ class PricingEngine:
                 "search": search_raw,
                 "cache": cache_raw,
                 "fixed": fixed,
-                "total": result.exact_total,
+                "total": result.total,
             },
         }
         return result
@@ -270,7 +228,7 @@ class PricingEngine:
         if plan is None:
             return None
         if isinstance(plan, PlanDefinition):
-            _check_plan(plan.id, plan)
+            pricing_config.check_plan(plan.id, plan)
             return plan
         found = self.get_plan(plan)
         if found is None:
@@ -289,7 +247,7 @@ class PricingEngine:
             for candidate in (key, DEFAULT_KEY):
                 if candidate in table:
                     return candidate, source, table[candidate]
-        raise UnknownModelError(f"no formula for model {model!r} and no '_default' in models")
+        raise UnknownModelError(f"no model match for {model!r} and no _default in config")
 
     def _fixed_price(self, job: str | None) -> int:
         if not job:

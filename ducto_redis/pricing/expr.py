@@ -9,12 +9,15 @@ formula string), so nothing is ever passed to ``eval``/``compile``. Allowed:
 * calls to ``ceil floor min max round if tier clamp percentile`` only — ``if(cond, a, b)`` is lazy,
   so ``if(x > 0, y / x, 0)`` is safe when ``x`` is 0.
 
-Refused, each with :class:`~ducto_redis.errors.ExpressionError`: ``**`` (ducto 1.0 let ``9**9**9``
-hang the process), attribute access, subscripts, strings and other non-numeric literals, lambdas,
-comprehensions, unknown names or functions, keyword or starred arguments, formulas over
+Refused, each with :class:`~ducto_redis.errors.ExpressionError` (syntax ducto 1.0 also refused says
+``disallowed node type: <Node>``, as ducto's did; a missing variable ``undefined variable: 'x'``):
+``**`` (ducto 1.0 let ``9**9**9`` hang the process), ``in``/``not in`` (ducto compared the decimal
+text of numbers: ``20 in 2`` was true), attribute access, subscripts, strings and other non-numeric
+literals, lambdas, comprehensions, unknown names or functions, keyword or starred arguments, formulas over
 :data:`MAX_EXPRESSION_LENGTH` characters, :data:`MAX_NODES` syntax nodes or :data:`MAX_DEPTH` levels
 of nesting, any value (constant, variable or intermediate result) that is not finite or whose
-magnitude exceeds :data:`MAX_MAGNITUDE`, and division or modulo by zero (ducto 1.0 returned ``inf``).
+magnitude exceeds :data:`MAX_MAGNITUDE`, and division or modulo by zero (ducto 1.0 returned ``inf``,
+which its own manager could not charge: ``int(inf)`` raised ``OverflowError``).
 """
 
 from __future__ import annotations
@@ -124,7 +127,7 @@ def evaluate_expression(expr: str, variables: Variables) -> float:
     fn, names = _compile(expr)
     if not names <= variables.keys():
         missing = sorted(names - variables.keys())
-        raise ExpressionError(f"unknown name(s) {', '.join(missing)} in formula {expr!r}")
+        raise ExpressionError(f"undefined variable: {', '.join(map(repr, missing))} in formula {expr!r}")
     return float(fn(variables))
 
 
@@ -331,8 +334,8 @@ class _Compiler:
             )
         if isinstance(node, ast.Call):
             return self._call(node, d)
-        reason = _REFUSED_NODES.get(type(node), f"{type(node).__name__} is not allowed in a formula")
-        raise ExpressionError(reason)
+        reason = _REFUSED_NODES.get(type(node), "not allowed in a formula")
+        raise ExpressionError(f"disallowed node type: {type(node).__name__}: {reason}")
 
     @staticmethod
     def _constant(node: ast.Constant) -> _Fn:
@@ -378,6 +381,11 @@ class _Compiler:
         ops: list[Callable[[Number, Number], bool]] = []
         for op in node.ops:
             fn = _CMPOPS.get(type(op))
+            if isinstance(op, (ast.In, ast.NotIn)):
+                raise ExpressionError(
+                    "'in' and 'not in' are not allowed: ducto 1.0 compared the numbers' decimal text "
+                    "('20 in 2' was true), which prices nothing; compare with == < > instead"
+                )
             if fn is None:
                 raise ExpressionError(f"comparison {type(op).__name__} is not allowed")
             ops.append(fn)

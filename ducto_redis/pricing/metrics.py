@@ -1,9 +1,10 @@
 """Usage telemetry going into the pricing engine, and the cost breakdown coming out.
 
-Names and fields are ducto 1.0's (``UsageMetrics``, ``ToolCall``, ``CostBreakdown``). The money rule
-is ducto-redis's: credits in the store are whole numbers, so :attr:`CostBreakdown.total` is the
-exact cost rounded UP to a whole credit (:func:`round_up_credits`); ducto 1.0 truncated with
-``int()``, which made every call under one credit free.
+Names and fields are ducto 1.0's (``UsageMetrics``, ``ToolCall``, ``CostBreakdown`` with its exact
+``total``). The money rule is ducto-redis's and lives where money moves: credits in the store are
+whole numbers, so what is charged is :attr:`CostBreakdown.credits`, the exact cost rounded UP to a
+whole credit (:func:`round_up_credits`); ducto 1.0 truncated with ``int()``, which made every call
+under one credit free.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 import math
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, computed_field, field_validator, model_validator
 
 CREDIT_ROUNDING_DIGITS = 9
 """Exact costs are rounded to this many decimals before rounding up, to absorb float noise."""
@@ -106,13 +107,15 @@ class UsageMetrics(BaseModel):
 
 
 class CostBreakdown(BaseModel):
-    """Credit cost of one usage event, per dimension, with the whole-credit total to charge.
+    """Credit cost of one usage event, per dimension: ducto's exact ``total``, and the whole
+    ``credits`` charged for it.
 
     The parts are exact (not rounded) floats. ``cache_savings`` is signed: it is the value of the
     cache formula, normally negative (a discount), and is added to the other parts. ``total`` is
-    always recomputed from the parts — as ducto 1.0 did — as
-    ``round_up_credits(model + tool + search + cache_savings + fixed)``, so it is an ``int >= 0``
-    whatever is passed for it. ``breakdown`` carries details, including the exact values.
+    always recomputed from the parts, as ducto 1.0 did: ``max(0, model + tool + search +
+    cache_savings + fixed)``, whatever is passed for it (2.85 stays 2.85). :attr:`credits` is what
+    money moves by — the store holds whole credits — ``round_up_credits(total)`` (2.85 costs 3).
+    ``breakdown`` carries details, including the exact values before clamping.
     """
 
     model_config = ConfigDict(protected_namespaces=())
@@ -122,16 +125,17 @@ class CostBreakdown(BaseModel):
     search_credits: float = 0.0
     cache_savings: float = 0.0
     fixed_credits: float = 0.0
-    total: int = 0
+    total: float = 0.0
     breakdown: dict[str, Any] = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _compute_total(self) -> CostBreakdown:
-        self.total = round_up_credits(self.exact_total)
+        parts = self.model_credits + self.tool_credits + self.search_credits + self.cache_savings
+        self.total = max(0.0, parts + self.fixed_credits)
         return self
 
+    @computed_field  # type: ignore[prop-decorator]
     @property
-    def exact_total(self) -> float:
-        """The sum of the parts before rounding up, clamped at 0."""
-        parts = self.model_credits + self.tool_credits + self.search_credits + self.cache_savings
-        return max(0.0, parts + self.fixed_credits)
+    def credits(self) -> int:
+        """The whole credits charged for this usage: :attr:`total` rounded up (the money rule)."""
+        return round_up_credits(self.total)
