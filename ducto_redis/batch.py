@@ -62,23 +62,28 @@ class ChargeRequest:
 R = TypeVar("R", "ChargeRequest", "TeamDebitRequest")
 
 
+def _request_error(cls: type[Any], req: Mapping[Any, Any], i: int) -> InvalidInputError:
+    """What is wrong with a mapping ``cls(**req)`` refused: an unknown field, or a missing one."""
+    names = [f.name for f in fields(cls)]
+    unknown = [k for k in req if k not in names]
+    if unknown:
+        return InvalidInputError(f"requests[{i}]", f"unknown field {unknown[0]!r} (fields: {', '.join(names)})")
+    missing = next(f.name for f in fields(cls) if f.default is MISSING and f.name not in req)
+    return InvalidInputError(f"requests[{i}].{missing}", "is required")
+
+
 def _each(cls: type[R], requests: object, build: Callable[[R], Call[Any]]) -> list[Call[Any]]:
     """Every request as ``cls`` (a mapping of its fields, or one), each validated by ``build`` before
     anything is sent: a bad one raises :class:`InvalidInputError` naming ``requests[i].<field>``."""
     if isinstance(requests, (str, bytes, Mapping)) or not isinstance(requests, Sequence):
         raise InvalidInputError("requests", f"must be a list of requests, got {type(requests).__name__}")
     calls: list[Call[Any]] = []
-    names = [f.name for f in fields(cls)]
-    required = [f.name for f in fields(cls) if f.default is MISSING]
     for i, req in enumerate(requests):
         if isinstance(req, Mapping):
-            unknown = [k for k in req if k not in names]
-            if unknown:
-                raise InvalidInputError(f"requests[{i}]", f"unknown field {unknown[0]!r} (fields: {', '.join(names)})")
-            missing = [k for k in required if k not in req]
-            if missing:
-                raise InvalidInputError(f"requests[{i}].{missing[0]}", "is required")
-            req = cls(**req)
+            try:
+                req = cls(**req)
+            except TypeError:  # an unknown or a missing field: said by name, not as a TypeError
+                raise _request_error(cls, req, i) from None
         elif not isinstance(req, cls):
             got = type(req).__name__
             raise InvalidInputError(f"requests[{i}]", f"must be a {cls.__name__} or a mapping, got {got}")

@@ -46,19 +46,21 @@ MAX_JSON_INT = 2**63 - 1
 MAX_TTL_SECONDS = 30 * 86400
 SCHEMA_NAME_PATTERN = r"^[a-z_][a-z0-9_]{0,62}$"
 
-_BAD_TEXT = re.compile("[\x00\ud800-\udfff]")
 _SCHEMA_NAME = re.compile(SCHEMA_NAME_PATTERN)
 
 
 def text_problem(text: str) -> str | None:
-    """Why PostgreSQL cannot store ``text`` (a NUL or a lone surrogate), or None."""
-    m = _BAD_TEXT.search(text)
-    if m is None:
-        return None
-    ch = m.group(0)
-    if ch == "\x00":
+    """Why PostgreSQL cannot store ``text`` (a NUL or a lone surrogate), or None. Fast for what
+    passes: a NUL is a ``memchr``, an ASCII string has no surrogate, any other is encoded once."""
+    if "\x00" in text:
         return "must not contain a NUL character (\\x00): PostgreSQL cannot store it"
-    return f"must not contain a lone surrogate (U+{ord(ch):04X}): it is not valid Unicode text"
+    if text.isascii():
+        return None
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        return f"must not contain a lone surrogate (U+{ord(text[exc.start]):04X}): it is not valid Unicode text"
+    return None
 
 
 def check_text(value: object, field: str, *, max_chars: int, allow_empty: bool = False, bytes_: bool = False) -> str:
@@ -141,44 +143,88 @@ def check_schema_name(value: object, field: str = "ledger_schema") -> str:
     return str.__str__(value)
 
 
-def _model_fields(model: BaseModel) -> dict[str, Any]:
-    values = {name: getattr(model, name, None) for name in type(model).model_fields}
-    values.update(model.model_extra or {})
-    return values
+def _scalar_problem(v: object) -> str | None:
+    """Why a scalar JSON value cannot be stored (None: it can, or it is not a plain scalar)."""
+    t = type(v)
+    if t is str:
+        return text_problem(v)  # type: ignore[arg-type]
+    if t is int:
+        return None if -MAX_JSON_INT <= v <= MAX_JSON_INT else "integers must fit in 64 bits"  # type: ignore[operator]
+    if t is float:
+        return None if math.isfinite(v) else f"must be a finite number, got {v}"  # type: ignore[arg-type]
+    return None
+
+
+_SCALARS = (str, int, float, bool, type(None))
+_NOTHING: dict[str, Any] = {}
+
+
+def _raise_if(problem: str | None, where: str, key: str) -> None:
+    if problem:
+        raise InvalidInputError(f"{where}.{key[:64]}", problem)
 
 
 def check_json(value: object, field: str, *, max_depth: int = MAX_METADATA_DEPTH) -> None:
     """Refuse JSON-bound data PostgreSQL's ``jsonb`` would refuse or that is unreasonably deep:
     text with NUL or lone surrogates (keys too), non-string keys, NaN and infinities, integers past
-    64 bits, nesting past ``max_depth``. Other objects (datetimes, ...) are left to pydantic's JSON."""
+    64 bits, nesting past ``max_depth``. Other objects (datetimes, ...) are left to pydantic's JSON.
+    On the hot path for every call with metadata: plain scalars are checked in place, and a path is
+    built only for a container or an error."""
     stack: list[tuple[object, str, int]] = [(value, field, 0)]
     while stack:
         v, where, depth = stack.pop()
-        if isinstance(v, str):
-            problem = text_problem(v)
+        if type(v) in _SCALARS:
+            problem = _scalar_problem(v)
             if problem:
                 raise InvalidInputError(where, problem)
-        elif v is None or isinstance(v, bool):
             continue
-        elif isinstance(v, int):
-            if abs(v) > MAX_JSON_INT:
-                raise InvalidInputError(where, "integers must fit in 64 bits")
-        elif isinstance(v, float):
-            if not math.isfinite(v):
-                raise InvalidInputError(where, f"must be a finite number, got {v}")
-        elif isinstance(v, (Mapping, BaseModel, list, tuple)):
+        if isinstance(v, (list, tuple)):
             if depth >= max_depth:
                 raise InvalidInputError(where, f"nests deeper than {max_depth} levels")
-            if isinstance(v, (list, tuple)):
-                stack.extend((x, f"{where}[{i}]", depth + 1) for i, x in enumerate(v))
-                continue
-            items = _model_fields(v) if isinstance(v, BaseModel) else v
-            for k, x in items.items():
-                if not isinstance(k, str):
-                    raise InvalidInputError(where, f"keys must be strings, got {type(k).__name__}")
+            for i, x in enumerate(v):
+                stack.append((x, f"{where}[{i}]", depth + 1))
+            continue
+        if isinstance(v, BaseModel):  # declared fields are named by the model: only extras' keys are checked
+            named: Any = v.__dict__
+            extra = v.__pydantic_extra__
+            items: Any = named.items() if not extra else [*named.items(), *extra.items()]
+        elif isinstance(v, Mapping):
+            named, items = _NOTHING, v.items()
+        elif isinstance(v, str):  # a subclass: its text (and likewise below)
+            stack.append((str.__str__(v), where, depth))
+            continue
+        elif isinstance(v, int) and not isinstance(v, bool):
+            stack.append((int.__int__(v), where, depth))
+            continue
+        elif isinstance(v, float):
+            stack.append((float.__float__(v), where, depth))
+            continue
+        else:
+            continue  # datetimes, UUIDs, ...: pydantic writes them as JSON strings
+        if depth >= max_depth:
+            raise InvalidInputError(where, f"nests deeper than {max_depth} levels")
+        for k, x in items:
+            if k not in named:
+                if type(k) is not str:
+                    if not isinstance(k, str):
+                        raise InvalidInputError(where, f"keys must be strings, got {type(k).__name__}")
+                    k = str.__str__(k)
                 problem = text_problem(k)
                 if problem:
                     raise InvalidInputError(where, f"key {k!r} {problem}")
+            if x is None:
+                continue
+            t = type(x)  # scalars checked in place (ASCII text: two C calls); containers pushed
+            if t is str:
+                if "\x00" in x or not x.isascii():
+                    _raise_if(text_problem(x), where, k)
+            elif t is int:
+                if not -MAX_JSON_INT <= x <= MAX_JSON_INT:
+                    _raise_if("integers must fit in 64 bits", where, k)
+            elif t is float:
+                if not math.isfinite(x):
+                    _raise_if(f"must be a finite number, got {x}", where, k)
+            elif t is not bool:
                 stack.append((x, f"{where}.{k[:64]}", depth + 1))
 
 
