@@ -7,14 +7,17 @@ import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
+import charts
+
 PATH = Path(__file__).with_name("RESULTS.md")
 
 
 def write_section(title: str, command: str, note: str, table: str) -> None:
-    """Replace (or append) the section ``## title`` with the command, the date, a note and the table."""
+    """Replace (or append) the section ``## title`` with the command, the date, a note and the table;
+    keep the table's figures as JSON beside it and draw their chart (``charts.py``)."""
     old = PATH.read_text(encoding="utf-8") if PATH.exists() else "# Benchmark results\n"
-    section = (f"## {title}\n\nCommand: `{command}` — {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}. "
-               f"{note}\n\n{table}\n")
+    date = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    section = f"## {title}\n\nCommand: `{command}` — {date}. {note}\n\n{table}\n"
     marker = f"## {title}\n"
     if marker in old:
         head, _, rest = old.partition(marker)
@@ -23,6 +26,7 @@ def write_section(title: str, command: str, note: str, table: str) -> None:
     else:
         new = old.rstrip("\n") + "\n\n" + section
     PATH.write_text(new, encoding="utf-8")
+    charts.save(title, command, date, note, table)
 
 
 def timed(op: Callable[[], object], seconds: float) -> float:

@@ -12,13 +12,11 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any, TypeVar
 
-import fakeredis
 import redis
 
 from .batch import Batch, ChargeRequest, TeamDebitRequest, charge_calls, team_debit_calls
 from .connect import async_client, run_pipelined_async, writes_direct
 from .core import Call, StoreCore
-from .ledger.embedded import EmbeddedLedger
 from .models import (
     AddCreditsResult,
     AddTeamMemberResult,
@@ -40,12 +38,14 @@ from .models import (
     TeamMemberSpend,
 )
 from .plans import AsyncPlanStoreMixin
+from .progress import ProgressFn
 from .settings import Settings, given
 from .store import expires_ms
 from .team_ops import check_period
 from .validation import check_amount, check_id, check_label
 
 T = TypeVar("T")
+_AsyncStore = TypeVar("_AsyncStore", bound="AsyncRedisStore")
 
 
 class AsyncRedisStore(AsyncPlanStoreMixin):
@@ -106,6 +106,13 @@ class AsyncRedisStore(AsyncPlanStoreMixin):
         """Close the client's connections."""
         await self.client.aclose()
 
+    async def __aenter__(self: _AsyncStore) -> _AsyncStore:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        """``async with store:`` closes its connections."""
+        await self.close()
+
     # ── balances and credits ──────────────────────────────────────────
 
     async def get_balance(self, user_id: str) -> BalanceResult:
@@ -142,10 +149,12 @@ class AsyncRedisStore(AsyncPlanStoreMixin):
             return found
         return await self._run(self.core.refunds.apply(found))
 
-    async def sweep_expired_credits(self, dry_run: bool = False) -> SweepResult:
+    async def sweep_expired_credits(self, dry_run: bool = False, progress: ProgressFn | None = None) -> SweepResult:
         """See :meth:`RedisStore.sweep_expired_credits`."""
         due: list[list[str]] = await self._run_many(self.core.refunds.due_accounts())
-        replies: list[list[str]] = await self._run_many(self.core.refunds.sweep(due, dry_run))
+        replies: list[list[str]] = []
+        for step in self.core.refunds.sweep_steps(due, dry_run, progress):
+            replies += await self._run_many(step)
         return self.core.refunds.sweep_result(replies, dry_run)
 
     # ── reservations and debits ───────────────────────────────────────
@@ -408,6 +417,10 @@ class AsyncMemoryStore(AsyncRedisStore):
         self, namespace: str | None = None, *, server: Any = None, settings: Settings | None = None,
         **overrides: Any,
     ) -> None:
+        import fakeredis  # imported here: code that never builds an embedded store never loads it (nor lupa)
+
+        from .ledger.embedded import EmbeddedLedger
+
         self.server = server or fakeredis.FakeServer()
         client = fakeredis.FakeAsyncRedis(server=self.server, decode_responses=True)
         super().__init__(client, settings or Settings(), **given(namespace=namespace), **overrides)

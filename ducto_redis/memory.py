@@ -5,11 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, TypeVar
 
-import fakeredis
-
 from .core import Call
 from .ledger.database import LedgerDatabase, LedgerReader
-from .ledger.embedded import EmbeddedLedger
 from .models import SetupResult
 from .settings import Settings, given
 from .store import RedisStore
@@ -35,6 +32,10 @@ class MemoryStore(RedisStore):
         self, namespace: str | None = None, *, server: Any = None, settings: Settings | None = None,
         **overrides: Any,
     ) -> None:
+        import fakeredis  # imported here: code that never builds an embedded store never loads it (nor lupa)
+
+        from .ledger.embedded import EmbeddedLedger
+
         self.server = server or fakeredis.FakeServer()
         client = fakeredis.FakeRedis(server=self.server, decode_responses=True)
         super().__init__(client, settings or Settings(), **given(namespace=namespace), **overrides)

@@ -378,6 +378,14 @@ class SpendByMemberRow(BaseModel):
     transaction_count: int = 0
 
 
+class SpendByTeamRow(BaseModel):
+    """A team pool's spend in a time window (all its members together)."""
+
+    team_id: str = ""
+    total_spend: int = 0
+    transaction_count: int = 0
+
+
 class LedgerLag(BaseModel):
     """How far the durable ledger is behind Redis: entries not yet stored in Postgres."""
 

@@ -15,6 +15,7 @@ once per shard (per 128 accounts) with those accounts' keys.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -33,12 +34,14 @@ from .core import (
 )
 from .errors import InvalidInputError
 from .models import CreditMetadata, ExpiredCredit, RefundResult, SweepResult
+from .progress import ProgressFn
 from .validation import check_amount, check_id, check_label
 
 if TYPE_CHECKING:
     from .core import StoreCore
 
 SWEEP_ACCOUNTS_PER_CALL = 128
+SWEEP_CALLS_PER_STEP = 8  # calls per round trip when a sweep reports progress
 
 
 @dataclass(slots=True)
@@ -145,6 +148,22 @@ class RefundOps:
                 args = [self.core._offset(), "1" if dry_run else "0", new_id(), *chunk]
                 calls.append(Call(self.scripts["sweep_credits"], keys, args, lambda raw: _reply(raw, 4)))
         return calls
+
+    def sweep_steps(self, due: list[list[str]], dry_run: bool,
+                    progress: ProgressFn | None = None) -> Iterator[list[Call[list[str]]]]:
+        """The sweep calls in round trips: all at once, or with ``progress`` a few shards' worth at a
+        time, reporting ``progress(accounts swept, accounts due)`` after each (the shell runs each
+        step before asking for the next)."""
+        calls = self.sweep(due, dry_run)
+        if progress is None:
+            yield calls
+            return
+        total, done = sum(len(users) for users in due), 0
+        for start in range(0, len(calls), SWEEP_CALLS_PER_STEP):
+            step = calls[start : start + SWEEP_CALLS_PER_STEP]
+            yield step
+            done += sum(len(c.args) - 3 for c in step)  # ARGV: offset, dry run, entry id, then the users
+            progress(done, total)
 
     @staticmethod
     def sweep_result(replies: list[list[str]], dry_run: bool) -> SweepResult:

@@ -34,11 +34,13 @@ from .models import (
     TeamMemberSpend,
 )
 from .plans import PlanStoreMixin
+from .progress import ProgressFn
 from .settings import Settings, given
 from .team_ops import check_period
 from .validation import check_amount, check_id, check_label
 
 T = TypeVar("T")
+_Store = TypeVar("_Store", bound="RedisStore")
 
 
 def expires_ms(expires_at: datetime | None) -> int | None:
@@ -57,7 +59,7 @@ class RedisStore(LedgerStoreMixin, PlanStoreMixin):
 
     Build it with :meth:`from_url` (``RedisStore.from_url("redis://127.0.0.1:6379", namespace="ducto")``),
     :meth:`from_settings`, or pass a ``redis.Redis`` client. Method names, arguments and results are
-    ducto 1.0's; see the README for the deliberate differences.
+    ducto 1.0's; docs/differences-from-ducto.md lists the deliberate differences.
     """
 
     def __init__(self, client: Any, settings: Settings | None = None, **overrides: Any) -> None:
@@ -125,6 +127,14 @@ class RedisStore(LedgerStoreMixin, PlanStoreMixin):
         """Close the client's connections."""
         self.client.close()
 
+    def __enter__(self: _Store) -> _Store:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        """``with store:`` stops its background flusher, if one runs, and closes its connections."""
+        self.stop_flusher()
+        self.close()
+
     # ── balances and credits ──────────────────────────────────────────
 
     def get_balance(self, user_id: str) -> BalanceResult:
@@ -167,14 +177,18 @@ class RedisStore(LedgerStoreMixin, PlanStoreMixin):
             return found
         return self._run(self.core.refunds.apply(found))
 
-    def sweep_expired_credits(self, dry_run: bool = False) -> SweepResult:
+    def sweep_expired_credits(self, dry_run: bool = False, progress: ProgressFn | None = None) -> SweepResult:
         """Remove expired unspent grant remainders from balances, on every shard (one ledger entry each).
 
         Idempotent (a second sweep finds nothing); ``dry_run`` reports and writes nothing. Expired
-        credits are never spendable even before a sweep: every script expires them lazily.
+        credits are never spendable even before a sweep: every script expires them lazily. With
+        ``progress``, the sweep runs a few shards per round trip and calls ``progress(accounts swept,
+        accounts due)`` after each.
         """
         due: list[list[str]] = self._run_many(self.core.refunds.due_accounts())
-        replies: list[list[str]] = self._run_many(self.core.refunds.sweep(due, dry_run))
+        replies: list[list[str]] = []
+        for step in self.core.refunds.sweep_steps(due, dry_run, progress):
+            replies += self._run_many(step)
         return self.core.refunds.sweep_result(replies, dry_run)
 
     # ── reservations and debits ───────────────────────────────────────

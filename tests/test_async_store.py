@@ -29,8 +29,8 @@ def test_async_store_has_every_sync_method_with_the_same_signature() -> None:
     # flusher control and analytics are sync-only (they run in threads / against Postgres)
     ledger_only = {n for n in sync if n not in aio and n in {
         "start_flusher", "stop_flusher", "ledger_lag", "spend_by_user", "spend_by_model", "top_users",
-        "daily_spend", "aggregate_stats", "spend_by_member", "restore_from_ledger", "reconcile_with_ledger",
-        "restore_ledger", "reconcile_ledger", "ledger_reader"}}
+        "daily_spend", "aggregate_stats", "spend_by_member", "spend_by_team", "restore_from_ledger",
+        "reconcile_with_ledger", "restore_ledger", "reconcile_ledger", "ledger_reader"}}
     missing = set(sync) - set(aio) - ledger_only
     assert not missing, f"AsyncRedisStore lacks {sorted(missing)}"
     for name in set(sync) & set(aio):

@@ -80,17 +80,21 @@ def test_pricing_files_load_from_json_and_yaml(tmp_path: Path) -> None:
     assert _load_pricing_file(str(tmp_path / "p.json")) == {"models": {"_default": "input_tokens * 1"}}
 
 
-def test_bad_pricing_files_raise_config_error_and_the_cli_reports_the_same_words(tmp_path: Path) -> None:
+def test_bad_pricing_files_raise_config_error_and_the_cli_reports_the_same_words(tmp_path: Path,
+                                                                              capsys: Any) -> None:
+    from ducto_redis.cli import ExitCode
     from ducto_redis.cli import main as cli
 
     (tmp_path / "bad.json").write_text("{nope")
     (tmp_path / "list.json").write_text("[1]")
-    for name, words in (("bad.json", "is not valid JSON"), ("list.json", "must hold a mapping"),
-                        ("missing.json", "cannot read pricing file")):
+    for name, words, code in (("bad.json", "is not valid JSON", ExitCode.NO),
+                              ("list.json", "must hold a mapping", ExitCode.NO),
+                              ("missing.json", "cannot read pricing file", ExitCode.NO_FILE)):
         with pytest.raises(ConfigError, match=words):
             read_pricing_file(tmp_path / name)
-        with pytest.raises(SystemExit, match=words):  # the CLI reads pricing files with the same loader
-            cli(["pricing", "validate", str(tmp_path / name)])
+        assert cli(["pricing", "validate", str(tmp_path / name)]) == code  # the CLI reads with the same loader
+        err = capsys.readouterr().err
+        assert err.startswith("ducto-redis: ") and err.count("\n") == 1 and words in err, err
 
 
 # ── messages and small semantics ─────────────────────────────────────
@@ -178,7 +182,7 @@ def test_setup_reports_what_it_created_and_runs_again() -> None:
 
 
 def test_from_url_and_the_memory_stores_honour_the_environment_as_the_cli_does(monkeypatch: Any) -> None:
-    from ducto_redis.cli import _store
+    from ducto_redis.cli import CliState
 
     monkeypatch.setenv("DUCTO_NAMESPACE", "from-env")
     monkeypatch.setenv("DUCTO_SHARDS", "8")
@@ -187,10 +191,8 @@ def test_from_url_and_the_memory_stores_honour_the_environment_as_the_cli_does(m
                          AsyncMemoryStore()]
     for s in stores:
         assert (s.settings.namespace, s.settings.shards, s.settings.hold_ttl_seconds) == ("from-env", 8, 77)
-    import argparse
-
-    cli_store = _store(argparse.Namespace(redis_url=REDIS_URL, namespace=os.environ["DUCTO_NAMESPACE"],
-                                          database_url=None, ledger_schema="ducto"))
+    cli_store = CliState(overrides={"redis_url": REDIS_URL}).store()  # the command's store, from the environment
+    assert (cli_store.settings.namespace, cli_store.settings.shards) == ("from-env", 8)
     # a worker and `ducto-redis flush` look at the same streams
     assert stores[0].core.keys.all_ledger_streams() == cli_store.core.keys.all_ledger_streams()
     assert RedisStore.from_url(REDIS_URL, namespace="given").settings.namespace == "given"  # an argument wins

@@ -73,6 +73,11 @@ class LedgerDatabase:
     table = "ledger"
     kind = "ledger"
 
+    @property
+    def label(self) -> str:
+        """Where the rows are, in words (for log lines)."""
+        return f"{self.kind} table {self.table}"
+
     def rows(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         """The rows of a query (tuples)."""
         raise NotImplementedError
@@ -99,6 +104,10 @@ class PostgresLedger(LedgerDatabase):
     """The flusher's ledger table in PostgreSQL (``{schema}.ledger``); one connection per query."""
 
     kind = "postgres"
+
+    @property
+    def label(self) -> str:
+        return f"PostgreSQL table {self.table}"
 
     def __init__(self, database_url: str, schema: str) -> None:
         self.database_url = database_url
@@ -149,6 +158,10 @@ class SqliteLedger(LedgerDatabase):
     """
 
     kind = "sqlite"
+
+    @property
+    def label(self) -> str:
+        return f"SQLite {self.path or 'in memory'}"
 
     def __init__(self, path: str | Path | None = None) -> None:
         self.path = str(path) if path is not None else None

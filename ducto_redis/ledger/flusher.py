@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import contextlib
 import gc
-import logging
 import os
 import queue
 import socket
@@ -52,10 +51,9 @@ from redis.exceptions import ResponseError
 from ..validation import check_amount, check_schema_name
 from .copy_text import COLUMNS, Entry, copy_payload
 from .groups import GROUP, ConsumerGroups, group_gone, trim_point
-from .postgres_writer import PostgresWriter, database_where, migrate, schema_sql
-from .quarantine import TooManyRefused, is_row_refusal
-
-log = logging.getLogger("ducto_redis.flusher")
+from .postgres_writer import PostgresWriter, migrate, schema_sql
+from .quarantine import TooManyRefused
+from .watch import ThroughputLog, database_label, log, waiting_for
 
 __all__ = ["COLUMNS", "GROUP", "Batch", "LedgerFlusher", "check_flusher_options", "migrate", "schema_sql",
            "trim_point"]
@@ -177,6 +175,7 @@ class LedgerFlusher(ConsumerGroups, PostgresWriter):
         claim_idle_ms: int = 30_000,
         schema: str | None = None,
         create_schema: bool = True,
+        log_interval: float = 10.0,
     ) -> None:
         check_flusher_options(batch=batch, claim_idle_ms=claim_idle_ms, block_ms=block_ms)
         self.store = store
@@ -207,6 +206,7 @@ class LedgerFlusher(ConsumerGroups, PostgresWriter):
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._groups_ready = False
+        self.log_interval = log_interval  # seconds between throughput lines in the log (0: none)
 
     # ── Redis side ────────────────────────────────────────────────────
 
@@ -298,17 +298,10 @@ class LedgerFlusher(ConsumerGroups, PostgresWriter):
         return batch
 
     def describe(self, exc: BaseException) -> str:
-        """What a failure means for the flusher, for its log line."""
-        import psycopg
-
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        if isinstance(exc, psycopg.OperationalError) and not is_row_refusal(exc):
-            return f"waiting for PostgreSQL at {database_where(self.database_url)} ({first})"
-        if isinstance(exc, (redis.ConnectionError, redis.TimeoutError)):
-            return f"waiting for Redis ({first})"
-        if isinstance(exc, TooManyRefused):
-            return first
-        return f"ledger flush failed ({type(exc).__name__}: {first})"
+        """What a failure means for the flusher, for its log line: ``ledger flush failed (...);
+        waiting for PostgreSQL`` (or Redis, or a retry)."""
+        what = "a retry" if isinstance(exc, TooManyRefused) else waiting_for(exc)
+        return f"ledger flush failed ({' '.join(str(exc).split()) or type(exc).__name__}); waiting for {what}"
 
     def flush_once(self, block: bool = False) -> int:
         """Move one batch: read, write (COPY), commit, then ack and trim. Returns entries moved.
@@ -402,7 +395,7 @@ class LedgerFlusher(ConsumerGroups, PostgresWriter):
             moved += len(batch)
         return moved
 
-    def _drain_once(self, deadline: float) -> int:
+    def _drain_once(self, deadline: float, keep_going: Callable[[int], bool]) -> int:
         self.prepare_schema()
         if not self._groups_ready:
             self.ensure_groups()
@@ -411,7 +404,13 @@ class LedgerFlusher(ConsumerGroups, PostgresWriter):
             moved += self.flush_once()
         moved += self._claim_all()
         self._last_claim = time.monotonic()
-        return moved + self._pipelined(lambda _n: time.monotonic() < deadline, block=False)
+        return moved + self._pipelined(keep_going, block=False)
+
+    def _starting(self, how: str) -> ThroughputLog:
+        log.info("flusher %s %s: namespace %r, %d streams -> PostgreSQL %s schema %r, batches of up to %s",
+                 self.consumer, how, self.namespace, len(self.streams), database_label(self.database_url),
+                 self.schema, f"{self.batch:,}")
+        return ThroughputLog(self.log_interval, lambda: int(self.store.ledger_lag().backlog))
 
     def drain(self, timeout: float = 60.0) -> int:
         """Flush until nothing is left to read (or ``timeout``), entries a dead flusher left pending
@@ -419,46 +418,77 @@ class LedgerFlusher(ConsumerGroups, PostgresWriter):
         until ``timeout`` (then raised). Afterwards ``left_pending`` says how many entries other
         consumers still hold (delivered less than ``claim_idle_ms`` ago, or to a live flusher) and
         idle consumers holding nothing are removed from the group."""
+        watch = self._starting("draining")
         deadline = time.monotonic() + timeout
         moved, delay = 0, 0.05
+
+        done = [0]  # entries moved by the attempts before this one
+
+        def keep_going(n: int) -> bool:
+            watch.tick(done[0] + n)
+            return time.monotonic() < deadline
+
         while True:
             try:
-                moved += self._drain_once(deadline)
+                moved += self._drain_once(deadline, keep_going)
                 break
             except Exception as exc:
                 if group_gone(exc):  # the group vanished between two steps: re-create it, go on
                     self._regroup(exc)
                     continue
                 self.failures += 1
+                done[0] = self.flushed
                 if time.monotonic() + delay >= deadline:
                     raise
-                log.warning("%s; retrying in %.2fs", self.describe(exc), delay)
+                log.warning("%s, retrying in %.2fs", self.describe(exc), delay)
                 time.sleep(delay)
                 delay = min(delay * 2, 5.0)
         self.reap_consumers()
         self.left_pending = self.pending_elsewhere()
+        log.info("flusher %s drained %s%s", self.consumer, watch.summary(moved),
+                 f"; {self.left_pending:,} entries left pending on other consumers" if self.left_pending else "")
         return moved
 
     def run(self, stop: threading.Event | None = None) -> None:
         """Flush until ``stop`` is set, retrying with exponential backoff when anything fails (saying
         what it waits for: PostgreSQL, Redis); creates the schema first, waiting for Postgres."""
         stop = stop or self._stop
+        watch = self._starting("started")
+        log.info("waiting for ledger entries (reads block %d ms; a dead flusher's entries are claimed after %d s)",
+                 self.block_ms, self.claim_idle_ms // 1000)
+
+        failing = [False]  # since the last failure, nothing has been flushed yet
+
+        def flushed_again() -> None:
+            if failing[0]:
+                log.info("flushing again after %d failed attempts in all", self.failures)
+                failing[0] = False
+
+        def keep_going(n: int) -> bool:
+            if n:
+                flushed_again()
+            watch.tick(self.flushed)
+            return not stop.is_set()
+
         delay = 0.05
         while not stop.is_set():
             try:
                 self.prepare_schema()
                 while self.unwritten and not stop.is_set():
                     self.flush_once()
-                self._pipelined(lambda _n: not stop.is_set(), block=True)
+                    flushed_again()
+                self._pipelined(keep_going, block=True)
                 delay = 0.05
             except Exception as exc:
                 if group_gone(exc):
                     self._regroup(exc)
                     continue
                 self.failures += 1
-                log.warning("%s; retrying in %.2fs", self.describe(exc), delay)
+                failing[0] = True
+                log.warning("%s, retrying in %.2fs", self.describe(exc), delay)
                 stop.wait(delay)
                 delay = min(delay * 2, 5.0)
+        log.info("flusher %s stopped after %s", self.consumer, watch.summary(self.flushed))
 
     def serve(self, once: bool = False, stop: threading.Event | None = None) -> None:
         """Drain (``once``) or run until ``stop`` is set, then stop cleanly (see :meth:`stop`)."""

@@ -39,22 +39,24 @@ class FlushReport:
 
 
 def flush(store: Any, database_url: str, *, once: bool = False, batch: int = 20_000, claim_idle_ms: int = 30_000,
-          processes: int = 1, stop: threading.Event | None = None, redis_url: str | None = None) -> FlushReport:
+          processes: int = 1, stop: threading.Event | None = None, log_interval: float = 10.0,
+          log_level: int | None = None) -> FlushReport:
     """Copy the namespace's ledger into PostgreSQL: drain it (``once``: entries a dead flusher left
     pending for ``claim_idle_ms`` included) or run until ``stop`` is set; ``processes`` > 1 runs
-    that many flusher processes (``redis_url`` for them). The schema is created first, waiting for
-    PostgreSQL with backoff."""
+    that many flusher processes (each logging at ``log_level``). The schema is created first,
+    waiting for PostgreSQL with backoff (a flusher starts while PostgreSQL is away)."""
     check_flusher_options(batch=batch, claim_idle_ms=claim_idle_ms, processes=processes)
     if processes > 1:
         from .processes import run_flusher_processes
 
-        kwargs = {"url": redis_url or store.settings.redis_url, "namespace": store.settings.namespace,
-                  "database_url": database_url, "ledger_schema": store.settings.ledger_schema}
-        moved = run_flusher_processes(processes, kwargs, database_url, batch=batch, once=once,
-                                      claim_idle_ms=claim_idle_ms)
+        s = store.settings
+        kwargs = {"url": s.redis_url, "namespace": s.namespace, "database_url": database_url,
+                  "ledger_schema": s.ledger_schema}
+        moved = run_flusher_processes(processes, kwargs, database_url, batch=batch, once=once, log_level=log_level,
+                                      log_interval=log_interval, claim_idle_ms=claim_idle_ms)
         probe = LedgerFlusher(store, database_url, batch=batch, claim_idle_ms=claim_idle_ms)
         return FlushReport(moved, left_pending=probe.pending_elsewhere() if once else 0, claim_idle_ms=claim_idle_ms)
-    flusher = LedgerFlusher(store, database_url, batch=batch, claim_idle_ms=claim_idle_ms)
+    flusher = LedgerFlusher(store, database_url, batch=batch, claim_idle_ms=claim_idle_ms, log_interval=log_interval)
     flusher.serve(once, stop)
     return FlushReport(flusher.flushed, flusher.quarantined, flusher.left_pending if once else 0, claim_idle_ms)
 
@@ -64,12 +66,15 @@ class LedgerStatus:
     """The ledger as an operator sees it: the Redis backlog and the PostgreSQL quarantine."""
 
     lag: LedgerLag
-    quarantine: QuarantineSummary | None = None  # None: no database to ask
+    quarantine: QuarantineSummary | None = None  # None: no database to ask, or it did not answer
+    quarantine_error: str | None = None  # why the quarantine could not be read
 
     def lines(self) -> list[str]:
         lag = self.lag
         out = [f"backlog {lag.backlog} entries, pending {lag.pending}, "
                f"oldest unflushed {lag.oldest_unflushed_age_ms} ms"]
+        if self.quarantine_error:
+            out.append(f"quarantined entries unknown: {self.quarantine_error}")
         if self.quarantine is not None:
             q = self.quarantine
             line = f"quarantined {q.count} entries"
@@ -82,7 +87,11 @@ class LedgerStatus:
 def status(store: Any, database_url: str | None = None) -> LedgerStatus:
     """Backlog, pending entries, the oldest unflushed entry's age, and (with a database) the
     number of quarantined entries."""
-    q = None
-    if database_url:
+    lag = store.ledger_lag()  # Redis first: status is about the backlog, PostgreSQL may well be away
+    if not database_url:
+        return LedgerStatus(lag)
+    try:
         q = quarantine_summary(database_url, store.settings.ledger_schema, store.settings.namespace)
-    return LedgerStatus(store.ledger_lag(), q)
+    except Exception as exc:  # a status that fails when PostgreSQL is down would hide the backlog
+        return LedgerStatus(lag, None, " ".join(str(exc).split()) or type(exc).__name__)
+    return LedgerStatus(lag, q)

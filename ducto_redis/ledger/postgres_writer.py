@@ -15,17 +15,6 @@ if TYPE_CHECKING:
     from .flusher import Batch
 
 
-def database_where(database_url: str) -> str:
-    """host:port/dbname of a Postgres URL, without the password (for log lines)."""
-    try:
-        from psycopg.conninfo import conninfo_to_dict
-
-        d = conninfo_to_dict(database_url)
-        return f"{d.get('host') or 'localhost'}:{d.get('port') or 5432}/{d.get('dbname') or ''}"
-    except Exception:
-        return "the configured database"
-
-
 def schema_sql(schema: str) -> str:
     """The DDL of the ledger in ``schema`` (a name checked by ``check_schema_name``: it goes into SQL)."""
     text = (resources.files("ducto_redis.ledger") / "schema.sql").read_text(encoding="utf-8")

@@ -5,11 +5,12 @@ The rule, the same for every method: **spend** is what left a balance for usage 
 ``settle`` entries with a negative amount (``-amount`` each; a call wholly covered by a plan's free
 allowance moved no credits and is not spend). ``spend_by_user``, ``spend_by_model``, ``top_users``,
 ``daily_spend`` and ``aggregate_stats`` count **user accounts' spend only**: a team pool's debits are
-the team's spend, reported by ``spend_by_member`` (per member). That is ducto 1.0's rule (its
-analytics count type ``usage``, never ``team_usage``), so the figures of a workload are ducto's, and
-the five agree with each other (``aggregate_stats.total_credits_consumed`` is the sum of
-``spend_by_user``, of ``spend_by_model`` and of ``daily_spend``). Windows are ``start <= ts < end``
-(datetimes; naive ones are UTC); days are UTC days.
+the team's spend, reported by ``spend_by_member`` (per member) and ``spend_by_team`` (the pools that
+spent most). That is ducto 1.0's rule (its analytics count type ``usage``, never ``team_usage``), so
+the figures of a workload are ducto's, and the five agree with each other
+(``aggregate_stats.total_credits_consumed`` is the sum of ``spend_by_user``, of ``spend_by_model``
+and of ``daily_spend``). Windows are ``start <= ts < end`` (datetimes; naive ones are UTC); days are
+UTC days.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from ..models import (
     DailySpendRow,
     SpendByMemberRow,
     SpendByModelRow,
+    SpendByTeamRow,
     SpendByUserRow,
     TopUserRow,
 )
@@ -38,6 +40,10 @@ DAILY_SPEND = (f"SELECT {DAY}, -SUM(amount), COUNT(*) FROM {{table}} WHERE {USER
                f"GROUP BY {DAY} ORDER BY 1")
 SPEND_BY_MEMBER = (f"SELECT COALESCE(member, ''), -SUM(amount), COUNT(*) FROM {{table}} WHERE {SPEND} "
                    "AND account_kind = 't' AND account_id = ? GROUP BY COALESCE(member, '') ORDER BY 2 DESC, 1")
+TEAM_NAME = ("SELECT metadata FROM {table} WHERE namespace = ? AND account_kind = 't' AND account_id = ? "
+             "AND kind = 'credit' AND tx_type = 'team_created' ORDER BY ts LIMIT 1")
+SPEND_BY_TEAM = (f"SELECT account_id, -SUM(amount), COUNT(*) FROM {{table}} WHERE {SPEND} AND account_kind = 't' "
+                 "GROUP BY account_id ORDER BY 2 DESC, 1 LIMIT ?")
 
 
 class LedgerQueries:
@@ -47,7 +53,7 @@ class LedgerQueries:
         self.db = db
         self.namespace = namespace
 
-    def _spend(self, sql: str, start: datetime, end: datetime, *more: str) -> list[tuple[str, int, int]]:
+    def _spend(self, sql: str, start: datetime, end: datetime, *more: str | int) -> list[tuple[str, int, int]]:
         rows = self.db.rows(sql, (self.namespace, ts_param(start), ts_param(end), *more))
         return [(str(r[0]), int(r[1]), int(r[2])) for r in rows]
 
@@ -90,3 +96,15 @@ class LedgerQueries:
         """A team pool's spend per member, largest first."""
         return [SpendByMemberRow(user_id=u, total_spend=s, transaction_count=n)
                 for u, s, n in self._spend(SPEND_BY_MEMBER, start, end, team_id)]
+
+    def spend_by_team(self, limit: int, start: datetime, end: datetime) -> list[SpendByTeamRow]:
+        """The ``limit`` team pools that spent most (all their members together), largest first."""
+        return [SpendByTeamRow(team_id=t, total_spend=s, transaction_count=n)
+                for t, s, n in self._spend(SPEND_BY_TEAM, start, end, max(0, limit))]
+
+    def team_name(self, team_id: str) -> str:
+        """A team's name, as the entry that created its pool holds it ("" for a team the ledger does
+        not know): the report names teams without asking Redis."""
+        row = next(self.db.dict_rows(TEAM_NAME, (self.namespace, team_id)), None)
+        meta = row["metadata"] if row else None
+        return str(meta.get("name", "")) if isinstance(meta, dict) else ""

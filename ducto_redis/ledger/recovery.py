@@ -21,11 +21,12 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import DuctoError
+from ..progress import ProgressFn, no_progress
 from .copy_text import entry_fields
 from .database import LedgerDatabase
 from .restore import AccountState, account_drift, derive, write_state
@@ -177,7 +178,7 @@ def _refusals(report: RestoreReport) -> list[str]:
 
 
 def restore(store: Any, source: LedgerDatabase, *, dry_run: bool = False, force: bool = False,
-            target_namespace: str | None = None, progress: Callable[[int, int], None] | None = None) -> RestoreReport:
+            target_namespace: str | None = None, progress: ProgressFn = no_progress) -> RestoreReport:
     """Rebuild the keys of ``target_namespace`` (default: the store's own) from the rows ``source``
     holds for the store's namespace. Refuses (:class:`RestoreRefused`, nothing written) while the
     namespace written has entries not yet flushed or live keys, unless ``force``; ``dry_run`` writes
@@ -192,7 +193,7 @@ def restore(store: Any, source: LedgerDatabase, *, dry_run: bool = False, force:
     report.refusals = [] if force else _refusals(report)
     if report.refusals and not dry_run:
         raise RestoreRefused(report)
-    total = 0 if dry_run or progress is None else source.count_accounts(ns)
+    total = 0 if dry_run or progress is no_progress else source.count_accounts(ns)
     now_ms = int(time.time() * 1000)
     window_ms = target.settings.refund_window_seconds * 1000
     for state in derive(source, ns, now_ms):
@@ -200,21 +201,10 @@ def restore(store: Any, source: LedgerDatabase, *, dry_run: bool = False, force:
         if dry_run:
             continue
         write_state(target, state, now_ms)
-        if progress is not None and state.kind != "p":
-            progress(report.total_accounts, total)
+        if state.kind != "p":
+            progress(report.total_accounts, max(total, report.total_accounts))
     report.written = not dry_run
     return report
-
-
-def progress_bar(done: int, total: int, width: int = 30) -> None:
-    """A restore's progress on stderr, every 500 accounts and at the end."""
-    import sys
-
-    if done % 500 and done != total:
-        return
-    filled = int(width * done / max(total, 1))
-    end = "\n" if done >= total else ""
-    print(f"\rrestore [{'#' * filled}{'.' * (width - filled)}] {done}/{total} accounts", end=end, file=sys.stderr)
 
 
 @dataclass
@@ -236,18 +226,25 @@ class ReconcileReport:
 
     @property
     def exit_code(self) -> int:
-        """0: everything agrees; 1: drift; 3: no drift, but some accounts cannot be judged until flushed."""
-        return 1 if self.drift else (3 if self.not_yet_flushed else 0)
+        """0: everything agrees; 1: drift; 9: no drift, but some accounts cannot be judged until
+        flushed (``ducto-redis``'s "not done yet")."""
+        return 1 if self.drift else (9 if self.not_yet_flushed else 0)
 
     def lines(self) -> list[str]:
+        """Each difference, each account not yet flushed, then the summary: the verdict last."""
+        return [*self.detail_lines(), *self.summary_lines()]
+
+    def detail_lines(self) -> list[str]:
         out = [f"{account}: {line}" for account, lines in sorted(self.drift.items()) for line in lines]
-        out += [f"{account}: not yet flushed ({n} entries in Redis)"
-                for account, n in sorted(self.not_yet_flushed.items())]
-        out.append(f"{len(self.drift)} accounts drift" if self.drift else "0 drift")
+        return out + [f"{account}: not yet flushed ({n} entries in Redis)"
+                      for account, n in sorted(self.not_yet_flushed.items())]
+
+    def summary_lines(self) -> list[str]:
+        out = [f"compared {self.ledger_accounts} accounts of the ledger and {self.redis_accounts} in Redis"]
         if self.not_yet_flushed:
             out.append(f"{len(self.not_yet_flushed)} accounts not yet flushed ({self.unflushed_entries} entries in the "
                        "Redis streams): flush, then reconcile again to judge them")
-        out.append(f"compared {self.ledger_accounts} accounts of the ledger and {self.redis_accounts} in Redis")
+        out.append(f"{len(self.drift)} accounts drift" if self.drift else "0 drift")
         return out
 
 
@@ -266,7 +263,8 @@ def _redis_only(store: Any, account: Account) -> list[str]:
     return ["keys in Redis but no account and no ledger row"]
 
 
-def reconcile(store: Any, source: LedgerDatabase, *, ledger_namespace: str | None = None) -> ReconcileReport:
+def reconcile(store: Any, source: LedgerDatabase, *, ledger_namespace: str | None = None,
+              progress: ProgressFn = no_progress) -> ReconcileReport:
     """Compare every account of the store's namespace with the ledger of ``ledger_namespace`` (default
     the same; another one after a drill restore), both sides walked: accounts only the ledger knows,
     and accounts only Redis holds. Accounts with entries still in the Redis streams are reported as
@@ -285,11 +283,14 @@ def reconcile(store: Any, source: LedgerDatabase, *, ledger_namespace: str | Non
             report.drift[_label(account)] = differences
 
     now_ms = int(time.time() * 1000)
+    total = 0 if progress is no_progress else source.count_accounts(ns)
     seen: set[Account] = set()
     for s in derive(source, ns, now_ms):
         account = (s.kind, s.account_id)
         seen.add(account)
         judge(account, account_drift(store, s, now_ms))
+        if s.kind != "p":
+            progress(len(seen), max(total, len(seen)))
     report.ledger_accounts = len(seen)
     in_redis = redis_accounts(store)
     report.redis_accounts = len(in_redis)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import threading
@@ -16,12 +17,15 @@ from ..models import (
     SetupResult,
     SpendByMemberRow,
     SpendByModelRow,
+    SpendByTeamRow,
     SpendByUserRow,
     TopUserRow,
 )
+from ..progress import ProgressFn, no_progress
+
+log = logging.getLogger("ducto_redis.ledger")
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
 
     from ..core import StoreCore
     from ..settings import Settings
@@ -186,38 +190,54 @@ class LedgerStoreMixin:
         """A team's spend per member in ``[start, end)``."""
         return self._queries().spend_by_member(team_id, start, end)
 
+    def spend_by_team(self, limit: int, start: datetime, end: datetime) -> list[SpendByTeamRow]:
+        """The ``limit`` team pools that spent most in ``[start, end)`` (with the methods above, the
+        store is a source of :func:`ducto_redis.report.gather`)."""
+        return self._queries().spend_by_team(limit, start, end)
+
     def restore_ledger(
         self, database_url: str | None = None, *, dry_run: bool = False, force: bool = False,
-        target_namespace: str | None = None, progress: Callable[[int, int], None] | None = None,
+        target_namespace: str | None = None, progress: ProgressFn = no_progress,
     ) -> RestoreReport:
         """Rebuild the namespace's Redis keys (or ``target_namespace``'s, for a drill) from the ledger.
 
         Refuses (:class:`~ducto_redis.ledger.recovery.RestoreRefused`, nothing written) while the
-        namespace written has ledger entries not yet in PostgreSQL or live keys, unless ``force``;
-        ``dry_run`` writes nothing and reports what it would write. See ``docs/ledger.md``.
+        namespace written has ledger entries not yet in the ledger database or live keys, unless
+        ``force``; ``dry_run`` writes nothing and reports what it would write (``docs/ledger.md``).
+        ``progress(done, total)`` is called after each account written.
         """
         from .recovery import restore
 
-        return restore(self, self._ledger_database(database_url), dry_run=dry_run, force=force,
-                       target_namespace=target_namespace, progress=progress)
+        source = self._ledger_database(database_url)
+        started = time.monotonic()
+        report = restore(self, source, dry_run=dry_run, force=force, target_namespace=target_namespace,
+                         progress=progress)
+        log.info("%s %d accounts of namespace %r from the ledger (%s) in %.1f s",
+                 "restored" if report.written else "would restore", report.total_accounts, report.namespace,
+                 source.label, time.monotonic() - started)
+        return report
 
-    def restore_from_ledger(self, database_url: str | None = None, progress: bool = False, *,
+    def restore_from_ledger(self, database_url: str | None = None, progress: ProgressFn = no_progress, *,
                             force: bool = False) -> int:
-        """:meth:`restore_ledger`, returning the number of accounts restored (``progress``: a bar on stderr)."""
-        from .recovery import progress_bar
+        """:meth:`restore_ledger`, returning the number of accounts restored."""
+        return self.restore_ledger(database_url, force=force, progress=progress).total_accounts
 
-        report = self.restore_ledger(database_url, force=force, progress=progress_bar if progress else None)
-        return report.total_accounts
-
-    def reconcile_ledger(self, database_url: str | None = None, *,
-                         ledger_namespace: str | None = None) -> ReconcileReport:
+    def reconcile_ledger(self, database_url: str | None = None, *, ledger_namespace: str | None = None,
+                         progress: ProgressFn = no_progress) -> ReconcileReport:
         """Every account on both sides, Redis against the ledger (of ``ledger_namespace`` after a
-        drill): drift, and apart from it the accounts whose entries are not flushed yet."""
+        drill): drift, and apart from it the accounts whose entries are not flushed yet.
+        ``progress(done, total)`` is called after each account of the ledger."""
         from .recovery import reconcile
 
-        return reconcile(self, self._ledger_database(database_url), ledger_namespace=ledger_namespace)
+        report = reconcile(self, self._ledger_database(database_url), ledger_namespace=ledger_namespace,
+                           progress=progress)
+        log.log(logging.WARNING if report.drift else logging.INFO,
+                "reconcile of namespace %r: %d accounts drift, %d not yet flushed", self.settings.namespace,
+                len(report.drift), len(report.not_yet_flushed))
+        return report
 
-    def reconcile_with_ledger(self, database_url: str | None = None) -> dict[str, list[str]]:
+    def reconcile_with_ledger(self, database_url: str | None = None,
+                              progress: ProgressFn = no_progress) -> dict[str, list[str]]:
         """Drift per account between Redis and the ledger (empty when they agree); accounts whose
         entries are not flushed yet are not drift (:meth:`reconcile_ledger` lists them)."""
-        return self.reconcile_ledger(database_url).drift
+        return self.reconcile_ledger(database_url, progress=progress).drift
