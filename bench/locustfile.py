@@ -4,7 +4,13 @@ Three users:
 - ``LibraryUser`` drives the store directly (as a worker would) and reports every decision to
   locust's statistics (request type "ducto", name = the method);
 - ``BatchUser`` sends ``charge_many`` batches of 100 decisions over random accounts;
-- ``GatewayUser`` drives the example gateway app (examples/gateway_app.py) over HTTP.
+- ``GatewayUser`` drives the example gateway app (examples/gateway_app.py) over HTTP;
+- ``ServiceUser`` calls the decision service's ``POST /v1/charge`` (``ducto-redis serve``);
+- ``PlainUser`` calls the yardstick, bench/plain_endpoint.py's ``POST /charge`` (one bare EVALSHA);
+- ``ForwardAuthUser`` sends ``GET /chat`` with an API key to a gateway (Caddy) whose forward_auth
+  asks either the service or the plain endpoint.
+
+``python bench/service.py --write`` starts all of them and runs these three side by side.
 
 Point it at your own Redis with DUCTO_REDIS_URL (and DUCTO_NAMESPACE). Examples::
 
@@ -27,6 +33,7 @@ import uuid
 from typing import Any
 
 from locust import HttpUser, User, between, events, task
+from locust.contrib.fasthttp import FastHttpUser
 
 from ducto_redis import RedisStore
 from ducto_redis.batch import ChargeRequest
@@ -107,3 +114,41 @@ class GatewayUser(HttpUser):
     @task(1)
     def health(self) -> None:
         self.client.get("/health", headers={"X-API-Key": self.key})
+
+
+SERVICE_TOKEN = os.environ.get("DUCTO_BENCH_TOKEN", "bench-token")
+
+
+def _account() -> str:
+    return f"acct-{random.randrange(ACCOUNTS)}"
+
+
+class ServiceUser(FastHttpUser):
+    """``POST /v1/charge`` on the decision service (accounts seeded by bench/service.py)."""
+
+    wait_time = between(0, 0)
+
+    @task
+    def charge(self) -> None:
+        self.client.post("/v1/charge", json={"user_id": _account(), "amount": 1, "operation_type": "bench"},
+                         headers={"Authorization": f"Bearer {SERVICE_TOKEN}"}, name="/v1/charge")
+
+
+class PlainUser(FastHttpUser):
+    """``POST /charge`` on the plain Starlette endpoint (one bare redis.asyncio EVALSHA)."""
+
+    wait_time = between(0, 0)
+
+    @task
+    def charge(self) -> None:
+        self.client.post("/charge", json={"user_id": _account(), "amount": 1}, name="/charge")
+
+
+class ForwardAuthUser(FastHttpUser):
+    """``GET /chat`` through a gateway doing forward-auth (the route costs 1 credit)."""
+
+    wait_time = between(0, 0)
+
+    @task
+    def chat(self) -> None:
+        self.client.get("/chat", headers={"X-API-Key": _account()}, name="/chat")

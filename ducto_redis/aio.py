@@ -168,11 +168,15 @@ class AsyncRedisStore(AsyncPlanStoreMixin):
         min_balance: int = 5,
         idempotency_key: str | None = None,
         ttl_seconds: int | None = None,
+        *,
+        quantities: dict[str, int] | None = None,
+        rate_limit: bool = False,
     ) -> ReserveResult:
         """See :meth:`RedisStore.reserve_credits`."""
         return await self._run(
             self.core.reserve_credits(
-                user_id, amount, operation_type, metadata, min_balance, idempotency_key, ttl_seconds
+                user_id, amount, operation_type, metadata, min_balance, idempotency_key, ttl_seconds,
+                quantities=quantities, rate_limit=rate_limit,
             )
         )
 
@@ -183,9 +187,13 @@ class AsyncRedisStore(AsyncPlanStoreMixin):
         amount: int,
         idempotency_key: str | None = None,
         metadata: CreditMetadata | dict[str, Any] | None = None,
+        *,
+        quantities: dict[str, int] | None = None,
     ) -> DeductionResult:
         """See :meth:`RedisStore.deduct_credits`."""
-        return await self._run(self.core.deduct_credits(user_id, reservation_id, amount, idempotency_key, metadata))
+        return await self._run(
+            self.core.deduct_credits(user_id, reservation_id, amount, idempotency_key, metadata, quantities)
+        )
 
     async def release_reservation(
         self, user_id: str, reservation_id: str, idempotency_key: str | None = None
@@ -201,10 +209,12 @@ class AsyncRedisStore(AsyncPlanStoreMixin):
         idempotency_key: str | None = None,
         metadata: CreditMetadata | dict[str, Any] | None = None,
         min_balance: int = 0,
+        *,
+        quantities: dict[str, int] | None = None,
     ) -> DeductionResult:
         """See :meth:`RedisStore.charge`."""
         return await self._run(
-            self.core.charge(user_id, amount, operation_type, idempotency_key, metadata, min_balance)
+            self.core.charge(user_id, amount, operation_type, idempotency_key, metadata, min_balance, quantities)
         )
 
     async def charge_many(
@@ -220,6 +230,12 @@ class AsyncRedisStore(AsyncPlanStoreMixin):
     ) -> None:
         """See :meth:`RedisStore.set_rate_limit`."""
         await self._run(self.core.set_rate_limit(user_id, limit, period_seconds, burst))
+
+    async def set_quantity_limit(
+        self, user_id: str, quantity: str, limit: int | None, period_seconds: float = 60.0, model: str | None = None
+    ) -> None:
+        """See :meth:`RedisStore.set_quantity_limit`."""
+        await self._run(self.core.set_quantity_limit(user_id, quantity, limit, period_seconds, model))
 
     async def hit_rate_limit(self, user_id: str) -> RateLimitResult:
         """See :meth:`RedisStore.hit_rate_limit`."""

@@ -1,29 +1,44 @@
 """CreditMiddleware: rate limits and per-route credit costs for any ASGI app (Starlette, FastAPI).
 
-For each HTTP request it picks the account (an API-key header, or a callable), then, in one
-script call, applies the account's request-rate limit, its spend caps and its balance:
+Each HTTP request is matched against a route table (``ducto_redis.routes``: exact paths,
+templates such as ``/v1/chat/{model}``, prefixes such as ``/files/*``; methods). A request no
+route matches is free: the app runs, nothing is charged, no account is needed (a 404 costs
+nothing). A matched request's account comes from a header (``X-API-Key``) or a callable, then ONE
+script call decides (see ``ducto_redis.gate``):
 
-- a fixed route cost is charged before the app runs (``charge``); a cost of 0 only applies the rate
-  limit (``hit_rate_limit``);
-- with ``price_response`` the route is priced from the response: ``estimate`` credits are held
-  before the app runs, and the actual price (from the status and headers) is settled when the
-  response starts, the rest of the hold returning to the account.
+- a fixed ``cost`` is charged before the app runs (``cost: 0`` applies only the rate limit); if the
+  app then raises or answers a server error (5xx), the charge is refunded;
+- a ``hold`` route holds its estimate before the app runs and settles the actual price when the
+  response starts: ``price_response(scope, status, headers)`` if given, else the response's
+  ``X-Credits-Used`` header (taken off the response), else the estimate (0 for a 5xx). An app that
+  raises before answering has its hold released.
 
-Refusals: 401 without an account, 429 with ``Retry-After`` when rate limited, 402 with a JSON body
-``{"error": "<code>"}`` for ``insufficient_credits`` / ``spend_cap_exceeded``. Admitted responses
-carry ``X-Credits-Remaining`` and, when the account has a rate limit, ``RateLimit-Remaining``.
-An ``Idempotency-Key`` request header makes a retried request cost once.
+A route with a ``quantity`` (e.g. tokens) also checks the account's quantity limits against the
+request's estimate in the same script call; on a hold route, the response's ``X-Quantity-Used``
+header (taken off the response) corrects the estimate when the hold is settled.
+
+Refusals: 401 without an account, 402 with ``{"error": "insufficient_credits" | "spend_cap_exceeded"}``
+and ``X-Credits-Remaining``, 429 with ``Retry-After``, 503 when Redis fails under ``fail_mode=closed``
+(``open`` lets the request through). Admitted responses carry ``X-Credits-Remaining`` and, when the
+account has a rate limit, ``RateLimit-Remaining``. An ``Idempotency-Key`` request header makes a
+retried request cost once; the replay is marked with ``Idempotent-Replayed: true``, on the request
+the app sees and on the response.
 """
 
 from __future__ import annotations
 
 import inspect
 import json
-import math
-from collections.abc import Awaitable, Callable, Mapping
+import logging
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 from .aio import AsyncRedisStore
+from .gate import REPLAYED_HEADER, Gate, MetricsSink, Unavailable, Verdict, default_metrics
+from .routes import RouteSpec, RouteTable
+
+log = logging.getLogger("ducto_redis.asgi")
 
 Scope = dict[str, Any]
 Message = dict[str, Any]
@@ -32,6 +47,19 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 AccountPicker = Callable[[Scope], "Awaitable[str | None] | str | None"]
 PriceHook = Callable[[Scope, int, list[tuple[bytes, bytes]]], int]
+
+COST_HEADER = b"x-credits-used"
+QUANTITY_HEADER = b"x-quantity-used"
+
+
+def _used_quantity(route: RouteSpec, headers: list[tuple[bytes, bytes]]) -> dict[str, int] | None:
+    """The actual quantity the app reports (``X-Quantity-Used``) for a route with a quantity limit."""
+    if route.quantity is None:
+        return None
+    for k, v in headers:
+        if k.lower() == QUANTITY_HEADER and v.strip().isdigit() and len(v.strip()) <= 15:
+            return {route.quantity: int(v)}
+    return None  # as estimated
 
 
 def _header(scope: Scope, name: str) -> str | None:
@@ -42,8 +70,34 @@ def _header(scope: Scope, name: str) -> str | None:
     return None
 
 
+def _route_table(
+    routes: RouteTable | Sequence[RouteSpec | Mapping[str, Any]] | str | Path | None,
+    costs: Mapping[str, int] | None,
+    default_cost: int | None,
+    price_response: PriceHook | None,
+    estimate: int,
+    operation_type: str,
+) -> RouteTable:
+    if isinstance(routes, RouteTable):
+        return routes
+    if isinstance(routes, (str, Path)):
+        return RouteTable.from_file(routes)
+    if routes is not None:
+        return RouteTable(routes, "free" if default_cost is None else default_cost)
+    if costs is None and price_response is not None:  # every path priced from its response
+        return RouteTable([RouteSpec(path="/*", hold=estimate, operation_type=operation_type)])
+    specs = [RouteSpec(path=p, cost=c, operation_type=operation_type) for p, c in (costs or {}).items()]
+    return RouteTable(specs, "free" if default_cost is None else default_cost)
+
+
 class CreditMiddleware:
-    """ASGI middleware that admits, rate-limits and charges each request (see the module docstring)."""
+    """ASGI middleware that admits, rate-limits and charges each priced request (module docstring).
+
+    ``routes``: a :class:`RouteTable`, a list of route dicts, or a routes file path; or, as before,
+    ``costs`` (exact path -> fixed cost, any method) with ``default_cost`` for other paths (None, the
+    default: free). ``fail_mode`` / ``timeout_ms`` default to the store's settings; ``metrics``
+    True records Prometheus metrics when prometheus_client is installed.
+    """
 
     def __init__(
         self,
@@ -51,56 +105,52 @@ class CreditMiddleware:
         store: AsyncRedisStore,
         *,
         account: str | AccountPicker = "X-API-Key",
+        routes: RouteTable | Sequence[RouteSpec | Mapping[str, Any]] | str | Path | None = None,
         costs: Mapping[str, int] | None = None,
-        default_cost: int = 1,
+        default_cost: int | None = None,
         price_response: PriceHook | None = None,
         estimate: int = 100,
         operation_type: str = "http",
         exempt_paths: tuple[str, ...] = (),
+        fail_mode: str | None = None,
+        timeout_ms: int | None = None,
+        metrics: bool | MetricsSink = True,
     ) -> None:
         self.app = app
         self.store = store
         self.account = account
-        self.costs = dict(costs or {})
-        self.default_cost = default_cost
+        self.routes = _route_table(routes, costs, default_cost, price_response, estimate, operation_type)
         self.price_response = price_response
-        self.estimate = estimate
-        self.operation_type = operation_type
         self.exempt_paths = exempt_paths
+        sink = (default_metrics() if metrics else None) if isinstance(metrics, bool) else metrics
+        self.gate = Gate(store, fail_mode=fail_mode, timeout_ms=timeout_ms, metrics=sink)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope.get("path", "") in self.exempt_paths:
             await self.app(scope, receive, send)
+            return
+        match = self.routes.match(scope.get("method", "GET"), scope.get("path", "/"))
+        if match is None:
+            if self.routes.denies_unlisted:
+                await _json(send, 403, {"error": "route_not_allowed"})
+                return
+            await self.app(scope, receive, send)  # unlisted: free
             return
         account = await self._account(scope)
         if not account:
             await _json(send, 401, {"error": "missing_account"})
             return
         idem = _header(scope, "Idempotency-Key")
-        if self.price_response is not None:
-            await self._priced(scope, receive, send, account, idem)
+        verdict = await self.gate.admit(account, match, idem, match.quantities(lambda name: _header(scope, name)))
+        if not verdict.admitted:
+            await _json(send, verdict.status, verdict.body(), _encode(verdict.headers))
             return
-        cost = self.costs.get(scope.get("path", ""), self.default_cost)
-        extra: list[tuple[bytes, bytes]] = []
-        if cost == 0:
-            hit = await self.store.hit_rate_limit(account)
-            if not hit.allowed:
-                await _too_many(send, hit.retry_after_ms)
-                return
-            if hit.remaining is not None:
-                extra.append((b"ratelimit-remaining", str(hit.remaining).encode()))
+        if verdict.replayed:  # the app can tell a retried request
+            scope = {**scope, "headers": [*scope.get("headers", []), (b"idempotent-replayed", b"true")]}
+        if verdict.reservation_id:
+            await self._settled(scope, receive, send, account, verdict, idem, match.route)
         else:
-            r = await self.store.charge(account, cost, self.operation_type, idempotency_key=idem)
-            if r.error == "rate_limited":
-                await _too_many(send, r.retry_after_ms)
-                return
-            if r.error:
-                await _json(send, 402, {"error": r.error})
-                return
-            extra.append((b"x-credits-remaining", str(r.balance_after).encode()))
-            if r.rate_limit_remaining is not None:
-                extra.append((b"ratelimit-remaining", str(r.rate_limit_remaining).encode()))
-        await self.app(scope, receive, _with_headers(send, extra))
+            await self._charged(scope, receive, send, verdict)
 
     async def _account(self, scope: Scope) -> str | None:
         if isinstance(self.account, str):
@@ -110,55 +160,95 @@ class CreditMiddleware:
             picked = await picked
         return picked
 
-    async def _priced(self, scope: Scope, receive: Receive, send: Send, account: str, idem: str | None) -> None:
-        hit = await self.store.hit_rate_limit(account)
-        if not hit.allowed:
-            await _too_many(send, hit.retry_after_ms)
-            return
-        hold = await self.store.reserve_credits(account, self.estimate, self.operation_type, min_balance=0)
-        if hold.error:
-            await _json(send, 402, {"error": hold.error})
-            return
+    async def _charged(self, scope: Scope, receive: Receive, send: Send, verdict: Verdict) -> None:
+        extra = _encode(verdict.headers)
+        refundable = bool(verdict.transaction_id) and not verdict.replayed
+        answered = False
+
+        async def wrapped(message: Message) -> None:
+            nonlocal answered, refundable
+            if message["type"] == "http.response.start":
+                answered = True
+                if message["status"] >= 500 and refundable:  # a server error is not charged
+                    refundable = False
+                    await self._refund(verdict.transaction_id)
+                message = {**message, "headers": [*message.get("headers", []), *extra]}
+            await send(message)
+
+        failed = True
+        try:
+            await self.app(scope, receive, wrapped)
+            failed = False
+        finally:
+            if (failed or not answered) and refundable:  # raised, or answered nothing: not charged
+                await self._refund(verdict.transaction_id)
+
+    async def _refund(self, transaction_id: str) -> None:
+        """Give back the charge of a request the app never answered."""
+        try:
+            r = await self.gate.guard("refund", self.store.refund_credits(
+                transaction_id, reason="no_response", idempotency_key="no-response"))
+            if r.error:
+                log.warning("could not refund %s of a request without response: %s", transaction_id, r.error)
+        except Exception as exc:
+            log.warning("could not refund %s of a request without response: %s", transaction_id, exc)
+
+    async def _settled(
+        self, scope: Scope, receive: Receive, send: Send, account: str, verdict: Verdict, idem: str | None,
+        route: RouteSpec,
+    ) -> None:
         settled = False
-        hook = self.price_response
-        assert hook is not None
+        rid = verdict.reservation_id
+        replay = [(REPLAYED_HEADER.lower().encode(), b"true")] if verdict.replayed else []
 
         async def priced_send(message: Message) -> None:
             nonlocal settled
             if message["type"] == "http.response.start" and not settled:
                 settled = True
-                price = max(0, int(hook(scope, message["status"], list(message.get("headers", [])))))
-                r = await self.store.deduct_credits(account, hold.reservation_id, price, idempotency_key=idem)
                 headers = list(message.get("headers", []))
-                if r.error is None:
+                price = self._price(scope, message["status"], headers, route.hold or 0)
+                used = _used_quantity(route, headers)
+                headers = [(k, v) for k, v in headers if k.lower() not in (COST_HEADER, QUANTITY_HEADER)]
+                try:
+                    r = await self.gate.guard("settle", self.store.deduct_credits(
+                        account, rid, price, idempotency_key=None if idem is None else idem + ":settle",
+                        quantities=used))
+                    error = r.error
+                except Unavailable:  # the hold expires on its own: the request costs nothing
+                    error = "unavailable"
+                if error is None:
                     headers.append((b"x-credits-remaining", str(r.balance_after).encode()))
                 else:
-                    headers.append((b"x-credits-error", r.error.encode()))
-                message = {**message, "headers": headers}
+                    headers.append((b"x-credits-error", error.encode()))
+                message = {**message, "headers": [*headers, *replay]}
             await send(message)
 
         try:
             await self.app(scope, receive, priced_send)
         finally:
-            if not settled:  # the app failed before answering: give the hold back
-                await self.store.release_reservation(account, hold.reservation_id)
+            if not settled and not verdict.replayed:  # the app failed before answering: give the hold back
+                try:
+                    await self.gate.guard("release", self.store.release_reservation(account, rid))
+                except Exception as exc:  # it expires on its own
+                    log.warning("could not release hold %s: %s", rid, exc)
+
+    def _price(self, scope: Scope, status: int, headers: list[tuple[bytes, bytes]], estimate: int) -> int:
+        if self.price_response is not None:
+            return max(0, int(self.price_response(scope, status, headers)))
+        for k, v in headers:
+            if k.lower() == COST_HEADER:
+                try:
+                    return max(0, int(v))
+                except ValueError:
+                    log.warning("ignoring a malformed X-Credits-Used header: %r", v)
+        return 0 if status >= 500 else estimate  # a server error that says nothing costs nothing
 
 
-def _with_headers(send: Send, extra: list[tuple[bytes, bytes]]) -> Send:
-    if not extra:
-        return send
-
-    async def wrapped(message: Message) -> None:
-        if message["type"] == "http.response.start":
-            message = {**message, "headers": [*message.get("headers", []), *extra]}
-        await send(message)
-
-    return wrapped
+def _encode(headers: list[tuple[str, str]]) -> list[tuple[bytes, bytes]]:
+    return [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers]
 
 
-async def _json(
-    send: Send, status: int, body: dict[str, Any], headers: tuple[tuple[bytes, bytes], ...] = ()
-) -> None:
+async def _json(send: Send, status: int, body: dict[str, Any], headers: Sequence[tuple[bytes, bytes]] = ()) -> None:
     data = json.dumps(body).encode()
     await send({
         "type": "http.response.start",
@@ -167,9 +257,3 @@ async def _json(
                     *headers],
     })
     await send({"type": "http.response.body", "body": data})
-
-
-async def _too_many(send: Send, retry_after_ms: int) -> None:
-    seconds = str(max(1, math.ceil(retry_after_ms / 1000))).encode()
-    await _json(send, 429, {"error": "rate_limited", "retry_after_ms": retry_after_ms},
-                ((b"retry-after", seconds), (b"ratelimit-remaining", b"0"), (b"ratelimit-reset", seconds)))

@@ -57,6 +57,7 @@ class ChargeRequest:
     idempotency_key: str | None = None
     metadata: Any = None
     min_balance: int = 0
+    quantities: dict[str, int] | None = None
 
 
 R = TypeVar("R", "ChargeRequest", "TeamDebitRequest")
@@ -97,7 +98,7 @@ def _each(cls: type[R], requests: object, build: Callable[[R], Call[Any]]) -> li
 def charge_calls(core: StoreCore, requests: Sequence[ChargeRequest | Mapping[str, Any]]) -> list[Call[Any]]:
     """Validate every request (raising before anything is sent) and build its charge call."""
     return _each(ChargeRequest, requests, lambda r: core.charge(
-        r.user_id, r.amount, r.operation_type, r.idempotency_key, r.metadata, r.min_balance))
+        r.user_id, r.amount, r.operation_type, r.idempotency_key, r.metadata, r.min_balance, r.quantities))
 
 
 @dataclass(slots=True)

@@ -16,7 +16,6 @@ formulas, and pydantic's ``ValidationError`` for a field of the wrong type (a ne
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any
@@ -135,29 +134,9 @@ def read_pricing_file(path: str | Path) -> dict[str, Any]:
     This is what ducto's CLI read (``ducto.__main__._load_pricing_file``); nothing is validated but
     that the file holds a mapping. Raises :class:`ConfigError` saying what is wrong with the file.
     """
-    name = str(path)
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(f"cannot read pricing file {name}: {exc.strerror or exc}") from exc
-    if name.endswith((".yaml", ".yml")):
-        try:
-            import yaml  # type: ignore[import-untyped,import-not-found,unused-ignore]
-        except ImportError:
-            raise ConfigError(f"{name} is YAML, and reading YAML needs PyYAML (pip install pyyaml); "
-                              "or give the same config as JSON") from None
-        try:
-            data = yaml.safe_load(text)
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{name} is not valid YAML: {exc}") from exc
-    else:
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise ConfigError(f"{name} is not valid JSON: {exc}") from exc
-    if not isinstance(data, dict):
-        raise ConfigError(f"{name} must hold a mapping (models, tools, ...), not {type(data).__name__}")
-    return data
+    from .config_files import load_mapping
+
+    return load_mapping(path, "pricing file", " (models, tools, ...)")
 
 
 def load_pricing_file(path: str | Path) -> PricingConfig:

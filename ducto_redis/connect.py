@@ -47,20 +47,21 @@ def split_cluster_flag(url: str) -> tuple[str, bool]:
     return urlunsplit(parts._replace(query=urlencode(rest))), flag
 
 
-def sync_client(url: str) -> Any:
-    """A redis-py client (``RedisCluster`` when the URL says ``cluster=true``) decoding to str."""
+def sync_client(url: str, **options: Any) -> Any:
+    """A redis-py client (``RedisCluster`` when the URL says ``cluster=true``) decoding to str;
+    ``options`` go to the client (e.g. ``socket_timeout``)."""
     plain, cluster = split_cluster_flag(url)
     if cluster:
-        return RedisCluster.from_url(plain, decode_responses=True)
-    return redis.Redis.from_url(plain, decode_responses=True)
+        return RedisCluster.from_url(plain, decode_responses=True, **options)
+    return redis.Redis.from_url(plain, decode_responses=True, **options)
 
 
-def async_client(url: str) -> Any:
-    """A redis.asyncio client (cluster when the URL says so) decoding to str."""
+def async_client(url: str, **options: Any) -> Any:
+    """A redis.asyncio client (cluster when the URL says so) decoding to str; ``options`` as above."""
     plain, cluster = split_cluster_flag(url)
     if cluster:
-        return AsyncRedisCluster.from_url(plain, decode_responses=True)
-    return aioredis.Redis.from_url(plain, decode_responses=True)
+        return AsyncRedisCluster.from_url(plain, decode_responses=True, **options)
+    return aioredis.Redis.from_url(plain, decode_responses=True, **options)
 
 
 def _groups(client: Any, calls: Sequence[Call[Any]]) -> list[tuple[Any, list[int]]]:

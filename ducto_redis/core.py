@@ -81,6 +81,37 @@ def idempotency_of(key: object, meta: CreditMetadata | None) -> str | None:
     return check_idempotency_key(key)
 
 
+def period_ms(period_seconds: object) -> int:
+    """A limit's period in whole milliseconds, from seconds (0.001 s to 366 days)."""
+    if isinstance(period_seconds, bool) or not isinstance(period_seconds, (int, float)) or not (
+        0.001 <= period_seconds <= 366 * 86400
+    ):
+        raise InvalidInputError("period_seconds", "must be a number of seconds from 0.001 to 366 days")
+    return round(period_seconds * 1000)
+
+
+_QUANTITY_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+
+
+def check_quantity_name(value: object, field: str = "quantity") -> str:
+    """A quantity's name (``tokens``, ``images``...): 1-64 letters, digits, ``_``, ``.`` or ``-``."""
+    if not isinstance(value, str) or not _QUANTITY_NAME.fullmatch(value):
+        raise InvalidInputError(field, "must be 1-64 letters, digits, '_', '.' or '-'")
+    return value
+
+
+def quantities_arg(quantities: object) -> str:
+    """A request's quantities (name -> integer >= 0) as the scripts take them: "name=n;name=n"."""
+    if quantities is None:
+        return ""
+    if not isinstance(quantities, dict):
+        raise InvalidInputError("quantities", f"must be a dict of name -> integer, got {type(quantities).__name__}")
+    if len(quantities) > 16:
+        raise InvalidInputError("quantities", "at most 16 quantities")
+    return ";".join(f"{check_quantity_name(k, 'quantities')}={check_amount(v, f'quantities.{k}', 0)}"
+                    for k, v in quantities.items())
+
+
 def metadata_of(value: object) -> CreditMetadata | None:
     """``CreditMetadata``, a dict of its fields, or None; every value storable (see ``check_json``)."""
     if value is None:
@@ -348,13 +379,23 @@ class StoreCore:
         min_balance: int = 5,
         idempotency_key: str | None = None,
         ttl_seconds: int | None = None,
+        *,
+        quantities: dict[str, int] | None = None,
+        rate_limit: bool = False,
     ) -> Call[ReserveResult]:
-        """Hold ``amount`` if the available balance covers it and keeps ``min_balance``."""
+        """Hold ``amount`` if the available balance covers it and keeps ``min_balance``.
+
+        ``quantities`` (an estimate, e.g. ``{"tokens": 2000}``) are checked against the account's
+        quantity limits in the same script and corrected when the hold is settled; ``rate_limit``
+        applies the account's request-rate limit too (a gateway admitting a request with a hold).
+        """
         uid = check_id(user_id, "user_id")
         n = check_amount(amount, "amount", 1)
         op = check_label(operation_type, "operation_type")
         floor = check_amount(min_balance, "min_balance", 0)
+        qs = quantities_arg(quantities)
         meta = metadata_of(metadata)
+        model = check_label(meta.model, "metadata.model") if meta and meta.model else ""
         ikey = idempotency_of(idempotency_key, meta)
         ttl_ms = self._hold_ttl_ms if ttl_seconds is None else check_ttl_seconds(ttl_seconds) * 1000
         k = self.keys.user(uid)
@@ -362,14 +403,16 @@ class StoreCore:
 
         def parse(raw_reply: Any) -> ReserveResult:
             r = _reply(raw_reply, 7)
+            more = len(r) > 8
             return construct(ReserveResult,
                 reservation_id=r[2], user_id=uid, amount=int(r[3]), balance=int(r[4]),
                 reserved_total=int(r[5]), expires_at_ms=int(r[6]), error=_err(r[0]), idempotent=r[1] == "1",
+                retry_after_ms=int(r[7]) if more else 0, rate_limit_remaining=int(r[8]) if more and r[8] else None,
             )
 
         args = [
             self._offset(), new_id(), uid, str(n), op, str(floor), str(ttl_ms), metadata_json(meta),
-            has, raw, self._idem_ttl, USER, *self._backlog,
+            has, raw, self._idem_ttl, USER, *self._backlog, "1" if rate_limit else "0", qs, model,
         ]
         return Call(
             self.scripts["reserve"], [k.account, k.holds, k.hold_expiry, idem_key, k.ledger, k.grants], args, parse
@@ -409,9 +452,15 @@ class StoreCore:
         idempotency_key: str | None = None,
         metadata: CreditMetadata | dict[str, Any] | None = None,
         min_balance: int = 0,
+        quantities: dict[str, int] | None = None,
     ) -> Call[DeductionResult]:
-        """Settle a reservation (``reservation_id``) or charge directly; caps checked in the same script."""
+        """Settle a reservation (``reservation_id``) or charge directly; caps checked in the same script.
+
+        ``quantities``: a charge's quantities, checked against the account's quantity limits; a
+        settlement's actual quantities, correcting the hold's estimate.
+        """
         uid = check_id(user_id, "user_id")
+        qs = quantities_arg(quantities)
         settling = reservation_id != ""
         if settling:
             check_id(reservation_id, "reservation_id")
@@ -440,7 +489,7 @@ class StoreCore:
         args = [
             self._offset(), tx, uid, reservation_id, str(n), op, model, metadata_json(meta),
             has, raw, self._idem_ttl, self._events_maxlen, str(floor), USER, *self._backlog,
-            self._refund_window_ms,
+            self._refund_window_ms, qs,
         ]
         return Call(self.scripts["debit"], keys, args, parse)
 
@@ -457,11 +506,13 @@ class StoreCore:
         amount: int,
         idempotency_key: str | None = None,
         metadata: CreditMetadata | dict[str, Any] | None = None,
+        quantities: dict[str, int] | None = None,
     ) -> Call[DeductionResult]:
         """Settle a reservation with the actual amount (ducto's name; caps enforced here too)."""
         rid = check_id(reservation_id, "reservation_id")
         return self.debit(
-            user_id, amount, reservation_id=rid, idempotency_key=idempotency_key, metadata=metadata
+            user_id, amount, reservation_id=rid, idempotency_key=idempotency_key, metadata=metadata,
+            quantities=quantities,
         )
 
     def charge(
@@ -472,11 +523,12 @@ class StoreCore:
         idempotency_key: str | None = None,
         metadata: CreditMetadata | dict[str, Any] | None = None,
         min_balance: int = 0,
+        quantities: dict[str, int] | None = None,
     ) -> Call[DeductionResult]:
         """Check caps and balance and debit in one round trip, with no hold."""
         return self.debit(
             user_id, amount, operation_type=operation_type, idempotency_key=idempotency_key,
-            metadata=metadata, min_balance=min_balance,
+            metadata=metadata, min_balance=min_balance, quantities=quantities,
         )
 
     # request-rate limits
@@ -493,14 +545,28 @@ class StoreCore:
         value = ""
         if limit is not None:
             n = check_amount(limit, "limit", 1)
-            if isinstance(period_seconds, bool) or not isinstance(period_seconds, (int, float)) or not (
-                0.001 <= period_seconds <= 366 * 86400
-            ):
-                raise InvalidInputError("period_seconds", "must be a number of seconds from 0.001 to 366 days")
             b = n if burst is None else check_amount(burst, "burst", 1)
-            value = f"{n}|{round(period_seconds * 1000)}|{b}"
+            value = f"{n}|{period_ms(period_seconds)}|{b}"
         args = [self._offset(), new_id(), USER, uid, value]
         return Call(self.scripts["set_rate_limit"], [k.account, k.ledger], args, lambda _r: None)
+
+    def set_quantity_limit(
+        self, user_id: str, quantity: str, limit: int | None, period_seconds: float = 60.0, model: str | None = None
+    ) -> Call[None]:
+        """Allow ``limit`` units of ``quantity`` (e.g. tokens) per ``period_seconds``, for ``model``
+        only or (None) all models; ``limit=None`` removes it. Checked by ``charge`` and
+        ``reserve_credits`` (with ``quantities=``) in the same script as caps and balance."""
+        uid = check_id(user_id, "user_id")
+        name = check_quantity_name(quantity)
+        m = check_label(model, "model") if model else ""
+        if "|" in m or ";" in m:
+            raise InvalidInputError("model", "must not contain '|' or ';'")
+        value = ""
+        if limit is not None:
+            value = f"{check_amount(limit, 'limit', 1)}|{period_ms(period_seconds)}"
+        k = self.keys.user(uid)
+        args = [self._offset(), new_id(), USER, uid, name, m, value]
+        return Call(self.scripts["set_quantity_limit"], [k.account, k.ledger], args, lambda _r: None)
 
     def hit_rate_limit(self, user_id: str) -> Call[RateLimitResult]:
         """Admit one request against the user's rate limit without moving money."""

@@ -129,6 +129,8 @@ class ReserveResult(BaseModel):
     error: str | None = None
     expires_at_ms: int = 0
     idempotent: bool = False
+    retry_after_ms: int = 0
+    rate_limit_remaining: int | None = None
 
 
 class DeductionResult(BaseModel):

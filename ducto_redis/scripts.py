@@ -39,6 +39,7 @@ SCRIPT_NAMES = (
     "balance",
     "check_cap",
     "set_rate_limit",
+    "set_quantity_limit",
     "hit_rate_limit",
     "pool_create",
     "pool_member",

@@ -31,6 +31,15 @@ class Settings(BaseSettings):
     - ``ledger_max_backlog``: unflushed ledger entries per shard before the policy applies (0 = no limit).
     - ``ledger_backlog_policy``: ``closed`` refuses new holds and debits past the limit
       (``ledger_backlog_full``); ``open`` keeps accepting them.
+    - ``fail_mode``: what the HTTP service and ``CreditMiddleware`` answer when Redis cannot be
+      reached or does not answer within ``decision_timeout_ms``: ``closed`` (503 with ``Retry-After``)
+      or ``open`` (let the request through, counted in the metrics).
+    - ``decision_timeout_ms``: the longest a gateway decision waits for Redis (connect and reply).
+    - ``service_host`` / ``service_port`` / ``service_workers``: where ``ducto-redis serve`` listens.
+    - ``service_tokens``: comma-separated bearer tokens of the service's API; none = the service
+      listens on loopback only.
+    - ``routes_file``: the route table (JSON, or YAML with PyYAML) of forward-auth and the middleware.
+    - ``account_header``: the request header holding the account (API key) in forward-auth.
     """
 
     model_config = SettingsConfigDict(env_prefix="DUCTO_", extra="ignore")
@@ -50,6 +59,18 @@ class Settings(BaseSettings):
     ledger_max_backlog: int = Field(default=0, ge=0)
     ledger_backlog_policy: Literal["closed", "open"] = "closed"
     default_min_balance: int = Field(default=5, ge=0)
+    fail_mode: Literal["closed", "open"] = "closed"
+    decision_timeout_ms: int = Field(default=1000, ge=1, le=60_000)
+    service_host: str = "127.0.0.1"
+    service_port: int = Field(default=8080, ge=0, le=65535)
+    service_workers: int = Field(default=1, ge=1, le=64)
+    service_tokens: str = ""
+    routes_file: str | None = None
+    account_header: str = Field(default="X-API-Key", min_length=1, max_length=128, pattern=r"^[A-Za-z0-9-]+$")
+
+    def bearer_tokens(self) -> frozenset[str]:
+        """The service's bearer tokens (``service_tokens`` split on commas, blanks dropped)."""
+        return frozenset(t.strip() for t in self.service_tokens.split(",") if t.strip())
 
 
 def given(**values: Any) -> dict[str, Any]:

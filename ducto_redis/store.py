@@ -202,11 +202,15 @@ class RedisStore(LedgerStoreMixin, PlanStoreMixin):
         min_balance: int = 5,
         idempotency_key: str | None = None,
         ttl_seconds: int | None = None,
+        *,
+        quantities: dict[str, int] | None = None,
+        rate_limit: bool = False,
     ) -> ReserveResult:
         """Hold credits for an operation; the hold expires after ``hold_ttl_seconds`` on its own."""
         return self._run(
             self.core.reserve_credits(
-                user_id, amount, operation_type, metadata, min_balance, idempotency_key, ttl_seconds
+                user_id, amount, operation_type, metadata, min_balance, idempotency_key, ttl_seconds,
+                quantities=quantities, rate_limit=rate_limit,
             )
         )
 
@@ -217,9 +221,13 @@ class RedisStore(LedgerStoreMixin, PlanStoreMixin):
         amount: int,
         idempotency_key: str | None = None,
         metadata: CreditMetadata | dict[str, Any] | None = None,
+        *,
+        quantities: dict[str, int] | None = None,
     ) -> DeductionResult:
         """Settle a reservation with the actual amount; spend caps are enforced in the same script."""
-        return self._run(self.core.deduct_credits(user_id, reservation_id, amount, idempotency_key, metadata))
+        return self._run(
+            self.core.deduct_credits(user_id, reservation_id, amount, idempotency_key, metadata, quantities)
+        )
 
     def release_reservation(
         self, user_id: str, reservation_id: str, idempotency_key: str | None = None
@@ -235,10 +243,12 @@ class RedisStore(LedgerStoreMixin, PlanStoreMixin):
         idempotency_key: str | None = None,
         metadata: CreditMetadata | dict[str, Any] | None = None,
         min_balance: int = 0,
+        *,
+        quantities: dict[str, int] | None = None,
     ) -> DeductionResult:
         """Check caps and balance and debit in one round trip, with no hold (the gateway's call)."""
         return self._run(
-            self.core.charge(user_id, amount, operation_type, idempotency_key, metadata, min_balance)
+            self.core.charge(user_id, amount, operation_type, idempotency_key, metadata, min_balance, quantities)
         )
 
     def charge_many(self, requests: Sequence[ChargeRequest | Mapping[str, Any]]) -> list[DeductionResult]:
@@ -256,6 +266,15 @@ class RedisStore(LedgerStoreMixin, PlanStoreMixin):
     ) -> None:
         """Allow ``limit`` requests per ``period_seconds`` (GCRA); ``None`` removes it. Checked by ``charge``."""
         self._run(self.core.set_rate_limit(user_id, limit, period_seconds, burst))
+
+    def set_quantity_limit(
+        self, user_id: str, quantity: str, limit: int | None, period_seconds: float = 60.0, model: str | None = None
+    ) -> None:
+        """Allow ``limit`` units of ``quantity`` (e.g. ``"tokens"``) per ``period_seconds``, for one
+        ``model`` or (None) all; ``None`` removes it. ``charge(..., quantities={"tokens": n})`` and
+        ``reserve_credits(..., quantities=...)`` are checked against it in the same script as caps
+        and balance; ``deduct_credits(..., quantities=actual)`` corrects a hold's estimate."""
+        self._run(self.core.set_quantity_limit(user_id, quantity, limit, period_seconds, model))
 
     def hit_rate_limit(self, user_id: str) -> RateLimitResult:
         """Admit one request against the rate limit without moving money (free routes)."""

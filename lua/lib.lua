@@ -160,6 +160,7 @@ local function sweep_holds_known(acct, holds, hexp, now, stream, akind, aid, hel
       amount = tonumber(amount)
       held = held - amount
       redis.call('HDEL', holds, rid)
+      redis.call('HDEL', acct, 'qh|' .. rid)  -- a quantity estimate it held (quantity limits)
       ledger(stream, { 'id', 'exp:' .. rid, 'ts', I(now), 'ak', akind, 'acct', aid, 'kind', 'expire',
         'amount', '0', 'hold', I(amount), 'bal', I(bal), 'held', I(held), 'rid', rid, 'op', op })
     end
@@ -267,6 +268,83 @@ end
 local function gcra(acct, now)
   local cfg = redis.call('HMGET', acct, 'rl', 'tat')
   return gcra_known(cfg[1], cfg[2], now)
+end
+
+-- ── Quantity limits (tokens per minute, optionally per model) ──────────
+-- A limit on a quantity a request carries, kept in the account hash: field 'ql' lists the limits as
+-- "name|model|limit|period_ms" joined by ';' (model '' = every model); field 'qt|name|model' is the
+-- limit's theoretical arrival time (ms): GCRA where a request of n units counts n times, so `limit`
+-- units fit in each `period`. A request's quantities come as "name=n;name=n" ('' = none). A hold
+-- keeps its estimate in field 'qh|<reservation id>' ("model|name=n;...") so its settlement can
+-- correct the count with the actual quantities (no refusal then: the work is done), its release
+-- can give the estimate back, and its expiry forgets it (sweep_holds_known).
+local function quantities_parse(s)
+  local q = {}
+  for name, n in string.gmatch(s, '([^;=]+)=(%d+)') do q[name] = tonumber(n) end
+  return q
+end
+
+-- the limits of `ql` on the names of `q` that apply to `model`: list of {tat field, ms per unit, period ms, name}
+local function quantity_limits(ql, q, model)
+  local out = {}
+  for spec in string.gmatch(ql, '[^;]+') do
+    local name, m, limit, period = string.match(spec, '^(.-)|(.-)|(%d+)|(%d+)$')
+    if name and q[name] and (m == '' or m == model) then
+      out[#out + 1] = { 'qt|' .. name .. '|' .. m, tonumber(period) / tonumber(limit), tonumber(period), name }
+    end
+  end
+  return out
+end
+
+-- Admit a request's quantities now. Returns ok, retry-after ms, and the fields to HSET on success
+-- (nil when no limit applies). ql: the account's 'ql' field (nil: no limits).
+local function quantity_admit(acct, ql, qs, model, now)
+  if not ql or not qs or qs == '' then return true, 0, nil end
+  local q = quantities_parse(qs)
+  local lims = quantity_limits(ql, q, model)
+  if #lims == 0 then return true, 0, nil end
+  local fields = {}
+  for i, l in ipairs(lims) do fields[i] = l[1] end
+  local tats = redis.call('HMGET', acct, unpack(fields))
+  local writes, retry = {}, 0
+  for i, l in ipairs(lims) do
+    local new_tat = math.max(tonumber(tats[i]) or now, now) + q[l[4]] * l[2]
+    if new_tat - now > l[3] then
+      retry = math.max(retry, math.ceil(new_tat - l[3] - now))
+    else
+      writes[#writes + 1] = l[1]
+      writes[#writes + 1] = I(math.ceil(new_tat))
+    end
+  end
+  if retry > 0 then return false, retry, nil end
+  return true, 0, writes
+end
+
+-- Resolve a hold's estimate: settle with the actual quantities `qs` ('' = as estimated), or give it
+-- all back (release: qs = nil). Does nothing for a hold without an estimate.
+local function quantity_resolve(acct, ql, rid, qs)
+  if not ql then return end
+  local f = 'qh|' .. rid
+  local held = redis.call('HGET', acct, f)
+  if not held then return end
+  redis.call('HDEL', acct, f)
+  local model, est = string.match(held, '^(.-)|(.*)$')
+  local e = quantities_parse(est)
+  local actual = qs and qs ~= '' and quantities_parse(qs) or (qs and e or {})
+  local lims = quantity_limits(ql, e, model)
+  if #lims == 0 then return end
+  local fields = {}
+  for i, l in ipairs(lims) do fields[i] = l[1] end
+  local tats = redis.call('HMGET', acct, unpack(fields))
+  local writes = {}
+  for i, l in ipairs(lims) do
+    local delta = (actual[l[4]] or 0) - e[l[4]]
+    if delta ~= 0 and tats[i] then
+      writes[#writes + 1] = l[1]
+      writes[#writes + 1] = I(math.ceil(tonumber(tats[i]) + delta * l[2]))
+    end
+  end
+  if #writes > 0 then redis.call('HSET', acct, unpack(writes)) end
 end
 
 -- ── Expiring grants ─────────────────────────────────────────────────
@@ -405,7 +483,7 @@ local function user_debit(K, A, X, now)
   local tx, aid, rid, akind = A[2], A[3], A[4], A[14]
   local amount = tonumber(A[5])
   local op, model = A[6], A[7]
-  local av = redis.call('HMGET', acct, 'bal', 'held', 'rl', 'tat', 'gx')
+  local av = redis.call('HMGET', acct, 'bal', 'held', 'rl', 'tat', 'gx', 'ql')
   local bal = tonumber(av[1]) or 0
   local held = sweep_holds_known(acct, holds, hexp, now, stream, akind, aid, tonumber(av[2]) or 0, bal)
   local grants = nil  -- expiring grants: only for accounts that have some ('gx' set)
@@ -431,6 +509,15 @@ local function user_debit(K, A, X, now)
     end
   end
   local rl_remaining = rl_left and I(rl_left) or ''
+  -- quantity limits (tokens per minute...): a charge is checked with its quantities (A[18])
+  local q_writes = nil
+  if rid == '' and av[6] then
+    local q_ok, q_retry
+    q_ok, q_retry, q_writes = quantity_admit(acct, av[6], A[18], model, now)
+    if not q_ok then
+      return { 'rate_limited', '0', '', I(amount), I(bal), I(held), '', I(q_retry), rl_remaining }
+    end
+  end
 
   local caps = applicable_caps(caps_key, model)
   local deny, warns = evaluate_caps(caps, wd, wm, now, amount)
@@ -442,6 +529,7 @@ local function user_debit(K, A, X, now)
     -- refusing a settlement releases the hold: the reserved credits stay the user's
     held = held - hold
     redis.call('HSET', acct, 'held', I(held))
+    quantity_resolve(acct, av[6], rid, nil)
     redis.call('HDEL', holds, rid)
     redis.call('ZREM', hexp, rid)
     ledger(stream, { 'id', tx, 'ts', I(now), 'ak', akind, 'acct', aid, 'kind', 'release', 'amount', '0',
@@ -470,6 +558,8 @@ local function user_debit(K, A, X, now)
     redis.call('HSET', acct, 'bal', I(bal))
   end
   if amount > 0 then record_spend(wd, wm, now, amount, model) end
+  if q_writes then redis.call('HSET', acct, unpack(q_writes)) end
+  if rid ~= '' then quantity_resolve(acct, av[6], rid, A[18] or '') end
 
   local action = ''
   for _, c in ipairs(warns) do

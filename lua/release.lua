@@ -12,7 +12,8 @@ if again then return again end
 local now = now_ms(ARGV[1])
 local aid, rid, akind = ARGV[3], ARGV[4], ARGV[8]
 local held = sweep_holds(acct, holds, hexp, now, stream, akind, aid)
-local bal = tonumber(redis.call('HGET', acct, 'bal')) or 0
+local av = redis.call('HMGET', acct, 'bal', 'ql')
+local bal = tonumber(av[1]) or 0
 local h = redis.call('HGET', holds, rid)
 if not h then
   return { 'reservation_not_found', '0', rid, '0', I(bal), I(held) }
@@ -23,6 +24,7 @@ held = held - amount
 redis.call('HSET', acct, 'held', I(held))
 redis.call('HDEL', holds, rid)
 redis.call('ZREM', hexp, rid)
+quantity_resolve(acct, av[2], rid, nil)  -- the hold's quantity estimate is given back
 ledger(stream, { 'id', ARGV[2], 'ts', I(now), 'ak', akind, 'acct', aid, 'kind', 'release', 'amount', '0',
   'hold', I(amount), 'bal', I(bal), 'held', I(held), 'rid', rid, 'op', op, 'idem', ARGV[6] })
 local gx = redis.call('HGET', acct, 'gx')

@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import socket
-import threading
-import time
 from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 from conftest import REDIS_URL, drop_namespace, new_namespace
+from gateway_support import serve
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -35,24 +32,6 @@ def price_from_tokens(scope: dict[str, Any], status: int, headers: list[tuple[by
     return int(dict(headers).get(b"x-tokens-used", b"0"))
 
 
-def serve(app: Any) -> Iterator[str]:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.time() + 10
-    while not server.started and time.time() < deadline:
-        time.sleep(0.02)
-    assert server.started, "uvicorn did not start"
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
-
-
 @pytest.fixture
 def gateway(redis_client: Any) -> Iterator[tuple[str, RedisStore]]:
     ns = new_namespace()
@@ -67,7 +46,7 @@ def gateway(redis_client: Any) -> Iterator[tuple[str, RedisStore]]:
         await target(scope, receive, send)
 
     try:
-        for base in serve(router):
+        with serve(router) as base:
             yield base, admin
     finally:
         drop_namespace(redis_client, ns)

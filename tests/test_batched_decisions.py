@@ -262,19 +262,20 @@ def test_packed_layout_sends_shared_values_once_and_new_positions_per_decision(s
     def positions(*ps: int) -> str:
         return "".join(chr(p) for p in ps)
 
-    # debit.lua: 11 keys (10 grants, 11 the debit's refund record: each decision's own), 17 arguments
-    own_keys, own_args = positions(1, 2, 3, 4, 5, 6, 7, 10, 11), positions(2, 3, 4, 5, 6, 7, 8, 9, 10, 13)
+    # debit.lua: 11 keys (10 grants, 11 the debit's refund record: each decision's own), 18 arguments
+    # (18: the decision's quantities)
+    own_keys, own_args = positions(1, 2, 3, 4, 5, 6, 7, 10, 11), positions(2, 3, 4, 5, 6, 7, 8, 9, 10, 13, 18)
     shared_args = positions(1, 11, 12, 14, 15, 16, 17)
     assert packed.args[:4] == [own_keys, positions(8, 9), own_args, shared_args]
     assert packed.keys[:2] == calls[0].keys[7:9]  # the shard's ledger and events streams, once
-    assert len(packed.keys) == 2 + 9 * len(calls) and len(packed.args) == 4 + 7 + 10 * len(calls)
+    assert len(packed.keys) == 2 + 9 * len(calls) and len(packed.args) == 4 + 7 + 11 * len(calls)
     # a position another debit.lua change adds is sent per decision, never assumed shared
     for c in calls:
         c.keys.append(c.keys[0] + ":extra")
         c.args.append("x")
     wider = Batch(calls, store.core.scripts).calls[0]
-    assert wider.args[:4] == [own_keys + chr(12), positions(8, 9), own_args + chr(18), shared_args]
-    assert len(wider.keys) == 2 + 10 * len(calls) and len(wider.args) == 4 + 7 + 11 * len(calls)
+    assert wider.args[:4] == [own_keys + chr(12), positions(8, 9), own_args + chr(19), shared_args]
+    assert len(wider.keys) == 2 + 10 * len(calls) and len(wider.args) == 4 + 7 + 12 * len(calls)
 
 
 def test_an_error_reply_in_a_batch_raises_and_leaves_the_connection_in_step(store: RedisStore) -> None:

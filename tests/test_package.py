@@ -84,6 +84,13 @@ def test_importing_the_package_does_not_load_the_embedded_store() -> None:
     assert out.splitlines() == ["[]", "['fakeredis', 'lupa']"]
 
 
+def test_importing_the_package_or_the_command_does_not_load_the_service_extra() -> None:
+    code = ("import sys, ducto_redis, ducto_redis.cli, ducto_redis.routes, ducto_redis.gate\n"
+            "print(sorted({m.split('.')[0] for m in sys.modules} & {'starlette', 'uvicorn', 'prometheus_client'}))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.splitlines() == ["[]"]
+
+
 def test_stores_close_themselves_in_a_with_block(redis_client: Any) -> None:
     with MemoryStore() as m:
         assert m.add_credits("u", 3).new_balance == 3

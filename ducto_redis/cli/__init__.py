@@ -15,7 +15,7 @@ from ..config import read_pricing_file as load_pricing_file  # the one loader, b
 from .app import CliState, cli, pass_state
 from .errors import CliError, ExitCode
 
-COMMAND_MODULES = ("accounts", "ledger", "pricing", "report", "completion")
+COMMAND_MODULES = ("accounts", "ledger", "pricing", "report", "service", "completion")
 """Modules of this package whose import registers their commands on :data:`cli`."""
 
 for _name in COMMAND_MODULES:

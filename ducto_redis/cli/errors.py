@@ -18,7 +18,7 @@ class ExitCode(IntEnum):
     OK = 0
     NO = 1  # the answer is no: reconcile found drift, a pricing file is invalid, no active pricing
     USAGE = 2  # unknown command or option, a bad option value (flush --batch 0), a bad argument
-    CONFIG = 3  # a malformed setting: the Redis URL, the namespace, ...
+    CONFIG = 3  # a malformed setting: the Redis URL, the namespace, ...; a missing extra (serve)
     REDIS_DOWN = 4  # Redis did not answer (connection refused, timeout, authentication)
     DATABASE = 5  # the database URL is missing or malformed, PostgreSQL refused it, or no ledger table
     POSTGRES_DOWN = 6  # PostgreSQL did not answer
@@ -38,6 +38,11 @@ class CliError(click.ClickException):
 
     def show(self, file: object = None) -> None:
         click.echo(f"ducto-redis: {self.format_message()}", err=True)
+
+
+def missing_extra(what: str, extra: str, exc: ImportError) -> CliError:
+    """The error of a command (or option) whose optional dependencies are not installed: exit 3."""
+    return CliError(ExitCode.CONFIG, f"{what} needs the [{extra}] extra (pip install 'ducto-redis[{extra}]'): {exc}")
 
 
 def _one_line(exc: BaseException) -> str:

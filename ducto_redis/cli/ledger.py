@@ -13,7 +13,7 @@ import click
 from rich.console import Console
 
 from .app import CliState, cli, pass_state
-from .errors import CliError, ExitCode
+from .errors import CliError, ExitCode, missing_extra
 from .output import emit, polled_progress, progress_bar, table
 
 POSITIVE = click.IntRange(min=1)
@@ -49,17 +49,27 @@ def migrate(state: CliState) -> None:
               help="take over entries another flusher left pending this long (a dead one's); 0: all of them")
 @click.option("--log-interval", type=click.FloatRange(min=0), default=10.0, show_default=True,
               help="seconds between throughput lines in the log (0: none)")
+@click.option("--metrics-port", type=click.IntRange(1, 65535), default=None,
+              help="answer Prometheus metrics (ledger backlog, rows/s, batch time) on this port "
+              "(needs the [service] extra)")
 @pass_state
-def flush(state: CliState, once: bool, batch: int, processes: int, claim_idle_ms: int, log_interval: float) -> None:
+def flush(state: CliState, once: bool, batch: int, processes: int, claim_idle_ms: int, log_interval: float,
+          metrics_port: int | None) -> None:
     """Copy ledger entries from Redis into PostgreSQL (until interrupted, or --once).
 
     It starts while PostgreSQL is away (it creates the schema once PostgreSQL answers, saying what it
     waits for). With --once, exit 9 when entries are left pending on other consumers."""
     from ..ledger import ops
 
+    if metrics_port is not None:  # before anything is touched
+        try:
+            from ..metrics import serve_ledger_metrics
+        except ImportError as exc:
+            raise missing_extra("--metrics-port", "service", exc) from None
     url = state.database_url()
     store = state.store()
     store.client.ping()  # an unreachable Redis fails here, with its own exit code
+    on_batch = serve_ledger_metrics(metrics_port, store).on_batch if metrics_port is not None else None
     start = store.ledger_lag().backlog
 
     def drained() -> tuple[int, int]:  # (entries gone from the streams, entries in all): the progress
@@ -73,7 +83,7 @@ def flush(state: CliState, once: bool, batch: int, processes: int, claim_idle_ms
     with polled_progress("flush", "entries", drained) if once else contextlib.nullcontext():
         report = ops.flush(store, url, once=once, batch=batch, claim_idle_ms=claim_idle_ms, processes=processes,
                            stop=stop, log_interval=log_interval,
-                           log_level=logging.getLogger("ducto_redis").getEffectiveLevel())
+                           log_level=logging.getLogger("ducto_redis").getEffectiveLevel(), on_batch=on_batch)
     emit(state, asdict(report), lines(report.lines()))
     if not report.complete:
         raise click.exceptions.Exit(int(ExitCode.PENDING))

@@ -176,9 +176,11 @@ class LedgerFlusher(ConsumerGroups, PostgresWriter):
         schema: str | None = None,
         create_schema: bool = True,
         log_interval: float = 10.0,
+        on_batch: Callable[[int, float], None] | None = None,
     ) -> None:
         check_flusher_options(batch=batch, claim_idle_ms=claim_idle_ms, block_ms=block_ms)
         self.store = store
+        self.on_batch = on_batch  # called with (entries, seconds) after each committed batch (metrics)
         self.client = bytes_client(store.client)
         self.cluster = isinstance(self.client, RedisCluster)
         self.database_url = database_url
@@ -312,10 +314,17 @@ class LedgerFlusher(ConsumerGroups, PostgresWriter):
         batch = self._next_batch(block)
         if not batch:
             return 0
+        self._store_batch(batch)
+        return len(batch)
+
+    def _store_batch(self, batch: Batch) -> None:
+        """Write, commit, ack and trim one batch; count it (and tell ``on_batch``)."""
+        start = time.perf_counter()
         self._write_or_keep(batch)
         self._ack_and_trim(batch.ids)
         self.flushed += len(batch)
-        return len(batch)
+        if self.on_batch is not None:
+            self.on_batch(len(batch), time.perf_counter() - start)
 
     def _pipelined(self, keep_going: Callable[[int], bool], block: bool) -> int:
         """Read and format batch k+1 while a writer thread stores batch k, acks and trims it.
@@ -338,12 +347,10 @@ class LedgerFlusher(ConsumerGroups, PostgresWriter):
                 if batch is None:
                     return
                 try:
-                    self._write_or_keep(batch)
-                    self._ack_and_trim(batch.ids)
+                    self._store_batch(batch)
                 except BaseException as exc:
                     errors.append(exc)
                     return
-                self.flushed += len(batch)
                 moved[0] += len(batch)
 
         thread = threading.Thread(target=writer, name="ducto-ledger-writer", daemon=True)
@@ -389,9 +396,7 @@ class LedgerFlusher(ConsumerGroups, PostgresWriter):
         moved = 0
         while claimed := self._claim():
             batch = Batch(claimed, fresh=False).prepare(self.namespace)
-            self._write_or_keep(batch)
-            self._ack_and_trim(batch.ids)
-            self.flushed += len(batch)
+            self._store_batch(batch)
             moved += len(batch)
         return moved
 

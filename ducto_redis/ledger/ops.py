@@ -4,6 +4,7 @@ line only parses its options and prints what these return."""
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,11 +41,12 @@ class FlushReport:
 
 def flush(store: Any, database_url: str, *, once: bool = False, batch: int = 20_000, claim_idle_ms: int = 30_000,
           processes: int = 1, stop: threading.Event | None = None, log_interval: float = 10.0,
-          log_level: int | None = None) -> FlushReport:
+          log_level: int | None = None, on_batch: Callable[[int, float], None] | None = None) -> FlushReport:
     """Copy the namespace's ledger into PostgreSQL: drain it (``once``: entries a dead flusher left
     pending for ``claim_idle_ms`` included) or run until ``stop`` is set; ``processes`` > 1 runs
     that many flusher processes (each logging at ``log_level``). The schema is created first,
-    waiting for PostgreSQL with backoff (a flusher starts while PostgreSQL is away)."""
+    waiting for PostgreSQL with backoff (a flusher starts while PostgreSQL is away). ``on_batch``
+    (one process) is told each committed batch: (entries, seconds)."""
     check_flusher_options(batch=batch, claim_idle_ms=claim_idle_ms, processes=processes)
     if processes > 1:
         from .processes import run_flusher_processes
@@ -56,7 +58,8 @@ def flush(store: Any, database_url: str, *, once: bool = False, batch: int = 20_
                                       log_interval=log_interval, claim_idle_ms=claim_idle_ms)
         probe = LedgerFlusher(store, database_url, batch=batch, claim_idle_ms=claim_idle_ms)
         return FlushReport(moved, left_pending=probe.pending_elsewhere() if once else 0, claim_idle_ms=claim_idle_ms)
-    flusher = LedgerFlusher(store, database_url, batch=batch, claim_idle_ms=claim_idle_ms, log_interval=log_interval)
+    flusher = LedgerFlusher(store, database_url, batch=batch, claim_idle_ms=claim_idle_ms, log_interval=log_interval,
+                            on_batch=on_batch)
     flusher.serve(once, stop)
     return FlushReport(flusher.flushed, flusher.quarantined, flusher.left_pending if once else 0, claim_idle_ms)
 

@@ -66,6 +66,7 @@ class AccountState:
     life: int = 0
     name: str = ""
     rate_limit: str | None = None
+    quantity_limits: str | None = None  # the account hash's 'ql' (tokens per period...)
     holds: dict[str, tuple[int, int, str, str]] = field(default_factory=dict)  # rid -> amount, exp, op, member
     caps: dict[str, str] = field(default_factory=dict)
     day: dict[str, int] = field(default_factory=dict)  # "*" / "m|<model>" (users and team caps)
@@ -172,6 +173,8 @@ class AccountState:
             self.rate_limit = meta.get("raw") if isinstance(meta, dict) else meta  # "limit|period_ms|burst"
         elif op == "rate_limit_removed":
             self.rate_limit = None
+        elif op in ("quantity_limit_set", "quantity_limit_removed"):
+            self.quantity_limits = (meta.get("ql") if isinstance(meta, dict) else None) or None
         elif op in ("member_added", "member_updated"):
             self.members[e["member"]] = json.dumps(meta, separators=(",", ":"))
         elif op == "member_removed":
@@ -248,6 +251,8 @@ def write_state(store: Any, s: AccountState, now_ms: int) -> None:
             acct.update(name=s.name, mc=str(len(s.members)))
     if s.rate_limit:
         acct["rl"] = s.rate_limit
+    if s.quantity_limits:
+        acct["ql"] = s.quantity_limits
     if not team:
         p.delete(k.grants)
         p.delete(k.plan_window)

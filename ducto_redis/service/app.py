@@ -1,0 +1,312 @@
+"""The decision service: a Starlette app over ``AsyncRedisStore`` (``ducto-redis serve``).
+
+``create_app()`` builds it from the one settings model (``DUCTO_*``): the JSON API under ``/v1/``
+(bearer tokens from ``service_tokens``), forward-auth at ``/v1/authorize`` (routes from
+``routes_file``), ``/healthz``, ``/metrics`` and ``/openapi.json``. See docs/service.md.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, ValidationError
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from ..aio import AsyncRedisStore
+from ..connect import async_client
+from ..errors import InvalidInputError
+from ..gate import (
+    ACCOUNT_HEADER_UPSTREAM,
+    FAIL_OPEN_HEADER,
+    REPLAYED_HEADER,
+    UPSTREAM_HEADERS,
+    Gate,
+    Unavailable,
+    Verdict,
+    retry_after_seconds,
+    status_of,
+)
+from ..metrics import LedgerLagCollector, decision_metrics, scrape
+from ..routes import RouteTable
+from ..settings import Settings
+from . import api
+
+log = logging.getLogger("ducto_redis.service")
+
+B = TypeVar("B", bound=BaseModel)
+Handler = Callable[[Request], Awaitable[Response]]
+
+LOOPBACK = frozenset({"127.0.0.1", "::1", "localhost"})
+
+
+class BadRequest(Exception):
+    """A request body that is not JSON or not the endpoint's shape; ``field`` names what is wrong."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+        self.message = message
+
+
+def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    """A JSON response (compact)."""
+    return Response(json.dumps(body, separators=(",", ":")), status, headers, media_type="application/json")
+
+
+def result_response(result: BaseModel) -> Response:
+    """A store result as JSON, with the status of its error code, ``Retry-After`` on 429 and
+    ``Idempotent-Replayed`` on a replay."""
+    data = result.model_dump(mode="json")
+    error = data.get("error")
+    if error is None and not data.get("idempotent"):  # the common case, kept short
+        return Response(json.dumps(data, separators=(",", ":")), 200, None, "application/json")
+    headers: dict[str, str] = {}
+    status = status_of(error)
+    if status == 429:
+        headers["Retry-After"] = retry_after_seconds(int(data.get("retry_after_ms") or 0))
+    elif status == 503:
+        headers["Retry-After"] = "1"
+    if data.get("idempotent"):
+        headers[REPLAYED_HEADER] = "true"
+    return json_response(data, status, headers)
+
+
+def verdict_response(v: Verdict, deny_status: int | None = None) -> Response:
+    """A verdict as forward-auth answers it; with ``deny_status`` (NGINX) refusals use that status
+    and say the real one in ``X-Ducto-Status`` / ``X-Ducto-Error``."""
+    headers = dict(v.headers)
+    if v.admitted:
+        return Response(b"", 200, headers)
+    status = v.status
+    if deny_status is not None:
+        headers["X-Ducto-Status"] = str(v.status)
+        headers["X-Ducto-Error"] = v.error or ""
+        status = deny_status
+    return json_response(v.body(), status, headers)
+
+
+async def parse_body(request: Request, model: type[B]) -> B:
+    """The request's JSON body as ``model``, or :class:`BadRequest` naming the field."""
+    raw = await request.body()
+    try:
+        return model.model_validate_json(raw or b"{}")
+    except ValidationError as exc:
+        e = exc.errors()[0]
+        if e["type"] == "json_invalid":
+            raise BadRequest("body", "the body is not valid JSON") from None
+        field = ".".join(str(p) for p in e["loc"]) or "body"
+        raise BadRequest(field, e["msg"]) from None
+
+
+class Service:
+    """The handlers, bound to one store, gate and route table."""
+
+    def __init__(self, settings: Settings, store: AsyncRedisStore, routes: RouteTable) -> None:
+        self.settings = settings
+        self.store = store
+        self.routes = routes
+        self.tokens = [t.encode() for t in settings.bearer_tokens()]
+        self.account_header = settings.account_header.lower()
+        self.metrics = decision_metrics()
+        self.gate = Gate(store, metrics=self.metrics)
+        self._lag: LedgerLagCollector | None = None
+
+    # ── plumbing ──────────────────────────────────────────────────────
+
+    def authorized(self, request: Request) -> bool:
+        """Whether the request carries a service token (always, when none is configured)."""
+        if not self.tokens:
+            return True
+        given = request.headers.get("x-ducto-token")
+        if given is None:
+            auth = request.headers.get("authorization", "")
+            if auth[:7].lower() != "bearer ":
+                return False
+            given = auth[7:].strip()
+        g = given.encode()
+        return any(hmac.compare_digest(g, t) for t in self.tokens)
+
+    def endpoint(
+        self, operation: str, run: Callable[[Request], Awaitable[BaseModel]], admission: bool = False
+    ) -> Handler:
+        """An API handler: token check, bad input as 400, Redis failures by the fail mode."""
+
+        async def handler(request: Request) -> Response:
+            if not self.authorized(request):
+                return json_response({"error": "unauthorized"}, 401, {"WWW-Authenticate": "Bearer"})
+            try:
+                return result_response(await self.gate.guard(operation, run(request)))
+            except BadRequest as exc:
+                return json_response({"error": "invalid_input", "field": exc.field, "message": exc.message}, 400)
+            except InvalidInputError as exc:
+                return json_response({"error": "invalid_input", "field": exc.field, "message": exc.message}, 400)
+            except Unavailable:
+                if admission and self.gate.fail_open:
+                    self.metrics.passed_open(operation)
+                    return json_response({"error": None, "fail_open": True}, 200, {FAIL_OPEN_HEADER: "1"})
+                return json_response({"error": "unavailable", "message": "the credit store is not answering"},
+                                     503, {"Retry-After": "1"})
+
+        return handler
+
+    # ── the JSON API ──────────────────────────────────────────────────
+
+    async def charge(self, request: Request) -> BaseModel:
+        b = await parse_body(request, api.ChargeBody)
+        return await self.store.charge(b.user_id, b.amount, b.operation_type, _idem(request), b.metadata,
+                                       b.min_balance, quantities=b.quantities)
+
+    async def reserve(self, request: Request) -> BaseModel:
+        b = await parse_body(request, api.ReserveBody)
+        return await self.store.reserve_credits(b.user_id, b.amount, b.operation_type, b.metadata, b.min_balance,
+                                                _idem(request), b.ttl_seconds, quantities=b.quantities,
+                                                rate_limit=b.rate_limit)
+
+    async def settle(self, request: Request) -> BaseModel:
+        b = await parse_body(request, api.SettleBody)
+        return await self.store.deduct_credits(b.user_id, b.reservation_id, b.amount, _idem(request), b.metadata,
+                                               quantities=b.quantities)
+
+    async def release(self, request: Request) -> BaseModel:
+        b = await parse_body(request, api.ReleaseBody)
+        return await self.store.release_reservation(b.user_id, b.reservation_id, _idem(request))
+
+    async def credits(self, request: Request) -> BaseModel:
+        b = await parse_body(request, api.CreditsBody)
+        return await self.store.add_credits(b.user_id, b.amount, b.type, b.metadata, b.expires_at, _idem(request))
+
+    async def charge_many(self, request: Request) -> BaseModel:
+        b = await parse_body(request, api.ChargeManyBody)
+        idem = _idem(request)
+        reqs = [{**item.model_dump(), "idempotency_key": item.idempotency_key
+                 or (None if idem is None else f"{idem}:{i}")} for i, item in enumerate(b.requests)]
+        return api.ChargeManyResult(results=await self.store.charge_many(reqs))
+
+    async def team_deduct(self, request: Request) -> BaseModel:
+        b = await parse_body(request, api.TeamDeductBody)
+        return await self.store.deduct_team(request.path_params["team_id"], b.user_id, b.amount, b.metadata,
+                                            _idem(request))
+
+    async def balance(self, request: Request) -> BaseModel:
+        return await self.store.get_balance(request.path_params["user_id"])
+
+    # ── forward-auth ──────────────────────────────────────────────────
+
+    async def authorize(self, request: Request) -> Response:
+        """Admit, charge or hold for the gateway's original request (see docs/service.md)."""
+        deny = request.query_params.get("deny_status")
+        deny_status = int(deny) if deny in ("401", "403") else None
+        if not self.authorized(request):
+            return verdict_response(Verdict(401, "unauthorized"), deny_status)
+        h = request.headers
+        method = h.get("x-forwarded-method") or h.get("x-original-method") or request.method
+        uri = h.get("x-forwarded-uri") or h.get("x-original-uri") or request.url.path[len("/v1/authorize"):] or "/"
+        match = self.routes.match(method, uri)
+        if match is None:
+            if self.routes.denies_unlisted:
+                return verdict_response(Verdict(403, "route_not_allowed"), deny_status)
+            return Response(b"", 200, dict.fromkeys(UPSTREAM_HEADERS, ""))  # unlisted: free
+        account = h.get(self.account_header)
+        if not account:
+            return verdict_response(Verdict(401, "missing_account"), deny_status)
+        verdict = await self.gate.admit(account, match, h.get("idempotency-key"), match.quantities(h.get))
+        if verdict.admitted:
+            verdict.headers.append((ACCOUNT_HEADER_UPSTREAM, account))
+            given = {k for k, _ in verdict.headers}
+            verdict.headers.extend((k, "") for k in UPSTREAM_HEADERS if k not in given)
+        return verdict_response(verdict, deny_status)
+
+    # ── operations ────────────────────────────────────────────────────
+
+    async def healthz(self, request: Request) -> Response:
+        try:
+            ok = await self.gate.guard("health", self.store.health())
+        except Unavailable:
+            ok = False
+        return json_response({"ok": ok}, 200 if ok else 503)
+
+    async def metrics_endpoint(self, request: Request) -> Response:
+        from prometheus_client import CONTENT_TYPE_LATEST
+
+        if self._lag is None:
+            from ..connect import sync_client
+            from ..store import RedisStore
+
+            timeout = self.settings.decision_timeout_ms / 1000
+            lag_store = RedisStore(sync_client(self.settings.redis_url, socket_timeout=timeout,
+                                               socket_connect_timeout=timeout), self.settings)
+            self._lag = LedgerLagCollector(self.settings.namespace, lag_store.ledger_lag)
+        body = await run_in_threadpool(scrape, self._lag)
+        return Response(body, 200, media_type=CONTENT_TYPE_LATEST)
+
+    async def openapi(self, request: Request) -> Response:
+        return json_response(api.openapi_schema())
+
+    def routes_list(self) -> list[Route]:
+        e = self.endpoint
+        return [
+            Route("/v1/charge", e("charge", self.charge, admission=True), methods=["POST"]),
+            Route("/v1/reserve", e("reserve", self.reserve, admission=True), methods=["POST"]),
+            Route("/v1/settle", e("settle", self.settle), methods=["POST"]),
+            Route("/v1/release", e("release", self.release), methods=["POST"]),
+            Route("/v1/credits", e("add_credits", self.credits), methods=["POST"]),
+            Route("/v1/charge_many", e("charge_many", self.charge_many, admission=True), methods=["POST"]),
+            Route("/v1/teams/{team_id}/deduct", e("deduct_team", self.team_deduct, admission=True), methods=["POST"]),
+            Route("/v1/balance/{user_id}", e("balance", self.balance), methods=["GET"]),
+            Route("/v1/authorize", self.authorize, methods=["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD"]),
+            Route("/v1/authorize/{path:path}", self.authorize,
+                  methods=["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]),
+            Route("/healthz", self.healthz, methods=["GET"]),
+            Route("/metrics", self.metrics_endpoint, methods=["GET"]),
+            Route("/openapi.json", self.openapi, methods=["GET"]),
+        ]
+
+
+def _idem(request: Request) -> str | None:
+    return request.headers.get("idempotency-key")
+
+
+def service_store(settings: Settings) -> AsyncRedisStore:
+    """The service's async store. A connection attempt gives up after ``decision_timeout_ms``; every
+    call is bounded by the gate (one ``asyncio.timeout`` per decision, which also disconnects a
+    connection left mid-reply), so the client needs no socket timeout of its own (redis-py's costs a
+    task per read)."""
+    client = async_client(settings.redis_url, socket_connect_timeout=settings.decision_timeout_ms / 1000)
+    return AsyncRedisStore(client, settings)
+
+
+def create_app(
+    settings: Settings | None = None, *, routes: RouteTable | None = None, store: AsyncRedisStore | None = None
+) -> Starlette:
+    """The service app (``uvicorn --factory ducto_redis.service.app:create_app`` builds it from the
+    environment). ``routes`` default to ``settings.routes_file`` (none: every route is unlisted)."""
+    settings = settings or Settings()
+    if routes is None:
+        if settings.routes_file:
+            routes = RouteTable.from_file(settings.routes_file)
+        else:
+            routes = RouteTable()
+            log.warning("no routes file (DUCTO_ROUTES_FILE): forward-auth admits every request for free")
+    store = store or service_store(settings)
+    service = Service(settings, store, routes)
+    if not service.tokens:
+        log.warning("no service tokens (DUCTO_SERVICE_TOKENS): the API is open to anyone who can reach it; "
+                    "ducto-redis serve listens on loopback only")
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        yield
+        await store.close()
+
+    app = Starlette(routes=service.routes_list(), lifespan=lifespan)
+    app.state.service = service
+    return app

@@ -1,0 +1,120 @@
+"""`ducto-redis serve` and `ducto-redis flush --metrics-port` as an operator runs them (subprocesses)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+from conftest import DATABASE_URL, REDIS_URL, drop_namespace, new_namespace
+from gateway_support import free_port, wait_port
+
+from ducto_redis import RedisStore
+from ducto_redis.cli import ExitCode, cli
+
+CLI = [sys.executable, "-m", "ducto_redis.cli"]
+
+
+@contextlib.contextmanager
+def running(args: list[str], env: dict[str, str], port: int) -> Iterator[subprocess.Popen[str]]:
+    proc = subprocess.Popen([*CLI, *args], env={**os.environ, **env}, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    try:
+        wait_port(port, proc)  # type: ignore[arg-type]
+        yield proc
+    finally:
+        proc.terminate()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(15)
+        if proc.poll() is None:
+            proc.kill()
+
+
+def test_serve_with_two_workers_answers_the_api_forward_auth_and_summed_metrics(
+    redis_client: Any, tmp_path: Path
+) -> None:
+    ns = new_namespace()
+    routes = tmp_path / "routes.json"
+    routes.write_text('{"routes": [{"path": "/chat", "cost": 2}]}')
+    port = free_port()
+    env = {"DUCTO_SERVICE_TOKENS": "tok", "DUCTO_NAMESPACE": ns}
+    admin = RedisStore.from_url(REDIS_URL, namespace=ns)
+    admin.add_credits("k", 10)
+    try:
+        with running(["--redis-url", REDIS_URL, "serve", "--port", str(port), "--workers", "2",
+                      "--routes", str(routes)], env, port):
+            base = f"http://127.0.0.1:{port}"
+            for _ in range(4):  # spread over both workers
+                r = httpx.get(base + "/v1/authorize", headers={"X-Forwarded-Uri": "/chat", "X-API-Key": "k",
+                                                                "X-Ducto-Token": "tok"})
+                assert r.status_code == 200
+            assert admin.get_balance("k").balance == 2
+            assert httpx.get(base + "/v1/balance/k").status_code == 401
+            text = httpx.get(base + "/metrics").text
+            total = sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                        if line.startswith('ducto_decisions_total{operation="charge",outcome="ok"'))
+            assert total == 4  # every worker's decisions in one scrape
+    finally:
+        drop_namespace(redis_client, ns)
+        admin.close()
+
+
+def test_serve_without_tokens_listens_on_loopback_only_and_says_so() -> None:
+    port = free_port()
+    env = {"DUCTO_SERVICE_TOKENS": ""}
+    with running(["serve", "--host", "0.0.0.0", "--port", str(port)], env, port) as proc:
+        assert httpx.get(f"http://127.0.0.1:{port}/openapi.json").status_code == 200
+        proc.terminate()
+        out = proc.communicate(timeout=15)[0]
+    assert "listening on 127.0.0.1 only" in out
+
+
+def test_serve_refuses_a_bad_routes_file_in_one_line(tmp_path: Path) -> None:
+    bad = tmp_path / "routes.json"
+    bad.write_text('{"routes": [{"path": "/chat"}]}')
+    r = subprocess.run([*CLI, "serve", "--routes", str(bad)], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2
+    assert "exactly one of cost" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_serve_says_a_missing_routes_file_in_one_line_with_its_own_exit_code(tmp_path: Path) -> None:
+    r = subprocess.run([*CLI, "serve", "--routes", str(tmp_path / "nope.json")], capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode == ExitCode.NO_FILE
+    assert r.stderr.startswith("ducto-redis: serve: cannot read routes file") and r.stderr.count("\n") == 1
+
+
+def test_serve_and_metrics_port_without_the_service_extra_name_it(monkeypatch: Any) -> None:
+    from click.testing import CliRunner
+
+    for module in ("ducto_redis.service.run", "ducto_redis.metrics"):
+        monkeypatch.setitem(sys.modules, module, None)  # as if Starlette / prometheus_client were missing
+    for args in (["serve"], ["flush", "--metrics-port", "9999", "--redis-url", "redis://127.0.0.1:1/0"]):
+        r = CliRunner().invoke(cli, args)
+        assert r.exit_code == ExitCode.CONFIG, (args, r.output)
+        assert "needs the [service] extra" in r.output
+
+
+def test_flush_metrics_port_reports_rows_and_backlog(ledger_store: RedisStore) -> None:
+    s = ledger_store.settings
+    ledger_store.add_credits("m", 5)
+    port = free_port()
+    args = ["--redis-url", REDIS_URL, "--namespace", s.namespace, "--database-url", DATABASE_URL,
+            "--ledger-schema", s.ledger_schema, "flush", "--metrics-port", str(port)]
+    with running(args, {}, port):
+        deadline = time.time() + 30
+        text = ""
+        while time.time() < deadline:
+            text = httpx.get(f"http://127.0.0.1:{port}/metrics").text
+            if f'ducto_flusher_rows_total{{namespace="{s.namespace}"}} 1.0' in text:
+                break
+            time.sleep(0.2)
+        assert f'ducto_flusher_rows_total{{namespace="{s.namespace}"}} 1.0' in text
+        assert "ducto_flusher_batch_seconds_count" in text
+        assert f'ducto_ledger_backlog_entries{{namespace="{s.namespace}"}}' in text
