@@ -45,8 +45,10 @@ from .validation import (
     check_json,
     check_json_size,
     check_label,
+    check_quantity_name,
     check_ttl_seconds,
     invalid_input,
+    period_ms,
 )
 
 T = TypeVar("T")
@@ -71,7 +73,7 @@ def ready(result: T) -> Call[T]:
     return Call(None, [], [], lambda _r: result, result)
 
 
-# ── validation (the rules live in validation.py; these two apply them to metadata) ──
+# ── validation (the rules live in validation.py; these apply them to metadata and quantities) ──
 
 
 def idempotency_of(key: object, meta: CreditMetadata | None) -> str | None:
@@ -79,25 +81,6 @@ def idempotency_of(key: object, meta: CreditMetadata | None) -> str | None:
     if key is None and meta is not None:
         return check_idempotency_key(meta.idempotency_key, "metadata.idempotency_key")
     return check_idempotency_key(key)
-
-
-def period_ms(period_seconds: object) -> int:
-    """A limit's period in whole milliseconds, from seconds (0.001 s to 366 days)."""
-    if isinstance(period_seconds, bool) or not isinstance(period_seconds, (int, float)) or not (
-        0.001 <= period_seconds <= 366 * 86400
-    ):
-        raise InvalidInputError("period_seconds", "must be a number of seconds from 0.001 to 366 days")
-    return round(period_seconds * 1000)
-
-
-_QUANTITY_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
-
-
-def check_quantity_name(value: object, field: str = "quantity") -> str:
-    """A quantity's name (``tokens``, ``images``...): 1-64 letters, digits, ``_``, ``.`` or ``-``."""
-    if not isinstance(value, str) or not _QUANTITY_NAME.fullmatch(value):
-        raise InvalidInputError(field, "must be 1-64 letters, digits, '_', '.' or '-'")
-    return value
 
 
 def quantities_arg(quantities: object) -> str:

@@ -16,6 +16,8 @@ passes can be stored by PostgreSQL (the ledger) as it is. Each refusal is an
 - metadata: ``CreditMetadata``, a ``dict`` or ``None``: JSON of at most 8 192 bytes, nested at
   most 8 levels, string keys, finite numbers, integers within 64 bits;
 - choice (``cap_type``, ``action``, ``cap_period``): one of the names listed;
+- period of a rate or quantity limit: a number of seconds from 0.001 to 366 days; a quantity's
+  name: 1-64 of ``A-Z a-z 0-9 _ . -``, at most 16 quantities per call, each an amount from 0;
 - every text, metadata keys and values included: no NUL character and no lone surrogate
   (PostgreSQL stores neither);
 - ledger schema name: ``[a-z_][a-z0-9_]{0,62}`` (it is written into SQL).
@@ -126,6 +128,25 @@ def check_amount(value: object, field: str, minimum: int, maximum: int = MAX_AMO
 def check_ttl_seconds(value: object, field: str = "ttl_seconds") -> int:
     """A hold's lifetime: whole seconds from 1 to 30 days (the bound of ``hold_ttl_seconds``)."""
     return check_amount(value, field, 1, MAX_TTL_SECONDS, unit="seconds")
+
+
+def period_ms(period_seconds: object, field: str = "period_seconds") -> int:
+    """A limit's period in whole milliseconds, from seconds (a number from 0.001 s to 366 days)."""
+    if isinstance(period_seconds, bool) or not isinstance(period_seconds, (int, float)) or not (
+        0.001 <= period_seconds <= 366 * 86400
+    ):
+        raise InvalidInputError(field, "must be a number of seconds from 0.001 to 366 days")
+    return round(period_seconds * 1000)
+
+
+_QUANTITY_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+
+
+def check_quantity_name(value: object, field: str = "quantity") -> str:
+    """A quantity's name (``tokens``, ``images``...): 1-64 letters, digits, ``_``, ``.`` or ``-``."""
+    if not isinstance(value, str) or not _QUANTITY_NAME.fullmatch(value):
+        raise InvalidInputError(field, "must be 1-64 letters, digits, '_', '.' or '-'")
+    return str.__str__(value)
 
 
 def check_choice(value: object, field: str, choices: Iterable[str]) -> str:

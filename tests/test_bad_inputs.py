@@ -47,6 +47,8 @@ BAD_METADATA: list[Any] = [
     {"x": ["y" * 5000, "z" * 5000]}, nested(9), {"x": [[[[[[[["deep"]]]]]]]]},
     CreditMetadata(reference_id="r\x00"), CreditMetadata(model="\ud800"), CreditMetadata(note="n" * 9000),
 ]
+QUANTITIES: list[Any] = [[("tokens", 1)], "tokens", {"to ken": 1}, {"tok\x00": 1}, {"tokens": -1}, {"tokens": 1.5},
+                         {"tokens": 2**53}, {"tokens": None}, {f"q{i}": 1 for i in range(17)}]
 HUGE_PLAN = {"id": "p", "name": "P", "free_allowance": 10**30}
 TTLS = [*NO_NONE, 0, -1, 30 * 86400 + 1, 2**53 - 1]
 
@@ -118,6 +120,20 @@ CASES: list[Case] = [
      [math.nan, math.inf, 0, -1, 0.0001, 400 * 86400, "1", True, None], "period_seconds"),
     ("set_rate_limit.burst", lambda s, v: s.set_rate_limit("u", 5, 1, v), NO_NONE + OUT_OF_RANGE + [0], "burst"),
     ("hit_rate_limit.user_id", lambda s, v: s.hit_rate_limit(v), BAD_IDS, "user_id"),
+    ("set_quantity_limit.quantity", lambda s, v: s.set_quantity_limit("u", v, 100),
+     ["", "to ken", "q" * 65, None, 5, "tok\x00", "tok\ud800"], "quantity"),
+    ("set_quantity_limit.limit", lambda s, v: s.set_quantity_limit("u", "tokens", v), NO_NONE + OUT_OF_RANGE + [0],
+     "limit"),
+    ("set_quantity_limit.period_seconds", lambda s, v: s.set_quantity_limit("u", "tokens", 100, v),
+     [math.nan, math.inf, 0, -1, 400 * 86400, "60", True, None], "period_seconds"),
+    ("set_quantity_limit.model", lambda s, v: s.set_quantity_limit("u", "tokens", 100, model=v),
+     ["m" * 257, *BAD_TEXT, "a|b", "a;b"], "model"),
+    ("set_quantity_limit.user_id", lambda s, v: s.set_quantity_limit(v, "tokens", 100), BAD_IDS, "user_id"),
+    ("charge.quantities", lambda s, v: s.charge("u", 1, "op", quantities=v), QUANTITIES, "quantities"),
+    ("reserve_credits.quantities", lambda s, v: s.reserve_credits("u", 1, "op", quantities=v), QUANTITIES,
+     "quantities"),
+    ("charge_many.quantities", lambda s, v: s.charge_many([{"user_id": "u", "amount": 1, "operation_type": "op",
+                                                            "quantities": v}]), QUANTITIES, "requests[0].quantities"),
     ("refund_credits.amount", lambda s, v: s.refund_credits(s._tx, v), NO_NONE + OUT_OF_RANGE + [0], "amount"),
     ("refund_credits.transaction_id", lambda s, v: s.refund_credits(v), BAD_IDS, "transaction_id"),
     ("refund_credits.reason", lambda s, v: s.refund_credits(s._tx, 1, reason=v), [x for x in LABELS if x is not None],
