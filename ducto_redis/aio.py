@@ -17,8 +17,7 @@ import redis
 from . import errors
 from .batch import Batch, ChargeRequest, TeamDebitRequest, charge_calls, team_debit_calls
 from .connect import async_client, run_pipelined_async, writes_direct
-from .core import Call, StoreCore, check_amount, check_id, check_label
-from .keys import TEAM
+from .core import Call, StoreCore
 from .ledger.database import LedgerReader
 from .models import (
     AddCreditsResult,
@@ -45,6 +44,7 @@ from .progress import ProgressFn
 from .settings import Settings, given
 from .store import expires_ms
 from .team_ops import check_period
+from .validation import check_amount, check_id, check_label
 
 T = TypeVar("T")
 _AsyncStore = TypeVar("_AsyncStore", bound="AsyncRedisStore")
@@ -342,8 +342,7 @@ class AsyncRedisStore(AsyncPlanStoreMixin):
         self, team_id: str, cap_type: str = "daily", limit: int = 0, action: str = "deny", model: str | None = None
     ) -> None:
         """See :meth:`RedisStore.set_team_spend_cap`."""
-        cap = SpendCap(user_id=team_id, cap_type=cap_type, limit=limit, action=action, model=model)  # type: ignore[arg-type,unused-ignore]
-        await self._run(self.core.set_spend_cap(cap, account_kind=TEAM))
+        await self._run(self.core.set_team_spend_cap(team_id, cap_type, limit, action, model))
 
     async def deduct_team(
         self,

@@ -8,11 +8,12 @@ the resulting calls in one pipeline (sync) or one pipeline (async).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import MISSING, dataclass, fields
 from typing import Any, Generic, TypeVar
 
 from .core import Call, StoreCore
+from .errors import InvalidInputError
 from .scripts import Script
 
 T = TypeVar("T")
@@ -63,16 +64,45 @@ class ChargeRequest:
     quantities: dict[str, int] | None = None
 
 
+R = TypeVar("R", "ChargeRequest", "TeamDebitRequest")
+
+
+def _request_error(cls: type[Any], req: Mapping[Any, Any], i: int) -> InvalidInputError:
+    """What is wrong with a mapping ``cls(**req)`` refused: an unknown field, or a missing one."""
+    names = [f.name for f in fields(cls)]
+    unknown = [k for k in req if k not in names]
+    if unknown:
+        return InvalidInputError(f"requests[{i}]", f"unknown field {unknown[0]!r} (fields: {', '.join(names)})")
+    missing = next(f.name for f in fields(cls) if f.default is MISSING and f.name not in req)
+    return InvalidInputError(f"requests[{i}].{missing}", "is required")
+
+
+def _each(cls: type[R], requests: object, build: Callable[[R], Call[Any]]) -> list[Call[Any]]:
+    """Every request as ``cls`` (a mapping of its fields, or one), each validated by ``build`` before
+    anything is sent: a bad one raises :class:`InvalidInputError` naming ``requests[i].<field>``."""
+    if isinstance(requests, (str, bytes, Mapping)) or not isinstance(requests, Sequence):
+        raise InvalidInputError("requests", f"must be a list of requests, got {type(requests).__name__}")
+    calls: list[Call[Any]] = []
+    for i, req in enumerate(requests):
+        if isinstance(req, Mapping):
+            try:
+                req = cls(**req)
+            except TypeError:  # an unknown or a missing field: said by name, not as a TypeError
+                raise _request_error(cls, req, i) from None
+        elif not isinstance(req, cls):
+            got = type(req).__name__
+            raise InvalidInputError(f"requests[{i}]", f"must be a {cls.__name__} or a mapping, got {got}")
+        try:
+            calls.append(build(req))
+        except InvalidInputError as exc:
+            raise InvalidInputError(f"requests[{i}].{exc.field}", exc.message) from exc
+    return calls
+
+
 def charge_calls(core: StoreCore, requests: Sequence[ChargeRequest | Mapping[str, Any]]) -> list[Call[Any]]:
     """Validate every request (raising before anything is sent) and build its charge call."""
-    calls: list[Call[Any]] = []
-    for req in requests:
-        r = req if isinstance(req, ChargeRequest) else ChargeRequest(**req)
-        calls.append(
-            core.charge(r.user_id, r.amount, r.operation_type, r.idempotency_key, r.metadata, r.min_balance,
-                        r.quantities)
-        )
-    return calls
+    return _each(ChargeRequest, requests, lambda r: core.charge(
+        r.user_id, r.amount, r.operation_type, r.idempotency_key, r.metadata, r.min_balance, r.quantities))
 
 
 @dataclass(slots=True)
@@ -88,11 +118,8 @@ class TeamDebitRequest:
 
 def team_debit_calls(core: StoreCore, requests: Sequence[TeamDebitRequest | Mapping[str, Any]]) -> list[Call[Any]]:
     """Validate every request (raising before anything is sent) and build its deduct_team call."""
-    calls: list[Call[Any]] = []
-    for req in requests:
-        r = req if isinstance(req, TeamDebitRequest) else TeamDebitRequest(**req)
-        calls.append(core.teams.deduct_team(r.team_id, r.user_id, r.amount, r.metadata, r.idempotency_key))
-    return calls
+    return _each(TeamDebitRequest, requests, lambda r: core.teams.deduct_team(
+        r.team_id, r.user_id, r.amount, r.metadata, r.idempotency_key))
 
 
 def _identity(raw: Any) -> Any:

@@ -6,7 +6,8 @@
 and the store runs it (through the engine) before publishing a version. Messages are ducto's
 (``missing required section: models``, ``invalid expression in models['gpt-4']: disallowed node
 type: Lambda ...``), with ducto-redis's stricter checks added (every variable must be a usage
-counter, ``search`` holds only ``costs`` and ``cache`` only ``discount``, prices within 0..2**53).
+counter, ``search`` holds only ``costs`` and ``cache`` only ``discount``, prices within 0..2**53-1,
+no NUL or lone surrogate in any text).
 
 As in ducto 1.0, :func:`load_config_from_dict` raises :class:`ConfigError` for the structure and the
 formulas, and pydantic's ``ValidationError`` for a field of the wrong type (a negative fixed price);
@@ -21,10 +22,11 @@ from typing import Annotated, Any
 
 from pydantic import Field, model_validator
 
-from .errors import ConfigError, ExpressionError
+from .errors import ConfigError, ExpressionError, InvalidInputError
 from .models import PlanDefinition, PricingConfigData
-from .pricing.expr import MAX_MAGNITUDE, validate_expression
+from .pricing.expr import validate_expression
 from .pricing.metrics import METRIC_VARIABLES
+from .validation import MAX_AMOUNT, check_json
 
 __all__ = [
     "ConfigError",
@@ -37,7 +39,7 @@ __all__ = [
 
 SEARCH_KEYS = frozenset({"costs"})
 CACHE_KEYS = frozenset({"discount"})
-Price = Annotated[int, Field(ge=0, le=MAX_MAGNITUDE)]
+Price = Annotated[int, Field(ge=0, le=MAX_AMOUNT)]
 
 
 def _check_formula(where: str, formula: Any) -> None:
@@ -57,8 +59,9 @@ def check_plan(key: str, plan: PlanDefinition) -> None:
 
 def check_config(config: PricingConfigData) -> None:
     """Judge a configuration: at least one model formula, every formula safe and over the usage
-    counters only, known ``search``/``cache`` keys, prices and ``min_balance`` in range, plan names
-    distinct. Raises :class:`ConfigError` naming the first problem."""
+    counters only, known ``search``/``cache`` keys, prices and ``min_balance`` in range (0..2**53-1), plan
+    names distinct, every text storable (no NUL, no lone surrogate). Raises :class:`ConfigError` naming
+    the first problem."""
     if not config.models:
         raise ConfigError("models must be a non-empty dict (at least one formula: a model name or '_default')")
     for section, formulas in (("models", config.models), ("tools", config.tools)):
@@ -70,15 +73,19 @@ def check_config(config: PricingConfigData) -> None:
                 raise ConfigError(f"{section}[{key!r}]: unknown key; {section} accepts only {sorted(keys)}")
             _check_formula(f"{section}[{key!r}]", formula)
     for job, price in config.fixed.items():
-        if not 0 <= price <= MAX_MAGNITUDE:
-            raise ConfigError(f"fixed[{job!r}]: price must be within 0..2**53, got {price}")
-    if config.min_balance < 0:
-        raise ConfigError(f"min_balance must be >= 0, got {config.min_balance}")
+        if not 0 <= price <= MAX_AMOUNT:
+            raise ConfigError(f"fixed[{job!r}]: price must be within 0..2**53-1, got {price}")
+    if not 0 <= config.min_balance <= MAX_AMOUNT:
+        raise ConfigError(f"min_balance must be within 0..2**53-1, got {config.min_balance}")
     names = [plan.name for plan in (config.plans or {}).values()]
     if len(names) != len(set(names)):
         raise ConfigError("duplicate plan names in pricing config")
     for key, plan in (config.plans or {}).items():
         check_plan(key, plan)
+    try:  # a published config is stored in the ledger as it is: its text must be storable
+        check_json(config, "config", max_depth=16)
+    except InvalidInputError as exc:
+        raise ConfigError(str(exc)) from exc
 
 
 class PricingConfig(PricingConfigData):

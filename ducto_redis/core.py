@@ -11,20 +11,18 @@ from __future__ import annotations
 
 import itertools
 import json
-import math
 import os
-import re
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, Generic, TypeVar
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
+from pydantic_core import PydanticSerializationError
 
-from . import errors as E
 from .errors import InvalidInputError, ScriptReplyError
-from .keys import MAX_ID_LENGTH, USER, AccountKeys, KeySchema
+from .keys import TEAM, USER, AccountKeys, KeySchema
 from .layout import cap_text, copy_escape, fragment, tx_id
 from .models import (
     AddCreditsResult,
@@ -39,12 +37,23 @@ from .models import (
 )
 from .scripts import Script, scripts
 from .settings import Settings
+from .validation import (
+    check_amount,
+    check_choice,
+    check_id,
+    check_idempotency_key,
+    check_json,
+    check_json_size,
+    check_label,
+    check_quantity_name,
+    check_ttl_seconds,
+    invalid_input,
+    period_ms,
+)
 
 T = TypeVar("T")
 
-MAX_AMOUNT = 2**53 - 1
-MAX_LABEL_LENGTH = 256
-MAX_IDEMPOTENCY_KEY_LENGTH = 1024
+
 PURCHASE_TYPES = frozenset({"purchase"})
 
 
@@ -64,88 +73,14 @@ def ready(result: T) -> Call[T]:
     return Call(None, [], [], lambda _r: result, result)
 
 
-# ── validation ────────────────────────────────────────────────────────
-
-
-def check_int(value: object, field: str) -> int:
-    """An int that is not a bool, else :class:`InvalidInputError` naming ``field``."""
-    if isinstance(value, bool) or not isinstance(value, int):
-        if isinstance(value, float) and math.isnan(value):
-            raise InvalidInputError(field, "must be an integer number of credits, got NaN")
-        raise InvalidInputError(field, f"must be an integer number of credits, got {type(value).__name__}")
-    return value
-
-
-def amount_in_range(value: int, minimum: int) -> bool:
-    """Whether an amount lies within ``minimum`` … 2**53−1 (Lua doubles stay exact)."""
-    return minimum <= value <= MAX_AMOUNT
-
-
-def check_amount(value: object, field: str, minimum: int) -> int:
-    """An int amount in range, else :class:`InvalidInputError` naming ``field``."""
-    n = check_int(value, field)
-    if not amount_in_range(n, minimum):
-        raise InvalidInputError(field, f"must be between {minimum} and 2**53-1, got {n}")
-    return n
-
-
-def check_id(value: object, field: str) -> str:
-    """A non-empty id string of at most 4096 characters."""
-    if not isinstance(value, str):
-        raise InvalidInputError(field, f"must be a string, got {type(value).__name__}")
-    if not value:
-        raise InvalidInputError(field, "must not be empty")
-    if len(value) > MAX_ID_LENGTH:
-        raise InvalidInputError(field, f"must be at most {MAX_ID_LENGTH} characters, got {len(value)}")
-    return value
-
-
-def check_label(value: object, field: str, *, allow_empty: bool = False) -> str:
-    """A short label (type, operation, model, role) of at most 256 characters."""
-    if not isinstance(value, str):
-        raise InvalidInputError(field, f"must be a string, got {type(value).__name__}")
-    if not value and not allow_empty:
-        raise InvalidInputError(field, "must not be empty")
-    if len(value) > MAX_LABEL_LENGTH:
-        raise InvalidInputError(field, f"must be at most {MAX_LABEL_LENGTH} characters")
-    return value
-
-
-def check_idempotency_key(value: object) -> str | None:
-    """None, or a non-empty key of at most 1024 characters."""
-    if value is None:
-        return None
-    if not isinstance(value, str) or not value:
-        raise InvalidInputError("idempotency_key", "must be a non-empty string or None")
-    if len(value) > MAX_IDEMPOTENCY_KEY_LENGTH:
-        raise InvalidInputError("idempotency_key", f"must be at most {MAX_IDEMPOTENCY_KEY_LENGTH} characters")
-    return value
+# ── validation (the rules live in validation.py; these apply them to metadata and quantities) ──
 
 
 def idempotency_of(key: object, meta: CreditMetadata | None) -> str | None:
     """The explicit ``idempotency_key`` argument, else ``metadata.idempotency_key``, validated."""
     if key is None and meta is not None:
-        key = meta.idempotency_key
+        return check_idempotency_key(meta.idempotency_key, "metadata.idempotency_key")
     return check_idempotency_key(key)
-
-
-def period_ms(period_seconds: object) -> int:
-    """A limit's period in whole milliseconds, from seconds (0.001 s to 366 days)."""
-    if isinstance(period_seconds, bool) or not isinstance(period_seconds, (int, float)) or not (
-        0.001 <= period_seconds <= 366 * 86400
-    ):
-        raise InvalidInputError("period_seconds", "must be a number of seconds from 0.001 to 366 days")
-    return round(period_seconds * 1000)
-
-
-_QUANTITY_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
-
-
-def check_quantity_name(value: object, field: str = "quantity") -> str:
-    """A quantity's name (``tokens``, ``images``...): 1-64 letters, digits, ``_``, ``.`` or ``-``."""
-    if not isinstance(value, str) or not _QUANTITY_NAME.fullmatch(value):
-        raise InvalidInputError(field, "must be 1-64 letters, digits, '_', '.' or '-'")
-    return value
 
 
 def quantities_arg(quantities: object) -> str:
@@ -161,22 +96,33 @@ def quantities_arg(quantities: object) -> str:
 
 
 def metadata_of(value: object) -> CreditMetadata | None:
-    """``CreditMetadata``, a dict of its fields, or None."""
-    if value is None or isinstance(value, CreditMetadata):
-        return value
+    """``CreditMetadata``, a dict of its fields, or None; every value storable (see ``check_json``)."""
+    if value is None:
+        return None
     if isinstance(value, dict):
+        check_json(value, "metadata")
         try:
-            return CreditMetadata.model_validate(value)
-        except ValueError as exc:
-            raise InvalidInputError("metadata", str(exc)) from exc
-    raise InvalidInputError("metadata", f"must be CreditMetadata, a dict or None, got {type(value).__name__}")
+            value = CreditMetadata.model_validate(value)
+        except ValidationError as exc:
+            raise invalid_input(exc, "metadata") from exc
+    elif isinstance(value, CreditMetadata):
+        check_json(value, "metadata")
+    else:
+        raise InvalidInputError("metadata", f"must be CreditMetadata, a dict or None, got {type(value).__name__}")
+    if value.model is not None:  # a label: spend caps count per model
+        check_label(value.model, "metadata.model")
+    return value
 
 
 def metadata_json(meta: CreditMetadata | None) -> str:
-    """Metadata as compact JSON for the ledger ("" when there is none)."""
+    """Metadata as compact JSON for the ledger ("" when there is none), at most 8 192 bytes."""
     if meta is None:
         return ""
-    return meta.model_dump_json(exclude_none=True)
+    try:
+        text = meta.model_dump_json(exclude_none=True)
+    except PydanticSerializationError as exc:
+        raise InvalidInputError("metadata", f"cannot be written as JSON: {exc}") from exc
+    return check_json_size(text, "metadata")
 
 
 def _s(value: Any) -> str:
@@ -462,16 +408,14 @@ class StoreCore:
         applies the account's request-rate limit too (a gateway admitting a request with a hold).
         """
         uid = check_id(user_id, "user_id")
-        n = check_int(amount, "amount")
+        n = check_amount(amount, "amount", 1)
         op = check_label(operation_type, "operation_type")
         floor = check_amount(min_balance, "min_balance", 0)
         qs = quantities_arg(quantities)
         meta = metadata_of(metadata)
         model = check_label(meta.model, "metadata.model") if meta and meta.model else ""
         ikey = idempotency_of(idempotency_key, meta)
-        ttl_ms = self._hold_ttl_ms if ttl_seconds is None else check_amount(ttl_seconds, "ttl_seconds", 1) * 1000
-        if not amount_in_range(n, 1):
-            return ready(ReserveResult(reservation_id="", user_id=uid, amount=0, error=E.INVALID_AMOUNT))
+        ttl_ms = self._hold_ttl_ms if ttl_seconds is None else check_ttl_seconds(ttl_seconds) * 1000
         k = self.keys.user(uid)
         rid = new_id()
 
@@ -532,16 +476,12 @@ class StoreCore:
         settling = reservation_id != ""
         if settling:
             check_id(reservation_id, "reservation_id")
-        n = check_int(amount, "amount")
+        n = check_amount(amount, "amount", 0 if settling else 1)
         op = check_label(operation_type, "operation_type", allow_empty=settling)
         floor = check_amount(min_balance, "min_balance", 0)
         meta = metadata_of(metadata)
         ikey = idempotency_of(idempotency_key, meta)
         model = check_label(meta.model, "metadata.model") if meta and meta.model else ""
-        if not amount_in_range(n, 0 if settling else 1):
-            return ready(
-                DeductionResult(transaction_id="", user_id=uid, amount=-n, balance_after=0, error=E.INVALID_AMOUNT)
-            )
         dk = self.debit_keys(uid)
         shard = dk.shard
         idem = dk.no_idem if ikey is None else self.keys.user(uid).idempotency(ikey)
@@ -651,14 +591,25 @@ class StoreCore:
         if not isinstance(cap, SpendCap):
             raise InvalidInputError("cap", f"must be a SpendCap, got {type(cap).__name__}")
         uid = check_id(cap.user_id, "user_id" if account_kind == USER else "team_id")
-        check_amount(cap.limit, "limit", 0)
+        limit = check_amount(cap.limit, "limit", 0)
         model = check_label(cap.model, "model") if cap.model else ""
+        period = check_choice(cap.cap_type, "cap_type", ("daily", "monthly"))
+        action = check_choice(cap.action, "action", ("deny", "warn", "notify"))
         k = self.keys.user(uid) if account_kind == USER else self.keys.team(uid)
+        record = {"user_id": uid, "cap_type": period, "model": model or None, "limit": limit, "action": action}
         frag = fragment(op="cap_removed" if remove else "cap_set", ak=account_kind, acct=uid, model=model,
-                        meta=json.dumps(cap.model_dump(by_alias=False), separators=(",", ":")))
-        args = [new_id(), "d" if cap.cap_type == "daily" else "m", model,
-                "" if remove else cap_text(cap.limit, cap.action), frag, self.config()]
+                        meta=json.dumps(record, separators=(",", ":")))
+        args = [new_id(), "d" if period == "daily" else "m", model, "" if remove else cap_text(limit, action), frag,
+                self.config()]
         return Call(self.scripts["set_cap"], [k.account, k.ledger], args, lambda _r: None)
+
+    def set_team_spend_cap(
+        self, team_id: str, cap_type: str, limit: int, action: str, model: str | None
+    ) -> Call[None]:
+        """A team's cap: the same record as a user's, its errors naming ``team_id``."""
+        tid = check_id(team_id, "team_id")
+        cap = SpendCap(user_id=tid, cap_type=cap_type, limit=limit, action=action, model=model)
+        return self.set_spend_cap(cap, account_kind=TEAM)
 
     def check_spend_cap(
         self, user_id: str, model: str | None = None, amount: int | None = None

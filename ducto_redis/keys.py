@@ -34,6 +34,7 @@ import re
 import zlib
 from dataclasses import dataclass
 from functools import lru_cache
+from urllib.parse import unquote
 
 USER = "u"
 TEAM = "t"
@@ -46,6 +47,11 @@ _ESCAPE = re.compile(r"[%{}:\s\x00-\x1f\x7f]")
 def escape_id(raw: str) -> str:
     """Percent-escape the characters that could alter a key's structure (injective)."""
     return _ESCAPE.sub(lambda m: "".join(f"%{b:02X}" for b in m.group(0).encode("utf-8")), raw)
+
+
+def unescape_id(escaped: str) -> str:
+    """The id ``escape_id`` made ``escaped`` from (its inverse: ``%`` is always escaped)."""
+    return unquote(escaped, encoding="utf-8", errors="strict") if "%" in escaped else escaped
 
 
 def shard_of(kind: str, account_id: str, shards: int) -> int:
@@ -164,6 +170,18 @@ class KeySchema:
     def pattern(self) -> str:
         """A SCAN pattern matching every key of this namespace (operators' tools only)."""
         return f"{{{self.namespace}:*}}*"
+
+    def account_of(self, key: str) -> tuple[str, str] | None:
+        """(kind, id) of the account one of whose keys ``key`` is, or None for a shard's or the
+        pricing's keys (the inverse of the account key names above; operators' tools only)."""
+        prefix = "{" + self.namespace + ":"
+        close = key.find("}:", len(prefix))
+        if not key.startswith(prefix) or close < 0:
+            return None
+        kind, sep, rest = key[close + 2:].partition(":")
+        if kind not in (USER, TEAM) or not sep:
+            return None
+        return kind, unescape_id(rest.partition(":")[0])
 
     def _build(self, kind: str, account_id: str) -> AccountKeys:
         shard = shard_of(kind, account_id, self.shards)

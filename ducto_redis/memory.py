@@ -73,6 +73,14 @@ class MemoryStore(RedisStore):
     def _catch_up(self) -> None:
         self.ledger.flush()
 
+    def _unflushed_start(self, stream: str) -> str | None:
+        """Where the entries not copied into SQLite yet begin (None: every entry is copied)."""
+        return self.ledger.unflushed_start(stream)
+
+    def _in_namespace(self, namespace: str) -> MemoryStore:
+        """A store on this in-process server and these settings for another namespace."""
+        return MemoryStore(namespace, server=self.server, settings=self.settings)
+
     def ledger_reader(self) -> LedgerReader | None:
         """Finds one ledger entry by id (``.entry(namespace, entry_id)``): the embedded SQLite ledger,
         brought up to date first."""

@@ -9,12 +9,26 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from .validation import MAX_AMOUNT, invalid_input
+
+
+class InputModel(BaseModel):
+    """An input model: a wrong field raises :class:`~ducto_redis.errors.InvalidInputError` naming it
+    (a ``ValueError``, as pydantic's own error is), so bad input gets the same answer everywhere."""
+
+    def __init__(self, /, **data: Any) -> None:
+        try:
+            super().__init__(**data)
+        except ValidationError as exc:
+            raise invalid_input(exc) from exc
+
 
 # ── Metadata ──────────────────────────────────────────────────────────
 
 
-class CreditMetadata(BaseModel):
+class CreditMetadata(InputModel):
     """Metadata attached to a credit transaction; unknown fields pass through to the ledger."""
 
     model_config = ConfigDict(extra="allow")
@@ -36,7 +50,7 @@ class PlanDefinition(BaseModel):
 
     id: str
     name: str
-    free_allowance: int = Field(default=0, ge=0)
+    free_allowance: int = Field(default=0, ge=0, le=MAX_AMOUNT)
     rate_overrides: dict[str, str] | None = None
     features: dict[str, Any] | None = None
 
@@ -155,15 +169,15 @@ class RateLimitResult(BaseModel):
     error: str | None = None
 
 
-class SpendCap(BaseModel):
+class SpendCap(InputModel):
     """A daily or monthly (UTC calendar) spend cap for a user, optionally for one model only."""
 
     model_config = ConfigDict(populate_by_name=True)
 
-    user_id: str = ""
+    user_id: str = Field(default="", strict=True)
     cap_type: Literal["daily", "monthly"] = Field(default="daily", alias="type")
-    model: str | None = None
-    limit: int = Field(default=0, ge=0, le=2**53 - 1, strict=True)
+    model: str | None = Field(default=None, strict=True)
+    limit: int = Field(default=0, ge=0, le=MAX_AMOUNT, strict=True)
     action: Literal["deny", "warn", "notify"] = "deny"
 
 

@@ -28,9 +28,6 @@ from .core import (
     _err,
     _parts,
     _reply,
-    check_amount,
-    check_id,
-    check_label,
     construct,
     new_id,
     ready,
@@ -49,6 +46,7 @@ from .models import (
     SetUserPlanResult,
     UsageDeductionResult,
 )
+from .validation import check_amount, check_id, check_label
 
 T = TypeVar("T")
 
@@ -233,9 +231,7 @@ class PlanOps:
         if not isinstance(allowances, dict):
             raise InvalidInputError("allowances", f"must be a dict plan id -> credits, not {type(allowances).__name__}")
         table = {check_label(p, "allowances"): check_amount(a, "allowances", 0) for p, a in allowances.items()}
-        if base.script is None:  # refused before Redis (amount out of range)
-            refused = base.parse(None)
-            return ready(UsageDeductionResult(**refused.model_dump(), cost=amount))
+        cost = check_amount(amount, "amount", 1)  # charge checked it already: its plain int value
 
         shard = self.core.debit_keys(user_id).shard
 
@@ -246,7 +242,7 @@ class PlanOps:
                 transaction_id=tx_of(shard, r[2]), user_id=user_id, amount=-paid, balance_after=int(r[4]),
                 idempotent=r[1] == "1", error=_err(r[0]), cap_action=r[6] or None,
                 retry_after_ms=int(r[7]) if r[7] else 0, rate_limit_remaining=int(r[8]) if r[8] else None,
-                cost=amount, allowance_used=free, plan_id=r[11] or None, allowance_remaining=int(r[10]),
+                cost=cost, allowance_used=free, plan_id=r[11] or None, allowance_remaining=int(r[10]),
             )
 
         args = [*base.args[:5], json.dumps(table, separators=(",", ":")), base.args[7]]

@@ -26,10 +26,6 @@ from .core import (
     _err,
     _parts,
     _reply,
-    amount_in_range,
-    check_id,
-    check_int,
-    check_label,
     construct,
     idempotency_of,
     metadata_json,
@@ -43,6 +39,7 @@ from .keys import TEAM, USER
 from .layout import copy_escape, fragment, parse_row, parse_tx_id
 from .models import CreditMetadata, ExpiredCredit, RefundResult, SweepResult
 from .progress import ProgressFn
+from .validation import check_amount, check_id, check_label
 
 if TYPE_CHECKING:
     from .core import StoreCore
@@ -116,15 +113,11 @@ class RefundOps:
         would be in Redis had it not been flushed), or a result decided already (bad amount, not a
         debit, a replayed idempotency key)."""
         tx = check_id(transaction_id, "transaction_id")
-        if amount is not None:
-            check_int(amount, "amount")
+        n = None if amount is None else check_amount(amount, "amount", 1)
         why = "" if reason is None else check_label(reason, "reason")
         meta = metadata_of(metadata)
         ikey = idempotency_of(idempotency_key, meta)
-        req = RefundRequest(tx, "" if amount is None else str(amount), why, metadata_json(meta), ikey)
-        if amount is not None and not amount_in_range(amount, 1):
-            return ready(RefundResult(refund_transaction_id="", original_transaction_id=tx, user_id="",
-                                      amount=amount, error=E.INVALID_AMOUNT))
+        req = RefundRequest(tx, "" if n is None else str(n), why, metadata_json(meta), ikey)
         where = parse_tx_id(tx)
         if where is None:  # not an id of a stream row (an id from before them?): only a ledger database knows it
             req.flushed = False

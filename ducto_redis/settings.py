@@ -7,6 +7,8 @@ from typing import Any, Literal
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from .validation import MAX_TTL_SECONDS, SCHEMA_NAME_PATTERN
+
 
 class Settings(BaseSettings):
     """Configuration of a store. Every field can be set as ``DUCTO_<FIELD>`` in the environment.
@@ -43,12 +45,12 @@ class Settings(BaseSettings):
     database_url: str | None = None
     namespace: str = Field(default="ducto", min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
     shards: int = Field(default=64, ge=1, le=16384)
-    hold_ttl_seconds: int = Field(default=600, ge=1, le=30 * 86400)
+    hold_ttl_seconds: int = Field(default=600, ge=1, le=MAX_TTL_SECONDS)
     idempotency_ttl_seconds: int = Field(default=86400, ge=1, le=365 * 86400)
     events_maxlen: int = Field(default=100_000, ge=100)
     auto_batch_ms: float = Field(default=0.0, ge=0.0, le=50.0)
     auto_batch_max: int = Field(default=512, ge=1, le=10_000)
-    ledger_schema: str = Field(default="ducto", pattern=r"^[a-z_][a-z0-9_]{0,62}$")
+    ledger_schema: str = Field(default="ducto", pattern=SCHEMA_NAME_PATTERN)
     ledger_file: str | None = None
     ledger_max_backlog: int = Field(default=0, ge=0)
     ledger_backlog_policy: Literal["closed", "open"] = "closed"

@@ -11,9 +11,8 @@ import redis
 from . import errors
 from .batch import Batch, ChargeRequest, TeamDebitRequest, charge_calls, team_debit_calls
 from .connect import run_pipelined, sync_client
-from .core import Call, StoreCore, check_amount, check_id, check_label
+from .core import Call, StoreCore
 from .errors import InvalidInputError
-from .keys import TEAM
 from .ledger.store_api import LedgerStoreMixin
 from .models import (
     AddCreditsResult,
@@ -39,6 +38,7 @@ from .plans import PlanStoreMixin
 from .progress import ProgressFn
 from .settings import Settings, given
 from .team_ops import check_period
+from .validation import check_amount, check_id, check_label
 
 T = TypeVar("T")
 _Store = TypeVar("_Store", bound="RedisStore")
@@ -374,8 +374,7 @@ class RedisStore(LedgerStoreMixin, PlanStoreMixin):
         self, team_id: str, cap_type: str = "daily", limit: int = 0, action: str = "deny", model: str | None = None
     ) -> None:
         """A team-level daily or monthly cap (deny / warn / notify), like a user's."""
-        cap = SpendCap(user_id=team_id, cap_type=cap_type, limit=limit, action=action, model=model)  # type: ignore[arg-type,unused-ignore]
-        self._run(self.core.set_spend_cap(cap, account_kind=TEAM))
+        self._run(self.core.set_team_spend_cap(team_id, cap_type, limit, action, model))
 
     def deduct_team(
         self,

@@ -19,18 +19,12 @@ from .core import (
     _err,
     _parts,
     _reply,
-    amount_in_range,
-    check_amount,
-    check_id,
-    check_int,
-    check_label,
     construct,
     idempotency_of,
     metadata_json,
     metadata_of,
     new_call_id,
     new_id,
-    ready,
     tx_of,
 )
 from .errors import InvalidInputError
@@ -47,21 +41,19 @@ from .models import (
     TeamMember,
     TeamMemberSpend,
 )
+from .validation import check_amount, check_choice, check_id, check_label, check_ttl_seconds
 
 CapPeriod = Literal["total", "daily", "monthly"]
 
 
 def check_period(period: object) -> str:
     """``total``, ``daily`` or ``monthly``, else :class:`InvalidInputError` naming ``cap_period``."""
-    if period not in PERIODS:
-        raise InvalidInputError("cap_period", f"must be one of {', '.join(PERIODS)}, got {period!r}")
-    return str(period)
+    return check_choice(period, "cap_period", PERIODS)
 
 
 def _check_cap(spend_cap: object, period: object) -> tuple[int | None, str]:
-    if spend_cap is not None:
-        check_amount(spend_cap, "spend_cap", 0)
-    return spend_cap, check_period(period)  # type: ignore[return-value]
+    cap = None if spend_cap is None else check_amount(spend_cap, "spend_cap", 0)
+    return cap, check_period(period)
 
 
 class TeamOps:
@@ -214,13 +206,11 @@ class TeamOps:
         settling = reservation_id != ""
         if settling:
             check_id(reservation_id, "reservation_id")
-        n = check_int(amount, "amount")
+        n = check_amount(amount, "amount", 0 if settling else 1)
         op = check_label(operation_type, "operation_type", allow_empty=settling)
         meta = metadata_of(metadata)
         ikey = idempotency_of(idempotency_key, meta)
         model = check_label(meta.model, "metadata.model") if meta and meta.model else ""
-        if not amount_in_range(n, 0 if settling else 1):
-            return ready(TeamDeductionResult(team_id=team_id, user_id=uid, amount=-n, error=E.INVALID_AMOUNT))
         shard = k.shard
 
         def parse(raw_reply: Any) -> TeamDeductionResult:
@@ -249,15 +239,11 @@ class TeamOps:
         """Hold pool credits for a member's long job; counts toward the member's cap until resolved."""
         k = self._k(team_id)
         uid = check_id(user_id, "user_id")
-        n = check_int(amount, "amount")
+        n = check_amount(amount, "amount", 1)
         op = check_label(operation_type, "operation_type")
         meta = metadata_of(metadata)
         ikey = idempotency_of(idempotency_key, meta)
-        ttl_ms = (
-            self.core._hold_ttl_ms if ttl_seconds is None else check_amount(ttl_seconds, "ttl_seconds", 1) * 1000
-        )
-        if not amount_in_range(n, 1):
-            return ready(ReserveResult(reservation_id="", user_id=uid, amount=0, error=E.INVALID_AMOUNT))
+        ttl_ms = self.core._hold_ttl_ms if ttl_seconds is None else check_ttl_seconds(ttl_seconds) * 1000
         rid = new_id()
 
         def parse(raw_reply: Any) -> ReserveResult:

@@ -79,7 +79,7 @@ def test_the_cli_logs_the_flusher_by_default_and_other_commands_only_when_asked(
     assert "INFO ducto_redis.flusher: flusher" in r.stderr and "draining: namespace" in r.stderr
     assert "drained 1 entries in" in r.stderr and r.stdout == "flushed 1 entries\n"
     assert cli(*args, "flush", "--once", "--log-level", "warning").stderr == ""
-    assert cli(*args, "restore").stderr == ""  # warnings only, by default
-    assert "INFO ducto_redis.ledger: restored 1 accounts" in cli(*args, "restore", "-v").stderr
-    quiet: Any = cli(*args, "restore", "-v", "--log-level", "error")
+    assert cli(*args, "restore", "--force").stderr == ""  # warnings only, by default
+    assert "INFO ducto_redis.ledger: restored 1 accounts" in cli(*args, "restore", "--force", "-v").stderr
+    quiet: Any = cli(*args, "restore", "--force", "-v", "--log-level", "error")
     assert quiet.stderr == ""  # --log-level wins over -v

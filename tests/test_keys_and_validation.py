@@ -12,7 +12,7 @@ from redis.cluster import key_slot
 from ducto_redis import InvalidInputError, KeySchema, RedisStore, SpendCap
 
 WEIRD_IDS = [
-    "{x}", "a:b", "a}b{c", "user 1", "tab\tnew\nline", "%7B", "*", "", "é" * 1024, "x" * 4096,
+    "{x}", "a:b", "a}b{c", "user 1", "tab\tnew\nline", "%7B", "*", "", "é" * 512, "x" * 1024,  # 1 024 bytes: the most
 ]
 
 
@@ -80,15 +80,34 @@ def test_non_integer_amounts_are_refused_naming_the_field_and_nothing_is_written
     assert snapshot(store) == before
 
 
-@pytest.mark.parametrize("bad", [0, -1, 2**53, 2**63])
-def test_out_of_range_amounts_give_invalid_amount_and_nothing_is_written(store: RedisStore, bad: int) -> None:
+@pytest.mark.parametrize("bad", [0, -1, -5, 2**53, 2**63])
+def test_out_of_range_amounts_raise_naming_the_field_on_every_method_and_nothing_is_written(
+    store: RedisStore, bad: int
+) -> None:
+    """One rule for an amount out of range, whatever the method (issue 14: charge(-5) answered
+    invalid_amount with amount=5 and balance_after=0 while add_credits(-5) raised)."""
     store.add_credits("u", 100)
+    tx = store.charge("u", 10, "x").transaction_id
+    hold = store.reserve_credits("u", 10, "x").reservation_id
+    tid = store.create_team("t", initial_balance=100).team_id
+    store.add_team_member(tid, "u")
     before = snapshot(store)
-    assert store.reserve_credits("u", bad, "x").error == "invalid_amount"
-    assert store.charge("u", bad, "x").error == "invalid_amount"
-    if bad < 0 or bad > 2**53 - 1:
-        with pytest.raises(InvalidInputError, match="amount"):
-            store.add_credits("u", bad)
+    calls: list[Any] = [
+        lambda: store.reserve_credits("u", bad, "x"),
+        lambda: store.charge("u", bad, "x"),
+        lambda: store.charge_with_allowance("u", bad, "x", allowances={}),
+        lambda: store.deduct_team(tid, "u", bad),
+        lambda: store.reserve_team(tid, "u", bad),
+        lambda: store.refund_credits(tx, bad),
+        lambda: store.charge_many([{"user_id": "u", "amount": bad, "operation_type": "x"}]),
+    ]
+    if bad != 0:  # 0 is a valid credit (it creates the record) and a valid settlement (releases the hold)
+        calls += [lambda: store.add_credits("u", bad), lambda: store.deduct_credits("u", hold, bad),
+                  lambda: store.top_up_team(tid, bad)]
+    for call in calls:
+        with pytest.raises(InvalidInputError) as info:
+            call()
+        assert info.value.field.endswith("amount"), info.value
     assert snapshot(store) == before
 
 

@@ -77,10 +77,10 @@ def test_a_body_that_is_not_json_is_a_400(api: Any) -> None:
     assert r.status_code == 400 and r.json()["field"] == "body"
 
 
-def test_out_of_range_amount_is_a_400_invalid_amount(api: Any) -> None:
-    client, admin = api
+def test_out_of_range_amount_is_a_400_naming_the_field(api: Any) -> None:
+    client, admin = api  # out of range is bad input like a wrong type (docs/input-rules.md): one answer
     r = client.post("/v1/charge", json={"user_id": user(admin, 10), "amount": 0})
-    assert r.status_code == 400 and r.json()["error"] == "invalid_amount"
+    assert r.status_code == 400 and (r.json()["error"], r.json()["field"]) == ("invalid_input", "amount")
 
 
 def test_reserve_settle_release_and_balance(api: Any) -> None:

@@ -208,9 +208,9 @@ def cli() -> None:
     """ducto-redis: credits, spend caps and team pools decided atomically in Redis.
 
     Settings come from the options, else the DUCTO_* environment variables, else the defaults.
-    Exit codes: 0 ok, 1 the answer is no (drift, invalid pricing), 2 usage, 3 malformed setting,
-    4 Redis unreachable, 5 database URL missing/refused, 6 PostgreSQL unreachable, 7 file missing,
-    8 unexpected (see docs/cli.md).
+    Exit codes: 0 ok, 1 the answer is no (drift, restore refused, invalid pricing), 2 usage, 3 malformed
+    setting, 4 Redis unreachable, 5 database URL missing/refused, 6 PostgreSQL unreachable, 7 file
+    missing, 8 unexpected, 9 not done yet (entries left pending, accounts not flushed) (see docs/cli.md).
     """
 
 

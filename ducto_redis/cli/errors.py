@@ -24,6 +24,7 @@ class ExitCode(IntEnum):
     POSTGRES_DOWN = 6  # PostgreSQL did not answer
     NO_FILE = 7  # an input file is missing or unreadable
     INTERNAL = 8  # anything else: a bug or an unforeseen failure (--debug shows the traceback)
+    PENDING = 9  # not done yet: flush --once left entries pending elsewhere, reconcile found accounts not flushed
     INTERRUPTED = 130  # Ctrl-C
 
 

@@ -100,7 +100,9 @@ def _rows(flat: Sequence[Any]) -> list[bytes]:
 
 
 def _line_values(line: bytes, names: Sequence[str] = ROW_FIELDS) -> dict[str, str]:
-    cols = [_unescape(v).decode() for v in line.split(_TAB)]
+    # bytes that are not UTF-8 pass through unchanged (surrogateescape): PostgreSQL refuses the row,
+    # and the flusher's quarantine keeps it, instead of the whole batch failing here
+    cols = [_unescape(v).decode("utf-8", "surrogateescape") for v in line.split(_TAB)]
     return {name: v for name, v in zip(names, cols, strict=False) if v}
 
 
@@ -145,12 +147,12 @@ def _meta(meta: str) -> str:
 def reference_line(namespace: bytes, shard: int, mid: bytes, index: int, f: dict[str, str]) -> bytes:
     """One COPY line from a row's values (the reference path): defaults, every value escaped."""
     ms, _, seq = mid.partition(b"-")
-    values: dict[str, bytes] = {COLUMN_OF[k]: v.encode() for k, v in f.items()}
+    values: dict[str, bytes] = {COLUMN_OF[k]: v.encode("utf-8", "surrogateescape") for k, v in f.items()}
     values.update(
         namespace=namespace, shard=b"%d" % shard, stream_ms=ms, stream_seq=seq or b"0", stream_row=b"%d" % index,
         entry_id=values.get("entry_id") or tx_id(shard, mid.decode(), index).encode(),
         ts=ts_text(values.get("ts") or ms), account_kind=values.get("account_kind") or b"u",
-        amount=values.get("amount") or b"0", metadata=_meta(f.get("meta", "")).encode(),
+        amount=values.get("amount") or b"0", metadata=_meta(f.get("meta", "")).encode("utf-8", "surrogateescape"),
         kind=values.get("kind") or b"unknown", account_id=values.get("account_id") or b"",
     )
     return _TAB.join(_escape(values.get(c, b"")) for c in COPY_COLUMNS)
@@ -209,3 +211,22 @@ def copy_payload(entries: Sequence[Entry], namespace: str) -> bytes:
         payload = b"".join(reference_line(ns, shard, mid, i, values) + _NL
                            for shard, mid, flat in entries for i, values in enumerate(_entry_values(flat)))
     return payload
+
+
+def line_values(line: bytes) -> dict[str, bytes | None]:
+    """One COPY line (as :func:`copy_payload` builds it, without its newline) back into its columns,
+    unescaped; None for an empty value (COPY's NULL). A line with too few or too many values keeps
+    what it has: the quarantine stores whatever can be read."""
+    values = line.rstrip(_NL).split(_TAB)
+    return {c: (_unescape(v) if v else None) for c, v in zip(COPY_COLUMNS, values, strict=False)}
+
+
+def line_position(line: bytes) -> tuple[str, int, int, int, int]:
+    """(namespace, shard, stream ms, stream seq, row in the entry) of a COPY line: the columns the
+    flusher itself wrote."""
+    ns, shard, ms, seq, row = ([*line.split(_TAB, 5), b"", b"", b"", b"", b""])[:5]
+    return _unescape(ns).decode("utf-8", "replace"), _int(shard), _int(ms), _int(seq), _int(row)
+
+
+def _int(v: bytes) -> int:
+    return int(v) if v.isdigit() else -1

@@ -87,13 +87,14 @@ class EmbeddedLedger:
 
     def _restore(self, server: Any, settings: Settings, keys: KeySchema) -> None:
         from ..store import RedisStore
-        from .restore import restore
+        from .recovery import restore
 
         if not self.db.rows("SELECT 1 FROM {table} WHERE namespace = ? LIMIT 1", (keys.namespace,)):
             return
         if next(iter(self.client.scan_iter(match=keys.pattern(), count=1000)), None) is not None:
             return  # the server already holds this namespace: it is the live state
-        restore(RedisStore(fakeredis.FakeRedis(server=server, decode_responses=True), settings), self.db)
+        # a fresh server: the file is the whole truth, nothing in the server to protect
+        restore(RedisStore(fakeredis.FakeRedis(server=server, decode_responses=True), settings), self.db, force=True)
         self.resume()
 
     def after(self, keys: Iterable[str]) -> None:
@@ -152,6 +153,14 @@ class EmbeddedLedger:
         ms, seq = _stream_id(self._last[stream])
         minid = min(oldest_kept, (ms, seq + 1))  # never past an entry not yet copied
         self.client.xtrim(stream, minid=f"{minid[0]}-{minid[1]}", approximate=False)
+
+    def unflushed_start(self, stream: str) -> str | None:
+        """Where the entries of ``stream`` not yet copied begin (an XRANGE start), None when the
+        stream holds none."""
+        with self._lock:
+            last = self._last.get(stream)
+            start = "-" if last is None else "(" + last.decode()
+            return start if self.client.xrange(stream, min=start, count=1) else None
 
     def resume(self) -> None:
         """After a restart: each stream continues after the last id the file holds, so entries of the

@@ -7,14 +7,22 @@ Crash-safe and idempotent:
   primary key is the entry id: if any id is already there (a group recreated, a duplicated id), the
   COPY fails as a whole, is rolled back, and the batch takes the idempotent path. Entries claimed
   from a dead flusher, and a batch retried after an error (its commit may have happened), always
-  take the idempotent path: COPY into a temporary table, ``INSERT ... ON CONFLICT (entry_id) DO
+  take the idempotent path: COPY into a temporary table, ``INSERT ... ON CONFLICT (namespace, entry_id) DO
   NOTHING``. Either way a replayed entry is never stored twice;
 - entries are acknowledged (XACK) only after the commit, then the stream is trimmed below the
   oldest entry not yet safely stored (XTRIM MINID): below the oldest pending entry, or when none
   is pending, just past the last delivered one (read *before* the pending summary, so an entry
   another flusher read in between is never trimmed);
 - entries left pending by a flusher that died are claimed by another after ``claim_idle_ms``
-  (XAUTOCLAIM); when Postgres is unreachable the batch is kept and retried with backoff.
+  (XAUTOCLAIM), and a consumer that holds nothing and was idle that long is removed from the group
+  (atomically, so a live one is never removed with entries in hand); when Postgres is unreachable
+  the batch is kept and retried with backoff — also at start: ``run`` creates the schema itself,
+  waiting for Postgres, and says what it waits for;
+- a consumer group that vanished (Redis restarted without persistence, the namespace's keys
+  deleted or restored) is re-created; whatever it delivers again is stored once;
+- a row Postgres refuses (a data error) never holds back the others: the batch is halved until the
+  refused row(s) are found, every other row is stored, and each refused one goes to the quarantine
+  table (``quarantine.py``), counted and acknowledged.
 
 Speed: replies are read as bytes on a private connection whose stream replies skip redis-py's
 per-entry parsing; COPY text is built from the bytes (``copy_text``); ack and trim of every
@@ -34,32 +42,34 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from importlib import resources
 from typing import Any
 
 import redis
 from redis.cluster import ClusterNode, RedisCluster
 from redis.exceptions import ResponseError
 
-from .copy_text import COLUMNS, COPY_COLUMNS, Entry, copy_payload
+from ..validation import check_amount, check_schema_name
+from .copy_text import COLUMNS, Entry, copy_payload
+from .groups import GROUP, ConsumerGroups, group_gone, trim_point
+from .postgres_writer import PostgresWriter, migrate, schema_sql
+from .quarantine import TooManyRefused
 from .watch import ThroughputLog, database_label, log, waiting_for
 
-GROUP = "ducto-flusher"
-__all__ = ["COLUMNS", "GROUP", "Batch", "LedgerFlusher", "migrate", "schema_sql"]
+__all__ = ["COLUMNS", "GROUP", "Batch", "LedgerFlusher", "check_flusher_options", "migrate", "schema_sql",
+           "trim_point"]
+
+MAX_BATCH = 1_000_000
+MAX_CLAIM_IDLE_MS = 86_400_000
+MAX_PROCESSES = 64
 
 
-def schema_sql(schema: str) -> str:
-    """The DDL of the ledger in ``schema``."""
-    text = (resources.files("ducto_redis.ledger") / "schema.sql").read_text(encoding="utf-8")
-    return text.replace("{schema}", schema)
-
-
-def migrate(database_url: str, schema: str) -> None:
-    """Create the ledger schema, table and indexes (idempotent)."""
-    import psycopg
-
-    with psycopg.connect(database_url) as conn:
-        conn.execute(schema_sql(schema))
+def check_flusher_options(*, batch: int = 20_000, claim_idle_ms: int = 30_000, block_ms: int = 200,
+                          processes: int = 1) -> None:
+    """A flusher's options within their bounds, else :class:`InvalidInputError` naming the option."""
+    check_amount(batch, "batch", 1, MAX_BATCH, unit="entries")
+    check_amount(claim_idle_ms, "claim_idle_ms", 0, MAX_CLAIM_IDLE_MS, unit="milliseconds")
+    check_amount(block_ms, "block_ms", 0, 60_000, unit="milliseconds")
+    check_amount(processes, "processes", 1, MAX_PROCESSES, unit="processes")
 
 
 @dataclass
@@ -133,10 +143,6 @@ def bytes_client(client: Any) -> Any:
     return raw
 
 
-def _text(v: Any) -> str:
-    return v.decode() if isinstance(v, bytes) else str(v)
-
-
 def _stream_items(reply: Any) -> list[tuple[Any, Any]]:
     """(stream, messages) pairs of an XREADGROUP reply (RESP2 list or RESP3 map)."""
     if not reply:
@@ -155,21 +161,7 @@ def _fields(fields: Any) -> list[bytes] | None:
     return list(fields)
 
 
-def trim_point(last_delivered: Any, pending: Any) -> str:
-    """The MINID below which a stream's entries are stored and acknowledged.
-
-    ``last_delivered`` must have been read before ``pending`` (the pending summary): an entry is
-    pending from delivery until its ack, and delivery is in id order, so everything below the
-    oldest pending id is acknowledged, and with nothing pending everything delivered up to
-    ``last_delivered`` is.
-    """
-    if pending and pending.get("pending"):
-        return _text(pending["min"])
-    ms, _, seq = _text(last_delivered).partition("-")
-    return f"{ms}-{int(seq or 0) + 1}"
-
-
-class LedgerFlusher:
+class LedgerFlusher(ConsumerGroups, PostgresWriter):
     """Moves one namespace's ledger entries from Redis into Postgres (see the module docstring)."""
 
     def __init__(
@@ -182,15 +174,17 @@ class LedgerFlusher:
         block_ms: int = 200,
         claim_idle_ms: int = 30_000,
         schema: str | None = None,
+        create_schema: bool = True,
         log_interval: float = 10.0,
         on_batch: Callable[[int, float], None] | None = None,
     ) -> None:
+        check_flusher_options(batch=batch, claim_idle_ms=claim_idle_ms, block_ms=block_ms)
         self.store = store
         self.on_batch = on_batch  # called with (entries, seconds) after each committed batch (metrics)
         self.client = bytes_client(store.client)
         self.cluster = isinstance(self.client, RedisCluster)
         self.database_url = database_url
-        self.schema = schema or store.settings.ledger_schema
+        self.schema = check_schema_name(schema or store.settings.ledger_schema)
         self.namespace = store.settings.namespace
         self.stream_names = store.core.keys.all_ledger_streams()
         self.streams = [s.encode() for s in self.stream_names]
@@ -202,6 +196,11 @@ class LedgerFlusher:
         self.flushed = 0
         self.failures = 0
         self.fallbacks = 0  # fresh batches that met an id already stored and took the idempotent path
+        self.quarantined = 0  # entries Postgres refused, kept in the quarantine table
+        self.regrouped = 0  # times the consumer group was found missing and re-created
+        self.reaped = 0  # dead consumers removed from the group
+        self.left_pending = 0  # after drain(): entries other consumers hold, not idle long enough to claim
+        self._schema_ready = not create_schema
         self._conn: Any = None
         self._staged = False
         self.unwritten: list[Batch] = []  # read but not yet committed: written first, idempotently
@@ -212,16 +211,6 @@ class LedgerFlusher:
         self.log_interval = log_interval  # seconds between throughput lines in the log (0: none)
 
     # ── Redis side ────────────────────────────────────────────────────
-
-    def ensure_groups(self) -> None:
-        """Create the consumer group on every shard stream (MKSTREAM; existing groups are kept)."""
-        for s in self.streams:
-            try:
-                self.client.xgroup_create(s, GROUP, id="0", mkstream=True)
-            except ResponseError as exc:
-                if "BUSYGROUP" not in str(exc):
-                    raise
-        self._groups_ready = True
 
     def _collect(self, stream: Any, msgs: Any, out: list[Entry]) -> None:
         shard = self.shard_of[stream if isinstance(stream, bytes) else str(stream).encode()]
@@ -251,6 +240,7 @@ class LedgerFlusher:
             claimed = self._claim()
             if claimed:
                 return Batch(claimed, fresh=False)
+            self.reap_consumers()
         out: list[Entry] = []
         # COUNT applies per stream: split the batch over the shards so a read stays near `batch`
         per_stream = max(1, -(-self.batch // len(self.streams)))
@@ -270,61 +260,7 @@ class LedgerFlusher:
                 self._collect(stream, msgs, out)
         return Batch(out, fresh=True)
 
-    def _ack_and_trim(self, by_stream: dict[int, list[bytes]]) -> None:
-        """XACK the batch, then XTRIM each stream it touched: two pipelined round trips."""
-        shards = list(by_stream)
-        pipe = self.client.pipeline(transaction=False)
-        for shard in shards:
-            s = self.streams[shard]
-            pipe.xack(s, GROUP, *by_stream[shard])
-            pipe.xinfo_groups(s)  # the last delivered id, read BEFORE the pending summary
-            pipe.xpending(s, GROUP)
-        replies = pipe.execute()
-        pipe = self.client.pipeline(transaction=False)
-        for i, shard in enumerate(shards):
-            groups, pending = replies[3 * i + 1], replies[3 * i + 2]
-            group = next((g for g in groups if _text(g["name"]) == GROUP), None)
-            if group is None:
-                continue
-            pipe.xtrim(self.streams[shard], minid=trim_point(group["last-delivered-id"], pending), approximate=False)
-        pipe.execute()
-
     # ── Postgres side ─────────────────────────────────────────────────
-
-    def _connection(self) -> Any:
-        import psycopg
-
-        if self._conn is None or self._conn.closed:
-            self._conn = psycopg.connect(self.database_url, connect_timeout=3)
-            self._staged = False
-        return self._conn
-
-    def _write(self, batch: Batch) -> None:
-        """Store the batch in one transaction (see the module docstring for the two paths)."""
-        import psycopg
-
-        payload = batch.prepare(self.namespace).payload
-        conn = self._connection()
-        columns = ", ".join(COPY_COLUMNS)
-        with conn.cursor() as cur:
-            if batch.fresh:
-                try:
-                    with cur.copy(f"COPY {self.schema}.ledger ({columns}) FROM STDIN (NULL '')") as copy:
-                        copy.write(payload)
-                    conn.commit()
-                    return
-                except psycopg.errors.UniqueViolation:
-                    conn.rollback()
-                    self.fallbacks += 1
-            if not self._staged:
-                cur.execute(f"CREATE TEMP TABLE IF NOT EXISTS ledger_stage "
-                            f"(LIKE {self.schema}.ledger INCLUDING DEFAULTS) ON COMMIT DELETE ROWS")
-                self._staged = True
-            with cur.copy(f"COPY ledger_stage ({columns}) FROM STDIN (NULL '')") as copy:
-                copy.write(payload)
-            cur.execute(f"INSERT INTO {self.schema}.ledger ({columns}) SELECT {columns} "
-                        f"FROM ledger_stage ON CONFLICT (namespace, entry_id) DO NOTHING")
-        conn.commit()
 
     def _write_or_keep(self, batch: Batch) -> None:
         """Write; on failure keep the batch (first in line) for an idempotent retry and re-raise."""
@@ -348,11 +284,26 @@ class LedgerFlusher:
             self.ensure_groups()
         if self.unwritten:
             return self.unwritten.pop(0)
+        try:
+            return self._fresh_batch(block)
+        except ResponseError as exc:
+            if not group_gone(exc):
+                raise
+            self._regroup(exc)
+            return self._fresh_batch(block)
+
+    def _fresh_batch(self, block: bool) -> Batch:
         with _gc_paused():
             batch = self._read(block=False).prepare(self.namespace)
         if not batch and block:
             batch = self._read(block=True).prepare(self.namespace)
         return batch
+
+    def describe(self, exc: BaseException) -> str:
+        """What a failure means for the flusher, for its log line: ``ledger flush failed (...);
+        waiting for PostgreSQL`` (or Redis, or a retry)."""
+        what = "a retry" if isinstance(exc, TooManyRefused) else waiting_for(exc)
+        return f"ledger flush failed ({' '.join(str(exc).split()) or type(exc).__name__}); waiting for {what}"
 
     def flush_once(self, block: bool = False) -> int:
         """Move one batch: read, write (COPY), commit, then ack and trim. Returns entries moved.
@@ -440,6 +391,26 @@ class LedgerFlusher:
             raise errors[0]
         return moved[0]
 
+    def _claim_all(self) -> int:
+        """Write every entry other consumers left pending for ``claim_idle_ms``; returns how many."""
+        moved = 0
+        while claimed := self._claim():
+            batch = Batch(claimed, fresh=False).prepare(self.namespace)
+            self._store_batch(batch)
+            moved += len(batch)
+        return moved
+
+    def _drain_once(self, deadline: float, keep_going: Callable[[int], bool]) -> int:
+        self.prepare_schema()
+        if not self._groups_ready:
+            self.ensure_groups()
+        moved = 0
+        while self.unwritten and time.monotonic() < deadline:
+            moved += self.flush_once()
+        moved += self._claim_all()
+        self._last_claim = time.monotonic()
+        return moved + self._pipelined(keep_going, block=False)
+
     def _starting(self, how: str) -> ThroughputLog:
         log.info("flusher %s %s: namespace %r, %d streams -> PostgreSQL %s schema %r, batches of up to %s",
                  self.consumer, how, self.namespace, len(self.streams), database_label(self.database_url),
@@ -447,24 +418,45 @@ class LedgerFlusher:
         return ThroughputLog(self.log_interval, lambda: int(self.store.ledger_lag().backlog))
 
     def drain(self, timeout: float = 60.0) -> int:
-        """Flush until nothing is left to read (or ``timeout``); returns entries moved."""
+        """Flush until nothing is left to read (or ``timeout``), entries a dead flusher left pending
+        for ``claim_idle_ms`` included; returns entries moved. Failures are retried with backoff
+        until ``timeout`` (then raised). Afterwards ``left_pending`` says how many entries other
+        consumers still hold (delivered less than ``claim_idle_ms`` ago, or to a live flusher) and
+        idle consumers holding nothing are removed from the group."""
         watch = self._starting("draining")
         deadline = time.monotonic() + timeout
-        self._last_claim = 0.0
-        moved = 0
-        while self.unwritten and time.monotonic() < deadline:
-            moved += self.flush_once()
+        moved, delay = 0, 0.05
+
+        done = [0]  # entries moved by the attempts before this one
 
         def keep_going(n: int) -> bool:
-            watch.tick(moved + n)
+            watch.tick(done[0] + n)
             return time.monotonic() < deadline
 
-        moved += self._pipelined(keep_going, block=False)
-        log.info("flusher %s drained %s", self.consumer, watch.summary(moved))
+        while True:
+            try:
+                moved += self._drain_once(deadline, keep_going)
+                break
+            except Exception as exc:
+                if group_gone(exc):  # the group vanished between two steps: re-create it, go on
+                    self._regroup(exc)
+                    continue
+                self.failures += 1
+                done[0] = self.flushed
+                if time.monotonic() + delay >= deadline:
+                    raise
+                log.warning("%s, retrying in %.2fs", self.describe(exc), delay)
+                time.sleep(delay)
+                delay = min(delay * 2, 5.0)
+        self.reap_consumers()
+        self.left_pending = self.pending_elsewhere()
+        log.info("flusher %s drained %s%s", self.consumer, watch.summary(moved),
+                 f"; {self.left_pending:,} entries left pending on other consumers" if self.left_pending else "")
         return moved
 
     def run(self, stop: threading.Event | None = None) -> None:
-        """Flush until ``stop`` is set, retrying with exponential backoff when anything fails."""
+        """Flush until ``stop`` is set, retrying with exponential backoff when anything fails (saying
+        what it waits for: PostgreSQL, Redis); creates the schema first, waiting for Postgres."""
         stop = stop or self._stop
         watch = self._starting("started")
         log.info("waiting for ledger entries (reads block %d ms; a dead flusher's entries are claimed after %d s)",
@@ -486,19 +478,32 @@ class LedgerFlusher:
         delay = 0.05
         while not stop.is_set():
             try:
+                self.prepare_schema()
                 while self.unwritten and not stop.is_set():
                     self.flush_once()
                     flushed_again()
                 self._pipelined(keep_going, block=True)
                 delay = 0.05
             except Exception as exc:
+                if group_gone(exc):
+                    self._regroup(exc)
+                    continue
                 self.failures += 1
                 failing[0] = True
-                log.warning("ledger flush failed (%s); waiting for %s, retrying in %.2fs",
-                            " ".join(str(exc).split()), waiting_for(exc), delay)
+                log.warning("%s, retrying in %.2fs", self.describe(exc), delay)
                 stop.wait(delay)
                 delay = min(delay * 2, 5.0)
         log.info("flusher %s stopped after %s", self.consumer, watch.summary(self.flushed))
+
+    def serve(self, once: bool = False, stop: threading.Event | None = None) -> None:
+        """Drain (``once``) or run until ``stop`` is set, then stop cleanly (see :meth:`stop`)."""
+        try:
+            if once:
+                self.drain(timeout=3600)
+            else:
+                self.run(stop)
+        finally:
+            self.stop()
 
     def start(self) -> LedgerFlusher:
         """Run in a daemon thread."""
@@ -507,9 +512,13 @@ class LedgerFlusher:
         return self
 
     def stop(self, timeout: float = 10.0) -> None:
-        """Stop the thread (after its current batch) and close the Postgres connection."""
+        """Stop the thread (after its current batch), leave the group if nothing is pending on this
+        flusher (a clean stop leaves no dead consumer behind), close the Postgres connection."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout)
+        if self._groups_ready and not self.unwritten:
+            with contextlib.suppress(Exception):
+                self.reap_consumers(only_self=True)
         if self._conn is not None:
             self._conn.close()

@@ -17,7 +17,8 @@ __all__ = ["run_flusher_processes"]
 
 
 def _flusher_process(store_kwargs: dict[str, Any], database_url: str, batch: int, once: bool, stop: Any,
-                     out: Any, log_level: int | None = None, log_interval: float = 10.0) -> None:
+                     out: Any, log_level: int | None = None, log_interval: float = 10.0,
+                     claim_idle_ms: int = 30_000) -> None:
     """One flusher: drain (``once``) or run until ``stop`` is set; reports the entries it moved."""
     from ..store import RedisStore
     from .flusher import LedgerFlusher
@@ -28,19 +29,15 @@ def _flusher_process(store_kwargs: dict[str, Any], database_url: str, batch: int
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the parent, which sets `stop`
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    flusher = LedgerFlusher(RedisStore.from_url(**store_kwargs), database_url, batch=batch, log_interval=log_interval)
-    try:
-        if once:
-            flusher.drain(timeout=3600)
-        else:
-            flusher.run(stop)
-    finally:
-        flusher.stop()
+    flusher = LedgerFlusher(RedisStore.from_url(**store_kwargs), database_url, batch=batch, log_interval=log_interval,
+                            claim_idle_ms=claim_idle_ms)
+    flusher.serve(once, stop)
     out.put(flusher.flushed)
 
 
 def run_flusher_processes(processes: int, store_kwargs: dict[str, Any], database_url: str, *, batch: int = 20_000,
-                          once: bool = False, log_level: int | None = None, log_interval: float = 10.0) -> int:
+                          once: bool = False, log_level: int | None = None, log_interval: float = 10.0,
+                          claim_idle_ms: int = 30_000) -> int:
     """Run ``processes`` flusher processes until they have drained the ledger (``once``) or until
     SIGINT/SIGTERM; returns the entries they moved in all. ``store_kwargs`` go to
     :meth:`RedisStore.from_url` in each process. A process that fails makes this raise. With
@@ -49,7 +46,7 @@ def run_flusher_processes(processes: int, store_kwargs: dict[str, Any], database
     ctx = mp.get_context("spawn")
     stop, out = ctx.Event(), ctx.Queue()
     previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    args = (store_kwargs, database_url, batch, once, stop, out, log_level, log_interval)
+    args = (store_kwargs, database_url, batch, once, stop, out, log_level, log_interval, claim_idle_ms)
     procs = [ctx.Process(target=_flusher_process, args=args, name=f"ducto-flusher-{i}") for i in range(processes)]
     for p in procs:
         p.start()

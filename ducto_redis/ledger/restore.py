@@ -17,6 +17,9 @@ they were: every version, the last one active.
 
 Not restored: idempotency keys and recent call ids (a retry within their life after a Redis loss
 decides again) and the rate limiter's position (it starts fresh).
+
+``recovery.py`` runs these: restore with its safety checks (backlog, live keys, dry run, another
+namespace) and reconcile over both sides.
 """
 
 from __future__ import annotations
@@ -39,7 +42,6 @@ from ..layout import (
     month_bucket,
     plan_text,
 )
-from ..progress import ProgressFn, no_progress
 from .database import LedgerDatabase
 
 
@@ -345,41 +347,3 @@ def account_drift(store: Any, s: AccountState, now_ms: int) -> list[str]:
     if not team:
         check("grants", c.hgetall(k.grants), {gid: f"{exp}|{rem}" for gid, (exp, rem) in s.grants.items()})
     return found
-
-
-def restore(store: Any, source: LedgerDatabase, *, progress: ProgressFn = no_progress) -> int:
-    """Rebuild every account's Redis keys (and the pricing versions) from the ledger in ``source``;
-    returns the number of accounts. ``progress(done, total)`` is called after each account."""
-    ns = store.settings.namespace
-    total = source.count_accounts(ns)
-    now_ms = int(time.time() * 1000)
-    done = 0
-    last: dict[int, tuple[int, int]] = {}
-    for state in derive(source, ns, now_ms):
-        write_state(store, state, now_ms)
-        for shard, sid in state.last_entry.items():
-            last[shard] = max(last.get(shard, (0, 0)), sid)
-        if state.kind == "p":  # the pricing versions: not an account
-            continue
-        done += 1
-        progress(done, max(total, done))
-    set_streams_past(store, last)
-    return done
-
-
-def reconcile(store: Any, source: LedgerDatabase, *, progress: ProgressFn = no_progress) -> dict[str, list[str]]:
-    """Drift per account (``"u:<id>"`` / ``"t:<id>"``) between Redis and the ledger in ``source``;
-    ``progress(done, total)`` is called after each account."""
-    now_ms = int(time.time() * 1000)
-    ns = store.settings.namespace
-    total = source.count_accounts(ns)
-    out: dict[str, list[str]] = {}
-    done = 0
-    for s in derive(source, ns, now_ms):
-        d = account_drift(store, s, now_ms)
-        if d:
-            out[f"{s.kind}:{s.account_id}"] = d
-        if s.kind != "p":
-            done += 1
-            progress(done, max(total, done))
-    return out

@@ -55,3 +55,39 @@ DROP INDEX IF EXISTS {schema}.ledger_spend_ts;
 CREATE INDEX IF NOT EXISTS ledger_ts_brin ON {schema}.ledger USING brin (ts);
 CREATE INDEX IF NOT EXISTS ledger_team_member
     ON {schema}.ledger (namespace, account_id, member, ts) WHERE account_kind = 't';
+
+-- Entries PostgreSQL refused (a data error in one row: bad encoding, a NUL, a number that is not one,
+-- an index row too large). The flusher halves a refused batch to find them, stores every other row,
+-- and keeps each refused one here: the ledger's columns as far as they can be read, PostgreSQL's
+-- reason and the raw COPY line. `ducto-redis status` counts them. Nothing is ever deleted here.
+CREATE TABLE IF NOT EXISTS {schema}.ledger_quarantine (
+    namespace       text NOT NULL,
+    shard           integer NOT NULL,
+    stream_ms       bigint NOT NULL,
+    stream_seq      bigint NOT NULL,
+    stream_row      integer NOT NULL DEFAULT 0,
+    entry_id        text,
+    ts              timestamptz,
+    account_kind    text,
+    account_id      text,
+    member          text,
+    kind            text,
+    amount          bigint,
+    balance_after   bigint,
+    held_after      bigint,
+    hold            bigint,
+    reservation_id  text,
+    operation_type  text,
+    model           text,
+    tx_type         text,
+    idempotency_key text,
+    expires_ms      bigint,
+    cap_action      text,
+    reason          text,
+    metadata        jsonb,
+    extra           jsonb,
+    refused_because text NOT NULL,             -- PostgreSQL's error
+    raw             bytea NOT NULL,            -- the COPY line the flusher built from the stream entry
+    quarantined_at  timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (namespace, shard, stream_ms, stream_seq, stream_row)
+);

@@ -26,11 +26,13 @@ from ..progress import ProgressFn, no_progress
 log = logging.getLogger("ducto_redis.ledger")
 
 if TYPE_CHECKING:
+
     from ..core import StoreCore
     from ..settings import Settings
     from .database import LedgerDatabase, LedgerReader
     from .flusher import LedgerFlusher
     from .queries import LedgerQueries
+    from .recovery import ReconcileReport, RestoreReport
 
 CATCH_UP_SECONDS = 5.0
 """How long analytics on a RedisStore spend copying unflushed entries into PostgreSQL first, at most."""
@@ -63,11 +65,11 @@ class LedgerStoreMixin:
             result.errors.append(f"ledger schema: {exc}")
 
     def start_flusher(self, database_url: str | None = None, **options: Any) -> LedgerFlusher:
-        """Start a background thread copying this namespace's ledger into Postgres."""
-        from .flusher import LedgerFlusher, migrate
+        """Start a background thread copying this namespace's ledger into Postgres (it creates the
+        schema first, waiting with backoff while Postgres is away; see ``LedgerFlusher``)."""
+        from .flusher import LedgerFlusher
 
         url = self._database_url(database_url)
-        migrate(url, options.get("schema") or self.settings.ledger_schema)
         self.stop_flusher()
         self._flusher = LedgerFlusher(self, url, **options).start()
         return self._flusher
@@ -110,6 +112,29 @@ class LedgerStoreMixin:
                 lag.pending += int(pending.get("pending", 0))
         lag.oldest_unflushed_age_ms = max(0, now_ms - oldest) if oldest is not None else 0
         return lag
+
+    def _unflushed_start(self, stream: str) -> str | None:
+        """Where the entries of a ledger stream not yet in the ledger database begin (an XRANGE
+        start), or None when there are none: the flusher's trim point (its group's oldest pending
+        entry, else just past the last delivered one; every entry when no flusher ever ran)."""
+        from redis.exceptions import ResponseError
+
+        from .groups import GROUP, trim_point
+
+        if not self.client.exists(stream):
+            return None
+        try:
+            group = next((g for g in self.client.xinfo_groups(stream) if g["name"] in (GROUP, GROUP.encode())), None)
+        except ResponseError:
+            group = None
+        if group is None:
+            return "-"
+        return trim_point(group["last-delivered-id"], self.client.xpending(stream, GROUP))
+
+    def _in_namespace(self, namespace: str) -> Any:
+        """A store like this one (same Redis, same settings) for another namespace (a restore drill)."""
+        cls: Any = type(self)
+        return cls(self.client, self.settings, namespace=namespace)
 
     def _ledger_database(self, database_url: str | None = None) -> LedgerDatabase:
         """The database holding this store's ledger rows: PostgreSQL at ``database_url`` (default
@@ -170,25 +195,49 @@ class LedgerStoreMixin:
         store is a source of :func:`ducto_redis.report.gather`)."""
         return self._queries().spend_by_team(limit, start, end)
 
-    def restore_from_ledger(self, database_url: str | None = None, progress: ProgressFn = no_progress) -> int:
-        """Rebuild every account's Redis keys from the ledger; returns accounts restored.
-        ``progress(done, total)`` is called after each account."""
-        from .restore import restore
+    def restore_ledger(
+        self, database_url: str | None = None, *, dry_run: bool = False, force: bool = False,
+        target_namespace: str | None = None, progress: ProgressFn = no_progress,
+    ) -> RestoreReport:
+        """Rebuild the namespace's Redis keys (or ``target_namespace``'s, for a drill) from the ledger.
+
+        Refuses (:class:`~ducto_redis.ledger.recovery.RestoreRefused`, nothing written) while the
+        namespace written has ledger entries not yet in the ledger database or live keys, unless
+        ``force``; ``dry_run`` writes nothing and reports what it would write (``docs/ledger.md``).
+        ``progress(done, total)`` is called after each account written.
+        """
+        from .recovery import restore
 
         source = self._ledger_database(database_url)
         started = time.monotonic()
-        n = restore(self, source, progress=progress)
-        log.info("restored %d accounts of namespace %r from the ledger (%s) in %.1f s", n,
-                 self.settings.namespace, source.label, time.monotonic() - started)
-        return n
+        report = restore(self, source, dry_run=dry_run, force=force, target_namespace=target_namespace,
+                         progress=progress)
+        log.info("%s %d accounts of namespace %r from the ledger (%s) in %.1f s",
+                 "restored" if report.written else "would restore", report.total_accounts, report.namespace,
+                 source.label, time.monotonic() - started)
+        return report
+
+    def restore_from_ledger(self, database_url: str | None = None, progress: ProgressFn = no_progress, *,
+                            force: bool = False) -> int:
+        """:meth:`restore_ledger`, returning the number of accounts restored."""
+        return self.restore_ledger(database_url, force=force, progress=progress).total_accounts
+
+    def reconcile_ledger(self, database_url: str | None = None, *, ledger_namespace: str | None = None,
+                         progress: ProgressFn = no_progress) -> ReconcileReport:
+        """Every account on both sides, Redis against the ledger (of ``ledger_namespace`` after a
+        drill): drift, and apart from it the accounts whose entries are not flushed yet.
+        ``progress(done, total)`` is called after each account of the ledger."""
+        from .recovery import reconcile
+
+        report = reconcile(self, self._ledger_database(database_url), ledger_namespace=ledger_namespace,
+                           progress=progress)
+        log.log(logging.WARNING if report.drift else logging.INFO,
+                "reconcile of namespace %r: %d accounts drift, %d not yet flushed", self.settings.namespace,
+                len(report.drift), len(report.not_yet_flushed))
+        return report
 
     def reconcile_with_ledger(self, database_url: str | None = None,
                               progress: ProgressFn = no_progress) -> dict[str, list[str]]:
-        """Drift per account between Redis and the ledger (empty when they agree).
-        ``progress(done, total)`` is called after each account."""
-        from .restore import reconcile
-
-        drift = reconcile(self, self._ledger_database(database_url), progress=progress)
-        log.log(logging.WARNING if drift else logging.INFO, "reconcile of namespace %r: %d accounts drift",
-                self.settings.namespace, len(drift))
-        return drift
+        """Drift per account between Redis and the ledger (empty when they agree); accounts whose
+        entries are not flushed yet are not drift (:meth:`reconcile_ledger` lists them)."""
+        return self.reconcile_ledger(database_url, progress=progress).drift

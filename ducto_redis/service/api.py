@@ -121,7 +121,7 @@ ENDPOINTS: list[tuple[str, str, str, type[BaseModel] | None, type[BaseModel], bo
 ]
 
 _REFUSALS = {
-    "400": "Bad input (the field is named) or invalid_amount",
+    "400": "Bad input (the field is named: docs/input-rules.md) or invalid_amount (a refund above what is left)",
     "401": "No or wrong bearer token",
     "402": "insufficient_credits, insufficient_team_balance or spend_cap_exceeded",
     "404": "reservation_not_found, team_not_found, user_not_found",
