@@ -5,7 +5,7 @@
 -- KEYS: account idem ledger grants gindex
 -- ARGV: cid tx amount purchase frag expires must_exist config
 --   purchase: "1" when the credit counts toward lifetime purchased; must_exist: "1" for a team top-up
--- REPLY: status idempotent tx amount balance life
+-- REPLY (text): status idempotent tx amount balance life
 --   status: ok | invalid_amount | team_not_found
 local ctx = ctx_new(ARGV[8], KEYS[3], KEYS[3])
 local acct, idem = KEYS[1], KEYS[2]

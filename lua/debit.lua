@@ -8,7 +8,7 @@
 -- ARGV: cid amount model floor frag rid quantities config
 --   quantities: "name=n;..." (a charge's, checked against the account's quantity limits; a settlement's
 --   actual ones, correcting its hold's estimate) or ""
--- REPLY: status idempotent ref amount balance held cap retry remaining
+-- REPLY (text): status idempotent ref amount balance held cap retry remaining
 --   status: ok | insufficient_credits | spend_cap_exceeded | rate_limited | reservation_not_found
 --           | ledger_backlog_full
 local ctx = ctx_new(ARGV[8], KEYS[4], KEYS[5])

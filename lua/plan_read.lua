@@ -1,7 +1,8 @@
 -- plan_read.lua (read-only): a user's plan and the allowance it has used this month (UTC calendar).
 -- KEYS: account
 -- ARGV: config
--- REPLY: [ok, 0, plan id or "", used this month, month start ms, month end ms (exclusive)]
+-- REPLY (table): status idempotent plan used start end
+--   plan: the plan id or ""; used: this month; start, end: the month's first ms and end ms (exclusive)
 local c = clock(config(ARGV[1]))
 local cur = redis.call('HGET', KEYS[1], 'plan')
 local used, plan = 0, ''

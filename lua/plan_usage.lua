@@ -2,7 +2,8 @@
 -- (ducto's increment_usage_window). Recorded as a ledger 'config' entry (op allowance_used).
 -- KEYS: account ledger
 -- ARGV: tx plan amount frag config
--- REPLY: [ok, 0, used this month after]
+-- REPLY (table): status idempotent used
+--   used: used this month, after
 local ctx = ctx_new(ARGV[5], KEYS[2], KEYS[2])
 local plan, amount = ARGV[2], ARGV[3] + 0
 local month = ctx.c.month

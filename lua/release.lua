@@ -1,7 +1,7 @@
 -- release.lua: give a reservation's credits back without spending them (resolves a hold once).
 -- KEYS: account idem ledger grants
 -- ARGV: cid tx rid frag config
--- REPLY: status idempotent rid amount balance held
+-- REPLY (text): status idempotent rid amount balance held
 --   status: ok | reservation_not_found
 local ctx = ctx_new(ARGV[5], KEYS[3], KEYS[3])
 local acct, idem = KEYS[1], KEYS[2]

@@ -5,7 +5,7 @@
 --   rate: "1" applies the account's request-rate limit too (a gateway admitting a request with a hold);
 --   quantities: "name=n;..." (an estimate, checked against the account's quantity limits and corrected
 --   when the hold is settled) or ""; model: the request's model or ""
--- REPLY: status idempotent rid amount balance held expires retry remaining
+-- REPLY (text): status idempotent rid amount balance held expires retry remaining
 --   status: ok | insufficient_credits | rate_limited | ledger_backlog_full
 local ctx = ctx_new(ARGV[11], KEYS[3], KEYS[3])
 local acct, idem = KEYS[1], KEYS[2]

@@ -4,7 +4,8 @@
 -- Does not create the user record. Recorded as a ledger 'config' entry (op plan_set, extra.plan).
 -- KEYS: account ledger
 -- ARGV: tx plan frag config
--- REPLY: [ok, 0, previous plan id or ""]
+-- REPLY (table): status idempotent previous
+--   previous: the previous plan id, or ""
 local ctx = ctx_new(ARGV[4], KEYS[2], KEYS[2])
 local plan = ARGV[2]
 local st = account(ctx, KEYS[1], { 'plan', 'P|' .. plan })
