@@ -1,9 +1,9 @@
 """One spec per Lua script: the names of its KEYS, its ARGV and its reply's fields, in order.
 
 This is the one place a script's layout is written on the Python side. The call builders pack
-KEYS and ARGV by name (:attr:`Fields.pack`), the reply parsers take fields by name
-(:meth:`Fields.getter`), and batch.py derives how a script's calls are packed into its "many"
-twin from the two specs' names. Each ``lua/<script>.lua`` states the same layout in its header,
+KEYS and ARGV by name (``DEBIT.args.pack(cid=..., amount=...)``), the reply parsers read fields by
+name (``r[DEBIT.reply.pos.ref]``), and batch.py derives how a script's calls are packed into its
+"many" twin from the two specs' names. Each ``lua/<script>.lua`` states the same layout in its header,
 in the same words::
 
     -- KEYS: account grants idem ledger events
@@ -23,7 +23,8 @@ A layout is names separated by spaces, then optionally a group repeated any numb
 * ``special``: described in the header's words only (refund_find.lua).
 
 Positions are worked out once, when this module is imported: packing a call costs one Python call
-per list (no dict is built), and a getter is one ``operator.itemgetter``.
+per list (no dict is built), and reading ``r[pos.ref]`` through a module-level ``pos`` costs what
+``r[2]`` did.
 """
 
 from __future__ import annotations
@@ -32,7 +33,6 @@ import keyword
 import re
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from operator import itemgetter
 from typing import Any, Literal
 
 Shape = Literal["text", "table", "lines", "special"]
@@ -62,12 +62,20 @@ def _packer(names: tuple[str, ...]) -> Callable[..., list[Any]]:
     return pack
 
 
-def _getter(positions: tuple[int, ...]) -> Callable[[Sequence[str]], tuple[str, ...]]:
-    if len(positions) == 1:
-        (p,) = positions
-        return lambda seq: (seq[p],)
-    get: Callable[[Sequence[str]], tuple[str, ...]] = itemgetter(*positions)
-    return get
+def _positions(names: tuple[str, ...]) -> Any:
+    """An object whose attribute ``name`` is that name's 0-based position (read-only). Reading one
+    costs about what reading a module constant does: ``r[DEBIT.reply.pos.ref]`` is as cheap as
+    ``r[2]`` once ``DEBIT.reply.pos`` is bound to a name."""
+
+    def refuse(self: object, name: str, value: object) -> None:
+        raise AttributeError(f"positions are read-only: {name}")
+
+    cls = type("Positions", (), {"__slots__": names, "__setattr__": refuse,
+                                 "__repr__": lambda self: f"Positions({' '.join(names)})"})
+    obj = cls()
+    for i, name in enumerate(names):
+        object.__setattr__(obj, name, i)
+    return obj
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,16 +90,25 @@ class Fields:
     """``pack(name=value, ...)``: the values of ``names`` as a list, in order (each name required)."""
     pack_each: Callable[..., list[Any]] = field(init=False, repr=False, compare=False)
     """``pack_each(name=value, ...)``: one group of ``each``, in order."""
+    pos: Any = field(init=False, repr=False, compare=False)
+    """``pos.<name>``: the 0-based position of a fixed field (an AttributeError for any other name)."""
+    each_pos: Any = field(init=False, repr=False, compare=False)
+    """``each_pos.<name>``: the position of a field within one repeated group (see :meth:`groups`)."""
+    size: int = field(init=False, repr=False, compare=False)
+    """How many fixed fields (the least a reply or a call has)."""
     _at: dict[str, int] = field(init=False, repr=False, compare=False)
     _each_at: dict[str, int] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if bool(self.per) != bool(self.each):
             raise ValueError(f"a repeated group needs both a name for what it repeats per and fields: {self}")
+        object.__setattr__(self, "size", len(self.names))
         object.__setattr__(self, "_at", {n: i for i, n in enumerate(self.names)})
         object.__setattr__(self, "_each_at", {n: i for i, n in enumerate(self.each)})
         object.__setattr__(self, "pack", _packer(self.names))
         object.__setattr__(self, "pack_each", _packer(self.each))
+        object.__setattr__(self, "pos", _positions(self.names))
+        object.__setattr__(self, "each_pos", _positions(self.each))
 
     @classmethod
     def parse(cls, text: str, where: str = "layout") -> Fields:
@@ -109,11 +126,6 @@ class Fields:
             fixed = head
         return cls(_names(fixed, where), per, each)
 
-    @property
-    def size(self) -> int:
-        """How many fixed fields (the least a reply or a call has)."""
-        return len(self.names)
-
     def at(self, name: str) -> int:
         """The 0-based position of a fixed field."""
         try:
@@ -127,15 +139,6 @@ class Fields:
             return self._each_at[name]
         except KeyError:
             raise KeyError(f"no repeated field {name!r} among {' '.join(self.each)}") from None
-
-    def getter(self, *names: str) -> Callable[[Sequence[str]], tuple[str, ...]]:
-        """A function answering the values of ``names`` (fixed fields) of a reply, as a tuple in the
-        order asked: ``status, ref = DEBIT.reply.getter("status", "ref")(parts)``. Made once, at import."""
-        return _getter(tuple(self.at(n) for n in names))
-
-    def each_getter(self, *names: str) -> Callable[[Sequence[str]], tuple[str, ...]]:
-        """:meth:`getter` for one repeated group (see :meth:`groups`)."""
-        return _getter(tuple(self.each_at(n) for n in names))
 
     def groups(self, values: Sequence[str]) -> Iterator[Sequence[str]]:
         """The repeated groups after the fixed fields, each as a slice of ``values``."""
@@ -198,7 +201,7 @@ HIT_RATE_LIMIT = _S("hit_rate_limit", "account", "config", "status idempotent re
 
 POOL_CREATE = _S("pool_create", "team idem ledger", "tx name balance frag config", "status idempotent balance",
                  "text")
-POOL_MEMBER = _S("pool_member", "team ledger", "tx team member action role cap period config",
+POOL_MEMBER = _S("pool_member", "team ledger", "tx tid member action role cap period config",
                  "status idempotent cap period count role", "text")
 POOL_DEBIT = _S("pool_debit", "team idem ledger events", "cid amount model member frag rid config",
                 "status idempotent ref amount balance held cap retry remaining", "text")

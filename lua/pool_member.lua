@@ -4,7 +4,7 @@
 -- member_added | member_updated | member_removed) carries the member record after the change as
 -- its metadata {role, cap, period}: restore rebuilds members from it.
 -- KEYS: team ledger
--- ARGV: tx team member action role cap period config
+-- ARGV: tx tid member action role cap period config
 --   action: add | update | remove; role/cap/period "" keep the current value ("member", none,
 --   total for a new member); cap "-1" removes the cap; period t|d|m
 -- REPLY (text): status idempotent cap period count role

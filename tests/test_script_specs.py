@@ -98,14 +98,17 @@ def test_packing_and_reading_by_name_follow_the_spec_positions() -> None:
     with pytest.raises(TypeError):
         DEBIT.keys.pack(account="a")  # every name is required
     reply = DEBIT.reply.names
-    assert DEBIT.reply.getter("ref", "status")(reply) == ("ref", "status")
-    assert DEBIT.reply.getter("cap")(reply) == ("cap",)
-    with pytest.raises(KeyError, match="no field 'balance_after'"):
-        DEBIT.reply.getter("balance_after")
+    assert [DEBIT.reply.pos.ref, DEBIT.reply.pos.status] == [reply.index("ref"), 0]
+    with pytest.raises(AttributeError):
+        DEBIT.reply.pos.balance_after  # noqa: B018  (a name the spec does not have)
+    with pytest.raises(AttributeError, match="read-only"):
+        DEBIT.reply.pos.ref = 0
     read = SPECS["pool_read"].reply
     members = [*read.names, *("a", "admin", "", "t", "1", "0", "0", "0"),
                *("b", "member", "5", "d", "2", "2", "2", "1")]
-    assert [read.each_getter("id", "role")(g) for g in read.groups(members)] == [("a", "admin"), ("b", "member")]
+    assert [(g[read.each_pos.id], g[read.each_pos.cap]) for g in read.groups(members)] == [("a", ""), ("b", "5")]
+    # charge_with_allowance sends plan_debit.lua a charge's KEYS: the two scripts take the same
+    assert SPECS["plan_debit"].keys == DEBIT.keys
 
 
 def test_the_many_twins_place_every_position_of_their_single_script_once() -> None:
