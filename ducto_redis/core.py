@@ -37,6 +37,18 @@ from .models import (
 )
 from .scripts import Script, scripts
 from .settings import Settings
+from .specs import (
+    ADD_CREDITS,
+    BALANCE,
+    CHECK_CAP,
+    DEBIT,
+    HIT_RATE_LIMIT,
+    RELEASE,
+    RESERVE,
+    SET_CAP,
+    SET_QUANTITY_LIMIT,
+    SET_RATE_LIMIT,
+)
 from .validation import (
     check_amount,
     check_choice,
@@ -155,6 +167,12 @@ def _err(status: str) -> str | None:
     return None if status == "ok" else status
 
 
+# Reply fields by name (ducto_redis/specs.py): ``r[_D.ref]`` costs what ``r[2]`` did.
+_D = DEBIT.reply.pos
+_DK = DEBIT.keys.pos
+_DEBIT_SIZE = DEBIT.reply.size
+
+
 class _Ids:
     """Unique ids without a syscall per id: a random per-process prefix and a counter.
 
@@ -266,11 +284,7 @@ def deduction_result(
 class DebitKeys:
     """What a user's debit needs that depends only on the user: its KEYS and its escaped id."""
 
-    account: str
-    grants: str
-    no_idem: str  # the never-written idempotency key name: "no key"
-    ledger: str
-    events: str
+    keys: tuple[str, ...]  # debit.lua's KEYS with the never-written idempotency key name ("no key")
     shard: int
     escaped_id: str  # the id as COPY text, for the row's fragment
 
@@ -313,7 +327,9 @@ class StoreCore:
 
     def _debit_keys(self, uid: str) -> DebitKeys:
         k = self.keys.user(uid)
-        return DebitKeys(k.account, k.grants, k.idempotency(None), k.ledger, k.events, k.shard, copy_escape(uid))
+        keys = DEBIT.keys.pack(account=k.account, grants=k.grants, idem=k.idempotency(None), ledger=k.ledger,
+                               events=k.events)
+        return DebitKeys(tuple(keys), k.shard, copy_escape(uid))
 
     # health
 
@@ -322,8 +338,9 @@ class StoreCore:
         calls: list[Call[bool]] = []
         for shard in range(self.keys.shards):
             k = self.keys.probe(shard)
-            calls.append(Call(self.scripts["balance"], [k.account, k.grants], [self.config()],
-                              lambda raw: _reply(raw, 6)[0] == "ok"))
+            calls.append(Call(self.scripts["balance"], BALANCE.keys.pack(account=k.account, grants=k.grants),
+                              BALANCE.args.pack(config=self.config()),
+                              lambda raw: _reply(raw, BALANCE.reply.size)[BALANCE.reply.pos.status] == "ok"))
         return calls
 
     # balances
@@ -334,19 +351,21 @@ class StoreCore:
         k = self.keys.user(uid)
 
         def parse(raw: Any) -> BalanceResult:
-            r = _reply(raw, 6)
+            r, f = _reply(raw, BALANCE.reply.size), BALANCE.reply.pos
             return construct(BalanceResult,
-                user_id=uid, balance=int(r[2]), held=int(r[3]), lifetime_purchased=int(r[4])
+                user_id=uid, balance=int(r[f.balance]), held=int(r[f.held]), lifetime_purchased=int(r[f.life])
             )
 
-        return Call(self.scripts["balance"], [k.account, k.grants], [self.config()], parse)
+        return Call(self.scripts["balance"], BALANCE.keys.pack(account=k.account, grants=k.grants),
+                    BALANCE.args.pack(config=self.config()), parse)
 
     def user_exists(self, user_id: str) -> Call[bool]:
         """Whether a user record exists (made by any credit, even of 0)."""
         uid = check_id(user_id, "user_id")
         k = self.keys.user(uid)
-        return Call(self.scripts["balance"], [k.account, k.grants], [self.config()],
-                    lambda raw: _reply(raw, 6)[5] == "1")
+        return Call(self.scripts["balance"], BALANCE.keys.pack(account=k.account, grants=k.grants),
+                    BALANCE.args.pack(config=self.config()),
+                    lambda raw: _reply(raw, BALANCE.reply.size)[BALANCE.reply.pos.exists] == "1")
 
     def add_credits(
         self,
@@ -368,22 +387,24 @@ class StoreCore:
         k = self.keys.user(uid) if account_kind == USER else self.keys.team(uid)
 
         def parse(raw_reply: Any) -> AddCreditsResult:
-            r = _parts(raw_reply, 6)
-            if r[0] == "team_not_found":
+            r, f = _parts(raw_reply, ADD_CREDITS.reply.size), ADD_CREDITS.reply.pos
+            if r[f.status] == "team_not_found":
                 raise InvalidInputError("team_id", f"no team {uid!r}; nothing was written")
-            if r[0] != "ok":
+            if r[f.status] != "ok":
                 raise InvalidInputError("amount", "would push the balance past 2**53-1; nothing was written")
             return construct(AddCreditsResult,
-                transaction_id=r[2], user_id=uid, amount=int(r[3]), new_balance=int(r[4]),
-                lifetime_purchased=int(r[5]), idempotent=r[1] == "1",
+                transaction_id=r[f.tx], user_id=uid, amount=int(r[f.amount]), new_balance=int(r[f.balance]),
+                lifetime_purchased=int(r[f.life]), idempotent=r[f.idempotent] == "1",
             )
 
         frag = fragment(ak=account_kind, acct=uid, type=tx_type, idem=ikey or "", meta=metadata_json(meta))
-        args = [
-            new_call_id(), new_id(), str(n), "1" if tx_type in PURCHASE_TYPES else "0", frag,
-            "" if expires_at_ms is None else str(expires_at_ms), "1" if account_kind != USER else "0", self.config(),
-        ]
-        keys = [k.account, self._idem(k, ikey), k.ledger, k.grants, k.grant_index]
+        args = ADD_CREDITS.args.pack(
+            cid=new_call_id(), tx=new_id(), amount=str(n), purchase="1" if tx_type in PURCHASE_TYPES else "0",
+            frag=frag, expires="" if expires_at_ms is None else str(expires_at_ms),
+            must_exist="1" if account_kind != USER else "0", config=self.config(),
+        )
+        keys = ADD_CREDITS.keys.pack(account=k.account, idem=self._idem(k, ikey), ledger=k.ledger, grants=k.grants,
+                                     gindex=k.grant_index)
         return Call(self.scripts["add_credits"], keys, args, parse)
 
     # reservations
@@ -420,17 +441,20 @@ class StoreCore:
         rid = new_id()
 
         def parse(raw_reply: Any) -> ReserveResult:
-            r = _parts(raw_reply, 9)
+            r, f = _parts(raw_reply, RESERVE.reply.size), RESERVE.reply.pos
             return construct(ReserveResult,
-                reservation_id=r[2], user_id=uid, amount=int(r[3]), balance=int(r[4]),
-                reserved_total=int(r[5]), expires_at_ms=int(r[6]), error=_err(r[0]), idempotent=r[1] == "1",
-                retry_after_ms=int(r[7]), rate_limit_remaining=int(r[8]) if r[8] else None,
+                reservation_id=r[f.rid], user_id=uid, amount=int(r[f.amount]), balance=int(r[f.balance]),
+                reserved_total=int(r[f.held]), expires_at_ms=int(r[f.expires]), error=_err(r[f.status]),
+                idempotent=r[f.idempotent] == "1", retry_after_ms=int(r[f.retry]),
+                rate_limit_remaining=int(r[f.remaining]) if r[f.remaining] else None,
             )
 
         frag = fragment(op=op, acct=uid, rid=rid, model=model, idem=ikey or "", meta=metadata_json(meta))
-        args = [new_call_id(), rid, str(n), str(floor), str(ttl_ms), op, frag, "1" if rate_limit else "0", qs, model,
-                self.config()]
-        return Call(self.scripts["reserve"], [k.account, self._idem(k, ikey), k.ledger, k.grants], args, parse)
+        args = RESERVE.args.pack(cid=new_call_id(), rid=rid, amount=str(n), floor=str(floor), ttl=str(ttl_ms), op=op,
+                                 frag=frag, rate="1" if rate_limit else "0", quantities=qs, model=model,
+                                 config=self.config())
+        keys = RESERVE.keys.pack(account=k.account, idem=self._idem(k, ikey), ledger=k.ledger, grants=k.grants)
+        return Call(self.scripts["reserve"], keys, args, parse)
 
     def release_reservation(
         self, user_id: str, reservation_id: str, idempotency_key: str | None = None
@@ -442,15 +466,16 @@ class StoreCore:
         k = self.keys.user(uid)
 
         def parse(raw_reply: Any) -> ReleaseResult:
-            r = _parts(raw_reply, 6)
+            r, f = _parts(raw_reply, RELEASE.reply.size), RELEASE.reply.pos
             return construct(ReleaseResult,
-                reservation_id=rid, user_id=uid, amount=int(r[3]), balance=int(r[4]), held=int(r[5]),
-                idempotent=r[1] == "1", error=_err(r[0]),
+                reservation_id=rid, user_id=uid, amount=int(r[f.amount]), balance=int(r[f.balance]),
+                held=int(r[f.held]), idempotent=r[f.idempotent] == "1", error=_err(r[f.status]),
             )
 
         frag = fragment(acct=uid, rid=rid, idem=ikey or "")
-        args = [new_call_id(), new_id(), rid, frag, self.config()]
-        return Call(self.scripts["release"], [k.account, self._idem(k, ikey), k.ledger, k.grants], args, parse)
+        args = RELEASE.args.pack(cid=new_call_id(), tx=new_id(), rid=rid, frag=frag, config=self.config())
+        keys = RELEASE.keys.pack(account=k.account, idem=self._idem(k, ikey), ledger=k.ledger, grants=k.grants)
+        return Call(self.scripts["release"], keys, args, parse)
 
     # debits
 
@@ -484,20 +509,24 @@ class StoreCore:
         model = check_label(meta.model, "metadata.model") if meta and meta.model else ""
         dk = self.debit_keys(uid)
         shard = dk.shard
-        idem = dk.no_idem if ikey is None else self.keys.user(uid).idempotency(ikey)
+        keys = list(dk.keys)
+        if ikey is not None:
+            keys[_DK.idem] = self.keys.user(uid).idempotency(ikey)
 
         def parse(raw_reply: Any) -> DeductionResult:
-            r = _parts(raw_reply, 9)
+            r = _parts(raw_reply, _DEBIT_SIZE)
             return deduction_result(
-                tx_of(shard, r[2]), uid, -int(r[3]), int(r[4]), r[1] == "1", None if r[0] == "ok" else r[0],
-                r[6] or None, int(r[7]), int(r[8]) if r[8] else None,
+                tx_of(shard, r[_D.ref]), uid, -int(r[_D.amount]), int(r[_D.balance]), r[_D.idempotent] == "1",
+                None if r[_D.status] == "ok" else r[_D.status], r[_D.cap] or None, int(r[_D.retry]),
+                int(r[_D.remaining]) if r[_D.remaining] else None,
             )
 
         e = copy_escape
         frag = (f"\t{e(op)}\tu\t{dk.escaped_id}\t\t{e(reservation_id)}\t{e(model)}\t\t{e(ikey) if ikey else ''}"
                 f"\t{e(metadata_json(meta))}")
-        args = [new_call_id(), str(n), model, str(floor), frag, reservation_id, qs, self.config()]
-        return Call(self.scripts["debit"], [dk.account, dk.grants, idem, dk.ledger, dk.events], args, parse)
+        args = DEBIT.args.pack(cid=new_call_id(), amount=str(n), model=model, floor=str(floor), frag=frag,
+                               rid=reservation_id, quantities=qs, config=self.config())
+        return Call(self.scripts["debit"], keys, args, parse)
 
     def deduct_credits(
         self,
@@ -549,8 +578,9 @@ class StoreCore:
             value = f"{n},{period_ms(period_seconds)},{b}"
         frag = fragment(op="rate_limit_set" if value else "rate_limit_removed", acct=uid, meta=json.dumps(
             {"limit": limit, "period_ms": period_ms(period_seconds), "burst": burst} if value else {}))
-        args = [new_id(), value, frag, self.config()]
-        return Call(self.scripts["set_rate_limit"], [k.account, k.ledger], args, lambda _r: None)
+        args = SET_RATE_LIMIT.args.pack(tx=new_id(), value=value, frag=frag, config=self.config())
+        return Call(self.scripts["set_rate_limit"], SET_RATE_LIMIT.keys.pack(account=k.account, ledger=k.ledger), args,
+                    lambda _r: None)
 
     def set_quantity_limit(
         self, user_id: str, quantity: str, limit: int | None, period_seconds: float = 60.0, model: str | None = None
@@ -567,8 +597,10 @@ class StoreCore:
         if limit is not None:
             value = f"{check_amount(limit, 'limit', 1)}|{period_ms(period_seconds)}"
         k = self.keys.user(uid)
-        args = [new_id(), uid, name, m, value, self.config()]
-        return Call(self.scripts["set_quantity_limit"], [k.account, k.ledger], args, lambda _r: None)
+        args = SET_QUANTITY_LIMIT.args.pack(tx=new_id(), user=uid, name=name, model=m, value=value,
+                                            config=self.config())
+        keys = SET_QUANTITY_LIMIT.keys.pack(account=k.account, ledger=k.ledger)
+        return Call(self.scripts["set_quantity_limit"], keys, args, lambda _r: None)
 
     def hit_rate_limit(self, user_id: str) -> Call[RateLimitResult]:
         """Admit one request against the user's rate limit without moving money."""
@@ -576,13 +608,14 @@ class StoreCore:
         k = self.keys.user(uid)
 
         def parse(raw: Any) -> RateLimitResult:
-            r = _parts(raw, 4)
+            r, f = _parts(raw, HIT_RATE_LIMIT.reply.size), HIT_RATE_LIMIT.reply.pos
             return construct(RateLimitResult,
-                user_id=uid, allowed=r[0] == "ok", retry_after_ms=int(r[2]),
-                remaining=int(r[3]) if r[3] else None, error=_err(r[0]),
+                user_id=uid, allowed=r[f.status] == "ok", retry_after_ms=int(r[f.retry]),
+                remaining=int(r[f.remaining]) if r[f.remaining] else None, error=_err(r[f.status]),
             )
 
-        return Call(self.scripts["hit_rate_limit"], [k.account], [self.config()], parse)
+        return Call(self.scripts["hit_rate_limit"], HIT_RATE_LIMIT.keys.pack(account=k.account),
+                    HIT_RATE_LIMIT.args.pack(config=self.config()), parse)
 
     # spend caps
 
@@ -599,9 +632,10 @@ class StoreCore:
         record = {"user_id": uid, "cap_type": period, "model": model or None, "limit": limit, "action": action}
         frag = fragment(op="cap_removed" if remove else "cap_set", ak=account_kind, acct=uid, model=model,
                         meta=json.dumps(record, separators=(",", ":")))
-        args = [new_id(), "d" if period == "daily" else "m", model, "" if remove else cap_text(limit, action), frag,
-                self.config()]
-        return Call(self.scripts["set_cap"], [k.account, k.ledger], args, lambda _r: None)
+        args = SET_CAP.args.pack(tx=new_id(), period="d" if period == "daily" else "m", model=model,
+                                 value="" if remove else cap_text(limit, action), frag=frag, config=self.config())
+        return Call(self.scripts["set_cap"], SET_CAP.keys.pack(account=k.account, ledger=k.ledger), args,
+                    lambda _r: None)
 
     def set_team_spend_cap(
         self, team_id: str, cap_type: str, limit: int, action: str, model: str | None
@@ -621,10 +655,11 @@ class StoreCore:
         k = self.keys.user(uid)
 
         def parse(raw: Any) -> CapCheckResult:
-            r = _reply(raw, 8)
+            r, f = _reply(raw, CHECK_CAP.reply.size), CHECK_CAP.reply.pos
             return construct(CapCheckResult,
-                capped=r[2] == "1", current_spend=int(r[3]), cap_limit=int(r[4]), action=r[5] or None,
-                model=r[6] or None, cap_type=r[7] or None,
+                capped=r[f.capped] == "1", current_spend=int(r[f.spend]), cap_limit=int(r[f.limit]),
+                action=r[f.action] or None, model=r[f.model] or None, cap_type=r[f.period] or None,
             )
 
-        return Call(self.scripts["check_cap"], [k.account], [m, amt, self.config()], parse)
+        return Call(self.scripts["check_cap"], CHECK_CAP.keys.pack(account=k.account),
+                    CHECK_CAP.args.pack(model=m, amount=amt, config=self.config()), parse)
