@@ -23,7 +23,7 @@ from pydantic_core import PydanticSerializationError
 
 from .errors import InvalidInputError, ScriptReplyError
 from .keys import TEAM, USER, AccountKeys, KeySchema
-from .layout import cap_text, copy_escape, fragment, tx_id
+from .layout import QuantityLimit, RateLimit, cap_text, copy_escape, fragment, tx_id
 from .models import (
     AddCreditsResult,
     BalanceResult,
@@ -575,7 +575,7 @@ class StoreCore:
         if limit is not None:
             n = check_amount(limit, "limit", 1)
             b = n if burst is None else check_amount(burst, "burst", 1)
-            value = f"{n},{period_ms(period_seconds)},{b}"
+            value = RateLimit(n, period_ms(period_seconds), b).encode()
         frag = fragment(op="rate_limit_set" if value else "rate_limit_removed", acct=uid, meta=json.dumps(
             {"limit": limit, "period_ms": period_ms(period_seconds), "burst": burst} if value else {}))
         args = SET_RATE_LIMIT.args.pack(tx=new_id(), value=value, frag=frag, config=self.config())
@@ -595,7 +595,7 @@ class StoreCore:
             raise InvalidInputError("model", "must not contain '|' or ';'")
         value = ""
         if limit is not None:
-            value = f"{check_amount(limit, 'limit', 1)}|{period_ms(period_seconds)}"
+            value = QuantityLimit(name, m, check_amount(limit, "limit", 1), period_ms(period_seconds)).value()
         k = self.keys.user(uid)
         args = SET_QUANTITY_LIMIT.args.pack(tx=new_id(), user=uid, name=name, model=m, value=value,
                                             config=self.config())
