@@ -25,8 +25,8 @@ field       value
 ``plan``    the user's plan and its allowance use this month: ``mB|used|<plan id>``
 ``P|<id>``  allowance used this month under a plan the user has left: ``mB|used``
 ``life``    lifetime purchased; ``created`` creation time (ms); teams: ``name``, ``mc`` members
-``qt|..``   a quantity limit's arrival time (``qt|<name>|<model>``, ms; lua/lib/06_quantities.lua)
-``qh|<rid>`` a hold's quantity estimate, ``<model>|name=n;...`` (lua/lib/06_quantities.lua)
+``qt|..``   a quantity limit's arrival time (``qt|<name>|<model>``, ms; lua/lib/06_limits.lua)
+``qh|<rid>`` a hold's quantity estimate, ``<model>|name=n;...`` (lua/lib/06_limits.lua)
 ==========  =====================================================================================
 
 A user's expiring grants live in their own hash (``<account>:grants``): grant id ->
@@ -288,7 +288,7 @@ def plan_left_of(text: str) -> tuple[int | None, int]:
 @dataclass(frozen=True)
 class RateLimit:
     """The request-rate limit ``rl`` of an account's state: ``limit`` requests per ``period_ms``,
-    ``burst`` at once (GCRA, lua/lib/04_rules.lua)."""
+    ``burst`` at once (GCRA, lua/lib/06_limits.lua)."""
 
     limit: int
     period_ms: int

@@ -1,9 +1,10 @@
 """Lua scripts: ``lua/*.lua`` loaded with importlib.resources, run as Redis Functions (FCALL).
 
-All scripts live in ONE function library, ``ducto_<content hash>``: lib.lua (the shared helpers)
-once, then each script's file as the body of a function ``ducto_<hash>_<script>`` taking KEYS and
-ARGV. Redis runs a library's top level once, when it is loaded, so a call runs only its own
-body; as plain scripts every call re-ran the helpers' definitions (~9 us of a ~40 us debit).
+All scripts live in ONE function library, ``ducto_<content hash>``: the shared helpers
+(``lua/lib/*.lua``, joined) once, then each script's file as the body of a function
+``ducto_<hash>_<script>`` taking KEYS and ARGV (each laid out as its spec in specs.py says).
+Redis runs a library's top level once, when it is loaded, so a call runs only its own body; as
+plain scripts every call re-ran the helpers' definitions (~9 us of a ~40 us debit).
 Libraries of different versions have different names, so two deployments can share a Redis.
 
 The library is loaded once per Redis (``FUNCTION LOAD REPLACE``, on every primary of a cluster) by
@@ -12,8 +13,8 @@ library and calls again; if the library is gone again by then, or the server has
 (Redis < 7), the call is sent with EVAL and the script's source, which cannot miss. Functions are
 kept in RDB/AOF and replicated, so a restart or a failover rarely needs the reload at all.
 
-A script's EVAL source is lib.lua followed by its body. lib.lua's top level only defines (locals,
-functions, constant tables): a library's top level runs at load time, where Redis offers no
+A script's EVAL source is the helpers followed by its body. The helpers' top level only defines
+(locals, functions, constant tables): a library's top level runs at load time, where Redis offers no
 ``string``, ``table`` or ``cjson``.
 """
 
@@ -117,7 +118,7 @@ class Library:
 
 
 class Script:
-    """One script: its spec, its function in the library, and its EVAL source (lib.lua + body)."""
+    """One script: its spec, its function in the library, and its EVAL source (helpers + body)."""
 
     __slots__ = ("function", "library", "name", "source", "spec")
 

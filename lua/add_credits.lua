@@ -9,11 +9,8 @@
 --   status: ok | invalid_amount | team_not_found
 local ctx = ctx_new(ARGV[8], KEYS[3], KEYS[3])
 local acct, idem = KEYS[1], KEYS[2]
-local has_idem = idem ~= acct .. ':i'
-if has_idem then
-  local again = idem_seen(ctx, idem)
-  if again then return again end
-end
+local has_idem, again = idem_replay(ctx, acct, idem)
+if again then return again end
 local cid, tx, amount_s, frag = ARGV[1], ARGV[2], ARGV[3], ARGV[5]
 local st = account(ctx, acct, { 'life', 'created' })
 local life = field(st, 'life') or '0'
@@ -24,12 +21,12 @@ local amount = amount_s + 0
 if st.bal + amount > MAX_SAFE then
   return 'invalid_amount|0||' .. amount_s .. '|' .. bal_text(st) .. '|' .. life
 end
-local ak = frag_value(frag, 2)
+local ak = ARGV[7] == '1' and 't' or 'u'  -- the fragment's account kind: only a team top-up must exist
 local aid
 if st.gx ~= '' or ARGV[6] ~= '' or st.hx ~= '' then aid = frag_value(frag, 3) end
 if st.hx ~= '' then holds_sweep(ctx, st, ak, aid, ak == 't') end
 -- expired grants leave first
-grants_due(ctx, st, KEYS[4], ak, aid, cid)
+if st.gx ~= '' then grants_due(ctx, st, KEYS[4], ak, aid, cid) end
 st_balance(st, ctx.c, st.bal + amount, 0)
 if ARGV[4] == '1' then life = I(life + amount) end
 field_set(st, 'life', life)

@@ -3,7 +3,7 @@
 --   settle a reservation (rid given): the hold is gone after; spending less than the hold returns
 --   the rest, more succeeds only if the available balance covers the difference.
 -- A deny cap that would be exceeded refuses the debit (and releases the hold when settling);
--- warn/notify caps let it pass and append an event. See lib/08_user.lua.
+-- warn/notify caps let it pass and append an event. See lib/09_user.lua.
 -- KEYS: account grants idem ledger events
 -- ARGV: cid amount model floor frag rid quantities config
 --   quantities: "name=n;..." (a charge's, checked against the account's quantity limits; a settlement's

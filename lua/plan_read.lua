@@ -4,13 +4,8 @@
 -- REPLY (table): status idempotent plan used start end
 --   plan: the plan id or ""; used: this month; start, end: the month's first ms and end ms (exclusive)
 local c = clock(config(ARGV[1]))
-local cur = redis.call('HGET', KEYS[1], 'plan')
-local used, plan = 0, ''
-if cur then
-  local pm, u, p = string.match(cur, '^(%d*)|(%d+)|(.*)$')
-  plan = p
-  if pm ~= '' and pm + 0 == c.month then used = u + 0 end
-end
+local pm, used, plan = plan_of(redis.call('HGET', KEYS[1], 'plan') or nil)
+if pm ~= c.month then used = 0 end
 local _, ends = month_of_day(c.day)
 local y = math.floor(c.month / 12)
 local m = c.month - y * 12 + 1

@@ -5,11 +5,8 @@
 --   status: ok | team_exists
 local ctx = ctx_new(ARGV[5], KEYS[3], KEYS[3])
 local acct, idem = KEYS[1], KEYS[2]
-local has_idem = idem ~= acct .. ':i'
-if has_idem then
-  local again = idem_seen(ctx, idem)
-  if again then return again end
-end
+local has_idem, again = idem_replay(ctx, acct, idem)
+if again then return again end
 local st = account(ctx, acct, { 'created' })
 if field(st, 'created') then return 'team_exists|0|0' end
 st_balance(st, ctx.c, ARGV[3] + 0, 0)

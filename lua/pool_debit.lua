@@ -1,5 +1,5 @@
 -- pool_debit.lua: spend from a team pool for a member (deduct_team), or settle a team reservation
--- (rid given). See lib/09_team.lua for the checks and their order.
+-- (rid given). See lib/10_team.lua for the checks and their order.
 -- KEYS: team idem ledger events
 -- ARGV: cid amount model member frag rid config
 -- REPLY (text): status idempotent ref amount balance held cap retry remaining

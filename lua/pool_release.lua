@@ -5,11 +5,8 @@
 --   status: ok | team_not_found | reservation_not_found
 local ctx = ctx_new(ARGV[6], KEYS[3], KEYS[3])
 local acct, idem = KEYS[1], KEYS[2]
-local has_idem = idem ~= acct .. ':i'
-if has_idem then
-  local again = idem_seen(ctx, idem)
-  if again then return again end
-end
+local has_idem, again = idem_replay(ctx, acct, idem)
+if again then return again end
 local cid, tx, rid, uid, frag = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local hf = 'h:' .. rid
 local st = account(ctx, acct, { 'created', 'U|' .. uid, hf })

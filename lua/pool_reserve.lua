@@ -7,11 +7,8 @@
 --           | ledger_backlog_full
 local ctx = ctx_new(ARGV[8], KEYS[3], KEYS[3])
 local acct, idem = KEYS[1], KEYS[2]
-local has_idem = idem ~= acct .. ':i'
-if has_idem then
-  local again = idem_seen(ctx, idem)
-  if again then return again end
-end
+local has_idem, again = idem_replay(ctx, acct, idem)
+if again then return again end
 local cid, rid, amount_s, uid, frag = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[7]
 local hf = 'h:' .. rid
 local st = account(ctx, acct, { 'created', 'U|' .. uid, hf })

@@ -5,19 +5,18 @@
 --   status: ok | reservation_not_found
 local ctx = ctx_new(ARGV[5], KEYS[3], KEYS[3])
 local acct, idem = KEYS[1], KEYS[2]
-local has_idem = idem ~= acct .. ':i'
-if has_idem then
-  local again = idem_seen(ctx, idem)
-  if again then return again end
-end
+local has_idem, again = idem_replay(ctx, acct, idem)
+if again then return again end
 local cid, tx, rid, frag = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local hf = 'h:' .. rid
 local st = account(ctx, acct, { hf })
 local seen = ring_seen(st, cid)
 if seen then return 'ok|1|' .. rid .. '|0|' .. bal_text(st) .. '|' .. held_text(st) end
 local aid
-if st.hx ~= '' or st.gx ~= '' then aid = frag_value(frag, 3) end
-holds_sweep(ctx, st, 'u', aid, false)
+if st.hx ~= '' or st.gx ~= '' then
+  aid = frag_value(frag, 3)
+  holds_sweep(ctx, st, 'u', aid, false)
+end
 local h = field(st, hf)
 if not h then
   finish(ctx, {}, nil)

@@ -9,11 +9,8 @@
 --   status: ok | insufficient_credits | rate_limited | ledger_backlog_full
 local ctx = ctx_new(ARGV[11], KEYS[3], KEYS[3])
 local acct, idem = KEYS[1], KEYS[2]
-local has_idem = idem ~= acct .. ':i'
-if has_idem then
-  local again = idem_seen(ctx, idem)
-  if again then return again end
-end
+local has_idem, again = idem_replay(ctx, acct, idem)
+if again then return again end
 local cid, rid, amount_s, frag = ARGV[1], ARGV[2], ARGV[3], ARGV[7]
 local hf = 'h:' .. rid
 local st = account(ctx, acct, { hf })
@@ -25,9 +22,11 @@ if seen or field(st, hf) then
 end
 if backlog_full(ctx) then return 'ledger_backlog_full|0||0|0|0|0|0|' end
 local aid
-if st.hx ~= '' or st.gx ~= '' then aid = frag_value(frag, 3) end
-holds_sweep(ctx, st, 'u', aid, false)
-grants_due(ctx, st, KEYS[4], 'u', aid, cid)
+if st.hx ~= '' or st.gx ~= '' then  -- expired holds and grants leave first
+  aid = frag_value(frag, 3)
+  holds_sweep(ctx, st, 'u', aid, false)
+  grants_due(ctx, st, KEYS[4], 'u', aid, cid)
+end
 local amount = amount_s + 0
 local function refused(status, retry, remaining)
   finish(ctx, {}, nil)  -- expiries found on the way are kept

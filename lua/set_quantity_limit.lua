@@ -1,5 +1,5 @@
 -- set_quantity_limit.lua: set (or remove) a limit on a quantity requests carry (tokens per period,
--- optionally for one model), kept in the account state's quantity limits (lib/06_quantities.lua),
+-- optionally for one model), kept in the account state's quantity limits (lib/06_limits.lua),
 -- and record it: the ledger entry's metadata holds the account's limits after the change ('ql'),
 -- which restore sets again.
 -- KEYS: account ledger

@@ -1,9 +1,31 @@
--- lib/03_ledger.lua: ledger rows and the call context that collects them.
+-- lib/03_ledger.lua: ledger rows (COPY text), the call context that collects them, the events and
+-- idempotency replies a call leaves.
 -- A row is one line of COPY text in ducto_redis/layout.py ROW_COLUMNS order: the script's columns
 -- (id ts kind amount bal held hold exp cap reason extra) then the client's fragment (op ak acct
 -- member rid model type idem meta), which arrives escaped and led by its tab. A script call
 -- appends all its rows as ONE stream entry (field 'q', rows joined by "\n"); a row with an empty id
 -- is named by its place in the stream (layout.tx_id).
+
+local COPY_ESCAPES = { ['\\'] = '\\\\', ['\t'] = '\\t', ['\n'] = '\\n', ['\r'] = '\\r' }
+
+-- a value as COPY text (only values Lua itself puts into rows: stored text, member ids)
+local function esc(v)
+  if string.find(v, '[\\\t\n\r]') then return (string.gsub(v, '[\\\t\n\r]', COPY_ESCAPES)) end
+  return v
+end
+
+-- the raw value of column n of a client fragment (ducto_redis/layout.py CLIENT_COLUMNS order,
+-- 1-based; the fragment starts with its tab); for the rare paths that need the text itself
+local function frag_value(frag, n)
+  local s = 2
+  for _ = 2, n do s = string.find(frag, '\t', s, true) + 1 end
+  local e = string.find(frag, '\t', s, true)
+  local v = string.sub(frag, s, e and e - 1 or -1)
+  if string.find(v, '\\', 1, true) then
+    v = string.gsub(v, '\\(.)', { t = '\t', n = '\n', r = '\r', ['\\'] = '\\' })
+  end
+  return v
+end
 
 -- A script call's context: configuration, clock, streams, the accounts it loaded and its rows.
 -- One table, reused by every call (a script call runs alone) and reset at its start.
@@ -91,4 +113,12 @@ local function idem_seen(ctx, key)
   r = redis.call('GET', key)
   if r then return replayed(r) end
   return nil
+end
+
+-- A decision's idempotency key: KEYS gives the key's record, "<account>:i:<key>", or for a decision
+-- without one the never-written "<account>:i" (told apart by length: no string is built). Returns
+-- whether it has one, and the reply the key was given before (nil: a new decision).
+local function idem_replay(ctx, acct, idem)
+  if #idem == #acct + 2 then return false, nil end
+  return true, idem_seen(ctx, idem)
 end
