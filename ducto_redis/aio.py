@@ -16,7 +16,7 @@ import redis
 
 from . import errors
 from .batch import Batch, ChargeRequest, TeamDebitRequest, charge_calls, team_debit_calls
-from .connect import async_client, run_pipelined_async, writes_direct
+from .connect import async_client, run_pipelined_async
 from .core import Call, StoreCore
 from .ledger.database import LedgerReader
 from .models import (
@@ -58,7 +58,6 @@ class AsyncRedisStore(AsyncPlanStoreMixin):
         self.settings = Settings.model_validate({**base.model_dump(), **overrides}) if overrides else base
         self.client = client
         self.core = StoreCore(self.settings)
-        self._direct = writes_direct(client)
         self._batcher: _AutoBatcher | None = None
         if self.settings.auto_batch_ms > 0:
             self._batcher = _AutoBatcher(self, self.settings.auto_batch_ms / 1000, self.settings.auto_batch_max)
@@ -76,9 +75,7 @@ class AsyncRedisStore(AsyncPlanStoreMixin):
             return call.parse(None)
         if self._batcher is not None:
             return await self._batcher.submit(call)
-        if self._direct:  # hiredis-packed and written to a pooled connection: less client CPU
-            return call.parse((await run_pipelined_async(self.client, [call]))[0])
-        return call.parse(await call.script.run_async(self.client, call.keys, call.args))
+        return call.parse((await run_pipelined_async(self.client, [call]))[0])
 
     async def _run_many(self, calls: Sequence[Call[T]]) -> list[T]:
         batch = Batch(calls, self.core.scripts)

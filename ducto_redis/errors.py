@@ -5,6 +5,8 @@ A denial is a result with one of these codes in ``.error``; only real failures r
 
 from __future__ import annotations
 
+import redis.exceptions
+
 INSUFFICIENT_CREDITS = "insufficient_credits"
 INSUFFICIENT_TEAM_BALANCE = "insufficient_team_balance"
 SPEND_CAP_EXCEEDED = "spend_cap_exceeded"
@@ -75,3 +77,10 @@ class ExpressionError(DuctoError):
 
 class ScriptReplyError(DuctoError):
     """A Lua script answered with something the client cannot parse (a bug, never a denial)."""
+
+
+class DecisionOutcomeUnknown(DuctoError, redis.exceptions.ConnectionError):
+    """The connection failed after a call was written and before its answer was read: the call may
+    or may not have run. The store never sends it again by itself (a re-sent decision could run
+    twice); repeat it with the same ``idempotency_key`` to get its first result, or read the balance.
+    A ``redis.ConnectionError``, so code that handles those handles this too."""

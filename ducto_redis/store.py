@@ -94,7 +94,7 @@ class RedisStore(LedgerStoreMixin, PlanStoreMixin):
     def _run(self, call: Call[T]) -> T:
         if call.script is None:
             return call.parse(None)
-        return call.parse(call.script.run(self.client, call.keys, call.args))
+        return call.parse(run_pipelined(self.client, [call])[0])
 
     def _run_many(self, calls: Sequence[Call[T]]) -> list[T]:
         batch = Batch(calls, self.core.scripts)
