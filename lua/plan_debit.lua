@@ -12,7 +12,7 @@
 --   status: as debit.lua (ok | insufficient_credits | spend_cap_exceeded | rate_limited | ledger_backlog_full)
 local ctx = ctx_new(ARGV[7], KEYS[4], KEYS[5])
 local acct, G, idem = KEYS[1], KEYS[2], KEYS[3]
-local has_idem = idem ~= acct .. ':i'
+local has_idem = #idem ~= #acct + 2  -- "<account>:i": no key
 if has_idem then
   local again = idem_seen(ctx, idem)
   if again then return again end
@@ -23,7 +23,7 @@ local month = ctx.c.month
 local plan, used = '', 0
 local cur = field(st, 'plan')
 if cur then
-  local pm, u, p = string.match(cur, '^(%d*)|(%d+)|(.*)$')
+  local pm, u, p = smatch(cur, '^(%d*)|(%d+)|(.*)$')
   plan = p
   if pm ~= '' and pm + 0 == month then used = u + 0 end
 end
@@ -34,8 +34,8 @@ local free, left = 0, 0
 if plan ~= '' then
   local allowance = plan_allowance(ARGV[6], plan)
   if allowance > 0 then
-    left = math.max(0, allowance - used)
-    free = math.min(left, amount)
+    left = mmax(0, allowance - used)
+    free = mmin(left, amount)
   end
 end
 local paid = amount - free
@@ -43,8 +43,8 @@ local r
 if paid > 0 then
   r = user_debit(ctx, { acct, G, acct .. ':i' }, { cid, I(paid), model, ARGV[4], frag, '' },
     { free = free > 0 and I(free) or nil, plan = plan ~= '' and plan or nil })
-  if type(r) == 'string' then  -- refused (or a replay): nothing of the allowance is used
-    return finish(ctx, { r }, nil)[1] .. '|0|' .. I(left) .. '|' .. plan  -- a deny cap's event is written
+  if B_type(r) == 'string' then  -- refused (or a replay): nothing of the allowance is used
+    return finish_one(ctx, r, nil) .. '|0|' .. I(left) .. '|' .. plan  -- a deny cap's event is written
   end
 else
   -- wholly covered by the allowance: no money moves, but the request still counts for the rate
@@ -73,4 +73,4 @@ end
 if free > 0 then field_set(st, 'plan', I(month) .. '|' .. I(used + free) .. '|' .. plan) end
 r[3] = r[3] .. '|' .. I(free) .. '|' .. I(left - free) .. '|' .. plan
 if has_idem then ctx.idem[idem] = r end
-return finish(ctx, { r }, { idem })[1]
+return finish_one(ctx, r, idem)

@@ -9,16 +9,16 @@ local month = ctx.c.month
 local st = account(ctx, KEYS[1], { 'plan', 'P|' .. plan })
 local cur = field(st, 'plan')
 local f, m, used, tail = 'P|' .. plan, '', '0', ''
-local cp = cur and string.match(cur, '^%d*|%d+|(.*)$')
+local cp = cur and smatch(cur, '^%d*|%d+|(.*)$')
 if cp == plan then
   f, tail = 'plan', '|' .. plan
-  m, used = string.match(cur, '^(%d*)|(%d+)|')
+  m, used = smatch(cur, '^(%d*)|(%d+)|')
 else
   local kept = field(st, f)
-  if kept then m, used = string.match(kept, '^(%d*)|(%d+)$') end
+  if kept then m, used = smatch(kept, '^(%d*)|(%d+)$') end
 end
 local after = ((m ~= '' and m + 0 == month) and used + 0 or 0) + amount
 field_set(st, f, I(month) .. '|' .. I(after) .. tail)
 row(ctx, ARGV[1], 'config', '0', '', '', '', '', '', '', extra_json({ free = ARGV[3], plan = plan }), ARGV[4])
-finish(ctx, {}, nil)
+finish_writes(ctx)
 return { 'ok', '0', I(after) }

@@ -10,15 +10,15 @@ local plan = ARGV[2]
 local st = account(ctx, KEYS[1], { 'plan', 'P|' .. plan })
 local cur = field(st, 'plan')
 local pm, pused, prev = '', '0', ''
-if cur then pm, pused, prev = string.match(cur, '^(%d*)|(%d+)|(.*)$') end
+if cur then pm, pused, prev = smatch(cur, '^(%d*)|(%d+)|(.*)$') end
 if prev ~= plan then
   if prev ~= '' then field_set(st, 'P|' .. prev, pm .. '|' .. pused) end
   local kept = field(st, 'P|' .. plan)
   local km, kused = '', '0'
-  if kept then km, kused = string.match(kept, '^(%d*)|(%d+)$') end
+  if kept then km, kused = smatch(kept, '^(%d*)|(%d+)$') end
   field_set(st, 'plan', km .. '|' .. kused .. '|' .. plan)
   if kept then field_del(st, 'P|' .. plan) end
 end
 row(ctx, ARGV[1], 'config', '0', '', '', '', '', '', '', extra_json({ plan = plan, prev = prev }), ARGV[3])
-finish(ctx, {}, nil)
+finish_writes(ctx)
 return { 'ok', '0', prev }

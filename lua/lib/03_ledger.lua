@@ -9,20 +9,25 @@
 -- One table, reused by every call (a script call runs alone) and reset at its start.
 local CTX = { rows = {}, order = {}, accounts = {}, idem = {}, pending = {} }
 local function clear(t)
-  for k in pairs(t) do t[k] = nil end
+  for k in B_pairs(t) do t[k] = nil end
 end
 
 local function ctx_new(cfgtext, ledger, events)
   local ctx = CTX
   local cfg = config(cfgtext)
   ctx.cfg, ctx.c, ctx.ledger, ctx.events, ctx.full = cfg, clock(cfg), ledger, events, nil
-  if #ctx.rows > 0 then clear(ctx.rows) end
-  if #ctx.order > 0 then
-    clear(ctx.order)
-    clear(ctx.accounts)
+  local rows, order = ctx.rows, ctx.order
+  for i = #rows, 1, -1 do rows[i] = nil end
+  if #order > 0 then
+    local accounts = ctx.accounts
+    for i = #order, 1, -1 do
+      accounts[order[i].key] = nil
+      order[i] = nil
+    end
   end
-  if next(ctx.idem) then clear(ctx.idem) end
-  if #ctx.pending > 0 then clear(ctx.pending) end
+  if B_next(ctx.idem) then clear(ctx.idem) end
+  local pending = ctx.pending
+  for i = #pending, 1, -1 do pending[i] = nil end
   return ctx
 end
 
@@ -43,13 +48,15 @@ end
 
 -- extra (a JSON object) as COPY text
 local function extra_json(t)
-  return esc(cjson.encode(t))
+  return esc(jencode(t))
 end
 
 -- write the call's rows as one stream entry; its id (or nil when there were none)
 local function ctx_xadd(ctx)
-  if #ctx.rows == 0 then return nil end
-  return redis.call('XADD', ctx.ledger, '*', 'q', table.concat(ctx.rows, '\n'))
+  local rows = ctx.rows
+  local n = #rows
+  if n == 0 then return nil end
+  return rcall('XADD', ctx.ledger, '*', 'q', n == 1 and rows[1] or tconcat(rows, '\n'))
 end
 
 -- Ledger backpressure: the shard's stream holds what the flusher has not stored yet (it trims after
@@ -57,7 +64,7 @@ end
 local function backlog_full(ctx)
   local full = ctx.full
   if full == nil then
-    full = ctx.cfg.closed and ctx.cfg.backlog > 0 and redis.call('XLEN', ctx.ledger) >= ctx.cfg.backlog
+    full = ctx.cfg.closed and ctx.cfg.backlog > 0 and rcall('XLEN', ctx.ledger) >= ctx.cfg.backlog
     ctx.full = full
   end
   return full
@@ -72,23 +79,23 @@ local function event(ctx, fields)
       args[#args + 1] = v
     end
   end
-  return redis.call('XADD', unpack(args))
+  return rcall('XADD', B_unpack(args))
 end
 
 -- Idempotency keys remember the decision's reply (a string "status|0|..."); a replay answers it
 -- with the idempotent flag set.
 local function replayed(stored)
-  local status, rest = string.match(stored, '^([^|]*)|%d|(.*)$')
+  local status, rest = smatch(stored, '^([^|]*)|%d|(.*)$')
   return status .. '|1|' .. rest
 end
 
 local function idem_seen(ctx, key)
   local r = ctx.idem[key]
-  if type(r) == 'table' then  -- decided earlier in this call: the same row, flagged as a replay
+  if B_type(r) == 'table' then  -- decided earlier in this call: the same row, flagged as a replay
     return { r[1], r[2], r[3], '1' }
   end
   if r then return r end
-  r = redis.call('GET', key)
+  r = rcall('GET', key)
   if r then return replayed(r) end
   return nil
 end

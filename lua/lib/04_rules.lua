@@ -6,7 +6,7 @@ local cap_memo, cap_count = {}, 0
 local function cap_parse(text)
   local c = cap_memo[text]
   if not c then
-    local limit, a = string.match(text, '^(%d+)(%a)$')
+    local limit, a = smatch(text, '^(%d+)(%a)$')
     c = { limit + 0, ACTION[a] }
     if cap_count > 256 then cap_memo, cap_count = {}, 0 end
     cap_memo[text], cap_count = c, cap_count + 1
@@ -59,7 +59,7 @@ local function cap_event(ctx, etype, ak, aid, cap, amount, row_index)
 end
 
 local function events_write(ctx, entry)
-  for _, e in ipairs(ctx.pending) do
+  for _, e in B_ipairs(ctx.pending) do
     local fields = e[1]
     if e[2] and entry then
       fields[#fields + 1] = 'ref'
@@ -72,16 +72,16 @@ end
 -- Request-rate limit (GCRA): rl = "limit,period_ms,burst", tat = theoretical arrival time (ms).
 -- Returns allowed, new tat (to store on success), retry-after ms, remaining requests.
 local function gcra(rl, tat, now)
-  local limit, period, burst = string.match(rl, '^(%d+),(%d+),(%d+)$')
+  local limit, period, burst = smatch(rl, '^(%d+),(%d+),(%d+)$')
   local t = period / limit
   local window = burst * t
   local at = tat ~= '' and tat + 0 or now
   if at < now then at = now end
   local new_tat = at + t
   if new_tat - now > window then
-    return false, nil, math.ceil(new_tat - window - now), 0
+    return false, nil, mceil(new_tat - window - now), 0
   end
-  return true, math.ceil(new_tat), 0, math.floor((window - (new_tat - now)) / t)
+  return true, mceil(new_tat), 0, mfloor((window - (new_tat - now)) / t)
 end
 
 -- a plan's monthly free allowance from the allowance table JSON {"<plan id>": credits, ...}
@@ -90,7 +90,7 @@ local allowance_memo, allowance_count = {}, 0
 local function plan_allowance(text, plan)
   local t = allowance_memo[text]
   if not t then
-    t = cjson.decode(text)
+    t = jdecode(text)
     if allowance_count > 64 then allowance_memo, allowance_count = {}, 0 end
     allowance_memo[text], allowance_count = t, allowance_count + 1
   end

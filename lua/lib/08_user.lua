@@ -29,7 +29,7 @@ end
 -- Returns the reply: its text, or the pending table of a decision that wrote a row.
 local function user_debit(ctx, K, A, X)
   local acct, G, idem = K[1], K[2], K[3]
-  local has_idem = idem ~= acct .. ':i'
+  local has_idem = #idem ~= #acct + 2  -- "<account>:i": no key
   if has_idem then
     local again = idem_seen(ctx, idem)
     if again then return again end
@@ -59,7 +59,7 @@ local function user_debit(ctx, K, A, X)
     if not h then return refusal('reservation_not_found', amount_s, st) end
     local _
     hold, _, hop = hold_decode(h, false)
-    if string.byte(frag, 2) == 9 then frag = '\t' .. esc(hop) .. string.sub(frag, 2) end  -- op from the hold
+    if sbyte(frag, 2) == 9 then frag = '\t' .. esc(hop) .. ssub(frag, 2) end  -- op from the hold
   end
 
   -- request-rate limit: charges only (a settlement belongs to a request already admitted)
@@ -123,7 +123,7 @@ local function user_debit(ctx, K, A, X)
   end
   local action = ''
   if warns then
-    for _, cap in ipairs(warns) do
+    for _, cap in B_ipairs(warns) do
       if action == '' or cap[4] == 'warn' then action = cap[4] end
     end
   end
@@ -134,15 +134,15 @@ local function user_debit(ctx, K, A, X)
       local used = grants_consume(grants, G, amount, now, hf ~= nil)
       if used ~= '' then e.gc = used end
     end
-    if X then for k, v in pairs(X) do e[k] = v end end
-    if next(e) then x = extra_json(e) end
+    if X then for k, v in B_pairs(X) do e[k] = v end end
+    if B_next(e) then x = extra_json(e) end
   end
   local bals, helds = bal_text(st), held_text(st)
   local n = row(ctx, '', hf and 'settle' or 'debit', amount == 0 and '0' or '-' .. amount_s, bals, helds,
     hf and I(hold) or '', '', action, '', x, frag)
   if warns then
     aid = aid or frag_value(frag, 3)
-    for _, cap in ipairs(warns) do
+    for _, cap in B_ipairs(warns) do
       cap_event(ctx, cap[4] == 'warn' and 'credits.cap_warning' or 'credits.cap_reached', 'u', aid, cap, amount, n)
     end
   end
@@ -161,21 +161,35 @@ local function user_debit(ctx, K, A, X)
   return r
 end
 
--- Finish a call: write the entry, the accounts, the events, the idempotency keys; the replies as text.
-local function finish(ctx, replies, idem_keys)
-  local entry = #ctx.rows > 0 and ctx_xadd(ctx) or nil
+-- Finishing a call: write the entry, the accounts and the events (the entry's id, or nil)...
+local function finish_writes(ctx)
+  local entry = ctx_xadd(ctx)
   if #ctx.order > 0 then accounts_store(ctx, entry) end
   if #ctx.pending > 0 then events_write(ctx, entry) end
-  for i, r in ipairs(replies) do
-    if type(r) ~= 'string' then
-      local text = pending_text(r, entry)
-      replies[i] = text
-      local key = idem_keys and idem_keys[i]
-      if key and r[4] == '0' and ctx.idem[key] == r then
-        redis.call('SET', key, text, 'EX', ctx.cfg.idem_ttl)
-        ctx.idem[key] = replayed(text)
-      end
-    end
+  return entry
+end
+
+-- ...then each reply as text, its idempotency key (or nil) remembering it
+local function reply_text(ctx, r, entry, key)
+  if B_type(r) == 'string' then return r end
+  local text = pending_text(r, entry)
+  if key and r[4] == '0' and ctx.idem[key] == r then
+    rcall('SET', key, text, 'EX', ctx.cfg.idem_ttl)
+    ctx.idem[key] = replayed(text)
+  end
+  return text
+end
+
+-- Finish a call of one decision: its reply as text.
+local function finish_one(ctx, r, key)
+  return reply_text(ctx, r, finish_writes(ctx), key)
+end
+
+-- Finish a call of many decisions: the replies as text (in place).
+local function finish(ctx, replies, idem_keys)
+  local entry = finish_writes(ctx)
+  for i = 1, #replies do
+    replies[i] = reply_text(ctx, replies[i], entry, idem_keys and idem_keys[i])
   end
   return replies
 end

@@ -10,7 +10,7 @@
 -- A: { call id, amount (text), model, member id, fragment, reservation id or "" }
 local function team_debit(ctx, K, A)
   local acct, idem = K[1], K[2]
-  local has_idem = idem ~= acct .. ':i'
+  local has_idem = #idem ~= #acct + 2  -- "<account>:i": no key
   if has_idem then
     local again = idem_seen(ctx, idem)
     if again then return again end
@@ -45,7 +45,7 @@ local function team_debit(ctx, K, A)
     local hop, hm, _
     if raw then hold, _, hop, hm = hold_decode(raw, true) end
     if not raw or hm ~= uid then return refusal('reservation_not_found', amount_s, st) end
-    if string.byte(frag, 2) == 9 then frag = '\t' .. esc(hop) .. string.sub(frag, 2) end
+    if sbyte(frag, 2) == 9 then frag = '\t' .. esc(hop) .. ssub(frag, 2) end
   end
 
   local function refuse_for_cap(cap)
@@ -92,7 +92,7 @@ local function team_debit(ctx, K, A)
   end
   local action = ''
   if warns then
-    for _, cap in ipairs(warns) do
+    for _, cap in B_ipairs(warns) do
       if action == '' or cap[4] == 'warn' then action = cap[4] end
     end
   end
@@ -101,7 +101,7 @@ local function team_debit(ctx, K, A)
     hf and I(hold) or '', '', action, '', '', frag)
   if warns then
     tid = tid or frag_value(frag, 3)
-    for _, cap in ipairs(warns) do
+    for _, cap in B_ipairs(warns) do
       cap_event(ctx, cap[4] == 'warn' and 'credits.cap_warning' or 'credits.cap_reached', 't', tid, cap, amount, n)
     end
   end
