@@ -248,7 +248,11 @@ def _reference(b: Bench) -> tuple[str, list[str]]:
     sha = b.client.script_load(REFERENCE.read_text())
     keys = [f"ref:{{{b.ns}}}:bal", f"ref:{{{b.ns}}}:day", f"ref:{{{b.ns}}}:mem", f"ref:{{{b.ns}}}:ledger"]
     b.client.hset(keys[0], "balance", RICH)
-    b.cleanups.append(lambda: b.client.delete(*keys))
+
+    def drop() -> None:
+        b.client.delete(*keys)
+
+    b.cleanups.append(drop)
     return sha, keys
 
 
