@@ -81,8 +81,8 @@ def main() -> None:
                 break
             except redis.ConnectionError:
                 time.sleep(0.05)
-        cases = [("plain", {}, 0), ("plain, no refund records", {"refund_window_seconds": 0}, 0),
-                 ("3 grants", {}, 3)]
+        cases: list[tuple[str, dict[str, Any], int]] = [
+            ("plain", {}, 0), ("plain, no refund records", {"refund_window_seconds": 0}, 0), ("3 grants", {}, 3)]
         print("| debit.lua case | server µs per call |\n|---|---:|")
         for i, (name, overrides, grants) in enumerate(cases):
             store = RedisStore(client, namespace=f"cost{i}", **overrides)
