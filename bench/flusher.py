@@ -41,7 +41,7 @@ from results import write_section
 
 from ducto_redis import RedisStore
 from ducto_redis.batch import ChargeRequest
-from ducto_redis.ledger.copy_text import ROW_FIELDS
+from ducto_redis.layout import ROW_COLUMNS as ROW_FIELDS
 from ducto_redis.ledger.flusher import LedgerFlusher, migrate
 
 URL = "redis://127.0.0.1:6379/0"

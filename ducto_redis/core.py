@@ -65,12 +65,11 @@ class Call(Generic[T]):
     keys: list[str]
     args: list[Any]
     parse: Callable[[Any], T]
-    result: T | None = None
 
 
 def ready(result: T) -> Call[T]:
     """A call that needs no Redis round trip."""
-    return Call(None, [], [], lambda _r: result, result)
+    return Call(None, [], [], lambda _r: result)
 
 
 # ── validation (the rules live in validation.py; these apply them to metadata and quantities) ──

@@ -23,24 +23,6 @@ RATE_LIMITED = "rate_limited"
 # database to read it from (set DUCTO_DATABASE_URL; the embedded store always has its own)
 TRANSACTION_FLUSHED = "transaction_flushed"
 
-ERROR_CODES = frozenset(
-    {
-        INSUFFICIENT_CREDITS,
-        INSUFFICIENT_TEAM_BALANCE,
-        SPEND_CAP_EXCEEDED,
-        USER_NOT_IN_TEAM,
-        USER_NOT_FOUND,
-        TEAM_NOT_FOUND,
-        INVALID_AMOUNT,
-        TRANSACTION_NOT_FOUND,
-        ALREADY_REFUNDED,
-        RESERVATION_NOT_FOUND,
-        LEDGER_BACKLOG_FULL,
-        RATE_LIMITED,
-        TRANSACTION_FLUSHED,
-    }
-)
-
 
 class DuctoError(Exception):
     """Base class of every exception ducto-redis raises on purpose."""

@@ -10,7 +10,7 @@ cannot go stale between the read and the team script).
 from __future__ import annotations
 
 import json
-from typing import Any, Literal
+from typing import Any
 
 from . import errors as E
 from .core import (
@@ -42,8 +42,6 @@ from .models import (
     TeamMemberSpend,
 )
 from .validation import check_amount, check_choice, check_id, check_label, check_ttl_seconds
-
-CapPeriod = Literal["total", "daily", "monthly"]
 
 
 def check_period(period: object) -> str:

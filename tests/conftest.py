@@ -137,7 +137,7 @@ class LocalCluster:
             check=True, stdout=subprocess.DEVNULL,
         )
         for p in self.ports:
-            self._wait(lambda p=p: redis.Redis(port=p).execute_command("CLUSTER INFO").get("cluster_state") == "ok")
+            self._wait(lambda p=p: redis.Redis(port=p).cluster("INFO").get("cluster_state") == "ok")
 
     @staticmethod
     def _wait(check: Any, seconds: float = 20) -> None:

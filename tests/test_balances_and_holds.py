@@ -217,7 +217,7 @@ def test_balance_cannot_exceed_two_to_the_53_minus_one(store: RedisStore) -> Non
 def test_past_the_ledger_backlog_limit_debits_fail_closed_and_credits_still_land(redis_client: object) -> None:
     from conftest import make_store
 
-    s = make_store("memory", None, ledger_max_backlog=3)  # type: ignore[arg-type]
+    s = make_store("memory", None, ledger_max_backlog=3)
     s.add_credits("u", 100)
     assert s.charge("u", 1, "x").error is None
     assert s.charge("u", 1, "x").error is None  # 3 entries now
@@ -226,6 +226,6 @@ def test_past_the_ledger_backlog_limit_debits_fail_closed_and_credits_still_land
     assert s.reserve_credits("u", 1, "x").error == "ledger_backlog_full"
     assert snapshot(s) == before
     assert s.add_credits("u", 5).new_balance == 103  # money coming in is never refused
-    s_open = make_store("memory", None, ledger_max_backlog=1, ledger_backlog_policy="open")  # type: ignore[arg-type]
+    s_open = make_store("memory", None, ledger_max_backlog=1, ledger_backlog_policy="open")
     s_open.add_credits("u", 100)
     assert s_open.charge("u", 1, "x").error is None

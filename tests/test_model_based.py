@@ -170,7 +170,7 @@ def make_machine(backend: str) -> type[RuleBasedStateMachine]:
         def set_cap(self, user: str, period: str, model: str, limit: int, action: str) -> None:
             self.ops += 1
             self.store.set_spend_cap(SpendCap(user_id=user, cap_type="daily" if period == "d" else "monthly",
-                                              model=model or None, limit=limit, action=action))  # type: ignore[arg-type]
+                                              model=model or None, limit=limit, action=action))
             self.model.set_cap(user, period, model, limit, action)
 
         @rule(seconds=st.sampled_from(ADVANCES))

@@ -38,7 +38,7 @@ class FlushBeforeEveryCall:
 
 
 class AsyncFlushBeforeEveryCall(FlushBeforeEveryCall):
-    async def fcall(self, *args: Any) -> Any:  # type: ignore[override]
+    async def fcall(self, *args: Any) -> Any:
         self.fcalls += 1
         await self.inner.function_flush()
         return await self.inner.fcall(*args)

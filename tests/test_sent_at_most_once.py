@@ -21,6 +21,7 @@ import pytest
 import redis
 import redis.asyncio as aredis
 from conftest import REDIS_URL, drop_namespace, new_namespace, snapshot
+from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
@@ -167,13 +168,18 @@ def proxy() -> Iterator[CuttingProxy]:
     p.close()
 
 
-RETRYING = {"retry": Retry(NoBackoff(), 3), "retry_on_error": [redis.ConnectionError, redis.TimeoutError]}
+def retrying() -> Retry:
+    """A client's own retry policy, as a user's client may have (redis-py 8 retries by default)."""
+    return Retry(NoBackoff(), 3)
+
+
+RETRY_ON: list[type[Exception]] = [redis.ConnectionError, redis.TimeoutError]
 
 
 @pytest.fixture
 def cut_store(proxy: CuttingProxy, redis_client: redis.Redis) -> Iterator[RedisStore]:
     """A RedisStore through the proxy, on a client that retries (as a user's client may)."""
-    client = redis.Redis(port=proxy.port, decode_responses=True, **RETRYING)
+    client = redis.Redis(port=proxy.port, decode_responses=True, retry=retrying(), retry_on_error=RETRY_ON)
     store = RedisStore(client, namespace=new_namespace())
     yield store
     drop_namespace(redis_client, store.settings.namespace)
@@ -224,7 +230,8 @@ def test_an_async_charge_whose_answer_is_lost_is_reported_unknown_and_never_sent
     namespace = new_namespace()
 
     async def go() -> tuple[int, int]:
-        client = aredis.Redis(port=proxy.port, decode_responses=True, **RETRYING)
+        client = aredis.Redis(port=proxy.port, decode_responses=True, retry=AsyncRetry(NoBackoff(), 3),
+                              retry_on_error=RETRY_ON)
         store = AsyncRedisStore(client, namespace=namespace)
         try:
             await store.add_credits("u", 100, type="purchase")
