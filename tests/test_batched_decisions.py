@@ -154,10 +154,8 @@ def test_batched_team_debits_equal_the_same_debits_one_by_one(store: RedisStore,
     single = make_store(kind, redis_client)
     try:
         # the same team ids on both stores, so the two workloads match
-        for s in (store, single):
-            s.core.teams.create_team = _fixed_ids(s.core, s.core.teams.create_team)  # type: ignore[method-assign]
-        teams = team_setup(store)
-        assert team_setup(single) == teams
+        teams = _with_fixed_ids(team_setup, store)
+        assert _with_fixed_ids(team_setup, single) == teams
         reqs = team_workload(teams, 3)
         batched = store.deduct_team_many(reqs)
         one_by_one = [single.deduct_team(**r) for r in reqs]
@@ -174,14 +172,14 @@ def test_batched_team_debits_equal_the_same_debits_one_by_one(store: RedisStore,
             drop_namespace(redis_client, single.settings.namespace)
 
 
-def _fixed_ids(core: Any, create: Any) -> Any:
+def _with_fixed_ids(setup: Any, store: RedisStore) -> Any:
+    """``setup(store)`` with the team calls' fresh ids (team ids among them) drawn from a counter."""
+    from ducto_redis import team_ops
+
     counter = iter(range(1000))
-
-    def create_team(name: str, initial_balance: int = 0, idempotency_key: str | None = None,
-                    team_id: str | None = None) -> Any:
-        return create(name, initial_balance, idempotency_key, team_id or f"team-{next(counter)}")
-
-    return create_team
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(team_ops, "new_id", lambda: f"00000000-0000-4000-8000-{next(counter):012x}")
+        return setup(store)
 
 
 # ── the packed layout of debit_many (shared values once per shard call) ───────────────────────
@@ -224,10 +222,10 @@ def test_batched_settlements_charges_and_replays_equal_one_by_one_with_the_same_
             out = []
             for op, who, amount, key in plan:
                 if op == "settle":
-                    out.append(s.core.deduct_credits(f"user-{who % 31}", holds[n][who], amount, key,
-                                                     CreditMetadata(model="gpt-4")))
+                    out.append(s.core.debit(f"user-{who % 31}", amount, reservation_id=holds[n][who],
+                                            idempotency_key=key, metadata=CreditMetadata(model="gpt-4")))
                 else:
-                    out.append(s.core.charge(f"user-{who}", amount, "req", key))
+                    out.append(s.core.debit(f"user-{who}", amount, operation_type="req", idempotency_key=key))
             return out
 
         batch = Batch(calls_for(0, store), store.core.scripts)
@@ -255,7 +253,7 @@ def _send(store: RedisStore, batch: Any) -> list[Any]:
 def test_packed_layout_sends_shared_values_once_and_new_positions_per_decision(store: RedisStore) -> None:
     from ducto_redis.batch import Batch
 
-    calls = [store.core.charge(f"same-shard-{i}", 1, "req") for i in range(3)]
+    calls = [store.core.debit(f"same-shard-{i}", 1, operation_type="req") for i in range(3)]
     shard = store.core.keys.user("same-shard-0").shard
     calls = [c for c in calls if c.keys[0].startswith(store.core.keys.tag(shard))] or calls[:1]
     packed = Batch(calls, store.core.scripts).calls[0]
