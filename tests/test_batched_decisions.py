@@ -7,7 +7,7 @@ import random
 from typing import Any
 
 import pytest
-from conftest import make_store, snapshot
+from conftest import embedded, make_store, snapshot
 
 from ducto_redis import CreditMetadata, InvalidInputError, RedisStore, SpendCap
 from ducto_redis.aio import AsyncMemoryStore
@@ -44,9 +44,9 @@ def strip(results: list[Any]) -> list[dict[str, Any]]:
     return [{k: v for k, v in r.model_dump().items() if k not in VOLATILE} for r in results]
 
 
-def test_batched_charges_equal_the_same_charges_one_by_one(store: RedisStore, redis_client: Any) -> None:
-    kind = "memory" if type(store).__name__ == "MemoryStore" else "redis"
-    single = make_store(kind, redis_client)
+def test_batched_charges_equal_the_same_charges_one_by_one(store: RedisStore) -> None:
+    kind = "memory" if embedded(store) else "redis"
+    single = make_store(kind, None)
     try:
         prepare(store)
         prepare(single)
@@ -61,7 +61,7 @@ def test_batched_charges_equal_the_same_charges_one_by_one(store: RedisStore, re
         if kind == "redis":
             from conftest import drop_namespace
 
-            drop_namespace(redis_client, single.settings.namespace)
+            drop_namespace(single.client, single.settings.namespace)
 
 
 def test_a_batch_uses_one_script_call_per_shard(store: RedisStore) -> None:
@@ -149,9 +149,9 @@ def team_workload(teams: list[str], seed: int) -> list[dict[str, Any]]:
             for _ in range(250)]
 
 
-def test_batched_team_debits_equal_the_same_debits_one_by_one(store: RedisStore, redis_client: Any) -> None:
-    kind = "memory" if type(store).__name__ == "MemoryStore" else "redis"
-    single = make_store(kind, redis_client)
+def test_batched_team_debits_equal_the_same_debits_one_by_one(store: RedisStore) -> None:
+    kind = "memory" if embedded(store) else "redis"
+    single = make_store(kind, None)
     try:
         # the same team ids on both stores, so the two workloads match
         teams = _with_fixed_ids(team_setup, store)
@@ -169,7 +169,7 @@ def test_batched_team_debits_equal_the_same_debits_one_by_one(store: RedisStore,
         if kind == "redis":
             from conftest import drop_namespace
 
-            drop_namespace(redis_client, single.settings.namespace)
+            drop_namespace(single.client, single.settings.namespace)
 
 
 def _with_fixed_ids(setup: Any, store: RedisStore) -> Any:
@@ -195,15 +195,13 @@ def ledger_contents(store: RedisStore) -> list[list[dict[str, str]]]:
     return out
 
 
-def test_batched_settlements_charges_and_replays_equal_one_by_one_with_the_same_ledger(
-    store: RedisStore, redis_client: Any
-) -> None:
+def test_batched_settlements_charges_and_replays_equal_one_by_one_with_the_same_ledger(store: RedisStore) -> None:
     """Settlements, charges, caps and replayed keys mixed in one batch: the same results, balances
     and ledger entries as the same calls made one by one (the packed layout loses nothing)."""
     from ducto_redis.batch import Batch
 
-    kind = "memory" if type(store).__name__ == "MemoryStore" else "redis"
-    single = make_store(kind, redis_client)
+    kind = "memory" if embedded(store) else "redis"
+    single = make_store(kind, None)
     try:
         holds: dict[int, list[str]] = {}
         for n, s in enumerate((store, single)):
@@ -241,7 +239,7 @@ def test_batched_settlements_charges_and_replays_equal_one_by_one_with_the_same_
         if kind == "redis":
             from conftest import drop_namespace
 
-            drop_namespace(redis_client, single.settings.namespace)
+            drop_namespace(single.client, single.settings.namespace)
 
 
 def _send(store: RedisStore, batch: Any) -> list[Any]:
@@ -284,7 +282,7 @@ def test_an_error_reply_in_a_batch_raises_and_leaves_the_connection_in_step(stor
         # the failing shard call goes first: the replies after it must still be read off the wire
         store.charge_many([ChargeRequest(bad, 1, "x"), ChargeRequest(a, 3, "x"), ChargeRequest(a, 3, "x")])
     balance = store.get_balance(a).balance
-    if type(store).__name__ != "MemoryStore":  # fakeredis's pipeline stops at the first error
+    if not embedded(store):  # fakeredis's pipeline stops at the first error
         assert balance == 4
     assert store.charge(a, balance, "x").balance_after == 0
     assert [r.error for r in store.charge_many([ChargeRequest(a, 1, "x")] * 2)] == ["insufficient_credits"] * 2
