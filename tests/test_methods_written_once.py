@@ -101,3 +101,7 @@ def test_async_setup_creates_the_ledger_schema_at_the_database_url_given() -> No
 def test_the_embedded_stores_say_where_their_ledger_is_in_setup() -> None:
     assert MemoryStore().setup().tables_created == ["ledger (SQLite, in memory)"]
     assert asyncio.run(AsyncMemoryStore().setup()).tables_created == ["ledger (SQLite, in memory)"]
+
+
+def test_health_is_true_on_every_store_of_the_table(store: RedisStore) -> None:
+    assert store.health() is True
