@@ -14,6 +14,10 @@ written once, in one of the operation mixins (``accounts.py``, ``team_ops.py``, 
   the store's Redis client: loading the function library). An error of a step is thrown into the
   flow at its ``yield``, so a flow may catch it.
 
+A definition's ``self`` is the store: it reads ``self.core`` (keys, scripts, the configuration
+argument, the call builders several methods share) and ``self.settings``, never the client, so every
+rule (validation, defaults) stays in the definition or a builder it shares.
+
 The stores differ only in how they run a step: a :class:`SyncRunner` (RedisStore, MemoryStore)
 through its ``_run`` / ``_run_many`` seams and plain calls, an :class:`AsyncRunner`
 (AsyncRedisStore, AsyncMemoryStore) through its ``async`` seams, blocking functions in a worker
@@ -109,7 +113,7 @@ class Operation(Generic[P, T]):
         if obj is None:
             return self
         # a runner class has its own plain method (see Runner.__init_subclass__): nothing else runs one
-        raise TypeError(f"{self.build.__qualname__} runs on a store, not on {type(obj).__name__}")
+        raise AttributeError(f"{self.build.__qualname__} runs on a store, not on {type(obj).__name__}")
 
 
 def command(build: Callable[Concatenate[Any, P], Call[T]]) -> Operation[P, T]:

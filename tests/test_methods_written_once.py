@@ -69,7 +69,7 @@ def test_mypy_sees_sync_results_and_async_coroutines_of_the_one_definition(tmp_p
 
 
 def test_a_definition_does_not_run_outside_a_store() -> None:
-    with pytest.raises(TypeError, match="runs on a store"):
+    with pytest.raises(AttributeError, match="runs on a store"):
         StoreOps().charge("u", 1, "x")  # type: ignore[call-overload]
 
 
