@@ -289,7 +289,7 @@ def raw_same_script(b: Bench) -> tuple[int, Callable[[], tuple[float, list[float
     """Bare FCALL of the store's own debit function with arguments packed once: the shell's floor."""
     s = b.store()
     s.add_credits("same", RICH)
-    call = s.core.charge("same", 1, "bench")
+    call = s.core.debit("same", 1, operation_type="bench")
     assert call.script is not None
     function, keys, args = call.script.function, call.keys, call.args
 

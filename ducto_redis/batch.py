@@ -15,6 +15,7 @@ from typing import Any, Generic, TypeVar
 from .core import Call, StoreCore
 from .errors import InvalidInputError
 from .scripts import Script
+from .team_ops import team_debit
 
 T = TypeVar("T")
 
@@ -101,8 +102,9 @@ def _each(cls: type[R], requests: object, build: Callable[[R], Call[Any]]) -> li
 
 def charge_calls(core: StoreCore, requests: Sequence[ChargeRequest | Mapping[str, Any]]) -> list[Call[Any]]:
     """Validate every request (raising before anything is sent) and build its charge call."""
-    return _each(ChargeRequest, requests, lambda r: core.charge(
-        r.user_id, r.amount, r.operation_type, r.idempotency_key, r.metadata, r.min_balance, r.quantities))
+    return _each(ChargeRequest, requests, lambda r: core.debit(
+        r.user_id, r.amount, operation_type=r.operation_type, idempotency_key=r.idempotency_key, metadata=r.metadata,
+        min_balance=r.min_balance, quantities=r.quantities))
 
 
 @dataclass(slots=True)
@@ -118,8 +120,8 @@ class TeamDebitRequest:
 
 def team_debit_calls(core: StoreCore, requests: Sequence[TeamDebitRequest | Mapping[str, Any]]) -> list[Call[Any]]:
     """Validate every request (raising before anything is sent) and build its deduct_team call."""
-    return _each(TeamDebitRequest, requests, lambda r: core.teams.deduct_team(
-        r.team_id, r.user_id, r.amount, r.metadata, r.idempotency_key))
+    return _each(TeamDebitRequest, requests, lambda r: team_debit(
+        core, r.team_id, r.user_id, r.amount, r.metadata, r.idempotency_key))
 
 
 def _identity(raw: Any) -> Any:

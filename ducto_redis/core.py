@@ -1,8 +1,9 @@
-"""The core every store shares: validation, key selection, argument packing and reply parsing.
+"""The core every store method shares: validation, key selection, argument packing and reply parsing.
 
-A store method asks the core for a :class:`Call` (which script, KEYS, ARGV and how to read the
-reply) and runs it with its own I/O: the sync store with a redis-py client, the async store with
-redis.asyncio, the memory store over an in-process fakeredis. No rule lives in a store shell.
+A store method (written once, in an operation mixin: see ``methods.py``) builds a :class:`Call` (which
+script, KEYS, ARGV and how to read the reply) with this module's helpers and :class:`StoreCore`; each
+store runs it with its own I/O: the sync store with a redis-py client, the async store with
+redis.asyncio, the memory stores over an in-process fakeredis. No rule lives in a store shell.
 Invalid input never reaches Redis: either an :class:`InvalidInputError` naming the field is
 raised (wrong type), or the call carries a ready result with an error code (out of range).
 """
@@ -22,17 +23,12 @@ from pydantic import BaseModel, ValidationError
 from pydantic_core import PydanticSerializationError
 
 from .errors import InvalidInputError, ScriptReplyError
-from .keys import TEAM, USER, AccountKeys, KeySchema
+from .keys import USER, KeySchema
 from .layout import cap_text, copy_escape, fragment, tx_id
 from .models import (
     AddCreditsResult,
-    BalanceResult,
-    CapCheckResult,
     CreditMetadata,
     DeductionResult,
-    RateLimitResult,
-    ReleaseResult,
-    ReserveResult,
     SpendCap,
 )
 from .scripts import Script, scripts
@@ -48,7 +44,6 @@ from .validation import (
     check_quantity_name,
     check_ttl_seconds,
     invalid_input,
-    period_ms,
 )
 
 T = TypeVar("T")
@@ -128,7 +123,7 @@ def _s(value: Any) -> str:
     return value.decode("utf-8") if isinstance(value, bytes) else str(value)
 
 
-def _reply(raw: Any, size: int) -> list[str]:
+def table_reply(raw: Any, size: int) -> list[str]:
     """A script's table reply as strings (at least ``size`` of them)."""
     if not isinstance(raw, list) or len(raw) < size:
         raise ScriptReplyError(f"unexpected script reply: {raw!r}")
@@ -137,7 +132,7 @@ def _reply(raw: Any, size: int) -> list[str]:
     return [_s(v) for v in raw]
 
 
-def _parts(raw: Any, size: int) -> list[str]:
+def split_reply(raw: Any, size: int) -> list[str]:
     """A script's one-string reply ("status|idempotent|...") split into at least ``size`` fields.
 
     A reply's last field may be free text (a plan id, a role): it is split off once, whole."""
@@ -150,7 +145,8 @@ def _parts(raw: Any, size: int) -> list[str]:
     return r
 
 
-def _err(status: str) -> str | None:
+def error_code(status: str) -> str | None:
+    """A reply's status as a result's ``error``: None for "ok", else the error code."""
     return None if status == "ok" else status
 
 
@@ -275,7 +271,12 @@ class DebitKeys:
 
 
 class StoreCore:
-    """Everything a store does except I/O: builds :class:`Call` objects for each operation."""
+    """What every store method builds its calls with: keys, scripts, the configuration argument,
+    and the call builders several methods share (a user's debit, a credit, a cap, a health probe).
+
+    The store methods themselves are written once in the operation mixins (``accounts.py``,
+    ``team_ops.py``, ``refund_ops.py``, ``plans.py``, ``operations.py``); see ``methods.py``.
+    """
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -283,12 +284,6 @@ class StoreCore:
         self.scripts = scripts()
         self.clock_offset_ms = 0
         self._config_of: tuple[int, str] = (-1, "")
-        from .team_ops import TeamOps  # the team calls share this core (keys, scripts, settings)
-
-        self.teams = TeamOps(self)
-        from .refund_ops import RefundOps  # refunds and expiring-credit sweeps share this core too
-
-        self.refunds = RefundOps(self)
         self._hold_ttl_ms = settings.hold_ttl_seconds * 1000
         # a debit's per-user KEYS and escaped id, for the hot accounts only (~0.5 kB each)
         self.debit_keys = lru_cache(maxsize=8192)(self._debit_keys)
@@ -306,9 +301,14 @@ class StoreCore:
             self._config_of = (self.clock_offset_ms, text)
         return text
 
-    def _idem(self, k: AccountKeys, key: str | None) -> str:
-        """The idempotency KEYS entry: the key's record, or the account's never-written name."""
-        return k.idempotency(key)
+    def hold_ttl_ms(self, ttl_seconds: object) -> int:
+        """A hold's time to live in ms: ``ttl_seconds`` (validated), else the settings' ``hold_ttl_seconds``."""
+        return self._hold_ttl_ms if ttl_seconds is None else check_ttl_seconds(ttl_seconds) * 1000
+
+    def min_balance(self, min_balance: object) -> int:
+        """A hold's floor: ``min_balance`` (validated), else the settings' ``default_min_balance``."""
+        return check_amount(self.settings.default_min_balance if min_balance is None else min_balance,
+                            "min_balance", 0)
 
     def _debit_keys(self, uid: str) -> DebitKeys:
         k = self.keys.user(uid)
@@ -322,52 +322,33 @@ class StoreCore:
         for shard in range(self.keys.shards):
             k = self.keys.probe(shard)
             calls.append(Call(self.scripts["balance"], [k.account, k.grants], [self.config()],
-                              lambda raw: _reply(raw, 6)[0] == "ok"))
+                              lambda raw: table_reply(raw, 6)[0] == "ok"))
         return calls
 
-    # balances
-
-    def get_balance(self, user_id: str) -> Call[BalanceResult]:
-        """Read a user's balance, held amount and lifetime purchases (0 for an unknown user)."""
-        uid = check_id(user_id, "user_id")
-        k = self.keys.user(uid)
-
-        def parse(raw: Any) -> BalanceResult:
-            r = _reply(raw, 6)
-            return construct(BalanceResult,
-                user_id=uid, balance=int(r[2]), held=int(r[3]), lifetime_purchased=int(r[4])
-            )
-
-        return Call(self.scripts["balance"], [k.account, k.grants], [self.config()], parse)
+    # shared call builders
 
     def user_exists(self, user_id: str) -> Call[bool]:
         """Whether a user record exists (made by any credit, even of 0)."""
         uid = check_id(user_id, "user_id")
         k = self.keys.user(uid)
         return Call(self.scripts["balance"], [k.account, k.grants], [self.config()],
-                    lambda raw: _reply(raw, 6)[5] == "1")
+                    lambda raw: table_reply(raw, 6)[5] == "1")
 
-    def add_credits(
-        self,
-        user_id: str,
-        amount: int,
-        type: str = "adjustment",
-        metadata: CreditMetadata | dict[str, Any] | None = None,
-        expires_at_ms: int | None = None,
-        idempotency_key: str | None = None,
-        *,
-        account_kind: str = USER,
+    def credit(
+        self, account_kind: str, account_id: str, amount: int, tx_type: str, metadata: object,
+        expires_at_ms: int | None, idempotency_key: str | None,
     ) -> Call[AddCreditsResult]:
-        """Credit ``amount`` (0 creates the record). Idempotent with a key (argument or metadata)."""
-        uid = check_id(user_id, "team_id" if account_kind != USER else "user_id")
+        """Credit a user's (``account_kind`` "u") or a team's ("t") account; 0 creates a user's record.
+        Idempotent with a key (argument or metadata)."""
+        uid = check_id(account_id, "team_id" if account_kind != USER else "user_id")
         n = check_amount(amount, "amount", 0)
-        tx_type = check_label(type, "type")
+        tx_type = check_label(tx_type, "type")
         meta = metadata_of(metadata)
         ikey = idempotency_of(idempotency_key, meta)
         k = self.keys.user(uid) if account_kind == USER else self.keys.team(uid)
 
         def parse(raw_reply: Any) -> AddCreditsResult:
-            r = _parts(raw_reply, 6)
+            r = split_reply(raw_reply, 6)
             if r[0] == "team_not_found":
                 raise InvalidInputError("team_id", f"no team {uid!r}; nothing was written")
             if r[0] != "ok":
@@ -382,76 +363,8 @@ class StoreCore:
             new_call_id(), new_id(), str(n), "1" if tx_type in PURCHASE_TYPES else "0", frag,
             "" if expires_at_ms is None else str(expires_at_ms), "1" if account_kind != USER else "0", self.config(),
         ]
-        keys = [k.account, self._idem(k, ikey), k.ledger, k.grants, k.grant_index]
+        keys = [k.account, k.idempotency(ikey), k.ledger, k.grants, k.grant_index]
         return Call(self.scripts["add_credits"], keys, args, parse)
-
-    # reservations
-
-    def reserve_credits(
-        self,
-        user_id: str,
-        amount: int,
-        operation_type: str,
-        metadata: CreditMetadata | dict[str, Any] | None = None,
-        min_balance: int = 5,
-        idempotency_key: str | None = None,
-        ttl_seconds: int | None = None,
-        *,
-        quantities: dict[str, int] | None = None,
-        rate_limit: bool = False,
-    ) -> Call[ReserveResult]:
-        """Hold ``amount`` if the available balance covers it and keeps ``min_balance``.
-
-        ``quantities`` (an estimate, e.g. ``{"tokens": 2000}``) are checked against the account's
-        quantity limits in the same script and corrected when the hold is settled; ``rate_limit``
-        applies the account's request-rate limit too (a gateway admitting a request with a hold).
-        """
-        uid = check_id(user_id, "user_id")
-        n = check_amount(amount, "amount", 1)
-        op = check_label(operation_type, "operation_type")
-        floor = check_amount(min_balance, "min_balance", 0)
-        qs = quantities_arg(quantities)
-        meta = metadata_of(metadata)
-        model = check_label(meta.model, "metadata.model") if meta and meta.model else ""
-        ikey = idempotency_of(idempotency_key, meta)
-        ttl_ms = self._hold_ttl_ms if ttl_seconds is None else check_ttl_seconds(ttl_seconds) * 1000
-        k = self.keys.user(uid)
-        rid = new_id()
-
-        def parse(raw_reply: Any) -> ReserveResult:
-            r = _parts(raw_reply, 9)
-            return construct(ReserveResult,
-                reservation_id=r[2], user_id=uid, amount=int(r[3]), balance=int(r[4]),
-                reserved_total=int(r[5]), expires_at_ms=int(r[6]), error=_err(r[0]), idempotent=r[1] == "1",
-                retry_after_ms=int(r[7]), rate_limit_remaining=int(r[8]) if r[8] else None,
-            )
-
-        frag = fragment(op=op, acct=uid, rid=rid, model=model, idem=ikey or "", meta=metadata_json(meta))
-        args = [new_call_id(), rid, str(n), str(floor), str(ttl_ms), op, frag, "1" if rate_limit else "0", qs, model,
-                self.config()]
-        return Call(self.scripts["reserve"], [k.account, self._idem(k, ikey), k.ledger, k.grants], args, parse)
-
-    def release_reservation(
-        self, user_id: str, reservation_id: str, idempotency_key: str | None = None
-    ) -> Call[ReleaseResult]:
-        """Give a hold back without spending it."""
-        uid = check_id(user_id, "user_id")
-        rid = check_id(reservation_id, "reservation_id")
-        ikey = check_idempotency_key(idempotency_key)
-        k = self.keys.user(uid)
-
-        def parse(raw_reply: Any) -> ReleaseResult:
-            r = _parts(raw_reply, 6)
-            return construct(ReleaseResult,
-                reservation_id=rid, user_id=uid, amount=int(r[3]), balance=int(r[4]), held=int(r[5]),
-                idempotent=r[1] == "1", error=_err(r[0]),
-            )
-
-        frag = fragment(acct=uid, rid=rid, idem=ikey or "")
-        args = [new_call_id(), new_id(), rid, frag, self.config()]
-        return Call(self.scripts["release"], [k.account, self._idem(k, ikey), k.ledger, k.grants], args, parse)
-
-    # debits
 
     def debit(
         self,
@@ -486,7 +399,7 @@ class StoreCore:
         idem = dk.no_idem if ikey is None else self.keys.user(uid).idempotency(ikey)
 
         def parse(raw_reply: Any) -> DeductionResult:
-            r = _parts(raw_reply, 9)
+            r = split_reply(raw_reply, 9)
             return deduction_result(
                 tx_of(shard, r[2]), uid, -int(r[3]), int(r[4]), r[1] == "1", None if r[0] == "ok" else r[0],
                 r[6] or None, int(r[7]), int(r[8]) if r[8] else None,
@@ -498,95 +411,8 @@ class StoreCore:
         args = [new_call_id(), str(n), model, str(floor), frag, reservation_id, qs, self.config()]
         return Call(self.scripts["debit"], [dk.account, dk.grants, idem, dk.ledger, dk.events], args, parse)
 
-    def deduct_credits(
-        self,
-        user_id: str,
-        reservation_id: str,
-        amount: int,
-        idempotency_key: str | None = None,
-        metadata: CreditMetadata | dict[str, Any] | None = None,
-        quantities: dict[str, int] | None = None,
-    ) -> Call[DeductionResult]:
-        """Settle a reservation with the actual amount (ducto's name; caps enforced here too)."""
-        rid = check_id(reservation_id, "reservation_id")
-        return self.debit(
-            user_id, amount, reservation_id=rid, idempotency_key=idempotency_key, metadata=metadata,
-            quantities=quantities,
-        )
-
-    def charge(
-        self,
-        user_id: str,
-        amount: int,
-        operation_type: str,
-        idempotency_key: str | None = None,
-        metadata: CreditMetadata | dict[str, Any] | None = None,
-        min_balance: int = 0,
-        quantities: dict[str, int] | None = None,
-    ) -> Call[DeductionResult]:
-        """Check caps and balance and debit in one round trip, with no hold."""
-        return self.debit(
-            user_id, amount, operation_type=operation_type, idempotency_key=idempotency_key,
-            metadata=metadata, min_balance=min_balance, quantities=quantities,
-        )
-
-    # request-rate limits
-
-    def set_rate_limit(
-        self, user_id: str, limit: int | None, period_seconds: float = 1.0, burst: int | None = None
-    ) -> Call[None]:
-        """Allow ``limit`` requests per ``period_seconds`` (GCRA), ``burst`` at once (default ``limit``).
-
-        ``limit=None`` removes the limit. Checked by ``charge`` in the same script as caps and balance.
-        """
-        uid = check_id(user_id, "user_id")
-        k = self.keys.user(uid)
-        value = ""
-        if limit is not None:
-            n = check_amount(limit, "limit", 1)
-            b = n if burst is None else check_amount(burst, "burst", 1)
-            value = f"{n},{period_ms(period_seconds)},{b}"
-        frag = fragment(op="rate_limit_set" if value else "rate_limit_removed", acct=uid, meta=json.dumps(
-            {"limit": limit, "period_ms": period_ms(period_seconds), "burst": burst} if value else {}))
-        args = [new_id(), value, frag, self.config()]
-        return Call(self.scripts["set_rate_limit"], [k.account, k.ledger], args, lambda _r: None)
-
-    def set_quantity_limit(
-        self, user_id: str, quantity: str, limit: int | None, period_seconds: float = 60.0, model: str | None = None
-    ) -> Call[None]:
-        """Allow ``limit`` units of ``quantity`` (e.g. tokens) per ``period_seconds``, for ``model``
-        only or (None) all models; ``limit=None`` removes it. Checked by ``charge`` and
-        ``reserve_credits`` (with ``quantities=``) in the same script as caps and balance."""
-        uid = check_id(user_id, "user_id")
-        name = check_quantity_name(quantity)
-        m = check_label(model, "model") if model else ""
-        if "|" in m or ";" in m:
-            raise InvalidInputError("model", "must not contain '|' or ';'")
-        value = ""
-        if limit is not None:
-            value = f"{check_amount(limit, 'limit', 1)}|{period_ms(period_seconds)}"
-        k = self.keys.user(uid)
-        args = [new_id(), uid, name, m, value, self.config()]
-        return Call(self.scripts["set_quantity_limit"], [k.account, k.ledger], args, lambda _r: None)
-
-    def hit_rate_limit(self, user_id: str) -> Call[RateLimitResult]:
-        """Admit one request against the user's rate limit without moving money."""
-        uid = check_id(user_id, "user_id")
-        k = self.keys.user(uid)
-
-        def parse(raw: Any) -> RateLimitResult:
-            r = _parts(raw, 4)
-            return construct(RateLimitResult,
-                user_id=uid, allowed=r[0] == "ok", retry_after_ms=int(r[2]),
-                remaining=int(r[3]) if r[3] else None, error=_err(r[0]),
-            )
-
-        return Call(self.scripts["hit_rate_limit"], [k.account], [self.config()], parse)
-
-    # spend caps
-
-    def set_spend_cap(self, cap: SpendCap, *, remove: bool = False, account_kind: str = USER) -> Call[None]:
-        """Set (or remove) a user's (or, with ``account_kind="t"``, a team's) daily or monthly cap."""
+    def spend_cap(self, cap: SpendCap, account_kind: str, *, remove: bool = False) -> Call[None]:
+        """Set (or remove) a user's (``account_kind`` "u") or a team's ("t") daily or monthly cap."""
         if not isinstance(cap, SpendCap):
             raise InvalidInputError("cap", f"must be a SpendCap, got {type(cap).__name__}")
         uid = check_id(cap.user_id, "user_id" if account_kind == USER else "team_id")
@@ -601,29 +427,3 @@ class StoreCore:
         args = [new_id(), "d" if period == "daily" else "m", model, "" if remove else cap_text(limit, action), frag,
                 self.config()]
         return Call(self.scripts["set_cap"], [k.account, k.ledger], args, lambda _r: None)
-
-    def set_team_spend_cap(
-        self, team_id: str, cap_type: str, limit: int, action: str, model: str | None
-    ) -> Call[None]:
-        """A team's cap: the same record as a user's, its errors naming ``team_id``."""
-        tid = check_id(team_id, "team_id")
-        cap = SpendCap(user_id=tid, cap_type=cap_type, limit=limit, action=action, model=model)
-        return self.set_spend_cap(cap, account_kind=TEAM)
-
-    def check_spend_cap(
-        self, user_id: str, model: str | None = None, amount: int | None = None
-    ) -> Call[CapCheckResult]:
-        """Would ``amount`` (or one more credit, without an amount) be refused? Real spend and limit."""
-        uid = check_id(user_id, "user_id")
-        m = check_label(model, "model") if model else ""
-        amt = "" if amount is None else str(check_amount(amount, "amount", 0))
-        k = self.keys.user(uid)
-
-        def parse(raw: Any) -> CapCheckResult:
-            r = _reply(raw, 8)
-            return construct(CapCheckResult,
-                capped=r[2] == "1", current_spend=int(r[3]), cap_limit=int(r[4]), action=r[5] or None,
-                model=r[6] or None, cap_type=r[7] or None,
-            )
-
-        return Call(self.scripts["check_cap"], [k.account], [m, amt, self.config()], parse)

@@ -81,7 +81,7 @@ CASES: list[Case] = [
     ("reserve_credits.user_id", lambda s, v: s.reserve_credits(v, 1, "op"), BAD_IDS, "user_id"),
     ("reserve_credits.operation_type", lambda s, v: s.reserve_credits("u", 1, v), LABELS, "operation_type"),
     ("reserve_credits.min_balance", lambda s, v: s.reserve_credits("u", 1, "op", min_balance=v),
-     NOT_INTS + OUT_OF_RANGE, "min_balance"),
+     NO_NONE + OUT_OF_RANGE, "min_balance"),  # None: the settings' default_min_balance
     ("reserve_credits.ttl_seconds", lambda s, v: s.reserve_credits("u", 1, "op", ttl_seconds=v), TTLS, "ttl_seconds"),
     ("reserve_credits.metadata", lambda s, v: s.reserve_credits("u", 1, "op", metadata=v), BAD_METADATA, "metadata"),
     ("reserve_credits.idempotency_key", lambda s, v: s.reserve_credits("u", 1, "op", idempotency_key=v), KEYS,

@@ -6,7 +6,7 @@ from datetime import datetime, timezone
 
 from conftest import advance, ledger_entries, snapshot
 
-from ducto_redis import CreditMetadata, RedisStore
+from ducto_redis import CreditMetadata, MemoryStore, RedisStore
 
 
 def test_unknown_user_has_zero_balance_and_nothing_is_written(store: RedisStore) -> None:
@@ -56,6 +56,17 @@ def test_reserve_refuses_when_available_would_drop_below_min_balance(store: Redi
     assert r.error == "insufficient_credits" and r.reservation_id == "" and r.amount == 0
     assert snapshot(store) == before
     assert store.reserve_credits("u", 96, operation_type="x", min_balance=0).error is None
+
+
+def test_the_reserve_floor_left_out_is_the_settings_default_min_balance(store: RedisStore) -> None:
+    assert store.settings.default_min_balance == 5  # ducto's default
+    store.add_credits("u", 100)
+    assert store.reserve_credits("u", 96, "x", min_balance=None).error == "insufficient_credits"
+    assert store.reserve_credits("u", 95, "x", min_balance=None).error is None
+    strict = MemoryStore(default_min_balance=20)
+    strict.add_credits("u", 100)
+    assert strict.reserve_credits("u", 81, "x").error == "insufficient_credits"
+    assert strict.reserve_credits("u", 80, "x").error is None
 
 
 def test_reserve_counts_existing_holds(store: RedisStore) -> None:

@@ -10,13 +10,12 @@ Runs on MemoryStore and on the real Redis. ``--slow`` runs many more examples.
 
 from __future__ import annotations
 
-from typing import Any
-
 import pytest
 from hypothesis import strategies as st
 from hypothesis.stateful import Bundle, RuleBasedStateMachine, consumes, initialize, invariant, precondition, rule
 from model_support import (
     ADVANCES,
+    BACKENDS,
     OPERATIONS,
     LedgerSums,
     close_store,
@@ -211,6 +210,6 @@ def make_machine(backend: str) -> type[RuleBasedStateMachine]:
     return StoreVersusModel
 
 
-@pytest.mark.parametrize("backend", ["memory", "redis"])
-def test_store_agrees_with_the_reference_model(backend: str, redis_client: Any) -> None:
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_store_agrees_with_the_reference_model(backend: str) -> None:
     run_machine(make_machine(backend), backend)

@@ -16,6 +16,7 @@ import select
 import socket
 import threading
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import redis
@@ -27,13 +28,23 @@ from redis.retry import Retry
 
 from ducto_redis import AsyncRedisStore, DecisionOutcomeUnknown, RedisStore
 from ducto_redis.batch import Batch, charge_calls
+from ducto_redis.core import Call
+from ducto_redis.operations import StoreOps
 
 # ── the scripts: the same call twice ──────────────────────────────────
 
 
+def call_of(store: RedisStore, method: str, *args: Any, **kwargs: Any) -> Call[Any]:
+    """The one script call a store method makes (its definition's body), without running it."""
+    op: Any = getattr(StoreOps, method)
+    call: Call[Any] = op.build(store, *args, **kwargs)
+    return call
+
+
+
 def test_the_same_charge_call_sent_twice_debits_once_and_answers_the_replay(store: RedisStore) -> None:
     store.add_credits("u", 1_000, type="purchase")
-    call = store.core.charge("u", 7, "chat")
+    call = call_of(store, "charge", "u", 7, "chat")
     first = store._run(call)
     before = snapshot(store)
     again = store._run(call)
@@ -47,7 +58,7 @@ def test_the_same_charge_call_sent_twice_debits_once_and_answers_the_replay(stor
 def test_the_same_team_debit_call_sent_twice_debits_the_pool_once(store: RedisStore) -> None:
     team = store.create_team("pool", 500).team_id
     store.add_team_member(team, "m", spend_cap=100)
-    call = store.core.teams.deduct_team(team, "m", 30)
+    call = call_of(store, "deduct_team", team, "m", 30)
     first = store._run(call)
     before = snapshot(store)
     again = store._run(call)
@@ -59,14 +70,14 @@ def test_the_same_team_debit_call_sent_twice_debits_the_pool_once(store: RedisSt
 
 def test_the_same_reserve_and_settle_calls_sent_twice_hold_and_settle_once(store: RedisStore) -> None:
     store.add_credits("u", 1_000, type="purchase")
-    reserve = store.core.reserve_credits("u", 100, "job")
+    reserve = call_of(store, "reserve_credits", "u", 100, "job")
     hold = store._run(reserve)
     before = snapshot(store)
     again_hold = store._run(reserve)
     assert again_hold.reservation_id == hold.reservation_id and again_hold.idempotent
     assert snapshot(store) == before
     assert store.get_balance("u").held == 100
-    settle = store.core.deduct_credits("u", hold.reservation_id, 60)
+    settle = call_of(store, "deduct_credits", "u", hold.reservation_id, 60)
     done = store._run(settle)
     before = snapshot(store)
     again = store._run(settle)
@@ -76,7 +87,7 @@ def test_the_same_reserve_and_settle_calls_sent_twice_hold_and_settle_once(store
 
 
 def test_the_same_top_up_call_sent_twice_credits_once(store: RedisStore) -> None:
-    call = store.core.add_credits("u", 250, type="purchase")
+    call = call_of(store, "add_credits", "u", 250, type="purchase")
     first = store._run(call)
     before = snapshot(store)
     again = store._run(call)
