@@ -116,13 +116,7 @@ class AsyncMemoryStore(Embedded, AsyncRedisStore):
     its SQLite ledger: in memory, or ``ledger_file`` it restores from, see
     :class:`~ducto_redis.MemoryStore`)."""
 
-    def __init__(
-        self, namespace: str | None = None, *, server: Any = None, settings: Settings | None = None,
-        **overrides: Any,
-    ) -> None:
-        client = self._embedded_client(server, asynchronous=True)
-        super().__init__(client, settings, **given(namespace=namespace), **overrides)
-        self._open_ledger()
+    asynchronous = True
 
     async def _run(self, call: Call[T]) -> T:
         try:

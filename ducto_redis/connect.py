@@ -17,16 +17,17 @@ pool (one write for a whole batch, one per node of a cluster), and their replies
   (re-read the slot map), ASK (``ASKING`` + the call on the named node), TRYAGAIN (a short pause).
   Any other error reply is raised.
 
-The rules of those rounds are written once, as a generator of steps (:func:`_rounds`); a sync and an
-async driver only carry the steps out. The embedded store's in-process fakeredis takes the same
-rounds through its own pipeline (no network, nothing to lose).
+The rules are written once, as a generator of steps (:func:`_plan`, :func:`_rounds`); each step
+(:data:`Step`) runs itself synchronously or returns its awaitable, so the sync and the async driver
+only carry the steps out. The embedded store's in-process fakeredis takes the same rounds through
+its own pipeline (no network, nothing to lose).
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Generator, Sequence
+from collections.abc import Awaitable, Generator, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -115,17 +116,38 @@ class Send:
     target: Any
     commands: list[tuple[Any, ...]]
 
+    def sync(self) -> list[Any]:
+        return _send(self.target, self.commands)
+
+    def aio(self) -> Awaitable[list[Any]]:
+        return _send_async(self.target, self.commands)
+
 
 @dataclass(slots=True)
 class Load:
     """Load the function library (on every primary of a cluster)."""
 
     library: Library
+    client: Any
+
+    def sync(self) -> bool:
+        return self.library.load(self.client)
+
+    def aio(self) -> Awaitable[bool]:
+        return self.library.load_async(self.client)
 
 
 @dataclass(slots=True)
 class Refresh:
-    """Read the cluster's slot map again (after MOVED)."""
+    """Read a cluster's slot map again (after MOVED)."""
+
+    client: Any
+
+    def sync(self) -> Any:
+        return self.client.nodes_manager.initialize()
+
+    def aio(self) -> Awaitable[Any]:
+        return self.client.nodes_manager.initialize()  # type: ignore[no-any-return]
 
 
 @dataclass(slots=True)
@@ -134,8 +156,28 @@ class Pause:
 
     seconds: float
 
+    def sync(self) -> None:
+        time.sleep(self.seconds)
 
-Step = Send | Load | Refresh | Pause
+    def aio(self) -> Awaitable[None]:
+        return asyncio.sleep(self.seconds)
+
+
+@dataclass(slots=True)
+class Initialize:
+    """An asyncio cluster client reads its slot map before its first call (a no-op afterwards)."""
+
+    client: Any
+
+    def sync(self) -> None:
+        return None
+
+    def aio(self) -> Awaitable[Any]:
+        return self.client.initialize()  # type: ignore[no-any-return]
+
+
+Step = Send | Load | Refresh | Pause | Initialize
+"""One step of I/O, written for both drivers: ``sync()`` runs it, ``aio()`` is its awaitable."""
 
 
 def _target(client: Any, key: str) -> Any:
@@ -155,10 +197,22 @@ def _node(client: Any, exc: AskError) -> Any:
     return client.get_redis_connection(node)
 
 
+def _plan(client: Any, calls: Sequence[Call[Any]]) -> Generator[Step, Any, list[Any]]:
+    """The raw replies of ``calls``: on a plain client one write of them all (almost always the
+    end of it), then :func:`_rounds` for any call whose reply says it did not run."""
+    replies: list[Any] = [None] * len(calls)
+    if isinstance(client, (redis.Redis, aioredis.Redis)) and not _in_process(client):
+        replies = _first(calls, (yield Send(client, [command(c) for c in calls])))
+        if None not in replies:
+            return replies
+    elif isinstance(client, AsyncRedisCluster):
+        yield Initialize(client)
+    return (yield from _rounds(client, calls, replies))
+
+
 def _rounds(client: Any, calls: Sequence[Call[Any]], replies: list[Any]) -> Generator[Step, Any, list[Any]]:
     """Send every call whose reply is still None, grouped by target, until each has an answer
-    that is not "did not run"; an error reply of a call that ran is raised. ``replies`` may
-    come pre-filled (a first write made by a driver's fast path)."""
+    that is not "did not run"; an error reply of a call that ran is raised."""
     use_source: set[int] = set()
     asking: dict[int, Any] = {}
     loaded = False
@@ -208,9 +262,9 @@ def _rounds(client: Any, calls: Sequence[Call[Any]], replies: list[Any]) -> Gene
             loaded = True
             script = calls[pending[0]].script
             assert script is not None
-            yield Load(script.library)
+            yield Load(script.library, client)
         if refresh:
-            yield Refresh()
+            yield Refresh(client)
         if pause:
             yield Pause(TRYAGAIN_PAUSE)
     assert last is not None
@@ -264,30 +318,14 @@ def _send(target: Any, commands: list[tuple[Any, ...]]) -> list[Any]:
 
 def run_pipelined(client: Any, calls: Sequence[Call[Any]]) -> list[Any]:
     """Raw replies of ``calls`` (each with a script): one write per node, each call run at most once."""
-    if not calls:
-        return []
-    replies: list[Any] = [None] * len(calls)
-    if isinstance(client, redis.Redis) and not _in_process(client):  # one write, almost always done
-        replies = _first(calls, _send(client, [command(c) for c in calls]))
-        if None not in replies:
-            return replies
-    rounds = _rounds(client, calls, replies)
+    plan = _plan(client, calls)
     try:
-        step = next(rounds)
+        step = next(plan)
         while True:
-            answer: Any = None
-            if isinstance(step, Send):
-                answer = _send(step.target, step.commands)
-            elif isinstance(step, Load):
-                step.library.load(client)
-            elif isinstance(step, Refresh):
-                client.nodes_manager.initialize()
-            else:
-                time.sleep(step.seconds)
-            step = rounds.send(answer)
+            step = plan.send(step.sync())
     except StopIteration as done:
-        result: list[Any] = done.value
-        return result
+        replies: list[Any] = done.value
+        return replies
 
 
 # ── async driver ──
@@ -336,29 +374,11 @@ async def _send_async(target: Any, commands: list[tuple[Any, ...]]) -> list[Any]
 
 async def run_pipelined_async(client: Any, calls: Sequence[Call[Any]]) -> list[Any]:
     """:func:`run_pipelined` on an asyncio client."""
-    if not calls:
-        return []
-    replies: list[Any] = [None] * len(calls)
-    if isinstance(client, aioredis.Redis) and not _in_process(client):
-        replies = _first(calls, await _send_async(client, [command(c) for c in calls]))
-        if None not in replies:
-            return replies
-    if isinstance(client, AsyncRedisCluster):
-        await client.initialize()  # the slot map (a no-op once the client has it)
-    rounds = _rounds(client, calls, replies)
+    plan = _plan(client, calls)
     try:
-        step = next(rounds)
+        step = next(plan)
         while True:
-            answer: Any = None
-            if isinstance(step, Send):
-                answer = await _send_async(step.target, step.commands)
-            elif isinstance(step, Load):
-                await step.library.load_async(client)
-            elif isinstance(step, Refresh):
-                await client.nodes_manager.initialize()
-            else:
-                await asyncio.sleep(step.seconds)
-            step = rounds.send(answer)
+            step = plan.send(await step.aio())
     except StopIteration as done:
-        result: list[Any] = done.value
-        return result
+        replies: list[Any] = done.value
+        return replies

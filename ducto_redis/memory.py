@@ -27,14 +27,20 @@ class Embedded(StoreBase):
 
     server: Any
     ledger: EmbeddedLedger
+    asynchronous: bool  # the asyncio store's fakeredis client, or the sync one
 
-    def _embedded_client(self, server: Any, asynchronous: bool) -> Any:
-        """A decoding fakeredis client (sync or asyncio) on ``server``, else on a new private server."""
+    def __init__(
+        self, namespace: str | None = None, *, server: Any = None, settings: Settings | None = None,
+        **overrides: Any,
+    ) -> None:
         import fakeredis  # imported here: code that never builds an embedded store never loads it (nor lupa)
 
         self.server = server or fakeredis.FakeServer()
-        client_class = fakeredis.FakeAsyncRedis if asynchronous else fakeredis.FakeRedis
-        return client_class(server=self.server, decode_responses=True)
+        client_class = fakeredis.FakeAsyncRedis if self.asynchronous else fakeredis.FakeRedis
+        client = client_class(server=self.server, decode_responses=True)
+        store: Any = super()  # RedisStore or AsyncRedisStore, next in the store's MRO
+        store.__init__(client, settings, **given(namespace=namespace), **overrides)
+        self._open_ledger()
 
     def _open_ledger(self) -> None:
         from .ledger.embedded import EmbeddedLedger
@@ -65,13 +71,7 @@ class MemoryStore(Embedded, RedisStore):
     a database URL it also creates the PostgreSQL ledger schema.
     """
 
-    def __init__(
-        self, namespace: str | None = None, *, server: Any = None, settings: Settings | None = None,
-        **overrides: Any,
-    ) -> None:
-        client = self._embedded_client(server, asynchronous=False)
-        super().__init__(client, settings, **given(namespace=namespace), **overrides)
-        self._open_ledger()
+    asynchronous = False
 
     # ── I/O: the calls' ledger entries go to SQLite (a file: before each call returns) ──
 
