@@ -20,6 +20,8 @@ from typing import Any
 import pytest
 from conftest import DATABASE_URL, REDIS_URL, drop_namespace, new_namespace
 
+from ducto_redis.cli import cli
+
 ROOT = Path(__file__).resolve().parent.parent
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 FENCE = re.compile(r"^```python[ \t]*\n(.*?)^```[ \t]*$", re.M | re.S)
@@ -68,6 +70,7 @@ def test_every_python_example_of_the_page_runs(page: Path, monkeypatch: pytest.M
         monkeypatch.setenv("DUCTO_DATABASE_URL", DATABASE_URL)
         monkeypatch.setenv("DUCTO_LEDGER_SCHEMA", schema)
     scope: dict[str, Any] = {"__name__": f"docs_example_{page.stem}"}
+    commands = dict(cli.commands)  # an example may add a command to the CLI (docs/cli.md)
     try:
         for b in page_blocks:
             code = compile(b.code, f"{page.relative_to(ROOT)}:{b.line}", "exec")
@@ -77,6 +80,8 @@ def test_every_python_example_of_the_page_runs(page: Path, monkeypatch: pytest.M
                 raise AssertionError(f"the example at {page.relative_to(ROOT)} line {b.line} failed: "
                                      f"{type(exc).__name__}: {exc}") from exc
     finally:
+        cli.commands.clear()
+        cli.commands.update(commands)
         for value in scope.values():  # stop what an example started (flushers, connections)
             if hasattr(value, "stop_flusher") and not isinstance(value, type):
                 value.stop_flusher()
