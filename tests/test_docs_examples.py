@@ -2,8 +2,10 @@
 
 The blocks of one page run in order in one namespace (a later block may use what an earlier one
 made). A block runs against the embedded store unless the line right above its fence says
-otherwise: ``<!-- doctest: skip -->`` (not run), ``<!-- doctest: redis -->`` (the real Redis) or
-``<!-- doctest: postgres -->`` (Redis and PostgreSQL). The page's settings come from the
+otherwise: ``<!-- doctest: redis -->`` (the real Redis) or ``<!-- doctest: postgres -->`` (Redis and
+PostgreSQL). ``<!-- doctest: skip -->`` is still recognised, only to be refused: every example runs
+(issue 17), so an example that needs something is given it (a server marker, an in-process ASGI
+client) rather than skipped. The page's settings come from the
 environment: ``DUCTO_REDIS_URL`` points at a closed port for embedded-only pages (an example that
 reaches for a server fails loudly), and at the test Redis, with a namespace and a ledger schema of
 the test's own, when a block says ``redis`` or ``postgres``.
@@ -51,6 +53,11 @@ def test_the_examples_are_found_and_marked() -> None:
     every = [b for page in PAGES for b in blocks(page)]
     assert len(every) >= 8 and (ROOT / "README.md") in {b.page for b in every}
     assert {b.kind for b in every} <= {"memory", "redis", "postgres", "skip"}
+
+
+def test_no_example_is_skipped() -> None:
+    skipped = [f"{b.page.relative_to(ROOT)}:{b.line}" for page in PAGES for b in blocks(page) if b.kind == "skip"]
+    assert not skipped, f"every example runs; make these runnable instead of skipping them: {skipped}"
 
 
 @pytest.mark.parametrize("page", [p for p in PAGES if blocks(p)], ids=lambda p: p.name)
