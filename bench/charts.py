@@ -4,6 +4,7 @@
 
     python bench/charts.py                  # draw every chart from its JSON
     python bench/charts.py --from-results   # first make the JSONs from RESULTS.md's tables as they are
+    python bench/charts.py --from-results --section 'Gateway (locust)'   # only that section's JSON
 
 Drawing needs no benchmark run: the figures are read from the JSONs, so a chart is redrawn in a
 second and always shows the table next to it.
@@ -31,6 +32,7 @@ class Chart:
     columns: tuple[str, ...]
     unit: str
     row_has: str = ""  # only rows whose cells contain this text (e.g. "entries/s")
+    by_column: bool = False  # one bar per chosen cell, named by its column (one run's p50, p99, max)
 
 
 SECTIONS = {
@@ -46,6 +48,8 @@ SECTIONS = {
     "ducto 1.0's own test suite": Chart(("passed", "collected"), "tests of ducto 1.0's suite (passed of collected)"),
     "Embedded ledger (MemoryStore)": Chart(("charge/s (median round)",), "charges per second (more is better)"),
     "Decision service (locust)": Chart(("req/s (median)",), "requests per second, locust (more is better)"),
+    "Gateway (locust)": Chart(("p50", "p99", "max"), "ms per request through CreditMiddleware, locust (less is better)",
+                              by_column=True),
     "Input validation: the client's cost of building a call": Chart(
         ("this tree µs", "main µs"), "µs of client CPU to build a call, no I/O (less is better)"),
 }
@@ -88,14 +92,22 @@ def number(cell: str) -> float | None:
 
 
 def series(data: dict[str, Any], chart: Chart) -> tuple[list[str], dict[str, list[float]]]:
-    """Row labels and, per chosen column, the numbers to draw (rows without a number are left out)."""
+    """Row labels and, per chosen column, the numbers to draw (rows without a number are left out);
+    with ``by_column``, a label per cell (its column's name) and one series."""
     columns: list[str] = data["columns"]
     picked = [(c, columns.index(c)) for c in chart.columns if c in columns]
+    rows = [row for row in data["rows"] if not chart.row_has or any(chart.row_has in cell for cell in row[1:])]
     labels: list[str] = []
+    if chart.by_column:  # one series: a bar per (row, column) that has a number
+        bars: list[float] = []
+        for row in rows:
+            for c, i in picked:
+                if i < len(row) and (n := number(row[i])) is not None:
+                    labels.append(c if len(rows) == 1 else f"{row[0]}: {c}")
+                    bars.append(n)
+        return labels, {chart.unit: bars}
     values: dict[str, list[float]] = {c: [] for c, _ in picked}
-    for row in data["rows"]:
-        if chart.row_has and not any(chart.row_has in cell for cell in row[1:]):
-            continue
+    for row in rows:
         nums = [number(row[i]) if i < len(row) else None for _, i in picked]
         if picked and all(n is not None for n in nums):
             labels.append(row[0])
@@ -126,7 +138,9 @@ def draw(path: Path) -> Path | None:
     for k, (column, nums) in enumerate(values.items()):
         ys = [i + (k - (n - 1) / 2) * bar for i in range(len(labels))]
         bars = ax.barh(ys, nums, height=bar, label=column if n > 1 else None)
-        ax.bar_label(bars, labels=[f"{v:,.0f}" if v >= 100 else f"{v:,.2f}" for v in nums], padding=3, fontsize=8)
+        whole = all(v.is_integer() for v in nums)  # whole numbers (31 ms) stay whole
+        ax.bar_label(bars, labels=[f"{v:,.0f}" if v >= 100 or whole else f"{v:,.2f}" for v in nums],
+                     padding=3, fontsize=8)
     ax.set_yticks(range(len(labels)), labels=labels, fontsize=8)
     ax.invert_yaxis()
     ax.set_xlabel(chart.unit, fontsize=9)
@@ -143,25 +157,34 @@ def draw(path: Path) -> Path | None:
     return out
 
 
-def from_results() -> list[Path]:
-    """Make the JSON of every section of RESULTS.md from its table as it stands."""
+def from_results(only: str | None = None) -> list[Path]:
+    """Make the JSON of every section of RESULTS.md (or of the section titled ``only``) from its
+    text as it stands: the command(s) before the date, the note between the date and the table."""
     text = RESULTS.read_text(encoding="utf-8")
     made = []
     for part in re.split(r"^## ", text, flags=re.M)[1:]:
         title, _, body = part.partition("\n")
-        if title not in SECTIONS:
+        if title not in SECTIONS or (only is not None and title != only):
             continue
-        m = re.search(r"Command: `([^`]+)`.*?(\d{4}-\d\d-\d\d \d\d:\d\d UTC)", body, re.S)
-        made.append(save(title, m.group(1) if m else "", m.group(2) if m else "", "", body))
+        command, date, note = "", "", ""
+        if m := re.search(r"Command: (.*?)(\d{4}-\d\d-\d\d \d\d:\d\d UTC)", body, re.S):
+            command = " then ".join(re.findall(r"`([^`]+)`", m.group(1)))  # a server, then its load
+            date = m.group(2)
+            note = " ".join(body[m.end():].split("\n|", 1)[0].split()).lstrip(".,;— ")
+        made.append(save(title, command, date, note, body))
+    if only is not None and not made:
+        raise SystemExit(f"no charted section {only!r} in {RESULTS.name} (charts.SECTIONS lists them)")
     return made
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--from-results", action="store_true", help="make the JSONs from RESULTS.md's tables first")
+    ap.add_argument("--section", metavar="TITLE",
+                    help="with --from-results: only this section (e.g. 'Gateway (locust)')")
     args = ap.parse_args()
     if args.from_results:
-        from_results()
+        from_results(args.section)
     for path in sorted(CHARTS.glob("*.json")):
         out = draw(path)
         print(f"{path.name} -> {out.name if out else 'no chart'}")

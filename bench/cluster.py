@@ -64,7 +64,7 @@ def measure(url: str, mode: str, seconds: float, processes: int) -> float:
     keys = list(s.client.scan_iter(match=f"{{{ns}:*", count=5000))
     for k in keys:
         s.client.delete(k)
-    return total / seconds
+    return float(total / seconds)
 
 
 def main() -> None:

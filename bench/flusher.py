@@ -41,7 +41,7 @@ from results import write_section
 
 from ducto_redis import RedisStore
 from ducto_redis.batch import ChargeRequest
-from ducto_redis.ledger.copy_text import ROW_FIELDS
+from ducto_redis.layout import ROW_COLUMNS, ROW_FIELD
 from ducto_redis.ledger.flusher import LedgerFlusher, migrate
 
 URL = "redis://127.0.0.1:6379/0"
@@ -65,15 +65,16 @@ def produce(ns: str, schema: str, count: int) -> int:
 
 def synthetic_entries(s: RedisStore, made: int) -> None:
     """BATCH debit-shaped ledger entries XADDed straight to the shards' streams (no decision), in
-    the scripts' layout: one ``r`` field holding the row (see ducto_redis/ledger/copy_text.py)."""
+    the scripts' layout: one field (``layout.ROW_FIELD``) holding the row, its values in
+    ``layout.ROW_COLUMNS`` order (see ducto_redis/ledger/copy_text.py)."""
     streams = s.core.keys.all_ledger_streams()
     pipe = s.client.pipeline(transaction=False)
     now = str(int(time.time() * 1000))
     for j in range(BATCH):
         values = {"ts": now, "id": f"syn-{os.getpid()}-{made + j}", "ak": "u", "acct": USERS[(made + j) % len(USERS)],
                   "kind": "debit", "amount": "-1", "bal": "999", "held": "0", "op": "bench"}
-        row = "\t".join([*(values.get(f, "") for f in ROW_FIELDS), ""])
-        pipe.xadd(streams[(made + j) % len(streams)], {"r": row})
+        row = "\t".join(values.get(f, "") for f in ROW_COLUMNS)
+        pipe.xadd(streams[(made + j) % len(streams)], {ROW_FIELD: row})
     pipe.execute()
 
 

@@ -1,6 +1,9 @@
 """Hot-path benchmark: decisions/s and p50/p99 latency, side by side in one run.
 
 Sections (each a function that prepares its state and returns a timed operation):
+- the yardstick: ``../shared/bench/reference_debit.lua`` (balance + daily window + member counter +
+  XADD) by a bare redis-py ``evalsha``, one call at a time and pipelined in batches of 100 — every
+  row is also given as a ratio to it, and the issue's targets are printed under the table;
 - raw ceilings: a bare redis-py ``evalsha`` of a minimal debit script (HGET balance, check,
   HSET, XADD one ledger entry), and a bare ``fcall`` of the store's own debit function with its
   arguments packed once (so ``charge`` against it measures exactly what the Python shell adds);
@@ -51,11 +54,13 @@ from results import write_section
 from ducto_redis import AsyncRedisStore, CreditMetadata, MemoryStore, RedisStore, SpendCap
 from ducto_redis.batch import Batch, ChargeRequest, charge_calls
 from ducto_redis.connect import did_not_run, pack_calls
+from ducto_redis.core import new_call_id
 from ducto_redis.keys import USER, shard_of
 from ducto_redis.scripts import scripts
 
 URL = "redis://127.0.0.1:6379/0"
 RICH = 10**15
+REFERENCE = Path(__file__).resolve().parent.parent.parent / "shared" / "bench" / "reference_debit.lua"
 
 RAW_DEBIT = """
 local bal = tonumber(redis.call('HGET', KEYS[1], 'bal')) or 0
@@ -238,6 +243,41 @@ class Bench:
 # ── sections: each returns (decisions per call, runner) ─────────────────
 
 
+def _reference(b: Bench) -> tuple[str, list[str]]:
+    """The reference script loaded, its keys (shared/bench/README.md) and a rich balance."""
+    sha = b.client.script_load(REFERENCE.read_text())
+    keys = [f"ref:{{{b.ns}}}:bal", f"ref:{{{b.ns}}}:day", f"ref:{{{b.ns}}}:mem", f"ref:{{{b.ns}}}:ledger"]
+    b.client.hset(keys[0], "balance", RICH)
+
+    def drop() -> None:
+        b.client.delete(*keys)
+
+    b.cleanups.append(drop)
+    return sha, keys
+
+
+def reference_evalsha(b: Bench) -> tuple[int, Callable[[], tuple[float, list[float]]]]:
+    """The yardstick: the reference debit script by a bare redis-py evalsha, its README's arguments."""
+    sha, keys = _reference(b)
+    it = iter(range(10**12))
+    return 1, lambda: b.time_sync(
+        lambda: b.client.evalsha(sha, 4, *keys, 1, RICH, "m1", RICH, f"e{next(it)}", 1735689600000, 90000))
+
+
+def reference_pipelined_100(b: Bench) -> tuple[int, Callable[[], tuple[float, list[float]]]]:
+    """The batched yardstick: redis-py pipelining the reference script in batches of 100."""
+    sha, keys = _reference(b)
+    it = iter(range(10**12))
+
+    def op() -> None:
+        p = b.client.pipeline(transaction=False)
+        for _ in range(100):
+            p.evalsha(sha, 4, *keys, 1, RICH, "m1", RICH, f"e{next(it)}", 1735689600000, 90000)
+        p.execute()
+
+    return 100, lambda: b.time_sync(op)
+
+
 def raw_evalsha(b: Bench) -> tuple[int, Callable[[], tuple[float, list[float]]]]:
     sha = b.client.script_load(RAW_DEBIT)
     keys = [f"{{{b.ns}:0}}:raw:acct", f"{{{b.ns}:0}}:ledger"]
@@ -249,12 +289,12 @@ def raw_same_script(b: Bench) -> tuple[int, Callable[[], tuple[float, list[float
     """Bare FCALL of the store's own debit function with arguments packed once: the shell's floor."""
     s = b.store()
     s.add_credits("same", RICH)
-    call = s.core.charge("same", 1, "bench")
+    call = s.core.debit("same", 1, operation_type="bench")
     assert call.script is not None
     function, keys, args = call.script.function, call.keys, call.args
 
     def op() -> Any:
-        args[1] = str(uuid.uuid4())  # a fresh transaction id, as the store makes
+        args[0] = new_call_id()  # a fresh call id, as the store makes (a repeated one is a replay)
         return b.client.fcall(function, len(keys), *keys, *args)
 
     return 1, lambda: b.time_sync(op)
@@ -264,6 +304,14 @@ def store_charge(b: Bench) -> tuple[int, Callable[[], tuple[float, list[float]]]
     s = b.store()
     s.add_credits("hot", RICH)
     return 1, lambda: b.time_sync(lambda: s.charge("hot", 1, "bench"))
+
+
+def store_charge_deny_cap(b: Bench) -> tuple[int, Callable[[], tuple[float, list[float]]]]:
+    """The charge the targets name (bench/instructions.py's case): one daily deny cap."""
+    s = b.store()
+    s.add_credits("deny", RICH)
+    s.set_spend_cap(SpendCap(user_id="deny", cap_type="daily", limit=RICH, action="deny"))
+    return 1, lambda: b.time_sync(lambda: s.charge("deny", 1, "bench"))
 
 
 def store_charge_caps(b: Bench) -> tuple[int, Callable[[], tuple[float, list[float]]]]:
@@ -497,14 +545,17 @@ def async_store_batched_64(b: Bench) -> tuple[int, Callable[[], tuple[float, lis
 
 
 SECTIONS: dict[str, Callable[[Bench], tuple[int, Callable[[], tuple[float, list[float]]]]]] = {
+    "reference debit script, EVALSHA, 1 conn": reference_evalsha,
     "raw EVALSHA (minimal debit), 1 conn": raw_evalsha,
     "raw FCALL of the store's debit function, 1 conn": raw_same_script,
     "RedisStore.charge, 1 conn": store_charge,
+    "RedisStore.charge with a daily deny cap": store_charge_deny_cap,
     "RedisStore.charge with deny+warn caps": store_charge_caps,
     "reserve_credits + deduct_credits (pair)": store_reserve_deduct,
     "deduct_team (1 000 members, caps on)": team_deduct,
     "limits moving-window hit()": limits_hit,
     "MemoryStore.charge (embedded)": memory_charge,
+    "reference debit script, EVALSHA pipelined x100": reference_pipelined_100,
     "raw EVALSHA pipelined x100": raw_pipelined_100,
     "raw FCALL of debit_many x100, pre-packed (same function)": raw_same_script_many_100,
     "RedisStore.charge_many x100": store_charge_many_100,
@@ -516,8 +567,15 @@ SECTIONS: dict[str, Callable[[Bench], tuple[int, Callable[[], tuple[float, list[
     "AsyncRedisStore.charge, 64 tasks": async_store_64,
     "AsyncRedisStore.charge auto-batch 1 ms, 64 tasks": async_store_batched_64,
 }
-BASELINE = "raw EVALSHA (minimal debit), 1 conn"
+BASELINE = "reference debit script, EVALSHA, 1 conn"
 SAME = "raw FCALL of the store's debit function, 1 conn"
+# the issue's timed targets: (what, row, against, at least)
+TARGETS = [
+    ("charge vs the reference script", "RedisStore.charge with a daily deny cap", BASELINE, 0.95),
+    ("charge vs limits' hit()", "RedisStore.charge with a daily deny cap", "limits moving-window hit()", 1.0),
+    ("charge_many x100 vs the reference pipelined x100", "RedisStore.charge_many x100",
+     "reference debit script, EVALSHA pipelined x100", 1.2),
+]
 
 
 def run(seconds: float, rounds: int, only: list[str] | None) -> list[Result]:
@@ -526,6 +584,9 @@ def run(seconds: float, rounds: int, only: list[str] | None) -> list[Result]:
     for must in (SAME, BASELINE):
         if must not in names:
             names.insert(0, must)
+    for _, row, against, _ in TARGETS:  # a target's two rows run together
+        if row in names and against not in names:
+            names.append(against)
     results = {n: Result(n, 1) for n in names}
     try:
         runners = {}
@@ -554,7 +615,7 @@ def table(results: list[Result]) -> str:
     same = next(r for r in results if r.name == SAME).rate
     lines = [
         "| section | decisions/s | p50 µs | p99 µs | client CPU µs/decision | Redis CPU µs/decision "
-        "| vs minimal EVALSHA | vs same-function FCALL |",
+        "| vs the reference | vs same-function FCALL |",
         "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in results:
@@ -562,6 +623,16 @@ def table(results: list[Result]) -> str:
         lines.append(f"| {r.name} | {r.rate:,.0f} | {r.pct(0.5):,.0f} | {r.pct(0.99):,.0f} "
                      f"| {py:.1f} | {'n/a' if red is None else f'{red:.1f}'} "
                      f"| {r.rate / base:.2f}× | {r.rate / same:.2f}× |")
+    by = {r.name: r for r in results}
+    lines.append("")
+    for what, row, against, floor in TARGETS:
+        if row in by and against in by:
+            ratio = by[row].rate / by[against].rate
+            verdict = "met" if ratio >= floor else "not met"
+            lines.append(f"- {what}: **{ratio:.2f}×** (target ≥ {floor:.2f}×: {verdict})")
+    if "RedisStore.charge with a daily deny cap" in by:
+        mine, ref = by["RedisStore.charge with a daily deny cap"].cpu_us()[0], by[BASELINE].cpu_us()[0]
+        lines.append(f"- client CPU per decision, charge vs redis-py's EVALSHA of the reference: **{mine / ref:.2f}×**")
     return "\n".join(lines)
 
 

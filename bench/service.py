@@ -74,7 +74,7 @@ def process(cmd: list[str], port: int, env: dict[str, str] | None = None, cwd: s
     proc = subprocess.Popen(cmd, env={**os.environ, **(env or {})}, cwd=cwd, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     try:
-        wait_port(port, proc)  # type: ignore[arg-type]
+        wait_port(port, proc)
         time.sleep(1.0)  # every worker up
         server = Server(f"http://127.0.0.1:{port}")
         server.pid = proc.pid

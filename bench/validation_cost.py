@@ -38,10 +38,11 @@ def measure(seconds: float) -> dict[str, float]:
     meta = CreditMetadata(model="gpt-4o", input_tokens=1200, output_tokens=350)
     meta_dict = {"model": "gpt-4o", "input_tokens": 1200, "output_tokens": 350, "reference_id": "req-8812"}
     batch = [{"user_id": f"user-{i}", "amount": 3, "operation_type": "chat", "metadata": meta} for i in range(100)]
+    kw: dict[str, Any] = {"operation_type": "chat", "idempotency_key": "req-8812"}
     cases: dict[str, Any] = {
-        "charge, no metadata": lambda: core.charge("user-1", 12, "chat", "req-8812"),
-        "charge, CreditMetadata": lambda: core.charge("user-1", 12, "chat", "req-8812", meta),
-        "charge, dict metadata": lambda: core.charge("user-1", 12, "chat", "req-8812", meta_dict),
+        "charge, no metadata": lambda: core.debit("user-1", 12, **kw),
+        "charge, CreditMetadata": lambda: core.debit("user-1", 12, **kw, metadata=meta),
+        "charge, dict metadata": lambda: core.debit("user-1", 12, **kw, metadata=meta_dict),
         "charge_many x100 (per decision)": lambda: charge_calls(core, batch),
     }
     out = {name: timed(op, seconds) for name, op in cases.items()}

@@ -4,6 +4,7 @@ from .aio import AsyncMemoryStore, AsyncRedisStore
 from .config import PricingConfig, load_config_from_dict, load_pricing_file
 from .errors import (
     ConfigError,
+    DecisionOutcomeUnknown,
     DuctoError,
     ExpressionError,
     InsufficientCreditsError,
@@ -74,6 +75,7 @@ __all__ = [
     "CreditManager",
     "CreditMetadata",
     "DailySpendRow",
+    "DecisionOutcomeUnknown",
     "DeductionResult",
     "DuctoError",
     "ExpiredCredit",

@@ -1,64 +1,33 @@
-"""AsyncRedisStore: the asyncio store, a thin I/O shell over the same core as RedisStore.
-
-Every method has the sync store's name, arguments and result; only the I/O differs
-(``redis.asyncio``). ``AsyncMemoryStore`` is the embedded store's async face: fakeredis's async
-client over an in-process server, running the same Lua scripts.
+"""AsyncRedisStore: the asyncio store. Its methods are the sync store's, written once
+(:class:`~ducto_redis.operations.StoreOps`), with the same names, arguments and results; only the
+I/O differs (``redis.asyncio``): ``_run`` and ``_run_many`` (see ``methods.py``).
+``AsyncMemoryStore`` is the embedded store's async face: fakeredis's async client over an
+in-process server, running the same Lua scripts.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping, Sequence
-from datetime import datetime
+from collections.abc import Sequence
 from typing import Any, TypeVar
 
-import redis
-
-from . import errors
-from .batch import Batch, ChargeRequest, TeamDebitRequest, charge_calls, team_debit_calls
-from .connect import async_client, run_pipelined_async, writes_direct
-from .core import Call, StoreCore
-from .ledger.database import LedgerReader
-from .models import (
-    AddCreditsResult,
-    AddTeamMemberResult,
-    BalanceResult,
-    CapCheckResult,
-    CreateTeamResult,
-    CreditMetadata,
-    DeductionResult,
-    RateLimitResult,
-    RefundResult,
-    ReleaseResult,
-    ReserveResult,
-    SetupResult,
-    SpendCap,
-    SweepResult,
-    TeamBalanceResult,
-    TeamDeductionResult,
-    TeamMember,
-    TeamMemberSpend,
-)
-from .plans import AsyncPlanStoreMixin
-from .progress import ProgressFn
+from .batch import Batch
+from .connect import async_client, run_pipelined_async
+from .core import Call
+from .memory import Embedded
+from .methods import AsyncRunner
+from .operations import StoreOps
 from .settings import Settings, given
-from .store import expires_ms
-from .team_ops import check_period
-from .validation import check_amount, check_id, check_label
 
 T = TypeVar("T")
 _AsyncStore = TypeVar("_AsyncStore", bound="AsyncRedisStore")
 
 
-class AsyncRedisStore(AsyncPlanStoreMixin):
+class AsyncRedisStore(AsyncRunner, StoreOps):
     """Credits, reservations and spend caps in Redis, for asyncio code (gateways, async workers)."""
 
     def __init__(self, client: Any, settings: Settings | None = None, **overrides: Any) -> None:
-        base = settings or Settings()
-        self.settings = Settings.model_validate({**base.model_dump(), **overrides}) if overrides else base
-        self.client = client
-        self.core = StoreCore(self.settings)
-        self._direct = writes_direct(client)
+        self._attach(client, settings, overrides)
         self._batcher: _AutoBatcher | None = None
         if self.settings.auto_batch_ms > 0:
             self._batcher = _AutoBatcher(self, self.settings.auto_batch_ms / 1000, self.settings.auto_batch_max)
@@ -76,33 +45,11 @@ class AsyncRedisStore(AsyncPlanStoreMixin):
             return call.parse(None)
         if self._batcher is not None:
             return await self._batcher.submit(call)
-        if self._direct:  # hiredis-packed and written to a pooled connection: less client CPU
-            return call.parse((await run_pipelined_async(self.client, [call]))[0])
-        return call.parse(await call.script.run_async(self.client, call.keys, call.args))
+        return call.parse((await run_pipelined_async(self.client, [call]))[0])
 
     async def _run_many(self, calls: Sequence[Call[T]]) -> list[T]:
         batch = Batch(calls, self.core.scripts)
         return batch.assemble(await run_pipelined_async(self.client, batch.calls) if batch.calls else [])
-
-    async def health(self) -> bool:
-        """True when a real script call answers on every shard (so on every node of a cluster)."""
-        answers: list[bool] = await self._run_many(self.core.health_probes())
-        return all(answers)
-
-    async def setup(self, database_url: str | None = None) -> SetupResult:
-        """Load the scripts' function library into Redis (FUNCTION LOAD)."""
-        result = SetupResult()
-        library = next(iter(self.core.scripts.values())).library
-        if await library.load_async(self.client):  # one function library holds every script
-            result.rpcs_created.extend(f"{name}.lua" for name in self.core.scripts)
-        else:  # no functions here (Redis < 7): the scripts are sent with EVAL
-            for name, script in self.core.scripts.items():
-                try:
-                    await self.client.script_load(script.source)
-                    result.rpcs_created.append(f"{name}.lua")
-                except redis.RedisError as exc:
-                    result.errors.append(f"{name}.lua: {exc}")
-        return result
 
     async def close(self) -> None:
         """Close the client's connections."""
@@ -114,286 +61,6 @@ class AsyncRedisStore(AsyncPlanStoreMixin):
     async def __aexit__(self, *exc_info: object) -> None:
         """``async with store:`` closes its connections."""
         await self.close()
-
-    # ── balances and credits ──────────────────────────────────────────
-
-    async def get_balance(self, user_id: str) -> BalanceResult:
-        """See :meth:`RedisStore.get_balance`."""
-        return await self._run(self.core.get_balance(user_id))
-
-    async def add_credits(
-        self,
-        user_id: str,
-        amount: int,
-        type: str = "adjustment",
-        metadata: CreditMetadata | dict[str, Any] | None = None,
-        expires_at: datetime | None = None,
-        idempotency_key: str | None = None,
-    ) -> AddCreditsResult:
-        """See :meth:`RedisStore.add_credits`."""
-        return await self._run(
-            self.core.add_credits(user_id, amount, type, metadata, expires_ms(expires_at), idempotency_key)
-        )
-
-    # ── refunds and expiring credits ──────────────────────────────────
-
-    async def refund_credits(
-        self,
-        transaction_id: str,
-        amount: int | None = None,
-        reason: str | None = None,
-        metadata: CreditMetadata | dict[str, Any] | None = None,
-        idempotency_key: str | None = None,
-    ) -> RefundResult:
-        """See :meth:`RedisStore.refund_credits`."""
-        found = await self._run(self.core.refunds.find(transaction_id, amount, reason, metadata, idempotency_key))
-        if isinstance(found, RefundResult):
-            return found
-        if not found.account_id:  # not in the stream: flushed (or never a debit)
-            reader = self._ledger_reader()
-            if reader is None:
-                return self.core.refunds.not_found(
-                    found, errors.TRANSACTION_FLUSHED if found.flushed else errors.TRANSACTION_NOT_FOUND)
-            row = await asyncio.to_thread(reader.entry, self.settings.namespace, transaction_id)
-            found = self.core.refunds.from_database(found, row)
-            if isinstance(found, RefundResult):
-                return found
-        return await self._run(self.core.refunds.apply(found))
-
-    def _ledger_reader(self) -> LedgerReader | None:
-        """Finds one ledger entry by id once it has left the Redis stream: the PostgreSQL ledger, or
-        None without a database URL (see :meth:`RedisStore.ledger_reader`)."""
-        if not self.settings.database_url:
-            return None
-        from .ledger.database import PostgresLedger
-
-        return PostgresLedger(self.settings.database_url, self.settings.ledger_schema)
-
-    async def sweep_expired_credits(self, dry_run: bool = False, progress: ProgressFn | None = None) -> SweepResult:
-        """See :meth:`RedisStore.sweep_expired_credits`."""
-        due: list[list[str]] = await self._run_many(self.core.refunds.due_accounts())
-        replies: list[list[str]] = []
-        for step in self.core.refunds.sweep_steps(due, dry_run, progress):
-            replies += await self._run_many(step)
-        return self.core.refunds.sweep_result(replies, dry_run)
-
-    # ── reservations and debits ───────────────────────────────────────
-
-    async def reserve_credits(
-        self,
-        user_id: str,
-        amount: int,
-        operation_type: str,
-        metadata: CreditMetadata | dict[str, Any] | None = None,
-        min_balance: int = 5,
-        idempotency_key: str | None = None,
-        ttl_seconds: int | None = None,
-        *,
-        quantities: dict[str, int] | None = None,
-        rate_limit: bool = False,
-    ) -> ReserveResult:
-        """See :meth:`RedisStore.reserve_credits`."""
-        return await self._run(
-            self.core.reserve_credits(
-                user_id, amount, operation_type, metadata, min_balance, idempotency_key, ttl_seconds,
-                quantities=quantities, rate_limit=rate_limit,
-            )
-        )
-
-    async def deduct_credits(
-        self,
-        user_id: str,
-        reservation_id: str,
-        amount: int,
-        idempotency_key: str | None = None,
-        metadata: CreditMetadata | dict[str, Any] | None = None,
-        *,
-        quantities: dict[str, int] | None = None,
-    ) -> DeductionResult:
-        """See :meth:`RedisStore.deduct_credits`."""
-        return await self._run(
-            self.core.deduct_credits(user_id, reservation_id, amount, idempotency_key, metadata, quantities)
-        )
-
-    async def release_reservation(
-        self, user_id: str, reservation_id: str, idempotency_key: str | None = None
-    ) -> ReleaseResult:
-        """See :meth:`RedisStore.release_reservation`."""
-        return await self._run(self.core.release_reservation(user_id, reservation_id, idempotency_key))
-
-    async def charge(
-        self,
-        user_id: str,
-        amount: int,
-        operation_type: str,
-        idempotency_key: str | None = None,
-        metadata: CreditMetadata | dict[str, Any] | None = None,
-        min_balance: int = 0,
-        *,
-        quantities: dict[str, int] | None = None,
-    ) -> DeductionResult:
-        """See :meth:`RedisStore.charge`."""
-        return await self._run(
-            self.core.charge(user_id, amount, operation_type, idempotency_key, metadata, min_balance, quantities)
-        )
-
-    async def charge_many(
-        self, requests: Sequence[ChargeRequest | Mapping[str, Any]]
-    ) -> list[DeductionResult]:
-        """See :meth:`RedisStore.charge_many`."""
-        return await self._run_many(charge_calls(self.core, requests))
-
-    # ── request-rate limits ───────────────────────────────────────────
-
-    async def set_rate_limit(
-        self, user_id: str, limit: int | None, period_seconds: float = 1.0, burst: int | None = None
-    ) -> None:
-        """See :meth:`RedisStore.set_rate_limit`."""
-        await self._run(self.core.set_rate_limit(user_id, limit, period_seconds, burst))
-
-    async def set_quantity_limit(
-        self, user_id: str, quantity: str, limit: int | None, period_seconds: float = 60.0, model: str | None = None
-    ) -> None:
-        """See :meth:`RedisStore.set_quantity_limit`."""
-        await self._run(self.core.set_quantity_limit(user_id, quantity, limit, period_seconds, model))
-
-    async def hit_rate_limit(self, user_id: str) -> RateLimitResult:
-        """See :meth:`RedisStore.hit_rate_limit`."""
-        return await self._run(self.core.hit_rate_limit(user_id))
-
-    # ── spend caps ────────────────────────────────────────────────────
-
-    async def set_spend_cap(self, cap: SpendCap) -> None:
-        """See :meth:`RedisStore.set_spend_cap`."""
-        await self._run(self.core.set_spend_cap(cap))
-
-    async def remove_spend_cap(self, user_id: str, cap_type: str = "daily", model: str | None = None) -> None:
-        """See :meth:`RedisStore.remove_spend_cap`."""
-        cap = SpendCap(user_id=user_id, cap_type=cap_type, model=model)  # type: ignore[arg-type,unused-ignore]
-        await self._run(self.core.set_spend_cap(cap, remove=True))
-
-    async def check_spend_cap(
-        self, user_id: str, model: str | None = None, amount: int | None = None
-    ) -> CapCheckResult:
-        """See :meth:`RedisStore.check_spend_cap`."""
-        return await self._run(self.core.check_spend_cap(user_id, model, amount))
-
-    # ── teams ─────────────────────────────────────────────────────────
-
-    async def create_team(
-        self, name: str, initial_balance: int = 0, idempotency_key: str | None = None
-    ) -> CreateTeamResult:
-        """See :meth:`RedisStore.create_team`."""
-        return await self._run(self.core.teams.create_team(name, initial_balance, idempotency_key))
-
-    async def get_team_balance(self, team_id: str) -> TeamBalanceResult:
-        """See :meth:`RedisStore.get_team_balance`."""
-        return await self._run(self.core.teams.get_team_balance(team_id))
-
-    async def top_up_team(
-        self,
-        team_id: str,
-        amount: int,
-        type: str = "purchase",
-        metadata: CreditMetadata | dict[str, Any] | None = None,
-        idempotency_key: str | None = None,
-    ) -> TeamBalanceResult:
-        """See :meth:`RedisStore.top_up_team`."""
-        return await self._run(self.core.teams.top_up(team_id, amount, type, metadata, idempotency_key))
-
-    async def add_team_member(
-        self,
-        team_id: str,
-        user_id: str,
-        role: str = "member",
-        spend_cap: int | None = None,
-        cap_period: str = "total",
-    ) -> AddTeamMemberResult:
-        """See :meth:`RedisStore.add_team_member`."""
-        fields = self.core.teams.add_member_fields(role, spend_cap, cap_period)
-        return await self._run(self.core.teams.member(team_id, user_id, "add", fields))
-
-    async def set_member_cap(
-        self, team_id: str, user_id: str, spend_cap: int | None, cap_period: str | None = None
-    ) -> AddTeamMemberResult:
-        """See :meth:`RedisStore.set_member_cap`."""
-        fields: dict[str, Any] = {"cap": "-1" if spend_cap is None else str(check_amount(spend_cap, "spend_cap", 0))}
-        if cap_period is not None:
-            fields["period"] = check_period(cap_period)
-        return await self._run(self.core.teams.member(team_id, user_id, "update", fields))
-
-    async def set_member_role(self, team_id: str, user_id: str, role: str) -> AddTeamMemberResult:
-        """See :meth:`RedisStore.set_member_role`."""
-        return await self._run(self.core.teams.member(team_id, user_id, "update", {"role": check_label(role, "role")}))
-
-    async def remove_team_member(self, team_id: str, user_id: str) -> AddTeamMemberResult:
-        """See :meth:`RedisStore.remove_team_member`."""
-        return await self._run(self.core.teams.member(team_id, user_id, "remove", {}))
-
-    async def get_team_members(self, team_id: str) -> list[TeamMember]:
-        """See :meth:`RedisStore.get_team_members`."""
-        return await self._run(self.core.teams.get_team_members(team_id))
-
-    async def team_spend_report(self, team_id: str) -> list[TeamMemberSpend]:
-        """See :meth:`RedisStore.team_spend_report`."""
-        return await self._run(self.core.teams.members(team_id))
-
-    async def set_team_spend_cap(
-        self, team_id: str, cap_type: str = "daily", limit: int = 0, action: str = "deny", model: str | None = None
-    ) -> None:
-        """See :meth:`RedisStore.set_team_spend_cap`."""
-        await self._run(self.core.set_team_spend_cap(team_id, cap_type, limit, action, model))
-
-    async def deduct_team(
-        self,
-        team_id: str,
-        user_id: str,
-        amount: int,
-        metadata: CreditMetadata | dict[str, Any] | None = None,
-        idempotency_key: str | None = None,
-    ) -> TeamDeductionResult:
-        """See :meth:`RedisStore.deduct_team`."""
-        return await self._run(self.core.teams.deduct_team(team_id, user_id, amount, metadata, idempotency_key))
-
-    async def deduct_team_many(
-        self, requests: Sequence[TeamDebitRequest | Mapping[str, Any]]
-    ) -> list[TeamDeductionResult]:
-        """See :meth:`RedisStore.deduct_team_many`."""
-        return await self._run_many(team_debit_calls(self.core, requests))
-
-    async def reserve_team(
-        self,
-        team_id: str,
-        user_id: str,
-        amount: int,
-        operation_type: str = "team_job",
-        metadata: CreditMetadata | dict[str, Any] | None = None,
-        idempotency_key: str | None = None,
-        ttl_seconds: int | None = None,
-    ) -> ReserveResult:
-        """See :meth:`RedisStore.reserve_team`."""
-        return await self._run(self.core.teams.reserve_team(
-            team_id, user_id, amount, operation_type, metadata, idempotency_key, ttl_seconds))
-
-    async def settle_team_reservation(
-        self,
-        team_id: str,
-        user_id: str,
-        reservation_id: str,
-        amount: int,
-        idempotency_key: str | None = None,
-        metadata: CreditMetadata | dict[str, Any] | None = None,
-    ) -> TeamDeductionResult:
-        """See :meth:`RedisStore.settle_team_reservation`."""
-        return await self._run(self.core.teams.deduct_team(
-            team_id, user_id, amount, metadata, idempotency_key,
-            reservation_id=check_id(reservation_id, "reservation_id")))
-
-    async def release_team_reservation(
-        self, team_id: str, user_id: str, reservation_id: str, idempotency_key: str | None = None
-    ) -> ReleaseResult:
-        """See :meth:`RedisStore.release_team_reservation`."""
-        return await self._run(self.core.teams.release_team(team_id, user_id, reservation_id, idempotency_key))
 
 
 class _AutoBatcher:
@@ -444,23 +111,12 @@ class _AutoBatcher:
                 fut.set_result(result)
 
 
-class AsyncMemoryStore(AsyncRedisStore):
+class AsyncMemoryStore(Embedded, AsyncRedisStore):
     """The embedded store for asyncio code; pass ``server=memory_store.server`` to share its data (and
     its SQLite ledger: in memory, or ``ledger_file`` it restores from, see
     :class:`~ducto_redis.MemoryStore`)."""
 
-    def __init__(
-        self, namespace: str | None = None, *, server: Any = None, settings: Settings | None = None,
-        **overrides: Any,
-    ) -> None:
-        import fakeredis  # imported here: code that never builds an embedded store never loads it (nor lupa)
-
-        from .ledger.embedded import EmbeddedLedger
-
-        self.server = server or fakeredis.FakeServer()
-        client = fakeredis.FakeAsyncRedis(server=self.server, decode_responses=True)
-        super().__init__(client, settings or Settings(), **given(namespace=namespace), **overrides)
-        self.ledger = EmbeddedLedger.open(self.server, self.settings, self.core.keys)
+    asynchronous = True
 
     async def _run(self, call: Call[T]) -> T:
         try:
@@ -474,6 +130,3 @@ class AsyncMemoryStore(AsyncRedisStore):
         finally:
             self.ledger.after({k for c in calls for k in c.keys})
 
-    def _ledger_reader(self) -> LedgerReader | None:
-        """The embedded SQLite ledger (see :meth:`MemoryStore.ledger_reader`)."""
-        return self.ledger

@@ -17,6 +17,7 @@ from .core import Call, StoreCore
 from .errors import InvalidInputError
 from .scripts import Script
 from .specs import DEBIT, DEBIT_MANY, POOL_DEBIT, POOL_DEBIT_MANY, ScriptSpec
+from .team_ops import team_debit
 
 T = TypeVar("T")
 
@@ -113,8 +114,9 @@ def _each(cls: type[R], requests: object, build: Callable[[R], Call[Any]]) -> li
 
 def charge_calls(core: StoreCore, requests: Sequence[ChargeRequest | Mapping[str, Any]]) -> list[Call[Any]]:
     """Validate every request (raising before anything is sent) and build its charge call."""
-    return _each(ChargeRequest, requests, lambda r: core.charge(
-        r.user_id, r.amount, r.operation_type, r.idempotency_key, r.metadata, r.min_balance, r.quantities))
+    return _each(ChargeRequest, requests, lambda r: core.debit(
+        r.user_id, r.amount, operation_type=r.operation_type, idempotency_key=r.idempotency_key, metadata=r.metadata,
+        min_balance=r.min_balance, quantities=r.quantities))
 
 
 @dataclass(slots=True)
@@ -130,8 +132,8 @@ class TeamDebitRequest:
 
 def team_debit_calls(core: StoreCore, requests: Sequence[TeamDebitRequest | Mapping[str, Any]]) -> list[Call[Any]]:
     """Validate every request (raising before anything is sent) and build its deduct_team call."""
-    return _each(TeamDebitRequest, requests, lambda r: core.teams.deduct_team(
-        r.team_id, r.user_id, r.amount, r.metadata, r.idempotency_key))
+    return _each(TeamDebitRequest, requests, lambda r: team_debit(
+        core, r.team_id, r.user_id, r.amount, r.metadata, r.idempotency_key))
 
 
 def _identity(raw: Any) -> Any:

@@ -26,6 +26,7 @@ from .errors import ConfigError, ExpressionError, InvalidInputError
 from .models import PlanDefinition, PricingConfigData
 from .pricing.expr import validate_expression
 from .pricing.metrics import METRIC_VARIABLES
+from .settings import DEFAULT_MIN_BALANCE
 from .validation import MAX_AMOUNT, check_json
 
 __all__ = [
@@ -97,7 +98,7 @@ class PricingConfig(PricingConfigData):
     """
 
     fixed: dict[str, Price] = Field(default_factory=dict)
-    min_balance: int = Field(default=5, ge=0)
+    min_balance: int = Field(default=DEFAULT_MIN_BALANCE, ge=0)
 
     @model_validator(mode="before")
     @classmethod

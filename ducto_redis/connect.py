@@ -1,36 +1,58 @@
-"""Clients and round trips: single Redis or Redis Cluster, sync or asyncio.
+"""Clients and round trips: single Redis or Redis Cluster, sync or asyncio; every call sent at most once.
 
 ``redis://host:port/0`` gives a plain client; ``redis://host:port?cluster=true`` (or
-``rediss://...?cluster=true``) a cluster client. Batches are sent as one plain pipeline per node
-(redis-py's cluster pipeline refuses script calls): calls are grouped by the node that owns their
-first key's slot. A reply that says the call did not run (function not loaded, NOSCRIPT, MOVED,
-ASK, TRYAGAIN) is followed by running that call alone through the cluster-aware client, which
-loads the library or follows the redirect; nothing that ran is ever sent twice.
+``rediss://...?cluster=true``) a cluster client.
+
+**A decision is written to Redis at most once.** The stores never hand an FCALL to redis-py's
+command methods, whose ``Retry`` (on by default in redis-py 8, and on any client a user passes in)
+sends a command again after a timeout or a dropped connection: a decision that had already run would
+run twice. Instead the calls are packed and written straight to a connection taken from the client's
+pool (one write for a whole batch, one per node of a cluster), and their replies read back:
+
+- the connection cannot be opened: nothing was sent, the ``redis.ConnectionError`` is raised as is;
+- it fails once the calls are written: :class:`~ducto_redis.errors.DecisionOutcomeUnknown` (a
+  ``redis.ConnectionError`` too) — the caller repeats the decision with its idempotency key;
+- a reply that says its call did NOT run is the one case that sends it again, after the remedy:
+  "Function not found" (load the library, call again; if still missing, EVAL the source), MOVED
+  (re-read the slot map), ASK (``ASKING`` + the call on the named node), TRYAGAIN (a short pause).
+  Any other error reply is raised.
+
+The rules are written once, as a generator of steps (:func:`_plan`, :func:`_rounds`); each step
+(:data:`Step`) runs itself synchronously or returns its awaitable, so the sync and the async driver
+only carry the steps out. The embedded store's in-process fakeredis takes the same rounds through
+its own pipeline (no network, nothing to lose).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import asyncio
+import time
+from collections.abc import Awaitable, Generator, Sequence
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import redis
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import ClusterNode as AsyncClusterNode
 from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 from redis.cluster import RedisCluster
 from redis.exceptions import AskError, MovedError, ResponseError, TryAgainError
 
 from .core import Call
-from .scripts import fcall_async, function_missing
+from .errors import DecisionOutcomeUnknown
+from .scripts import Library, function_missing
 
 try:
     import hiredis
 
     _pack_command: Any = hiredis.pack_command
-except ImportError:  # pragma: no cover - hiredis is a dependency; the pipeline path still works
+except ImportError:  # pragma: no cover - hiredis is a dependency; redis-py's own packer still works
     _pack_command = None
 
 DID_NOT_RUN = (MovedError, AskError, TryAgainError)
+MAX_ROUNDS = 6  # sends of one call at most: each after a reply that says it did not run
+TRYAGAIN_PAUSE = 0.05  # seconds, before sending again calls answered TRYAGAIN (a slot migrating)
 
 
 def did_not_run(reply: Any) -> bool:
@@ -64,131 +86,299 @@ def async_client(url: str, **options: Any) -> Any:
     return aioredis.Redis.from_url(plain, decode_responses=True, **options)
 
 
-def _groups(client: Any, calls: Sequence[Call[Any]]) -> list[tuple[Any, list[int]]]:
-    """(connection to pipeline on, indexes of calls) — one group per cluster node, or one in all."""
-    if not isinstance(client, (RedisCluster, AsyncRedisCluster)):
-        return [(client, list(range(len(calls))))]
-    by_node: dict[str, tuple[Any, list[int]]] = {}
-    for i, c in enumerate(calls):
-        node: Any = client.get_node_from_key(c.keys[0])
-        conn = client.get_redis_connection(node) if isinstance(client, RedisCluster) else node
-        by_node.setdefault(node.name, (conn, []))[1].append(i)
-    return list(by_node.values())
+def command(call: Call[Any], source: bool = False) -> tuple[Any, ...]:
+    """The call as one Redis command: FCALL of its function, or (``source``) EVAL of its source."""
+    script = call.script
+    assert script is not None
+    if source:
+        return ("EVAL", script.source, len(call.keys), *call.keys, *call.args)
+    return ("FCALL", script.function, len(call.keys), *call.keys, *call.args)
 
 
 def pack_calls(calls: Sequence[Call[Any]]) -> bytes:
-    """The FCALL commands of ``calls`` in the Redis protocol, back to back."""
-    out = []
-    for c in calls:
-        assert c.script is not None
-        out.append(_pack_command(("FCALL", c.script.function, len(c.keys), *c.keys, *c.args)))
-    return b"".join(out)
+    """The FCALL commands of ``calls`` in the Redis protocol, back to back (hiredis' packer)."""
+    return b"".join(_pack_command(command(c)) for c in calls)
 
 
-def writes_direct(client: Any) -> bool:
-    """Whether batches can be written straight to a pooled connection (plain client, hiredis)."""
-    return _pack_command is not None and type(client) in (redis.Redis, aioredis.Redis)
+def _packed(conn: Any, commands: Sequence[tuple[Any, ...]]) -> Any:
+    if _pack_command is not None:
+        return [b"".join(_pack_command(c) for c in commands)]
+    return conn.pack_commands(commands)
 
 
-def _send_direct(client: Any, calls: Sequence[Call[Any]]) -> list[Any]:
-    pool = client.connection_pool
-    conn = pool.get_connection()
+# ── the rules: which calls to send where, and what a reply that says "did not run" asks for ──
+
+
+@dataclass(slots=True)
+class Send:
+    """Write ``commands`` to ``target`` (a client, or an asyncio cluster node) and read one reply each."""
+
+    target: Any
+    commands: list[tuple[Any, ...]]
+
+    def sync(self) -> list[Any]:
+        return _send(self.target, self.commands)
+
+    def aio(self) -> Awaitable[list[Any]]:
+        return _send_async(self.target, self.commands)
+
+
+@dataclass(slots=True)
+class Load:
+    """Load the function library (on every primary of a cluster)."""
+
+    library: Library
+    client: Any
+
+    def sync(self) -> bool:
+        return self.library.load(self.client)
+
+    def aio(self) -> Awaitable[bool]:
+        return self.library.load_async(self.client)
+
+
+@dataclass(slots=True)
+class Refresh:
+    """Read a cluster's slot map again (after MOVED)."""
+
+    client: Any
+
+    def sync(self) -> Any:
+        return self.client.nodes_manager.initialize()
+
+    def aio(self) -> Awaitable[Any]:
+        return self.client.nodes_manager.initialize()  # type: ignore[no-any-return]
+
+
+@dataclass(slots=True)
+class Pause:
+    """Wait before sending again (after TRYAGAIN)."""
+
+    seconds: float
+
+    def sync(self) -> None:
+        time.sleep(self.seconds)
+
+    def aio(self) -> Awaitable[None]:
+        return asyncio.sleep(self.seconds)
+
+
+@dataclass(slots=True)
+class Initialize:
+    """An asyncio cluster client reads its slot map before its first call (a no-op afterwards)."""
+
+    client: Any
+
+    def sync(self) -> None:
+        return None
+
+    def aio(self) -> Awaitable[Any]:
+        return self.client.initialize()  # type: ignore[no-any-return]
+
+
+Step = Send | Load | Refresh | Pause | Initialize
+"""One step of I/O, written for both drivers: ``sync()`` runs it, ``aio()`` is its awaitable."""
+
+
+def _target(client: Any, key: str) -> Any:
+    cluster: Any = client  # redis-py's cluster methods are untyped
+    if isinstance(client, RedisCluster):
+        return cluster.get_redis_connection(cluster.get_node_from_key(key))
+    if isinstance(client, AsyncRedisCluster):
+        return cluster.get_node_from_key(key)
+    return client
+
+
+def _node(client: Any, exc: AskError) -> Any:
+    """The target an ASK redirect names (None when the slot map does not know it yet)."""
+    node = client.get_node(host=exc.host, port=int(exc.port))
+    if node is None or isinstance(client, AsyncRedisCluster):
+        return node
+    return client.get_redis_connection(node)
+
+
+def _plan(client: Any, calls: Sequence[Call[Any]]) -> Generator[Step, Any, list[Any]]:
+    """The raw replies of ``calls``: on a plain client one write of them all (almost always the
+    end of it), then :func:`_rounds` for any call whose reply says it did not run."""
+    replies: list[Any] = [None] * len(calls)
+    if isinstance(client, (redis.Redis, aioredis.Redis)) and not _in_process(client):
+        replies = _first(calls, (yield Send(client, [command(c) for c in calls])))
+        if None not in replies:
+            return replies
+    elif isinstance(client, AsyncRedisCluster):
+        yield Initialize(client)
+    return (yield from _rounds(client, calls, replies))
+
+
+def _rounds(client: Any, calls: Sequence[Call[Any]], replies: list[Any]) -> Generator[Step, Any, list[Any]]:
+    """Send every call whose reply is still None, grouped by target, until each has an answer
+    that is not "did not run"; an error reply of a call that ran is raised."""
+    use_source: set[int] = set()
+    asking: dict[int, Any] = {}
+    loaded = False
+    last: Exception | None = None
+    for _ in range(MAX_ROUNDS):
+        pending = [i for i, r in enumerate(replies) if r is None]
+        if not pending:
+            return replies
+        groups: dict[int, tuple[Any, list[int]]] = {}
+        for i in pending:
+            target = asking[i] if i in asking else _target(client, calls[i].keys[0])
+            groups.setdefault(id(target), (target, []))[1].append(i)
+        for target, idx in groups.values():
+            commands: list[tuple[Any, ...]] = []
+            for i in idx:
+                if i in asking:
+                    commands.append(("ASKING",))
+                commands.append(command(calls[i], i in use_source))
+            answers = iter((yield Send(target, commands)))
+            for i in idx:
+                if i in asking:
+                    next(answers)  # ASKING's OK
+                replies[i] = next(answers)
+        asking = {}
+        load = refresh = pause = False
+        for i in pending:
+            reply = replies[i]
+            if not isinstance(reply, Exception):
+                continue
+            if not did_not_run(reply):
+                raise reply
+            last, replies[i] = reply, None
+            if isinstance(reply, AskError):
+                node = _node(client, reply)
+                refresh = refresh or node is None
+                if node is not None:
+                    asking[i] = node
+            elif isinstance(reply, MovedError):
+                refresh = True
+            elif isinstance(reply, TryAgainError):
+                pause = True
+            elif loaded:  # loaded after an earlier answer, and gone again: EVAL cannot miss
+                use_source.add(i)
+            else:
+                load = True
+        if load:
+            loaded = True
+            script = calls[pending[0]].script
+            assert script is not None
+            yield Load(script.library, client)
+        if refresh:
+            yield Refresh(client)
+        if pause:
+            yield Pause(TRYAGAIN_PAUSE)
+    assert last is not None
+    raise last
+
+
+def _in_process(client: Any) -> bool:
+    """The embedded store's fakeredis: its own pipeline, nothing on a wire."""
+    return type(client).__module__.startswith("fakeredis")
+
+
+def _first(calls: Sequence[Call[Any]], replies: list[Any]) -> list[Any]:
+    """Replies of a first write: done unless one says its call did not run (then None, to resend)."""
+    for i, reply in enumerate(replies):
+        if isinstance(reply, Exception):
+            if not did_not_run(reply):
+                raise reply
+            replies[i] = None
+    return replies
+
+
+# ── sync driver ──
+
+
+def _send(target: Any, commands: list[tuple[Any, ...]]) -> list[Any]:
+    if _in_process(target):
+        pipe = target.pipeline(transaction=False)
+        for c in commands:
+            pipe.execute_command(*c)
+        return list(pipe.execute(raise_on_error=False))
+    pool = target.connection_pool
+    conn = pool.get_connection()  # connected here: a failure so far means nothing was sent
     try:
-        conn.send_packed_command([pack_calls(calls)])
+        conn.send_packed_command(_packed(conn, commands), check_health=False)
         replies: list[Any] = []
-        for _ in calls:
+        for _ in commands:
             try:
                 replies.append(conn.read_response())
             except ResponseError as exc:  # an error reply: the connection is still in step
                 replies.append(exc)
+        return replies
+    except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
+        conn.disconnect()
+        raise DecisionOutcomeUnknown(f"the connection failed after the call was sent: {exc}") from exc
     except BaseException:
         conn.disconnect()
         raise
     finally:
         pool.release(conn)
-    return replies
-
-
-async def _send_direct_async(client: Any, calls: Sequence[Call[Any]]) -> list[Any]:
-    pool = client.connection_pool
-    conn = await pool.get_connection()
-    try:
-        await conn.send_packed_command([pack_calls(calls)])
-        replies: list[Any] = []
-        for _ in calls:
-            try:
-                replies.append(await conn.read_response())
-            except ResponseError as exc:  # an error reply: the connection is still in step
-                replies.append(exc)
-    except BaseException:
-        await conn.disconnect()
-        raise
-    finally:
-        await pool.release(conn)
-    return replies
 
 
 def run_pipelined(client: Any, calls: Sequence[Call[Any]]) -> list[Any]:
-    """Raw replies of ``calls`` (each with a script), sent in one pipeline per node."""
-    if writes_direct(client):
-        return _finish(client, calls, _send_direct(client, calls))
-    replies: list[Any] = [None] * len(calls)
-    for conn, idx in _groups(client, calls):
-        pipe = conn.pipeline(transaction=False)
-        for i in idx:
-            c = calls[i]
-            assert c.script is not None
-            pipe.fcall(c.script.function, len(c.keys), *c.keys, *c.args)
-        for i, reply in zip(idx, pipe.execute(raise_on_error=False), strict=True):
-            replies[i] = reply
-    return _finish(client, calls, replies)
+    """Raw replies of ``calls`` (each with a script): one write per node, each call run at most once."""
+    plan = _plan(client, calls)
+    try:
+        step = next(plan)
+        while True:
+            step = plan.send(step.sync())
+    except StopIteration as done:
+        replies: list[Any] = done.value
+        return replies
 
 
-def _finish(client: Any, calls: Sequence[Call[Any]], replies: list[Any]) -> list[Any]:
-    """Run alone each call whose reply says it did not run; raise any other error reply."""
-    for i, reply in enumerate(replies):
-        if did_not_run(reply):
-            c = calls[i]
-            assert c.script is not None
-            replies[i] = c.script.run(client, c.keys, c.args)
-        elif isinstance(reply, Exception):
-            raise reply
-    return replies
+# ── async driver ──
+
+
+async def _send_async(target: Any, commands: list[tuple[Any, ...]]) -> list[Any]:
+    if _in_process(target):
+        pipe = target.pipeline(transaction=False)
+        for c in commands:
+            pipe.execute_command(*c)
+        return list(await pipe.execute(raise_on_error=False))
+    conn: Any
+    if isinstance(target, AsyncClusterNode):
+        conn = target.acquire_connection()
+        pool = None
+    else:
+        pool = target.connection_pool
+        conn = await pool.get_connection()
+    try:
+        try:
+            await conn.connect()  # a failure here means nothing was sent
+        except BaseException:
+            await conn.disconnect()
+            raise
+        try:
+            await conn.send_packed_command(_packed(conn, commands), check_health=False)
+            replies: list[Any] = []
+            for _ in commands:
+                try:
+                    replies.append(await conn.read_response())
+                except ResponseError as exc:  # an error reply: the connection is still in step
+                    replies.append(exc)
+            return replies
+        except (redis.ConnectionError, redis.TimeoutError, OSError, asyncio.TimeoutError) as exc:
+            await conn.disconnect()
+            raise DecisionOutcomeUnknown(f"the connection failed after the call was sent: {exc}") from exc
+        except BaseException:  # cancelled mid-read: the connection is out of step
+            await conn.disconnect()
+            raise
+    finally:
+        if pool is None:
+            target.release(conn)
+        else:
+            await pool.release(conn)
 
 
 async def run_pipelined_async(client: Any, calls: Sequence[Call[Any]]) -> list[Any]:
-    """Async twin of :func:`run_pipelined`."""
-    if writes_direct(client):
-        return await _finish_async(client, calls, await _send_direct_async(client, calls))
-    replies: list[Any] = [None] * len(calls)
-    for conn, idx in _groups(client, calls):
-        if isinstance(client, AsyncRedisCluster):  # a node: run the calls one by one on it
-            for i in idx:
-                c = calls[i]
-                assert c.script is not None
-                try:
-                    replies[i] = await fcall_async(client, c.script.function, c.keys, c.args)
-                except ResponseError as exc:
-                    if not did_not_run(exc):
-                        raise
-                    replies[i] = exc
-            continue
-        pipe = conn.pipeline(transaction=False)
-        for i in idx:
-            c = calls[i]
-            assert c.script is not None
-            pipe.fcall(c.script.function, len(c.keys), *c.keys, *c.args)
-        for i, reply in zip(idx, await pipe.execute(raise_on_error=False), strict=True):
-            replies[i] = reply
-    return await _finish_async(client, calls, replies)
-
-
-async def _finish_async(client: Any, calls: Sequence[Call[Any]], replies: list[Any]) -> list[Any]:
-    for i, reply in enumerate(replies):
-        if did_not_run(reply):
-            c = calls[i]
-            assert c.script is not None
-            replies[i] = await c.script.run_async(client, c.keys, c.args)
-        elif isinstance(reply, Exception):
-            raise reply
-    return replies
+    """:func:`run_pipelined` on an asyncio client."""
+    plan = _plan(client, calls)
+    try:
+        step = next(plan)
+        while True:
+            step = plan.send(await step.aio())
+    except StopIteration as done:
+        replies: list[Any] = done.value
+        return replies

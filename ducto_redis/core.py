@@ -1,8 +1,9 @@
-"""The core every store shares: validation, key selection, argument packing and reply parsing.
+"""The core every store method shares: validation, key selection, argument packing and reply parsing.
 
-A store method asks the core for a :class:`Call` (which script, KEYS, ARGV and how to read the
-reply) and runs it with its own I/O: the sync store with a redis-py client, the async store with
-redis.asyncio, the memory store over an in-process fakeredis. No rule lives in a store shell.
+A store method (written once, in an operation mixin: see ``methods.py``) builds a :class:`Call` (which
+script, KEYS, ARGV and how to read the reply) with this module's helpers and :class:`StoreCore`; each
+store runs it with its own I/O: the sync store with a redis-py client, the async store with
+redis.asyncio, the memory stores over an in-process fakeredis. No rule lives in a store shell.
 Invalid input never reaches Redis: either an :class:`InvalidInputError` naming the field is
 raised (wrong type), or the call carries a ready result with an error code (out of range).
 """
@@ -22,33 +23,17 @@ from pydantic import BaseModel, ValidationError
 from pydantic_core import PydanticSerializationError
 
 from .errors import InvalidInputError, ScriptReplyError
-from .keys import TEAM, USER, AccountKeys, KeySchema
-from .layout import QuantityLimit, RateLimit, cap_text, copy_escape, fragment, tx_id
+from .keys import USER, KeySchema
+from .layout import cap_text, copy_escape, fragment, tx_id
 from .models import (
     AddCreditsResult,
-    BalanceResult,
-    CapCheckResult,
     CreditMetadata,
     DeductionResult,
-    RateLimitResult,
-    ReleaseResult,
-    ReserveResult,
     SpendCap,
 )
 from .scripts import Script, scripts
 from .settings import Settings
-from .specs import (
-    ADD_CREDITS,
-    BALANCE,
-    CHECK_CAP,
-    DEBIT,
-    HIT_RATE_LIMIT,
-    RELEASE,
-    RESERVE,
-    SET_CAP,
-    SET_QUANTITY_LIMIT,
-    SET_RATE_LIMIT,
-)
+from .specs import ADD_CREDITS, BALANCE, DEBIT, SET_CAP
 from .validation import (
     check_amount,
     check_choice,
@@ -60,7 +45,6 @@ from .validation import (
     check_quantity_name,
     check_ttl_seconds,
     invalid_input,
-    period_ms,
 )
 
 T = TypeVar("T")
@@ -77,12 +61,11 @@ class Call(Generic[T]):
     keys: list[str]
     args: list[Any]
     parse: Callable[[Any], T]
-    result: T | None = None
 
 
 def ready(result: T) -> Call[T]:
     """A call that needs no Redis round trip."""
-    return Call(None, [], [], lambda _r: result, result)
+    return Call(None, [], [], lambda _r: result)
 
 
 # ── validation (the rules live in validation.py; these apply them to metadata and quantities) ──
@@ -141,7 +124,7 @@ def _s(value: Any) -> str:
     return value.decode("utf-8") if isinstance(value, bytes) else str(value)
 
 
-def _reply(raw: Any, size: int) -> list[str]:
+def table_reply(raw: Any, size: int) -> list[str]:
     """A script's table reply as strings (at least ``size`` of them)."""
     if not isinstance(raw, list) or len(raw) < size:
         raise ScriptReplyError(f"unexpected script reply: {raw!r}")
@@ -150,7 +133,7 @@ def _reply(raw: Any, size: int) -> list[str]:
     return [_s(v) for v in raw]
 
 
-def _parts(raw: Any, size: int) -> list[str]:
+def split_reply(raw: Any, size: int) -> list[str]:
     """A script's one-string reply ("status|idempotent|...") split into at least ``size`` fields.
 
     A reply's last field may be free text (a plan id, a role): it is split off once, whole."""
@@ -163,14 +146,15 @@ def _parts(raw: Any, size: int) -> list[str]:
     return r
 
 
-def _err(status: str) -> str | None:
+def error_code(status: str) -> str | None:
+    """A reply's status as a result's ``error``: None for "ok", else the error code."""
     return None if status == "ok" else status
 
 
 # Reply fields by name (ducto_redis/specs.py): ``r[_D.ref]`` costs what ``r[2]`` did.
 _D = DEBIT.reply.pos
-_DK = DEBIT.keys.pos
 _DEBIT_SIZE = DEBIT.reply.size
+_DK = DEBIT.keys.pos
 
 
 class _Ids:
@@ -290,7 +274,12 @@ class DebitKeys:
 
 
 class StoreCore:
-    """Everything a store does except I/O: builds :class:`Call` objects for each operation."""
+    """What every store method builds its calls with: keys, scripts, the configuration argument,
+    and the call builders several methods share (a user's debit, a credit, a cap, a health probe).
+
+    The store methods themselves are written once in the operation mixins (``accounts.py``,
+    ``team_ops.py``, ``refund_ops.py``, ``plans.py``, ``operations.py``); see ``methods.py``.
+    """
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -298,12 +287,6 @@ class StoreCore:
         self.scripts = scripts()
         self.clock_offset_ms = 0
         self._config_of: tuple[int, str] = (-1, "")
-        from .team_ops import TeamOps  # the team calls share this core (keys, scripts, settings)
-
-        self.teams = TeamOps(self)
-        from .refund_ops import RefundOps  # refunds and expiring-credit sweeps share this core too
-
-        self.refunds = RefundOps(self)
         self._hold_ttl_ms = settings.hold_ttl_seconds * 1000
         # a debit's per-user KEYS and escaped id, for the hot accounts only (~0.5 kB each)
         self.debit_keys = lru_cache(maxsize=8192)(self._debit_keys)
@@ -321,9 +304,14 @@ class StoreCore:
             self._config_of = (self.clock_offset_ms, text)
         return text
 
-    def _idem(self, k: AccountKeys, key: str | None) -> str:
-        """The idempotency KEYS entry: the key's record, or the account's never-written name."""
-        return k.idempotency(key)
+    def hold_ttl_ms(self, ttl_seconds: object) -> int:
+        """A hold's time to live in ms: ``ttl_seconds`` (validated), else the settings' ``hold_ttl_seconds``."""
+        return self._hold_ttl_ms if ttl_seconds is None else check_ttl_seconds(ttl_seconds) * 1000
+
+    def min_balance(self, min_balance: object) -> int:
+        """A hold's floor: ``min_balance`` (validated), else the settings' ``default_min_balance``."""
+        return check_amount(self.settings.default_min_balance if min_balance is None else min_balance,
+                            "min_balance", 0)
 
     def _debit_keys(self, uid: str) -> DebitKeys:
         k = self.keys.user(uid)
@@ -340,24 +328,10 @@ class StoreCore:
             k = self.keys.probe(shard)
             calls.append(Call(self.scripts["balance"], BALANCE.keys.pack(account=k.account, grants=k.grants),
                               BALANCE.args.pack(config=self.config()),
-                              lambda raw: _reply(raw, BALANCE.reply.size)[BALANCE.reply.pos.status] == "ok"))
+                              lambda raw: table_reply(raw, BALANCE.reply.size)[BALANCE.reply.pos.status] == "ok"))
         return calls
 
-    # balances
-
-    def get_balance(self, user_id: str) -> Call[BalanceResult]:
-        """Read a user's balance, held amount and lifetime purchases (0 for an unknown user)."""
-        uid = check_id(user_id, "user_id")
-        k = self.keys.user(uid)
-
-        def parse(raw: Any) -> BalanceResult:
-            r, f = _reply(raw, BALANCE.reply.size), BALANCE.reply.pos
-            return construct(BalanceResult,
-                user_id=uid, balance=int(r[f.balance]), held=int(r[f.held]), lifetime_purchased=int(r[f.life])
-            )
-
-        return Call(self.scripts["balance"], BALANCE.keys.pack(account=k.account, grants=k.grants),
-                    BALANCE.args.pack(config=self.config()), parse)
+    # shared call builders
 
     def user_exists(self, user_id: str) -> Call[bool]:
         """Whether a user record exists (made by any credit, even of 0)."""
@@ -365,29 +339,23 @@ class StoreCore:
         k = self.keys.user(uid)
         return Call(self.scripts["balance"], BALANCE.keys.pack(account=k.account, grants=k.grants),
                     BALANCE.args.pack(config=self.config()),
-                    lambda raw: _reply(raw, BALANCE.reply.size)[BALANCE.reply.pos.exists] == "1")
+                    lambda raw: table_reply(raw, BALANCE.reply.size)[BALANCE.reply.pos.exists] == "1")
 
-    def add_credits(
-        self,
-        user_id: str,
-        amount: int,
-        type: str = "adjustment",
-        metadata: CreditMetadata | dict[str, Any] | None = None,
-        expires_at_ms: int | None = None,
-        idempotency_key: str | None = None,
-        *,
-        account_kind: str = USER,
+    def credit(
+        self, account_kind: str, account_id: str, amount: int, tx_type: str, metadata: object,
+        expires_at_ms: int | None, idempotency_key: str | None,
     ) -> Call[AddCreditsResult]:
-        """Credit ``amount`` (0 creates the record). Idempotent with a key (argument or metadata)."""
-        uid = check_id(user_id, "team_id" if account_kind != USER else "user_id")
+        """Credit a user's (``account_kind`` "u") or a team's ("t") account; 0 creates a user's record.
+        Idempotent with a key (argument or metadata)."""
+        uid = check_id(account_id, "team_id" if account_kind != USER else "user_id")
         n = check_amount(amount, "amount", 0)
-        tx_type = check_label(type, "type")
+        tx_type = check_label(tx_type, "type")
         meta = metadata_of(metadata)
         ikey = idempotency_of(idempotency_key, meta)
         k = self.keys.user(uid) if account_kind == USER else self.keys.team(uid)
 
         def parse(raw_reply: Any) -> AddCreditsResult:
-            r, f = _parts(raw_reply, ADD_CREDITS.reply.size), ADD_CREDITS.reply.pos
+            r, f = split_reply(raw_reply, ADD_CREDITS.reply.size), ADD_CREDITS.reply.pos
             if r[f.status] == "team_not_found":
                 raise InvalidInputError("team_id", f"no team {uid!r}; nothing was written")
             if r[f.status] != "ok":
@@ -403,81 +371,9 @@ class StoreCore:
             frag=frag, expires="" if expires_at_ms is None else str(expires_at_ms),
             must_exist="1" if account_kind != USER else "0", config=self.config(),
         )
-        keys = ADD_CREDITS.keys.pack(account=k.account, idem=self._idem(k, ikey), ledger=k.ledger, grants=k.grants,
+        keys = ADD_CREDITS.keys.pack(account=k.account, idem=k.idempotency(ikey), ledger=k.ledger, grants=k.grants,
                                      gindex=k.grant_index)
         return Call(self.scripts["add_credits"], keys, args, parse)
-
-    # reservations
-
-    def reserve_credits(
-        self,
-        user_id: str,
-        amount: int,
-        operation_type: str,
-        metadata: CreditMetadata | dict[str, Any] | None = None,
-        min_balance: int = 5,
-        idempotency_key: str | None = None,
-        ttl_seconds: int | None = None,
-        *,
-        quantities: dict[str, int] | None = None,
-        rate_limit: bool = False,
-    ) -> Call[ReserveResult]:
-        """Hold ``amount`` if the available balance covers it and keeps ``min_balance``.
-
-        ``quantities`` (an estimate, e.g. ``{"tokens": 2000}``) are checked against the account's
-        quantity limits in the same script and corrected when the hold is settled; ``rate_limit``
-        applies the account's request-rate limit too (a gateway admitting a request with a hold).
-        """
-        uid = check_id(user_id, "user_id")
-        n = check_amount(amount, "amount", 1)
-        op = check_label(operation_type, "operation_type")
-        floor = check_amount(min_balance, "min_balance", 0)
-        qs = quantities_arg(quantities)
-        meta = metadata_of(metadata)
-        model = check_label(meta.model, "metadata.model") if meta and meta.model else ""
-        ikey = idempotency_of(idempotency_key, meta)
-        ttl_ms = self._hold_ttl_ms if ttl_seconds is None else check_ttl_seconds(ttl_seconds) * 1000
-        k = self.keys.user(uid)
-        rid = new_id()
-
-        def parse(raw_reply: Any) -> ReserveResult:
-            r, f = _parts(raw_reply, RESERVE.reply.size), RESERVE.reply.pos
-            return construct(ReserveResult,
-                reservation_id=r[f.rid], user_id=uid, amount=int(r[f.amount]), balance=int(r[f.balance]),
-                reserved_total=int(r[f.held]), expires_at_ms=int(r[f.expires]), error=_err(r[f.status]),
-                idempotent=r[f.idempotent] == "1", retry_after_ms=int(r[f.retry]),
-                rate_limit_remaining=int(r[f.remaining]) if r[f.remaining] else None,
-            )
-
-        frag = fragment(op=op, acct=uid, rid=rid, model=model, idem=ikey or "", meta=metadata_json(meta))
-        args = RESERVE.args.pack(cid=new_call_id(), rid=rid, amount=str(n), floor=str(floor), ttl=str(ttl_ms), op=op,
-                                 frag=frag, rate="1" if rate_limit else "0", quantities=qs, model=model,
-                                 config=self.config())
-        keys = RESERVE.keys.pack(account=k.account, idem=self._idem(k, ikey), ledger=k.ledger, grants=k.grants)
-        return Call(self.scripts["reserve"], keys, args, parse)
-
-    def release_reservation(
-        self, user_id: str, reservation_id: str, idempotency_key: str | None = None
-    ) -> Call[ReleaseResult]:
-        """Give a hold back without spending it."""
-        uid = check_id(user_id, "user_id")
-        rid = check_id(reservation_id, "reservation_id")
-        ikey = check_idempotency_key(idempotency_key)
-        k = self.keys.user(uid)
-
-        def parse(raw_reply: Any) -> ReleaseResult:
-            r, f = _parts(raw_reply, RELEASE.reply.size), RELEASE.reply.pos
-            return construct(ReleaseResult,
-                reservation_id=rid, user_id=uid, amount=int(r[f.amount]), balance=int(r[f.balance]),
-                held=int(r[f.held]), idempotent=r[f.idempotent] == "1", error=_err(r[f.status]),
-            )
-
-        frag = fragment(acct=uid, rid=rid, idem=ikey or "")
-        args = RELEASE.args.pack(cid=new_call_id(), tx=new_id(), rid=rid, frag=frag, config=self.config())
-        keys = RELEASE.keys.pack(account=k.account, idem=self._idem(k, ikey), ledger=k.ledger, grants=k.grants)
-        return Call(self.scripts["release"], keys, args, parse)
-
-    # debits
 
     def debit(
         self,
@@ -514,7 +410,7 @@ class StoreCore:
             keys[_DK.idem] = self.keys.user(uid).idempotency(ikey)
 
         def parse(raw_reply: Any) -> DeductionResult:
-            r = _parts(raw_reply, _DEBIT_SIZE)
+            r = split_reply(raw_reply, _DEBIT_SIZE)
             return deduction_result(
                 tx_of(shard, r[_D.ref]), uid, -int(r[_D.amount]), int(r[_D.balance]), r[_D.idempotent] == "1",
                 None if r[_D.status] == "ok" else r[_D.status], r[_D.cap] or None, int(r[_D.retry]),
@@ -528,99 +424,8 @@ class StoreCore:
                                rid=reservation_id, quantities=qs, config=self.config())
         return Call(self.scripts["debit"], keys, args, parse)
 
-    def deduct_credits(
-        self,
-        user_id: str,
-        reservation_id: str,
-        amount: int,
-        idempotency_key: str | None = None,
-        metadata: CreditMetadata | dict[str, Any] | None = None,
-        quantities: dict[str, int] | None = None,
-    ) -> Call[DeductionResult]:
-        """Settle a reservation with the actual amount (ducto's name; caps enforced here too)."""
-        rid = check_id(reservation_id, "reservation_id")
-        return self.debit(
-            user_id, amount, reservation_id=rid, idempotency_key=idempotency_key, metadata=metadata,
-            quantities=quantities,
-        )
-
-    def charge(
-        self,
-        user_id: str,
-        amount: int,
-        operation_type: str,
-        idempotency_key: str | None = None,
-        metadata: CreditMetadata | dict[str, Any] | None = None,
-        min_balance: int = 0,
-        quantities: dict[str, int] | None = None,
-    ) -> Call[DeductionResult]:
-        """Check caps and balance and debit in one round trip, with no hold."""
-        return self.debit(
-            user_id, amount, operation_type=operation_type, idempotency_key=idempotency_key,
-            metadata=metadata, min_balance=min_balance, quantities=quantities,
-        )
-
-    # request-rate limits
-
-    def set_rate_limit(
-        self, user_id: str, limit: int | None, period_seconds: float = 1.0, burst: int | None = None
-    ) -> Call[None]:
-        """Allow ``limit`` requests per ``period_seconds`` (GCRA), ``burst`` at once (default ``limit``).
-
-        ``limit=None`` removes the limit. Checked by ``charge`` in the same script as caps and balance.
-        """
-        uid = check_id(user_id, "user_id")
-        k = self.keys.user(uid)
-        value = ""
-        if limit is not None:
-            n = check_amount(limit, "limit", 1)
-            b = n if burst is None else check_amount(burst, "burst", 1)
-            value = RateLimit(n, period_ms(period_seconds), b).encode()
-        frag = fragment(op="rate_limit_set" if value else "rate_limit_removed", acct=uid, meta=json.dumps(
-            {"limit": limit, "period_ms": period_ms(period_seconds), "burst": burst} if value else {}))
-        args = SET_RATE_LIMIT.args.pack(tx=new_id(), value=value, frag=frag, config=self.config())
-        return Call(self.scripts["set_rate_limit"], SET_RATE_LIMIT.keys.pack(account=k.account, ledger=k.ledger), args,
-                    lambda _r: None)
-
-    def set_quantity_limit(
-        self, user_id: str, quantity: str, limit: int | None, period_seconds: float = 60.0, model: str | None = None
-    ) -> Call[None]:
-        """Allow ``limit`` units of ``quantity`` (e.g. tokens) per ``period_seconds``, for ``model``
-        only or (None) all models; ``limit=None`` removes it. Checked by ``charge`` and
-        ``reserve_credits`` (with ``quantities=``) in the same script as caps and balance."""
-        uid = check_id(user_id, "user_id")
-        name = check_quantity_name(quantity)
-        m = check_label(model, "model") if model else ""
-        if "|" in m or ";" in m:
-            raise InvalidInputError("model", "must not contain '|' or ';'")
-        value = ""
-        if limit is not None:
-            value = QuantityLimit(name, m, check_amount(limit, "limit", 1), period_ms(period_seconds)).value()
-        k = self.keys.user(uid)
-        args = SET_QUANTITY_LIMIT.args.pack(tx=new_id(), user=uid, name=name, model=m, value=value,
-                                            config=self.config())
-        keys = SET_QUANTITY_LIMIT.keys.pack(account=k.account, ledger=k.ledger)
-        return Call(self.scripts["set_quantity_limit"], keys, args, lambda _r: None)
-
-    def hit_rate_limit(self, user_id: str) -> Call[RateLimitResult]:
-        """Admit one request against the user's rate limit without moving money."""
-        uid = check_id(user_id, "user_id")
-        k = self.keys.user(uid)
-
-        def parse(raw: Any) -> RateLimitResult:
-            r, f = _parts(raw, HIT_RATE_LIMIT.reply.size), HIT_RATE_LIMIT.reply.pos
-            return construct(RateLimitResult,
-                user_id=uid, allowed=r[f.status] == "ok", retry_after_ms=int(r[f.retry]),
-                remaining=int(r[f.remaining]) if r[f.remaining] else None, error=_err(r[f.status]),
-            )
-
-        return Call(self.scripts["hit_rate_limit"], HIT_RATE_LIMIT.keys.pack(account=k.account),
-                    HIT_RATE_LIMIT.args.pack(config=self.config()), parse)
-
-    # spend caps
-
-    def set_spend_cap(self, cap: SpendCap, *, remove: bool = False, account_kind: str = USER) -> Call[None]:
-        """Set (or remove) a user's (or, with ``account_kind="t"``, a team's) daily or monthly cap."""
+    def spend_cap(self, cap: SpendCap, account_kind: str, *, remove: bool = False) -> Call[None]:
+        """Set (or remove) a user's (``account_kind`` "u") or a team's ("t") daily or monthly cap."""
         if not isinstance(cap, SpendCap):
             raise InvalidInputError("cap", f"must be a SpendCap, got {type(cap).__name__}")
         uid = check_id(cap.user_id, "user_id" if account_kind == USER else "team_id")
@@ -636,30 +441,3 @@ class StoreCore:
                                  value="" if remove else cap_text(limit, action), frag=frag, config=self.config())
         return Call(self.scripts["set_cap"], SET_CAP.keys.pack(account=k.account, ledger=k.ledger), args,
                     lambda _r: None)
-
-    def set_team_spend_cap(
-        self, team_id: str, cap_type: str, limit: int, action: str, model: str | None
-    ) -> Call[None]:
-        """A team's cap: the same record as a user's, its errors naming ``team_id``."""
-        tid = check_id(team_id, "team_id")
-        cap = SpendCap(user_id=tid, cap_type=cap_type, limit=limit, action=action, model=model)
-        return self.set_spend_cap(cap, account_kind=TEAM)
-
-    def check_spend_cap(
-        self, user_id: str, model: str | None = None, amount: int | None = None
-    ) -> Call[CapCheckResult]:
-        """Would ``amount`` (or one more credit, without an amount) be refused? Real spend and limit."""
-        uid = check_id(user_id, "user_id")
-        m = check_label(model, "model") if model else ""
-        amt = "" if amount is None else str(check_amount(amount, "amount", 0))
-        k = self.keys.user(uid)
-
-        def parse(raw: Any) -> CapCheckResult:
-            r, f = _reply(raw, CHECK_CAP.reply.size), CHECK_CAP.reply.pos
-            return construct(CapCheckResult,
-                capped=r[f.capped] == "1", current_spend=int(r[f.spend]), cap_limit=int(r[f.limit]),
-                action=r[f.action] or None, model=r[f.model] or None, cap_type=r[f.period] or None,
-            )
-
-        return Call(self.scripts["check_cap"], CHECK_CAP.keys.pack(account=k.account),
-                    CHECK_CAP.args.pack(model=m, amount=amt, config=self.config()), parse)

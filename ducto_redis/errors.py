@@ -5,6 +5,8 @@ A denial is a result with one of these codes in ``.error``; only real failures r
 
 from __future__ import annotations
 
+import redis.exceptions
+
 INSUFFICIENT_CREDITS = "insufficient_credits"
 INSUFFICIENT_TEAM_BALANCE = "insufficient_team_balance"
 SPEND_CAP_EXCEEDED = "spend_cap_exceeded"
@@ -20,24 +22,6 @@ RATE_LIMITED = "rate_limited"
 # refund_credits: the debit's ledger row has left Redis (flushed) and this store has no ledger
 # database to read it from (set DUCTO_DATABASE_URL; the embedded store always has its own)
 TRANSACTION_FLUSHED = "transaction_flushed"
-
-ERROR_CODES = frozenset(
-    {
-        INSUFFICIENT_CREDITS,
-        INSUFFICIENT_TEAM_BALANCE,
-        SPEND_CAP_EXCEEDED,
-        USER_NOT_IN_TEAM,
-        USER_NOT_FOUND,
-        TEAM_NOT_FOUND,
-        INVALID_AMOUNT,
-        TRANSACTION_NOT_FOUND,
-        ALREADY_REFUNDED,
-        RESERVATION_NOT_FOUND,
-        LEDGER_BACKLOG_FULL,
-        RATE_LIMITED,
-        TRANSACTION_FLUSHED,
-    }
-)
 
 
 class DuctoError(Exception):
@@ -75,3 +59,10 @@ class ExpressionError(DuctoError):
 
 class ScriptReplyError(DuctoError):
     """A Lua script answered with something the client cannot parse (a bug, never a denial)."""
+
+
+class DecisionOutcomeUnknown(DuctoError, redis.exceptions.ConnectionError):
+    """The connection failed after a call was written and before its answer was read: the call may
+    or may not have run. The store never sends it again by itself (a re-sent decision could run
+    twice); repeat it with the same ``idempotency_key`` to get its first result, or read the balance.
+    A ``redis.ConnectionError``, so code that handles those handles this too."""

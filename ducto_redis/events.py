@@ -23,6 +23,7 @@ from redis.exceptions import ResponseError
 
 from .core import tx_of
 
+# ducto 1.0's ``ducto.events.CREDIT_EVENT_TYPES``, kept for code written against ducto
 CREDIT_EVENT_TYPES = frozenset(
     {
         "credits.deducted",

@@ -168,7 +168,7 @@ class KeySchema:
         return AccountKeys(USER, "", shard, tag, f"{tag}:probe")
 
     def pattern(self) -> str:
-        """A SCAN pattern matching every key of this namespace (operators' tools only)."""
+        """A SCAN pattern matching every key of this namespace (the embedded ledger's restart check)."""
         return f"{{{self.namespace}:*}}*"
 
     def account_of(self, key: str) -> tuple[str, str] | None:

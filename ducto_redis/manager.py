@@ -53,8 +53,6 @@ from .pricing import CostBreakdown, PricingEngine, UsageMetrics
 if TYPE_CHECKING:
     from .store import RedisStore
 
-DEFAULT_MIN_BALANCE = 5
-
 
 class ChargeRefusedError(InsufficientCreditsError):
     """:meth:`CreditManager.deduct` was refused: ``.code`` is the store's error, ``.result`` its result."""
@@ -200,9 +198,8 @@ class CreditManager:
         idempotency_key: str | None = None,
     ) -> ReserveResult:
         """Hold credits for a long job (settle with ``store.deduct_credits``); ``min_balance`` defaults
-        to the engine's (5 without one)."""
-        floor = min_balance if min_balance is not None else (
-            self._engine.min_balance if self._engine else DEFAULT_MIN_BALANCE)
+        to the engine's (the store's ``default_min_balance`` setting, 5, without one)."""
+        floor = min_balance if min_balance is not None else self._min_balance()
         return self._store.reserve_credits(  # type: ignore[no-any-return]
             user_id, amount, operation_type, metadata, floor, idempotency_key)
 
@@ -224,14 +221,17 @@ class CreditManager:
             base.update(extra.model_dump(exclude_none=True))
         return CreditMetadata(**base)
 
+    def _min_balance(self) -> int:
+        """The engine's ``min_balance``; without an engine, the store's ``default_min_balance`` setting."""
+        return self._engine.min_balance if self._engine else int(self._store.settings.default_min_balance)
+
     def _check_low_balance(self, user_id: str, before: int, after: int) -> None:
         threshold = self.low_balance_threshold
         if threshold is None:
-            threshold = 2 * (self._engine.min_balance if self._engine else DEFAULT_MIN_BALANCE)
+            threshold = 2 * self._min_balance()
         if before > threshold >= after:
             self._emit("credits.low_balance", user_id, {"balance": after, "threshold": threshold,
-                                                         "min_balance": self._engine.min_balance
-                                                         if self._engine else DEFAULT_MIN_BALANCE})
+                                                         "min_balance": self._min_balance()})
 
     def deduct(
         self,

@@ -11,6 +11,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from .settings import DEFAULT_MIN_BALANCE
 from .validation import MAX_AMOUNT, invalid_input
 
 
@@ -64,7 +65,7 @@ class PricingConfigData(BaseModel):
     search: dict[str, str] = Field(default_factory=dict)
     cache: dict[str, str] = Field(default_factory=dict)
     fixed: dict[str, int] = Field(default_factory=dict)
-    min_balance: int = 5
+    min_balance: int = DEFAULT_MIN_BALANCE
     plans: dict[str, PlanDefinition] | None = None
 
 

@@ -87,6 +87,9 @@ async def fcall_async(client: Any, function: str, keys: list[str], args: list[An
     return await client.fcall(function, len(keys), *keys, *args)
 
 
+BIND = "if not rcall then bind() end\n"  # the globals into the library's locals (lib/01_base.lua)
+
+
 class Library:
     """The function library holding every script (see the module docstring)."""
 
@@ -97,7 +100,7 @@ class Library:
         self.name = f"ducto_{digest}"
         parts = [f"#!lua name={self.name}", lib]
         for script, body in bodies.items():
-            parts.append(f"redis.register_function('{self.name}_{script}', function(KEYS, ARGV)\n{body}\nend)")
+            parts.append(f"redis.register_function('{self.name}_{script}', function(KEYS, ARGV)\n{BIND}{body}\nend)")
         self.source = "\n".join(parts)
 
     def load(self, client: Any) -> bool:
@@ -127,7 +130,7 @@ class Script:
         self.spec: ScriptSpec = SPECS[name]
         self.library = library
         self.function = f"{library.name}_{name}"
-        self.source = library_source() + "\n" + _read(name)
+        self.source = library_source() + "\n" + BIND + _read(name)
 
     def run(self, client: Any, keys: list[str], args: list[Any]) -> Any:
         """FCALL on a sync client; if the function is not loaded, load the library and call again;

@@ -9,6 +9,10 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from .validation import MAX_TTL_SECONDS, SCHEMA_NAME_PATTERN
 
+DEFAULT_MIN_BALANCE = 5
+"""ducto's floor: what a reservation leaves available when no ``min_balance`` is given (the default of
+``Settings.default_min_balance``) and a pricing config's ``min_balance`` when it names none."""
+
 
 class Settings(BaseSettings):
     """Configuration of a store. Every field can be set as ``DUCTO_<FIELD>`` in the environment.
@@ -26,6 +30,8 @@ class Settings(BaseSettings):
     - ``ledger_file``: MemoryStore only: the SQLite file its embedded ledger is kept in (default:
       in memory); a MemoryStore started with a file holding entries rebuilds its state from them.
     - ``ledger_max_backlog``: unflushed ledger entries per shard before the policy applies (0 = no limit).
+    - ``default_min_balance``: the floor ``reserve_credits`` keeps available when its ``min_balance`` is
+      left out, and ``CreditManager``'s without a pricing engine (ducto's 5).
     - ``ledger_backlog_policy``: ``closed`` refuses new holds and debits past the limit
       (``ledger_backlog_full``); ``open`` keeps accepting them.
     - ``fail_mode``: what the HTTP service and ``CreditMiddleware`` answer when Redis cannot be
@@ -54,7 +60,7 @@ class Settings(BaseSettings):
     ledger_file: str | None = None
     ledger_max_backlog: int = Field(default=0, ge=0)
     ledger_backlog_policy: Literal["closed", "open"] = "closed"
-    default_min_balance: int = Field(default=5, ge=0)
+    default_min_balance: int = Field(default=DEFAULT_MIN_BALANCE, ge=0)
     fail_mode: Literal["closed", "open"] = "closed"
     decision_timeout_ms: int = Field(default=1000, ge=1, le=60_000)
     service_host: str = "127.0.0.1"

@@ -9,8 +9,11 @@
 --   status: ok | invalid_amount | team_not_found
 local ctx = ctx_new(ARGV[8], KEYS[3], KEYS[3])
 local acct, idem = KEYS[1], KEYS[2]
-local has_idem, again = idem_replay(ctx, acct, idem)
-if again then return again end
+local has_idem = #idem ~= #acct + 2  -- "<account>:i": no key
+if has_idem then
+  local again = idem_seen(ctx, idem)
+  if again then return again end
+end
 local cid, tx, amount_s, frag = ARGV[1], ARGV[2], ARGV[3], ARGV[5]
 local st = account(ctx, acct, { 'life', 'created' })
 local life = field(st, 'life') or '0'
@@ -33,16 +36,16 @@ field_set(st, 'life', life)
 if not field(st, 'created') then field_set(st, 'created', ctx.c.ts) end
 if ARGV[6] ~= '' and amount > 0 then
   local expires = ARGV[6] + 0
-  redis.call('HSET', KEYS[4], tx, ARGV[6] .. '|' .. amount_s)
+  rcall('HSET', KEYS[4], tx, ARGV[6] .. '|' .. amount_s)
   if st.gx == '' or expires < st.gx + 0 then
     st.gx, st.wS = ARGV[6], true
-    redis.call('ZADD', KEYS[5], expires, aid)
+    rcall('ZADD', KEYS[5], expires, aid)
   end
 end
 row(ctx, tx, 'credit', amount_s, bal_text(st), held_text(st), '', ARGV[6], '', '', '', frag)
 ring_add(st, cid, nil)
 st.wS = st.wS or not st.exists
 local r = 'ok|0|' .. tx .. '|' .. amount_s .. '|' .. bal_text(st) .. '|' .. life
-finish(ctx, {}, nil)
-if has_idem then redis.call('SET', idem, r, 'EX', ctx.cfg.idem_ttl) end
+finish_writes(ctx)
+if has_idem then rcall('SET', idem, r, 'EX', ctx.cfg.idem_ttl) end
 return r

@@ -5,7 +5,7 @@
 -- REPLY (table): status idempotent balance held life exists
 --   status: ok; idempotent: 0; life: lifetime purchased; exists: "1" | "0"
 local ctx = { c = clock(config(ARGV[1])), rows = {} }
-local v = redis.call('HMGET', KEYS[1], 'b', 'S', 'life', 'created')
+local v = rcall('HMGET', KEYS[1], 'b', 'S', 'life', 'created')
 local st = st_new(KEYS[1], v[1] or nil, v[2] or nil, nil)
 local held = st.held - (holds_expired(st, ctx.c.now, false))
 local bal = st.bal

@@ -8,7 +8,7 @@
 --   capped: "1" | "0"; spend: the current spend; action, model, period: "" when no cap applies
 local c = clock(config(ARGV[3]))
 local model = ARGV[1]
-local v = redis.call('HMGET', KEYS[1], 'b', 'S')
+local v = rcall('HMGET', KEYS[1], 'b', 'S')
 local st = st_new(KEYS[1], v[1] or nil, v[2] or nil, nil)
 local dS, mS = st_spend(st, c)
 local caps = {}
@@ -27,20 +27,20 @@ local function add_model(mdl, text)
   add(w.mC, 'm', mdl, wm)
 end
 if model ~= '' then
-  local t = redis.call('HGET', KEYS[1], 'M|' .. model)
+  local t = rcall('HGET', KEYS[1], 'M|' .. model)
   if t then add_model(model, t) end
 else
   local cursor = '0'
   repeat
-    local r = redis.call('HSCAN', KEYS[1], cursor, 'MATCH', 'M|*', 'COUNT', 1000)
+    local r = rcall('HSCAN', KEYS[1], cursor, 'MATCH', 'M|*', 'COUNT', 1000)
     cursor = r[1]
-    for i = 1, #r[2], 2 do add_model(string.sub(r[2][i], 3), r[2][i + 1]) end
+    for i = 1, #r[2], 2 do add_model(ssub(r[2][i], 3), r[2][i + 1]) end
   until cursor == '0'
 end
 if #caps == 0 then return { 'ok', '0', '0', '0', '0', '', '', '' } end
 local amount = ARGV[2] ~= '' and ARGV[2] + 0 or nil
 local best, best_rank, best_room = nil, 9, nil
-for _, cap in ipairs(caps) do
+for _, cap in B_ipairs(caps) do
   local over
   if amount then over = cap[5] + amount > cap[3] else over = cap[5] >= cap[3] end
   local rank = 3

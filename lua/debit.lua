@@ -12,4 +12,4 @@
 --   status: ok | insufficient_credits | spend_cap_exceeded | rate_limited | reservation_not_found
 --           | ledger_backlog_full
 local ctx = ctx_new(ARGV[8], KEYS[4], KEYS[5])
-return finish(ctx, { user_debit(ctx, KEYS, ARGV) }, { KEYS[3] })[1]
+return finish_one(ctx, user_debit(ctx, KEYS, ARGV), KEYS[3])

@@ -15,4 +15,4 @@ for i = 0, (#KEYS - 2) / 3 - 1 do
     { ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4], ARGV[a + 5], '', ARGV[a + 6] })
   idems[i + 1] = K[3]
 end
-return table.concat(finish(ctx, replies, idems), '\n')
+return tconcat(finish(ctx, replies, idems), '\n')

@@ -12,8 +12,11 @@
 --   status: as debit.lua (ok | insufficient_credits | spend_cap_exceeded | rate_limited | ledger_backlog_full)
 local ctx = ctx_new(ARGV[7], KEYS[4], KEYS[5])
 local acct, G, idem = KEYS[1], KEYS[2], KEYS[3]
-local has_idem, again = idem_replay(ctx, acct, idem)
-if again then return again end
+local has_idem = #idem ~= #acct + 2  -- "<account>:i": no key
+if has_idem then
+  local again = idem_seen(ctx, idem)
+  if again then return again end
+end
 local cid, amount_s = ARGV[1], ARGV[2]
 local st = account(ctx, acct, { 'plan' })
 local month = ctx.c.month
@@ -26,18 +29,18 @@ local free, left = 0, 0
 if plan ~= '' then
   local allowance = plan_allowance(ARGV[6], plan)
   if allowance > 0 then
-    left = math.max(0, allowance - used)
-    free = math.min(left, amount)
+    left = mmax(0, allowance - used)
+    free = mmin(left, amount)
   end
 end
 -- the paid part (0 when the allowance covers it all: no money moves, but the request still counts
 -- for the rate limit and is recorded in the ledger) is a charge as debit.lua's
 local r = user_debit(ctx, { acct, G, acct .. ':i' }, { cid, I(amount - free), ARGV[3], ARGV[4], ARGV[5], '' },
   { free = free > 0 and I(free) or nil, plan = plan ~= '' and plan or nil })
-if type(r) == 'string' then  -- refused (or a replay): nothing of the allowance is used
-  return finish(ctx, { r }, nil)[1] .. '|0|' .. I(left) .. '|' .. plan  -- a deny cap's event is written
+if B_type(r) == 'string' then  -- refused (or a replay): nothing of the allowance is used
+  return finish_one(ctx, r, nil) .. '|0|' .. I(left) .. '|' .. plan  -- a deny cap's event is written
 end
 if free > 0 then field_set(st, 'plan', plan_text(month, used + free, plan)) end
 r[3] = r[3] .. '|' .. I(free) .. '|' .. I(left - free) .. '|' .. plan
 if has_idem then ctx.idem[idem] = r end
-return finish(ctx, { r }, { idem })[1]
+return finish_one(ctx, r, idem)

@@ -16,5 +16,5 @@ end
 local after = (m == month and used or 0) + amount
 field_set(st, f, plan_text(month, after, f == 'plan' and plan or nil))
 row(ctx, ARGV[1], 'config', '0', '', '', '', '', '', '', extra_json({ free = ARGV[3], plan = plan }), ARGV[4])
-finish(ctx, {}, nil)
+finish_writes(ctx)
 return { 'ok', '0', I(after) }

@@ -6,4 +6,4 @@
 --   status: ok | team_not_found | user_not_in_team | spend_cap_exceeded | insufficient_team_balance
 --           | reservation_not_found | ledger_backlog_full
 local ctx = ctx_new(ARGV[7], KEYS[3], KEYS[4])
-return finish(ctx, { team_debit(ctx, KEYS, ARGV) }, { KEYS[2] })[1]
+return finish_one(ctx, team_debit(ctx, KEYS, ARGV), KEYS[2])

@@ -13,4 +13,4 @@ for i = 0, (#KEYS - 2) / 2 - 1 do
   replies[i + 1] = team_debit(ctx, K, { ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4], ARGV[a + 5], '' })
   idems[i + 1] = K[2]
 end
-return table.concat(finish(ctx, replies, idems), '\n')
+return tconcat(finish(ctx, replies, idems), '\n')

@@ -45,10 +45,10 @@ field_set(st, 'mc', I(mc))
 local PERIOD = { t = 'total', d = 'daily', m = 'monthly' }
 local meta = ''
 if action ~= 'remove' then
-  meta = cjson.encode({ role = m.role, cap = m.cap and I(m.cap) or nil, period = PERIOD[m.period] })
+  meta = jencode({ role = m.role, cap = m.cap and I(m.cap) or nil, period = PERIOD[m.period] })
 end
 row(ctx, ARGV[1], 'config', '0', '', '', '', '', '', '', '',
   '\t' .. op .. '\tt\t' .. esc(tid) .. '\t' .. esc(uid) .. '\t\t\t\t\t' .. esc(meta))
-finish(ctx, {}, nil)
+finish_writes(ctx)
 if action == 'remove' then return 'ok|0|||' .. I(mc) .. '|' end
 return 'ok|0|' .. (m.cap and I(m.cap) or '') .. '|' .. m.period .. '|' .. I(mc) .. '|' .. m.role

@@ -8,7 +8,7 @@
 --   status: ok | team_not_found; count: members; created: ms; a member's total, today, month: their
 --   spend all-time, today and this month
 local c = clock(config(ARGV[2]))
-local v = redis.call('HMGET', KEYS[1], 'b', 'S', 'name', 'mc', 'created')
+local v = rcall('HMGET', KEYS[1], 'b', 'S', 'name', 'mc', 'created')
 if not v[5] then return { 'team_not_found', '0', '', '0', '0', '0', '0' } end
 local st = st_new(KEYS[1], v[1] or nil, v[2] or nil, nil)
 local expired, per = holds_expired(st, c.now, true)
@@ -16,10 +16,10 @@ local out = { 'ok', '0', v[3] or '', bal_text(st), I(st.held - expired), v[4] or
 if ARGV[1] ~= '1' then return out end
 local cursor = '0'
 repeat
-  local r = redis.call('HSCAN', KEYS[1], cursor, 'MATCH', 'U|*', 'COUNT', 1000)
+  local r = rcall('HSCAN', KEYS[1], cursor, 'MATCH', 'U|*', 'COUNT', 1000)
   cursor = r[1]
   for i = 1, #r[2], 2 do
-    local uid = string.sub(r[2][i], 3)
+    local uid = ssub(r[2][i], 3)
     local m = member_new(r[2][i + 1])
     if m.period ~= 'x' then
     local d = m.dB == c.day and m.T - m.dA or 0

@@ -5,8 +5,11 @@
 --   status: ok | team_not_found | reservation_not_found
 local ctx = ctx_new(ARGV[6], KEYS[3], KEYS[3])
 local acct, idem = KEYS[1], KEYS[2]
-local has_idem, again = idem_replay(ctx, acct, idem)
-if again then return again end
+local has_idem = #idem ~= #acct + 2  -- "<account>:i": no key
+if has_idem then
+  local again = idem_seen(ctx, idem)
+  if again then return again end
+end
 local cid, tx, rid, uid, frag = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local hf = 'h:' .. rid
 local st = account(ctx, acct, { 'created', 'U|' .. uid, hf })
@@ -19,17 +22,17 @@ local raw = field(st, hf)
 local amount, op, member, _
 if raw then amount, _, op, member = hold_decode(raw, true) end
 if not raw or member ~= uid then
-  finish(ctx, {}, nil)
+  finish_writes(ctx)
   return 'reservation_not_found|0|' .. rid .. '|0|' .. bal_text(st) .. '|' .. held_text(st)
 end
 st_held(st, st.held - amount)
 local m = member_record(st, uid)  -- a removed member's hold is released too
 if m then m.held, m.dirty = m.held - amount, true end
 field_del(st, hf)
-if string.byte(frag, 2) == 9 then frag = '\t' .. esc(op) .. string.sub(frag, 2) end
+if sbyte(frag, 2) == 9 then frag = '\t' .. esc(op) .. ssub(frag, 2) end
 row(ctx, tx, 'release', '0', bal_text(st), held_text(st), I(amount), '', '', '', '', frag)
 ring_add(st, cid, nil)
-finish(ctx, {}, nil)
+finish_writes(ctx)
 local r = 'ok|0|' .. rid .. '|' .. I(amount) .. '|' .. bal_text(st) .. '|' .. held_text(st)
-if has_idem then redis.call('SET', idem, r, 'EX', ctx.cfg.idem_ttl) end
+if has_idem then rcall('SET', idem, r, 'EX', ctx.cfg.idem_ttl) end
 return r

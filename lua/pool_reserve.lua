@@ -7,8 +7,11 @@
 --           | ledger_backlog_full
 local ctx = ctx_new(ARGV[8], KEYS[3], KEYS[3])
 local acct, idem = KEYS[1], KEYS[2]
-local has_idem, again = idem_replay(ctx, acct, idem)
-if again then return again end
+local has_idem = #idem ~= #acct + 2  -- "<account>:i": no key
+if has_idem then
+  local again = idem_seen(ctx, idem)
+  if again then return again end
+end
 local cid, rid, amount_s, uid, frag = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[7]
 local hf = 'h:' .. rid
 local st = account(ctx, acct, { 'created', 'U|' .. uid, hf })
@@ -17,7 +20,7 @@ local m = member_of(st, uid)
 if not m then return 'user_not_in_team|0||0|' .. bal_text(st) .. '|' .. held_text(st) .. '|0' end
 if ring_seen(st, cid) or field(st, hf) then
   local h = field(st, hf)
-  local e = h and select(2, hold_decode(h, true)) or 0
+  local e = h and B_select(2, hold_decode(h, true)) or 0
   return 'ok|1|' .. rid .. '|' .. amount_s .. '|' .. bal_text(st) .. '|' .. held_text(st) .. '|' .. I(e)
 end
 if backlog_full(ctx) then return 'ledger_backlog_full|0||0|0|0|0' end
@@ -32,7 +35,7 @@ elseif st.bal - st.held - amount < 0 then
   status = 'insufficient_team_balance'
 end
 if status then
-  finish(ctx, {}, nil)
+  finish_writes(ctx)
   return status .. '|0||0|' .. bal_text(st) .. '|' .. held_text(st) .. '|0'
 end
 local expires = ctx.c.now + ARGV[5]
@@ -42,7 +45,7 @@ holds_expiry_add(st, expires)
 field_set(st, hf, hold_text(amount, expires, ARGV[6], uid))
 row(ctx, rid, 'hold', '0', bal_text(st), held_text(st), amount_s, I(expires), '', '', '', frag)
 ring_add(st, cid, nil)
-finish(ctx, {}, nil)
+finish_writes(ctx)
 local r = 'ok|0|' .. rid .. '|' .. amount_s .. '|' .. bal_text(st) .. '|' .. held_text(st) .. '|' .. I(expires)
-if has_idem then redis.call('SET', idem, r, 'EX', ctx.cfg.idem_ttl) end
+if has_idem then rcall('SET', idem, r, 'EX', ctx.cfg.idem_ttl) end
 return r

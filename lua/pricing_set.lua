@@ -8,16 +8,16 @@
 -- REPLY (table): status idempotent id version
 --   idempotent: "1" = already active
 local ctx = ctx_new(ARGV[4], KEYS[3], KEYS[3])
-local cur = redis.call('HMGET', KEYS[1], 'id', 'version', 'label', 'config')
+local cur = rcall('HMGET', KEYS[1], 'id', 'version', 'label', 'config')
 if cur[4] == ARGV[3] and (cur[3] or '') == ARGV[2] then
   return { 'ok', '1', cur[1], cur[2] }
 end
-local version = redis.call('HLEN', KEYS[2]) + 1
-redis.call('HSET', KEYS[1], 'id', ARGV[1], 'version', I(version), 'label', ARGV[2], 'ts', ctx.c.ts,
+local version = rcall('HLEN', KEYS[2]) + 1
+rcall('HSET', KEYS[1], 'id', ARGV[1], 'version', I(version), 'label', ARGV[2], 'ts', ctx.c.ts,
   'config', ARGV[3])
-local record = '{"id":' .. cjson.encode(ARGV[1]) .. ',"version":' .. I(version) ..
-  ',"label":' .. cjson.encode(ARGV[2]) .. ',"ts":' .. ctx.c.ts .. ',"config":' .. ARGV[3] .. '}'
-redis.call('HSET', KEYS[2], I(version), record)
+local record = '{"id":' .. jencode(ARGV[1]) .. ',"version":' .. I(version) ..
+  ',"label":' .. jencode(ARGV[2]) .. ',"ts":' .. ctx.c.ts .. ',"config":' .. ARGV[3] .. '}'
+rcall('HSET', KEYS[2], I(version), record)
 row(ctx, ARGV[1], 'config', '0', '', '', '', '', '', '', '', '\tpricing_set\tp\tpricing\t\t\t\t\t\t' .. esc(record))
 ctx_xadd(ctx)
 return { 'ok', '0', ARGV[1], I(version) }

@@ -18,7 +18,7 @@
 local ctx = ctx_new(ARGV[10], KEYS[4], KEYS[4])
 local function reply(status, idem, tx, amount, bal)
   return status .. '|' .. idem .. '|' .. tx .. '|' .. amount .. '|' .. bal .. '|' .. frag_value(ARGV[8], 2) .. '|' ..
-    cjson.encode({ frag_value(ARGV[8], 3), frag_value(ARGV[8], 4) })
+    jencode({ frag_value(ARGV[8], 3), frag_value(ARGV[8], 4) })
 end
 local acct, G, gidx, idem = KEYS[1], KEYS[2], KEYS[3], KEYS[5]
 if ARGV[9] == '1' then
@@ -39,22 +39,22 @@ local ak, aid = frag_value(frag, 2), frag_value(frag, 3)
 holds_sweep(ctx, st, ak, aid, ak == 't')
 if ak == 'u' then grants_due(ctx, st, G, ak, aid, cid) end
 if st.bal + x > MAX_SAFE then
-  finish(ctx, {}, nil)
+  finish_writes(ctx)
   return reply('invalid_amount', '0', '', I(x), bal_text(st))
 end
 
 -- which grant parts this refund returns: units [0, x) of the debit, ordinary credits first,
 -- then the grant parts in reverse order of consumption
 local parts = {}
-for gid, e, n in string.gmatch(ARGV[6], '([^:;]+):(%d+):(%d+)') do
+for gid, e, n in sgmatch(ARGV[6], '([^:;]+):(%d+):(%d+)') do
   parts[#parts + 1] = { gid, e + 0, n + 0 }
 end
 local pos = a
-for _, p in ipairs(parts) do pos = pos - p[3] end
+for _, p in B_ipairs(parts) do pos = pos - p[3] end
 local back, back_s, earliest = {}, {}, nil
 for i = #parts, 1, -1 do
   local p = parts[i]
-  local lo, hi = pos, math.min(pos + p[3], x)
+  local lo, hi = pos, mmin(pos + p[3], x)
   if hi > lo then
     back[#back + 1] = { p[1], p[2], hi - lo }
     back_s[#back_s + 1] = p[1] .. ':' .. I(p[2]) .. ':' .. I(hi - lo)
@@ -64,26 +64,26 @@ end
 
 st_balance(st, ctx.c, st.bal + x, 0)
 field_set(st, rf, I(x))
-for _, g in ipairs(back) do
-  local cur = redis.call('HGET', G, g[1])
-  local rem = cur and string.match(cur, '|(%d+)$') + 0 or 0
-  redis.call('HSET', G, g[1], I(g[2]) .. '|' .. I(rem + g[3]))
+for _, g in B_ipairs(back) do
+  local cur = rcall('HGET', G, g[1])
+  local rem = cur and smatch(cur, '|(%d+)$') + 0 or 0
+  rcall('HSET', G, g[1], I(g[2]) .. '|' .. I(rem + g[3]))
   if not earliest or g[2] < earliest then earliest = g[2] end
 end
 local e = { ref = orig }
-if #back_s > 0 then e.gr = table.concat(back_s, ';') end
+if #back_s > 0 then e.gr = tconcat(back_s, ';') end
 row(ctx, tx, 'refund', I(x), bal_text(st), held_text(st), '', '', '', ARGV[7], extra_json(e), frag)
 if earliest then
   if st.gx == '' or earliest < st.gx + 0 then
     st.gx, st.wS = I(earliest), true
-    redis.call('ZADD', gidx, earliest, aid)
+    rcall('ZADD', gidx, earliest, aid)
   end
   -- a part whose grant expiry has passed leaves again at once
   local list = grants_due(ctx, st, G, ak, aid, cid)
   if list then grants_keep(st, list) end
 end
 ring_add(st, cid, nil)
-finish(ctx, {}, nil)
+finish_writes(ctx)
 local r = reply('ok', '0', tx, I(x), bal_text(st))
-if ARGV[9] == '1' then redis.call('SET', idem, r, 'EX', ctx.cfg.idem_ttl) end
+if ARGV[9] == '1' then rcall('SET', idem, r, 'EX', ctx.cfg.idem_ttl) end
 return r

@@ -10,15 +10,15 @@
 --   the stream, and older than its first entry: flushed, look in the ledger database), or
 --   "transaction_not_found" (never in this stream)
 if ARGV[3] == '1' then
-  local again = redis.call('GET', KEYS[2])
+  local again = rcall('GET', KEYS[2])
   if again then return replayed(again) end
 end
-local got = redis.call('XRANGE', KEYS[1], ARGV[1], ARGV[1])
+local got = rcall('XRANGE', KEYS[1], ARGV[1], ARGV[1])
 if #got == 0 then
-  local first = redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', 1)
-  local ms, seq = string.match(ARGV[1], '^(%d+)-(%d+)$')
+  local first = rcall('XRANGE', KEYS[1], '-', '+', 'COUNT', 1)
+  local ms, seq = smatch(ARGV[1], '^(%d+)-(%d+)$')
   if #first == 0 then return 'gone' end
-  local fms, fseq = string.match(first[1][1], '^(%d+)-(%d+)$')
+  local fms, fseq = smatch(first[1][1], '^(%d+)-(%d+)$')
   if ms + 0 < fms + 0 or (ms + 0 == fms + 0 and seq + 0 < fseq + 0) then return 'gone' end
   return 'transaction_not_found'
 end
@@ -26,9 +26,9 @@ local f = got[1][2]
 if f[1] ~= 'q' then return 'transaction_not_found' end
 local rows, n, s = f[2], ARGV[2] + 0, 1
 for _ = 1, n do
-  s = string.find(rows, '\n', s, true)
+  s = sfind(rows, '\n', s, true)
   if not s then return 'transaction_not_found' end
   s = s + 1
 end
-local e = string.find(rows, '\n', s, true)
-return 'found\t' .. string.sub(rows, s, e and e - 1 or -1)
+local e = sfind(rows, '\n', s, true)
+return 'found\t' .. ssub(rows, s, e and e - 1 or -1)

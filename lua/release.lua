@@ -5,8 +5,11 @@
 --   status: ok | reservation_not_found
 local ctx = ctx_new(ARGV[5], KEYS[3], KEYS[3])
 local acct, idem = KEYS[1], KEYS[2]
-local has_idem, again = idem_replay(ctx, acct, idem)
-if again then return again end
+local has_idem = #idem ~= #acct + 2  -- "<account>:i": no key
+if has_idem then
+  local again = idem_seen(ctx, idem)
+  if again then return again end
+end
 local cid, tx, rid, frag = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local hf = 'h:' .. rid
 local st = account(ctx, acct, { hf })
@@ -19,20 +22,20 @@ if st.hx ~= '' or st.gx ~= '' then
 end
 local h = field(st, hf)
 if not h then
-  finish(ctx, {}, nil)
+  finish_writes(ctx)
   return 'reservation_not_found|0|' .. rid .. '|0|' .. bal_text(st) .. '|' .. held_text(st)
 end
 local amount, _, op = hold_decode(h, false)
 st_held(st, st.held - amount)
 field_del(st, hf)
 quantity_resolve(st, rid, nil)  -- the hold's quantity estimate is given back
-if string.byte(frag, 2) == 9 then frag = '\t' .. esc(op) .. string.sub(frag, 2) end
+if sbyte(frag, 2) == 9 then frag = '\t' .. esc(op) .. ssub(frag, 2) end
 row(ctx, tx, 'release', '0', bal_text(st), held_text(st), I(amount), '', '', '', '', frag)
 -- the released hold may free the pinned rest of an expired grant
 local list = grants_due(ctx, st, KEYS[4], 'u', aid, cid)
 if list then grants_keep(st, list) end
 ring_add(st, cid, nil)
-finish(ctx, {}, nil)
+finish_writes(ctx)
 local r = 'ok|0|' .. rid .. '|' .. I(amount) .. '|' .. bal_text(st) .. '|' .. held_text(st)
-if has_idem then redis.call('SET', idem, r, 'EX', ctx.cfg.idem_ttl) end
+if has_idem then rcall('SET', idem, r, 'EX', ctx.cfg.idem_ttl) end
 return r

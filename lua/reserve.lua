@@ -9,15 +9,18 @@
 --   status: ok | insufficient_credits | rate_limited | ledger_backlog_full
 local ctx = ctx_new(ARGV[11], KEYS[3], KEYS[3])
 local acct, idem = KEYS[1], KEYS[2]
-local has_idem, again = idem_replay(ctx, acct, idem)
-if again then return again end
+local has_idem = #idem ~= #acct + 2  -- "<account>:i": no key
+if has_idem then
+  local again = idem_seen(ctx, idem)
+  if again then return again end
+end
 local cid, rid, amount_s, frag = ARGV[1], ARGV[2], ARGV[3], ARGV[7]
 local hf = 'h:' .. rid
 local st = account(ctx, acct, { hf })
 local seen = ring_seen(st, cid)
 if seen or field(st, hf) then
   local h = field(st, hf)
-  local e = h and select(2, hold_decode(h, false)) or 0
+  local e = h and B_select(2, hold_decode(h, false)) or 0
   return 'ok|1|' .. rid .. '|' .. amount_s .. '|' .. bal_text(st) .. '|' .. held_text(st) .. '|' .. I(e) .. '|0|'
 end
 if backlog_full(ctx) then return 'ledger_backlog_full|0||0|0|0|0|0|' end
@@ -29,7 +32,7 @@ if st.hx ~= '' or st.gx ~= '' then  -- expired holds and grants leave first
 end
 local amount = amount_s + 0
 local function refused(status, retry, remaining)
-  finish(ctx, {}, nil)  -- expiries found on the way are kept
+  finish_writes(ctx)  -- expiries found on the way are kept
   return status .. '|0||0|' .. bal_text(st) .. '|' .. held_text(st) .. '|0|' .. retry .. '|' .. remaining
 end
 local new_tat, left
@@ -52,8 +55,8 @@ if q_writes then
 end
 row(ctx, rid, 'hold', '0', bal_text(st), held_text(st), amount_s, I(expires), '', '', '', frag)
 ring_add(st, cid, nil)
-finish(ctx, {}, nil)
+finish_writes(ctx)
 local r = 'ok|0|' .. rid .. '|' .. amount_s .. '|' .. bal_text(st) .. '|' .. held_text(st) .. '|' .. I(expires) ..
   '|0|' .. (left and I(left) or '')
-if has_idem then redis.call('SET', idem, r, 'EX', ctx.cfg.idem_ttl) end
+if has_idem then rcall('SET', idem, r, 'EX', ctx.cfg.idem_ttl) end
 return r

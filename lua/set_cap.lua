@@ -20,5 +20,5 @@ else
   w.dirty = true
 end
 row(ctx, ARGV[1], 'config', '0', '', '', '', '', '', '', '', ARGV[5])
-finish(ctx, {}, nil)
+finish_writes(ctx)
 return { 'ok', '0', prev }

@@ -18,5 +18,5 @@ if prev ~= plan then
   if kept then field_del(st, 'P|' .. plan) end
 end
 row(ctx, ARGV[1], 'config', '0', '', '', '', '', '', '', extra_json({ plan = plan, prev = prev }), ARGV[3])
-finish(ctx, {}, nil)
+finish_writes(ctx)
 return { 'ok', '0', prev }

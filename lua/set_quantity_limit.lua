@@ -12,16 +12,16 @@ local name, model, value = ARGV[3], ARGV[4], ARGV[5]
 local st = account(ctx, KEYS[1], {})
 local prefix = name .. '|' .. model .. '|'
 local kept = {}
-for spec in string.gmatch(st.ql, '[^;]+') do
-  if string.sub(spec, 1, #prefix) ~= prefix then kept[#kept + 1] = spec end
+for spec in sgmatch(st.ql, '[^;]+') do
+  if ssub(spec, 1, #prefix) ~= prefix then kept[#kept + 1] = spec end
 end
 if value ~= '' then kept[#kept + 1] = prefix .. value end
-local ql = table.concat(kept, ';')
+local ql = tconcat(kept, ';')
 st.ql, st.wS = ql, true
 if value == '' then field_del(st, 'qt|' .. name .. '|' .. model) end
-local meta = cjson.encode({ quantity = name, model = model, limit = value, ql = ql })
+local meta = jencode({ quantity = name, model = model, limit = value, ql = ql })
 row(ctx, ARGV[1], 'config', '0', '', '', '', '', '', '', '', '\t' ..
   (value == '' and 'quantity_limit_removed' or 'quantity_limit_set') .. '\tu\t' .. esc(ARGV[2]) .. '\t\t\t' ..
   esc(model) .. '\t\t\t' .. esc(meta))
-finish(ctx, {}, nil)
+finish_writes(ctx)
 return { 'ok', '0', ql }

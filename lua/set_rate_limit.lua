@@ -8,5 +8,5 @@ local st = account(ctx, KEYS[1], {})
 st.rl, st.wS = ARGV[2], true
 if ARGV[2] == '' then st.tat = '' end
 row(ctx, ARGV[1], 'config', '0', '', '', '', '', '', '', '', ARGV[3])
-finish(ctx, {}, nil)
+finish_writes(ctx)
 return { 'ok', '0' }

@@ -16,7 +16,7 @@ for i = 0, (#KEYS - 2) / 2 - 1 do
   local uid = ARGV[4 + i]
   local st = account(ctx, acct, {})
   if st.gx == '' then
-    if not dry then redis.call('ZREM', gidx, uid) end
+    if not dry then rcall('ZREM', gidx, uid) end
   else
     if dry then
       st.held = st.held - (holds_expired(st, ctx.c.now, false))
@@ -25,7 +25,7 @@ for i = 0, (#KEYS - 2) / 2 - 1 do
     end
     local list = grants_load(G)
     local _, expired = grants_expire(ctx, st, list, G, not dry, 'u', uid, ARGV[2])
-    for _, e in ipairs(expired) do
+    for _, e in B_ipairs(expired) do
       count, total = count + 1, total + e[2]
       out[#out + 1] = uid
       out[#out + 1] = e[1]
@@ -35,11 +35,11 @@ for i = 0, (#KEYS - 2) / 2 - 1 do
     end
     if not dry then
       list = grants_keep(st, list)
-      if #list > 0 then redis.call('ZADD', gidx, list[1][2], uid) else redis.call('ZREM', gidx, uid) end
+      if #list > 0 then rcall('ZADD', gidx, list[1][2], uid) else rcall('ZREM', gidx, uid) end
     end
   end
 end
-if not dry then finish(ctx, {}, nil) end
+if not dry then finish_writes(ctx) end
 local reply = { 'ok', '0', I(count), I(total) }
-for _, x in ipairs(out) do reply[#reply + 1] = x end
+for _, x in B_ipairs(out) do reply[#reply + 1] = x end
 return reply

@@ -2,7 +2,7 @@
 -- KEYS: gindex
 -- ARGV: config
 -- REPLY (table): status idempotent; per account: user
-local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', clock(config(ARGV[1])).now)
+local due = rcall('ZRANGEBYSCORE', KEYS[1], '-inf', clock(config(ARGV[1])).now)
 local out = { 'ok', '0' }
-for _, uid in ipairs(due) do out[#out + 1] = uid end
+for _, uid in B_ipairs(due) do out[#out + 1] = uid end
 return out

@@ -1,7 +1,11 @@
-"""One table of stores: every behaviour runs on MemoryStore and on RedisStore over the real Redis.
+"""One table of stores: every behaviour runs on MemoryStore, on RedisStore over the real Redis (and a
+Redis Cluster), and on their async twins AsyncMemoryStore and AsyncRedisStore (through
+``async_facade.AsyncStoreFacade``: the same test, the async store's coroutines).
 
-Each test gets its own namespace on the real Redis, deleted afterwards. ``--slow`` enables the
-long runs (marked ``slow``).
+The table's parameters are marked by backend: ``pytest -m memory`` runs the embedded stores only
+(no Redis needed), ``-m redis`` the real Redis ones, ``-m async`` the async stores. Each test gets
+its own namespace on the real Redis, deleted afterwards. ``--slow`` enables the long runs (marked
+``slow``).
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from typing import Any
 
 import pytest
 import redis
+from async_facade import AsyncStoreFacade
 
 from ducto_redis import MemoryStore, RedisStore
 from ducto_redis.ledger.copy_text import entry_rows
@@ -137,7 +142,7 @@ class LocalCluster:
             check=True, stdout=subprocess.DEVNULL,
         )
         for p in self.ports:
-            self._wait(lambda p=p: redis.Redis(port=p).execute_command("CLUSTER INFO").get("cluster_state") == "ok")
+            self._wait(lambda p=p: redis.Redis(port=p).cluster("INFO").get("cluster_state") == "ok")
 
     @staticmethod
     def _wait(check: Any, seconds: float = 20) -> None:
@@ -206,6 +211,13 @@ def make_store(kind: str, redis_client: Any, **overrides: Any) -> RedisStore:
     namespace = new_namespace()
     if kind == "memory":
         return MemoryStore(namespace, **overrides)
+    if kind.endswith("-async"):  # the async store, called like the sync one (tests/async_facade.py)
+        if kind == "memory-async":
+            facade = AsyncStoreFacade.memory(namespace, **overrides)
+        else:
+            url = os.environ["DUCTO_TEST_PRIVATE_URL"] if kind == "private-async" else REDIS_URL
+            facade = AsyncStoreFacade.redis(url, namespace, **overrides)
+        return facade  # type: ignore[return-value]  # the sync store's methods, run on the async store
     if kind == "cluster":
         url = os.environ["DUCTO_TEST_CLUSTER_URL"]
         return RedisStore.from_url(url, namespace=namespace, **overrides)
@@ -214,30 +226,48 @@ def make_store(kind: str, redis_client: Any, **overrides: Any) -> RedisStore:
     return RedisStore.from_url(REDIS_URL, namespace=namespace, **overrides)
 
 
-@pytest.fixture(params=["memory", "redis", "cluster"])
-def store(request: pytest.FixtureRequest, redis_client: redis.Redis) -> Iterator[RedisStore]:
-    if request.param == "cluster":
+ASYNC = getattr(pytest.mark, "async")  # "async" is a keyword: pytest.mark.async cannot be written
+
+
+def backend(kind: str) -> Any:
+    """A parameter of the table, marked with its backend (``-m memory``, ``-m redis``, ``-m async``)."""
+    marks = [pytest.mark.memory if kind.startswith("memory") else pytest.mark.redis]
+    if kind.endswith("-async"):
+        marks.append(ASYNC)
+    return pytest.param(kind, marks=marks)
+
+
+def embedded(store: Any) -> bool:
+    """Whether a store of the table runs on the in-process server (MemoryStore, AsyncMemoryStore)."""
+    return isinstance(getattr(store, "twin", store), MemoryStore)
+
+
+def _table_store(request: pytest.FixtureRequest) -> Iterator[RedisStore]:
+    kind = request.param
+    if kind == "cluster":
         os.environ["DUCTO_TEST_CLUSTER_URL"] = request.getfixturevalue("cluster").url
-    s = make_store(request.param, redis_client)
+    if kind.startswith("private"):
+        os.environ["DUCTO_TEST_PRIVATE_URL"] = request.getfixturevalue("private_redis").url
+    redis_client = None if kind.startswith("memory") else request.getfixturevalue("redis_client")
+    s = make_store(kind, redis_client)
     yield s
-    if request.param != "memory":
+    if not kind.startswith("memory"):
         drop_namespace(s.client, s.settings.namespace)
+    if kind != "memory":
         s.close()
 
 
-@pytest.fixture(params=["memory", "private", "cluster"])
-def flushable_store(request: pytest.FixtureRequest, redis_client: redis.Redis) -> Iterator[RedisStore]:
+@pytest.fixture(params=[backend(k) for k in ("memory", "redis", "cluster", "memory-async", "redis-async")])
+def store(request: pytest.FixtureRequest) -> Iterator[RedisStore]:
+    """Each store of the table (the memory ones need no Redis)."""
+    yield from _table_store(request)
+
+
+@pytest.fixture(params=[backend(k) for k in ("memory", "private", "cluster", "memory-async", "private-async")])
+def flushable_store(request: pytest.FixtureRequest) -> Iterator[RedisStore]:
     """The store table for tests that flush functions or scripts: the real Redis backend is a private
     server of the tests' own, never the shared one."""
-    if request.param == "cluster":
-        os.environ["DUCTO_TEST_CLUSTER_URL"] = request.getfixturevalue("cluster").url
-    if request.param == "private":
-        os.environ["DUCTO_TEST_PRIVATE_URL"] = request.getfixturevalue("private_redis").url
-    s = make_store(request.param, redis_client)
-    yield s
-    if request.param != "memory":
-        drop_namespace(s.client, s.settings.namespace)
-        s.close()
+    yield from _table_store(request)
 
 
 @pytest.fixture

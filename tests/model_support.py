@@ -6,17 +6,20 @@ from __future__ import annotations
 import os
 from collections import Counter
 
-from conftest import REDIS_URL, drop_namespace, new_namespace
+from conftest import backend as table_backend
+from conftest import drop_namespace, make_store
 from hypothesis import HealthCheck, settings
 from hypothesis.stateful import RuleBasedStateMachine
 
-from ducto_redis import MemoryStore, RedisStore
+from ducto_redis import RedisStore
 from ducto_redis.ledger.copy_text import entry_rows
 
 SLOW = os.environ.get("DUCTO_SLOW") == "1"
 # examples per backend; --slow makes ≥ 100 000 operations over both machines and both backends
 # (fakeredis runs the scripts about half as fast as Redis, so it gets fewer)
 EXAMPLES = {"memory": 300, "redis": 700} if SLOW else {"memory": 60, "redis": 60}
+EXAMPLES |= {f"{kind}-async": n // 2 if SLOW else n for kind, n in EXAMPLES.items()}  # the async stores too
+BACKENDS = [table_backend(kind) for kind in EXAMPLES]  # marked as the store table's (-m memory, -m async)
 STEPS = 80 if SLOW else 40
 # advances never land near the 600 s hold TTL, so real-time drift cannot flip an expiry
 ADVANCES = [7 * 60, 3600, 86_400, 31 * 86_400]
@@ -26,14 +29,14 @@ OPERATIONS: Counter[str] = Counter()
 
 
 def open_store(backend: str) -> RedisStore:
-    """A store with a fresh namespace on MemoryStore or the real Redis."""
-    ns = new_namespace()
-    return MemoryStore(ns) if backend == "memory" else RedisStore.from_url(REDIS_URL, namespace=ns)
+    """A store of the table's kind ``backend`` with a fresh namespace (conftest.make_store)."""
+    return make_store(backend, None)
 
 
 def close_store(store: RedisStore, backend: str) -> None:
-    if backend == "redis":
+    if not backend.startswith("memory"):
         drop_namespace(store.client, store.settings.namespace)
+    if backend != "memory":
         store.close()
 
 

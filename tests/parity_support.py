@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from conftest import REDIS_URL, drop_namespace, new_namespace
@@ -15,7 +15,7 @@ from ducto_redis.aio import AsyncMemoryStore, AsyncRedisStore
 def run_sync_and_async(
     backend: str, redis_client: Any,
     scenario_sync: Callable[[RedisStore], list[Any]],
-    scenario_async: Callable[[AsyncRedisStore], Awaitable[list[Any]]],
+    scenario_async: Callable[[AsyncRedisStore], Coroutine[Any, Any, list[Any]]],
 ) -> tuple[list[Any], list[Any]]:
     """(sync results, async results) of the same scenario on MemoryStore or the real Redis."""
     if backend == "memory":

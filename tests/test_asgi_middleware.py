@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, MutableMapping
 from typing import Any
 
 import httpx
@@ -28,7 +28,7 @@ async def tokens(request: Request) -> Response:
     return JSONResponse({"ok": True}, headers={"x-tokens-used": used})
 
 
-def price_from_tokens(scope: dict[str, Any], status: int, headers: list[tuple[bytes, bytes]]) -> int:
+def price_from_tokens(scope: MutableMapping[str, Any], status: int, headers: list[tuple[bytes, bytes]]) -> int:
     return int(dict(headers).get(b"x-tokens-used", b"0"))
 
 

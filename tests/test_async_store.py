@@ -123,7 +123,7 @@ def test_auto_batching_coalesces_concurrent_calls_and_gives_each_its_own_result(
             calls += 1
             return await real(batch_calls)
 
-        s._run_many = counting  # type: ignore[method-assign]
+        s._run_many = counting  # type: ignore[method-assign,assignment]
         try:
             await s.add_credits("u", 100)
             results = await asyncio.gather(*[s.charge("u", 3, "req") for _ in range(40)])

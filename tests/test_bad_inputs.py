@@ -14,7 +14,7 @@ import json
 import math
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from conftest import ledger_entries, snapshot
@@ -52,7 +52,19 @@ QUANTITIES: list[Any] = [[("tokens", 1)], "tokens", {"to ken": 1}, {"tok\x00": 1
 HUGE_PLAN = {"id": "p", "name": "P", "free_allowance": 10**30}
 TTLS = [*NO_NONE, 0, -1, 30 * 86400 + 1, 2**53 - 1]
 
-Case = tuple[str, Callable[[RedisStore, Any], Any], list[Any], str]
+
+
+class Prepared(RedisStore):
+    """A store after :func:`prepared`: the ids it made, for the cases to use (a type; never instantiated)."""
+
+    _credit: str  # a credit of u's
+    _rid: str  # a hold of u's
+    _tid: str  # a team with members u and v
+    _trid: str  # a hold of u's on the team
+    _tx: str  # a debit of u's (10 credits)
+
+
+Case = tuple[str, Callable[[Prepared, Any], Any], list[Any], str]
 
 # (method, call with the bad value, bad values, field the error must name)
 CASES: list[Case] = [
@@ -69,7 +81,7 @@ CASES: list[Case] = [
     ("reserve_credits.user_id", lambda s, v: s.reserve_credits(v, 1, "op"), BAD_IDS, "user_id"),
     ("reserve_credits.operation_type", lambda s, v: s.reserve_credits("u", 1, v), LABELS, "operation_type"),
     ("reserve_credits.min_balance", lambda s, v: s.reserve_credits("u", 1, "op", min_balance=v),
-     NOT_INTS + OUT_OF_RANGE, "min_balance"),
+     NO_NONE + OUT_OF_RANGE, "min_balance"),  # None: the settings' default_min_balance
     ("reserve_credits.ttl_seconds", lambda s, v: s.reserve_credits("u", 1, "op", ttl_seconds=v), TTLS, "ttl_seconds"),
     ("reserve_credits.metadata", lambda s, v: s.reserve_credits("u", 1, "op", metadata=v), BAD_METADATA, "metadata"),
     ("reserve_credits.idempotency_key", lambda s, v: s.reserve_credits("u", 1, "op", idempotency_key=v), KEYS,
@@ -218,7 +230,7 @@ TEAM_CASES: list[Case] = [
      "reservation_id"),
 ]
 
-UNKNOWN: list[tuple[str, Callable[[RedisStore], Any], str]] = [
+UNKNOWN: list[tuple[str, Callable[[Prepared], Any], str]] = [
     ("deduct_credits unknown reservation", lambda s: s.deduct_credits("u", "nope", 1), "reservation_not_found"),
     ("release unknown reservation", lambda s: s.release_reservation("u", "nope"), "reservation_not_found"),
     ("deduct for unknown user", lambda s: s.deduct_credits("ghost", s._rid, 1), "reservation_not_found"),
@@ -241,17 +253,18 @@ UNKNOWN: list[tuple[str, Callable[[RedisStore], Any], str]] = [
 ]
 
 
-def prepared(store: RedisStore) -> RedisStore:
-    store._credit = store.add_credits("u", 1_000).transaction_id  # type: ignore[attr-defined]
-    store._rid = store.reserve_credits("u", 10, "op").reservation_id  # type: ignore[attr-defined]
-    store.add_credits("v", 0)
-    tid = store.create_team("T", initial_balance=1_000).team_id
-    store.add_team_member(tid, "u")
-    store.add_team_member(tid, "v")
-    store._tid = tid  # type: ignore[attr-defined]
-    store._trid = store.reserve_team(tid, "u", 10).reservation_id  # type: ignore[attr-defined]
-    store._tx = store.charge("u", 10, "op").transaction_id  # type: ignore[attr-defined]
-    return store
+def prepared(store: RedisStore) -> Prepared:
+    s = cast(Prepared, store)  # the same object, with the ids set below
+    s._credit = s.add_credits("u", 1_000).transaction_id
+    s._rid = s.reserve_credits("u", 10, "op").reservation_id
+    s.add_credits("v", 0)
+    tid = s.create_team("T", initial_balance=1_000).team_id
+    s.add_team_member(tid, "u")
+    s.add_team_member(tid, "v")
+    s._tid = tid
+    s._trid = s.reserve_team(tid, "u", 10).reservation_id
+    s._tx = s.charge("u", 10, "op").transaction_id
+    return s
 
 
 def names_field(exc: InvalidInputError, field: str) -> bool:
@@ -268,10 +281,10 @@ def refused(store: RedisStore, call: Callable[[], Any], field: str, value: Any) 
 @pytest.mark.parametrize("case", CASES + TEAM_CASES, ids=[c[0] for c in CASES + TEAM_CASES])
 def test_bad_values_are_refused_naming_the_field_and_nothing_is_written(store: RedisStore, case: Case) -> None:
     _, call, values, field = case
-    prepared(store)
+    s = prepared(store)
     before = snapshot(store)
     for value in values:
-        refused(store, lambda value=value: call(store, value), field, value)  # type: ignore[misc]
+        refused(store, lambda value=value: call(s, value), field, value)  # type: ignore[misc]
     # once per case: a refused call writes nothing, and no call here deletes what another wrote, so
     # any value that wrote anything leaves the namespace changed (a snapshot per value SCANs the
     # whole shared keyspace ~10 times as often for the same proof)
@@ -281,9 +294,9 @@ def test_bad_values_are_refused_naming_the_field_and_nothing_is_written(store: R
 @pytest.mark.parametrize("case", UNKNOWN, ids=[c[0] for c in UNKNOWN])
 def test_unknown_things_give_an_error_code_and_write_nothing(store: RedisStore, case: Any) -> None:
     _, call, code = case
-    prepared(store)
+    s = prepared(store)
     before = snapshot(store)
-    assert call(store).error == code
+    assert call(s).error == code
     assert snapshot(store) == before
 
 

@@ -6,7 +6,7 @@ from datetime import datetime, timezone
 
 from conftest import advance, ledger_entries, snapshot
 
-from ducto_redis import CreditMetadata, RedisStore
+from ducto_redis import CreditMetadata, MemoryStore, RedisStore
 
 
 def test_unknown_user_has_zero_balance_and_nothing_is_written(store: RedisStore) -> None:
@@ -56,6 +56,17 @@ def test_reserve_refuses_when_available_would_drop_below_min_balance(store: Redi
     assert r.error == "insufficient_credits" and r.reservation_id == "" and r.amount == 0
     assert snapshot(store) == before
     assert store.reserve_credits("u", 96, operation_type="x", min_balance=0).error is None
+
+
+def test_the_reserve_floor_left_out_is_the_settings_default_min_balance(store: RedisStore) -> None:
+    assert store.settings.default_min_balance == 5  # ducto's default
+    store.add_credits("u", 100)
+    assert store.reserve_credits("u", 96, "x", min_balance=None).error == "insufficient_credits"
+    assert store.reserve_credits("u", 95, "x", min_balance=None).error is None
+    strict = MemoryStore(default_min_balance=20)
+    strict.add_credits("u", 100)
+    assert strict.reserve_credits("u", 81, "x").error == "insufficient_credits"
+    assert strict.reserve_credits("u", 80, "x").error is None
 
 
 def test_reserve_counts_existing_holds(store: RedisStore) -> None:
@@ -217,7 +228,7 @@ def test_balance_cannot_exceed_two_to_the_53_minus_one(store: RedisStore) -> Non
 def test_past_the_ledger_backlog_limit_debits_fail_closed_and_credits_still_land(redis_client: object) -> None:
     from conftest import make_store
 
-    s = make_store("memory", None, ledger_max_backlog=3)  # type: ignore[arg-type]
+    s = make_store("memory", None, ledger_max_backlog=3)
     s.add_credits("u", 100)
     assert s.charge("u", 1, "x").error is None
     assert s.charge("u", 1, "x").error is None  # 3 entries now
@@ -226,6 +237,6 @@ def test_past_the_ledger_backlog_limit_debits_fail_closed_and_credits_still_land
     assert s.reserve_credits("u", 1, "x").error == "ledger_backlog_full"
     assert snapshot(s) == before
     assert s.add_credits("u", 5).new_balance == 103  # money coming in is never refused
-    s_open = make_store("memory", None, ledger_max_backlog=1, ledger_backlog_policy="open")  # type: ignore[arg-type]
+    s_open = make_store("memory", None, ledger_max_backlog=1, ledger_backlog_policy="open")
     s_open.add_credits("u", 100)
     assert s_open.charge("u", 1, "x").error is None

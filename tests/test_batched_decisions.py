@@ -7,7 +7,7 @@ import random
 from typing import Any
 
 import pytest
-from conftest import make_store, snapshot
+from conftest import embedded, make_store, snapshot
 
 from ducto_redis import CreditMetadata, InvalidInputError, RedisStore, SpendCap
 from ducto_redis.aio import AsyncMemoryStore
@@ -44,9 +44,9 @@ def strip(results: list[Any]) -> list[dict[str, Any]]:
     return [{k: v for k, v in r.model_dump().items() if k not in VOLATILE} for r in results]
 
 
-def test_batched_charges_equal_the_same_charges_one_by_one(store: RedisStore, redis_client: Any) -> None:
-    kind = "memory" if type(store).__name__ == "MemoryStore" else "redis"
-    single = make_store(kind, redis_client)
+def test_batched_charges_equal_the_same_charges_one_by_one(store: RedisStore) -> None:
+    kind = "memory" if embedded(store) else "redis"
+    single = make_store(kind, None)
     try:
         prepare(store)
         prepare(single)
@@ -61,7 +61,7 @@ def test_batched_charges_equal_the_same_charges_one_by_one(store: RedisStore, re
         if kind == "redis":
             from conftest import drop_namespace
 
-            drop_namespace(redis_client, single.settings.namespace)
+            drop_namespace(single.client, single.settings.namespace)
 
 
 def test_a_batch_uses_one_script_call_per_shard(store: RedisStore) -> None:
@@ -149,15 +149,13 @@ def team_workload(teams: list[str], seed: int) -> list[dict[str, Any]]:
             for _ in range(250)]
 
 
-def test_batched_team_debits_equal_the_same_debits_one_by_one(store: RedisStore, redis_client: Any) -> None:
-    kind = "memory" if type(store).__name__ == "MemoryStore" else "redis"
-    single = make_store(kind, redis_client)
+def test_batched_team_debits_equal_the_same_debits_one_by_one(store: RedisStore) -> None:
+    kind = "memory" if embedded(store) else "redis"
+    single = make_store(kind, None)
     try:
         # the same team ids on both stores, so the two workloads match
-        for s in (store, single):
-            s.core.teams.create_team = _fixed_ids(s.core, s.core.teams.create_team)  # type: ignore[method-assign]
-        teams = team_setup(store)
-        assert team_setup(single) == teams
+        teams = _with_fixed_ids(team_setup, store)
+        assert _with_fixed_ids(team_setup, single) == teams
         reqs = team_workload(teams, 3)
         batched = store.deduct_team_many(reqs)
         one_by_one = [single.deduct_team(**r) for r in reqs]
@@ -171,17 +169,17 @@ def test_batched_team_debits_equal_the_same_debits_one_by_one(store: RedisStore,
         if kind == "redis":
             from conftest import drop_namespace
 
-            drop_namespace(redis_client, single.settings.namespace)
+            drop_namespace(single.client, single.settings.namespace)
 
 
-def _fixed_ids(core: Any, create: Any) -> Any:
+def _with_fixed_ids(setup: Any, store: RedisStore) -> Any:
+    """``setup(store)`` with the team calls' fresh ids (team ids among them) drawn from a counter."""
+    from ducto_redis import team_ops
+
     counter = iter(range(1000))
-
-    def create_team(name: str, initial_balance: int = 0, idempotency_key: str | None = None,
-                    team_id: str | None = None) -> Any:
-        return create(name, initial_balance, idempotency_key, team_id or f"team-{next(counter)}")
-
-    return create_team
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(team_ops, "new_id", lambda: f"00000000-0000-4000-8000-{next(counter):012x}")
+        return setup(store)
 
 
 # ── the packed layout of debit_many (shared values once per shard call) ───────────────────────
@@ -197,15 +195,13 @@ def ledger_contents(store: RedisStore) -> list[list[dict[str, str]]]:
     return out
 
 
-def test_batched_settlements_charges_and_replays_equal_one_by_one_with_the_same_ledger(
-    store: RedisStore, redis_client: Any
-) -> None:
+def test_batched_settlements_charges_and_replays_equal_one_by_one_with_the_same_ledger(store: RedisStore) -> None:
     """Settlements, charges, caps and replayed keys mixed in one batch: the same results, balances
     and ledger entries as the same calls made one by one (the packed layout loses nothing)."""
     from ducto_redis.batch import Batch
 
-    kind = "memory" if type(store).__name__ == "MemoryStore" else "redis"
-    single = make_store(kind, redis_client)
+    kind = "memory" if embedded(store) else "redis"
+    single = make_store(kind, None)
     try:
         holds: dict[int, list[str]] = {}
         for n, s in enumerate((store, single)):
@@ -224,10 +220,10 @@ def test_batched_settlements_charges_and_replays_equal_one_by_one_with_the_same_
             out = []
             for op, who, amount, key in plan:
                 if op == "settle":
-                    out.append(s.core.deduct_credits(f"user-{who % 31}", holds[n][who], amount, key,
-                                                     CreditMetadata(model="gpt-4")))
+                    out.append(s.core.debit(f"user-{who % 31}", amount, reservation_id=holds[n][who],
+                                            idempotency_key=key, metadata=CreditMetadata(model="gpt-4")))
                 else:
-                    out.append(s.core.charge(f"user-{who}", amount, "req", key))
+                    out.append(s.core.debit(f"user-{who}", amount, operation_type="req", idempotency_key=key))
             return out
 
         batch = Batch(calls_for(0, store), store.core.scripts)
@@ -243,7 +239,7 @@ def test_batched_settlements_charges_and_replays_equal_one_by_one_with_the_same_
         if kind == "redis":
             from conftest import drop_namespace
 
-            drop_namespace(redis_client, single.settings.namespace)
+            drop_namespace(single.client, single.settings.namespace)
 
 
 def _send(store: RedisStore, batch: Any) -> list[Any]:
@@ -255,7 +251,7 @@ def _send(store: RedisStore, batch: Any) -> list[Any]:
 def test_packed_layout_sends_shared_values_once_and_new_positions_per_decision(store: RedisStore) -> None:
     from ducto_redis.batch import Batch
 
-    calls = [store.core.charge(f"same-shard-{i}", 1, "req") for i in range(3)]
+    calls = [store.core.debit(f"same-shard-{i}", 1, operation_type="req") for i in range(3)]
     shard = store.core.keys.user("same-shard-0").shard
     calls = [c for c in calls if c.keys[0].startswith(store.core.keys.tag(shard))] or calls[:1]
     packed = Batch(calls, store.core.scripts).calls[0]
@@ -296,7 +292,7 @@ def test_an_error_reply_in_a_batch_raises_and_leaves_the_connection_in_step(stor
         # the failing shard call goes first: the replies after it must still be read off the wire
         store.charge_many([ChargeRequest(bad, 1, "x"), ChargeRequest(a, 3, "x"), ChargeRequest(a, 3, "x")])
     balance = store.get_balance(a).balance
-    if type(store).__name__ != "MemoryStore":  # fakeredis's pipeline stops at the first error
+    if not embedded(store):  # fakeredis's pipeline stops at the first error
         assert balance == 4
     assert store.charge(a, balance, "x").balance_after == 0
     assert [r.error for r in store.charge_many([ChargeRequest(a, 1, "x")] * 2)] == ["insufficient_credits"] * 2

@@ -47,3 +47,48 @@ def test_every_chart_the_docs_show_is_drawn_from_the_figures_beside_it() -> None
 def test_flusher_rows_are_picked_by_their_unit() -> None:
     data = {"columns": ["measure", "value"], "rows": [["drain", "77,015 entries/s"], ["lag p99", "395 ms"]]}
     assert charts.series(data, charts.SECTIONS["Flusher"]) == (["drain"], {"value": [77015.0]})
+
+
+def test_every_section_of_the_results_has_its_chart_drawn_from_its_table_and_shown_in_the_docs() -> None:
+    docs = (BENCH.parent / "docs" / "benchmarks.md").read_text(encoding="utf-8")
+    text = charts.RESULTS.read_text(encoding="utf-8")
+    sections = [part.partition("\n") for part in text.split("\n## ")[1:]]
+    assert "Gateway (locust)" in {title for title, _, _ in sections}
+    for title, _, body in sections:
+        assert title in charts.SECTIONS, f"{title}: no chart in charts.SECTIONS"
+        path = charts.CHARTS / f"{charts.slug(title)}.json"
+        data = json.loads(path.read_text(encoding="utf-8"))
+        assert (data["columns"], data["rows"]) == charts.parse_table(body), f"{path.name} is not {title}'s table"
+        assert charts.series(data, charts.SECTIONS[title])[0], f"{title}: nothing to draw"
+        assert path.with_suffix(".svg").exists() and f"(../bench/charts/{path.stem}.svg)" in docs, title
+
+
+def test_one_runs_latencies_are_drawn_a_bar_each_named_by_their_column() -> None:
+    data = json.loads((BENCH / "charts" / "gateway-locust.json").read_text(encoding="utf-8"))
+    unit = charts.SECTIONS["Gateway (locust)"].unit
+    assert charts.series(data, charts.SECTIONS["Gateway (locust)"]) == (["p50", "p99", "max"],
+                                                                        {unit: [31.0, 87.0, 140.0]})
+    two = {"columns": ["run", "p50", "p99"], "rows": [["a", "1 ms", "2 ms"], ["b", "3 ms", "-"]]}
+    by_column = charts.Chart(("p50", "p99"), "ms", by_column=True)
+    assert charts.series(two, by_column) == (["a: p50", "a: p99", "b: p50"], {"ms": [1.0, 2.0, 3.0]})
+
+
+def test_a_section_written_by_hand_gets_its_json_with_both_commands_and_its_note(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(charts, "RESULTS", tmp_path / "RESULTS.md")
+    monkeypatch.setattr(charts, "CHARTS", tmp_path / "charts")
+    (tmp_path / "RESULTS.md").write_text(
+        "# Benchmark results\n\n## Cluster\n\nCommand: `python bench/cluster.py` — 2026-01-01 00:00 UTC.\n\n"
+        "| load | single node decisions/s | 3-primary cluster decisions/s |\n|---|---:|---:|\n| charge | 10 | 9 |\n\n"
+        "## Gateway (locust)\n\nCommand: `uvicorn app:app` then\n`locust -f l.py` — 2026-11-23 19:02 UTC, 60 s;\n"
+        "32 users.\n\n| requests | p50 | p99 | max |\n|---|---:|---:|---:|\n| 100 | 31 ms | 87 ms | 140 ms |\n\n"
+        "Prose after the table.\n", encoding="utf-8")
+    made = charts.from_results("Gateway (locust)")
+    assert [p.name for p in made] == ["gateway-locust.json"]
+    assert sorted(p.name for p in (tmp_path / "charts").iterdir()) == ["gateway-locust.json", "gateway-locust.svg"]
+    data = json.loads(made[0].read_text(encoding="utf-8"))
+    assert (data["command"], data["date"], data["note"]) == (
+        "uvicorn app:app then locust -f l.py", "2026-11-23 19:02 UTC", "60 s; 32 users.")
+    assert data["rows"] == [["100", "31 ms", "87 ms", "140 ms"]]
+    with pytest.raises(SystemExit, match="no charted section"):
+        charts.from_results("Gateway")

@@ -138,7 +138,7 @@ def test_reconcile_lists_drift_in_a_table_and_exits_1(ledger_store: RedisStore) 
     LedgerFlusher(ledger_store, DATABASE_URL).drain()
     ledger_store.client.hset(ledger_store.core.keys.user("ana").account, "b", "99")
     r = invoke(*ledger_args(ledger_store), "reconcile")
-    assert r.exit_code == ExitCode.NO == 1
+    assert r.exit_code == ExitCode.NO and r.exit_code == 1
     row = next(line for line in r.output.splitlines() if "u:ana" in line)
     assert [c.strip() for c in row.strip("│ ").split("│")] == ["u:ana", "balance", "redis=99 ledger=10"]
     assert r.output.splitlines()[-1] == "1 accounts drift"

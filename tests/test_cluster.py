@@ -8,20 +8,20 @@ import uuid
 
 import redis
 from conftest import LocalCluster, drop_namespace, ledger_entries, new_namespace
-from redis.cluster import key_slot
+from redis.crc import key_slot
 
 from ducto_redis import RedisStore
 from ducto_redis.aio import AsyncRedisStore
 
 
 def node_ids(cluster: LocalCluster) -> dict[int, str]:
-    return {p: redis.Redis(port=p, decode_responses=True).execute_command("CLUSTER MYID") for p in cluster.ports}
+    return {p: redis.Redis(port=p, decode_responses=True).cluster("MYID") for p in cluster.ports}
 
 
 def owner_port(cluster: LocalCluster, slot: int) -> int:
     for p in cluster.ports:
         r = redis.Redis(port=p)
-        for start, end, *nodes in r.execute_command("CLUSTER SLOTS"):
+        for start, end, *nodes in r.cluster("SLOTS"):
             if start <= slot <= end:
                 return int(nodes[0][1])
     raise AssertionError("slot not served")
@@ -31,16 +31,16 @@ def migrate_slot(cluster: LocalCluster, slot: int, src: int, dst: int, pause: fl
     """Move one slot key by key (the way redis-cli --cluster reshard does), slowly."""
     ids = node_ids(cluster)
     s, d = redis.Redis(port=src), redis.Redis(port=dst)
-    d.execute_command("CLUSTER SETSLOT", slot, "IMPORTING", ids[src])
-    s.execute_command("CLUSTER SETSLOT", slot, "MIGRATING", ids[dst])
+    d.cluster("SETSLOT", slot, "IMPORTING", ids[src])
+    s.cluster("SETSLOT", slot, "MIGRATING", ids[dst])
     while True:
-        keys = s.execute_command("CLUSTER GETKEYSINSLOT", slot, 5)
+        keys = s.cluster("GETKEYSINSLOT", slot, 5)
         if not keys:
             break
-        s.execute_command("MIGRATE", "127.0.0.1", dst, "", 0, 5000, "KEYS", *keys)
+        s.migrate("127.0.0.1", dst, keys, 0, 5000)
         time.sleep(pause)
     for p in cluster.ports:
-        redis.Redis(port=p).execute_command("CLUSTER SETSLOT", slot, "NODE", ids[dst])
+        redis.Redis(port=p).cluster("SETSLOT", slot, "NODE", ids[dst])
 
 
 def test_every_key_of_an_account_is_in_one_slot_on_the_cluster(store: RedisStore) -> None:

@@ -40,7 +40,7 @@ def dead_redis(request: pytest.FixtureRequest) -> Iterator[str]:
 
 
 def settings(url: str, mode: str) -> Settings:
-    return Settings(redis_url=url, namespace="dead", fail_mode=mode, decision_timeout_ms=300)  # type: ignore[arg-type]
+    return Settings(redis_url=url, namespace="dead", fail_mode=mode, decision_timeout_ms=300)
 
 
 def test_service_fails_closed_with_503_and_retry_after(dead_redis: str) -> None:

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 from conftest import snapshot
-from redis.cluster import key_slot
+from redis.crc import key_slot
 
 from ducto_redis import InvalidInputError, KeySchema, RedisStore, SpendCap
 
@@ -65,7 +66,7 @@ def test_non_integer_amounts_are_refused_naming_the_field_and_nothing_is_written
     store.add_credits("u", 100)
     r = store.reserve_credits("u", 10, "x")
     before = snapshot(store)
-    calls = [
+    calls: list[Callable[[], object]] = [
         lambda: store.add_credits("u", bad),  # type: ignore[arg-type]
         lambda: store.reserve_credits("u", bad, "x"),  # type: ignore[arg-type]
         lambda: store.deduct_credits("u", r.reservation_id, bad),  # type: ignore[arg-type]

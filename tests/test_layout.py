@@ -10,6 +10,7 @@ from datetime import datetime, timezone
 import pytest
 from conftest import ledger_entries
 
+from ducto_redis import plans
 from ducto_redis.layout import (
     RING,
     Account,
@@ -33,7 +34,6 @@ from ducto_redis.layout import (
     pricing_record,
 )
 from ducto_redis.models import PricingConfigData, SpendCap
-from ducto_redis.plans import PlanOps
 from ducto_redis.store import RedisStore
 
 NOT_MODELLED = ("qt|", "qh|")  # quantity limits' arrival times and a hold's estimate: the scripts' own
@@ -167,8 +167,7 @@ def test_the_scripts_buckets_are_layouts_on_any_date(store: RedisStore, when: st
 
 def read_plan(store: RedisStore, user: str) -> tuple[str, int, int, int]:
     """plan_read.lua's reply: (plan id, used this month, month start ms, month end ms)."""
-    result: tuple[str, int, int, int] = store._run(PlanOps(store.core).read_plan(user))
-    return result
+    return store._run(plans.read_plan(store.core, user))
 
 
 def test_what_layout_encodes_the_scripts_read(store: RedisStore) -> None:

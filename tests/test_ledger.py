@@ -40,7 +40,7 @@ def workload(store: RedisStore, n_users: int = 20, seed: int = 1) -> int:
         store.add_team_member(tid, u, spend_cap=rnd.choice([None, 800]), cap_period=rnd.choice(["total", "daily"]))
         if i % 4 == 0:
             action = rnd.choice(["deny", "warn"])
-            store.set_spend_cap(SpendCap(user_id=u, cap_type="monthly", limit=3_000, action=action))  # type: ignore[arg-type]
+            store.set_spend_cap(SpendCap(user_id=u, cap_type="monthly", limit=3_000, action=action))
         if i % 5 == 0:
             store.set_rate_limit(u, limit=1000, period_seconds=1)
     for _ in range(300):
@@ -59,7 +59,7 @@ def workload(store: RedisStore, n_users: int = 20, seed: int = 1) -> int:
             if h.error is None and rnd.random() < 0.5:
                 store.settle_team_reservation(tid, u, h.reservation_id, rnd.randint(0, 200))
     store.top_up_team(tid, 1_000, idempotency_key="topup")
-    return sum(store.client.xlen(s) for s in store.core.keys.all_ledger_streams()) - before
+    return int(sum(store.client.xlen(s) for s in store.core.keys.all_ledger_streams()) - before)
 
 
 def test_every_entry_lands_once_and_the_streams_are_trimmed(ledger_store: RedisStore) -> None:

@@ -25,7 +25,8 @@ from psycopg.conninfo import conninfo_to_dict
 
 from ducto_redis import RedisStore
 from ducto_redis.cli import main as cli
-from ducto_redis.ledger.copy_text import ROW_FIELD, ROW_FIELDS
+from ducto_redis.layout import ROW_COLUMNS as ROW_FIELDS
+from ducto_redis.ledger.copy_text import ROW_FIELD
 from ducto_redis.ledger.flusher import GROUP, LedgerFlusher, migrate
 from ducto_redis.ledger.quarantine import TooManyRefused, quarantine_summary
 

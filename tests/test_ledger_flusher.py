@@ -17,11 +17,11 @@ from test_ledger import rows, workload
 
 from ducto_redis import CreditMetadata, RedisStore
 from ducto_redis.cli import main as cli
+from ducto_redis.layout import ROW_COLUMNS as ROW_FIELDS
 from ducto_redis.layout import tx_id
 from ducto_redis.ledger.copy_text import (
     COPY_COLUMNS,
     ROW_FIELD,
-    ROW_FIELDS,
     _entry_values,
     copy_payload,
     entry_rows,
@@ -239,7 +239,7 @@ def test_migrate_gives_an_older_schema_the_cheap_indexes(redis_client: Any) -> N
         migrate(DATABASE_URL, schema)
         with psycopg.connect(DATABASE_URL) as c:
             sql = "SELECT indexname, indexdef FROM pg_indexes WHERE schemaname = %s AND tablename = 'ledger'"
-            got = dict(c.execute(sql, (schema,)).fetchall())
+            got: dict[str, str] = dict(c.execute(sql, (schema,)).fetchall())
         assert sorted(got) == ["ledger_pkey", "ledger_team_member", "ledger_ts_brin"]
         assert "USING brin (ts)" in got["ledger_ts_brin"]
     finally:

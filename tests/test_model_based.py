@@ -10,13 +10,12 @@ Runs on MemoryStore and on the real Redis. ``--slow`` runs many more examples.
 
 from __future__ import annotations
 
-from typing import Any
-
 import pytest
 from hypothesis import strategies as st
 from hypothesis.stateful import Bundle, RuleBasedStateMachine, consumes, initialize, invariant, precondition, rule
 from model_support import (
     ADVANCES,
+    BACKENDS,
     OPERATIONS,
     LedgerSums,
     close_store,
@@ -170,7 +169,7 @@ def make_machine(backend: str) -> type[RuleBasedStateMachine]:
         def set_cap(self, user: str, period: str, model: str, limit: int, action: str) -> None:
             self.ops += 1
             self.store.set_spend_cap(SpendCap(user_id=user, cap_type="daily" if period == "d" else "monthly",
-                                              model=model or None, limit=limit, action=action))  # type: ignore[arg-type]
+                                              model=model or None, limit=limit, action=action))
             self.model.set_cap(user, period, model, limit, action)
 
         @rule(seconds=st.sampled_from(ADVANCES))
@@ -211,6 +210,6 @@ def make_machine(backend: str) -> type[RuleBasedStateMachine]:
     return StoreVersusModel
 
 
-@pytest.mark.parametrize("backend", ["memory", "redis"])
-def test_store_agrees_with_the_reference_model(backend: str, redis_client: Any) -> None:
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_store_agrees_with_the_reference_model(backend: str) -> None:
     run_machine(make_machine(backend), backend)

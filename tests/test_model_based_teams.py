@@ -10,13 +10,12 @@ holds expire and day / month windows roll over. Runs on MemoryStore and on the r
 
 from __future__ import annotations
 
-from typing import Any
-
 import pytest
 from hypothesis import strategies as st
 from hypothesis.stateful import Bundle, RuleBasedStateMachine, consumes, initialize, invariant, rule
 from model_support import (
     ADVANCES,
+    BACKENDS,
     OPERATIONS,
     LedgerSums,
     close_store,
@@ -180,6 +179,6 @@ def make_machine(backend: str) -> type[RuleBasedStateMachine]:
     return TeamVersusModel
 
 
-@pytest.mark.parametrize("backend", ["memory", "redis"])
-def test_team_pools_agree_with_the_reference_model(backend: str, redis_client: Any) -> None:
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_team_pools_agree_with_the_reference_model(backend: str) -> None:
     run_machine(make_machine(backend), backend)

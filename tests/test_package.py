@@ -58,14 +58,15 @@ def test_mypy_on_a_user_script_sees_the_result_types(tmp_path: Path) -> None:
 def test_the_package_says_it_is_typed() -> None:
     assert (Path(ducto_redis.__file__).parent / "py.typed").exists()
     meta = importlib.metadata.metadata("ducto-redis")
-    assert "Typing :: Typed" in meta.get_all("Classifier")
+    assert "Typing :: Typed" in meta.get_all("Classifier", [])
     assert meta["Version"] == ducto_redis.__version__
     assert meta.get_all("Keywords") or meta["Keywords"]
-    assert {u.split(",")[0] for u in meta.get_all("Project-URL")} >= {"Homepage", "Documentation", "Source", "Issues"}
+    urls = {u.split(",")[0] for u in meta.get_all("Project-URL", [])}
+    assert urls >= {"Homepage", "Documentation", "Source", "Issues"}
 
 
 def test_every_extra_the_docs_name_exists() -> None:
-    extras = set(importlib.metadata.metadata("ducto-redis").get_all("Provides-Extra"))
+    extras = set(importlib.metadata.metadata("ducto-redis").get_all("Provides-Extra", []))
     named = set()
     for page in [ROOT / "README.md", *(ROOT / "docs").glob("*.md"), *(ROOT / "examples").glob("*.py")]:
         for spec in re.findall(r"pip install[^\n`]*?'\.\[([\w,]+)\]'", page.read_text(encoding="utf-8")):

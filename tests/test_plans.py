@@ -196,7 +196,7 @@ def test_a_wholly_free_charge_past_the_ledger_backlog_is_refused_as_a_charge_is(
     (this path answered 0 before it became the shared user_debit)."""
     from conftest import make_store
 
-    s = make_store("memory", None, ledger_max_backlog=2)  # type: ignore[arg-type]
+    s = make_store("memory", None, ledger_max_backlog=2)
     with_plans(s)
     s.set_user_plan("u", "pro")
     s.add_credits("u", 100)  # the shard's second entry: the backlog is full

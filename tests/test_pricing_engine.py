@@ -124,7 +124,7 @@ def test_search_costs_formula_prices_queries_results_and_web_search_calls() -> N
     m = UsageMetrics(model="gpt-4", search_queries=4, search_results=30, web_search_calls=2)
     r = engine().calculate(m)
     assert r.search_credits == pytest.approx(5.5)  # 4*0.5 + 30*0.05 + 2
-    assert (r.total, r.credits) == (pytest.approx(5.5), 6)
+    assert (r.total, r.credits) == pytest.approx((5.5, 6))
 
 
 def test_cache_discount_is_a_negative_part_that_lowers_the_total() -> None:
@@ -132,7 +132,7 @@ def test_cache_discount_is_a_negative_part_that_lowers_the_total() -> None:
     r = engine().calculate(m)
     assert r.model_credits == pytest.approx(10.0)
     assert r.cache_savings == pytest.approx(-4.5)
-    assert (r.total, r.credits) == (pytest.approx(5.5), 6)  # 10 - 4.5 = 5.5, charged rounded up
+    assert (r.total, r.credits) == pytest.approx((5.5, 6))  # 10 - 4.5 = 5.5, charged rounded up
 
 
 def test_cache_savings_cannot_make_the_total_negative() -> None:
@@ -173,7 +173,7 @@ def test_all_dimensions_add_up_in_one_breakdown() -> None:
     assert (r.model_credits, r.tool_credits, r.search_credits) == pytest.approx((16, 3.5, 1.5))
     assert (r.cache_savings, r.fixed_credits) == pytest.approx((-4.5, 20))
     assert r.breakdown["exact"]["total"] == pytest.approx(36.5)
-    assert (r.total, r.credits) == (pytest.approx(36.5), 37)
+    assert (r.total, r.credits) == pytest.approx((36.5, 37))
     assert r.breakdown["tool_count"] == 3
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from conftest import advance, ledger_entries, snapshot
 
@@ -81,7 +83,7 @@ def test_removing_the_rate_limit_lifts_it(store: RedisStore) -> None:
     ({"limit": 0}, "limit"), ({"limit": 1.5}, "limit"), ({"limit": 5, "period_seconds": 0}, "period_seconds"),
     ({"limit": 5, "period_seconds": "1s"}, "period_seconds"), ({"limit": 5, "burst": 0}, "burst"),
 ])
-def test_bad_rate_limits_are_refused_naming_the_field(store: RedisStore, kwargs: dict, field: str) -> None:
+def test_bad_rate_limits_are_refused_naming_the_field(store: RedisStore, kwargs: dict[str, Any], field: str) -> None:
     before = snapshot(store)
     with pytest.raises(InvalidInputError) as info:
         store.set_rate_limit("u", **kwargs)

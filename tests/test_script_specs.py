@@ -5,18 +5,17 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
+from datetime import datetime, timezone
 from itertools import takewhile
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import advance, drop_namespace, make_store
+from conftest import drop_namespace, make_store
 
-from ducto_redis.batch import MANY_TWINS, Batch, ChargeRequest, TeamDebitRequest, charge_calls, team_debit_calls
+from ducto_redis.batch import MANY_TWINS, Batch, ChargeRequest, TeamDebitRequest
 from ducto_redis.core import Call
 from ducto_redis.models import PricingConfigData, SpendCap
-from ducto_redis.plans import PlanOps
-from ducto_redis.refund_ops import RefundRequest
 from ducto_redis.scripts import SCRIPT_NAMES, library_source, lua_files
 from ducto_redis.specs import DEBIT, SPECS, Fields, ScriptSpec
 from ducto_redis.store import RedisStore
@@ -155,10 +154,13 @@ def check_shape(spec: ScriptSpec, raw: Any) -> None:
 
 
 class Recorder:
-    """Runs calls straight through their scripts, checking each raw reply against its spec."""
+    """A store's two I/O seams, replaced: each call runs straight through its script, its raw reply
+    checked against its spec (a batch's packed calls too), then parsed as the store would."""
 
-    def __init__(self, store: RedisStore) -> None:
+    def __init__(self, store: RedisStore, monkeypatch: pytest.MonkeyPatch) -> None:
         self.store, self.seen = store, set[str]()
+        monkeypatch.setattr(store, "_run", self.run)
+        monkeypatch.setattr(store, "_run_many", self.many)
 
     def raw(self, call: Call[Any]) -> Any:
         assert call.script is not None
@@ -184,44 +186,42 @@ def spec_store(request: pytest.FixtureRequest, redis_client: Any) -> Iterator[Re
         s.close()
 
 
-def test_every_script_replies_with_the_shape_of_its_spec(spec_store: RedisStore) -> None:
-    r, core = Recorder(spec_store), spec_store.core
-    plans = PlanOps(core)
-    r.run(core.add_credits("u1", 1000, "purchase"))
-    r.run(core.add_credits("u1", 50, "promo", expires_at_ms=1))
-    r.run(core.set_spend_cap(SpendCap(user_id="u1", cap_type="daily", limit=900, action="warn")))
-    r.run(core.set_rate_limit("u1", 100, 1.0))
-    r.run(core.set_quantity_limit("u1", "tokens", 10_000))
-    assert r.run(core.check_spend_cap("u1")).cap_limit == 900
-    assert r.run(core.hit_rate_limit("u1")).allowed
-    hold = r.run(core.reserve_credits("u1", 10, "job", quantities={"tokens": 5}))
-    assert r.run(core.deduct_credits("u1", hold.reservation_id, 8)).error is None
-    hold = r.run(core.reserve_credits("u1", 10, "job"))
-    assert r.run(core.release_reservation("u1", hold.reservation_id)).error is None
-    charged = r.run(core.charge("u1", 5, "req"))
-    assert [d.error for d in r.many(charge_calls(core, [ChargeRequest("u1", 1, "x"), ChargeRequest("u2", 1, "x")]))] \
-        == [None, "insufficient_credits"]
-    assert r.run(core.get_balance("u1")).balance > 0
+def test_every_script_replies_with_the_shape_of_its_spec(spec_store: RedisStore,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    s = spec_store
+    r = Recorder(s, monkeypatch)
+    s.add_credits("u1", 1000, "purchase")
+    s.add_credits("u3", 50, "promo", expires_at=datetime.fromtimestamp(1, timezone.utc))  # due at once
+    s.set_spend_cap(SpendCap(user_id="u1", cap_type="daily", limit=900, action="warn"))
+    s.set_rate_limit("u1", 100, 1.0)
+    s.set_quantity_limit("u1", "tokens", 10_000)
+    assert s.check_spend_cap("u1").cap_limit == 900
+    assert s.hit_rate_limit("u1").allowed
+    hold = s.reserve_credits("u1", 10, "job", quantities={"tokens": 5})
+    assert s.deduct_credits("u1", hold.reservation_id, 8).error is None
+    hold = s.reserve_credits("u1", 10, "job")
+    assert s.release_reservation("u1", hold.reservation_id).error is None
+    charged = s.charge("u1", 5, "req")
+    assert [d.error for d in s.charge_many([ChargeRequest("u1", 1, "x"), ChargeRequest("u2", 1, "x")])] == [
+        None, "insufficient_credits"]
+    assert s.get_balance("u1").balance > 0
     # teams
-    team = r.run(core.teams.create_team("Team", 100)).team_id
-    r.run(core.teams.member(team, "u1", "add", core.teams.add_member_fields("lead|ops", 50, "daily")))
-    assert r.run(core.teams.deduct_team(team, "u1", 3)).error is None
-    assert [d.error for d in r.many(team_debit_calls(core, [TeamDebitRequest(team, "u1", 1)] * 2))] == [None, None]
-    held = r.run(core.teams.reserve_team(team, "u1", 4))
-    assert r.run(core.teams.release_team(team, "u1", held.reservation_id)).error is None
-    assert [m.role for m in r.run(core.teams.members(team))] == ["lead|ops"]
+    team = s.create_team("Team", 100).team_id
+    s.add_team_member(team, "u1", "lead|ops", spend_cap=50, cap_period="daily")
+    assert s.deduct_team(team, "u1", 3).error is None
+    assert [d.error for d in s.deduct_team_many([TeamDebitRequest(team, "u1", 1)] * 2)] == [None, None]
+    held = s.reserve_team(team, "u1", 4)
+    assert s.release_team_reservation(team, "u1", held.reservation_id).error is None
+    assert [m.role for m in s.get_team_members(team)] == ["lead|ops"]
+    assert s.get_team_balance(team).member_count == 1
     # plans and pricing
-    r.run(plans.set_active_pricing(PricingConfigData(models={"m": "1"})))
-    assert r.run(plans.read_pricing()) is not None
-    assert r.run(plans.pricing_history())
-    r.run(plans.set_user_plan("u1", "pro|plus", None))
-    r.run(plans.increment_usage_window("u1", "pro|plus", 1))
-    assert r.run(plans.read_plan("u1"))[0] == "pro|plus"
-    assert r.run(plans.charge_with_allowance("u1", 3, "req", {"pro|plus": 2})).allowance_used == 1
+    s.set_active_pricing(PricingConfigData(models={"m": "1"}))
+    assert s.get_active_pricing() is not None and s.get_pricing_history()
+    s.set_user_plan("u1", "pro|plus")
+    s.increment_usage_window("u1", "pro|plus", 1)
+    assert s.get_user_plan("u1").plan_id == "pro|plus"
+    assert s.charge_with_allowance("u1", 3, "req", {"pro|plus": 2}).allowance_used == 1
     # refunds and expiring credits
-    found = r.run(core.refunds.find(charged.transaction_id))
-    assert isinstance(found, RefundRequest) and r.run(core.refunds.apply(found)).error is None
-    advance(spec_store, 1)
-    due = [r.run(c) for c in core.refunds.due_accounts()]
-    assert any(due) and all(r.run(c) for c in core.refunds.sweep(due, dry_run=False))
+    assert s.refund_credits(charged.transaction_id).error is None
+    assert s.sweep_expired_credits().expired_count == 1
     assert r.seen == set(SPECS), f"not run: {set(SPECS) - r.seen}"

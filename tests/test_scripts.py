@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import pytest
 import redis
 import redis.asyncio as aredis
 
@@ -37,7 +38,7 @@ class FlushBeforeEveryCall:
 
 
 class AsyncFlushBeforeEveryCall(FlushBeforeEveryCall):
-    async def fcall(self, *args: Any) -> Any:  # type: ignore[override]
+    async def fcall(self, *args: Any) -> Any:
         self.fcalls += 1
         await self.inner.function_flush()
         return await self.inner.fcall(*args)
@@ -67,3 +68,37 @@ def test_an_async_call_succeeds_even_when_the_cache_is_flushed_again_after_reloa
             await client.aclose()
 
     assert asyncio.run(go())[0] == "ok"
+
+
+def test_a_store_call_loads_the_library_when_it_is_missing_and_runs_once(private_redis: Any) -> None:
+    from ducto_redis import RedisStore
+
+    client = redis.Redis.from_url(private_redis.url, decode_responses=True)
+    store = RedisStore(client, namespace="loads")
+    try:
+        store.add_credits("u", 100, type="purchase")
+        client.function_flush()  # a private server: nobody else's functions
+        r = store.charge("u", 10, "chat")
+        assert (r.error, r.balance_after) == (None, 90)
+        assert client.function_list()  # loaded again by the call
+    finally:
+        client.close()
+
+
+def test_a_store_call_falls_back_to_eval_when_the_library_is_gone_again_after_loading(
+        private_redis: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    from ducto_redis import RedisStore
+    from ducto_redis.scripts import Library
+
+    client = redis.Redis.from_url(private_redis.url, decode_responses=True)
+    store = RedisStore(client, namespace="evals")
+    try:
+        store.add_credits("u", 100, type="purchase")
+        client.function_flush()
+        monkeypatch.setattr(Library, "load", lambda self, c: True)  # "loaded", and flushed at once
+        before = client.info("commandstats").get("cmdstat_eval", {}).get("calls", 0)
+        r = store.charge("u", 10, "chat")
+        assert (r.error, r.balance_after) == (None, 90)
+        assert client.info("commandstats")["cmdstat_eval"]["calls"] == before + 1
+    finally:
+        client.close()

@@ -14,7 +14,7 @@ DAY = 86400
 def seconds_to_next_utc_midnight(store: RedisStore) -> float:
     t = store.client.time()
     now = t[0] + t[1] / 1e6 + store.core.clock_offset_ms / 1000
-    return DAY - (now % DAY)
+    return float(DAY - (now % DAY))
 
 
 def at_start_of_a_day(store: RedisStore) -> None:
@@ -80,7 +80,7 @@ def test_check_spend_cap_reports_real_spend_even_below_the_limit(store: RedisSto
 
 def test_monthly_cap_works_with_cap_type_and_with_type_alias(store: RedisStore) -> None:
     a = SpendCap(user_id="a", cap_type="monthly", limit=10)
-    b = SpendCap(user_id="b", type="monthly", limit=10)  # type: ignore[call-arg]
+    b = SpendCap(user_id="b", type="monthly", limit=10)
     assert a.cap_type == b.cap_type == "monthly"
     for cap in (a, b):
         store.add_credits(cap.user_id, 100)

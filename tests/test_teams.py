@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from conftest import advance, event_entries, ledger_entries, snapshot
 
@@ -17,7 +19,7 @@ def team_with(store: RedisStore, balance: int = 10_000, *members: str, cap: int 
     return tid
 
 
-def without_events(snap: dict) -> dict:
+def without_events(snap: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in snap.items() if not k.endswith(":events")}
 
 

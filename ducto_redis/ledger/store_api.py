@@ -10,11 +10,11 @@ import time
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+from ..methods import StoreBase
 from ..models import (
     AggregateStatsRow,
     DailySpendRow,
     LedgerLag,
-    SetupResult,
     SpendByMemberRow,
     SpendByModelRow,
     SpendByTeamRow,
@@ -26,9 +26,6 @@ from ..progress import ProgressFn, no_progress
 log = logging.getLogger("ducto_redis.ledger")
 
 if TYPE_CHECKING:
-
-    from ..core import StoreCore
-    from ..settings import Settings
     from .database import LedgerDatabase, LedgerReader
     from .flusher import LedgerFlusher
     from .queries import LedgerQueries
@@ -38,13 +35,10 @@ CATCH_UP_SECONDS = 5.0
 """How long analytics on a RedisStore spend copying unflushed entries into PostgreSQL first, at most."""
 
 
-class LedgerStoreMixin:
-    """Methods of the store that reach the ledger database: PostgreSQL (``DUCTO_DATABASE_URL``) for a
-    RedisStore; MemoryStore answers from its embedded SQLite ledger instead (``memory.py``)."""
+class LedgerStoreMixin(StoreBase):
+    """Methods of the sync store that reach the ledger database: PostgreSQL (``DUCTO_DATABASE_URL``)
+    for a RedisStore; MemoryStore answers from its embedded SQLite ledger instead (``memory.py``)."""
 
-    client: Any
-    core: StoreCore
-    settings: Settings
     _flusher: LedgerFlusher | None = None
     _catch_up_flusher: LedgerFlusher | None = None
     _catch_up_lock = threading.Lock()
@@ -54,15 +48,6 @@ class LedgerStoreMixin:
         if not url:
             raise ValueError("database_url: pass one or set DUCTO_DATABASE_URL")
         return str(url)
-
-    def _setup_database(self, database_url: str, result: SetupResult) -> None:
-        from .flusher import migrate
-
-        try:
-            migrate(database_url, self.settings.ledger_schema)
-            result.tables_created.append(f"{self.settings.ledger_schema}.ledger")
-        except Exception as exc:
-            result.errors.append(f"ledger schema: {exc}")
 
     def start_flusher(self, database_url: str | None = None, **options: Any) -> LedgerFlusher:
         """Start a background thread copying this namespace's ledger into Postgres (it creates the
@@ -145,8 +130,9 @@ class LedgerStoreMixin:
 
     def ledger_reader(self) -> LedgerReader | None:
         """Finds one ledger entry by id (``.entry(namespace, entry_id)``) once it has left the Redis
-        stream: the PostgreSQL ledger, or None without a database URL."""
-        return self._ledger_database() if self.settings.database_url else None
+        stream: the PostgreSQL ledger, or None without a database URL; a MemoryStore's embedded
+        SQLite ledger, brought up to date first."""
+        return self._ledger_reader()
 
     def _catch_up(self) -> None:
         """Copy what the ledger streams hold into PostgreSQL first (as ``ducto-redis flush --once``,

@@ -131,11 +131,6 @@ def evaluate_expression(expr: str, variables: Variables) -> float:
     return float(fn(variables))
 
 
-def clear_cache() -> None:
-    """Forget every compiled formula (tests and long-running processes that churn formulas)."""
-    _compile_cached.cache_clear()
-
-
 # ── Parsing ───────────────────────────────────────────────────────────
 
 

@@ -19,9 +19,9 @@ local EMPTY_S = '0|||||||||||'
 local function state_of(S)
   local p = parsed[S]
   if p then return p end
-  local held, hx, gx, rl, tat, dB, dK, mB, mK, dC, mC, ql = string.match(S, SPAT)
+  local held, hx, gx, rl, tat, dB, dK, mB, mK, dC, mC, ql = smatch(S, SPAT)
   if not held then  -- a state of the older eleven fields: no quantity limits
-    held, hx, gx, rl, tat, dB, dK, mB, mK, dC, mC = string.match(S .. '|', SPAT)
+    held, hx, gx, rl, tat, dB, dK, mB, mK, dC, mC = smatch(S .. '|', SPAT)
     ql = ''
   end
   p = { held = held + 0, helds = held, helds_of = held + 0, hx = hx, gx = gx, rl = rl, tat = tat, dB = num(dB),
@@ -34,8 +34,11 @@ end
 
 local function st_new(key, b, S, ring)
   local st = { key = key, bal = 0, bals = '0', bals_of = 0, ring = ring or '' }
-  if b then st.bal, st.bals, st.bals_of = b + 0, b, b + 0 end
-  return setmetatable(st, state_of(S or EMPTY_S).mt)
+  if b then
+    local n = b + 0
+    st.bal, st.bals, st.bals_of = n, b, n
+  end
+  return B_setmetatable(st, state_of(S or EMPTY_S).mt)
 end
 
 local function st_text(st)
@@ -74,8 +77,8 @@ end
 -- saw it recently: in its ring, or earlier in this call (st.ring_new: call id, row, ...)
 local function ring_seen(st, cid)
   if st.ring ~= '' then
-    local p = string.find(st.ring, cid, 1, true)
-    if p then return string.match(st.ring, '^=([^;]*)', p + #cid) end
+    local p = sfind(st.ring, cid, 1, true)
+    if p then return smatch(st.ring, '^=([^;]*)', p + #cid) end
   end
   local new = st.ring_new
   if new then
@@ -86,11 +89,11 @@ local function ring_seen(st, cid)
   return nil
 end
 
-local function ring_text(st, entries)
-  local ring = entries .. st.ring
+-- the ring with the call's new entries in front (`ring`), cut back to about RING_KEEP bytes
+local function ring_text(ring)
   if #ring > 2 * RING_KEEP then
-    local cut = string.find(ring, ';', RING_KEEP, true)
-    if cut then ring = string.sub(ring, 1, cut) end
+    local cut = sfind(ring, ';', RING_KEEP, true)
+    if cut then ring = ssub(ring, 1, cut) end
   end
   return ring
 end
@@ -101,7 +104,7 @@ local MPAT = '^(%d*)|(%d*)|(%-?%d*)|(%d*)|(%-?%d*)|(%w*)|(%w*)$'
 local function mw_new(text)
   local w = { T = 0, dA = 0, mA = 0, dC = '', mC = '' }
   if text then
-    local T, dB, dA, mB, mA, dC, mC = string.match(text, MPAT)
+    local T, dB, dA, mB, mA, dC, mC = smatch(text, MPAT)
     w.T, w.dB, w.dA, w.mB, w.mA, w.dC, w.mC = T + 0, num(dB), (num(dA) or 0), num(mB), (num(mA) or 0), dC, mC
   end
   return w
@@ -128,7 +131,7 @@ end
 local UPAT = '^(%d*)|(%a)|(%d+)|(%d*)|(%-?%d*)|(%d*)|(%-?%d*)|(%d+)|(.*)$'
 
 local function member_new(text)
-  local cap, period, T, dB, dA, mB, mA, held, role = string.match(text, UPAT)
+  local cap, period, T, dB, dA, mB, mA, held, role = smatch(text, UPAT)
   return { cap = num(cap), period = period, T = T + 0, dB = num(dB), dA = (num(dA) or 0), mB = num(mB),
     mA = (num(mA) or 0), held = held + 0, role = role }
 end
@@ -150,13 +153,13 @@ end
 -- and for 'plan' the plan id ('' without a field).
 local function plan_of(text)
   if not text then return nil, 0, '' end
-  local m, used, plan = string.match(text, '^(%d*)|(%d+)|(.*)$')
+  local m, used, plan = smatch(text, '^(%d*)|(%d+)|(.*)$')
   return num(m), used + 0, plan
 end
 
 local function plan_left_of(text)
   if not text then return nil, 0 end
-  local m, used = string.match(text, '^(%d*)|(%d+)$')
+  local m, used = smatch(text, '^(%d*)|(%d+)$')
   return num(m), used + 0
 end
 
@@ -171,12 +174,12 @@ end
 -- team "amount|expires_ms|<#member>|<member><op>"
 local function hold_decode(raw, team)
   if not team then
-    local a, e, op = string.match(raw, '^(%d+)|(%d+)|(.*)$')
+    local a, e, op = smatch(raw, '^(%d+)|(%d+)|(.*)$')
     return a + 0, e + 0, op, nil
   end
-  local a, e, n, rest = string.match(raw, '^(%d+)|(%d+)|(%d+)|(.*)$')
+  local a, e, n, rest = smatch(raw, '^(%d+)|(%d+)|(%d+)|(.*)$')
   n = n + 0
-  return a + 0, e + 0, string.sub(rest, n + 1), string.sub(rest, 1, n)
+  return a + 0, e + 0, ssub(rest, n + 1), ssub(rest, 1, n)
 end
 
 local function hold_text(amount, expires, op, member)

@@ -10,7 +10,7 @@ local COPY_ESCAPES = { ['\\'] = '\\\\', ['\t'] = '\\t', ['\n'] = '\\n', ['\r'] =
 
 -- a value as COPY text (only values Lua itself puts into rows: stored text, member ids)
 local function esc(v)
-  if string.find(v, '[\\\t\n\r]') then return (string.gsub(v, '[\\\t\n\r]', COPY_ESCAPES)) end
+  if sfind(v, '[\\\t\n\r]') then return (sgsub(v, '[\\\t\n\r]', COPY_ESCAPES)) end
   return v
 end
 
@@ -18,11 +18,11 @@ end
 -- 1-based; the fragment starts with its tab); for the rare paths that need the text itself
 local function frag_value(frag, n)
   local s = 2
-  for _ = 2, n do s = string.find(frag, '\t', s, true) + 1 end
-  local e = string.find(frag, '\t', s, true)
-  local v = string.sub(frag, s, e and e - 1 or -1)
-  if string.find(v, '\\', 1, true) then
-    v = string.gsub(v, '\\(.)', { t = '\t', n = '\n', r = '\r', ['\\'] = '\\' })
+  for _ = 2, n do s = sfind(frag, '\t', s, true) + 1 end
+  local e = sfind(frag, '\t', s, true)
+  local v = ssub(frag, s, e and e - 1 or -1)
+  if sfind(v, '\\', 1, true) then
+    v = sgsub(v, '\\(.)', { t = '\t', n = '\n', r = '\r', ['\\'] = '\\' })
   end
   return v
 end
@@ -31,20 +31,25 @@ end
 -- One table, reused by every call (a script call runs alone) and reset at its start.
 local CTX = { rows = {}, order = {}, accounts = {}, idem = {}, pending = {} }
 local function clear(t)
-  for k in pairs(t) do t[k] = nil end
+  for k in B_pairs(t) do t[k] = nil end
 end
 
 local function ctx_new(cfgtext, ledger, events)
   local ctx = CTX
   local cfg = config(cfgtext)
   ctx.cfg, ctx.c, ctx.ledger, ctx.events, ctx.full = cfg, clock(cfg), ledger, events, nil
-  if #ctx.rows > 0 then clear(ctx.rows) end
-  if #ctx.order > 0 then
-    clear(ctx.order)
-    clear(ctx.accounts)
+  local rows, order = ctx.rows, ctx.order
+  for i = #rows, 1, -1 do rows[i] = nil end
+  if #order > 0 then
+    local accounts = ctx.accounts
+    for i = #order, 1, -1 do
+      accounts[order[i].key] = nil
+      order[i] = nil
+    end
   end
-  if next(ctx.idem) then clear(ctx.idem) end
-  if #ctx.pending > 0 then clear(ctx.pending) end
+  if B_next(ctx.idem) then clear(ctx.idem) end
+  local pending = ctx.pending
+  for i = #pending, 1, -1 do pending[i] = nil end
   return ctx
 end
 
@@ -65,13 +70,15 @@ end
 
 -- extra (a JSON object) as COPY text
 local function extra_json(t)
-  return esc(cjson.encode(t))
+  return esc(jencode(t))
 end
 
 -- write the call's rows as one stream entry; its id (or nil when there were none)
 local function ctx_xadd(ctx)
-  if #ctx.rows == 0 then return nil end
-  return redis.call('XADD', ctx.ledger, '*', 'q', table.concat(ctx.rows, '\n'))
+  local rows = ctx.rows
+  local n = #rows
+  if n == 0 then return nil end
+  return rcall('XADD', ctx.ledger, '*', 'q', n == 1 and rows[1] or tconcat(rows, '\n'))
 end
 
 -- Ledger backpressure: the shard's stream holds what the flusher has not stored yet (it trims after
@@ -79,7 +86,7 @@ end
 local function backlog_full(ctx)
   local full = ctx.full
   if full == nil then
-    full = ctx.cfg.closed and ctx.cfg.backlog > 0 and redis.call('XLEN', ctx.ledger) >= ctx.cfg.backlog
+    full = ctx.cfg.closed and ctx.cfg.backlog > 0 and rcall('XLEN', ctx.ledger) >= ctx.cfg.backlog
     ctx.full = full
   end
   return full
@@ -94,31 +101,23 @@ local function event(ctx, fields)
       args[#args + 1] = v
     end
   end
-  return redis.call('XADD', unpack(args))
+  return rcall('XADD', B_unpack(args))
 end
 
 -- Idempotency keys remember the decision's reply (a string "status|0|..."); a replay answers it
 -- with the idempotent flag set.
 local function replayed(stored)
-  local status, rest = string.match(stored, '^([^|]*)|%d|(.*)$')
+  local status, rest = smatch(stored, '^([^|]*)|%d|(.*)$')
   return status .. '|1|' .. rest
 end
 
 local function idem_seen(ctx, key)
   local r = ctx.idem[key]
-  if type(r) == 'table' then  -- decided earlier in this call: the same row, flagged as a replay
+  if B_type(r) == 'table' then  -- decided earlier in this call: the same row, flagged as a replay
     return { r[1], r[2], r[3], '1' }
   end
   if r then return r end
-  r = redis.call('GET', key)
+  r = rcall('GET', key)
   if r then return replayed(r) end
   return nil
-end
-
--- A decision's idempotency key: KEYS gives the key's record, "<account>:i:<key>", or for a decision
--- without one the never-written "<account>:i" (told apart by length: no string is built). Returns
--- whether it has one, and the reply the key was given before (nil: a new decision).
-local function idem_replay(ctx, acct, idem)
-  if #idem == #acct + 2 then return false, nil end
-  return true, idem_seen(ctx, idem)
 end

@@ -6,7 +6,7 @@ local cap_memo, cap_count = {}, 0
 local function cap_parse(text)
   local c = cap_memo[text]
   if not c then
-    local limit, a = string.match(text, '^(%d+)(%a)$')
+    local limit, a = smatch(text, '^(%d+)(%a)$')
     c = { limit + 0, ACTION[a] }
     if cap_count > 256 then cap_memo, cap_count = {}, 0 end
     cap_memo[text], cap_count = c, cap_count + 1
@@ -59,7 +59,7 @@ local function cap_event(ctx, etype, ak, aid, cap, amount, row_index)
 end
 
 local function events_write(ctx, entry)
-  for _, e in ipairs(ctx.pending) do
+  for _, e in B_ipairs(ctx.pending) do
     local fields = e[1]
     if e[2] and entry then
       fields[#fields + 1] = 'ref'

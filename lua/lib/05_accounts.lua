@@ -8,25 +8,25 @@
 -- false), what to write in st.set / st.del; all three are made when first needed.
 local function account(ctx, key, extra)
   local st = ctx.accounts[key]
-  local one = type(extra) == 'string'
+  local one = B_type(extra) == 'string'
   if st then
     if extra then
       local f = st.f or {}
       st.f = f
       for i = 1, one and 1 or #extra do
         local name = one and extra or extra[i]
-        if f[name] == nil then f[name] = redis.call('HGET', key, name) or false end
+        if f[name] == nil then f[name] = rcall('HGET', key, name) or false end
       end
     end
     return st
   end
   local v
   if not extra then
-    v = redis.call('HMGET', key, 'b', 'S', 'r')
+    v = rcall('HMGET', key, 'b', 'S', 'r')
   elseif one then
-    v = redis.call('HMGET', key, 'b', 'S', 'r', extra)
+    v = rcall('HMGET', key, 'b', 'S', 'r', extra)
   else
-    v = redis.call('HMGET', key, 'b', 'S', 'r', unpack(extra))
+    v = rcall('HMGET', key, 'b', 'S', 'r', B_unpack(extra))
   end
   st = st_new(key, v[1] or nil, v[2] or nil, v[3] or nil)
   st.exists = v[1] ~= false
@@ -53,7 +53,7 @@ local function field(st, name)
   end
   local v = f[name]
   if v == nil then
-    v = redis.call('HGET', st.key, name) or false
+    v = rcall('HGET', st.key, name) or false
     f[name] = v
   end
   return v or nil
@@ -117,25 +117,29 @@ end
 
 -- write back every changed account; `entry` is the call's stream entry id (ring entries name it)
 local function accounts_store(ctx, entry)
-  for _, st in ipairs(ctx.order) do
+  for _, st in B_ipairs(ctx.order) do
     local ring
     local new = st.ring_new
     if new then
-      local text = ''
-      for i = 1, #new, 2 do  -- pairs call id, row: the newest first
-        local r = new[i + 1]
-        text = new[i] .. '=' .. (r and (entry .. '/' .. N(r)) or '') .. ';' .. text
+      if #new == 2 and new[2] then  -- one call id with a row: the common case, one concatenation
+        ring = ring_text(new[1] .. '=' .. entry .. '/' .. N(new[2]) .. ';' .. st.ring)
+      else
+        local text = ''
+        for i = 1, #new, 2 do  -- pairs call id, row: the newest first
+          local r = new[i + 1]
+          text = new[i] .. '=' .. (r and (entry .. '/' .. N(r)) or '') .. ';' .. text
+        end
+        ring = ring_text(text .. st.ring)
       end
-      ring = ring_text(st, text)
     end
     if not (st.wS or st.set or st.models or st.members) then
       -- the common case: the balance and the ring
       if st.wb and ring then
-        redis.call('HSET', st.key, 'b', bal_text(st), 'r', ring)
+        rcall('HSET', st.key, 'b', bal_text(st), 'r', ring)
       elseif st.wb then
-        redis.call('HSET', st.key, 'b', bal_text(st))
+        rcall('HSET', st.key, 'b', bal_text(st))
       elseif ring then
-        redis.call('HSET', st.key, 'r', ring)
+        rcall('HSET', st.key, 'r', ring)
       end
     else
       local args = { st.key }
@@ -152,7 +156,7 @@ local function accounts_store(ctx, entry)
         args[#args + 1] = ring
       end
       if st.models then
-        for f, w in pairs(st.models) do
+        for f, w in B_pairs(st.models) do
           if w.dirty then
             args[#args + 1] = f
             args[#args + 1] = mw_text(w)
@@ -160,7 +164,7 @@ local function accounts_store(ctx, entry)
         end
       end
       if st.members then
-        for uid, m in pairs(st.members) do
+        for uid, m in B_pairs(st.members) do
           if m and m.dirty then
             args[#args + 1] = 'U|' .. uid
             args[#args + 1] = member_text(m)
@@ -168,17 +172,17 @@ local function accounts_store(ctx, entry)
         end
       end
       if st.set then
-        for f, v in pairs(st.set) do
+        for f, v in B_pairs(st.set) do
           args[#args + 1] = f
           args[#args + 1] = v
         end
       end
-      if #args > 1 then redis.call('HSET', unpack(args)) end
+      if #args > 1 then rcall('HSET', B_unpack(args)) end
     end
-    if st.del and next(st.del) then
+    if st.del and B_next(st.del) then
       local d = { st.key }
-      for f in pairs(st.del) do d[#d + 1] = f end
-      redis.call('HDEL', unpack(d))
+      for f in B_pairs(st.del) do d[#d + 1] = f end
+      rcall('HDEL', B_unpack(d))
     end
   end
 end
@@ -187,8 +191,8 @@ end
 local function ring_add(st, cid, row_index)
   local new = st.ring_new
   if not new then
-    new = {}
-    st.ring_new = new
+    st.ring_new = { cid, row_index or false }
+    return
   end
   new[#new + 1] = cid
   new[#new + 1] = row_index or false
@@ -203,7 +207,7 @@ local function holds_sweep(ctx, st, ak, aid, team)
   local held, nx, cursor = st.held, nil, '0'
   local acct = esc(aid)
   repeat
-    local r = redis.call('HSCAN', st.key, cursor, 'MATCH', 'h:*', 'COUNT', 1000)
+    local r = rcall('HSCAN', st.key, cursor, 'MATCH', 'h:*', 'COUNT', 1000)
     cursor = r[1]
     local kv = r[2]
     for i = 1, #kv, 2 do
@@ -211,7 +215,7 @@ local function holds_sweep(ctx, st, ak, aid, team)
       if not (st.f and st.f[f] == false) then
         local a, e, op, member = hold_decode(kv[i + 1], team)
         if e <= now then
-          local rid = string.sub(f, 3)
+          local rid = ssub(f, 3)
           held = held - a
           field_del(st, f)
           field_del(st, 'qh|' .. rid)  -- a quantity estimate it held (quantity limits)
@@ -236,7 +240,7 @@ local function holds_expired(st, now, team)
   if st.hx == '' or st.hx + 0 > now then return 0, {} end
   local total, per, cursor = 0, {}, '0'
   repeat
-    local r = redis.call('HSCAN', st.key, cursor, 'MATCH', 'h:*', 'COUNT', 1000)
+    local r = rcall('HSCAN', st.key, cursor, 'MATCH', 'h:*', 'COUNT', 1000)
     cursor = r[1]
     for i = 1, #r[2], 2 do
       local a, e, _, member = hold_decode(r[2][i + 1], team)

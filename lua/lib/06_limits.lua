@@ -4,16 +4,16 @@
 -- Request-rate limit (GCRA): rl = "limit,period_ms,burst", tat = theoretical arrival time (ms).
 -- Returns allowed, new tat (to store on success), retry-after ms, remaining requests.
 local function gcra(rl, tat, now)
-  local limit, period, burst = string.match(rl, '^(%d+),(%d+),(%d+)$')
+  local limit, period, burst = smatch(rl, '^(%d+),(%d+),(%d+)$')
   local t = period / limit
   local window = burst * t
   local at = tat ~= '' and tat + 0 or now
   if at < now then at = now end
   local new_tat = at + t
   if new_tat - now > window then
-    return false, nil, math.ceil(new_tat - window - now), 0
+    return false, nil, mceil(new_tat - window - now), 0
   end
-  return true, math.ceil(new_tat), 0, math.floor((window - (new_tat - now)) / t)
+  return true, mceil(new_tat), 0, mfloor((window - (new_tat - now)) / t)
 end
 
 -- ── Quantity limits (tokens per minute, optionally per model) ──────────
@@ -26,15 +26,15 @@ end
 -- can give the estimate back, and its expiry forgets it.
 local function quantities_parse(q)
   local out = {}
-  for name, n in string.gmatch(q, '([^;=]+)=(%d+)') do out[name] = n + 0 end
+  for name, n in sgmatch(q, '([^;=]+)=(%d+)') do out[name] = n + 0 end
   return out
 end
 
 -- the limits of `ql` on the names of `q` that apply to `model`: {tat field, ms per unit, period ms, name}
 local function quantity_limits(ql, q, model)
   local out = {}
-  for spec in string.gmatch(ql, '[^;]+') do
-    local name, m, limit, period = string.match(spec, '^(.-)|(.-)|(%d+)|(%d+)$')
+  for spec in sgmatch(ql, '[^;]+') do
+    local name, m, limit, period = smatch(spec, '^(.-)|(.-)|(%d+)|(%d+)$')
     if name and q[name] and (m == '' or m == model) then
       out[#out + 1] = { 'qt|' .. name .. '|' .. m, period / limit, period + 0, name }
     end
@@ -44,9 +44,9 @@ end
 
 local function quantity_tats(st, lims)
   local fields = {}
-  for i, l in ipairs(lims) do fields[i] = l[1] end
-  local tats = redis.call('HMGET', st.key, unpack(fields))
-  for i, l in ipairs(lims) do
+  for i, l in B_ipairs(lims) do fields[i] = l[1] end
+  local tats = rcall('HMGET', st.key, B_unpack(fields))
+  for i, l in B_ipairs(lims) do
     local pending = st.set and st.set[l[1]]  -- written earlier in this call
     if pending then tats[i] = pending end
   end
@@ -62,15 +62,15 @@ local function quantity_admit(st, qs, model, now)
   if #lims == 0 then return true, 0, nil end
   local tats = quantity_tats(st, lims)
   local writes, retry = {}, 0
-  for i, l in ipairs(lims) do
+  for i, l in B_ipairs(lims) do
     local at = tats[i] and tats[i] + 0 or now
     if at < now then at = now end
     local new_tat = at + q[l[4]] * l[2]
     if new_tat - now > l[3] then
-      retry = math.max(retry, math.ceil(new_tat - l[3] - now))
+      retry = mmax(retry, mceil(new_tat - l[3] - now))
     else
       writes[#writes + 1] = l[1]
-      writes[#writes + 1] = I(math.ceil(new_tat))
+      writes[#writes + 1] = I(mceil(new_tat))
     end
   end
   if retry > 0 then return false, retry, nil end
@@ -91,14 +91,14 @@ local function quantity_resolve(st, rid, qs)
   if not held then return end
   field_del(st, f)
   if st.ql == '' then return end
-  local model, est = string.match(held, '^(.-)|(.*)$')
+  local model, est = smatch(held, '^(.-)|(.*)$')
   local e = quantities_parse(est)
   local actual = qs and qs ~= '' and quantities_parse(qs) or (qs and e or {})
   local lims = quantity_limits(st.ql, e, model)
   if #lims == 0 then return end
   local tats = quantity_tats(st, lims)
-  for i, l in ipairs(lims) do
+  for i, l in B_ipairs(lims) do
     local delta = (actual[l[4]] or 0) - e[l[4]]
-    if delta ~= 0 and tats[i] then field_set(st, l[1], I(math.ceil(tats[i] + delta * l[2]))) end
+    if delta ~= 0 and tats[i] then field_set(st, l[1], I(mceil(tats[i] + delta * l[2]))) end
   end
 end

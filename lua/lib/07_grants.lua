@@ -12,13 +12,13 @@ local expiry_call, expiry_seq = nil, 0
 
 -- the grants of G as a list {id, expires ms, remaining}, oldest expiry first
 local function grants_load(G)
-  local raw = redis.call('HGETALL', G)
+  local raw = rcall('HGETALL', G)
   local list = {}
   for i = 1, #raw, 2 do
-    local e, r = string.match(raw[i + 1], '^(%d+)|(%d+)$')
+    local e, r = smatch(raw[i + 1], '^(%d+)|(%d+)$')
     list[#list + 1] = { raw[i], e + 0, r + 0 }
   end
-  table.sort(list, function(a, b)
+  tsort(list, function(a, b)
     if a[2] ~= b[2] then return a[2] < b[2] end
     return a[1] < b[1]
   end)
@@ -27,16 +27,16 @@ end
 
 local function grants_put(G, g)
   if g[3] <= 0 then
-    redis.call('HDEL', G, g[1])
+    rcall('HDEL', G, g[1])
   else
-    redis.call('HSET', G, g[1], I(g[2]) .. '|' .. I(g[3]))
+    rcall('HSET', G, g[1], I(g[2]) .. '|' .. I(g[3]))
   end
 end
 
 -- the list without emptied grants; the account's gx follows its earliest expiry
 local function grants_keep(st, list)
   local out = {}
-  for _, g in ipairs(list) do
+  for _, g in B_ipairs(list) do
     if g[3] > 0 then out[#out + 1] = g end
   end
   local gx = #out > 0 and I(out[1][2]) or ''
@@ -51,13 +51,13 @@ end
 local function grants_expire(ctx, st, list, G, write, ak, aid, call)
   local out = {}
   local bal, held = st.bal, st.held
-  local cover = math.max(held, 0)
+  local cover = mmax(held, 0)
   local now = ctx.c.now
-  for _, g in ipairs(list) do
+  for _, g in B_ipairs(list) do
     if g[2] > now then break end
-    local c = math.min(g[3], cover)
+    local c = mmin(g[3], cover)
     cover = cover - c
-    local e = math.min(g[3] - c, math.max(bal - held, 0))
+    local e = mmin(g[3] - c, mmax(bal - held, 0))
     if e > 0 then
       local eid = ''
       bal = bal - e
@@ -90,10 +90,10 @@ end
 -- (their pinned rest belongs to holds). Returns the parts consumed "id:expires:amount;...".
 local function grants_consume(list, G, amount, now, settling)
   local parts, left = {}, amount
-  for _, g in ipairs(list) do
+  for _, g in B_ipairs(list) do
     if left <= 0 then break end
     if settling or g[2] > now then
-      local take = math.min(g[3], left)
+      local take = mmin(g[3], left)
       if take > 0 then
         g[3] = g[3] - take
         left = left - take
@@ -102,5 +102,5 @@ local function grants_consume(list, G, amount, now, settling)
       end
     end
   end
-  return table.concat(parts, ';')
+  return tconcat(parts, ';')
 end

@@ -5,8 +5,8 @@
 -- A decision's reply is text: "status|idempotent|<entry>/<row>|amount|balance|held|cap|retry|remaining"
 -- (debit.lua's REPLY; <entry>/<row> names the decision's ledger row, '' when it wrote none). A
 -- decision that wrote a row answers, until the call's entry id is known, a table
--- { status, row, rest, idempotent } that finish() turns into that text (rest: "|amount|balance|..."
--- after the reference).
+-- { status, row, rest, idempotent } that finish_one() / finish() turn into that text (rest:
+-- "|amount|balance|..." after the reference).
 
 local function pending_text(r, entry)
   return r[1] .. '|' .. r[4] .. '|' .. entry .. '/' .. N(r[2]) .. r[3]
@@ -26,7 +26,7 @@ end
 -- warn cap, else 'notify'.
 local function cap_action(warns)
   local action = ''
-  for _, cap in ipairs(warns) do
+  for _, cap in B_ipairs(warns) do
     if action == '' or cap[4] == 'warn' then action = cap[4] end
   end
   return action
@@ -34,7 +34,7 @@ end
 
 -- One event per warn/notify cap a debit passed, naming its row n (ak, aid: the account).
 local function cap_warnings(ctx, warns, ak, aid, amount, n)
-  for _, cap in ipairs(warns) do
+  for _, cap in B_ipairs(warns) do
     cap_event(ctx, cap[4] == 'warn' and 'credits.cap_warning' or 'credits.cap_reached', ak, aid, cap, amount, n)
   end
 end
@@ -57,21 +57,35 @@ local function settle_refused(ctx, st, hf, hold, frag, cid, amount_s, amount, ak
   return r
 end
 
--- Finish a call: write the entry, the accounts, the events, the idempotency keys; the replies as text.
-local function finish(ctx, replies, idem_keys)
-  local entry = #ctx.rows > 0 and ctx_xadd(ctx) or nil
+-- Finishing a call: write the entry, the accounts and the events (the entry's id, or nil)...
+local function finish_writes(ctx)
+  local entry = ctx_xadd(ctx)
   if #ctx.order > 0 then accounts_store(ctx, entry) end
   if #ctx.pending > 0 then events_write(ctx, entry) end
-  for i, r in ipairs(replies) do
-    if type(r) ~= 'string' then
-      local text = pending_text(r, entry)
-      replies[i] = text
-      local key = idem_keys and idem_keys[i]
-      if key and r[4] == '0' and ctx.idem[key] == r then
-        redis.call('SET', key, text, 'EX', ctx.cfg.idem_ttl)
-        ctx.idem[key] = replayed(text)
-      end
-    end
+  return entry
+end
+
+-- ...then each reply as text, its idempotency key (or nil) remembering it
+local function reply_text(ctx, r, entry, key)
+  if B_type(r) == 'string' then return r end
+  local text = pending_text(r, entry)
+  if key and r[4] == '0' and ctx.idem[key] == r then
+    rcall('SET', key, text, 'EX', ctx.cfg.idem_ttl)
+    ctx.idem[key] = replayed(text)
+  end
+  return text
+end
+
+-- Finish a call of one decision: its reply as text.
+local function finish_one(ctx, r, key)
+  return reply_text(ctx, r, finish_writes(ctx), key)
+end
+
+-- Finish a call of many decisions: the replies as text (in place).
+local function finish(ctx, replies, idem_keys)
+  local entry = finish_writes(ctx)
+  for i = 1, #replies do
+    replies[i] = reply_text(ctx, replies[i], entry, idem_keys and idem_keys[i])
   end
   return replies
 end

@@ -11,8 +11,11 @@
 -- Returns the reply: its text, or the pending table of a decision that wrote a row.
 local function user_debit(ctx, K, A, X)
   local acct, G, idem = K[1], K[2], K[3]
-  local has_idem, again = idem_replay(ctx, acct, idem)
-  if again then return again end
+  local has_idem = #idem ~= #acct + 2  -- "<account>:i": no key
+  if has_idem then
+    local again = idem_seen(ctx, idem)
+    if again then return again end
+  end
   local cid, amount_s, model, frag, rid = A[1], A[2], A[3], A[5], A[6]
   local hf = rid ~= '' and ('h:' .. rid) or nil
   local mf = model ~= '' and ('M|' .. model) or nil
@@ -38,7 +41,7 @@ local function user_debit(ctx, K, A, X)
     if not h then return refusal('reservation_not_found', amount_s, st) end
     local _
     hold, _, hop = hold_decode(h, false)
-    if string.byte(frag, 2) == 9 then frag = '\t' .. esc(hop) .. string.sub(frag, 2) end  -- op from the hold
+    if sbyte(frag, 2) == 9 then frag = '\t' .. esc(hop) .. ssub(frag, 2) end  -- op from the hold
   end
 
   -- request-rate limit: charges only (a settlement belongs to a request already admitted)
@@ -98,8 +101,8 @@ local function user_debit(ctx, K, A, X)
       local used = grants_consume(grants, G, amount, now, hf ~= nil)
       if used ~= '' then e.gc = used end
     end
-    if X then for k, v in pairs(X) do e[k] = v end end
-    if next(e) then x = extra_json(e) end
+    if X then for k, v in B_pairs(X) do e[k] = v end end
+    if B_next(e) then x = extra_json(e) end
   end
   local bals, helds = bal_text(st), held_text(st)
   local n = row(ctx, '', hf and 'settle' or 'debit', amount == 0 and '0' or '-' .. amount_s, bals, helds,

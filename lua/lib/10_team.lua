@@ -11,8 +11,11 @@
 -- A: { call id, amount (text), model, member id, fragment, reservation id or "" }
 local function team_debit(ctx, K, A)
   local acct, idem = K[1], K[2]
-  local has_idem, again = idem_replay(ctx, acct, idem)
-  if again then return again end
+  local has_idem = #idem ~= #acct + 2  -- "<account>:i": no key
+  if has_idem then
+    local again = idem_seen(ctx, idem)
+    if again then return again end
+  end
   local cid, amount_s, model, uid, frag, rid = A[1], A[2], A[3], A[4], A[5], A[6]
   local uf = 'U|' .. uid
   local hf = rid ~= '' and ('h:' .. rid) or nil
@@ -43,7 +46,7 @@ local function team_debit(ctx, K, A)
     local hop, hm, _
     if raw then hold, _, hop, hm = hold_decode(raw, true) end
     if not raw or hm ~= uid then return refusal('reservation_not_found', amount_s, st) end
-    if string.byte(frag, 2) == 9 then frag = '\t' .. esc(hop) .. string.sub(frag, 2) end
+    if sbyte(frag, 2) == 9 then frag = '\t' .. esc(hop) .. ssub(frag, 2) end
   end
 
   -- the member's cap (their spend in its period, plus what their other open holds hold), then the

@@ -6,7 +6,7 @@ local allowance_memo, allowance_count = {}, 0
 local function plan_allowance(text, plan)
   local t = allowance_memo[text]
   if not t then
-    t = cjson.decode(text)
+    t = jdecode(text)
     if allowance_count > 64 then allowance_memo, allowance_count = {}, 0 end
     allowance_memo[text], allowance_count = t, allowance_count + 1
   end
