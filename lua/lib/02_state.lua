@@ -154,13 +154,13 @@ end
 local function plan_of(text)
   if not text then return nil, 0, '' end
   local m, used, plan = smatch(text, '^(%d*)|(%d+)|(.*)$')
-  return num(m), used + 0, plan
+  return m ~= '' and m + 0 or nil, used + 0, plan
 end
 
 local function plan_left_of(text)
   if not text then return nil, 0 end
   local m, used = smatch(text, '^(%d*)|(%d+)$')
-  return num(m), used + 0
+  return m ~= '' and m + 0 or nil, used + 0
 end
 
 -- field 'plan' (with its plan id), or P|<plan id> (plan nil)
