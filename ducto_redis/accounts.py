@@ -25,7 +25,7 @@ from .core import (
 )
 from .errors import InvalidInputError
 from .keys import USER
-from .layout import fragment
+from .layout import QuantityLimit, RateLimit, fragment
 from .methods import StoreBase, command
 from .models import (
     AddCreditsResult,
@@ -37,6 +37,15 @@ from .models import (
     ReleaseResult,
     ReserveResult,
     SpendCap,
+)
+from .specs import (
+    BALANCE,
+    CHECK_CAP,
+    HIT_RATE_LIMIT,
+    RELEASE,
+    RESERVE,
+    SET_QUANTITY_LIMIT,
+    SET_RATE_LIMIT,
 )
 from .validation import check_amount, check_id, check_idempotency_key, check_label, check_quantity_name, period_ms
 
@@ -65,12 +74,13 @@ class AccountOps(StoreBase):
         k = core.keys.user(uid)
 
         def parse(raw: Any) -> BalanceResult:
-            r = table_reply(raw, 6)
+            r, f = table_reply(raw, BALANCE.reply.size), BALANCE.reply.pos
             return construct(BalanceResult,
-                user_id=uid, balance=int(r[2]), held=int(r[3]), lifetime_purchased=int(r[4])
+                user_id=uid, balance=int(r[f.balance]), held=int(r[f.held]), lifetime_purchased=int(r[f.life])
             )
 
-        return Call(core.scripts["balance"], [k.account, k.grants], [core.config()], parse)
+        return Call(core.scripts["balance"], BALANCE.keys.pack(account=k.account, grants=k.grants),
+                    BALANCE.args.pack(config=core.config()), parse)
 
     @command
     def add_credits(
@@ -123,17 +133,20 @@ class AccountOps(StoreBase):
         rid = new_id()
 
         def parse(raw_reply: Any) -> ReserveResult:
-            r = split_reply(raw_reply, 9)
+            r, f = split_reply(raw_reply, RESERVE.reply.size), RESERVE.reply.pos
             return construct(ReserveResult,
-                reservation_id=r[2], user_id=uid, amount=int(r[3]), balance=int(r[4]),
-                reserved_total=int(r[5]), expires_at_ms=int(r[6]), error=error_code(r[0]), idempotent=r[1] == "1",
-                retry_after_ms=int(r[7]), rate_limit_remaining=int(r[8]) if r[8] else None,
+                reservation_id=r[f.rid], user_id=uid, amount=int(r[f.amount]), balance=int(r[f.balance]),
+                reserved_total=int(r[f.held]), expires_at_ms=int(r[f.expires]), error=error_code(r[f.status]),
+                idempotent=r[f.idempotent] == "1", retry_after_ms=int(r[f.retry]),
+                rate_limit_remaining=int(r[f.remaining]) if r[f.remaining] else None,
             )
 
         frag = fragment(op=op, acct=uid, rid=rid, model=model, idem=ikey or "", meta=metadata_json(meta))
-        args = [new_call_id(), rid, str(n), str(floor), str(ttl_ms), op, frag, "1" if rate_limit else "0", qs, model,
-                core.config()]
-        return Call(core.scripts["reserve"], [k.account, k.idempotency(ikey), k.ledger, k.grants], args, parse)
+        args = RESERVE.args.pack(cid=new_call_id(), rid=rid, amount=str(n), floor=str(floor), ttl=str(ttl_ms), op=op,
+                                 frag=frag, rate="1" if rate_limit else "0", quantities=qs, model=model,
+                                 config=core.config())
+        keys = RESERVE.keys.pack(account=k.account, idem=k.idempotency(ikey), ledger=k.ledger, grants=k.grants)
+        return Call(core.scripts["reserve"], keys, args, parse)
 
     @command
     def deduct_credits(
@@ -167,15 +180,16 @@ class AccountOps(StoreBase):
         k = core.keys.user(uid)
 
         def parse(raw_reply: Any) -> ReleaseResult:
-            r = split_reply(raw_reply, 6)
+            r, f = split_reply(raw_reply, RELEASE.reply.size), RELEASE.reply.pos
             return construct(ReleaseResult,
-                reservation_id=rid, user_id=uid, amount=int(r[3]), balance=int(r[4]), held=int(r[5]),
-                idempotent=r[1] == "1", error=error_code(r[0]),
+                reservation_id=rid, user_id=uid, amount=int(r[f.amount]), balance=int(r[f.balance]),
+                held=int(r[f.held]), idempotent=r[f.idempotent] == "1", error=error_code(r[f.status]),
             )
 
         frag = fragment(acct=uid, rid=rid, idem=ikey or "")
-        args = [new_call_id(), new_id(), rid, frag, core.config()]
-        return Call(core.scripts["release"], [k.account, k.idempotency(ikey), k.ledger, k.grants], args, parse)
+        args = RELEASE.args.pack(cid=new_call_id(), tx=new_id(), rid=rid, frag=frag, config=core.config())
+        keys = RELEASE.keys.pack(account=k.account, idem=k.idempotency(ikey), ledger=k.ledger, grants=k.grants)
+        return Call(core.scripts["release"], keys, args, parse)
 
     @command
     def charge(
@@ -212,11 +226,12 @@ class AccountOps(StoreBase):
         if limit is not None:
             n = check_amount(limit, "limit", 1)
             b = n if burst is None else check_amount(burst, "burst", 1)
-            value = f"{n},{period_ms(period_seconds)},{b}"
+            value = RateLimit(n, period_ms(period_seconds), b).encode()
         frag = fragment(op="rate_limit_set" if value else "rate_limit_removed", acct=uid, meta=json.dumps(
             {"limit": limit, "period_ms": period_ms(period_seconds), "burst": burst} if value else {}))
-        args = [new_id(), value, frag, core.config()]
-        return Call(core.scripts["set_rate_limit"], [k.account, k.ledger], args, lambda _r: None)
+        args = SET_RATE_LIMIT.args.pack(tx=new_id(), value=value, frag=frag, config=core.config())
+        return Call(core.scripts["set_rate_limit"], SET_RATE_LIMIT.keys.pack(account=k.account, ledger=k.ledger), args,
+                    lambda _r: None)
 
     @command
     def set_quantity_limit(
@@ -234,10 +249,12 @@ class AccountOps(StoreBase):
             raise InvalidInputError("model", "must not contain '|' or ';'")
         value = ""
         if limit is not None:
-            value = f"{check_amount(limit, 'limit', 1)}|{period_ms(period_seconds)}"
+            value = QuantityLimit(name, m, check_amount(limit, "limit", 1), period_ms(period_seconds)).value()
         k = core.keys.user(uid)
-        args = [new_id(), uid, name, m, value, core.config()]
-        return Call(core.scripts["set_quantity_limit"], [k.account, k.ledger], args, lambda _r: None)
+        args = SET_QUANTITY_LIMIT.args.pack(tx=new_id(), user=uid, name=name, model=m, value=value,
+                                            config=core.config())
+        keys = SET_QUANTITY_LIMIT.keys.pack(account=k.account, ledger=k.ledger)
+        return Call(core.scripts["set_quantity_limit"], keys, args, lambda _r: None)
 
     @command
     def hit_rate_limit(self, user_id: str) -> Call[RateLimitResult]:
@@ -247,13 +264,14 @@ class AccountOps(StoreBase):
         k = core.keys.user(uid)
 
         def parse(raw: Any) -> RateLimitResult:
-            r = split_reply(raw, 4)
+            r, f = split_reply(raw, HIT_RATE_LIMIT.reply.size), HIT_RATE_LIMIT.reply.pos
             return construct(RateLimitResult,
-                user_id=uid, allowed=r[0] == "ok", retry_after_ms=int(r[2]),
-                remaining=int(r[3]) if r[3] else None, error=error_code(r[0]),
+                user_id=uid, allowed=r[f.status] == "ok", retry_after_ms=int(r[f.retry]),
+                remaining=int(r[f.remaining]) if r[f.remaining] else None, error=error_code(r[f.status]),
             )
 
-        return Call(core.scripts["hit_rate_limit"], [k.account], [core.config()], parse)
+        return Call(core.scripts["hit_rate_limit"], HIT_RATE_LIMIT.keys.pack(account=k.account),
+                    HIT_RATE_LIMIT.args.pack(config=core.config()), parse)
 
     # ── spend caps ────────────────────────────────────────────────────
 
@@ -281,10 +299,11 @@ class AccountOps(StoreBase):
         k = core.keys.user(uid)
 
         def parse(raw: Any) -> CapCheckResult:
-            r = table_reply(raw, 8)
+            r, f = table_reply(raw, CHECK_CAP.reply.size), CHECK_CAP.reply.pos
             return construct(CapCheckResult,
-                capped=r[2] == "1", current_spend=int(r[3]), cap_limit=int(r[4]), action=r[5] or None,
-                model=r[6] or None, cap_type=r[7] or None,
+                capped=r[f.capped] == "1", current_spend=int(r[f.spend]), cap_limit=int(r[f.limit]),
+                action=r[f.action] or None, model=r[f.model] or None, cap_type=r[f.period] or None,
             )
 
-        return Call(core.scripts["check_cap"], [k.account], [m, amt, core.config()], parse)
+        return Call(core.scripts["check_cap"], CHECK_CAP.keys.pack(account=k.account),
+                    CHECK_CAP.args.pack(model=m, amount=amt, config=core.config()), parse)

@@ -1,9 +1,10 @@
 """Batched decisions: many calls in one round trip, one script call per shard (hash slot).
 
 Calls whose script has a "many" twin (``debit`` → ``debit_many``) are grouped by shard tag and
-packed into one call of the twin; any other call is sent as it is. Every decision stays
-all-or-nothing on its own and decisions on one account run in the order given. The shells send
-the resulting calls in one pipeline (sync) or one pipeline (async).
+packed into one call of the twin (the layout comes from both scripts' specs, ducto_redis/specs.py);
+any other call is sent as it is. Every decision stays all-or-nothing on its own and decisions on
+one account run in the order given. The stores send the resulting calls in one pipeline per node
+(connect.py).
 """
 
 from __future__ import annotations
@@ -15,38 +16,49 @@ from typing import Any, Generic, TypeVar
 from .core import Call, StoreCore
 from .errors import InvalidInputError
 from .scripts import Script
+from .specs import DEBIT, DEBIT_MANY, POOL_DEBIT, POOL_DEBIT_MANY, ScriptSpec
 from .team_ops import team_debit
 
 T = TypeVar("T")
 
 @dataclass(frozen=True, slots=True)
 class Twin:
-    """How calls of one script are packed into its "many" twin (whose Lua header gives the layout).
+    """How calls of one script are packed into its "many" twin, derived from the two specs by name.
 
-    ``shared_keys`` / ``shared_args``: 0-based positions of the single script's KEYS / ARGV whose
-    values are the same for every decision of one shard (its streams, the configuration), sent once
-    at the head of the twin's KEYS / ARGV; every other position is each decision's own, in order
-    (so a position debit.lua gains later is sent per decision, never dropped). ``only``: (ARGV
-    position, value) a call must have to be packed, a position then not sent: a settlement (a
-    reservation id there) is sent on its own.
+    ``shared_keys`` / ``shared_args``: 0-based positions of the single script's KEYS / ARGV named in
+    the twin's fixed part: their values are the same for every decision of one shard (its streams,
+    the configuration) and are sent once, at the head of the twin's KEYS / ARGV. ``own_keys`` /
+    ``own_args``: the positions named in the twin's per-decision group, sent once per decision in
+    the twin's order. ``only``: (ARGV position, value) a call must have to be packed, a position then
+    not sent: a settlement (a reservation id there) is sent on its own.
     """
 
     name: str
     shared_keys: tuple[int, ...]
+    own_keys: tuple[int, ...]
     shared_args: tuple[int, ...]
+    own_args: tuple[int, ...]
     only: tuple[int, str]
 
-    def own(self, keys: int, args: int) -> tuple[list[int], list[int]]:
-        """Each decision's own KEYS and ARGV positions for a call of that many."""
-        return ([p for p in range(keys) if p not in self.shared_keys],
-                [p for p in range(args) if p not in self.shared_args and p != self.only[0]])
+    @classmethod
+    def of(cls, single: ScriptSpec, many: ScriptSpec, only: str, value: str) -> Twin:
+        """The twin of ``single`` (ARGV ``only`` must be ``value`` to pack a call). Raises if a
+        position of the single script would be neither shared, nor sent per decision, nor ``only``:
+        no value of a call is ever dropped."""
+        for part, one, twin in (("KEYS", single.keys, many.keys), ("ARGV", single.args, many.args)):
+            placed = {*twin.names, *twin.each, *((only,) if part == "ARGV" else ())}
+            if set(one.names) != placed or len(placed) != len(twin.names) + len(twin.each) + (part == "ARGV"):
+                raise ValueError(f"{many.name} {part} ({twin.text()}) must place each of {single.name}'s "
+                                 f"({one.text()}) once")
+        return cls(many.name, tuple(single.keys.at(n) for n in many.keys.names),
+                   tuple(single.keys.at(n) for n in many.keys.each),
+                   tuple(single.args.at(n) for n in many.args.names),
+                   tuple(single.args.at(n) for n in many.args.each), (single.args.at(only), value))
 
 
 MANY_TWINS: dict[str, Twin] = {
-    # debit.lua KEYS: account grants idem ledger events; ARGV: cid amount model floor frag rid quantities config
-    "debit": Twin("debit_many", (3, 4), (7,), (5, "")),
-    # pool_debit.lua KEYS: team idem ledger events; ARGV: cid amount model member frag rid config
-    "pool_debit": Twin("pool_debit_many", (2, 3), (6,), (5, "")),
+    "debit": Twin.of(DEBIT, DEBIT_MANY, "rid", ""),
+    "pool_debit": Twin.of(POOL_DEBIT, POOL_DEBIT_MANY, "rid", ""),
 }
 
 MAX_DECISIONS_PER_CALL = 256
@@ -162,7 +174,7 @@ class Batch(Generic[T]):
                 self._slots[i] = (-1, None)
                 continue
             # decisions share a call only if their shared values are equal (always so within one shard)
-            group = (twin, generation.get(tag, 0), len(keys), len(args), *(keys[p] for p in twin.shared_keys),
+            group = (twin, generation.get(tag, 0), *(keys[p] for p in twin.shared_keys),
                      *(args[p] for p in twin.shared_args))
             members = groups.get(group)
             if members is None:
@@ -184,7 +196,7 @@ class Batch(Generic[T]):
         twin = MANY_TWINS[first.script.name]
         head_keys = [first.keys[p] for p in twin.shared_keys]
         head_args = [first.args[p] for p in twin.shared_args]
-        own_keys, own_args = twin.own(len(first.keys), len(first.args))
+        own_keys, own_args = twin.own_keys, twin.own_args
         for start in range(0, len(members), MAX_DECISIONS_PER_CALL):
             chunk = members[start : start + MAX_DECISIONS_PER_CALL]
             keys, args = list(head_keys), list(head_args)

@@ -33,6 +33,7 @@ from .models import (
 )
 from .scripts import Script, scripts
 from .settings import Settings
+from .specs import ADD_CREDITS, BALANCE, DEBIT, SET_CAP
 from .validation import (
     check_amount,
     check_choice,
@@ -150,6 +151,12 @@ def error_code(status: str) -> str | None:
     return None if status == "ok" else status
 
 
+# Reply fields by name (ducto_redis/specs.py): ``r[_D.ref]`` costs what ``r[2]`` did.
+_D = DEBIT.reply.pos
+_DEBIT_SIZE = DEBIT.reply.size
+_DK = DEBIT.keys.pos
+
+
 class _Ids:
     """Unique ids without a syscall per id: a random per-process prefix and a counter.
 
@@ -261,11 +268,7 @@ def deduction_result(
 class DebitKeys:
     """What a user's debit needs that depends only on the user: its KEYS and its escaped id."""
 
-    account: str
-    grants: str
-    no_idem: str  # the never-written idempotency key name: "no key"
-    ledger: str
-    events: str
+    keys: tuple[str, ...]  # debit.lua's KEYS with the never-written idempotency key name ("no key")
     shard: int
     escaped_id: str  # the id as COPY text, for the row's fragment
 
@@ -312,7 +315,9 @@ class StoreCore:
 
     def _debit_keys(self, uid: str) -> DebitKeys:
         k = self.keys.user(uid)
-        return DebitKeys(k.account, k.grants, k.idempotency(None), k.ledger, k.events, k.shard, copy_escape(uid))
+        keys = DEBIT.keys.pack(account=k.account, grants=k.grants, idem=k.idempotency(None), ledger=k.ledger,
+                               events=k.events)
+        return DebitKeys(tuple(keys), k.shard, copy_escape(uid))
 
     # health
 
@@ -321,8 +326,9 @@ class StoreCore:
         calls: list[Call[bool]] = []
         for shard in range(self.keys.shards):
             k = self.keys.probe(shard)
-            calls.append(Call(self.scripts["balance"], [k.account, k.grants], [self.config()],
-                              lambda raw: table_reply(raw, 6)[0] == "ok"))
+            calls.append(Call(self.scripts["balance"], BALANCE.keys.pack(account=k.account, grants=k.grants),
+                              BALANCE.args.pack(config=self.config()),
+                              lambda raw: table_reply(raw, BALANCE.reply.size)[BALANCE.reply.pos.status] == "ok"))
         return calls
 
     # shared call builders
@@ -331,8 +337,9 @@ class StoreCore:
         """Whether a user record exists (made by any credit, even of 0)."""
         uid = check_id(user_id, "user_id")
         k = self.keys.user(uid)
-        return Call(self.scripts["balance"], [k.account, k.grants], [self.config()],
-                    lambda raw: table_reply(raw, 6)[5] == "1")
+        return Call(self.scripts["balance"], BALANCE.keys.pack(account=k.account, grants=k.grants),
+                    BALANCE.args.pack(config=self.config()),
+                    lambda raw: table_reply(raw, BALANCE.reply.size)[BALANCE.reply.pos.exists] == "1")
 
     def credit(
         self, account_kind: str, account_id: str, amount: int, tx_type: str, metadata: object,
@@ -348,22 +355,24 @@ class StoreCore:
         k = self.keys.user(uid) if account_kind == USER else self.keys.team(uid)
 
         def parse(raw_reply: Any) -> AddCreditsResult:
-            r = split_reply(raw_reply, 6)
-            if r[0] == "team_not_found":
+            r, f = split_reply(raw_reply, ADD_CREDITS.reply.size), ADD_CREDITS.reply.pos
+            if r[f.status] == "team_not_found":
                 raise InvalidInputError("team_id", f"no team {uid!r}; nothing was written")
-            if r[0] != "ok":
+            if r[f.status] != "ok":
                 raise InvalidInputError("amount", "would push the balance past 2**53-1; nothing was written")
             return construct(AddCreditsResult,
-                transaction_id=r[2], user_id=uid, amount=int(r[3]), new_balance=int(r[4]),
-                lifetime_purchased=int(r[5]), idempotent=r[1] == "1",
+                transaction_id=r[f.tx], user_id=uid, amount=int(r[f.amount]), new_balance=int(r[f.balance]),
+                lifetime_purchased=int(r[f.life]), idempotent=r[f.idempotent] == "1",
             )
 
         frag = fragment(ak=account_kind, acct=uid, type=tx_type, idem=ikey or "", meta=metadata_json(meta))
-        args = [
-            new_call_id(), new_id(), str(n), "1" if tx_type in PURCHASE_TYPES else "0", frag,
-            "" if expires_at_ms is None else str(expires_at_ms), "1" if account_kind != USER else "0", self.config(),
-        ]
-        keys = [k.account, k.idempotency(ikey), k.ledger, k.grants, k.grant_index]
+        args = ADD_CREDITS.args.pack(
+            cid=new_call_id(), tx=new_id(), amount=str(n), purchase="1" if tx_type in PURCHASE_TYPES else "0",
+            frag=frag, expires="" if expires_at_ms is None else str(expires_at_ms),
+            must_exist="1" if account_kind != USER else "0", config=self.config(),
+        )
+        keys = ADD_CREDITS.keys.pack(account=k.account, idem=k.idempotency(ikey), ledger=k.ledger, grants=k.grants,
+                                     gindex=k.grant_index)
         return Call(self.scripts["add_credits"], keys, args, parse)
 
     def debit(
@@ -396,20 +405,24 @@ class StoreCore:
         model = check_label(meta.model, "metadata.model") if meta and meta.model else ""
         dk = self.debit_keys(uid)
         shard = dk.shard
-        idem = dk.no_idem if ikey is None else self.keys.user(uid).idempotency(ikey)
+        keys = list(dk.keys)
+        if ikey is not None:
+            keys[_DK.idem] = self.keys.user(uid).idempotency(ikey)
 
         def parse(raw_reply: Any) -> DeductionResult:
-            r = split_reply(raw_reply, 9)
+            r = split_reply(raw_reply, _DEBIT_SIZE)
             return deduction_result(
-                tx_of(shard, r[2]), uid, -int(r[3]), int(r[4]), r[1] == "1", None if r[0] == "ok" else r[0],
-                r[6] or None, int(r[7]), int(r[8]) if r[8] else None,
+                tx_of(shard, r[_D.ref]), uid, -int(r[_D.amount]), int(r[_D.balance]), r[_D.idempotent] == "1",
+                None if r[_D.status] == "ok" else r[_D.status], r[_D.cap] or None, int(r[_D.retry]),
+                int(r[_D.remaining]) if r[_D.remaining] else None,
             )
 
         e = copy_escape
         frag = (f"\t{e(op)}\tu\t{dk.escaped_id}\t\t{e(reservation_id)}\t{e(model)}\t\t{e(ikey) if ikey else ''}"
                 f"\t{e(metadata_json(meta))}")
-        args = [new_call_id(), str(n), model, str(floor), frag, reservation_id, qs, self.config()]
-        return Call(self.scripts["debit"], [dk.account, dk.grants, idem, dk.ledger, dk.events], args, parse)
+        args = DEBIT.args.pack(cid=new_call_id(), amount=str(n), model=model, floor=str(floor), frag=frag,
+                               rid=reservation_id, quantities=qs, config=self.config())
+        return Call(self.scripts["debit"], keys, args, parse)
 
     def spend_cap(self, cap: SpendCap, account_kind: str, *, remove: bool = False) -> Call[None]:
         """Set (or remove) a user's (``account_kind`` "u") or a team's ("t") daily or monthly cap."""
@@ -424,6 +437,7 @@ class StoreCore:
         record = {"user_id": uid, "cap_type": period, "model": model or None, "limit": limit, "action": action}
         frag = fragment(op="cap_removed" if remove else "cap_set", ak=account_kind, acct=uid, model=model,
                         meta=json.dumps(record, separators=(",", ":")))
-        args = [new_id(), "d" if period == "daily" else "m", model, "" if remove else cap_text(limit, action), frag,
-                self.config()]
-        return Call(self.scripts["set_cap"], [k.account, k.ledger], args, lambda _r: None)
+        args = SET_CAP.args.pack(tx=new_id(), period="d" if period == "daily" else "m", model=model,
+                                 value="" if remove else cap_text(limit, action), frag=frag, config=self.config())
+        return Call(self.scripts["set_cap"], SET_CAP.keys.pack(account=k.account, ledger=k.ledger), args,
+                    lambda _r: None)

@@ -93,7 +93,7 @@ def _shard_of_stream(stream: str) -> int:
 
 
 def event_from_stream(stream: str, entry_id: str, fields: dict[str, str]) -> CreditEvent:
-    """A :class:`CreditEvent` from one entry of a Redis events stream (see ``cap_event`` in lua/lib/04_rules.lua).
+    """A :class:`CreditEvent` from one entry of a Redis events stream (see ``cap_event`` in lua/lib/04_caps.lua).
 
     ``data["event_id"]`` (``"<stream>/<entry id>"``) is unique across shards: deduplicate on it.
     """

@@ -75,7 +75,7 @@ class AccountKeys:
 
     @property
     def grants(self) -> str:
-        """User only: expiring grant id -> "expires_ms|remaining" (see lua/lib/07_grants.lua)."""
+        """User only: expiring grant id -> "expires_ms|remaining" (layout.py Grant; lua/lib/07_grants.lua)."""
         return self.base + ":grants"
 
     @property

@@ -1,8 +1,12 @@
-"""The stored formats: what every field of an account hash holds, the ledger row, transaction ids.
+"""The stored formats: what every field of an account hash holds, the grants hash, the values the
+scripts take and keep (rate limits, quantity limits, grant parts, pricing records), the ledger row,
+transaction ids.
 
 This module is the one definition the Python side reads and writes them by (restore, reconcile,
-the call builders, the tests); ``lua/lib/02_state.lua`` is the scripts' side of the same formats,
-and ``tests/test_layout.py`` holds the two together.
+the call builders, the tests); ``lua/lib/02_state.lua`` (and ``07_grants.lua`` for grants) is the
+scripts' side of the same formats, and ``tests/test_layout.py`` holds the two together: what the
+scripts write decodes here and encodes back to the same text, and what is encoded here the scripts
+read.
 
 **One hash per account** (``{ns:N}:u:<id>`` or ``{ns:N}:t:<id>``, see keys.py): a decision reads
 the fields it needs in one HMGET and writes back what changed in one HSET. Crossing between Lua
@@ -21,7 +25,14 @@ field       value
 ``plan``    the user's plan and its allowance use this month: ``mB|used|<plan id>``
 ``P|<id>``  allowance used this month under a plan the user has left: ``mB|used``
 ``life``    lifetime purchased; ``created`` creation time (ms); teams: ``name``, ``mc`` members
+``qt|..``   a quantity limit's arrival time (``qt|<name>|<model>``, ms; lua/lib/06_limits.lua)
+``qh|<rid>`` a hold's quantity estimate, ``<model>|name=n;...`` (lua/lib/06_limits.lua)
 ==========  =====================================================================================
+
+A user's expiring grants live in their own hash (``<account>:grants``): grant id ->
+``expires_ms|remaining`` (see :class:`Grant`). The rate limit ``rl`` in ``S`` is
+``limit,period_ms,burst`` (:class:`RateLimit`), the quantity limits ``ql``
+``name|model|limit|period_ms;...`` (:class:`QuantityLimit`).
 
 **Windows with anchors.** A window's spend is kept as an *anchor*: for the account's day window
 ``dK = balance + spend today`` (``mK`` the same for the month). A debit lowers the balance and
@@ -36,6 +47,7 @@ Caps are ``<limit><action>`` with action ``d`` (deny), ``w`` (warn) or ``n`` (no
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -262,6 +274,104 @@ def plan_of(text: str | None) -> tuple[int | None, int, str]:
     return _opt(m), int(used), plan
 
 
+def plan_left_text(month: int, used: int) -> str:
+    """Field ``P|<plan id>``: the allowance used this month under a plan the user has left."""
+    return f"{month}|{used}"
+
+
+def plan_left_of(text: str) -> tuple[int | None, int]:
+    """(month, used) of a field ``P|<plan id>``."""
+    m, used = text.split("|")
+    return _opt(m), int(used)
+
+
+@dataclass(frozen=True)
+class RateLimit:
+    """The request-rate limit ``rl`` of an account's state: ``limit`` requests per ``period_ms``,
+    ``burst`` at once (GCRA, lua/lib/06_limits.lua)."""
+
+    limit: int
+    period_ms: int
+    burst: int
+
+    def encode(self) -> str:
+        return f"{self.limit},{self.period_ms},{self.burst}"
+
+    @classmethod
+    def decode(cls, text: str) -> RateLimit | None:
+        if not text:
+            return None
+        limit, period, burst = text.split(",")
+        return cls(int(limit), int(period), int(burst))
+
+
+@dataclass(frozen=True)
+class QuantityLimit:
+    """One quantity limit: ``limit`` units of ``name`` per ``period_ms``, for ``model`` ("" = all).
+
+    Stored in the state's ``ql`` as ``name|model|limit|period_ms`` joined by ``;``; set_quantity_limit.lua
+    takes the ``limit|period_ms`` part (:meth:`value`) and keeps one limit per (name, model)."""
+
+    name: str
+    model: str
+    limit: int
+    period_ms: int
+
+    def value(self) -> str:
+        """What set_quantity_limit.lua takes as its ARGV ``value``."""
+        return f"{self.limit}|{self.period_ms}"
+
+    def encode(self) -> str:
+        return f"{self.name}|{self.model}|{self.value()}"
+
+    @classmethod
+    def decode_all(cls, text: str) -> list[QuantityLimit]:
+        """Every limit of a state's ``ql``."""
+        out = []
+        for spec in filter(None, text.split(";")):
+            name, model, limit, period = spec.split("|")
+            out.append(cls(name, model, int(limit), int(period)))
+        return out
+
+
+@dataclass
+class Grant:
+    """One expiring grant, field ``<grant id>`` of a user's grants hash: ``expires_ms|remaining``."""
+
+    expires_ms: int
+    remaining: int
+
+    def encode(self) -> str:
+        return f"{self.expires_ms}|{self.remaining}"
+
+    @classmethod
+    def decode(cls, text: str) -> Grant:
+        expires, remaining = text.split("|")
+        return cls(int(expires), int(remaining))
+
+
+def grant_parts_of(text: str | None) -> list[tuple[str, int, int]]:
+    """The grants a debit spent from (its row's ``extra.gc``), or a refund gave back to (``extra.gr``),
+    and refund.lua's ARGV ``parts``: ``"<grant id>:<expires ms>:<amount>;..."`` as (id, expires, amount)."""
+    out = []
+    for part in filter(None, (text or "").split(";")):
+        gid, expires, amount = part.rsplit(":", 2)
+        out.append((gid, int(expires), int(amount)))
+    return out
+
+
+def grant_parts_text(parts: list[tuple[str, int, int]]) -> str:
+    """The inverse of :func:`grant_parts_of`."""
+    return ";".join(f"{gid}:{expires}:{amount}" for gid, expires, amount in parts)
+
+
+def pricing_record(pricing_id: str, version: int, label: str, ts: int, config_json: str) -> str:
+    """A published pricing version as pricing_set.lua keeps it (a field of the versions hash): JSON
+    ``{id, version, label, ts, config}``, the config as published."""
+    return (f'{{"id":{json.dumps(pricing_id)},"version":{version},"label":{json.dumps(label)},"ts":{ts},'
+            f'"config":{config_json}}}')
+
+
 @dataclass
 class Account:
     """Every field of one account hash, decoded (restore writes it, reconcile reads it)."""
@@ -328,8 +438,9 @@ def tx_id(shard: int, stream_id: str | bytes, row: int = 0) -> str:
     debit from the id alone (its shard, then the stream entry or the database row)."""
     sid = stream_id.decode() if isinstance(stream_id, bytes) else stream_id
     ms, _, seq = sid.partition("-")
-    m, s = int(ms), int(seq or 0)
-    return f"{m >> 16:08x}-{m & 0xFFFF:04x}-8{row:03x}-{shard:04x}-{s:012x}"
+    m = int(ms)
+    # %-formatting parses its format once per call, f-string specs once per field: ~0.3 us less per debit
+    return "%08x-%04x-8%03x-%04x-%012x" % (m >> 16, m & 0xFFFF, row, shard, int(seq or 0))  # noqa: UP031
 
 
 def parse_tx_id(transaction_id: str) -> tuple[int, str, int] | None:
@@ -359,7 +470,10 @@ _COPY_ESCAPES = {"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"}
 
 def copy_escape(value: str) -> str:
     """A value as COPY text (``FORMAT text``): backslash, tab, newline and CR escaped."""
-    return _COPY_SPECIAL.sub(lambda m: _COPY_ESCAPES[m.group(0)], value) if _COPY_SPECIAL.search(value) else value
+    # four substring scans cost a third of one regex search on a short id (the hot path's common case)
+    if "\\" in value or "\t" in value or "\n" in value or "\r" in value:
+        return _COPY_SPECIAL.sub(lambda m: _COPY_ESCAPES[m.group(0)], value)
+    return value
 
 
 def fragment(op: str = "", ak: str = "u", acct: str = "", member: str = "", rid: str = "", model: str = "",

@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Callable
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic import ValidationError
 
@@ -46,7 +47,13 @@ from .models import (
     SetUserPlanResult,
     UsageDeductionResult,
 )
+from .specs import DEBIT, PLAN_DEBIT, PLAN_READ, PLAN_USAGE, PRICING_READ, PRICING_SET, SET_PLAN
 from .validation import check_amount, check_id, check_label
+
+T = TypeVar("T")
+
+_PLAN_DEBIT = PLAN_DEBIT.reply.pos  # reply fields by name (ducto_redis/specs.py)
+_CHARGE = DEBIT.args.pos  # a charge's ARGV, which charge_with_allowance takes its own from
 
 
 class PricingConfigError(InvalidInputError, ConfigError):
@@ -106,14 +113,17 @@ def read_pricing(core: StoreCore, version: int | None = None) -> Call[PricingCon
     sel = "" if version is None else str(check_amount(version, "version", 1))
 
     def parse(raw: Any) -> PricingConfigResult | None:
-        r = table_reply(raw, 3)
-        return _pricing_record(r[3]) if len(r) > 3 else None
+        records = [g[PRICING_READ.reply.each_pos.record]
+                   for g in PRICING_READ.reply.groups(table_reply(raw, PRICING_READ.reply.size))]
+        return _pricing_record(records[0]) if records else None
 
-    return Call(core.scripts["pricing_read"], _pricing_keys(core), [sel], parse)
+    return _pricing_read(core, sel, parse)
 
 
-def _pricing_keys(core: StoreCore) -> list[str]:
-    return [core.keys.pricing_active(), core.keys.pricing_versions()]
+def _pricing_read(core: StoreCore, which: str, parse: Callable[[Any], T]) -> Call[T]:
+    k = core.keys
+    keys = PRICING_READ.keys.pack(active=k.pricing_active(), versions=k.pricing_versions())
+    return Call(core.scripts["pricing_read"], keys, PRICING_READ.args.pack(which=which), parse)
 
 
 def active_plans(core: StoreCore) -> Flow[dict[str, PlanDefinition] | None]:
@@ -128,10 +138,11 @@ def read_plan(core: StoreCore, user_id: str) -> Call[tuple[str, int, int, int]]:
     k = core.keys.user(uid)
 
     def parse(raw: Any) -> tuple[str, int, int, int]:
-        r = table_reply(raw, 6)
-        return r[2], int(r[3]), int(r[4]), int(r[5])
+        r, f = table_reply(raw, PLAN_READ.reply.size), PLAN_READ.reply.pos
+        return r[f.plan], int(r[f.used]), int(r[f.start]), int(r[f.end])
 
-    return Call(core.scripts["plan_read"], [k.account], [core.config()], parse)
+    return Call(core.scripts["plan_read"], PLAN_READ.keys.pack(account=k.account),
+                PLAN_READ.args.pack(config=core.config()), parse)
 
 
 def user_plan(user_id: str, plan_id: str, plans: dict[str, PlanDefinition] | None) -> GetUserPlanResult:
@@ -163,8 +174,8 @@ def plan_charge(
 ) -> Call[UsageDeductionResult]:
     """Charge ``amount`` with the user's plan allowance first, then caps and balance: one script.
 
-    The call is ``charge``'s (same validation, KEYS and ARGV for debit.lua) with the allowance
-    table in place of the reservation id (lua/plan_debit.lua).
+    The call is ``charge``'s (same validation, and debit.lua's KEYS, which plan_debit.lua shares)
+    with the allowance table in place of the reservation id and quantities (lua/plan_debit.lua).
     """
     base = core.debit(user_id, amount, operation_type=operation_type, idempotency_key=idempotency_key,
                       metadata=metadata, min_balance=min_balance)
@@ -176,16 +187,19 @@ def plan_charge(
     shard = core.debit_keys(user_id).shard
 
     def parse(raw_reply: Any) -> UsageDeductionResult:
-        r = split_reply(raw_reply, 12)
-        paid, free = int(r[3]), int(r[9])
+        r, f = split_reply(raw_reply, PLAN_DEBIT.reply.size), _PLAN_DEBIT
         return construct(UsageDeductionResult,
-            transaction_id=tx_of(shard, r[2]), user_id=user_id, amount=-paid, balance_after=int(r[4]),
-            idempotent=r[1] == "1", error=error_code(r[0]), cap_action=r[6] or None,
-            retry_after_ms=int(r[7]) if r[7] else 0, rate_limit_remaining=int(r[8]) if r[8] else None,
-            cost=cost, allowance_used=free, plan_id=r[11] or None, allowance_remaining=int(r[10]),
+            transaction_id=tx_of(shard, r[f.ref]), user_id=user_id, amount=-int(r[f.paid]),
+            balance_after=int(r[f.balance]), idempotent=r[f.idempotent] == "1", error=error_code(r[f.status]),
+            cap_action=r[f.cap] or None, retry_after_ms=int(r[f.retry]) if r[f.retry] else 0,
+            rate_limit_remaining=int(r[f.remaining]) if r[f.remaining] else None, cost=cost,
+            allowance_used=int(r[f.free]), plan_id=r[f.plan] or None, allowance_remaining=int(r[f.left]),
         )
 
-    args = [*base.args[:5], json.dumps(table, separators=(",", ":")), base.args[7]]
+    a = base.args
+    args = PLAN_DEBIT.args.pack(
+        cid=a[_CHARGE.cid], amount=a[_CHARGE.amount], model=a[_CHARGE.model], floor=a[_CHARGE.floor],
+        frag=a[_CHARGE.frag], allowances=json.dumps(table, separators=(",", ":")), config=a[_CHARGE.config])
     return Call(core.scripts["plan_debit"], base.keys, args, parse)
 
 
@@ -204,9 +218,12 @@ class PlanOps(StoreBase):
         core = self.core
         cfg = check_pricing_config(config)
         lab = "" if label is None else check_label(label, "label")
-        args = [str(uuid.uuid4()), lab, cfg.model_dump_json(exclude_none=True), core.config()]
-        keys = [*_pricing_keys(core), core.keys.pricing_ledger()]
-        return Call(core.scripts["pricing_set"], keys, args, lambda raw: table_reply(raw, 4)[2])
+        args = PRICING_SET.args.pack(id=str(uuid.uuid4()), label=lab, pricing=cfg.model_dump_json(exclude_none=True),
+                                     config=core.config())
+        keys = PRICING_SET.keys.pack(active=core.keys.pricing_active(), versions=core.keys.pricing_versions(),
+                                     ledger=core.keys.pricing_ledger())
+        return Call(core.scripts["pricing_set"], keys, args,
+                    lambda raw: table_reply(raw, PRICING_SET.reply.size)[PRICING_SET.reply.pos.id])
 
     @command
     def get_active_pricing(self) -> Call[PricingConfigResult | None]:
@@ -223,16 +240,16 @@ class PlanOps(StoreBase):
         """Every published version (id, version, label, created_at, active), oldest first."""
 
         def parse(raw: Any) -> list[PricingHistoryItem]:
-            r = table_reply(raw, 3)
+            r, f = table_reply(raw, PRICING_READ.reply.size), PRICING_READ.reply
             items = []
-            for rec in (json.loads(x) for x in r[3:]):
+            for rec in (json.loads(g[f.each_pos.record]) for g in f.groups(r)):
                 items.append(PricingHistoryItem(
                     id=rec["id"], version=int(rec["version"]), label=rec.get("label") or None,
-                    created_at=_iso(int(rec["ts"])), active=str(rec["version"]) == r[2],
+                    created_at=_iso(int(rec["ts"])), active=str(rec["version"]) == r[f.pos.active],
                 ))
             return sorted(items, key=lambda i: i.version)
 
-        return Call(self.core.scripts["pricing_read"], _pricing_keys(self.core), ["*"], parse)
+        return _pricing_read(self.core, "*", parse)
 
     # ── plans ─────────────────────────────────────────────────────────
 
@@ -255,12 +272,13 @@ class PlanOps(StoreBase):
             meta.update(plan_name=plan.name, free_allowance=plan.free_allowance)
 
         def parse(raw: Any) -> SetUserPlanResult:
-            r = table_reply(raw, 3)
-            return SetUserPlanResult(user_id=uid, plan_id=pid, previous_plan_id=r[2] or None)
+            r = table_reply(raw, SET_PLAN.reply.size)
+            return SetUserPlanResult(user_id=uid, plan_id=pid, previous_plan_id=r[SET_PLAN.reply.pos.previous] or None)
 
         frag = fragment(op="plan_set", acct=uid, meta=json.dumps(meta, separators=(",", ":")))
-        args = [new_id(), pid, frag, core.config()]
-        return (yield from one(Call(core.scripts["set_plan"], [k.account, k.ledger], args, parse)))
+        args = SET_PLAN.args.pack(tx=new_id(), plan=pid, frag=frag, config=core.config())
+        keys = SET_PLAN.keys.pack(account=k.account, ledger=k.ledger)
+        return (yield from one(Call(core.scripts["set_plan"], keys, args, parse)))
 
     @flow
     def get_user_plan(self, user_id: str) -> Flow[GetUserPlanResult]:
@@ -285,8 +303,9 @@ class PlanOps(StoreBase):
             return ready(None)
         k = core.keys.user(uid)
         frag = fragment(op="allowance_used", acct=uid)
-        args = [new_id(), pid, str(n), frag, core.config()]
-        return Call(core.scripts["plan_usage"], [k.account, k.ledger], args, lambda _r: None)
+        args = PLAN_USAGE.args.pack(tx=new_id(), plan=pid, amount=str(n), frag=frag, config=core.config())
+        return Call(core.scripts["plan_usage"], PLAN_USAGE.keys.pack(account=k.account, ledger=k.ledger), args,
+                    lambda _r: None)
 
     @flow
     def charge_with_allowance(

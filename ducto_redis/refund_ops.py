@@ -41,6 +41,7 @@ from .layout import copy_escape, fragment, parse_row, parse_tx_id
 from .methods import Flow, StoreBase, blocking, flow, many, one
 from .models import CreditMetadata, ExpiredCredit, RefundResult, SweepResult
 from .progress import ProgressFn
+from .specs import REFUND, REFUND_FIND, SWEEP_CREDITS, SWEEP_DUE
 from .validation import check_amount, check_id, check_label
 
 SWEEP_ACCOUNTS_PER_CALL = 128
@@ -78,13 +79,13 @@ class RefundRequest:
 
 def refund_result(tx: str, raw: Any) -> RefundResult:
     """A refund's result from refund.lua's reply (or the reply remembered for its idempotency key)."""
-    r = split_reply(raw, 7)
-    account, member = json.loads(r[6])
-    team = r[5] == TEAM
+    r, f = split_reply(raw, REFUND.reply.size), REFUND.reply.pos
+    account, member = json.loads(r[f.who])
+    team = r[f.kind] == TEAM
     return construct(RefundResult,
-        refund_transaction_id=r[2], original_transaction_id=tx, user_id=member if team else account,
-        team_id=account if team else None, amount=int(r[3]), new_balance=int(r[4]), error=error_code(r[0]),
-        idempotent=r[1] == "1",
+        refund_transaction_id=r[f.tx], original_transaction_id=tx, user_id=member if team else account,
+        team_id=account if team else None, amount=int(r[f.amount]), new_balance=int(r[f.balance]),
+        error=error_code(r[f.status]), idempotent=r[f.idempotent] == "1",
     )
 
 
@@ -133,8 +134,10 @@ def find(
             return not_found(req)
         return refund_result(tx, text)  # a remembered reply
 
-    keys = [core.keys.ledger_stream(shard), core.keys.refund_idempotency(shard, tx, ikey)]
-    return Call(core.scripts["refund_find"], keys, [entry, str(row), "0" if ikey is None else "1"], parse)
+    keys = REFUND_FIND.keys.pack(ledger=core.keys.ledger_stream(shard),
+                                 idem=core.keys.refund_idempotency(shard, tx, ikey))
+    args = REFUND_FIND.args.pack(entry=entry, row=str(row), has_idem="0" if ikey is None else "1")
+    return Call(core.scripts["refund_find"], keys, args, parse)
 
 
 def from_database(req: RefundRequest, row: dict[str, Any] | None) -> RefundRequest | RefundResult:
@@ -156,11 +159,12 @@ def apply(core: StoreCore, req: RefundRequest) -> Call[RefundResult]:
     idem = core.keys.refund_idempotency(k.shard, req.transaction_id, req.idempotency_key)
     frag = fragment(ak=req.account_kind, acct=req.account_id, member=req.member, type="refund",
                     idem=req.idempotency_key or "", meta=req.metadata)
-    args = [
-        new_call_id(), new_id(), req.transaction_id, str(req.debit_amount), req.amount, req.parts,
-        copy_escape(req.reason), frag, "0" if req.idempotency_key is None else "1", core.config(),
-    ]
-    keys = [k.account, k.grants, k.grant_index, k.ledger, idem]
+    args = REFUND.args.pack(
+        cid=new_call_id(), tx=new_id(), original=req.transaction_id, amount=str(req.debit_amount),
+        requested=req.amount, parts=req.parts, reason=copy_escape(req.reason), frag=frag,
+        has_idem="0" if req.idempotency_key is None else "1", config=core.config(),
+    )
+    keys = REFUND.keys.pack(account=k.account, grants=k.grants, gindex=k.grant_index, ledger=k.ledger, idem=idem)
     return Call(core.scripts["refund"], keys, args, lambda raw: refund_result(req.transaction_id, raw))
 
 
@@ -169,9 +173,14 @@ def apply(core: StoreCore, req: RefundRequest) -> Call[RefundResult]:
 
 def due_accounts(core: StoreCore) -> list[Call[list[str]]]:
     """One read-only call per shard: the users with a grant due now (by Redis TIME)."""
+
+    def users(raw: Any) -> list[str]:
+        due = SWEEP_DUE.reply
+        return [g[due.each_pos.user] for g in due.groups(table_reply(raw, due.size))]
+
     return [
-        Call(core.scripts["sweep_due"], [core.keys.grant_index(shard)], [core.config()],
-             lambda raw: table_reply(raw, 2)[2:])
+        Call(core.scripts["sweep_due"], SWEEP_DUE.keys.pack(gindex=core.keys.grant_index(shard)),
+             SWEEP_DUE.args.pack(config=core.config()), users)
         for shard in range(core.keys.shards)
     ]
 
@@ -182,12 +191,14 @@ def sweep_calls(core: StoreCore, due: list[list[str]], dry_run: bool) -> list[Ca
     for shard, users in enumerate(due):
         for start in range(0, len(users), SWEEP_ACCOUNTS_PER_CALL):
             chunk = users[start : start + SWEEP_ACCOUNTS_PER_CALL]
-            keys = [core.keys.grant_index(shard), core.keys.ledger_stream(shard)]
+            keys = SWEEP_CREDITS.keys.pack(gindex=core.keys.grant_index(shard), ledger=core.keys.ledger_stream(shard))
+            args = SWEEP_CREDITS.args.pack(dry="1" if dry_run else "0", call=new_id(), config=core.config())
             for uid in chunk:
                 k = core.keys.user(uid)
-                keys += [k.account, k.grants]
-            args = ["1" if dry_run else "0", new_id(), core.config(), *chunk]
-            calls.append(Call(core.scripts["sweep_credits"], keys, args, lambda raw: table_reply(raw, 4)))
+                keys += SWEEP_CREDITS.keys.pack_each(account=k.account, grants=k.grants)
+                args += SWEEP_CREDITS.args.pack_each(user=uid)
+            calls.append(Call(core.scripts["sweep_credits"], keys, args,
+                              lambda raw: table_reply(raw, SWEEP_CREDITS.reply.size)))
     return calls
 
 
@@ -204,19 +215,20 @@ def sweep_steps(core: StoreCore, due: list[list[str]], dry_run: bool,
     for start in range(0, len(calls), SWEEP_CALLS_PER_STEP):
         step = calls[start : start + SWEEP_CALLS_PER_STEP]
         yield step
-        done += sum(len(c.args) - 3 for c in step)  # ARGV: dry run, entry id, config, then the users
+        done += sum(len(c.args) - SWEEP_CREDITS.args.size for c in step)  # ARGV: then one per user
         progress(done, total)
 
 
 def sweep_result(replies: list[list[str]], dry_run: bool) -> SweepResult:
     """Every shard's expiries as one :class:`SweepResult`."""
     out = SweepResult(dry_run=dry_run)
+    f, e = SWEEP_CREDITS.reply.pos, SWEEP_CREDITS.reply.each_pos
     for r in replies:
-        out.expired_count += int(r[2])
-        out.expired_amount += int(r[3])
-        for i in range(4, len(r), 5):
-            out.expired.append(ExpiredCredit(user_id=r[i], grant_id=r[i + 1], amount=int(r[i + 2]),
-                                             expires_at_ms=int(r[i + 3]), entry_id=r[i + 4]))
+        out.expired_count += int(r[f.count])
+        out.expired_amount += int(r[f.amount])
+        for x in SWEEP_CREDITS.reply.groups(r):
+            out.expired.append(ExpiredCredit(user_id=x[e.user], grant_id=x[e.grant], amount=int(x[e.amount]),
+                                             expires_at_ms=int(x[e.expires]), entry_id=x[e.entry]))
     return out
 
 

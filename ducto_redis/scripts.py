@@ -1,9 +1,10 @@
 """Lua scripts: ``lua/*.lua`` loaded with importlib.resources, run as Redis Functions (FCALL).
 
-All scripts live in ONE function library, ``ducto_<content hash>``: lib.lua (the shared helpers)
-once, then each script's file as the body of a function ``ducto_<hash>_<script>`` taking KEYS and
-ARGV. Redis runs a library's top level once, when it is loaded, so a call runs only its own
-body; as plain scripts every call re-ran the helpers' definitions (~9 us of a ~40 us debit).
+All scripts live in ONE function library, ``ducto_<content hash>``: the shared helpers
+(``lua/lib/*.lua``, joined) once, then each script's file as the body of a function
+``ducto_<hash>_<script>`` taking KEYS and ARGV (each laid out as its spec in specs.py says).
+Redis runs a library's top level once, when it is loaded, so a call runs only its own body; as
+plain scripts every call re-ran the helpers' definitions (~9 us of a ~40 us debit).
 Libraries of different versions have different names, so two deployments can share a Redis.
 
 The library is loaded once per Redis (``FUNCTION LOAD REPLACE``, on every primary of a cluster) by
@@ -12,72 +13,51 @@ library and calls again; if the library is gone again by then, or the server has
 (Redis < 7), the call is sent with EVAL and the script's source, which cannot miss. Functions are
 kept in RDB/AOF and replicated, so a restart or a failover rarely needs the reload at all.
 
-A script's EVAL source is lib.lua followed by its body. lib.lua's top level only defines (locals,
-functions, constant tables): a library's top level runs at load time, where Redis offers no
+A script's EVAL source is the helpers followed by its body. The helpers' top level only defines
+(locals, functions, constant tables): a library's top level runs at load time, where Redis offers no
 ``string``, ``table`` or ``cjson``.
 """
 
 from __future__ import annotations
 
 import hashlib
+import sys
 from functools import cache
 from importlib import resources
-from pathlib import Path
 from typing import Any
 
 from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 from redis.cluster import RedisCluster
 from redis.exceptions import ResponseError
 
-SCRIPT_NAMES = (
-    "add_credits",
-    "reserve",
-    "debit",
-    "debit_many",
-    "release",
-    "set_cap",
-    "balance",
-    "check_cap",
-    "set_rate_limit",
-    "set_quantity_limit",
-    "hit_rate_limit",
-    "pool_create",
-    "pool_member",
-    "pool_debit",
-    "pool_debit_many",
-    "pool_reserve",
-    "pool_release",
-    "pool_read",
-    "set_plan",
-    "plan_read",
-    "plan_usage",
-    "plan_debit",
-    "pricing_set",
-    "pricing_read",
-    "refund_find",
-    "refund",
-    "sweep_due",
-    "sweep_credits",
-)
+from .specs import SPECS, ScriptSpec
+
+if sys.version_info >= (3, 11):
+    from importlib.resources.abc import Traversable
+else:  # pragma: no cover
+    from importlib.abc import Traversable
+
+SCRIPT_NAMES = tuple(SPECS)
+"""Every script, in library order: one ``lua/<name>.lua`` each, laid out as its spec says (specs.py)."""
 
 
-def _lua_dir() -> Path:
-    """The folder of .lua files: inside the installed wheel, else the source checkout's ``lua/``."""
-    packaged = resources.files("ducto_redis") / "lua"
-    if packaged.is_dir():
-        return Path(str(packaged))
-    return Path(__file__).resolve().parent.parent / "lua"
+def lua_files() -> Traversable:
+    """The folder of .lua files, ``ducto_redis/lua``: in a wheel the files themselves, in a source
+    checkout a symlink to the top-level ``lua/``. Found only through importlib.resources."""
+    return resources.files("ducto_redis") / "lua"
 
 
 @cache
 def _read(name: str) -> str:
-    return (_lua_dir() / f"{name}.lua").read_text(encoding="utf-8")
+    return (lua_files() / f"{name}.lua").read_text(encoding="utf-8")
 
 
 @cache
 def library_source() -> str:
-    """The shared helpers: ``lua/lib/*.lua`` joined in name order (each file one topic)."""
-    return "\n".join(p.read_text(encoding="utf-8") for p in sorted((_lua_dir() / "lib").glob("*.lua")))
+    """The shared helpers: ``lua/lib/*.lua`` joined in name order, the one place that order is set
+    (each file one topic, numbered: a file may use what the files before it define)."""
+    lib = sorted((f for f in (lua_files() / "lib").iterdir() if f.name.endswith(".lua")), key=lambda f: f.name)
+    return "\n".join(f.read_text(encoding="utf-8") for f in lib)
 
 
 def function_missing(exc: BaseException) -> bool:
@@ -141,12 +121,13 @@ class Library:
 
 
 class Script:
-    """One script: its function in the library, and its EVAL source (lib.lua + body)."""
+    """One script: its spec, its function in the library, and its EVAL source (helpers + body)."""
 
-    __slots__ = ("function", "library", "name", "source")
+    __slots__ = ("function", "library", "name", "source", "spec")
 
     def __init__(self, name: str, library: Library) -> None:
         self.name = name
+        self.spec: ScriptSpec = SPECS[name]
         self.library = library
         self.function = f"{library.name}_{name}"
         self.source = library_source() + "\n" + BIND + _read(name)

@@ -42,7 +42,11 @@ from .models import (
     TeamMember,
     TeamMemberSpend,
 )
+from .specs import ADD_CREDITS, POOL_CREATE, POOL_DEBIT, POOL_MEMBER, POOL_READ, POOL_RELEASE, POOL_RESERVE
 from .validation import check_amount, check_choice, check_id, check_label
+
+_PD = POOL_DEBIT.reply.pos  # reply fields by name (ducto_redis/specs.py)
+_PD_SIZE = POOL_DEBIT.reply.size
 
 NO_MEMBER_CAP = "-1"
 """pool_member.lua's cap argument for "no cap" ("" leaves the cap as it is)."""
@@ -64,8 +68,9 @@ def member_cap(spend_cap: object) -> str:
 def pool_read(core: StoreCore, team_id: str, with_members: bool) -> Call[list[str]]:
     """The raw pool_read reply (see lua/pool_read.lua)."""
     k = core.keys.team(check_id(team_id, "team_id"))
-    return Call(core.scripts["pool_read"], [k.account], ["1" if with_members else "0", core.config()],
-                lambda r: table_reply(r, 7))
+    args = POOL_READ.args.pack(members="1" if with_members else "0", config=core.config())
+    return Call(core.scripts["pool_read"], POOL_READ.keys.pack(team=k.account), args,
+                lambda r: table_reply(r, POOL_READ.reply.size))
 
 
 def member_spends(core: StoreCore, team_id: str) -> Call[list[TeamMemberSpend]]:
@@ -74,13 +79,13 @@ def member_spends(core: StoreCore, team_id: str) -> Call[list[TeamMemberSpend]]:
     inner = call.parse
 
     def parse(raw: Any) -> list[TeamMemberSpend]:
-        r = inner(raw)
+        f = POOL_READ.reply.each_pos
         out: list[TeamMemberSpend] = []
-        for i in range(7, len(r), 8):
+        for m in POOL_READ.reply.groups(inner(raw)):
             out.append(construct(
-                TeamMemberSpend, user_id=r[i], role=r[i + 1], spend_cap=int(r[i + 2]) if r[i + 2] else None,
-                cap_period=PERIOD_NAMES[r[i + 3]], total_spent=int(r[i + 4]), spent_today=int(r[i + 5]),
-                spent_this_month=int(r[i + 6]), held=int(r[i + 7]),
+                TeamMemberSpend, user_id=m[f.id], role=m[f.role], spend_cap=int(m[f.cap]) if m[f.cap] else None,
+                cap_period=PERIOD_NAMES[m[f.period]], total_spent=int(m[f.total]), spent_today=int(m[f.today]),
+                spent_this_month=int(m[f.month]), held=int(m[f.held]),
             ))
         out.sort(key=lambda m: m.user_id)
         return out
@@ -97,12 +102,13 @@ def member(
     uid = check_id(user_id, "user_id")
 
     def parse(raw: Any) -> AddTeamMemberResult:
-        r = split_reply(raw, 6)
-        return construct(AddTeamMemberResult, team_id=team_id, user_id=uid, role=r[5] or "member",
-                         error=error_code(r[0]))
+        r, f = split_reply(raw, POOL_MEMBER.reply.size), POOL_MEMBER.reply.pos
+        return construct(AddTeamMemberResult, team_id=team_id, user_id=uid, role=r[f.role] or "member",
+                         error=error_code(r[f.status]))
 
-    args = [new_id(), team_id, uid, action, role, cap, PERIODS[period] if period else "", core.config()]
-    return Call(core.scripts["pool_member"], [k.account, k.ledger], args, parse)
+    args = POOL_MEMBER.args.pack(tx=new_id(), tid=team_id, member=uid, action=action, role=role, cap=cap,
+                                 period=PERIODS[period] if period else "", config=core.config())
+    return Call(core.scripts["pool_member"], POOL_MEMBER.keys.pack(team=k.account, ledger=k.ledger), args, parse)
 
 
 def team_debit(
@@ -130,16 +136,19 @@ def team_debit(
     shard = k.shard
 
     def parse(raw_reply: Any) -> TeamDeductionResult:
-        r = split_reply(raw_reply, 9)
+        r = split_reply(raw_reply, _PD_SIZE)
         return construct(
-            TeamDeductionResult, transaction_id=tx_of(shard, r[2]), team_id=team_id, user_id=uid,
-            amount=-int(r[3]), team_balance_after=int(r[4]), error=error_code(r[0]), idempotent=r[1] == "1",
+            TeamDeductionResult, transaction_id=tx_of(shard, r[_PD.ref]), team_id=team_id, user_id=uid,
+            amount=-int(r[_PD.amount]), team_balance_after=int(r[_PD.balance]), error=error_code(r[_PD.status]),
+            idempotent=r[_PD.idempotent] == "1",
         )
 
     frag = fragment(op=op if not settling else "", ak=TEAM, acct=team_id, member=uid, rid=reservation_id,
                     model=model, idem=ikey or "", meta=metadata_json(meta))
-    args = [new_call_id(), str(n), model, uid, frag, reservation_id, core.config()]
-    return Call(core.scripts["pool_debit"], [k.account, k.idempotency(ikey), k.ledger, k.events], args, parse)
+    args = POOL_DEBIT.args.pack(cid=new_call_id(), amount=str(n), model=model, member=uid, frag=frag,
+                                rid=reservation_id, config=core.config())
+    keys = POOL_DEBIT.keys.pack(team=k.account, idem=k.idempotency(ikey), ledger=k.ledger, events=k.events)
+    return Call(core.scripts["pool_debit"], keys, args, parse)
 
 
 class TeamOps(StoreBase):
@@ -160,15 +169,16 @@ class TeamOps(StoreBase):
         k = core.keys.team(tid)
 
         def parse(r_: Any) -> CreateTeamResult:
-            r = split_reply(r_, 3)
-            if r[0] != "ok":
+            r = split_reply(r_, POOL_CREATE.reply.size)
+            if r[POOL_CREATE.reply.pos.status] != "ok":
                 raise InvalidInputError("team_id", f"a team {tid!r} already exists")
             return construct(CreateTeamResult, team_id=tid, name=label)
 
         frag = fragment(op="team_created", ak=TEAM, acct=tid, type="team_created", idem=ikey or "",
                         meta=json.dumps({"name": label}))
-        args = [new_id(), label, str(n), frag, core.config()]
-        return Call(core.scripts["pool_create"], [k.account, k.idempotency(ikey), k.ledger], args, parse)
+        args = POOL_CREATE.args.pack(tx=new_id(), name=label, balance=str(n), frag=frag, config=core.config())
+        keys = POOL_CREATE.keys.pack(team=k.account, idem=k.idempotency(ikey), ledger=k.ledger)
+        return Call(core.scripts["pool_create"], keys, args, parse)
 
     @command
     def get_team_balance(self, team_id: str) -> Call[TeamBalanceResult]:
@@ -177,9 +187,9 @@ class TeamOps(StoreBase):
         inner = call.parse
 
         def parse(raw: Any) -> TeamBalanceResult:
-            r = inner(raw)
-            return construct(TeamBalanceResult, team_id=team_id, name=r[2], balance=int(r[3]), held=int(r[4]),
-                             member_count=int(r[5]), error=error_code(r[0]))
+            r, f = inner(raw), POOL_READ.reply.pos
+            return construct(TeamBalanceResult, team_id=team_id, name=r[f.name], balance=int(r[f.balance]),
+                             held=int(r[f.held]), member_count=int(r[f.count]), error=error_code(r[f.status]))
 
         return Call(call.script, call.keys, call.args, parse)
 
@@ -197,12 +207,12 @@ class TeamOps(StoreBase):
         call = self.core.credit(TEAM, tid, amount, type, metadata, None, idempotency_key)
 
         def parse(raw: Any) -> TeamBalanceResult:
-            r = split_reply(raw, 6)
-            if r[0] == E.TEAM_NOT_FOUND:
+            r, f = split_reply(raw, ADD_CREDITS.reply.size), ADD_CREDITS.reply.pos
+            if r[f.status] == E.TEAM_NOT_FOUND:
                 return TeamBalanceResult(team_id=tid, error=E.TEAM_NOT_FOUND)
-            if r[0] != "ok":
+            if r[f.status] != "ok":
                 raise InvalidInputError("amount", "would push the pool past 2**53-1; nothing was written")
-            return construct(TeamBalanceResult, team_id=tid, balance=int(r[4]))
+            return construct(TeamBalanceResult, team_id=tid, balance=int(r[f.balance]))
 
         return Call(call.script, call.keys, call.args, parse)
 
@@ -311,15 +321,18 @@ class TeamOps(StoreBase):
         rid = new_id()
 
         def parse(raw_reply: Any) -> ReserveResult:
-            r = split_reply(raw_reply, 7)
+            r, f = split_reply(raw_reply, POOL_RESERVE.reply.size), POOL_RESERVE.reply.pos
             return construct(
-                ReserveResult, reservation_id=r[2], user_id=uid, amount=int(r[3]), balance=int(r[4]),
-                reserved_total=int(r[5]), expires_at_ms=int(r[6]), error=error_code(r[0]), idempotent=r[1] == "1",
+                ReserveResult, reservation_id=r[f.rid], user_id=uid, amount=int(r[f.amount]),
+                balance=int(r[f.balance]), reserved_total=int(r[f.held]), expires_at_ms=int(r[f.expires]),
+                error=error_code(r[f.status]), idempotent=r[f.idempotent] == "1",
             )
 
         frag = fragment(op=op, ak=TEAM, acct=team_id, member=uid, rid=rid, idem=ikey or "", meta=metadata_json(meta))
-        args = [new_call_id(), rid, str(n), uid, str(ttl_ms), op, frag, core.config()]
-        return Call(core.scripts["pool_reserve"], [k.account, k.idempotency(ikey), k.ledger], args, parse)
+        args = POOL_RESERVE.args.pack(cid=new_call_id(), rid=rid, amount=str(n), member=uid, ttl=str(ttl_ms), op=op,
+                                      frag=frag, config=core.config())
+        keys = POOL_RESERVE.keys.pack(team=k.account, idem=k.idempotency(ikey), ledger=k.ledger)
+        return Call(core.scripts["pool_reserve"], keys, args, parse)
 
     @command
     def settle_team_reservation(
@@ -347,12 +360,14 @@ class TeamOps(StoreBase):
         ikey = idempotency_of(idempotency_key, None)
 
         def parse(raw_reply: Any) -> ReleaseResult:
-            r = split_reply(raw_reply, 6)
+            r, f = split_reply(raw_reply, POOL_RELEASE.reply.size), POOL_RELEASE.reply.pos
             return construct(
-                ReleaseResult, reservation_id=rid, user_id=uid, amount=int(r[3]), balance=int(r[4]),
-                held=int(r[5]), idempotent=r[1] == "1", error=error_code(r[0]),
+                ReleaseResult, reservation_id=rid, user_id=uid, amount=int(r[f.amount]), balance=int(r[f.balance]),
+                held=int(r[f.held]), idempotent=r[f.idempotent] == "1", error=error_code(r[f.status]),
             )
 
         frag = fragment(ak=TEAM, acct=team_id, member=uid, rid=rid, idem=ikey or "")
-        args = [new_call_id(), new_id(), rid, uid, frag, core.config()]
-        return Call(core.scripts["pool_release"], [k.account, k.idempotency(ikey), k.ledger], args, parse)
+        args = POOL_RELEASE.args.pack(cid=new_call_id(), tx=new_id(), rid=rid, member=uid, frag=frag,
+                                      config=core.config())
+        keys = POOL_RELEASE.keys.pack(team=k.account, idem=k.idempotency(ikey), ledger=k.ledger)
+        return Call(core.scripts["pool_release"], keys, args, parse)

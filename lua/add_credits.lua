@@ -5,7 +5,7 @@
 -- KEYS: account idem ledger grants gindex
 -- ARGV: cid tx amount purchase frag expires must_exist config
 --   purchase: "1" when the credit counts toward lifetime purchased; must_exist: "1" for a team top-up
--- REPLY: status idempotent tx amount balance life
+-- REPLY (text): status idempotent tx amount balance life
 --   status: ok | invalid_amount | team_not_found
 local ctx = ctx_new(ARGV[8], KEYS[3], KEYS[3])
 local acct, idem = KEYS[1], KEYS[2]
@@ -24,12 +24,12 @@ local amount = amount_s + 0
 if st.bal + amount > MAX_SAFE then
   return 'invalid_amount|0||' .. amount_s .. '|' .. bal_text(st) .. '|' .. life
 end
-local ak = frag_value(frag, 2)
+local ak = ARGV[7] == '1' and 't' or 'u'  -- the fragment's account kind: only a team top-up must exist
 local aid
 if st.gx ~= '' or ARGV[6] ~= '' or st.hx ~= '' then aid = frag_value(frag, 3) end
 if st.hx ~= '' then holds_sweep(ctx, st, ak, aid, ak == 't') end
 -- expired grants leave first
-grants_due(ctx, st, KEYS[4], ak, aid, cid)
+if st.gx ~= '' then grants_due(ctx, st, KEYS[4], ak, aid, cid) end
 st_balance(st, ctx.c, st.bal + amount, 0)
 if ARGV[4] == '1' then life = I(life + amount) end
 field_set(st, 'life', life)

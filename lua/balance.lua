@@ -2,7 +2,8 @@
 -- Expired grants are left out of the balance as the next mutation would expire them.
 -- KEYS: account grants
 -- ARGV: config
--- REPLY: [ok, 0, balance, held, life, exists ("1"/"0")]
+-- REPLY (table): status idempotent balance held life exists
+--   status: ok; idempotent: 0; life: lifetime purchased; exists: "1" | "0"
 local ctx = { c = clock(config(ARGV[1])), rows = {} }
 local v = rcall('HMGET', KEYS[1], 'b', 'S', 'life', 'created')
 local st = st_new(KEYS[1], v[1] or nil, v[2] or nil, nil)

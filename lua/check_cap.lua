@@ -2,8 +2,10 @@
 -- Order: a deny cap that would refuse, then a warn/notify cap that would be passed, then the cap
 -- with the least headroom. Without a model every cap counts (per-model caps against their model).
 -- KEYS: account
--- ARGV: model amount config   (amount "" = "one more credit")
--- REPLY: [ok, 0, capped ("1"/"0"), current spend, limit, action or "", model or "", period or ""]
+-- ARGV: model amount config
+--   amount: "" = one more credit
+-- REPLY (table): status idempotent capped spend limit action model period
+--   capped: "1" | "0"; spend: the current spend; action, model, period: "" when no cap applies
 local c = clock(config(ARGV[3]))
 local model = ARGV[1]
 local v = rcall('HMGET', KEYS[1], 'b', 'S')

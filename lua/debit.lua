@@ -3,12 +3,12 @@
 --   settle a reservation (rid given): the hold is gone after; spending less than the hold returns
 --   the rest, more succeeds only if the available balance covers the difference.
 -- A deny cap that would be exceeded refuses the debit (and releases the hold when settling);
--- warn/notify caps let it pass and append an event. See lib/08_user.lua.
+-- warn/notify caps let it pass and append an event. See lib/09_user.lua.
 -- KEYS: account grants idem ledger events
 -- ARGV: cid amount model floor frag rid quantities config
 --   quantities: "name=n;..." (a charge's, checked against the account's quantity limits; a settlement's
 --   actual ones, correcting its hold's estimate) or ""
--- REPLY: status idempotent ref amount balance held cap retry remaining
+-- REPLY (text): status idempotent ref amount balance held cap retry remaining
 --   status: ok | insufficient_credits | spend_cap_exceeded | rate_limited | reservation_not_found
 --           | ledger_backlog_full
 local ctx = ctx_new(ARGV[8], KEYS[4], KEYS[5])

@@ -2,9 +2,10 @@
 -- exactly as if debit.lua had been called once per decision at one instant (TIME is read once).
 -- All keys share one hash tag (the client groups decisions by shard). An account is read once and
 -- written once per call; the decisions' ledger rows form ONE stream entry.
--- KEYS: ledger events, then per decision: account grants idem
--- ARGV: config, then per decision: cid amount model floor frag quantities
--- REPLY: one debit.lua reply per decision, joined by newlines
+-- KEYS: ledger events; per decision: account grants idem
+-- ARGV: config; per decision: cid amount model floor frag quantities
+-- REPLY (lines): per decision: status idempotent ref amount balance held cap retry remaining
+--   one debit.lua reply per decision, joined by newlines
 local ctx = ctx_new(ARGV[1], KEYS[1], KEYS[2])
 local replies, idems = {}, {}
 for i = 0, (#KEYS - 2) / 3 - 1 do

@@ -2,7 +2,8 @@
 -- (for routes that cost nothing). No ledger entry: no money moves.
 -- KEYS: account
 -- ARGV: config
--- REPLY: status 0 retry remaining   (status ok | rate_limited; remaining "" = no limit set)
+-- REPLY (text): status idempotent retry remaining
+--   status: ok | rate_limited; idempotent: 0; remaining: "" = no limit set
 local now = clock(config(ARGV[1])).now
 local v = rcall('HMGET', KEYS[1], 'b', 'S')
 local st = st_new(KEYS[1], v[1] or nil, v[2] or nil, nil)

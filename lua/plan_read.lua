@@ -1,15 +1,11 @@
 -- plan_read.lua (read-only): a user's plan and the allowance it has used this month (UTC calendar).
 -- KEYS: account
 -- ARGV: config
--- REPLY: [ok, 0, plan id or "", used this month, month start ms, month end ms (exclusive)]
+-- REPLY (table): status idempotent plan used start end
+--   plan: the plan id or ""; used: this month; start, end: the month's first ms and end ms (exclusive)
 local c = clock(config(ARGV[1]))
-local cur = rcall('HGET', KEYS[1], 'plan')
-local used, plan = 0, ''
-if cur then
-  local pm, u, p = smatch(cur, '^(%d*)|(%d+)|(.*)$')
-  plan = p
-  if pm ~= '' and pm + 0 == c.month then used = u + 0 end
-end
+local pm, used, plan = plan_of(rcall('HGET', KEYS[1], 'plan') or nil)
+if pm ~= c.month then used = 0 end
 local _, ends = month_of_day(c.day)
 local y = mfloor(c.month / 12)
 local m = c.month - y * 12 + 1

@@ -1,7 +1,8 @@
 -- pool_create.lua: create a team pool with a name and an initial balance (one ledger entry).
 -- KEYS: team idem ledger
 -- ARGV: tx name balance frag config
--- REPLY: status idempotent balance   (status ok | team_exists)
+-- REPLY (text): status idempotent balance
+--   status: ok | team_exists
 local ctx = ctx_new(ARGV[5], KEYS[3], KEYS[3])
 local acct, idem = KEYS[1], KEYS[2]
 local has_idem = #idem ~= #acct + 2  -- "<account>:i": no key

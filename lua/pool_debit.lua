@@ -1,8 +1,8 @@
 -- pool_debit.lua: spend from a team pool for a member (deduct_team), or settle a team reservation
--- (rid given). See lib/09_team.lua for the checks and their order.
+-- (rid given). See lib/10_team.lua for the checks and their order.
 -- KEYS: team idem ledger events
 -- ARGV: cid amount model member frag rid config
--- REPLY: status idempotent ref amount balance held cap retry remaining
+-- REPLY (text): status idempotent ref amount balance held cap retry remaining
 --   status: ok | team_not_found | user_not_in_team | spend_cap_exceeded | insufficient_team_balance
 --           | reservation_not_found | ledger_backlog_full
 local ctx = ctx_new(ARGV[7], KEYS[3], KEYS[4])

@@ -1,9 +1,10 @@
 -- pool_debit_many.lua: many team debits in one call, each all-or-nothing on its own and decided in
 -- order, exactly as if pool_debit.lua had been called once per decision at one instant. All keys
 -- share one hash tag (the client groups decisions by shard); one stream entry for the call.
--- KEYS: ledger events, then per decision: team idem
--- ARGV: config, then per decision: cid amount model member frag
--- REPLY: one pool_debit.lua reply per decision, joined by newlines
+-- KEYS: ledger events; per decision: team idem
+-- ARGV: config; per decision: cid amount model member frag
+-- REPLY (lines): per decision: status idempotent ref amount balance held cap retry remaining
+--   one pool_debit.lua reply per decision, joined by newlines
 local ctx = ctx_new(ARGV[1], KEYS[1], KEYS[2])
 local replies, idems = {}, {}
 for i = 0, (#KEYS - 2) / 2 - 1 do

@@ -4,10 +4,11 @@
 -- member_added | member_updated | member_removed) carries the member record after the change as
 -- its metadata {role, cap, period}: restore rebuilds members from it.
 -- KEYS: team ledger
--- ARGV: tx team member action role cap period config
+-- ARGV: tx tid member action role cap period config
 --   action: add | update | remove; role/cap/period "" keep the current value ("member", none,
 --   total for a new member); cap "-1" removes the cap; period t|d|m
--- REPLY: status 0 cap period count role   (status ok | team_not_found | user_not_in_team)
+-- REPLY (text): status idempotent cap period count role
+--   status: ok | team_not_found | user_not_in_team; idempotent: 0
 local ctx = ctx_new(ARGV[8], KEYS[2], KEYS[2])
 local tid, uid, action = ARGV[2], ARGV[3], ARGV[4]
 local uf = 'U|' .. uid

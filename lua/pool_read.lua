@@ -3,8 +3,10 @@
 -- spend and what they hold (expired holds excluded).
 -- KEYS: team
 -- ARGV: members config
--- REPLY: [status, 0, name, balance, held, count, created ms, then per member: id, role, cap, period,
---         all-time, today, this month, held]   (status ok | team_not_found)
+--   members: "1" lists the members too
+-- REPLY (table): status idempotent name balance held count created; per member: id role cap period total today month held
+--   status: ok | team_not_found; count: members; created: ms; a member's total, today, month: their
+--   spend all-time, today and this month
 local c = clock(config(ARGV[2]))
 local v = rcall('HMGET', KEYS[1], 'b', 'S', 'name', 'mc', 'created')
 if not v[5] then return { 'team_not_found', '0', '', '0', '0', '0', '0' } end

@@ -1,7 +1,7 @@
 -- pool_release.lua: give a team reservation's credits back to the pool without spending them.
 -- KEYS: team idem ledger
 -- ARGV: cid tx rid member frag config
--- REPLY: status idempotent rid amount balance held
+-- REPLY (text): status idempotent rid amount balance held
 --   status: ok | team_not_found | reservation_not_found
 local ctx = ctx_new(ARGV[6], KEYS[3], KEYS[3])
 local acct, idem = KEYS[1], KEYS[2]

@@ -2,7 +2,7 @@
 -- The member's cap counts their open holds, so two-phase spending cannot bypass it.
 -- KEYS: team idem ledger
 -- ARGV: cid rid amount member ttl op frag config
--- REPLY: status idempotent rid amount balance held expires
+-- REPLY (text): status idempotent rid amount balance held expires
 --   status: ok | team_not_found | user_not_in_team | spend_cap_exceeded | insufficient_team_balance
 --           | ledger_backlog_full
 local ctx = ctx_new(ARGV[8], KEYS[3], KEYS[3])

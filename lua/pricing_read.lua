@@ -1,7 +1,9 @@
 -- pricing_read.lua (read-only): the active pricing version, one version, or every version.
 -- KEYS: active versions
--- ARGV: which   ("" = the active version, a version number, or "*" = all)
--- REPLY: [ok, 0, active version or "", record JSON...]   (records: {id, version, label, ts, config})
+-- ARGV: which
+--   which: "" = the active version, a version number, or "*" = all
+-- REPLY (table): status idempotent active; per version: record
+--   active: the active version or ""; record: JSON {id, version, label, ts, config}
 local active = rcall('HGET', KEYS[1], 'version') or ''
 local out = { 'ok', '0', active }
 if ARGV[1] == '*' then

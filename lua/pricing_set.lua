@@ -3,8 +3,10 @@
 -- nothing and answers the active id (idempotent). Each version is a ledger config row of the
 -- pricing stream (account kind p): restore publishes them again.
 -- KEYS: active versions ledger
--- ARGV: id label pricing config   (pricing: the validated config as JSON)
--- REPLY: [ok, idempotent ("1" = already active), id, version]
+-- ARGV: id label pricing config
+--   pricing: the validated config as JSON
+-- REPLY (table): status idempotent id version
+--   idempotent: "1" = already active
 local ctx = ctx_new(ARGV[4], KEYS[3], KEYS[3])
 local cur = rcall('HMGET', KEYS[1], 'id', 'version', 'label', 'config')
 if cur[4] == ARGV[3] and (cur[3] or '') == ARGV[2] then

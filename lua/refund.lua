@@ -12,7 +12,8 @@
 -- ARGV: cid tx original amount requested parts reason frag has_idem config
 --   amount: the debit's amount; requested: "" for the whole debit; parts: the debit's grant parts
 --   ("id:expires:amount;..."); reason: COPY-escaped
--- REPLY: status idempotent tx amount balance kind who   (who: JSON [account id, member])
+-- REPLY (text): status idempotent tx amount balance kind who
+--   kind: the account kind (u | t); who: JSON [account id, member]
 --   status: ok | already_refunded | invalid_amount
 local ctx = ctx_new(ARGV[10], KEYS[4], KEYS[4])
 local function reply(status, idem, tx, amount, bal)

@@ -5,8 +5,9 @@
 -- database by the store.
 -- KEYS: ledger idem
 -- ARGV: entry row has_idem
--- REPLY: a remembered refund.lua reply (idempotent "1"), or "found\t<the row>", or "gone" (not in the
---   stream, and older than its first entry: flushed, look in the ledger database), or
+-- REPLY (special):
+--   one of: a remembered refund.lua reply (idempotent "1"), or "found\t<the row>", or "gone" (not in
+--   the stream, and older than its first entry: flushed, look in the ledger database), or
 --   "transaction_not_found" (never in this stream)
 if ARGV[3] == '1' then
   local again = rcall('GET', KEYS[2])

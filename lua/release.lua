@@ -1,7 +1,7 @@
 -- release.lua: give a reservation's credits back without spending them (resolves a hold once).
 -- KEYS: account idem ledger grants
 -- ARGV: cid tx rid frag config
--- REPLY: status idempotent rid amount balance held
+-- REPLY (text): status idempotent rid amount balance held
 --   status: ok | reservation_not_found
 local ctx = ctx_new(ARGV[5], KEYS[3], KEYS[3])
 local acct, idem = KEYS[1], KEYS[2]
@@ -16,8 +16,10 @@ local st = account(ctx, acct, { hf })
 local seen = ring_seen(st, cid)
 if seen then return 'ok|1|' .. rid .. '|0|' .. bal_text(st) .. '|' .. held_text(st) end
 local aid
-if st.hx ~= '' or st.gx ~= '' then aid = frag_value(frag, 3) end
-holds_sweep(ctx, st, 'u', aid, false)
+if st.hx ~= '' or st.gx ~= '' then
+  aid = frag_value(frag, 3)
+  holds_sweep(ctx, st, 'u', aid, false)
+end
 local h = field(st, hf)
 if not h then
   finish_writes(ctx)

@@ -5,7 +5,7 @@
 --   rate: "1" applies the account's request-rate limit too (a gateway admitting a request with a hold);
 --   quantities: "name=n;..." (an estimate, checked against the account's quantity limits and corrected
 --   when the hold is settled) or ""; model: the request's model or ""
--- REPLY: status idempotent rid amount balance held expires retry remaining
+-- REPLY (text): status idempotent rid amount balance held expires retry remaining
 --   status: ok | insufficient_credits | rate_limited | ledger_backlog_full
 local ctx = ctx_new(ARGV[11], KEYS[3], KEYS[3])
 local acct, idem = KEYS[1], KEYS[2]
@@ -25,9 +25,11 @@ if seen or field(st, hf) then
 end
 if backlog_full(ctx) then return 'ledger_backlog_full|0||0|0|0|0|0|' end
 local aid
-if st.hx ~= '' or st.gx ~= '' then aid = frag_value(frag, 3) end
-holds_sweep(ctx, st, 'u', aid, false)
-grants_due(ctx, st, KEYS[4], 'u', aid, cid)
+if st.hx ~= '' or st.gx ~= '' then  -- expired holds and grants leave first
+  aid = frag_value(frag, 3)
+  holds_sweep(ctx, st, 'u', aid, false)
+  grants_due(ctx, st, KEYS[4], 'u', aid, cid)
+end
 local amount = amount_s + 0
 local function refused(status, retry, remaining)
   finish_writes(ctx)  -- expiries found on the way are kept

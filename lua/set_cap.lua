@@ -1,8 +1,10 @@
 -- set_cap.lua: set (or remove) one spend cap of an account and record it in the ledger.
 -- All-model caps live in the account's state, per-model caps in its model field (M|<model>).
 -- KEYS: account ledger
--- ARGV: tx period model value frag config   (period d|m; model "" = all models; value "" removes)
--- REPLY: [ok, 0, previous value or ""]
+-- ARGV: tx period model value frag config
+--   period: d | m; model: "" = all models; value: the cap ("<limit><d|w|n>"), "" removes it
+-- REPLY (table): status idempotent previous
+--   previous: the value before, or ""
 local ctx = ctx_new(ARGV[6], KEYS[2], KEYS[2])
 local period, model, value = ARGV[2], ARGV[3], ARGV[4]
 local st = account(ctx, KEYS[1], model ~= '' and { 'M|' .. model } or {})

@@ -4,19 +4,17 @@
 -- Does not create the user record. Recorded as a ledger 'config' entry (op plan_set, extra.plan).
 -- KEYS: account ledger
 -- ARGV: tx plan frag config
--- REPLY: [ok, 0, previous plan id or ""]
+-- REPLY (table): status idempotent previous
+--   previous: the previous plan id, or ""
 local ctx = ctx_new(ARGV[4], KEYS[2], KEYS[2])
 local plan = ARGV[2]
 local st = account(ctx, KEYS[1], { 'plan', 'P|' .. plan })
-local cur = field(st, 'plan')
-local pm, pused, prev = '', '0', ''
-if cur then pm, pused, prev = smatch(cur, '^(%d*)|(%d+)|(.*)$') end
+local pm, pused, prev = plan_of(field(st, 'plan'))
 if prev ~= plan then
-  if prev ~= '' then field_set(st, 'P|' .. prev, pm .. '|' .. pused) end
+  if prev ~= '' then field_set(st, 'P|' .. prev, plan_text(pm, pused)) end
   local kept = field(st, 'P|' .. plan)
-  local km, kused = '', '0'
-  if kept then km, kused = smatch(kept, '^(%d*)|(%d+)$') end
-  field_set(st, 'plan', km .. '|' .. kused .. '|' .. plan)
+  local km, kused = plan_left_of(kept)
+  field_set(st, 'plan', plan_text(km, kused, plan))
   if kept then field_del(st, 'P|' .. plan) end
 end
 row(ctx, ARGV[1], 'config', '0', '', '', '', '', '', '', extra_json({ plan = plan, prev = prev }), ARGV[3])

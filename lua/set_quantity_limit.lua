@@ -1,10 +1,12 @@
 -- set_quantity_limit.lua: set (or remove) a limit on a quantity requests carry (tokens per period,
--- optionally for one model), kept in the account state's quantity limits (lib/06_quantities.lua),
+-- optionally for one model), kept in the account state's quantity limits (lib/06_limits.lua),
 -- and record it: the ledger entry's metadata holds the account's limits after the change ('ql'),
 -- which restore sets again.
 -- KEYS: account ledger
--- ARGV: tx user name model value config   (value "limit|period_ms", or "" to remove)
--- REPLY: [ok, 0, the limits after ("name|model|limit|period_ms;...")]
+-- ARGV: tx user name model value config
+--   value: "limit|period_ms", or "" to remove
+-- REPLY (table): status idempotent limits
+--   limits: the limits after ("name|model|limit|period_ms;...")
 local ctx = ctx_new(ARGV[6], KEYS[2], KEYS[2])
 local name, model, value = ARGV[3], ARGV[4], ARGV[5]
 local st = account(ctx, KEYS[1], {})

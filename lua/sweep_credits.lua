@@ -2,10 +2,11 @@
 -- Each expired grant remainder leaves the balance with one ledger row (kind 'expire', reason
 -- 'credit_expired'); never below what is held (lib/07_grants.lua). The account's place in the
 -- grant index moves to its next expiry (or it leaves the index). A dry run writes nothing.
--- KEYS: gindex ledger, then per account: account grants
--- ARGV: dry call config, then per account: user id (raw)
---   call: this call's unique id (names the expiry entries)
--- REPLY: [ok, 0, count, amount, then per expiry: user id, grant id, amount, expires ms, entry id]
+-- KEYS: gindex ledger; per account: account grants
+-- ARGV: dry call config; per account: user
+--   call: this call's unique id (names the expiry entries); user: the user id (raw)
+-- REPLY (table): status idempotent count amount; per expiry: user grant amount expires entry
+--   count, amount: of the expiries; user, grant: ids; expires: ms; entry: the expiry's entry id
 local ctx = ctx_new(ARGV[3], KEYS[2], KEYS[2])
 local gidx = KEYS[1]
 local dry = ARGV[1] == '1'

@@ -261,13 +261,23 @@ def test_packed_layout_sends_shared_values_once_and_new_positions_per_decision(s
     assert packed.keys[2:] == [k for c in calls for k in c.keys[:3]]  # account, grants, idempotency each
     # no reservation id (charges only); the decision's quantities are its own
     assert packed.args[1:] == [a for c in calls for a in (*c.args[:5], c.args[6])]
-    # a position another debit.lua change adds is sent per decision, never assumed shared
-    for c in calls:
-        c.keys.append(c.keys[0] + ":extra")
-        c.args.append("x")
-    wider = Batch(calls, store.core.scripts).calls[0]
-    assert wider.keys[2:] == [k for c in calls for k in (*c.keys[:3], c.keys[5])]
-    assert wider.args[1:] == [a for c in calls for a in (*c.args[:5], c.args[6], c.args[8])]
+    # a position debit.lua gains is never dropped nor assumed shared: the packed layout comes from
+    # both specs by name, and a debit position debit_many.lua does not place is refused at import
+    from ducto_redis.batch import Twin
+    from ducto_redis.specs import DEBIT, DEBIT_MANY, ScriptSpec
+
+    def spec(s: ScriptSpec, keys: str = "", args: str = "") -> ScriptSpec:
+        return ScriptSpec.of(s.name, s.keys.text() + keys, s.args.text() + args, s.reply.text(), s.shape)
+
+    with pytest.raises(ValueError, match="must place each"):
+        Twin.of(spec(DEBIT, " extra_key"), DEBIT_MANY, "rid", "")
+    with pytest.raises(ValueError, match="must place each"):
+        Twin.of(spec(DEBIT, args=" extra"), DEBIT_MANY, "rid", "")
+    many = ScriptSpec.of("debit_many", "ledger events; per decision: account grants idem extra_key",
+                         "config; per decision: cid amount model floor frag quantities extra", "", "lines")
+    wider = Twin.of(spec(DEBIT, " extra_key", " extra"), many, "rid", "")
+    assert (wider.shared_keys, wider.own_keys) == ((3, 4), (0, 1, 2, 5))
+    assert (wider.shared_args, wider.own_args, wider.only) == ((7,), (0, 1, 2, 3, 4, 6, 8), (5, ""))
 
 
 def test_an_error_reply_in_a_batch_raises_and_leaves_the_connection_in_step(store: RedisStore) -> None:

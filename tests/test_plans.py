@@ -9,7 +9,7 @@ import threading
 from datetime import datetime, timezone
 
 import pytest
-from conftest import REDIS_URL, advance, drop_namespace, ledger_entries, new_namespace, snapshot
+from conftest import REDIS_URL, advance, drop_namespace, event_entries, ledger_entries, new_namespace, snapshot
 
 from ducto_redis import (
     ConfigError,
@@ -167,6 +167,44 @@ def test_min_balance_floor_applies_to_the_paid_part(store: RedisStore) -> None:
     assert store.charge_with_allowance("u", 26, "chat", min_balance=5).error == "insufficient_credits"
     ok = store.charge_with_allowance("u", 25, "chat", min_balance=5)  # 10 free + 15 paid leaves 5
     assert (ok.error, ok.balance_after) == (None, 5)
+
+
+def test_a_charge_the_allowance_covers_whole_counts_for_the_rate_limit_and_passes_the_caps(store: RedisStore) -> None:
+    """A wholly free charge is a charge of nothing: rate limited like any charge (no allowance used
+    then), never refused nor warned by a cap (even one set below today's spend), recorded as a debit
+    of 0."""
+    with_plans(store)
+    store.set_user_plan("u", "pro")
+    store.add_credits("u", 100)
+    assert store.charge("u", 30, "chat").error is None
+    store.set_spend_cap(SpendCap(user_id="u", cap_type="daily", limit=20, action="deny"))
+    store.set_spend_cap(SpendCap(user_id="u", cap_type="monthly", limit=25, action="warn"))
+    store.set_rate_limit("u", 1, 60.0)
+    free = store.charge_with_allowance("u", 40, "chat")
+    assert (free.error, free.amount, free.allowance_used, free.cap_action, free.balance_after) == (
+        None, 0, 40, None, 70)
+    limited = store.charge_with_allowance("u", 5, "chat")
+    assert (limited.error, limited.allowance_used, limited.allowance_remaining) == ("rate_limited", 0, 60)
+    assert store.check_allowance("u").allowance_remaining == 60
+    rows = [e for e in ledger_entries(store) if e["kind"] == "debit"]
+    assert [(e["amount"], e.get("free"), e.get("plan"), e.get("cap")) for e in rows][-1] == ("0", "40", "pro", None)
+    assert not [e for e in event_entries(store) if e.get("type", "").startswith("credits.cap")]
+
+
+def test_a_wholly_free_charge_past_the_ledger_backlog_is_refused_as_a_charge_is(redis_client: object) -> None:
+    """Refused, nothing written, no allowance used, and the balance reported as debit.lua reports it
+    (this path answered 0 before it became the shared user_debit)."""
+    from conftest import make_store
+
+    s = make_store("memory", None, ledger_max_backlog=2)
+    with_plans(s)
+    s.set_user_plan("u", "pro")
+    s.add_credits("u", 100)  # the shard's second entry: the backlog is full
+    before = snapshot(s)
+    r = s.charge_with_allowance("u", 5, "chat")
+    assert (r.error, r.allowance_used, r.balance_after) == ("ledger_backlog_full", 0, 100)
+    assert s.charge("u", 5, "chat").balance_after == 100
+    assert snapshot(s) == before and s.check_allowance("u").allowance_remaining == 100
 
 
 def test_a_replayed_charge_returns_the_first_result_and_consumes_nothing_more(store: RedisStore) -> None:

@@ -33,14 +33,20 @@ from typing import Any
 from ..layout import (
     REMOVED,
     Account,
+    Grant,
     Hold,
     Member,
     ModelWindow,
+    RateLimit,
     State,
     cap_text,
     day_bucket,
+    grant_parts_of,
     month_bucket,
+    plan_left_text,
+    plan_of,
     plan_text,
+    pricing_record,
 )
 from .database import LedgerDatabase
 
@@ -83,20 +89,19 @@ class AccountState:
     members: dict[str, Member] = field(default_factory=dict)  # team
     removed: dict[str, str] = field(default_factory=dict)  # team: removed member -> their last role
     member_spend: dict[str, Spend] = field(default_factory=dict)
-    grants: dict[str, list[int]] = field(default_factory=dict)  # grant id -> [expires ms, remaining]
+    grants: dict[str, Grant] = field(default_factory=dict)  # grant id -> what is left of it
     refunded: dict[str, int] = field(default_factory=dict)  # debit id -> amount refunded
     plan: str | None = None  # user: the plan id set last (None: never set)
     plan_used: dict[str, int] = field(default_factory=dict)  # user: plan id -> allowance used this month
     pricing: list[dict[str, Any]] = field(default_factory=list)  # kind "p": version records, in order
     last_entry: dict[int, tuple[int, int]] = field(default_factory=dict)  # shard -> the last stream id seen
 
-    def _grant_parts(self, parts: str, sign: int) -> None:
-        """Move the parts "id:expires:amount;..." of a debit (sign -1) or a refund (+1)."""
-        for part in filter(None, (parts or "").split(";")):
-            gid, exp, n = part.rsplit(":", 2)
-            g = self.grants.setdefault(gid, [int(exp), 0])
-            g[1] += sign * int(n)
-            if g[1] <= 0:
+    def _grant_parts(self, parts: list[tuple[str, int, int]], sign: int) -> None:
+        """Move the grant parts of a debit (sign -1), a refund (+1) or an expiry (-1)."""
+        for gid, expires, n in parts:
+            g = self.grants.setdefault(gid, Grant(expires, 0))
+            g.remaining += sign * n
+            if g.remaining <= 0:
                 del self.grants[gid]
 
     def apply(self, e: dict[str, Any], now_ms: int) -> None:
@@ -123,7 +128,7 @@ class AccountState:
             elif e["tx_type"] == "purchase":
                 self.life += amount
             if e["expires_ms"] and amount > 0:
-                self.grants[e["entry_id"]] = [int(e["expires_ms"]), amount]
+                self.grants[e["entry_id"]] = Grant(int(e["expires_ms"]), amount)
         elif kind == "hold":
             member = e["member"] if self.kind == "t" else None
             self.holds[e["reservation_id"]] = Hold(int(e["hold"]), int(e["expires_ms"] or 0),
@@ -131,18 +136,18 @@ class AccountState:
         elif kind == "config":
             self._config(e, extra, ts, now_ms)
         elif kind == "refund":
-            self._grant_parts(extra.get("gr", ""), 1)
+            self._grant_parts(grant_parts_of(extra.get("gr")), 1)
             ref = extra.get("ref")
             if ref:
                 self.refunded[ref] = self.refunded.get(ref, 0) + amount
         elif kind == "expire" and e["reason"] == "credit_expired":
-            self._grant_parts(f"{extra.get('grant')}:{e['expires_ms']}:{-amount}", -1)
+            self._grant_parts([(str(extra.get("grant")), int(e["expires_ms"]), -amount)], -1)
         if kind in ("settle", "release", "expire") and e["reservation_id"]:
             self.holds.pop(e["reservation_id"], None)
         if kind in ("debit", "settle"):
             if amount < 0:
                 self._spend(-amount, e["model"] or "", e["member"], ts, now_ms)
-                self._grant_parts(extra.get("gc", ""), -1)
+                self._grant_parts(grant_parts_of(extra.get("gc")), -1)
             self._free(extra, ts, now_ms)
 
     def _free(self, extra: dict[str, Any], ts: int, now_ms: int) -> None:
@@ -166,7 +171,8 @@ class AccountState:
             else:
                 self.caps.pop(scope, None)
         elif op == "rate_limit_set":
-            self.rate_limit = f"{meta['limit']},{meta['period_ms']},{meta.get('burst') or meta['limit']}"
+            limit = int(meta["limit"])
+            self.rate_limit = RateLimit(limit, int(meta["period_ms"]), int(meta.get("burst") or limit)).encode()
         elif op == "rate_limit_removed":
             self.rate_limit = ""
         elif op in ("quantity_limit_set", "quantity_limit_removed"):
@@ -192,7 +198,7 @@ class AccountState:
         whole = self.spend.get("", Spend())
         state = State(held=self.held, rate_limit=self.rate_limit, quantity_limits=self.quantity_limits,
                       hold_expiry=min((h.expires_ms for h in self.holds.values()), default=None),
-                      grant_expiry=min((exp for exp, _ in self.grants.values()), default=None),
+                      grant_expiry=min((g.expires_ms for g in self.grants.values()), default=None),
                       day_cap=self.caps.get(("d", ""), ""), month_cap=self.caps.get(("m", ""), ""))
         state.with_spend(self.bal, day, whole.day, month, whole.month)
         a = Account(balance=self.bal, state=state, life=self.life, created=self.created_ms if self.exists else None,
@@ -214,7 +220,7 @@ class AccountState:
         elif self.plan is not None or self.plan_used:
             if self.plan is not None:
                 a.plan = plan_text(month, self.plan_used.get(self.plan, 0), self.plan)
-            a.plans_left = {p: f"{month}|{n}" for p, n in self.plan_used.items() if p != self.plan}
+            a.plans_left = {p: plan_left_text(month, n) for p, n in self.plan_used.items() if p != self.plan}
         return a
 
 
@@ -248,10 +254,9 @@ def pricing_records(s: AccountState) -> tuple[dict[str, str], dict[str, str]]:
     for rec in s.pricing:
         config = PricingConfigData.model_validate(rec["config"]).model_dump_json(exclude_none=True)
         label = rec.get("label") or ""
-        version, ts = str(rec["version"]), str(rec["ts"])
-        versions[version] = (f'{{"id":{json.dumps(rec["id"])},"version":{version},"label":{json.dumps(label)},'
-                             f'"ts":{ts},"config":{config}}}')
-        active = {"id": rec["id"], "version": version, "label": label, "ts": ts, "config": config}
+        version, ts = int(rec["version"]), int(rec["ts"])
+        versions[str(version)] = pricing_record(rec["id"], version, label, ts, config)
+        active = {"id": rec["id"], "version": str(version), "label": label, "ts": str(ts), "config": config}
     return active, versions
 
 
@@ -280,8 +285,8 @@ def write_state(store: Any, s: AccountState, now_ms: int) -> None:
             or s.quantity_limits):
         p.hset(k.account, mapping=a.fields())
     if s.grants:
-        p.hset(k.grants, mapping={gid: f"{exp}|{rem}" for gid, (exp, rem) in s.grants.items()})
-        p.zadd(k.grant_index, {s.account_id: min(exp for exp, _ in s.grants.values())})
+        p.hset(k.grants, mapping={gid: g.encode() for gid, g in s.grants.items()})
+        p.zadd(k.grant_index, {s.account_id: min(g.expires_ms for g in s.grants.values())})
     p.execute()
 
 
@@ -318,7 +323,7 @@ def account_meaning(a: Account, now_ms: int, team: bool) -> dict[str, Any]:
     if team:
         out["members"] = {u: (m.role, m.cap, m.period, m.spent, *m.spend(now_ms), m.held) for u, m in a.members.items()}
     else:
-        out["plan"] = a.plan and a.plan.split("|", 2)[2]
+        out["plan"] = a.plan and plan_of(a.plan)[2]
     return out
 
 
@@ -345,5 +350,5 @@ def account_drift(store: Any, s: AccountState, now_ms: int) -> list[str]:
     for what, value in ledger_side.items():
         check(what, redis_side[what], value)
     if not team:
-        check("grants", c.hgetall(k.grants), {gid: f"{exp}|{rem}" for gid, (exp, rem) in s.grants.items()})
+        check("grants", {gid: Grant.decode(v) for gid, v in c.hgetall(k.grants).items()}, s.grants)
     return found

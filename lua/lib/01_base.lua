@@ -1,11 +1,13 @@
--- lib/01_base.lua: numbers, time, per-call configuration. The lib/*.lua files are joined in name
--- order (ducto_redis/scripts.py) ahead of the scripts: loaded once as the top of the function
+-- lib/01_base.lua: bound globals, numbers, calendar buckets, the per-call configuration and clock.
+-- The lib/*.lua files are joined in name order (ducto_redis/scripts.py), each one topic that may use
+-- what the files before it define, ahead of the scripts: loaded once as the top of the function
 -- library, and put before a script's body when it is sent with EVAL. The top level only defines
 -- things (it runs at library load time, where Redis offers no string, table or cjson).
 --
 -- Conventions shared by all scripts:
---   * ARGV[1] is the store's configuration string (see config below); time is Redis TIME plus its
---     clock offset (0 except in tests).
+--   * A script's KEYS, ARGV and reply are named in its header, as ducto_redis/specs.py names them.
+--   * ARGV `config` is the store's configuration string (see config below); time is Redis TIME
+--     plus its clock offset (0 except in tests).
 --   * Stored formats are defined in ducto_redis/layout.py; lib/02_state.lua reads and writes them.
 --   * Integers are formatted with I() ('%d': exact up to 2^53-1; tostring would round), and text
 --     is turned into numbers with `+ 0` (a third of tonumber's cost); both are the price of a
@@ -139,25 +141,4 @@ local function clock(cfg)
   local c = CLOCK
   c.now, c.ts, c.day, c.month = now, ts, day, (month_of_day(day))
   return c
-end
-
-local COPY_ESCAPES = { ['\\'] = '\\\\', ['\t'] = '\\t', ['\n'] = '\\n', ['\r'] = '\\r' }
-
--- a value as COPY text (only values Lua itself puts into rows: stored text, member ids)
-local function esc(v)
-  if sfind(v, '[\\\t\n\r]') then return (sgsub(v, '[\\\t\n\r]', COPY_ESCAPES)) end
-  return v
-end
-
--- the raw value of column n of a client fragment (ducto_redis/layout.py CLIENT_COLUMNS order,
--- 1-based; the fragment starts with its tab); for the rare paths that need the text itself
-local function frag_value(frag, n)
-  local s = 2
-  for _ = 2, n do s = sfind(frag, '\t', s, true) + 1 end
-  local e = sfind(frag, '\t', s, true)
-  local v = ssub(frag, s, e and e - 1 or -1)
-  if sfind(v, '\\', 1, true) then
-    v = sgsub(v, '\\(.)', { t = '\t', n = '\n', r = '\r', ['\\'] = '\\' })
-  end
-  return v
 end

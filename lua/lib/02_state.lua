@@ -148,6 +148,28 @@ local function member_spent(m, c)
   return m.T
 end
 
+-- A plan's allowance use: field 'plan' = "mB|used|<plan id>" (the current plan), field P|<plan id> =
+-- "mB|used" (a plan the user has left); mB is '' before any use. The month bucket (nil: none), used,
+-- and for 'plan' the plan id ('' without a field).
+local function plan_of(text)
+  if not text then return nil, 0, '' end
+  local m, used, plan = smatch(text, '^(%d*)|(%d+)|(.*)$')
+  return m ~= '' and m + 0 or nil, used + 0, plan
+end
+
+local function plan_left_of(text)
+  if not text then return nil, 0 end
+  local m, used = smatch(text, '^(%d*)|(%d+)$')
+  return m ~= '' and m + 0 or nil, used + 0
+end
+
+-- field 'plan' (with its plan id), or P|<plan id> (plan nil)
+local function plan_text(month, used, plan)
+  local t = (month and I(month) or '') .. '|' .. I(used)
+  if plan then return t .. '|' .. plan end
+  return t
+end
+
 -- Holds (field h:<reservation id>): user "amount|expires_ms|op",
 -- team "amount|expires_ms|<#member>|<member><op>"
 local function hold_decode(raw, team)

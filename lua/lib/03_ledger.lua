@@ -1,9 +1,31 @@
--- lib/03_ledger.lua: ledger rows and the call context that collects them.
+-- lib/03_ledger.lua: ledger rows (COPY text), the call context that collects them, the events and
+-- idempotency replies a call leaves.
 -- A row is one line of COPY text in ducto_redis/layout.py ROW_COLUMNS order: the script's columns
 -- (id ts kind amount bal held hold exp cap reason extra) then the client's fragment (op ak acct
 -- member rid model type idem meta), which arrives escaped and led by its tab. A script call
 -- appends all its rows as ONE stream entry (field 'q', rows joined by "\n"); a row with an empty id
 -- is named by its place in the stream (layout.tx_id).
+
+local COPY_ESCAPES = { ['\\'] = '\\\\', ['\t'] = '\\t', ['\n'] = '\\n', ['\r'] = '\\r' }
+
+-- a value as COPY text (only values Lua itself puts into rows: stored text, member ids)
+local function esc(v)
+  if sfind(v, '[\\\t\n\r]') then return (sgsub(v, '[\\\t\n\r]', COPY_ESCAPES)) end
+  return v
+end
+
+-- the raw value of column n of a client fragment (ducto_redis/layout.py CLIENT_COLUMNS order,
+-- 1-based; the fragment starts with its tab); for the rare paths that need the text itself
+local function frag_value(frag, n)
+  local s = 2
+  for _ = 2, n do s = sfind(frag, '\t', s, true) + 1 end
+  local e = sfind(frag, '\t', s, true)
+  local v = ssub(frag, s, e and e - 1 or -1)
+  if sfind(v, '\\', 1, true) then
+    v = sgsub(v, '\\(.)', { t = '\t', n = '\n', r = '\r', ['\\'] = '\\' })
+  end
+  return v
+end
 
 -- A script call's context: configuration, clock, streams, the accounts it loaded and its rows.
 -- One table, reused by every call (a script call runs alone) and reset at its start.

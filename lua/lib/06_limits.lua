@@ -1,4 +1,21 @@
--- lib/06_quantities.lua: limits on quantities requests carry (tokens per minute...).
+-- lib/06_limits.lua: rate limits, both GCRA: the request-rate limit (requests per period) and
+-- quantity limits (tokens per minute..., optionally per model).
+
+-- Request-rate limit (GCRA): rl = "limit,period_ms,burst", tat = theoretical arrival time (ms).
+-- Returns allowed, new tat (to store on success), retry-after ms, remaining requests.
+local function gcra(rl, tat, now)
+  local limit, period, burst = smatch(rl, '^(%d+),(%d+),(%d+)$')
+  local t = period / limit
+  local window = burst * t
+  local at = tat ~= '' and tat + 0 or now
+  if at < now then at = now end
+  local new_tat = at + t
+  if new_tat - now > window then
+    return false, nil, mceil(new_tat - window - now), 0
+  end
+  return true, mceil(new_tat), 0, mfloor((window - (new_tat - now)) / t)
+end
+
 -- ── Quantity limits (tokens per minute, optionally per model) ──────────
 -- A limit on a quantity a request carries. The account state's ql lists the limits as
 -- "name|model|limit|period_ms" joined by ';' (model '' = every model); field 'qt|name|model' is the

@@ -1,4 +1,4 @@
--- lib/04_rules.lua: spend caps and the request-rate limit.
+-- lib/04_caps.lua: spend caps (daily and monthly, all models or one) and the events of caps passed.
 
 -- caps '<limit><d|w|n>' -> limit, action word (remembered: a pure function of the text)
 local ACTION = { d = 'deny', w = 'warn', n = 'notify' }
@@ -68,32 +68,3 @@ local function events_write(ctx, entry)
     event(ctx, fields)
   end
 end
-
--- Request-rate limit (GCRA): rl = "limit,period_ms,burst", tat = theoretical arrival time (ms).
--- Returns allowed, new tat (to store on success), retry-after ms, remaining requests.
-local function gcra(rl, tat, now)
-  local limit, period, burst = smatch(rl, '^(%d+),(%d+),(%d+)$')
-  local t = period / limit
-  local window = burst * t
-  local at = tat ~= '' and tat + 0 or now
-  if at < now then at = now end
-  local new_tat = at + t
-  if new_tat - now > window then
-    return false, nil, mceil(new_tat - window - now), 0
-  end
-  return true, mceil(new_tat), 0, mfloor((window - (new_tat - now)) / t)
-end
-
--- a plan's monthly free allowance from the allowance table JSON {"<plan id>": credits, ...}
--- (decoded once per distinct table: a pure function of the text)
-local allowance_memo, allowance_count = {}, 0
-local function plan_allowance(text, plan)
-  local t = allowance_memo[text]
-  if not t then
-    t = jdecode(text)
-    if allowance_count > 64 then allowance_memo, allowance_count = {}, 0 end
-    allowance_memo[text], allowance_count = t, allowance_count + 1
-  end
-  return (t[plan] or 0) + 0
-end
-

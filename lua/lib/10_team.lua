@@ -1,6 +1,7 @@
--- lib/09_team.lua: one team debit (deduct_team, or the settlement of a team hold), the body of
--- pool_debit.lua and pool_debit_many.lua. The team hash holds the pool (b, S as a user's), its
--- members (U|<id>: cap, period, spend windows, held) and its holds (h:<rid>, naming the member).
+-- lib/10_team.lua: one team debit (deduct_team, or the settlement of a team hold), the body of
+-- pool_debit.lua and pool_debit_many.lua (its reply and the steps it shares with a user debit:
+-- lib/08_debit.lua). The team hash holds the pool (b, S as a user's), its members (U|<id>: cap,
+-- period, spend windows, held) and its holds (h:<rid>, naming the member).
 -- Checks, in order: team exists -> membership -> the member's cap (their period spend plus what
 -- their open holds hold) -> the team's caps -> pool balance (beyond any hold); then debits the pool
 -- (never a member's personal balance). A refusal changes nothing, except that refusing a
@@ -48,33 +49,25 @@ local function team_debit(ctx, K, A)
     if sbyte(frag, 2) == 9 then frag = '\t' .. esc(hop) .. ssub(frag, 2) end
   end
 
-  local function refuse_for_cap(cap)
+  -- the member's cap (their spend in its period, plus what their other open holds hold), then the
+  -- team's caps
+  local over = m.cap and member_spent(m, c) + (m.held - hold) + amount > m.cap
+  local w, deny, warns
+  if not over then
+    w = mf and model_window(st, mf)
+    if st.dC ~= '' or st.mC ~= '' or (w and (w.dC ~= '' or w.mC ~= '')) then
+      local dS, mS = st_spend(st, c)
+      deny, warns = caps_check(st, w, model, amount, dS, mS, c)
+    end
+  end
+  if over or deny then  -- refused by the member's cap (no event), or by a deny cap of the team's
     if not hf then
-      if cap then cap_event(ctx, 'credits.cap_reached', 't', tid or frag_value(frag, 3), cap, amount) end
+      if deny then cap_event(ctx, 'credits.cap_reached', 't', tid or frag_value(frag, 3), deny, amount) end
       return refusal('spend_cap_exceeded', amount_s, st, 'deny')
     end
-    st_held(st, st.held - hold)
     m.held, m.dirty = m.held - hold, true
-    field_del(st, hf)
-    local n = row(ctx, '', 'release', '0', bal_text(st), held_text(st), I(hold), '', '', 'spend_cap_exceeded', '',
-      frag)
-    if cap then cap_event(ctx, 'credits.cap_reached', 't', tid or frag_value(frag, 3), cap, amount, n) end
-    ring_add(st, cid, n)
-    local r = { 'spend_cap_exceeded', n, '|' .. amount_s .. '|' .. bal_text(st) .. '|' .. held_text(st) .. '|deny|0|',
-      '0' }
-    if has_idem then ctx.idem[idem] = r end
-    return r
+    return settle_refused(ctx, st, hf, hold, frag, cid, amount_s, amount, 't', deny, has_idem and idem)
   end
-
-  -- the member's cap: their spend in its period, plus what their other open holds hold
-  if m.cap and member_spent(m, c) + (m.held - hold) + amount > m.cap then return refuse_for_cap(nil) end
-  local w = mf and model_window(st, mf)
-  local deny, warns
-  if st.dC ~= '' or st.mC ~= '' or (w and (w.dC ~= '' or w.mC ~= '')) then
-    local dS, mS = st_spend(st, c)
-    deny, warns = caps_check(st, w, model, amount, dS, mS, c)
-  end
-  if deny then return refuse_for_cap(deny) end
   local need = amount - hold
   if need > 0 and st.bal - st.held - need < 0 then return refusal('insufficient_team_balance', amount_s, st) end
 
@@ -90,21 +83,11 @@ local function team_debit(ctx, K, A)
     total_add(w, c, amount)
     w.dirty = true
   end
-  local action = ''
-  if warns then
-    for _, cap in B_ipairs(warns) do
-      if action == '' or cap[4] == 'warn' then action = cap[4] end
-    end
-  end
+  local action = warns and cap_action(warns) or ''
   local bals, helds = bal_text(st), held_text(st)
   local n = row(ctx, '', hf and 'settle' or 'debit', amount == 0 and '0' or '-' .. amount_s, bals, helds,
     hf and I(hold) or '', '', action, '', '', frag)
-  if warns then
-    tid = tid or frag_value(frag, 3)
-    for _, cap in B_ipairs(warns) do
-      cap_event(ctx, cap[4] == 'warn' and 'credits.cap_warning' or 'credits.cap_reached', 't', tid, cap, amount, n)
-    end
-  end
+  if warns then cap_warnings(ctx, warns, 't', tid or frag_value(frag, 3), amount, n) end
   ring_add(st, cid, n)
   local r = { 'ok', n, '|' .. amount_s .. '|' .. bals .. '|' .. helds .. '|' .. action .. '|0|', '0' }
   if has_idem then ctx.idem[idem] = r end

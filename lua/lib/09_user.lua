@@ -1,24 +1,6 @@
--- lib/08_user.lua: one user debit (a charge, or the settlement of a hold), the body of debit.lua,
--- debit_many.lua and plan_debit.lua.
---
--- A decision's reply is text: "status|idempotent|<entry>/<row>|amount|balance|held|cap|retry|remaining"
--- (<entry>/<row> names the decision's ledger row, '' when it wrote none). A decision that wrote a
--- row answers, until the call's entry id is known, a table { status, row, rest, idempotent } that
--- finish() turns into that text (rest: "|amount|balance|..." after the reference).
-
-local function pending_text(r, entry)
-  return r[1] .. '|' .. r[4] .. '|' .. entry .. '/' .. N(r[2]) .. r[3]
-end
-
-local function refusal(status, amount, st, cap, retry, remaining)
-  return status .. '|0||' .. amount .. '|' .. bal_text(st) .. '|' .. held_text(st) .. '|' .. (cap or '') .. '|' ..
-    (retry or '0') .. '|' .. (remaining or '')
-end
-
--- the reply to a call id this account has seen (a re-sent call): nothing changes
-local function seen_reply(st, seen, amount)
-  return 'ok|1|' .. seen .. '|' .. amount .. '|' .. bal_text(st) .. '|' .. held_text(st) .. '||0|'
-end
+-- lib/09_user.lua: one user debit (a charge, or the settlement of a hold), the body of debit.lua,
+-- debit_many.lua and plan_debit.lua. Its reply and the steps it shares with a team debit are
+-- lib/08_debit.lua's.
 
 -- Run one user debit in the call's context.
 -- K: { account hash, grants hash, idempotency key (or the never-written "<account>:i") }
@@ -77,30 +59,20 @@ local function user_debit(ctx, K, A, X)
     if not q_ok then return refusal('rate_limited', amount_s, st, '', I(q_retry), left and I(left) or '') end
   end
 
+  -- spend caps: a charge of nothing (plan_debit.lua's allowance-only charge) passes none
   local w = mf and model_window(st, mf)
   local deny, warns
-  if st.dC ~= '' or st.mC ~= '' or (w and (w.dC ~= '' or w.mC ~= '')) then
+  if (st.dC ~= '' or st.mC ~= '' or (w and (w.dC ~= '' or w.mC ~= ''))) and (amount > 0 or hf) then
     local dS, mS = st_spend(st, c)
     deny, warns = caps_check(st, w, model, amount, dS, mS, c)
   end
   if deny then
-    aid = aid or frag_value(frag, 3)
     if not hf then
-      cap_event(ctx, 'credits.cap_reached', 'u', aid, deny, amount)
+      cap_event(ctx, 'credits.cap_reached', 'u', aid or frag_value(frag, 3), deny, amount)
       return refusal('spend_cap_exceeded', amount_s, st, 'deny')
     end
-    -- refusing a settlement releases the hold: the reserved credits stay the user's
-    st_held(st, st.held - hold)
-    field_del(st, hf)
     quantity_resolve(st, rid, nil)
-    local n = row(ctx, '', 'release', '0', bal_text(st), held_text(st), I(hold), '', '', 'spend_cap_exceeded', '',
-      frag)
-    cap_event(ctx, 'credits.cap_reached', 'u', aid, deny, amount, n)
-    ring_add(st, cid, n)
-    local r = { 'spend_cap_exceeded', n, '|' .. amount_s .. '|' .. bal_text(st) .. '|' .. held_text(st) .. '|deny|0|',
-      '0' }
-    if has_idem then ctx.idem[idem] = r end
-    return r
+    return settle_refused(ctx, st, hf, hold, frag, cid, amount_s, amount, 'u', deny, has_idem and idem)
   end
 
   -- the hold covers up to its amount; anything beyond must come from the available balance
@@ -121,12 +93,7 @@ local function user_debit(ctx, K, A, X)
     total_add(w, c, amount)
     w.dirty = true
   end
-  local action = ''
-  if warns then
-    for _, cap in B_ipairs(warns) do
-      if action == '' or cap[4] == 'warn' then action = cap[4] end
-    end
-  end
+  local action = warns and cap_action(warns) or ''
   local x = ''
   if grants or X then
     local e = {}
@@ -140,12 +107,7 @@ local function user_debit(ctx, K, A, X)
   local bals, helds = bal_text(st), held_text(st)
   local n = row(ctx, '', hf and 'settle' or 'debit', amount == 0 and '0' or '-' .. amount_s, bals, helds,
     hf and I(hold) or '', '', action, '', x, frag)
-  if warns then
-    aid = aid or frag_value(frag, 3)
-    for _, cap in B_ipairs(warns) do
-      cap_event(ctx, cap[4] == 'warn' and 'credits.cap_warning' or 'credits.cap_reached', 'u', aid, cap, amount, n)
-    end
-  end
+  if warns then cap_warnings(ctx, warns, 'u', aid or frag_value(frag, 3), amount, n) end
   if grants then
     -- a settled hold may free the pinned rest of an expired grant: it expires now
     if hf then
@@ -159,37 +121,4 @@ local function user_debit(ctx, K, A, X)
     '0' }
   if has_idem then ctx.idem[idem] = r end
   return r
-end
-
--- Finishing a call: write the entry, the accounts and the events (the entry's id, or nil)...
-local function finish_writes(ctx)
-  local entry = ctx_xadd(ctx)
-  if #ctx.order > 0 then accounts_store(ctx, entry) end
-  if #ctx.pending > 0 then events_write(ctx, entry) end
-  return entry
-end
-
--- ...then each reply as text, its idempotency key (or nil) remembering it
-local function reply_text(ctx, r, entry, key)
-  if B_type(r) == 'string' then return r end
-  local text = pending_text(r, entry)
-  if key and r[4] == '0' and ctx.idem[key] == r then
-    rcall('SET', key, text, 'EX', ctx.cfg.idem_ttl)
-    ctx.idem[key] = replayed(text)
-  end
-  return text
-end
-
--- Finish a call of one decision: its reply as text.
-local function finish_one(ctx, r, key)
-  return reply_text(ctx, r, finish_writes(ctx), key)
-end
-
--- Finish a call of many decisions: the replies as text (in place).
-local function finish(ctx, replies, idem_keys)
-  local entry = finish_writes(ctx)
-  for i = 1, #replies do
-    replies[i] = reply_text(ctx, replies[i], entry, idem_keys and idem_keys[i])
-  end
-  return replies
 end

@@ -1,0 +1,91 @@
+-- lib/08_debit.lua: what a user debit (lib/09_user.lua) and a team debit (lib/10_team.lua) share:
+-- their reply, the warn/notify caps a debit passed, a settlement refused by a deny cap, and the
+-- end of a call.
+--
+-- A decision's reply is text: "status|idempotent|<entry>/<row>|amount|balance|held|cap|retry|remaining"
+-- (debit.lua's REPLY; <entry>/<row> names the decision's ledger row, '' when it wrote none). A
+-- decision that wrote a row answers, until the call's entry id is known, a table
+-- { status, row, rest, idempotent } that finish_one() / finish() turn into that text (rest:
+-- "|amount|balance|..." after the reference).
+
+local function pending_text(r, entry)
+  return r[1] .. '|' .. r[4] .. '|' .. entry .. '/' .. N(r[2]) .. r[3]
+end
+
+local function refusal(status, amount, st, cap, retry, remaining)
+  return status .. '|0||' .. amount .. '|' .. bal_text(st) .. '|' .. held_text(st) .. '|' .. (cap or '') .. '|' ..
+    (retry or '0') .. '|' .. (remaining or '')
+end
+
+-- the reply to a call id this account has seen (a re-sent call): nothing changes
+local function seen_reply(st, seen, amount)
+  return 'ok|1|' .. seen .. '|' .. amount .. '|' .. bal_text(st) .. '|' .. held_text(st) .. '||0|'
+end
+
+-- The cap action a debit's row and reply record for the warn/notify caps it passed: 'warn' if any
+-- warn cap, else 'notify'.
+local function cap_action(warns)
+  local action = ''
+  for _, cap in B_ipairs(warns) do
+    if action == '' or cap[4] == 'warn' then action = cap[4] end
+  end
+  return action
+end
+
+-- One event per warn/notify cap a debit passed, naming its row n (ak, aid: the account).
+local function cap_warnings(ctx, warns, ak, aid, amount, n)
+  for _, cap in B_ipairs(warns) do
+    cap_event(ctx, cap[4] == 'warn' and 'credits.cap_warning' or 'credits.cap_reached', ak, aid, cap, amount, n)
+  end
+end
+
+-- A settlement refused for a cap releases its hold (field hf, `hold` credits): the reserved credits
+-- stay the account's. One 'release' row; the cap_reached event of the deny cap `cap` (nil when a
+-- team member's own cap refused it); the call id remembered. Returns the pending reply (remembered
+-- for the idempotency key `idem`, if any). The caller has already taken the hold off what a team
+-- member holds, or given back a user hold's quantity estimate.
+local function settle_refused(ctx, st, hf, hold, frag, cid, amount_s, amount, ak, cap, idem)
+  st_held(st, st.held - hold)
+  field_del(st, hf)
+  local n = row(ctx, '', 'release', '0', bal_text(st), held_text(st), I(hold), '', '', 'spend_cap_exceeded', '',
+    frag)
+  if cap then cap_event(ctx, 'credits.cap_reached', ak, frag_value(frag, 3), cap, amount, n) end
+  ring_add(st, cid, n)
+  local r = { 'spend_cap_exceeded', n, '|' .. amount_s .. '|' .. bal_text(st) .. '|' .. held_text(st) .. '|deny|0|',
+    '0' }
+  if idem then ctx.idem[idem] = r end
+  return r
+end
+
+-- Finishing a call: write the entry, the accounts and the events (the entry's id, or nil)...
+local function finish_writes(ctx)
+  local entry = ctx_xadd(ctx)
+  if #ctx.order > 0 then accounts_store(ctx, entry) end
+  if #ctx.pending > 0 then events_write(ctx, entry) end
+  return entry
+end
+
+-- ...then each reply as text, its idempotency key (or nil) remembering it
+local function reply_text(ctx, r, entry, key)
+  if B_type(r) == 'string' then return r end
+  local text = pending_text(r, entry)
+  if key and r[4] == '0' and ctx.idem[key] == r then
+    rcall('SET', key, text, 'EX', ctx.cfg.idem_ttl)
+    ctx.idem[key] = replayed(text)
+  end
+  return text
+end
+
+-- Finish a call of one decision: its reply as text.
+local function finish_one(ctx, r, key)
+  return reply_text(ctx, r, finish_writes(ctx), key)
+end
+
+-- Finish a call of many decisions: the replies as text (in place).
+local function finish(ctx, replies, idem_keys)
+  local entry = finish_writes(ctx)
+  for i = 1, #replies do
+    replies[i] = reply_text(ctx, replies[i], entry, idem_keys and idem_keys[i])
+  end
+  return replies
+end

@@ -1,0 +1,227 @@
+"""Every Lua script's layout is written once, in ducto_redis/specs.py: its header says the same, its
+replies have the shape the spec gives, and the call builders and batch layouts follow the spec."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from datetime import datetime, timezone
+from itertools import takewhile
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import drop_namespace, make_store
+
+from ducto_redis.batch import MANY_TWINS, Batch, ChargeRequest, TeamDebitRequest
+from ducto_redis.core import Call
+from ducto_redis.models import PricingConfigData, SpendCap
+from ducto_redis.scripts import SCRIPT_NAMES, library_source, lua_files
+from ducto_redis.specs import DEBIT, SPECS, Fields, ScriptSpec
+from ducto_redis.store import RedisStore
+
+LUA = Path(__file__).resolve().parent.parent / "lua"
+_LAYOUT = re.compile(r"-- (KEYS|ARGV): ?(.*)")
+_REPLY = re.compile(r"-- REPLY \(([a-z]+)\): ?(.*)")
+
+
+def header(text: str) -> dict[str, str]:
+    """The KEYS, ARGV, REPLY and shape lines of a script's leading comment block (each exactly once)."""
+    found: dict[str, list[str]] = {"KEYS": [], "ARGV": [], "REPLY": [], "shape": []}
+    for line in takewhile(lambda s: s.startswith("--"), text.splitlines()):
+        if m := _LAYOUT.fullmatch(line):
+            found[m.group(1)].append(m.group(2))
+        elif m := _REPLY.fullmatch(line):
+            found["shape"].append(m.group(1))
+            found["REPLY"].append(m.group(2))
+        elif re.match(r"-- *(KEYS|ARGV|REPLY)\b", line):
+            found.setdefault("malformed", []).append(line)
+    bad = {k: v for k, v in found.items() if len(v) != 1}
+    assert not bad, f"each of KEYS, ARGV and 'REPLY (<shape>)' exactly once in the header: {bad}"
+    return {k: v[0] for k, v in found.items()}
+
+
+def drift(spec: ScriptSpec, text: str) -> list[str]:
+    """How a script's header differs from its spec (empty when they agree)."""
+    h = header(text)
+    out = [f"{part}: header says {h[part]!r}, spec says {fields.text()!r}"
+           for part, fields in (("KEYS", spec.keys), ("ARGV", spec.args), ("REPLY", spec.reply))
+           if Fields.parse(h[part], part) != fields]
+    if h["shape"] != spec.shape:
+        out.append(f"REPLY shape: header says {h['shape']!r}, spec says {spec.shape!r}")
+    return out
+
+
+def test_every_script_file_has_a_spec_and_every_spec_a_file() -> None:
+    assert sorted(p.stem for p in LUA.glob("*.lua")) == sorted(SPECS)
+    assert tuple(SPECS) == SCRIPT_NAMES
+
+
+@pytest.mark.parametrize("name", list(SPECS))
+def test_each_lua_header_names_its_specs_keys_argv_and_reply_in_order(name: str) -> None:
+    assert drift(SPECS[name], (LUA / f"{name}.lua").read_text()) == []
+
+
+def test_a_header_drifting_from_its_spec_is_caught() -> None:
+    text = (LUA / "debit.lua").read_text()
+    # the drift issue 18 found: debit.lua's header listing 7 reply fields while it returns 9
+    short = text.replace(" cap retry remaining\n", "\n", 1)
+    assert drift(DEBIT, short) == [
+        "REPLY: header says 'status idempotent ref amount balance held', spec says "
+        "'status idempotent ref amount balance held cap retry remaining'"]
+    swapped = text.replace("-- KEYS: account grants idem", "-- KEYS: account idem grants", 1)
+    assert [d.split(":")[0] for d in drift(DEBIT, swapped)] == ["KEYS"]
+    assert drift(DEBIT, text.replace("REPLY (text)", "REPLY (table)", 1)) == [
+        "REPLY shape: header says 'table', spec says 'text'"]
+    with pytest.raises(AssertionError, match="exactly once"):
+        header(text.replace("-- ARGV:", "-- ARGS:", 1))
+
+
+def test_a_layout_reads_back_as_it_is_written_and_refuses_what_is_not_a_name() -> None:
+    for spec in SPECS.values():
+        for fields in (spec.keys, spec.args, spec.reply):
+            assert Fields.parse(fields.text()) == fields
+    with pytest.raises(ValueError, match="not a field name"):
+        Fields.parse("account grants-hash")
+    with pytest.raises(ValueError, match="appears twice"):
+        Fields.parse("a b a")
+    with pytest.raises(ValueError, match="per <what>"):
+        Fields.parse("a; b c")
+
+
+def test_packing_and_reading_by_name_follow_the_spec_positions() -> None:
+    values = {n: f"<{n}>" for n in DEBIT.args.names}
+    assert DEBIT.args.pack(**values) == [f"<{n}>" for n in DEBIT.args.names]
+    with pytest.raises(TypeError):
+        DEBIT.args.pack(**{**values, "unknown": "x"})
+    with pytest.raises(TypeError):
+        DEBIT.keys.pack(account="a")  # every name is required
+    reply = DEBIT.reply.names
+    assert [DEBIT.reply.pos.ref, DEBIT.reply.pos.status] == [reply.index("ref"), 0]
+    with pytest.raises(AttributeError):
+        DEBIT.reply.pos.balance_after  # noqa: B018  (a name the spec does not have)
+    with pytest.raises(AttributeError, match="read-only"):
+        DEBIT.reply.pos.ref = 0
+    read = SPECS["pool_read"].reply
+    members = [*read.names, *("a", "admin", "", "t", "1", "0", "0", "0"),
+               *("b", "member", "5", "d", "2", "2", "2", "1")]
+    assert [(g[read.each_pos.id], g[read.each_pos.cap]) for g in read.groups(members)] == [("a", ""), ("b", "5")]
+    # charge_with_allowance sends plan_debit.lua a charge's KEYS: the two scripts take the same
+    assert SPECS["plan_debit"].keys == DEBIT.keys
+
+
+def test_the_many_twins_place_every_position_of_their_single_script_once() -> None:
+    for single, twin in MANY_TWINS.items():
+        one, many = SPECS[single], SPECS[twin.name]
+        assert sorted((*twin.shared_keys, *twin.own_keys)) == list(range(one.keys.size))
+        assert sorted((*twin.shared_args, *twin.own_args, twin.only[0])) == list(range(one.args.size))
+        assert many.reply.each == one.reply.names  # a twin answers each decision as its single script does
+
+
+def test_the_scripts_are_read_through_importlib_resources_from_the_package() -> None:
+    lua = lua_files()
+    assert lua.is_dir() and (lua / "debit.lua").read_text(encoding="utf-8") == (LUA / "debit.lua").read_text()
+    lib = sorted(p.name for p in (LUA / "lib").glob("*.lua"))
+    assert [int(n.split("_", 1)[0]) for n in lib] == list(range(1, len(lib) + 1))  # the join order, by number
+    source = library_source()
+    assert [source.index(f"-- lib/{n}:") for n in lib] == sorted(source.index(f"-- lib/{n}:") for n in lib)
+
+
+# ── what the scripts send has the shape their specs give ───────────────
+
+
+FREE_TEXT = {"role", "plan", "who"}
+
+
+def check_shape(spec: ScriptSpec, raw: Any) -> None:
+    """A raw reply against its spec: the right number of fields (and of repeated groups)."""
+    where = f"{spec.name}.lua replied {raw!r}"
+    if spec.shape == "special":
+        assert isinstance(raw, str), where
+    elif spec.shape == "table":
+        assert isinstance(raw, list) and len(raw) >= spec.reply.size, where
+        width = len(spec.reply.each)
+        extra = len(raw) - spec.reply.size
+        assert (extra % width == 0) if width else extra == 0, where
+    else:
+        lines = raw.split("\n") if spec.shape == "lines" else [raw]
+        fields = spec.reply.each if spec.shape == "lines" else spec.reply.names
+        for line in lines:
+            parts = line.split("|", len(fields) - 1)
+            assert len(parts) == len(fields), f"{where}: {line!r} is not {' '.join(fields)}"
+            # only a last field of free text (a role, a plan id, the refund's JSON) may hold '|' itself
+            assert "|" not in parts[-1] or fields[-1] in FREE_TEXT, f"{where}: more fields than {' '.join(fields)}"
+
+
+class Recorder:
+    """A store's two I/O seams, replaced: each call runs straight through its script, its raw reply
+    checked against its spec (a batch's packed calls too), then parsed as the store would."""
+
+    def __init__(self, store: RedisStore, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.store, self.seen = store, set[str]()
+        monkeypatch.setattr(store, "_run", self.run)
+        monkeypatch.setattr(store, "_run_many", self.many)
+
+    def raw(self, call: Call[Any]) -> Any:
+        assert call.script is not None
+        raw = call.script.run(self.store.client, call.keys, call.args)
+        check_shape(call.script.spec, raw)
+        self.seen.add(call.script.name)
+        return raw
+
+    def run(self, call: Call[Any]) -> Any:
+        return call.parse(None if call.script is None else self.raw(call))
+
+    def many(self, calls: list[Call[Any]]) -> list[Any]:
+        batch = Batch(calls, self.store.core.scripts)
+        return batch.assemble([self.raw(c) for c in batch.calls])
+
+
+@pytest.fixture(params=["memory", "redis"])
+def spec_store(request: pytest.FixtureRequest, redis_client: Any) -> Iterator[RedisStore]:
+    s = make_store(request.param, redis_client)
+    yield s
+    if request.param != "memory":
+        drop_namespace(s.client, s.settings.namespace)
+        s.close()
+
+
+def test_every_script_replies_with_the_shape_of_its_spec(spec_store: RedisStore,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    s = spec_store
+    r = Recorder(s, monkeypatch)
+    s.add_credits("u1", 1000, "purchase")
+    s.add_credits("u3", 50, "promo", expires_at=datetime.fromtimestamp(1, timezone.utc))  # due at once
+    s.set_spend_cap(SpendCap(user_id="u1", cap_type="daily", limit=900, action="warn"))
+    s.set_rate_limit("u1", 100, 1.0)
+    s.set_quantity_limit("u1", "tokens", 10_000)
+    assert s.check_spend_cap("u1").cap_limit == 900
+    assert s.hit_rate_limit("u1").allowed
+    hold = s.reserve_credits("u1", 10, "job", quantities={"tokens": 5})
+    assert s.deduct_credits("u1", hold.reservation_id, 8).error is None
+    hold = s.reserve_credits("u1", 10, "job")
+    assert s.release_reservation("u1", hold.reservation_id).error is None
+    charged = s.charge("u1", 5, "req")
+    assert [d.error for d in s.charge_many([ChargeRequest("u1", 1, "x"), ChargeRequest("u2", 1, "x")])] == [
+        None, "insufficient_credits"]
+    assert s.get_balance("u1").balance > 0
+    # teams
+    team = s.create_team("Team", 100).team_id
+    s.add_team_member(team, "u1", "lead|ops", spend_cap=50, cap_period="daily")
+    assert s.deduct_team(team, "u1", 3).error is None
+    assert [d.error for d in s.deduct_team_many([TeamDebitRequest(team, "u1", 1)] * 2)] == [None, None]
+    held = s.reserve_team(team, "u1", 4)
+    assert s.release_team_reservation(team, "u1", held.reservation_id).error is None
+    assert [m.role for m in s.get_team_members(team)] == ["lead|ops"]
+    assert s.get_team_balance(team).member_count == 1
+    # plans and pricing
+    s.set_active_pricing(PricingConfigData(models={"m": "1"}))
+    assert s.get_active_pricing() is not None and s.get_pricing_history()
+    s.set_user_plan("u1", "pro|plus")
+    s.increment_usage_window("u1", "pro|plus", 1)
+    assert s.get_user_plan("u1").plan_id == "pro|plus"
+    assert s.charge_with_allowance("u1", 3, "req", {"pro|plus": 2}).allowance_used == 1
+    # refunds and expiring credits
+    assert s.refund_credits(charged.transaction_id).error is None
+    assert s.sweep_expired_credits().expired_count == 1
+    assert r.seen == set(SPECS), f"not run: {set(SPECS) - r.seen}"
