@@ -1,10 +1,11 @@
-"""Batched decisions: many calls in one round trip, one script call per shard (hash slot).
+"""Batched decisions: many calls in one round trip, one script call per shard (hash slot) and at
+most 256 decisions; a call without a "many" twin is sent on its own, between the groups.
 
 Calls whose script has a "many" twin (``debit`` → ``debit_many``) are grouped by shard tag and
 packed into one call of the twin (the layout comes from both scripts' specs, ducto_redis/specs.py);
 any other call is sent as it is. Every decision stays all-or-nothing on its own and decisions on
-one account run in the order given. The stores send the resulting calls in one pipeline per node
-(connect.py).
+one account run in the order given. The stores write the resulting calls to Redis once per node,
+each call at most once (connect.py).
 """
 
 from __future__ import annotations

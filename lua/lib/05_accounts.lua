@@ -1,7 +1,7 @@
 -- lib/05_accounts.lua: loading accounts into a call's context and writing back what changed.
--- A call reads each account once (HMGET of b, S, r and the fields its decision needs) and writes it
--- once at the end (HSET of what changed, HDEL of resolved holds), whatever number of decisions of
--- the call touched it.
+-- A call reads each account with one HMGET (b, S, r and the fields its decision is known to need;
+-- a field found to be needed later is read then, once, by HGET) and writes it once at the end (HSET
+-- of what changed, HDEL of resolved holds), whatever number of decisions of the call touched it.
 
 -- The account `key` in the call's context, with `extra` fields read in the same HMGET: nil (none),
 -- one field name, or a list of them. A loaded account keeps what it read in st.f (field -> value or
