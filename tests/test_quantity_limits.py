@@ -22,12 +22,14 @@ from ducto_redis.routes import RouteTable
 from ducto_redis.service import create_app
 
 
+DAY = 86_400
+
 def test_a_charge_past_the_token_limit_is_refused_with_retry_after(store: RedisStore) -> None:
     store.add_credits("u", 1_000)
-    store.set_quantity_limit("u", "tokens", 1_000, period_seconds=60)
+    store.set_quantity_limit("u", "tokens", 1_000, period_seconds=DAY)  # no token comes back mid-test
     assert store.charge("u", 1, "chat", quantities={"tokens": 600}).error is None
     r = store.charge("u", 1, "chat", quantities={"tokens": 600})
-    assert r.error == "rate_limited" and 0 < r.retry_after_ms <= 12_000
+    assert r.error == "rate_limited" and 0 < r.retry_after_ms <= 200 * DAY  # 200 tokens' time (ms)
     assert store.get_balance("u").balance == 999  # the refusal took nothing
     assert store.charge("u", 1, "chat", quantities={"tokens": 400}).error is None  # ... nor any tokens
     assert store.charge("u", 1, "chat", quantities={"tokens": 1}).error == "rate_limited"
@@ -54,7 +56,7 @@ def test_a_refusal_for_credits_counts_no_tokens(store: RedisStore) -> None:
 
 def test_a_per_model_limit_counts_that_models_requests_only(store: RedisStore) -> None:
     store.add_credits("u", 1_000)
-    store.set_quantity_limit("u", "tokens", 100, period_seconds=60, model="gpt-4o")
+    store.set_quantity_limit("u", "tokens", 100, period_seconds=DAY, model="gpt-4o")
     gpt, mini = {"model": "gpt-4o"}, {"model": "mini"}
     assert store.charge("u", 1, "chat", metadata=gpt, quantities={"tokens": 100}).error is None
     assert store.charge("u", 1, "chat", metadata=gpt, quantities={"tokens": 1}).error == "rate_limited"
@@ -62,8 +64,10 @@ def test_a_per_model_limit_counts_that_models_requests_only(store: RedisStore) -
 
 
 def test_a_holds_estimate_is_corrected_at_settlement_and_given_back_on_release(store: RedisStore) -> None:
+    # a day's period: the limit gives back ~1 token per 86 s, so a slow machine between two steps
+    # cannot free the token a step expects to be refused (a minute's period gave one back per 60 ms)
     store.add_credits("u", 1_000)
-    store.set_quantity_limit("u", "tokens", 1_000, period_seconds=60)
+    store.set_quantity_limit("u", "tokens", 1_000, period_seconds=DAY)
     hold = store.reserve_credits("u", 50, "llm", quantities={"tokens": 800})
     assert hold.error is None
     assert store.charge("u", 1, "chat", quantities={"tokens": 300}).error == "rate_limited"  # 800 counted
@@ -72,7 +76,7 @@ def test_a_holds_estimate_is_corrected_at_settlement_and_given_back_on_release(s
     assert store.charge("u", 1, "chat", quantities={"tokens": 1}).error == "rate_limited"
     store.set_quantity_limit("u", "tokens", None)  # removed: nothing limits any more
     assert store.charge("u", 1, "chat", quantities={"tokens": 5_000}).error is None
-    store.set_quantity_limit("u", "tokens", 1_000, period_seconds=60)
+    store.set_quantity_limit("u", "tokens", 1_000, period_seconds=DAY)
     hold = store.reserve_credits("u", 50, "llm", quantities={"tokens": 1_000})
     r = store.reserve_credits("u", 50, "llm", quantities={"tokens": 1})
     assert r.error == "rate_limited" and r.retry_after_ms > 0
