@@ -21,7 +21,6 @@ from ducto_redis.asgi import CreditMiddleware
 from ducto_redis.routes import RouteTable
 from ducto_redis.service import create_app
 
-
 DAY = 86_400
 
 def test_a_charge_past_the_token_limit_is_refused_with_retry_after(store: RedisStore) -> None:
