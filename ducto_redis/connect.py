@@ -217,10 +217,12 @@ def _rounds(client: Any, calls: Sequence[Call[Any]], replies: list[Any]) -> Gene
     asking: dict[int, Any] = {}
     loaded = False
     last: Exception | None = None
-    for _ in range(MAX_ROUNDS):
+    for sent in range(MAX_ROUNDS + 1):
         pending = [i for i, r in enumerate(replies) if r is None]
-        if not pending:
+        if not pending:  # checked after the last round too: a call that ran is never reported as failed
             return replies
+        if sent == MAX_ROUNDS:
+            break
         groups: dict[int, tuple[Any, list[int]]] = {}
         for i in pending:
             target = asking[i] if i in asking else _target(client, calls[i].keys[0])
@@ -245,13 +247,13 @@ def _rounds(client: Any, calls: Sequence[Call[Any]], replies: list[Any]) -> Gene
             if not did_not_run(reply):
                 raise reply
             last, replies[i] = reply, None
-            if isinstance(reply, AskError):
+            if isinstance(reply, MovedError):  # before AskError: redis-py's MovedError is an AskError
+                refresh = True
+            elif isinstance(reply, AskError):
                 node = _node(client, reply)
                 refresh = refresh or node is None
                 if node is not None:
                     asking[i] = node
-            elif isinstance(reply, MovedError):
-                refresh = True
             elif isinstance(reply, TryAgainError):
                 pause = True
             elif loaded:  # loaded after an earlier answer, and gone again: EVAL cannot miss

@@ -279,3 +279,56 @@ def test_a_store_through_the_proxy_answers_normally_when_nothing_is_cut(
     cut_store.add_credits("u", 100, type="purchase")
     r = cut_store.charge("u", 10, "chat")
     assert (r.error, r.balance_after, r.idempotent) == (None, 90, False)
+
+
+# ── the rounds' rules, without I/O (connect._plan): what a reply that says "did not run" leads to ──
+
+
+def _drive_with(replies_per_send: list[list[Any]]) -> tuple[list[Any], list[str]]:
+    """Run connect._plan for one call on a stand-in client, answering each Send with the next list of
+    replies; the steps taken and the result (or the exception raised)."""
+    from ducto_redis import connect
+    from ducto_redis.scripts import scripts
+
+    call: Call[Any] = Call(scripts()["balance"], ["{t:0}:u:x", "{t:0}:u:x:grants"], ["cfg"], lambda r: r)
+    plan = connect._plan(object(), [call])
+    steps: list[str] = []
+    answers = iter(replies_per_send)
+    answer: Any = None
+    try:
+        step = next(plan)
+        while True:
+            sent = f"{[c[0] for c in step.commands]}" if isinstance(step, connect.Send) else ""
+            steps.append(type(step).__name__ + sent)
+            answer = next(answers) if isinstance(step, connect.Send) else None
+            step = plan.send(answer)
+    except StopIteration as done:
+        return list(done.value), steps
+
+
+def test_a_call_that_runs_in_the_last_allowed_round_is_answered_not_reported_as_failed() -> None:
+    from redis.exceptions import TryAgainError
+
+    from ducto_redis.connect import MAX_ROUNDS
+
+    tries: list[list[Any]] = [[TryAgainError("TRYAGAIN")] for _ in range(MAX_ROUNDS - 1)]
+    result, steps = _drive_with([*tries, ["ok|0|1-0/0"]])
+    assert result == ["ok|0|1-0/0"]  # it ran: its answer, never the earlier TRYAGAIN
+    assert steps.count("Send['FCALL']") == MAX_ROUNDS
+
+
+def test_calls_answered_did_not_run_every_time_raise_the_last_answer() -> None:
+    from redis.exceptions import TryAgainError
+
+    from ducto_redis.connect import MAX_ROUNDS
+
+    with pytest.raises(TryAgainError):
+        _drive_with([[TryAgainError("TRYAGAIN")] for _ in range(MAX_ROUNDS)])
+
+
+def test_moved_refreshes_the_slot_map_and_is_not_followed_as_an_ask() -> None:
+    from redis.exceptions import MovedError
+
+    result, steps = _drive_with([[MovedError("1 127.0.0.1:7001")], ["ok|0|1-0/0"]])
+    assert result == ["ok|0|1-0/0"]
+    assert steps == ["Send['FCALL']", "Refresh", "Send['FCALL']"]  # no ASKING: MOVED is not ASK
