@@ -139,6 +139,7 @@ class AccountOps(StoreBase):
                 reserved_total=int(r[f.held]), expires_at_ms=int(r[f.expires]), error=error_code(r[f.status]),
                 idempotent=r[f.idempotent] == "1", retry_after_ms=int(r[f.retry]),
                 rate_limit_remaining=int(r[f.remaining]) if r[f.remaining] else None,
+                rate_limit_limit=int(r[f.limit]) if r[f.limit] else None,
             )
 
         frag = fragment(op=op, acct=uid, rid=rid, model=model, idem=ikey or "", meta=metadata_json(meta))
@@ -267,7 +268,8 @@ class AccountOps(StoreBase):
             r, f = split_reply(raw, HIT_RATE_LIMIT.reply.size), HIT_RATE_LIMIT.reply.pos
             return construct(RateLimitResult,
                 user_id=uid, allowed=r[f.status] == "ok", retry_after_ms=int(r[f.retry]),
-                remaining=int(r[f.remaining]) if r[f.remaining] else None, error=error_code(r[f.status]),
+                remaining=int(r[f.remaining]) if r[f.remaining] else None,
+                limit=int(r[f.limit]) if r[f.limit] else None, error=error_code(r[f.status]),
             )
 
         return Call(core.scripts["hit_rate_limit"], HIT_RATE_LIMIT.keys.pack(account=k.account),

@@ -242,7 +242,7 @@ _DEDUCTION_FIELDS = frozenset(DeductionResult.model_fields)
 
 def deduction_result(
     transaction_id: str, user_id: str, amount: int, balance_after: int, idempotent: bool, error: str | None,
-    cap_action: str | None, retry_after_ms: int, rate_limit_remaining: int | None,
+    cap_action: str | None, retry_after_ms: int, rate_limit_remaining: int | None, rate_limit_limit: int | None,
 ) -> DeductionResult:
     """A :class:`DeductionResult` from a trusted script reply, every field set (the hot path's builder).
 
@@ -253,7 +253,7 @@ def deduction_result(
     _set(obj, "__dict__", {
         "transaction_id": transaction_id, "user_id": user_id, "amount": amount, "balance_after": balance_after,
         "idempotent": idempotent, "error": error, "cap_action": cap_action, "retry_after_ms": retry_after_ms,
-        "rate_limit_remaining": rate_limit_remaining,
+        "rate_limit_remaining": rate_limit_remaining, "rate_limit_limit": rate_limit_limit,
     })
     _set(obj, "__pydantic_fields_set__", set(_DEDUCTION_FIELDS))
     _set(obj, "__pydantic_extra__", None)
@@ -411,10 +411,11 @@ class StoreCore:
 
         def parse(raw_reply: Any) -> DeductionResult:
             r = split_reply(raw_reply, _DEBIT_SIZE)
+            rate = r[_D.remaining]  # '' when no rate limit was checked (then no limit either)
             return deduction_result(
                 tx_of(shard, r[_D.ref]), uid, -int(r[_D.amount]), int(r[_D.balance]), r[_D.idempotent] == "1",
                 None if r[_D.status] == "ok" else r[_D.status], r[_D.cap] or None, int(r[_D.retry]),
-                int(r[_D.remaining]) if r[_D.remaining] else None,
+                int(rate) if rate else None, int(r[_D.limit]) if rate else None,
             )
 
         e = copy_escape

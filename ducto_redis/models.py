@@ -132,6 +132,8 @@ class ReserveResult(BaseModel):
     idempotent: bool = False
     retry_after_ms: int = 0
     rate_limit_remaining: int | None = None
+    rate_limit_limit: int | None = None
+    """The account's request-rate limit (requests per period) when the hold applied it, else None."""
 
 
 class DeductionResult(BaseModel):
@@ -146,6 +148,8 @@ class DeductionResult(BaseModel):
     cap_action: str | None = None
     retry_after_ms: int = 0
     rate_limit_remaining: int | None = None
+    rate_limit_limit: int | None = None
+    """The account's request-rate limit (requests per period) when the charge applied it, else None."""
 
 
 class ReleaseResult(BaseModel):
@@ -161,12 +165,14 @@ class ReleaseResult(BaseModel):
 
 
 class RateLimitResult(BaseModel):
-    """Whether one request was admitted by an account's rate limit (``remaining`` None: no limit)."""
+    """Whether one request was admitted by an account's rate limit (``remaining`` and ``limit``, the
+    requests per period, None: no limit)."""
 
     user_id: str
     allowed: bool
     retry_after_ms: int = 0
     remaining: int | None = None
+    limit: int | None = None
     error: str | None = None
 
 

@@ -192,7 +192,8 @@ def plan_charge(
             transaction_id=tx_of(shard, r[f.ref]), user_id=user_id, amount=-int(r[f.paid]),
             balance_after=int(r[f.balance]), idempotent=r[f.idempotent] == "1", error=error_code(r[f.status]),
             cap_action=r[f.cap] or None, retry_after_ms=int(r[f.retry]) if r[f.retry] else 0,
-            rate_limit_remaining=int(r[f.remaining]) if r[f.remaining] else None, cost=cost,
+            rate_limit_remaining=int(r[f.remaining]) if r[f.remaining] else None,
+            rate_limit_limit=int(r[f.limit]) if r[f.limit] else None, cost=cost,
             allowance_used=int(r[f.free]), plan_id=r[f.plan] or None, allowance_remaining=int(r[f.left]),
         )
 

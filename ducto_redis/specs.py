@@ -8,7 +8,7 @@ in the same words::
 
     -- KEYS: account grants idem ledger events
     -- ARGV: cid amount model floor frag rid quantities config
-    -- REPLY (text): status idempotent ref amount balance held cap retry remaining
+    -- REPLY (text): status idempotent ref amount balance held cap retry remaining limit
 
 and ``tests/test_script_specs.py`` holds every header against its spec (and every reply a script
 sends against its shape), so neither can drift from the other unnoticed.
@@ -181,11 +181,11 @@ ADD_CREDITS = _S("add_credits", "account idem ledger grants gindex",
 BALANCE = _S("balance", "account grants", "config", "status idempotent balance held life exists", "table")
 RESERVE = _S("reserve", "account idem ledger grants",
              "cid rid amount floor ttl op frag rate quantities model config",
-             "status idempotent rid amount balance held expires retry remaining", "text")
+             "status idempotent rid amount balance held expires retry remaining limit", "text")
 RELEASE = _S("release", "account idem ledger grants", "cid tx rid frag config",
              "status idempotent rid amount balance held", "text")
 DEBIT = _S("debit", "account grants idem ledger events", "cid amount model floor frag rid quantities config",
-           "status idempotent ref amount balance held cap retry remaining", "text")
+           "status idempotent ref amount balance held cap retry remaining limit", "text")
 DEBIT_MANY = _S("debit_many", "ledger events; per decision: account grants idem",
                 "config; per decision: cid amount model floor frag quantities",
                 f"per decision: {DEBIT.reply.text()}", "lines")
@@ -195,7 +195,7 @@ CHECK_CAP = _S("check_cap", "account", "model amount config",
 SET_RATE_LIMIT = _S("set_rate_limit", "account ledger", "tx value frag config", "status idempotent", "table")
 SET_QUANTITY_LIMIT = _S("set_quantity_limit", "account ledger", "tx user name model value config",
                         "status idempotent limits", "table")
-HIT_RATE_LIMIT = _S("hit_rate_limit", "account", "config", "status idempotent retry remaining", "text")
+HIT_RATE_LIMIT = _S("hit_rate_limit", "account", "config", "status idempotent retry remaining limit", "text")
 
 # ── team pools ─────────────────────────────────────────────────────────
 
@@ -204,7 +204,7 @@ POOL_CREATE = _S("pool_create", "team idem ledger", "tx name balance frag config
 POOL_MEMBER = _S("pool_member", "team ledger", "tx tid member action role cap period config",
                  "status idempotent cap period count role", "text")
 POOL_DEBIT = _S("pool_debit", "team idem ledger events", "cid amount model member frag rid config",
-                "status idempotent ref amount balance held cap retry remaining", "text")
+                "status idempotent ref amount balance held cap retry remaining limit", "text")
 POOL_DEBIT_MANY = _S("pool_debit_many", "ledger events; per decision: team idem",
                      "config; per decision: cid amount model member frag",
                      f"per decision: {POOL_DEBIT.reply.text()}", "lines")
@@ -222,7 +222,7 @@ SET_PLAN = _S("set_plan", "account ledger", "tx plan frag config", "status idemp
 PLAN_READ = _S("plan_read", "account", "config", "status idempotent plan used start end", "table")
 PLAN_USAGE = _S("plan_usage", "account ledger", "tx plan amount frag config", "status idempotent used", "table")
 PLAN_DEBIT = _S("plan_debit", "account grants idem ledger events", "cid amount model floor frag allowances config",
-                "status idempotent ref paid balance held cap retry remaining free left plan", "text")
+                "status idempotent ref paid balance held cap retry remaining limit free left plan", "text")
 PRICING_SET = _S("pricing_set", "active versions ledger", "id label pricing config",
                  "status idempotent id version", "table")
 PRICING_READ = _S("pricing_read", "active versions", "which", "status idempotent active; per version: record",

@@ -8,7 +8,9 @@
 -- ARGV: cid amount model floor frag rid quantities config
 --   quantities: "name=n;..." (a charge's, checked against the account's quantity limits; a settlement's
 --   actual ones, correcting its hold's estimate) or ""
--- REPLY (text): status idempotent ref amount balance held cap retry remaining
+-- REPLY (text): status idempotent ref amount balance held cap retry remaining limit
+--   remaining, limit: the request-rate limit's (requests left at once; requests per period), '' when
+--   none was checked (a settlement, an account without one)
 --   status: ok | insufficient_credits | spend_cap_exceeded | rate_limited | reservation_not_found
 --           | ledger_backlog_full
 local ctx = ctx_new(ARGV[8], KEYS[4], KEYS[5])

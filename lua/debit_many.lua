@@ -4,7 +4,7 @@
 -- written once per call; the decisions' ledger rows form ONE stream entry.
 -- KEYS: ledger events; per decision: account grants idem
 -- ARGV: config; per decision: cid amount model floor frag quantities
--- REPLY (lines): per decision: status idempotent ref amount balance held cap retry remaining
+-- REPLY (lines): per decision: status idempotent ref amount balance held cap retry remaining limit
 --   one debit.lua reply per decision, joined by newlines
 local ctx = ctx_new(ARGV[1], KEYS[1], KEYS[2])
 local replies, idems = {}, {}

@@ -8,7 +8,7 @@
 -- KEYS: account grants idem ledger events
 -- ARGV: cid amount model floor frag allowances config
 --   allowances: JSON {"<plan id>": free allowance per month, ...}
--- REPLY (text): status idempotent ref paid balance held cap retry remaining free left plan
+-- REPLY (text): status idempotent ref paid balance held cap retry remaining limit free left plan
 --   status: as debit.lua (ok | insufficient_credits | spend_cap_exceeded | rate_limited | ledger_backlog_full)
 local ctx = ctx_new(ARGV[7], KEYS[4], KEYS[5])
 local acct, G, idem = KEYS[1], KEYS[2], KEYS[3]

@@ -2,7 +2,7 @@
 -- (rid given). See lib/10_team.lua for the checks and their order.
 -- KEYS: team idem ledger events
 -- ARGV: cid amount model member frag rid config
--- REPLY (text): status idempotent ref amount balance held cap retry remaining
+-- REPLY (text): status idempotent ref amount balance held cap retry remaining limit
 --   status: ok | team_not_found | user_not_in_team | spend_cap_exceeded | insufficient_team_balance
 --           | reservation_not_found | ledger_backlog_full
 local ctx = ctx_new(ARGV[7], KEYS[3], KEYS[4])

@@ -3,7 +3,7 @@
 -- share one hash tag (the client groups decisions by shard); one stream entry for the call.
 -- KEYS: ledger events; per decision: team idem
 -- ARGV: config; per decision: cid amount model member frag
--- REPLY (lines): per decision: status idempotent ref amount balance held cap retry remaining
+-- REPLY (lines): per decision: status idempotent ref amount balance held cap retry remaining limit
 --   one pool_debit.lua reply per decision, joined by newlines
 local ctx = ctx_new(ARGV[1], KEYS[1], KEYS[2])
 local replies, idems = {}, {}

@@ -70,6 +70,30 @@ def test_hit_rate_limit_admits_free_requests_without_moving_money(store: RedisSt
     assert [e["op"] for e in ledger_entries(store)] == ["rate_limit_set"]
 
 
+def test_every_rate_limited_decision_reports_the_limit_beside_what_remains(store: RedisStore) -> None:
+    # the limit is the requests per period (RateLimit-Limit's quota), not the burst
+    store.add_credits("u", 100)
+    assert store.charge("u", 1, "req").rate_limit_limit is None  # no limit set
+    store.set_rate_limit("u", limit=10, period_seconds=60, burst=2)
+    charged = store.charge("u", 1, "req")
+    assert (charged.rate_limit_remaining, charged.rate_limit_limit) == (1, 10)
+    assert [(r.error, r.rate_limit_limit) for r in store.charge_many(
+        [{"user_id": "u", "amount": 1, "operation_type": "req"}] * 2)] == [
+        (None, 10), ("rate_limited", 10)]
+    assert store.charge_with_allowance("u", 1, "req", {}).rate_limit_limit == 10  # refused, still says it
+    store.add_credits("v", 100)
+    store.set_rate_limit("v", limit=5, period_seconds=60, burst=5)
+    hold = store.reserve_credits("v", 10, "job", rate_limit=True)
+    assert (hold.rate_limit_remaining, hold.rate_limit_limit) == (4, 5)
+    assert store.reserve_credits("v", 10, "job").rate_limit_limit is None  # the rate limit not applied
+    settled = store.deduct_credits("v", hold.reservation_id, 3)
+    assert settled.error is None and settled.rate_limit_limit is None  # a settlement is not rate-limited
+    hit = store.hit_rate_limit("v")
+    assert (hit.allowed, hit.remaining, hit.limit) == (True, 3, 5)
+    store.set_rate_limit("v", None)
+    assert store.hit_rate_limit("v").limit is None
+
+
 def test_removing_the_rate_limit_lifts_it(store: RedisStore) -> None:
     store.add_credits("u", 100)
     store.set_rate_limit("u", limit=1, period_seconds=60, burst=1)

@@ -2,7 +2,8 @@
 -- quantity limits (tokens per minute..., optionally per model).
 
 -- Request-rate limit (GCRA): rl = "limit,period_ms,burst", tat = theoretical arrival time (ms).
--- Returns allowed, new tat (to store on success), retry-after ms, remaining requests.
+-- Returns allowed, new tat (to store on success), retry-after ms, remaining requests, and the limit
+-- (text: the requests per period, RateLimit-Limit's quota; burst is how many pass at once).
 local function gcra(rl, tat, now)
   local limit, period, burst = smatch(rl, '^(%d+),(%d+),(%d+)$')
   local t = period / limit
@@ -11,9 +12,9 @@ local function gcra(rl, tat, now)
   if at < now then at = now end
   local new_tat = at + t
   if new_tat - now > window then
-    return false, nil, mceil(new_tat - window - now), 0
+    return false, nil, mceil(new_tat - window - now), 0, limit
   end
-  return true, mceil(new_tat), 0, mfloor((window - (new_tat - now)) / t)
+  return true, mceil(new_tat), 0, mfloor((window - (new_tat - now)) / t), limit
 end
 
 -- ── Quantity limits (tokens per minute, optionally per model) ──────────

@@ -2,8 +2,9 @@
 -- their reply, the warn/notify caps a debit passed, a settlement refused by a deny cap, and the
 -- end of a call.
 --
--- A decision's reply is text: "status|idempotent|<entry>/<row>|amount|balance|held|cap|retry|remaining"
--- (debit.lua's REPLY; <entry>/<row> names the decision's ledger row, '' when it wrote none). A
+-- A decision's reply is text: "status|idempotent|<entry>/<row>|amount|balance|held|cap|retry|remaining|limit"
+-- (debit.lua's REPLY; <entry>/<row> names the decision's ledger row, '' when it wrote none;
+-- "remaining|limit" the request-rate limit's, "|" when none was checked). A
 -- decision that wrote a row answers, until the call's entry id is known, a table
 -- { status, row, rest, idempotent } that finish_one() / finish() turn into that text (rest:
 -- "|amount|balance|..." after the reference).
@@ -12,14 +13,15 @@ local function pending_text(r, entry)
   return r[1] .. '|' .. r[4] .. '|' .. entry .. '/' .. N(r[2]) .. r[3]
 end
 
-local function refusal(status, amount, st, cap, retry, remaining)
+-- rate: the rate limit's "remaining|limit", or nil
+local function refusal(status, amount, st, cap, retry, rate)
   return status .. '|0||' .. amount .. '|' .. bal_text(st) .. '|' .. held_text(st) .. '|' .. (cap or '') .. '|' ..
-    (retry or '0') .. '|' .. (remaining or '')
+    (retry or '0') .. '|' .. (rate or '|')
 end
 
 -- the reply to a call id this account has seen (a re-sent call): nothing changes
 local function seen_reply(st, seen, amount)
-  return 'ok|1|' .. seen .. '|' .. amount .. '|' .. bal_text(st) .. '|' .. held_text(st) .. '||0|'
+  return 'ok|1|' .. seen .. '|' .. amount .. '|' .. bal_text(st) .. '|' .. held_text(st) .. '||0||'
 end
 
 -- The cap action a debit's row and reply record for the warn/notify caps it passed: 'warn' if any
@@ -51,7 +53,7 @@ local function settle_refused(ctx, st, hf, hold, frag, cid, amount_s, amount, ak
     frag)
   if cap then cap_event(ctx, 'credits.cap_reached', ak, frag_value(frag, 3), cap, amount, n) end
   ring_add(st, cid, n)
-  local r = { 'spend_cap_exceeded', n, '|' .. amount_s .. '|' .. bal_text(st) .. '|' .. held_text(st) .. '|deny|0|',
+  local r = { 'spend_cap_exceeded', n, '|' .. amount_s .. '|' .. bal_text(st) .. '|' .. held_text(st) .. '|deny|0||',
     '0' }
   if idem then ctx.idem[idem] = r end
   return r

@@ -45,18 +45,18 @@ local function user_debit(ctx, K, A, X)
   end
 
   -- request-rate limit: charges only (a settlement belongs to a request already admitted)
-  local new_tat, left
+  local new_tat, rate
   if not hf and st.rl ~= '' then
-    local ok, tat, retry, remaining = gcra(st.rl, st.tat, now)
-    if not ok then return refusal('rate_limited', amount_s, st, '', I(retry), '0') end
-    new_tat, left = tat, remaining
+    local ok, tat, retry, remaining, limit = gcra(st.rl, st.tat, now)
+    if not ok then return refusal('rate_limited', amount_s, st, '', I(retry), '0|' .. limit) end
+    new_tat, rate = tat, I(remaining) .. '|' .. limit
   end
   -- quantity limits (tokens per minute...): a charge is checked with its quantities
   local q_writes
   if not hf and st.ql ~= '' then
     local q_ok, q_retry
     q_ok, q_retry, q_writes = quantity_admit(st, A[7] or '', model, now)
-    if not q_ok then return refusal('rate_limited', amount_s, st, '', I(q_retry), left and I(left) or '') end
+    if not q_ok then return refusal('rate_limited', amount_s, st, '', I(q_retry), rate) end
   end
 
   -- spend caps: a charge of nothing (plan_debit.lua's allowance-only charge) passes none
@@ -117,7 +117,7 @@ local function user_debit(ctx, K, A, X)
     grants_keep(st, grants)
   end
   ring_add(st, cid, n)
-  local r = { 'ok', n, '|' .. amount_s .. '|' .. bals .. '|' .. helds .. '|' .. action .. '|0|' .. (left and I(left) or ''),
+  local r = { 'ok', n, '|' .. amount_s .. '|' .. bals .. '|' .. helds .. '|' .. action .. '|0|' .. (rate or '|'),
     '0' }
   if has_idem then ctx.idem[idem] = r end
   return r
