@@ -140,6 +140,11 @@ def find(
     return Call(core.scripts["refund_find"], keys, args, parse)
 
 
+def owns(result: RefundResult, user_id: str) -> bool:
+    """Whether a refund decided already (a remembered reply) was of a debit of ``user_id``'s own account."""
+    return result.team_id is None and result.user_id == user_id
+
+
 def from_database(req: RefundRequest, row: dict[str, Any] | None) -> RefundRequest | RefundResult:
     """The request completed from the debit's row in the ledger database (None: no such entry)."""
     if row is None:
@@ -243,6 +248,8 @@ class RefundOps(StoreBase):
         reason: str | None = None,
         metadata: CreditMetadata | dict[str, Any] | None = None,
         idempotency_key: str | None = None,
+        *,
+        user_id: str | None = None,
     ) -> Flow[RefundResult]:
         """Give back a debit (``charge`` or settlement), in full (``amount`` None) or in part, once.
 
@@ -252,12 +259,16 @@ class RefundOps(StoreBase):
         ``error``: ``already_refunded`` once the debit has been refunded, ``invalid_amount`` for more
         than the debit or less than 1, ``transaction_not_found`` (unknown, or not a debit),
         ``transaction_flushed`` (flushed, and no ledger database to read it from). Credits spent
-        from an expiring grant go back to that grant, with its expiry.
+        from an expiring grant go back to that grant, with its expiry. With ``user_id``, only a debit
+        of that user's own account is refunded: any other (another user's, a team's) answers
+        ``transaction_not_found`` and writes nothing (forward-auth's void names the account it decided for).
         """
         core = self.core
+        owner = None if user_id is None else check_id(user_id, "user_id")
         found = yield from one(find(core, transaction_id, amount, reason, metadata, idempotency_key))
         if isinstance(found, RefundResult):
-            return found
+            return found if owner is None or owns(found, owner) else not_found(RefundRequest(
+                found.original_transaction_id, "", "", "", None))
         if not found.account_id:  # not in the stream: flushed (or never a debit)
             reader = self._ledger_reader()
             if reader is None:
@@ -266,6 +277,8 @@ class RefundOps(StoreBase):
             found = from_database(found, row)
             if isinstance(found, RefundResult):
                 return found
+        if owner is not None and (found.account_kind != USER or found.account_id != owner):
+            return not_found(found)
         return (yield from one(apply(core, found)))
 
     @flow

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from conftest import REDIS_URL, advance, drop_namespace, ledger_entries, make_store, snapshot
 
-from ducto_redis import AsyncMemoryStore, AsyncRedisStore, MemoryStore, RedisStore
+from ducto_redis import AsyncMemoryStore, AsyncRedisStore, InvalidInputError, MemoryStore, RedisStore
 from ducto_redis.layout import parse_tx_id
 
 
@@ -75,6 +75,26 @@ def test_a_replayed_refund_returns_the_first_result_and_changes_nothing(store: R
     other = store.charge("u", 5, "x")  # the same key for another transaction is another refund
     assert store.refund_credits(other.transaction_id, 5, idempotency_key="rf-1").amount == 5
     assert store.get_balance("u").balance == 75
+
+
+def test_a_refund_for_one_user_refuses_any_other_accounts_debit_and_writes_nothing(store: RedisStore) -> None:
+    store.add_credits("a", 100)
+    store.add_credits("b", 100)
+    team = store.create_team("pool", 100).team_id
+    store.add_team_member(team, "a")
+    theirs, pooled = store.charge("b", 10, "x"), store.deduct_team(team, "a", 10)
+    store.refund_credits(store.charge("b", 1, "x").transaction_id, idempotency_key="k")  # a remembered reply
+    remembered = store.charge("b", 2, "x")
+    store.refund_credits(remembered.transaction_id, idempotency_key="k")
+    before = snapshot(store)
+    for tx in (theirs.transaction_id, pooled.transaction_id, remembered.transaction_id):
+        r = store.refund_credits(tx, idempotency_key="k", user_id="a")
+        assert (r.error, r.amount, r.user_id) == ("transaction_not_found", 0, "")
+    assert snapshot(store) == before
+    mine = store.charge("a", 7, "x")
+    assert store.refund_credits(mine.transaction_id, user_id="a").amount == 7
+    with pytest.raises(InvalidInputError, match="user_id"):
+        store.refund_credits(mine.transaction_id, user_id="")
 
 
 @pytest.mark.parametrize("which", ["random uuid", "garbage", "a credit", "a reservation", "zero settlement",
