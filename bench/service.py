@@ -2,10 +2,11 @@
 
 Starts, on loopback: the plain Starlette endpoint (bench/plain_endpoint.py: one bare redis.asyncio
 EVALSHA of the shared reference debit per request) and ``ducto-redis serve``, both under uvicorn
-with the same settings, with 1 and then 2 workers; then Caddy in front of each (``forward_auth`` to
-the plain endpoint's ``/auth`` or to the service's ``/v1/authorize``, the upstream a Caddy
-``respond``). Each target gets the same locust load (FastHttpUser, ``--users``) for ``--seconds``;
-both sides of a pair run at once and the load alternates between them, ``--rounds`` times. Prints
+with the same settings, with 1 and then 2 workers; then Caddy in front of each, again with 1 and 2
+workers behind it (``forward_auth`` to the plain endpoint's ``/auth`` or to the service's
+``/v1/authorize``, the upstream a Caddy ``respond``). Each target gets the same locust load
+(FastHttpUser, ``--users``) for ``--seconds``; both sides of a pair run at once and the load
+alternates between them, ``--rounds`` times. Prints
 median req/s, p50 and p99, the servers' CPU per request (their process trees' CPU time over the
 requests served: less sensitive to the machine's other load) and the ratios; ``--write`` puts them
 into bench/RESULTS.md.
@@ -213,13 +214,14 @@ def main() -> None:
                 rows.append((f"plain endpoint `POST /charge` (bare EVALSHA), {workers} worker(s)", base, "", ""))
                 rows.append((f"service `POST /v1/charge`, {workers} worker(s)", ours, f"{ours[0] / base[0]:.2f}×",
                              f"{ours[4] / base[4]:.2f}×"))
-            with plain(1) as purl, caddy(purl, "/auth", tmp) as pc, service(1, routes) as surl, \
-                    caddy(surl, "/v1/authorize", tmp) as sc:
-                base, ours = compare([purl, pc], [surl, sc], ("ForwardAuthUser",) * 2, args.rounds, args.seconds,
-                                     args.users, tmp)
-            rows.append(("Caddy forward_auth → plain endpoint `/auth`, 1 worker", base, "", ""))
-            rows.append(("Caddy forward_auth → service `/v1/authorize`, 1 worker", ours, f"{ours[0] / base[0]:.2f}×",
-                         f"{ours[4] / base[4]:.2f}×"))
+            for workers in (1, 2):
+                with plain(workers) as purl, caddy(purl, "/auth", tmp) as pc, service(workers, routes) as surl, \
+                        caddy(surl, "/v1/authorize", tmp) as sc:
+                    base, ours = compare([purl, pc], [surl, sc], ("ForwardAuthUser",) * 2, args.rounds, args.seconds,
+                                         args.users, tmp)
+                rows.append((f"Caddy forward_auth → plain endpoint `/auth`, {workers} worker(s)", base, "", ""))
+                rows.append((f"Caddy forward_auth → service `/v1/authorize`, {workers} worker(s)", ours,
+                             f"{ours[0] / base[0]:.2f}×", f"{ours[4] / base[4]:.2f}×"))
         finally:
             cleanup()
     table = ["| target | req/s (median) | p50 ms | p99 ms | failures | server CPU ms/request | req/s vs the yardstick "
