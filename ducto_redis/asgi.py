@@ -10,17 +10,22 @@ script call decides (see ``ducto_redis.gate``):
   app then raises or answers a server error (5xx), the charge is refunded;
 - a ``hold`` route holds its estimate before the app runs and settles the actual price when the
   response starts: ``price_response(scope, status, headers)`` if given, else the response's
-  ``X-Credits-Used`` header (taken off the response), else the estimate (0 for a 5xx). An app that
-  raises before answering has its hold released.
+  ``X-Credits-Used`` header (taken off the response), else the estimate. A server error priced at
+  0 (the default for a 5xx that says nothing) and an app that raises before answering have their
+  hold released.
+
+A refunded charge or released hold also forgets the request's ``Idempotency-Key`` (``Gate.void``),
+so a retry is decided and charged afresh rather than answered, for free, with the decision given back.
 
 A route with a ``quantity`` (e.g. tokens) also checks the account's quantity limits against the
 request's estimate in the same script call; on a hold route, the response's ``X-Quantity-Used``
 header (taken off the response) corrects the estimate when the hold is settled.
 
 Refusals: 401 without an account, 402 with ``{"error": "insufficient_credits" | "spend_cap_exceeded"}``
-and ``X-Credits-Remaining``, 429 with ``Retry-After``, 503 when Redis fails under ``fail_mode=closed``
-(``open`` lets the request through). Admitted responses carry ``X-Credits-Remaining`` and, when the
-account has a rate limit, ``RateLimit-Remaining``. An ``Idempotency-Key`` request header makes a
+and ``X-Credits-Remaining``, 429 with ``Retry-After`` and ``RateLimit-*``, 503 when Redis fails under
+``fail_mode=closed`` (``open`` lets the request through). Admitted responses carry
+``X-Credits-Remaining`` and, when the account has a rate limit, ``RateLimit-Limit`` and
+``RateLimit-Remaining``. An ``Idempotency-Key`` request header makes a
 retried request cost once; the replay is marked with ``Idempotent-Replayed: true``, on the request
 the app sees and on the response.
 """
@@ -150,7 +155,7 @@ class CreditMiddleware:
         if verdict.reservation_id:
             await self._settled(scope, receive, send, account, verdict, idem, match.route)
         else:
-            await self._charged(scope, receive, send, verdict)
+            await self._charged(scope, receive, send, account, verdict, idem)
 
     async def _account(self, scope: Scope) -> str | None:
         if isinstance(self.account, str):
@@ -160,7 +165,9 @@ class CreditMiddleware:
             picked = await picked
         return picked
 
-    async def _charged(self, scope: Scope, receive: Receive, send: Send, verdict: Verdict) -> None:
+    async def _charged(
+        self, scope: Scope, receive: Receive, send: Send, account: str, verdict: Verdict, idem: str | None
+    ) -> None:
         extra = _encode(verdict.headers)
         refundable = bool(verdict.transaction_id) and not verdict.replayed
         answered = False
@@ -171,7 +178,7 @@ class CreditMiddleware:
                 answered = True
                 if message["status"] >= 500 and refundable:  # a server error is not charged
                     refundable = False
-                    await self._refund(verdict.transaction_id)
+                    await self._void(account, verdict, idem)
                 message = {**message, "headers": [*message.get("headers", []), *extra]}
             await send(message)
 
@@ -181,17 +188,16 @@ class CreditMiddleware:
             failed = False
         finally:
             if (failed or not answered) and refundable:  # raised, or answered nothing: not charged
-                await self._refund(verdict.transaction_id)
+                await self._void(account, verdict, idem)
 
-    async def _refund(self, transaction_id: str) -> None:
-        """Give back the charge of a request the app never answered."""
+    async def _void(self, account: str, verdict: Verdict, idem: str | None) -> None:
+        """Give back the charge or hold of a request the app failed (it expires on its own, a hold)."""
+        what = verdict.transaction_id or verdict.reservation_id
         try:
-            r = await self.gate.guard("refund", self.store.refund_credits(
-                transaction_id, reason="no_response", idempotency_key="no-response"))
-            if r.error:
-                log.warning("could not refund %s of a request without response: %s", transaction_id, r.error)
+            if not await self.gate.void(account, verdict.transaction_id, verdict.reservation_id, idem):
+                log.warning("could not give back %s of a request without response", what)
         except Exception as exc:
-            log.warning("could not refund %s of a request without response: %s", transaction_id, exc)
+            log.warning("could not give back %s of a request without response: %s", what, exc)
 
     async def _settled(
         self, scope: Scope, receive: Receive, send: Send, account: str, verdict: Verdict, idem: str | None,
@@ -200,6 +206,7 @@ class CreditMiddleware:
         settled = False
         rid = verdict.reservation_id
         replay = [(REPLAYED_HEADER.lower().encode(), b"true")] if verdict.replayed else []
+        rate = [h for h in _encode(verdict.headers) if h[0].startswith(b"ratelimit-")]
 
         async def priced_send(message: Message) -> None:
             nonlocal settled
@@ -209,6 +216,11 @@ class CreditMiddleware:
                 price = self._price(scope, message["status"], headers, route.hold or 0)
                 used = _used_quantity(route, headers)
                 headers = [(k, v) for k, v in headers if k.lower() not in (COST_HEADER, QUANTITY_HEADER)]
+                if price == 0 and message["status"] >= 500 and not verdict.replayed:
+                    await self._void(account, verdict, idem)  # a server error costing nothing: given back
+                    message = {**message, "headers": [*headers, *rate]}
+                    await send(message)
+                    return
                 try:
                     r = await self.gate.guard("settle", self.store.deduct_credits(
                         account, rid, price, idempotency_key=None if idem is None else idem + ":settle",
@@ -220,17 +232,14 @@ class CreditMiddleware:
                     headers.append((b"x-credits-remaining", str(r.balance_after).encode()))
                 else:
                     headers.append((b"x-credits-error", error.encode()))
-                message = {**message, "headers": [*headers, *replay]}
+                message = {**message, "headers": [*headers, *rate, *replay]}
             await send(message)
 
         try:
             await self.app(scope, receive, priced_send)
         finally:
             if not settled and not verdict.replayed:  # the app failed before answering: give the hold back
-                try:
-                    await self.gate.guard("release", self.store.release_reservation(account, rid))
-                except Exception as exc:  # it expires on its own
-                    log.warning("could not release hold %s: %s", rid, exc)
+                await self._void(account, verdict, idem)
 
     def _price(self, scope: Scope, status: int, headers: list[tuple[bytes, bytes]], estimate: int) -> int:
         if self.price_response is not None:

@@ -10,6 +10,14 @@ or an admitted request (``open``).
 Statuses: 200 admitted, 400 bad input (``field`` named), 401 no account, 402
 ``insufficient_credits`` / ``spend_cap_exceeded``, 403 an unlisted route under ``unlisted: deny``,
 429 ``rate_limited`` (``Retry-After``), 503 Redis unavailable (fail-closed) or ``ledger_backlog_full``.
+
+``RateLimit-Limit`` is the account's request-rate limit: requests per period (the IETF RateLimit
+draft's quota); ``RateLimit-Remaining`` is how many more requests would pass at once now (GCRA: at
+most the burst). A 429 adds ``RateLimit-Reset`` (seconds until a request passes again, as
+``Retry-After``); an admitted answer does not (the decision does not say when the whole burst is back).
+
+:meth:`Gate.void` gives back the decision of a request whose response was never produced (the
+middleware's app failed, or a gateway could not reach its upstream).
 """
 
 from __future__ import annotations
@@ -37,11 +45,17 @@ RESERVATION_HEADER = "X-Reservation-Id"
 TRANSACTION_HEADER = "X-Transaction-Id"
 ACCOUNT_HEADER_UPSTREAM = "X-Ducto-Account"
 RATE_HEADER = "RateLimit-Remaining"
+RATE_LIMIT_HEADER = "RateLimit-Limit"
+VOID_HEADER = "X-Ducto-Void"  # forward-auth's signature of the decision, for /v1/void (service/voids.py)
 # what forward-auth answers on an admitted request, for the gateway to copy onto the upstream
 # request: every one is always present (empty when it does not apply), so a gateway that copies a
 # header the answer lacks (Caddy 2.6 copies its placeholder) or keeps the client's own can't be fooled
-UPSTREAM_HEADERS = (BALANCE_HEADER, RATE_HEADER, RESERVATION_HEADER, TRANSACTION_HEADER, ACCOUNT_HEADER_UPSTREAM,
-                    REPLAYED_HEADER)
+UPSTREAM_HEADERS = (BALANCE_HEADER, RATE_LIMIT_HEADER, RATE_HEADER, RESERVATION_HEADER, TRANSACTION_HEADER,
+                    ACCOUNT_HEADER_UPSTREAM, REPLAYED_HEADER, VOID_HEADER)
+# the reason and idempotency key of the refund that gives back a request's charge (a refund's key is
+# scoped to its transaction), and the prefix of a released hold's key (keys are per account)
+VOID_REASON = "no_response"
+VOID_KEY = "void"
 
 _REDIS_FAILURES = (redis.RedisError, OSError, TimeoutError, asyncio.TimeoutError)
 
@@ -220,8 +234,8 @@ class Gate:
             if operation == "rate_limit":
                 hit = await self.guard("rate_limit", self.store.hit_rate_limit(account))
                 if not hit.allowed:
-                    return limited(hit.retry_after_ms)
-                return Verdict(200, headers=_rate_headers(hit.remaining))
+                    return limited(hit.retry_after_ms, hit.limit)
+                return Verdict(200, headers=_rate_headers(hit.remaining, hit.limit))
             r = await self.guard("charge", self.store.charge(
                 account, route.cost, route.operation_type, idempotency_key=idempotency_key, metadata=meta,
                 quantities=quantities))
@@ -230,12 +244,12 @@ class Gate:
         except InvalidInputError as exc:
             return Verdict(400, "invalid_input", field=exc.field, message=exc.message)
         if r.error == E.RATE_LIMITED:
-            return limited(r.retry_after_ms)
+            return limited(r.retry_after_ms, r.rate_limit_limit)
         headers = [(BALANCE_HEADER, str(r.balance_after))]
         if r.error:
             return refused(r.error, headers)
         headers.append((TRANSACTION_HEADER, r.transaction_id))
-        headers.extend(_rate_headers(r.rate_limit_remaining))
+        headers.extend(_rate_headers(r.rate_limit_remaining, r.rate_limit_limit))
         if r.idempotent:
             headers.append((REPLAYED_HEADER, "true"))
         return Verdict(200, headers=headers, transaction_id=r.transaction_id, replayed=r.idempotent)
@@ -249,27 +263,61 @@ class Gate:
             account, estimate, operation_type, metadata=meta, min_balance=0, idempotency_key=idem,
             quantities=quantities, rate_limit=True))
         if h.error == E.RATE_LIMITED:
-            return limited(h.retry_after_ms)
+            return limited(h.retry_after_ms, h.rate_limit_limit)
         headers = [(BALANCE_HEADER, str(h.balance))]
         if h.error:
             return refused(h.error, headers)
         headers.append((RESERVATION_HEADER, h.reservation_id))
-        headers.extend(_rate_headers(h.rate_limit_remaining))
+        headers.extend(_rate_headers(h.rate_limit_remaining, h.rate_limit_limit))
         if h.idempotent:
             headers.append((REPLAYED_HEADER, "true"))
         return Verdict(200, headers=headers, reservation_id=h.reservation_id, replayed=h.idempotent)
 
+    async def void(
+        self, account: str, transaction_id: str = "", reservation_id: str = "", idempotency_key: str | None = None
+    ) -> bool:
+        """Give back the decision of a request whose response was never produced: refund its charge
+        (``transaction_id``, only a debit of ``account``) or release its hold (``reservation_id``), each
+        at most once however often this is called, then forget the request's ``idempotency_key`` so
+        that a retry is decided afresh (a replay of a decision given back would pass for free). Never
+        for a replayed decision (it belongs to an earlier request). True when nothing of the request
+        stays charged: given back now or by an earlier void. Redis failing raises :class:`Unavailable`.
+        """
+        if reservation_id:
+            released = await self.guard("void", self.store.release_reservation(
+                account, reservation_id, idempotency_key=f"{VOID_KEY}:{reservation_id}"))
+            voided = released.error is None  # reservation_not_found: settled (the work was done) or expired
+        elif transaction_id:
+            refunded = await self.guard("void", self.store.refund_credits(
+                transaction_id, reason=VOID_REASON, idempotency_key=VOID_KEY, user_id=account))
+            voided = refunded.error is None  # already_refunded: by someone else, maybe in part
+        else:
+            return True  # nothing was decided
+        if voided and idempotency_key:
+            key = self.store.core.keys.user(account).idempotency(idempotency_key)
+            await self.guard("void", self.store.client.delete(key))
+        return voided
 
-def _rate_headers(remaining: int | None) -> list[tuple[str, str]]:
-    return [] if remaining is None else [(RATE_HEADER, str(remaining))]
+
+def _rate_headers(remaining: int | None, limit: int | None) -> list[tuple[str, str]]:
+    if remaining is None or limit is None:  # both or neither: the account's rate limit
+        return []
+    return [(RATE_LIMIT_HEADER, str(limit)), (RATE_HEADER, str(remaining))]
 
 
-def limited(retry_after_ms: int) -> Verdict:
-    """429 with ``Retry-After`` (whole seconds) and the ``RateLimit-*`` headers."""
+def rate_limited_headers(retry_after_ms: int, limit: int | None) -> list[tuple[str, str]]:
+    """A 429's headers: ``Retry-After`` and ``RateLimit-Reset`` (whole seconds), ``RateLimit-Remaining: 0``
+    and, when the account has a request-rate limit, ``RateLimit-Limit``."""
     seconds = retry_after_seconds(retry_after_ms)
-    return Verdict(429, E.RATE_LIMITED,
-                   [("Retry-After", seconds), ("RateLimit-Remaining", "0"), ("RateLimit-Reset", seconds)],
-                   retry_after_ms=retry_after_ms)
+    headers = [("Retry-After", seconds), (RATE_HEADER, "0"), ("RateLimit-Reset", seconds)]
+    if limit is not None:
+        headers.append((RATE_LIMIT_HEADER, str(limit)))
+    return headers
+
+
+def limited(retry_after_ms: int, limit: int | None = None) -> Verdict:
+    """429 with ``Retry-After`` (whole seconds) and the ``RateLimit-*`` headers."""
+    return Verdict(429, E.RATE_LIMITED, rate_limited_headers(retry_after_ms, limit), retry_after_ms=retry_after_ms)
 
 
 def refused(error: str, headers: list[tuple[str, str]]) -> Verdict:

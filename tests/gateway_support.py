@@ -1,12 +1,14 @@
 """Real servers for the gateway tests: uvicorn in a thread, and Caddy / NGINX started from their
-Debian packages on free loopback ports with their own config in a temporary folder, as the
-current user, stopped afterwards (a system-wide instance is never touched)."""
+Debian packages on free loopback ports with the configuration docs/service.md shows (its addresses
+and token replaced) in a temporary folder, as the current user, stopped afterwards (a system-wide
+instance is never touched)."""
 
 from __future__ import annotations
 
 import contextlib
 import getpass
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -14,6 +16,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import uvicorn
@@ -94,17 +97,39 @@ def need_binary(name: str) -> str:
     return path
 
 
+DOCS = Path(__file__).resolve().parent.parent / "docs" / "service.md"
+SERVICE, UPSTREAM, TOKEN_IN_DOCS = "127.0.0.1:8080", "127.0.0.1:9000", "change-me"
+
+
+def doc_config(heading: str) -> str:
+    """The first fenced block after ``heading`` in docs/service.md: a configuration as users copy it."""
+    text = DOCS.read_text(encoding="utf-8")
+    m = re.compile(r"```[a-z]*\n(.*?)```", re.S).search(text, text.index(heading))
+    assert m is not None, f"no configuration after {heading!r} in docs/service.md"
+    return m.group(1)
+
+
+def placed(conf: str, service_port: int, upstream_port: int, token: str) -> str:
+    """A documented configuration with the tests' addresses and token in place of the docs' ones."""
+    for placeholder in (SERVICE, UPSTREAM, TOKEN_IN_DOCS):
+        assert placeholder in conf, f"the documented configuration no longer names {placeholder}"
+    return (conf.replace(SERVICE, f"127.0.0.1:{service_port}").replace(UPSTREAM, f"127.0.0.1:{upstream_port}")
+            .replace(TOKEN_IN_DOCS, token))
+
+
 class Gateway:
-    """A gateway process on a free loopback port, its files in a temporary folder."""
+    """A gateway process on a free loopback port running the configuration docs/service.md shows,
+    in front of the upstream at ``upstream_port`` (a free port where nothing listens: an upstream
+    the gateway cannot reach); its files in a temporary folder."""
 
     name = ""
 
-    def __init__(self, service_port: int, upstream_port: int, token: str, dead_port: int) -> None:
+    def __init__(self, service_port: int, upstream_port: int, token: str) -> None:
         self.dir = tempfile.mkdtemp(prefix=f"ducto-{self.name}-")
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = os.path.join(self.dir, "error.log")
-        cmd = self.command(service_port, upstream_port, token, dead_port)
+        cmd = self.command(service_port, upstream_port, token)
         env = {**os.environ, "HOME": self.dir, "XDG_DATA_HOME": self.dir, "XDG_CONFIG_HOME": self.dir}
         out = open(self.log, "ab")  # noqa: SIM115 - closed in stop()
         self._out = out
@@ -115,7 +140,7 @@ class Gateway:
             self.stop()
             raise
 
-    def command(self, service_port: int, upstream_port: int, token: str, dead_port: int) -> list[str]:
+    def command(self, service_port: int, upstream_port: int, token: str) -> list[str]:
         raise NotImplementedError
 
     def write(self, name: str, text: str) -> str:
@@ -137,51 +162,27 @@ class Gateway:
 
 
 class Caddy(Gateway):
-    """Caddy with ``forward_auth`` to the service, in front of the upstream; ``/down/*`` goes to a
-    port where nothing listens (an upstream that never answers)."""
+    """Caddy with docs/service.md's site block (``forward_auth``, ``handle_errors`` calling ``/v1/void``)."""
 
     name = "caddy"
 
-    def command(self, service_port: int, upstream_port: int, token: str, dead_port: int) -> list[str]:
-        auth = f"""forward_auth 127.0.0.1:{service_port} {{
-			uri /v1/authorize
-			header_up X-Ducto-Token {token}
-			copy_headers {" ".join(COPIED)}
-		}}"""
+    def command(self, service_port: int, upstream_port: int, token: str) -> list[str]:
+        site = placed(doc_config("### Caddy"), service_port, upstream_port, token)
+        assert site.startswith("example.com {")
         conf = self.write("Caddyfile", f"""{{
 	admin off
 	auto_https off
 	storage file_system {self.dir}/data
 }}
-http://127.0.0.1:{self.port} {{
-	handle /down/* {{
-		{auth}
-		reverse_proxy 127.0.0.1:{dead_port}
-	}}
-	handle {{
-		{auth}
-		reverse_proxy 127.0.0.1:{upstream_port}
-	}}
-}}
-""")
+http://127.0.0.1:{self.port} {site[len("example.com "):]}""")
         return [need_binary("caddy"), "run", "--config", conf, "--adapter", "caddyfile"]
 
 
-def nginx_conf(dir: str, port: int, service_port: int, upstream_port: int, token: str, dead_port: int) -> str:
-    """The NGINX configuration of docs/service.md: auth_request, and the named location that gives
-    the client the service's real status (402, 429, 503) although auth_request passes only 401/403."""
+def nginx_conf(dir: str, port: int, service_port: int, upstream_port: int, token: str) -> str:
+    """An nginx.conf whose one server holds docs/service.md's locations (``auth_request``, the named
+    location giving the client the service's real status, the one calling ``/v1/void``)."""
     user = f"user {getpass.getuser()};" if os.geteuid() == 0 else ""
-    copy = "\n".join(
-        f"        auth_request_set $ducto_{i} $upstream_http_{h.lower().replace('-', '_')};\n"
-        f"        proxy_set_header {h} $ducto_{i};" for i, h in enumerate(COPIED))
-    protected = f"""
-        auth_request /_ducto_auth;
-        auth_request_set $ducto_status $upstream_http_x_ducto_status;
-        auth_request_set $ducto_error $upstream_http_x_ducto_error;
-        auth_request_set $ducto_retry $upstream_http_retry_after;
-        auth_request_set $ducto_balance $upstream_http_x_credits_remaining;
-{copy}
-        error_page 401 403 = @ducto_denied;"""
+    locations = placed(doc_config("### NGINX"), service_port, upstream_port, token)
     return f"""{user}
 worker_processes 1;
 pid {dir}/nginx.pid;
@@ -196,42 +197,17 @@ http {{
     scgi_temp_path {dir}/scgi;
     server {{
         listen 127.0.0.1:{port};
-        location /down/ {{{protected}
-            proxy_pass http://127.0.0.1:{dead_port};
-        }}
-        location / {{{protected}
-            proxy_pass http://127.0.0.1:{upstream_port};
-        }}
-        location = /_ducto_auth {{
-            internal;
-            proxy_pass http://127.0.0.1:{service_port}/v1/authorize?deny_status=403;
-            proxy_pass_request_body off;
-            proxy_set_header Content-Length "";
-            proxy_set_header X-Original-URI $request_uri;
-            proxy_set_header X-Original-Method $request_method;
-            proxy_set_header X-Ducto-Token {token};
-        }}
-        location @ducto_denied {{
-            default_type application/json;
-            add_header Retry-After $ducto_retry always;
-            add_header X-Credits-Remaining $ducto_balance always;
-            if ($ducto_status = 402) {{ return 402 '{{"error":"$ducto_error"}}'; }}
-            if ($ducto_status = 429) {{ return 429 '{{"error":"$ducto_error"}}'; }}
-            if ($ducto_status = 503) {{ return 503 '{{"error":"$ducto_error"}}'; }}
-            if ($ducto_status = 401) {{ return 401 '{{"error":"$ducto_error"}}'; }}
-            return 403 '{{"error":"$ducto_error"}}';
-        }}
+{locations}
     }}
 }}
 """
 
 
 class Nginx(Gateway):
-    """NGINX with ``auth_request`` to the service, in front of the upstream (as :class:`Caddy`)."""
+    """NGINX with docs/service.md's locations (as :class:`Caddy`)."""
 
     name = "nginx"
 
-    def command(self, service_port: int, upstream_port: int, token: str, dead_port: int) -> list[str]:
-        conf = self.write("nginx.conf", nginx_conf(self.dir, self.port, service_port, upstream_port, token,
-                                                   dead_port))
+    def command(self, service_port: int, upstream_port: int, token: str) -> list[str]:
+        conf = self.write("nginx.conf", nginx_conf(self.dir, self.port, service_port, upstream_port, token))
         return [need_binary("nginx"), "-p", self.dir, "-c", conf, "-e", self.log, "-g", "daemon off;"]

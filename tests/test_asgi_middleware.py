@@ -59,7 +59,7 @@ def test_admitted_request_is_charged_and_carries_credit_headers(gateway: tuple[s
     r = httpx.get(base + "/chat", headers={"X-API-Key": "key-1"})
     assert r.status_code == 200 and r.json() == {"ok": True}
     assert r.headers["x-credits-remaining"] == "95"
-    assert r.headers["ratelimit-remaining"] == "9"
+    assert (r.headers["ratelimit-limit"], r.headers["ratelimit-remaining"]) == ("10", "9")
     assert admin.get_balance("key-1").balance == 95
 
 
@@ -83,6 +83,8 @@ def test_over_the_rate_answers_429_with_retry_after(gateway: tuple[str, RedisSto
     assert codes == [200, 200, 429]
     r = httpx.get(base + "/chat", headers={"X-API-Key": "busy"})
     assert r.status_code == 429 and int(r.headers["retry-after"]) >= 1 and r.json()["error"] == "rate_limited"
+    assert (r.headers["ratelimit-limit"], r.headers["ratelimit-remaining"]) == ("2", "0")
+    assert r.headers["ratelimit-reset"] == r.headers["retry-after"]
     assert admin.get_balance("busy").balance == 990
 
 
@@ -110,8 +112,10 @@ def test_retried_request_with_idempotency_key_costs_once(gateway: tuple[str, Red
 def test_route_priced_from_the_response_settles_the_actual_price(gateway: tuple[str, RedisStore]) -> None:
     base, admin = gateway
     admin.add_credits("llm", 100)
+    admin.set_rate_limit("llm", limit=5, period_seconds=60)
     r = httpx.get(base + "/llm?used=12", headers={"X-API-Key": "llm"})
     assert r.status_code == 200 and r.headers["x-credits-remaining"] == "88"
+    assert (r.headers["ratelimit-limit"], r.headers["ratelimit-remaining"]) == ("5", "4")  # a hold route too
     bal = admin.get_balance("llm")
     assert (bal.balance, bal.held) == (88, 0)
     admin.add_credits("tiny", 10)

@@ -26,6 +26,8 @@ ROUTES = [
     {"path": "/files/*", "cost": 2},
     {"method": "POST", "path": "/jobs", "hold": 40},
     {"method": "GET", "path": "/boom", "cost": 3},
+    {"method": "GET", "path": "/flaky", "cost": 3},
+    {"method": "POST", "path": "/flaky-job", "hold": 40},
 ]
 
 
@@ -41,11 +43,19 @@ async def boom(request: Request) -> JSONResponse:
     raise RuntimeError("the app failed before answering")
 
 
+async def flaky(request: Request) -> JSONResponse:
+    """Fails before answering when asked to (``?fail=1``), else answers (and reports 12 credits used)."""
+    if request.query_params.get("fail"):
+        raise RuntimeError("the app failed before answering")
+    return JSONResponse({"replayed": request.headers.get("idempotent-replayed")}, headers={"X-Credits-Used": "12"})
+
+
 @pytest.fixture(scope="module")
 def site(redis_client: Any) -> Iterator[tuple[str, RedisStore]]:
     app = Starlette(routes=[Route("/v1/chat/{model}", echo, methods=["POST", "GET"]),
                             Route("/files/{rest:path}", echo), Route("/filesystem", echo),
                             Route("/jobs", job, methods=["POST"]), Route("/boom", boom),
+                            Route("/flaky", flaky), Route("/flaky-job", flaky, methods=["POST"]),
                             Route("/metrics", metrics_app())])
     with own_namespace(redis_client) as admin:
         store = AsyncRedisStore.from_url(REDIS_URL, namespace=admin.settings.namespace)
@@ -116,6 +126,20 @@ def test_a_request_the_app_never_answered_is_not_charged(site: tuple[str, RedisS
     uid = user(admin, 100)
     assert httpx.get(url + "/boom", headers={"X-API-Key": uid}).status_code == 500
     assert admin.get_balance(uid).balance == 100  # charged, then refunded
+
+
+@pytest.mark.parametrize(("method", "path", "cost"), [("GET", "/flaky", 3), ("POST", "/flaky-job", 12)])
+def test_a_retry_of_a_request_the_app_never_answered_is_charged_once(site: tuple[str, RedisStore], method: str,
+                                                                     path: str, cost: int) -> None:
+    url, admin = site
+    uid = user(admin, 100)
+    h = {"X-API-Key": uid, "Idempotency-Key": "flaky-1"}
+    assert httpx.request(method, url + path + "?fail=1", headers=h).status_code == 500
+    bal = admin.get_balance(uid)
+    assert (bal.balance, bal.held) == (100, 0)  # given back
+    again = httpx.request(method, url + path, headers=h)  # the same request, retried
+    assert again.status_code == 200 and again.json() == {"replayed": None}  # decided afresh, not a free replay
+    assert admin.get_balance(uid).balance == 100 - cost
 
 
 def test_the_middleware_records_decision_metrics_a_mounted_endpoint_serves(site: tuple[str, RedisStore]) -> None:

@@ -14,6 +14,7 @@ from gateway_support import own_namespace, serve
 
 from ducto_redis import RedisStore, Settings, SpendCap
 from ducto_redis.service import create_app
+from ducto_redis.service.voids import VoidSigner
 
 TOKEN = "t0ken"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -54,6 +55,11 @@ def test_denials_are_json_with_ductos_code_and_their_status(api: Any) -> None:
     assert client.post("/v1/charge", json={"user_id": busy, "amount": 1}).status_code == 200
     r = client.post("/v1/charge", json={"user_id": busy, "amount": 1})
     assert r.status_code == 429 and r.json()["error"] == "rate_limited" and int(r.headers["retry-after"]) >= 1
+    assert r.json()["rate_limit_limit"] == 1
+    assert (r.headers["ratelimit-limit"], r.headers["ratelimit-remaining"]) == ("1", "0")
+    assert r.headers["ratelimit-reset"] == r.headers["retry-after"]
+    r = client.post("/v1/reserve", json={"user_id": busy, "amount": 1, "rate_limit": True})
+    assert r.status_code == 429 and r.headers["ratelimit-limit"] == "1"
 
 
 @pytest.mark.parametrize(("body", "field"), [
@@ -145,3 +151,20 @@ def test_openapi_health_and_metrics(api: Any) -> None:
     assert "ducto_decision_seconds_bucket" in text
     assert f'ducto_ledger_backlog_entries{{namespace="{admin.settings.namespace}"}}' in text
     assert "ducto_ledger_oldest_unflushed_seconds" in text
+
+
+def test_a_void_signature_signs_one_decision_for_the_hold_ttl(monkeypatch: pytest.MonkeyPatch) -> None:
+    import time
+
+    old = VoidSigner(Settings(service_tokens="old", hold_ttl_seconds=60))
+    signer = VoidSigner(Settings(service_tokens="new,old", hold_ttl_seconds=60))
+    sig = signer.sign("acct", "tx-1", "")
+    assert signer.check(sig, "acct", "tx-1", "") is None
+    assert signer.check(old.sign("acct", "tx-1", ""), "acct", "tx-1", "") is None  # a token being rotated out
+    assert [signer.check(sig, *d) for d in (("acct2", "tx-1", ""), ("acct", "tx-2", ""), ("acct", "", "tx-1"))] == [
+        "invalid"] * 3
+    assert VoidSigner(Settings(service_tokens="other")).check(sig, "acct", "tx-1", "") == "invalid"
+    assert signer.check("", "acct", "tx-1", "") == signer.check("x.y", "acct", "tx-1", "") == "invalid"
+    now = time.time()
+    monkeypatch.setattr(time, "time", lambda: now + 61)
+    assert signer.check(sig, "acct", "tx-1", "") == "expired"

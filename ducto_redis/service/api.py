@@ -125,7 +125,7 @@ _REFUSALS = {
     "401": "No or wrong bearer token",
     "402": "insufficient_credits, insufficient_team_balance or spend_cap_exceeded",
     "404": "reservation_not_found, team_not_found, user_not_found",
-    "429": "rate_limited (Retry-After)",
+    "429": "rate_limited (Retry-After, RateLimit-Reset, RateLimit-Remaining: 0, RateLimit-Limit)",
     "503": "Redis unavailable (fail-closed) or ledger_backlog_full (Retry-After)",
 }
 
@@ -171,8 +171,31 @@ def openapi_schema() -> dict[str, Any]:
              "description": "The account (the header's name is the account_header setting)"},
             {"name": "deny_status", "in": "query", "schema": {"type": "integer", "enum": [401, 403]},
              "description": "NGINX auth_request: answer refusals with this status and X-Ducto-Status"}],
-        "responses": {"200": {"description": "Admitted; X-Credits-Remaining, RateLimit-Remaining, X-Reservation-Id"},
+        "responses": {"200": {"description": "Admitted; headers for the upstream, each always present: "
+                                             "X-Credits-Remaining, RateLimit-Limit, RateLimit-Remaining, "
+                                             "X-Reservation-Id, X-Transaction-Id, X-Ducto-Account, "
+                                             "Idempotent-Replayed, X-Ducto-Void"},
                       **{code: {"description": text, **error} for code, text in _REFUSALS.items()}},
+    }}
+    void_header = [{"name": n, "in": "header", "schema": {"type": "string"}, "description": d} for n, d in (
+        ("X-Ducto-Account", "as /v1/authorize answered it"),
+        ("X-Transaction-Id", "as /v1/authorize answered it (a cost route's charge)"),
+        ("X-Reservation-Id", "as /v1/authorize answered it (a hold route's hold)"),
+        ("X-Ducto-Void", "as /v1/authorize answered it: its signature of the decision"),
+        ("X-Ducto-Gateway-Status", "the gateway's own status, 502 (default), 503 or 504: the status answered"),
+        ("Idempotency-Key", "the original request's: forgotten once the decision is given back"))]
+    gone = {"description": "The gateway's status; {error: upstream_unavailable, charged: whether this request "
+                           "still costs anything}",
+            "content": {"application/json": {"schema": {"type": "object", "properties": {
+                "error": {"const": "upstream_unavailable"}, "charged": {"type": "boolean"}}}}}}
+    paths["/v1/void"] = {"post": {
+        "summary": "Give back a forward-auth decision whose request the upstream never answered (the gateway's "
+                   "own 502/503/504): refund the charge or release the hold, once",
+        "security": [{"bearer": []}],
+        "parameters": void_header,
+        "responses": {"502": gone, "503": gone, "504": gone,
+                      "401": {"description": "No or wrong bearer token", **error},
+                      "403": {"description": "invalid_void: X-Ducto-Void does not sign this decision", **error}},
     }}
     paths["/healthz"] = {"get": {"summary": "A real script call on every shard",
                                  "responses": {"200": {"description": "ok"}, "503": {"description": "failing"}}}}

@@ -2,7 +2,8 @@
 
 ``create_app()`` builds it from the one settings model (``DUCTO_*``): the JSON API under ``/v1/``
 (bearer tokens from ``service_tokens``), forward-auth at ``/v1/authorize`` (routes from
-``routes_file``), ``/healthz``, ``/metrics`` and ``/openapi.json``. See docs/service.md.
+``routes_file``) and its ``/v1/void`` (``voids.py``), ``/healthz``, ``/metrics`` and
+``/openapi.json``. See docs/service.md.
 """
 
 from __future__ import annotations
@@ -29,16 +30,18 @@ from ..gate import (
     FAIL_OPEN_HEADER,
     REPLAYED_HEADER,
     UPSTREAM_HEADERS,
+    VOID_HEADER,
     Gate,
     Unavailable,
     Verdict,
-    retry_after_seconds,
+    rate_limited_headers,
     status_of,
 )
 from ..metrics import LedgerLagCollector, decision_metrics, scrape
 from ..routes import RouteTable
 from ..settings import Settings
 from . import api
+from .voids import VoidSigner, gateway_status
 
 log = logging.getLogger("ducto_redis.service")
 
@@ -63,8 +66,8 @@ def json_response(body: Any, status: int = 200, headers: dict[str, str] | None =
 
 
 def result_response(result: BaseModel) -> Response:
-    """A store result as JSON, with the status of its error code, ``Retry-After`` on 429 and
-    ``Idempotent-Replayed`` on a replay."""
+    """A store result as JSON, with the status of its error code, ``Retry-After`` and ``RateLimit-*``
+    on 429 and ``Idempotent-Replayed`` on a replay."""
     data = result.model_dump(mode="json")
     error = data.get("error")
     if error is None and not data.get("idempotent"):  # the common case, kept short
@@ -72,7 +75,7 @@ def result_response(result: BaseModel) -> Response:
     headers: dict[str, str] = {}
     status = status_of(error)
     if status == 429:
-        headers["Retry-After"] = retry_after_seconds(int(data.get("retry_after_ms") or 0))
+        headers.update(rate_limited_headers(int(data.get("retry_after_ms") or 0), data.get("rate_limit_limit")))
     elif status == 503:
         headers["Retry-After"] = "1"
     if data.get("idempotent"):
@@ -118,6 +121,7 @@ class Service:
         self.account_header = settings.account_header.lower()
         self.metrics = decision_metrics()
         self.gate = Gate(store, metrics=self.metrics)
+        self.signer = VoidSigner(settings)
         self._lag: LedgerLagCollector | None = None
 
     # ── plumbing ──────────────────────────────────────────────────────
@@ -221,9 +225,38 @@ class Service:
         verdict = await self.gate.admit(account, match, h.get("idempotency-key"), match.quantities(h.get))
         if verdict.admitted:
             verdict.headers.append((ACCOUNT_HEADER_UPSTREAM, account))
+            if (verdict.transaction_id or verdict.reservation_id) and not verdict.replayed:
+                verdict.headers.append((VOID_HEADER, self.signer.sign(
+                    account, verdict.transaction_id, verdict.reservation_id)))
             given = {k for k, _ in verdict.headers}
             verdict.headers.extend((k, "") for k in UPSTREAM_HEADERS if k not in given)
         return verdict_response(verdict, deny_status)
+
+    async def void(self, request: Request) -> Response:
+        """Give back the decision of a request the upstream never answered; answer the client the
+        gateway's status (see voids.py and docs/service.md)."""
+        if not self.authorized(request):
+            return json_response({"error": "unauthorized"}, 401, {"WWW-Authenticate": "Bearer"})
+        h = request.headers
+        status = gateway_status(h.get("x-ducto-gateway-status"))
+        signature = h.get("x-ducto-void", "")
+        if not signature:  # nothing decided (unlisted, rate limit only, fail-open), or a replay: nothing to give back
+            return json_response({"error": "upstream_unavailable", "charged": False}, status)
+        account = h.get("x-ducto-account", "")
+        tx, rid = h.get("x-transaction-id", ""), h.get("x-reservation-id", "")
+        why = self.signer.check(signature, account, tx, rid)
+        if why == "invalid":
+            return json_response({"error": "invalid_void", "message": "X-Ducto-Void does not sign this decision"},
+                                 403)
+        voided = False
+        if why is None:
+            try:
+                voided = await self.gate.void(account, tx, rid, h.get("idempotency-key"))
+            except Unavailable:
+                log.warning("could not give back %s of %s: the credit store is not answering", tx or rid, account)
+        else:
+            log.warning("not giving back %s of %s: the void came after hold_ttl_seconds", tx or rid, account)
+        return json_response({"error": "upstream_unavailable", "charged": not voided}, status)
 
     # ── operations ────────────────────────────────────────────────────
 
@@ -262,6 +295,7 @@ class Service:
             Route("/v1/charge_many", e("charge_many", self.charge_many, admission=True), methods=["POST"]),
             Route("/v1/teams/{team_id}/deduct", e("deduct_team", self.team_deduct, admission=True), methods=["POST"]),
             Route("/v1/balance/{user_id}", e("balance", self.balance), methods=["GET"]),
+            Route("/v1/void", self.void, methods=["GET", "POST"]),
             Route("/v1/authorize", self.authorize, methods=["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD"]),
             Route("/v1/authorize/{path:path}", self.authorize,
                   methods=["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]),
