@@ -30,7 +30,7 @@ import os
 import random
 import time
 import uuid
-from typing import Any
+from typing import Any, cast
 
 from locust import HttpUser, User, between, events, task
 from locust.contrib.fasthttp import FastHttpUser
@@ -42,9 +42,10 @@ ACCOUNTS = int(os.environ.get("DUCTO_BENCH_ACCOUNTS", "1000"))
 NAMESPACE = os.environ.get("DUCTO_NAMESPACE", "locust")
 
 
-class LibraryUser(User):
-    """Calls RedisStore.charge / reserve+deduct directly and times each call."""
+class StoreUser(User):
+    """A locust user calling a RedisStore directly and timing each call (the library's users below)."""
 
+    abstract = True
     wait_time = between(0, 0)
 
     def on_start(self) -> None:
@@ -64,11 +65,15 @@ class LibraryUser(User):
                 exc = RuntimeError(result.error)
         except Exception as e:
             exc = e
-        events.request.fire(
+        cast(Any, events.request).fire(  # Any: locust's fire() is untyped
             request_type="ducto", name=name, response_time=(time.perf_counter() - start) * 1000,
             response_length=0, exception=exc, context={},
         )
         return result
+
+
+class LibraryUser(StoreUser):
+    """Calls RedisStore.charge / reserve+deduct directly and times each call."""
 
     @task(8)
     def charge(self) -> None:
@@ -84,13 +89,9 @@ class LibraryUser(User):
                         random.randint(0, 100), idempotency_key=str(uuid.uuid4()))
 
 
-class BatchUser(User):
+class BatchUser(StoreUser):
     """Calls RedisStore.charge_many with 100 random accounts per call (one locust request = 100
     decisions; decisions/s = 100 x requests/s)."""
-
-    wait_time = between(0, 0)
-    on_start = LibraryUser.on_start
-    _timed = LibraryUser._timed
 
     @task
     def charge_many(self) -> None:
