@@ -142,7 +142,9 @@ def test_openapi_health_and_metrics(api: Any) -> None:
     doc = client.get("/openapi.json").json()
     assert doc["openapi"].startswith("3.")
     assert {"/v1/charge", "/v1/reserve", "/v1/settle", "/v1/release", "/v1/credits", "/v1/charge_many",
-            "/v1/teams/{team_id}/deduct", "/v1/balance/{user_id}", "/v1/authorize"} <= set(doc["paths"])
+            "/v1/teams/{team_id}/deduct", "/v1/balance/{user_id}", "/v1/authorize", "/v1/void"} <= set(doc["paths"])
+    assert set(doc["paths"]["/v1/void"]) == {"get", "post"}
+    assert doc["components"]["schemas"]["DeductionResult"]["properties"]["rate_limit_limit"]
     assert "ChargeBody" in doc["components"]["schemas"]
     assert client.get("/healthz").json() == {"ok": True}
     client.post("/v1/charge", json={"user_id": user(admin, 5), "amount": 1})

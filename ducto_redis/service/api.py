@@ -188,15 +188,16 @@ def openapi_schema() -> dict[str, Any]:
                            "still costs anything}",
             "content": {"application/json": {"schema": {"type": "object", "properties": {
                 "error": {"const": "upstream_unavailable"}, "charged": {"type": "boolean"}}}}}}
-    paths["/v1/void"] = {"post": {
+    void_op = {
         "summary": "Give back a forward-auth decision whose request the upstream never answered (the gateway's "
-                   "own 502/503/504): refund the charge or release the hold, once",
+                   "own 502/503/504): refund the charge or release the hold, once (GET too: Caddy sends no body then)",
         "security": [{"bearer": []}],
         "parameters": void_header,
         "responses": {"502": gone, "503": gone, "504": gone,
                       "401": {"description": "No or wrong bearer token", **error},
                       "403": {"description": "invalid_void: X-Ducto-Void does not sign this decision", **error}},
-    }}
+    }
+    paths["/v1/void"] = {"post": void_op, "get": void_op}
     paths["/healthz"] = {"get": {"summary": "A real script call on every shard",
                                  "responses": {"200": {"description": "ok"}, "503": {"description": "failing"}}}}
     paths["/metrics"] = {"get": {"summary": "Prometheus metrics", "responses": {"200": {"description": "text"}}}}
