@@ -32,8 +32,8 @@ quote ratios from one run, not absolute numbers. Nothing here is asserted by a t
 from __future__ import annotations
 
 import argparse
-import itertools
 import asyncio
+import itertools
 import statistics
 import sys
 import threading
