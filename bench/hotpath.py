@@ -410,7 +410,7 @@ def raw_same_script_many_100(b: Bench) -> tuple[int, Callable[[], tuple[float, l
     def op() -> None:
         i = next(turn) % WIRES
         conn.send_packed_command([wires[i]])
-        errors = []
+        errors: list[Exception] = []
         for _ in batches[i]:  # read every reply, so the connection stays in step
             try:
                 reply = conn.read_response()
