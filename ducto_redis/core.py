@@ -420,8 +420,8 @@ class StoreCore:
         e = copy_escape
         frag = (f"\t{e(op)}\tu\t{dk.escaped_id}\t\t{e(reservation_id)}\t{e(model)}\t\t{e(ikey) if ikey else ''}"
                 f"\t{e(metadata_json(meta))}")
-        args = DEBIT.args.pack(cid=new_call_id(), amount=str(n), model=model, floor=str(floor), frag=frag,
-                               rid=reservation_id, quantities=qs, config=self.config())
+        args = DEBIT.args.pack(cid=new_call_id(), amount=str(n), frag=frag, config=self.config(), model=model,
+                               floor=str(floor) if floor else "", rid=reservation_id, quantities=qs)
         return Call(self.scripts["debit"], keys, args, parse)
 
     def spend_cap(self, cap: SpendCap, account_kind: str, *, remove: bool = False) -> Call[None]:

@@ -5,11 +5,11 @@
 -- A deny cap that would be exceeded refuses the debit (and releases the hold when settling);
 -- warn/notify caps let it pass and append an event. See lib/09_user.lua.
 -- KEYS: account grants idem ledger events
--- ARGV: cid amount model floor frag rid quantities config
+-- ARGV: cid amount frag config [model floor rid quantities]
 --   quantities: "name=n;..." (a charge's, checked against the account's quantity limits; a settlement's
 --   actual ones, correcting its hold's estimate) or ""
 -- REPLY (text): status idempotent ref amount balance held cap retry remaining
 --   status: ok | insufficient_credits | spend_cap_exceeded | rate_limited | reservation_not_found
 --           | ledger_backlog_full
-local ctx = ctx_new(ARGV[8], KEYS[4], KEYS[5])
+local ctx = ctx_new(ARGV[4], KEYS[4], KEYS[5])
 return finish_one(ctx, user_debit(ctx, KEYS, ARGV), KEYS[3])

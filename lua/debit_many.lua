@@ -12,7 +12,7 @@ for i = 0, (#KEYS - 2) / 3 - 1 do
   local k, a = 2 + 3 * i, 1 + 6 * i
   local K = { KEYS[k + 1], KEYS[k + 2], KEYS[k + 3] }
   replies[i + 1] = user_debit(ctx, K,
-    { ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4], ARGV[a + 5], '', ARGV[a + 6] })
+    { ARGV[a + 1], ARGV[a + 2], ARGV[a + 5], nil, ARGV[a + 3], ARGV[a + 4], '', ARGV[a + 6] })
   idems[i + 1] = K[3]
 end
 return tconcat(finish(ctx, replies, idems), '\n')

@@ -10,7 +10,7 @@ local replies, idems = {}, {}
 for i = 0, (#KEYS - 2) / 2 - 1 do
   local k, a = 2 + 2 * i, 1 + 5 * i
   local K = { KEYS[k + 1], KEYS[k + 2] }
-  replies[i + 1] = team_debit(ctx, K, { ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4], ARGV[a + 5], '' })
+  replies[i + 1] = team_debit(ctx, K, { ARGV[a + 1], ARGV[a + 2], ARGV[a + 4], ARGV[a + 5], nil, ARGV[a + 3], '' })
   idems[i + 1] = K[2]
 end
 return tconcat(finish(ctx, replies, idems), '\n')

@@ -87,6 +87,19 @@ def test_a_layout_reads_back_as_it_is_written_and_refuses_what_is_not_a_name() -
         Fields.parse("a b a")
     with pytest.raises(ValueError, match="per <what>"):
         Fields.parse("a; b c")
+    with pytest.raises(ValueError, match="optional fields go last"):
+        Fields.parse("a [b] c]")
+
+
+def test_optional_fields_are_sent_only_when_one_of_them_is_not_empty() -> None:
+    f = Fields.parse("a b [c d]")
+    assert (f.names, f.optional, f.text()) == (("a", "b", "c", "d"), 2, "a b [c d]")
+    assert f.pack(a="1", b="2", c="", d="") == ["1", "2"]
+    assert f.pack(a="1", b="2", c="", d="x") == ["1", "2", "", "x"]
+    assert f.pack(a="1", b="", c="y", d="") == ["1", "", "y", ""]
+    assert (f.pos.c, f.pos.d) == (2, 3)
+    # debit.lua: a plain charge sends 4 ARGV, one with a model all 8
+    assert DEBIT.args.text() == "cid amount frag config [model floor rid quantities]"
 
 
 def test_packing_and_reading_by_name_follow_the_spec_positions() -> None:

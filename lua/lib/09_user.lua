@@ -4,9 +4,9 @@
 
 -- Run one user debit in the call's context.
 -- K: { account hash, grants hash, idempotency key (or the never-written "<account>:i") }
--- A: { call id, amount (text), model, min balance (text, charges), fragment, reservation id or "",
---      quantities ("name=n;..." or "": a charge's, checked; a settlement's actual ones, correcting its
---      hold's estimate) }
+-- A: debit.lua's ARGV: { call id, amount (text), fragment, (config: unused), then optional (nil = ""):
+--      model, min balance (text, charges; "" = 0), reservation id, quantities ("name=n;...": a
+--      charge's, checked; a settlement's actual ones, correcting its hold's estimate) }
 -- X: extra fields for the row's extra JSON (plan_debit.lua), or nil
 -- Returns the reply: its text, or the pending table of a decision that wrote a row.
 local function user_debit(ctx, K, A, X)
@@ -16,7 +16,7 @@ local function user_debit(ctx, K, A, X)
     local again = idem_seen(ctx, idem)
     if again then return again end
   end
-  local cid, amount_s, model, frag, rid = A[1], A[2], A[3], A[5], A[6]
+  local cid, amount_s, frag, model, rid = A[1], A[2], A[3], A[5] or '', A[7] or ''
   local hf = rid ~= '' and ('h:' .. rid) or nil
   local mf = model ~= '' and ('M|' .. model) or nil
   local st = account(ctx, acct, (hf and mf) and { hf, mf } or hf or mf)
@@ -55,7 +55,7 @@ local function user_debit(ctx, K, A, X)
   local q_writes
   if not hf and st.ql ~= '' then
     local q_ok, q_retry
-    q_ok, q_retry, q_writes = quantity_admit(st, A[7] or '', model, now)
+    q_ok, q_retry, q_writes = quantity_admit(st, A[8] or '', model, now)
     if not q_ok then return refusal('rate_limited', amount_s, st, '', I(q_retry), left and I(left) or '') end
   end
 
@@ -77,7 +77,8 @@ local function user_debit(ctx, K, A, X)
 
   -- the hold covers up to its amount; anything beyond must come from the available balance
   local need = amount - hold
-  if need > 0 and st.bal - st.held - need < (hf and 0 or A[4] + 0) then
+  local floor = not hf and A[6]
+  if need > 0 and st.bal - st.held - need < ((floor and floor ~= '') and floor + 0 or 0) then
     return refusal('insufficient_credits', amount_s, st)
   end
 
@@ -85,7 +86,7 @@ local function user_debit(ctx, K, A, X)
   if hf then
     st_held(st, st.held - hold)
     field_del(st, hf)
-    quantity_resolve(st, rid, A[7] or '')
+    quantity_resolve(st, rid, A[8] or '')
   end
   if new_tat then st.tat, st.wS = I(new_tat), true end
   if q_writes then quantity_store(st, q_writes) end

@@ -8,7 +8,8 @@
 -- settlement for a cap releases its hold.
 
 -- K: { team hash, idempotency key (or "<team>:i") }
--- A: { call id, amount (text), model, member id, fragment, reservation id or "" }
+-- A: pool_debit.lua's ARGV: { call id, amount (text), member id, fragment, (config: unused), then
+--      optional (nil = ""): model, reservation id }
 local function team_debit(ctx, K, A)
   local acct, idem = K[1], K[2]
   local has_idem = #idem ~= #acct + 2  -- "<account>:i": no key
@@ -16,7 +17,7 @@ local function team_debit(ctx, K, A)
     local again = idem_seen(ctx, idem)
     if again then return again end
   end
-  local cid, amount_s, model, uid, frag, rid = A[1], A[2], A[3], A[4], A[5], A[6]
+  local cid, amount_s, uid, frag, model, rid = A[1], A[2], A[3], A[4], A[6] or '', A[7] or ''
   local uf = 'U|' .. uid
   local hf = rid ~= '' and ('h:' .. rid) or nil
   local mf = model ~= '' and ('M|' .. model) or nil
