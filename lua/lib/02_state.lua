@@ -2,13 +2,21 @@
 -- tests/test_layout.py holds the two sides together). One account in memory is a table `st`:
 --   key, bal (number), bals (bal as stored text), held, hx, gx, rl, tat (text, '' = none),
 --   dB, dK, mB, mK (day / month bucket and anchor: spend = anchor - balance in the current bucket),
---   dC, mC (caps '<limit><d|w|n>' or ''), ql (quantity limits), ring (recent call ids), and what to write back:
+--   dC, mC (caps '<limit><d|w|n>' or ''; parsed: dL/dA, mL/mA limit and action, nil without), ql (quantity limits), ring (recent call ids), and what to write back:
 --   wb (balance changed), wS (state changed), set (field -> value), del (fields), calls (ring entries).
 
 local SPAT = '^(%d*)|(%d*)|(%d*)|([^|]*)|(%d*)|(%d*)|(%-?%d*)|(%d*)|(%-?%d*)|(%w*)|(%w*)|(.*)$'
 local RING_KEEP = 130
 
 local function num(s) if s == '' then return nil end return s + 0 end
+
+-- a cap '<limit><d|w|n>' -> limit (number), action word; nil for ''
+local ACTION = { d = 'deny', w = 'warn', n = 'notify' }
+local function cap_of(text)
+  if text == '' then return nil, nil end
+  local limit, a = smatch(text, '^(%d+)(%a)$')
+  return limit + 0, ACTION[a]
+end
 
 -- The parsed state S, remembered per distinct text (a pure function of it; a hot account's S
 -- changes only when its day rolls over or its holds / caps / limits change). An account table reads
@@ -26,6 +34,8 @@ local function state_of(S)
   end
   p = { held = held + 0, helds = held, helds_of = held + 0, hx = hx, gx = gx, rl = rl, tat = tat, dB = num(dB),
     dK = (num(dK) or 0), mB = num(mB), mK = (num(mK) or 0), dC = dC, mC = mC, ql = ql }
+  p.dL, p.dA = cap_of(dC)  -- the caps parsed (limit, action; nil without); set_cap.lua never debits
+  p.mL, p.mA = cap_of(mC)
   p.mt = { __index = p }
   if parsed_count > 10000 then parsed, parsed_count = {}, 0 end
   parsed[S], parsed_count = p, parsed_count + 1
@@ -89,12 +99,11 @@ local function ring_seen(st, cid)
   return nil
 end
 
--- the ring with the call's new entries in front (`ring`), cut back to about RING_KEEP bytes
+-- the ring with the call's new entries in front (`ring`), longer than 2 * RING_KEEP bytes, cut
+-- back to about RING_KEEP
 local function ring_text(ring)
-  if #ring > 2 * RING_KEEP then
-    local cut = sfind(ring, ';', RING_KEEP, true)
-    if cut then ring = ssub(ring, 1, cut) end
-  end
+  local cut = sfind(ring, ';', RING_KEEP, true)
+  if cut then ring = ssub(ring, 1, cut) end
   return ring
 end
 

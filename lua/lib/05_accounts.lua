@@ -122,15 +122,16 @@ local function accounts_store(ctx, entry)
     local new = st.ring_new
     if new then
       if #new == 2 and new[2] then  -- one call id with a row: the common case, one concatenation
-        ring = ring_text(new[1] .. '=' .. entry .. '/' .. N(new[2]) .. ';' .. st.ring)
+        ring = new[1] .. '=' .. ref_of(ctx, entry, new[2]) .. ';' .. st.ring
       else
         local text = ''
         for i = 1, #new, 2 do  -- pairs call id, row: the newest first
           local r = new[i + 1]
-          text = new[i] .. '=' .. (r and (entry .. '/' .. N(r)) or '') .. ';' .. text
+          text = new[i] .. '=' .. (r and ref_of(ctx, entry, r) or '') .. ';' .. text
         end
-        ring = ring_text(text .. st.ring)
+        ring = text .. st.ring
       end
+      if #ring > 2 * RING_KEEP then ring = ring_text(ring) end
     end
     if not (st.wS or st.set or st.models or st.members) then
       -- the common case: the balance and the ring

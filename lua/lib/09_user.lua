@@ -62,9 +62,8 @@ local function user_debit(ctx, K, A, X)
   -- spend caps: a charge of nothing (plan_debit.lua's allowance-only charge) passes none
   local w = mf and model_window(st, mf)
   local deny, warns
-  if (st.dC ~= '' or st.mC ~= '' or (w and (w.dC ~= '' or w.mC ~= ''))) and (amount > 0 or hf) then
-    local dS, mS = st_spend(st, c)
-    deny, warns = caps_check(st, w, model, amount, dS, mS, c)
+  if (st.dL or st.mL or (w and (w.dC ~= '' or w.mC ~= ''))) and (amount > 0 or hf) then
+    deny, warns = caps_check(st, w, model, amount, c)
   end
   if deny then
     if not hf then

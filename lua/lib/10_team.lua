@@ -56,9 +56,8 @@ local function team_debit(ctx, K, A)
   local w, deny, warns
   if not over then
     w = mf and model_window(st, mf)
-    if st.dC ~= '' or st.mC ~= '' or (w and (w.dC ~= '' or w.mC ~= '')) then
-      local dS, mS = st_spend(st, c)
-      deny, warns = caps_check(st, w, model, amount, dS, mS, c)
+    if st.dL or st.mL or (w and (w.dC ~= '' or w.mC ~= '')) then
+      deny, warns = caps_check(st, w, model, amount, c)
     end
   end
   if over or deny then  -- refused by the member's cap (no event), or by a deny cap of the team's
