@@ -154,7 +154,6 @@ def error_code(status: str) -> str | None:
 # Reply fields by name (ducto_redis/specs.py): ``r[_D.ref]`` costs what ``r[2]`` did.
 _D = DEBIT.reply.pos
 _DEBIT_SIZE = DEBIT.reply.size
-_DK = DEBIT.keys.pos
 
 
 class _Ids:
@@ -315,8 +314,7 @@ class StoreCore:
 
     def _debit_keys(self, uid: str) -> DebitKeys:
         k = self.keys.user(uid)
-        keys = DEBIT.keys.pack(account=k.account, grants=k.grants, idem=k.idempotency(None), ledger=k.ledger,
-                               events=k.events)
+        keys = DEBIT.keys.pack(account=k.account, grants=k.grants, ledger=k.ledger, events=k.events, idem="")
         return DebitKeys(tuple(keys), k.shard, copy_escape(uid))
 
     # health
@@ -406,8 +404,8 @@ class StoreCore:
         dk = self.debit_keys(uid)
         shard = dk.shard
         keys = list(dk.keys)
-        if ikey is not None:
-            keys[_DK.idem] = self.keys.user(uid).idempotency(ikey)
+        if ikey is not None:  # the optional last KEY
+            keys.append(self.keys.user(uid).idempotency(ikey))
 
         def parse(raw_reply: Any) -> DeductionResult:
             r = split_reply(raw_reply, _DEBIT_SIZE)

@@ -6,7 +6,7 @@ name (``r[DEBIT.reply.pos.ref]``), and batch.py derives how a script's calls are
 "many" twin from the two specs' names. Each ``lua/<script>.lua`` states the same layout in its header,
 in the same words::
 
-    -- KEYS: account grants idem ledger events
+    -- KEYS: account grants ledger events [idem]
     -- ARGV: cid amount frag config [model floor rid quantities]
     -- REPLY (text): status idempotent ref amount balance held cap retry remaining
 
@@ -209,7 +209,7 @@ RESERVE = _S("reserve", "account idem ledger grants",
              "status idempotent rid amount balance held expires retry remaining", "text")
 RELEASE = _S("release", "account idem ledger grants", "cid tx rid frag config",
              "status idempotent rid amount balance held", "text")
-DEBIT = _S("debit", "account grants idem ledger events", "cid amount frag config [model floor rid quantities]",
+DEBIT = _S("debit", "account grants ledger events [idem]", "cid amount frag config [model floor rid quantities]",
            "status idempotent ref amount balance held cap retry remaining", "text")
 DEBIT_MANY = _S("debit_many", "ledger events; per decision: account grants idem",
                 "config; per decision: cid amount model floor frag quantities",
@@ -228,7 +228,7 @@ POOL_CREATE = _S("pool_create", "team idem ledger", "tx name balance frag config
                  "text")
 POOL_MEMBER = _S("pool_member", "team ledger", "tx tid member action role cap period config",
                  "status idempotent cap period count role", "text")
-POOL_DEBIT = _S("pool_debit", "team idem ledger events", "cid amount member frag config [model rid]",
+POOL_DEBIT = _S("pool_debit", "team ledger events [idem]", "cid amount member frag config [model rid]",
                 "status idempotent ref amount balance held cap retry remaining", "text")
 POOL_DEBIT_MANY = _S("pool_debit_many", "ledger events; per decision: team idem",
                      "config; per decision: cid amount model member frag",
@@ -246,7 +246,7 @@ POOL_READ = _S("pool_read", "team", "members config",
 SET_PLAN = _S("set_plan", "account ledger", "tx plan frag config", "status idempotent previous", "table")
 PLAN_READ = _S("plan_read", "account", "config", "status idempotent plan used start end", "table")
 PLAN_USAGE = _S("plan_usage", "account ledger", "tx plan amount frag config", "status idempotent used", "table")
-PLAN_DEBIT = _S("plan_debit", "account grants idem ledger events", "cid amount model floor frag allowances config",
+PLAN_DEBIT = _S("plan_debit", "account grants ledger events [idem]", "cid amount model floor frag allowances config",
                 "status idempotent ref paid balance held cap retry remaining free left plan", "text")
 PRICING_SET = _S("pricing_set", "active versions ledger", "id label pricing config",
                  "status idempotent id version", "table")

@@ -4,12 +4,12 @@
 --   the rest, more succeeds only if the available balance covers the difference.
 -- A deny cap that would be exceeded refuses the debit (and releases the hold when settling);
 -- warn/notify caps let it pass and append an event. See lib/09_user.lua.
--- KEYS: account grants idem ledger events
+-- KEYS: account grants ledger events [idem]
 -- ARGV: cid amount frag config [model floor rid quantities]
 --   quantities: "name=n;..." (a charge's, checked against the account's quantity limits; a settlement's
 --   actual ones, correcting its hold's estimate) or ""
 -- REPLY (text): status idempotent ref amount balance held cap retry remaining
 --   status: ok | insufficient_credits | spend_cap_exceeded | rate_limited | reservation_not_found
 --           | ledger_backlog_full
-local ctx = ctx_new(ARGV[4], KEYS[4], KEYS[5])
-return finish_one(ctx, user_debit(ctx, KEYS, ARGV), KEYS[3])
+local ctx = ctx_new(ARGV[4], KEYS[3], KEYS[4])
+return finish_one(ctx, user_debit(ctx, KEYS, ARGV), KEYS[5])

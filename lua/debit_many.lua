@@ -10,9 +10,11 @@ local ctx = ctx_new(ARGV[1], KEYS[1], KEYS[2])
 local replies, idems = {}, {}
 for i = 0, (#KEYS - 2) / 3 - 1 do
   local k, a = 2 + 3 * i, 1 + 6 * i
-  local K = { KEYS[k + 1], KEYS[k + 2], KEYS[k + 3] }
+  local acct, idem = KEYS[k + 1], KEYS[k + 3]
+  if #idem == #acct + 2 then idem = nil end  -- "<account>:i": no key
+  local K = { acct, KEYS[k + 2], nil, nil, idem }
   replies[i + 1] = user_debit(ctx, K,
     { ARGV[a + 1], ARGV[a + 2], ARGV[a + 5], nil, ARGV[a + 3], ARGV[a + 4], '', ARGV[a + 6] })
-  idems[i + 1] = K[3]
+  idems[i + 1] = idem or false
 end
 return tconcat(finish(ctx, replies, idems), '\n')

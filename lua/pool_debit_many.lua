@@ -9,8 +9,10 @@ local ctx = ctx_new(ARGV[1], KEYS[1], KEYS[2])
 local replies, idems = {}, {}
 for i = 0, (#KEYS - 2) / 2 - 1 do
   local k, a = 2 + 2 * i, 1 + 5 * i
-  local K = { KEYS[k + 1], KEYS[k + 2] }
+  local team, idem = KEYS[k + 1], KEYS[k + 2]
+  if #idem == #team + 2 then idem = nil end  -- "<team>:i": no key
+  local K = { team, nil, nil, idem }
   replies[i + 1] = team_debit(ctx, K, { ARGV[a + 1], ARGV[a + 2], ARGV[a + 4], ARGV[a + 5], nil, ARGV[a + 3], '' })
-  idems[i + 1] = K[2]
+  idems[i + 1] = idem or false
 end
 return tconcat(finish(ctx, replies, idems), '\n')

@@ -69,8 +69,10 @@ def test_a_header_drifting_from_its_spec_is_caught() -> None:
     assert drift(DEBIT, short) == [
         "REPLY: header says 'status idempotent ref amount balance held', spec says "
         "'status idempotent ref amount balance held cap retry remaining'"]
-    swapped = text.replace("-- KEYS: account grants idem", "-- KEYS: account idem grants", 1)
+    swapped = text.replace("-- KEYS: account grants ledger", "-- KEYS: account ledger grants", 1)
     assert [d.split(":")[0] for d in drift(DEBIT, swapped)] == ["KEYS"]
+    required = text.replace("events [idem]", "events idem", 1)  # an optional KEY written as required
+    assert [d.split(":")[0] for d in drift(DEBIT, required)] == ["KEYS"]
     assert drift(DEBIT, text.replace("REPLY (text)", "REPLY (table)", 1)) == [
         "REPLY shape: header says 'table', spec says 'text'"]
     with pytest.raises(AssertionError, match="exactly once"):

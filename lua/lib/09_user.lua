@@ -3,15 +3,15 @@
 -- lib/08_debit.lua's.
 
 -- Run one user debit in the call's context.
--- K: { account hash, grants hash, idempotency key (or the never-written "<account>:i") }
+-- K: debit.lua's KEYS: { account hash, grants hash, (ledger, events: unused), idempotency key or nil }
 -- A: debit.lua's ARGV: { call id, amount (text), fragment, (config: unused), then optional (nil = ""):
 --      model, min balance (text, charges; "" = 0), reservation id, quantities ("name=n;...": a
 --      charge's, checked; a settlement's actual ones, correcting its hold's estimate) }
 -- X: extra fields for the row's extra JSON (plan_debit.lua), or nil
 -- Returns the reply: its text, or the pending table of a decision that wrote a row.
 local function user_debit(ctx, K, A, X)
-  local acct, G, idem = K[1], K[2], K[3]
-  local has_idem = #idem ~= #acct + 2  -- "<account>:i": no key
+  local acct, G, idem = K[1], K[2], K[5]
+  local has_idem = idem ~= nil
   if has_idem then
     local again = idem_seen(ctx, idem)
     if again then return again end

@@ -7,12 +7,12 @@
 -- (never a member's personal balance). A refusal changes nothing, except that refusing a
 -- settlement for a cap releases its hold.
 
--- K: { team hash, idempotency key (or "<team>:i") }
+-- K: pool_debit.lua's KEYS: { team hash, (ledger, events: unused), idempotency key or nil }
 -- A: pool_debit.lua's ARGV: { call id, amount (text), member id, fragment, (config: unused), then
 --      optional (nil = ""): model, reservation id }
 local function team_debit(ctx, K, A)
-  local acct, idem = K[1], K[2]
-  local has_idem = #idem ~= #acct + 2  -- "<account>:i": no key
+  local acct, idem = K[1], K[4]
+  local has_idem = idem ~= nil
   if has_idem then
     local again = idem_seen(ctx, idem)
     if again then return again end
