@@ -20,7 +20,7 @@ field       value
 ``r``       recent mutations, newest first: ``<call id>=<entry>;...`` (see :data:`RING_KEEP`)
 ``M|<m>``   per-model spend and caps: ``T|dB|dA|mB|mA|dC|mC`` (see :class:`ModelWindow`)
 ``h:<rid>`` an open hold: user ``amount|expires_ms|op``; team ``amount|expires_ms|n|<member><op>``
-``U|<id>``  a team member: ``cap|period|spent|dB|dA|mB|mA|held|role`` (see :class:`Member`)
+``U|<id>``  a team member: ``spent|cap|period|dB|dA|mB|mA|held|role`` (see :class:`Member`)
 ``r:<tx>``  a refunded debit: the amount refunded (a debit is refunded once)
 ``plan``    the user's plan and its allowance use this month: ``mB|used|<plan id>``
 ``P|<id>``  allowance used this month under a plan the user has left: ``mB|used``
@@ -210,7 +210,10 @@ class ModelWindow:
 
 @dataclass
 class Member:
-    """Field ``U|<member id>`` of a team hash (a removed member keeps it, period ``removed``)."""
+    """Field ``U|<member id>`` of a team hash (a removed member keeps it, period ``removed``).
+
+    ``spent`` leads the record: a debit changes only it (the windows move when a period rolls over,
+    ``held`` with holds), so the scripts parse the rest once per distinct text and remember it."""
 
     role: str = "member"
     cap: int | None = None
@@ -223,13 +226,16 @@ class Member:
     held: int = 0  # held by the member's open team holds
 
     def encode(self) -> str:
-        return "|".join((_s(self.cap), PERIODS_STORED[self.period], str(self.spent), _s(self.day), str(self.day_anchor),
+        return "|".join((str(self.spent), _s(self.cap), PERIODS_STORED[self.period], _s(self.day), str(self.day_anchor),
                          _s(self.month), str(self.month_anchor), str(self.held), self.role))
 
     @classmethod
     def decode(cls, text: str) -> Member:
+        """The record, or one of the older order ``cap|period|spent|...`` (read until written again)."""
         p = text.split("|", 8)
-        return cls(p[8], _opt(p[0]), PERIOD_NAMES_STORED[p[1]], _int(p[2]), _opt(p[3]), _int(p[4]), _opt(p[5]),
+        if p[1] in PERIOD_NAMES_STORED:  # the older order: a period (a letter) second, never a cap
+            p[0], p[1], p[2] = p[2], p[0], p[1]
+        return cls(p[8], _opt(p[1]), PERIOD_NAMES_STORED[p[2]], _int(p[0]), _opt(p[3]), _int(p[4]), _opt(p[5]),
                    _int(p[6]), _int(p[7]))
 
     def spend(self, now_ms: int) -> tuple[int, int]:

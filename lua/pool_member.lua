@@ -20,16 +20,16 @@ if action ~= 'add' and not m then return 'user_not_in_team|0|||' .. I(mc) .. '|'
 local op
 if action == 'remove' then
   mc = mc - 1
-  m.period, m.cap, m.dirty = 'x', nil, true
+  m.period, m.cap, m.dirty = 'x', false, true
   op = 'member_removed'
 else
   op = m and 'member_updated' or 'member_added'
   if not m then
     m = member_record(st, uid)  -- a removed member rejoining keeps their spend history
     if m then
-      m.period, m.cap, m.role = 't', nil, 'member'
+      m.period, m.cap, m.role = 't', false, 'member'
     else
-      m = { period = 't', T = 0, dA = 0, mA = 0, held = 0, role = 'member' }
+      m = { cap = false, period = 't', T = 0, dA = 0, mA = 0, held = 0, role = 'member' }
       st.members[uid] = m
     end
     mc = mc + 1
@@ -37,7 +37,7 @@ else
   if ARGV[5] ~= '' then m.role = ARGV[5] end
   if ARGV[7] ~= '' then m.period = ARGV[7] end
   if ARGV[6] ~= '' then
-    if ARGV[6] == '-1' then m.cap = nil else m.cap = ARGV[6] + 0 end
+    if ARGV[6] == '-1' then m.cap = false else m.cap = ARGV[6] + 0 end
   end
   m.dirty = true
 end

@@ -74,11 +74,10 @@ local function team_debit(ctx, K, A)
   st_balance(st, c, st.bal - amount, amount)
   if hf then
     st_held(st, st.held - hold)
-    m.held = m.held - hold
+    m.held, m.dirty = m.held - hold, true
     field_del(st, hf)
   end
-  if amount > 0 then total_add(m, c, amount) end
-  m.dirty = true
+  if amount > 0 then member_add(m, c, amount) end
   if w and amount > 0 then
     total_add(w, c, amount)
     w.dirty = true
