@@ -29,6 +29,10 @@ field       value
 ``qh|<rid>`` a hold's quantity estimate, ``<model>|name=n;...`` (lua/lib/06_limits.lua)
 ==========  =====================================================================================
 
+A team exists once its hash has ``b``: pool_create.lua writes it (with ``created``), and nothing
+writes ``b`` to a team that does not exist (a team cap set beforehand writes ``S`` only), so the
+team scripts tell ``team_not_found`` from the fields they read anyway.
+
 A user's expiring grants live in their own hash (``<account>:grants``): grant id ->
 ``expires_ms|remaining`` (see :class:`Grant`). The rate limit ``rl`` in ``S`` is
 ``limit,period_ms,burst`` (:class:`RateLimit`), the quantity limits ``ql``
@@ -393,10 +397,14 @@ class Account:
     plan: str | None = None
     plans_left: dict[str, str] = field(default_factory=dict)
     name: str | None = None
+    team: bool = False
 
     def fields(self) -> dict[str, str]:
-        """The hash's fields (no ring: a restored account has no recent calls)."""
-        out = {BALANCE: str(self.balance), STATE: self.state.encode(), LIFE: str(self.life)}
+        """The hash's fields (no ring: a restored account has no recent calls). A team never created
+        (``created`` None: a cap was set on it) has no ``b``: the scripts tell a team exists by it."""
+        out = {STATE: self.state.encode()}
+        if self.created is not None or not self.team:
+            out.update({BALANCE: str(self.balance), LIFE: str(self.life)})
         if self.created is not None:
             out[CREATED] = str(self.created)
         out.update({MODEL_PREFIX + m: w.encode() for m, w in self.models.items()})
@@ -415,7 +423,7 @@ class Account:
     def decode(cls, fields: dict[str, str], team: bool) -> Account:
         a = cls(balance=_int(fields.get(BALANCE, "")), state=State.decode(fields.get(STATE)),
                 life=_int(fields.get(LIFE, "")), created=_opt(fields.get(CREATED, "")), plan=fields.get(PLAN),
-                name=fields.get(NAME))
+                name=fields.get(NAME), team=team)
         for f, v in fields.items():
             if f.startswith(MODEL_PREFIX):
                 a.models[f[2:]] = ModelWindow.decode(v)

@@ -253,3 +253,15 @@ def test_members_whose_records_read_alike_keep_their_own_values(store: RedisStor
     raw, t = stored(s, s.core.keys.team(tid).account, team=True)
     assert_encodes_back(raw, t)
     assert [t.members[m].held for m in "abc"] == [50, 0, 0]
+
+
+def test_a_team_cap_set_before_the_team_exists_writes_no_balance(store: RedisStore) -> None:
+    """The team scripts tell a team exists by its ``b`` (layout.py): a cap set on a team no one created
+    writes ``S`` alone, and layout.py encodes such a hash back without ``b``."""
+    s = store
+    s.set_team_spend_cap("ghost", "daily", 100, "deny")
+    raw, t = stored(s, s.core.keys.team("ghost").account, team=True)
+    assert "b" not in raw and cap_of(t.state.day_cap) == (100, "deny")
+    assert_encodes_back(raw, t)
+    assert [s.deduct_team("ghost", "m", 1).error, s.reserve_team("ghost", "m", 1).error,
+            s.add_team_member("ghost", "m").error, s.get_team_balance("ghost").error] == ["team_not_found"] * 4

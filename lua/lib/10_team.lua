@@ -1,7 +1,9 @@
 -- lib/10_team.lua: one team debit (deduct_team, or the settlement of a team hold), the body of
 -- pool_debit.lua and pool_debit_many.lua (its reply and the steps it shares with a user debit:
 -- lib/08_debit.lua). The team hash holds the pool (b, S as a user's), its members (U|<id>: cap,
--- period, spend windows, held) and its holds (h:<rid>, naming the member).
+-- period, spend windows, held) and its holds (h:<rid>, naming the member). A team exists once its
+-- hash has b: pool_create.lua writes it (with 'created'), and no script writes b to a team that
+-- does not exist (a team cap set beforehand writes S only), so the hot path reads no extra field.
 -- Checks, in order: team exists -> membership -> the member's cap (their period spend plus what
 -- their open holds hold) -> the team's caps -> pool balance (beyond any hold); then debits the pool
 -- (never a member's personal balance). A refusal changes nothing, except that refusing a
@@ -20,11 +22,14 @@ local function team_debit(ctx, K, A)
   local uf = 'U|' .. uid
   local hf = rid ~= '' and ('h:' .. rid) or nil
   local mf = model ~= '' and ('M|' .. model) or nil
-  local extra = { 'created', uf }
-  if hf then extra[#extra + 1] = hf end
-  if mf then extra[#extra + 1] = mf end
+  local extra = uf
+  if hf or mf then
+    extra = { uf }
+    if hf then extra[#extra + 1] = hf end
+    if mf then extra[#extra + 1] = mf end
+  end
   local st = account(ctx, acct, extra)
-  if not field(st, 'created') then return refusal('team_not_found', amount_s, st) end
+  if not st.exists then return refusal('team_not_found', amount_s, st) end
   local m = member_of(st, uid)
   if not m then return refusal('user_not_in_team', amount_s, st) end
   if st.ring ~= '' or st.ring_new then
