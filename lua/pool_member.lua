@@ -15,7 +15,7 @@ local uf = 'U|' .. uid
 local st = account(ctx, KEYS[1], { 'mc', uf })
 if not st.exists then return 'team_not_found|0|||0|' end
 local mc = (field(st, 'mc') or '0') + 0
-local m = member_of(st, uid)
+local m = member_of(st, uid, uf)
 if action ~= 'add' and not m then return 'user_not_in_team|0|||' .. I(mc) .. '|' end
 local op
 if action == 'remove' then
@@ -25,12 +25,12 @@ if action == 'remove' then
 else
   op = m and 'member_updated' or 'member_added'
   if not m then
-    m = member_record(st, uid)  -- a removed member rejoining keeps their spend history
+    m = member_record(st, uid, uf)  -- a removed member rejoining keeps their spend history
     if m then
       m.period, m.cap, m.role = 't', false, 'member'
     else
       m = { cap = false, period = 't', T = 0, dA = 0, mA = 0, held = 0, role = 'member' }
-      st.members[uid] = m
+      st.members[uf] = m
     end
     mc = mc + 1
   end

@@ -154,7 +154,7 @@ end
 
 local function member_new(text)
   local T, rest = smatch(text, '^(%d+)|(%d*|%a|.*)$')
-  if T then return B_setmetatable({ T = T + 0 }, member_rest(rest).mt) end
+  if T then return B_setmetatable({ T = T + 0, dirty = false }, member_rest(rest).mt) end
   local cap, period, dB, dA, mB, mA, held, role
   cap, period, T, dB, dA, mB, mA, held, role = smatch(text, UPAT_OLD)
   return { cap = num(cap) or false, period = period, T = T + 0, dB = num(dB), dA = (num(dA) or 0), mB = num(mB),

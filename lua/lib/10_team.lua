@@ -30,7 +30,7 @@ local function team_debit(ctx, K, A)
   end
   local st = account(ctx, acct, extra)
   if not st.exists then return refusal('team_not_found', amount_s, st) end
-  local m = member_of(st, uid)
+  local m = member_of(st, uid, uf)
   if not m then return refusal('user_not_in_team', amount_s, st) end
   if st.ring ~= '' or st.ring_new then
     local seen = ring_seen(st, cid)
