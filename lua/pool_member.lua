@@ -12,7 +12,7 @@
 local ctx = ctx_new(ARGV[8], KEYS[2], KEYS[2])
 local tid, uid, action = ARGV[2], ARGV[3], ARGV[4]
 local uf = 'U|' .. uid
-local st = account(ctx, KEYS[1], { 'mc', uf })
+local st = account(ctx, KEYS[1], 'mc', uf)
 if not st.exists then return 'team_not_found|0|||0|' end
 local mc = (field(st, 'mc') or '0') + 0
 local m = member_of(st, uid, uf)

@@ -14,7 +14,7 @@ if has_idem then
 end
 local cid, rid, amount_s, uid, frag = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[7]
 local hf = 'h:' .. rid
-local st = account(ctx, acct, { 'U|' .. uid, hf })
+local st = account(ctx, acct, hf, 'U|' .. uid)
 if not st.exists then return 'team_not_found|0||0|0|0|0' end
 local m = member_of(st, uid)
 if not m then return 'user_not_in_team|0||0|' .. bal_text(st) .. '|' .. held_text(st) .. '|0' end

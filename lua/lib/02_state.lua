@@ -32,8 +32,14 @@ local function state_of(S)
   return p
 end
 
-local function st_new(key, b, S, ring)
-  local st = { key = key, bal = 0, bals = '0', bals_of = 0, ring = ring or '' }
+local function st_new(key, b, S, ring, team)
+  local st
+  if team then  -- a team's account also keeps its members: made at the size it grows to (no rehash)
+    st = { key = key, bal = 0, bals = '0', bals_of = 0, ring = ring or '', exists = false, wb = false, f = false,
+      members = false, one = false }
+  else
+    st = { key = key, bal = 0, bals = '0', bals_of = 0, ring = ring or '' }
+  end
   if b then
     local n = b + 0
     st.bal, st.bals, st.bals_of = n, b, n
@@ -154,7 +160,7 @@ end
 
 local function member_new(text)
   local T, rest = smatch(text, '^(%d+)|(%d*|%a|.*)$')
-  if T then return B_setmetatable({ T = T + 0, dirty = false }, member_rest(rest).mt) end
+  if T then return B_setmetatable({ T = T + 0, dirty = false }, (member_parsed[rest] or member_rest(rest)).mt) end
   local cap, period, dB, dA, mB, mA, held, role
   cap, period, T, dB, dA, mB, mA, held, role = smatch(text, UPAT_OLD)
   return { cap = num(cap) or false, period = period, T = T + 0, dB = num(dB), dA = (num(dA) or 0), mB = num(mB),

@@ -22,13 +22,7 @@ local function team_debit(ctx, K, A)
   local uf = 'U|' .. uid
   local hf = rid ~= '' and ('h:' .. rid) or nil
   local mf = model ~= '' and ('M|' .. model) or nil
-  local extra = uf
-  if hf or mf then
-    extra = { uf }
-    if hf then extra[#extra + 1] = hf end
-    if mf then extra[#extra + 1] = mf end
-  end
-  local st = account(ctx, acct, extra)
+  local st = account(ctx, acct, (hf and mf) and { hf, mf } or hf or mf, uf)
   if not st.exists then return refusal('team_not_found', amount_s, st) end
   local m = member_of(st, uid, uf)
   if not m then return refusal('user_not_in_team', amount_s, st) end
