@@ -11,7 +11,7 @@
 -- field of its only member while the call has loaded just one.
 local function account(ctx, key, extra, member)
   local st = ctx.accounts[key]
-  local one = B_type(extra) == 'string'
+  local one = extra ~= nil and B_type(extra) == 'string'
   if st then
     if extra then
       local f = st.f or {}
