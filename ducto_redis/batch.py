@@ -16,6 +16,7 @@ from typing import Any, Generic, TypeVar
 
 from .core import Call, StoreCore
 from .errors import InvalidInputError
+from .keys import no_idempotency_key
 from .scripts import Script
 from .specs import DEBIT, DEBIT_MANY, POOL_DEBIT, POOL_DEBIT_MANY, ScriptSpec
 from .team_ops import team_debit
@@ -31,7 +32,8 @@ class Twin:
     the configuration) and are sent once, at the head of the twin's KEYS / ARGV. ``own_keys`` /
     ``own_args``: the positions named in the twin's per-decision group, sent once per decision in
     the twin's order. ``only``: (ARGV position, value) a call must have to be packed, a position then
-    not sent: a settlement (a reservation id there) is sent on its own.
+    not sent: a settlement (a reservation id there) is sent on its own. A call that left out its
+    optional ARGV (ducto_redis/specs.py) has "" there.
     """
 
     name: str
@@ -40,6 +42,11 @@ class Twin:
     shared_args: tuple[int, ...]
     own_args: tuple[int, ...]
     only: tuple[int, str]
+    args_width: int
+    """How many ARGV the single script has (a call may send fewer: its optional ones left out)."""
+    keys_width: int
+    """How many KEYS the single script has: a call without an idempotency key leaves out its last
+    one, which the twin takes per decision (as :func:`~ducto_redis.keys.no_idempotency_key`)."""
 
     @classmethod
     def of(cls, single: ScriptSpec, many: ScriptSpec, only: str, value: str) -> Twin:
@@ -51,10 +58,13 @@ class Twin:
             if set(one.names) != placed or len(placed) != len(twin.names) + len(twin.each) + (part == "ARGV"):
                 raise ValueError(f"{many.name} {part} ({twin.text()}) must place each of {single.name}'s "
                                  f"({one.text()}) once")
+        if single.keys.names[single.keys.size - single.keys.optional:] not in ((), ("idem",)):
+            raise ValueError(f"{single.name}: the only optional KEY a twin can fill in is 'idem'")
         return cls(many.name, tuple(single.keys.at(n) for n in many.keys.names),
                    tuple(single.keys.at(n) for n in many.keys.each),
                    tuple(single.args.at(n) for n in many.args.names),
-                   tuple(single.args.at(n) for n in many.args.each), (single.args.at(only), value))
+                   tuple(single.args.at(n) for n in many.args.each), (single.args.at(only), value),
+                   single.args.size, single.keys.size)
 
 
 MANY_TWINS: dict[str, Twin] = {
@@ -169,7 +179,7 @@ class Batch(Generic[T]):
             keys, args = call.keys, call.args
             tag = keys[0][: keys[0].find("}") + 1] if keys else ""
             twin = MANY_TWINS.get(script.name)
-            if twin is None or args[twin.only[0]] != twin.only[1]:
+            if twin is None or (len(args) > twin.only[0] and args[twin.only[0]] != twin.only[1]):
                 generation[tag] = generation.get(tag, 0) + 1
                 order.append(call)
                 self._slots[i] = (-1, None)
@@ -198,14 +208,21 @@ class Batch(Generic[T]):
         head_keys = [first.keys[p] for p in twin.shared_keys]
         head_args = [first.args[p] for p in twin.shared_args]
         own_keys, own_args = twin.own_keys, twin.own_args
+        width, kwidth = twin.args_width, twin.keys_width
         for start in range(0, len(members), MAX_DECISIONS_PER_CALL):
             chunk = members[start : start + MAX_DECISIONS_PER_CALL]
             keys, args = list(head_keys), list(head_args)
             index = len(self.calls)
             for pos, i in enumerate(chunk):
                 d = self.decisions[i]
-                keys.extend([d.keys[p] for p in own_keys])
-                args.extend([d.args[p] for p in own_args])
+                k = d.keys
+                if len(k) < kwidth:  # no idempotency key: the twin takes the never-written name
+                    k = [*k, no_idempotency_key(k[0])]
+                keys.extend([k[p] for p in own_keys])
+                a = d.args
+                if len(a) < width:  # its optional ARGV were not sent: each is ""
+                    a = [*a, *[""] * (width - len(a))]
+                args.extend([a[p] for p in own_args])
                 self._slots[i] = (index, pos)
             self.calls.append(Call(scripts[twin.name], keys, args, _lines))
 

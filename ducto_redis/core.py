@@ -154,7 +154,6 @@ def error_code(status: str) -> str | None:
 # Reply fields by name (ducto_redis/specs.py): ``r[_D.ref]`` costs what ``r[2]`` did.
 _D = DEBIT.reply.pos
 _DEBIT_SIZE = DEBIT.reply.size
-_DK = DEBIT.keys.pos
 
 
 class _Ids:
@@ -315,8 +314,7 @@ class StoreCore:
 
     def _debit_keys(self, uid: str) -> DebitKeys:
         k = self.keys.user(uid)
-        keys = DEBIT.keys.pack(account=k.account, grants=k.grants, idem=k.idempotency(None), ledger=k.ledger,
-                               events=k.events)
+        keys = DEBIT.keys.pack(account=k.account, grants=k.grants, ledger=k.ledger, events=k.events, idem="")
         return DebitKeys(tuple(keys), k.shard, copy_escape(uid))
 
     # health
@@ -406,8 +404,8 @@ class StoreCore:
         dk = self.debit_keys(uid)
         shard = dk.shard
         keys = list(dk.keys)
-        if ikey is not None:
-            keys[_DK.idem] = self.keys.user(uid).idempotency(ikey)
+        if ikey is not None:  # the optional last KEY
+            keys.append(self.keys.user(uid).idempotency(ikey))
 
         def parse(raw_reply: Any) -> DeductionResult:
             r = split_reply(raw_reply, _DEBIT_SIZE)
@@ -421,8 +419,8 @@ class StoreCore:
         e = copy_escape
         frag = (f"\t{e(op)}\tu\t{dk.escaped_id}\t\t{e(reservation_id)}\t{e(model)}\t\t{e(ikey) if ikey else ''}"
                 f"\t{e(metadata_json(meta))}")
-        args = DEBIT.args.pack(cid=new_call_id(), amount=str(n), model=model, floor=str(floor), frag=frag,
-                               rid=reservation_id, quantities=qs, config=self.config())
+        args = DEBIT.args.pack(cid=new_call_id(), amount=str(n), frag=frag, config=self.config(), model=model,
+                               floor=str(floor) if floor else "", rid=reservation_id, quantities=qs)
         return Call(self.scripts["debit"], keys, args, parse)
 
     def spend_cap(self, cap: SpendCap, account_kind: str, *, remove: bool = False) -> Call[None]:

@@ -94,8 +94,14 @@ class AccountKeys:
     def idempotency(self, key: str | None) -> str:
         """Key remembering the reply to ``key``; without a key, a name that is never written."""
         if not key:
-            return self.base + ":i"
+            return no_idempotency_key(self.base)
         return self.base + ":i:" + escape_id(key)
+
+
+def no_idempotency_key(account: str) -> str:
+    """The name a script is given, where it takes an idempotency key per decision, for a decision
+    without one: ``<account>:i``, never written (a script tells it from a real key by its length)."""
+    return account + ":i"
 
 
 class KeySchema:

@@ -20,7 +20,7 @@ field       value
 ``r``       recent mutations, newest first: ``<call id>=<entry>;...`` (see :data:`RING_KEEP`)
 ``M|<m>``   per-model spend and caps: ``T|dB|dA|mB|mA|dC|mC`` (see :class:`ModelWindow`)
 ``h:<rid>`` an open hold: user ``amount|expires_ms|op``; team ``amount|expires_ms|n|<member><op>``
-``U|<id>``  a team member: ``cap|period|spent|dB|dA|mB|mA|held|role`` (see :class:`Member`)
+``U|<id>``  a team member: ``spent|cap|period|dB|dA|mB|mA|held|role`` (see :class:`Member`)
 ``r:<tx>``  a refunded debit: the amount refunded (a debit is refunded once)
 ``plan``    the user's plan and its allowance use this month: ``mB|used|<plan id>``
 ``P|<id>``  allowance used this month under a plan the user has left: ``mB|used``
@@ -28,6 +28,10 @@ field       value
 ``qt|..``   a quantity limit's arrival time (``qt|<name>|<model>``, ms; lua/lib/06_limits.lua)
 ``qh|<rid>`` a hold's quantity estimate, ``<model>|name=n;...`` (lua/lib/06_limits.lua)
 ==========  =====================================================================================
+
+A team exists once its hash has ``b``: pool_create.lua writes it (with ``created``), and nothing
+writes ``b`` to a team that does not exist (a team cap set beforehand writes ``S`` only), so the
+team scripts tell ``team_not_found`` from the fields they read anyway.
 
 A user's expiring grants live in their own hash (``<account>:grants``): grant id ->
 ``expires_ms|remaining`` (see :class:`Grant`). The rate limit ``rl`` in ``S`` is
@@ -210,7 +214,10 @@ class ModelWindow:
 
 @dataclass
 class Member:
-    """Field ``U|<member id>`` of a team hash (a removed member keeps it, period ``removed``)."""
+    """Field ``U|<member id>`` of a team hash (a removed member keeps it, period ``removed``).
+
+    ``spent`` leads the record: a debit changes only it (the windows move when a period rolls over,
+    ``held`` with holds), so the scripts parse the rest once per distinct text and remember it."""
 
     role: str = "member"
     cap: int | None = None
@@ -223,13 +230,16 @@ class Member:
     held: int = 0  # held by the member's open team holds
 
     def encode(self) -> str:
-        return "|".join((_s(self.cap), PERIODS_STORED[self.period], str(self.spent), _s(self.day), str(self.day_anchor),
+        return "|".join((str(self.spent), _s(self.cap), PERIODS_STORED[self.period], _s(self.day), str(self.day_anchor),
                          _s(self.month), str(self.month_anchor), str(self.held), self.role))
 
     @classmethod
     def decode(cls, text: str) -> Member:
+        """The record, or one of the older order ``cap|period|spent|...`` (read until written again)."""
         p = text.split("|", 8)
-        return cls(p[8], _opt(p[0]), PERIOD_NAMES_STORED[p[1]], _int(p[2]), _opt(p[3]), _int(p[4]), _opt(p[5]),
+        if p[1] in PERIOD_NAMES_STORED:  # the older order: a period (a letter) second, never a cap
+            p[0], p[1], p[2] = p[2], p[0], p[1]
+        return cls(p[8], _opt(p[1]), PERIOD_NAMES_STORED[p[2]], _int(p[0]), _opt(p[3]), _int(p[4]), _opt(p[5]),
                    _int(p[6]), _int(p[7]))
 
     def spend(self, now_ms: int) -> tuple[int, int]:
@@ -387,10 +397,14 @@ class Account:
     plan: str | None = None
     plans_left: dict[str, str] = field(default_factory=dict)
     name: str | None = None
+    team: bool = False
 
     def fields(self) -> dict[str, str]:
-        """The hash's fields (no ring: a restored account has no recent calls)."""
-        out = {BALANCE: str(self.balance), STATE: self.state.encode(), LIFE: str(self.life)}
+        """The hash's fields (no ring: a restored account has no recent calls). A team never created
+        (``created`` None: a cap was set on it) has no ``b``: the scripts tell a team exists by it."""
+        out = {STATE: self.state.encode()}
+        if self.created is not None or not self.team:
+            out.update({BALANCE: str(self.balance), LIFE: str(self.life)})
         if self.created is not None:
             out[CREATED] = str(self.created)
         out.update({MODEL_PREFIX + m: w.encode() for m, w in self.models.items()})
@@ -409,7 +423,7 @@ class Account:
     def decode(cls, fields: dict[str, str], team: bool) -> Account:
         a = cls(balance=_int(fields.get(BALANCE, "")), state=State.decode(fields.get(STATE)),
                 life=_int(fields.get(LIFE, "")), created=_opt(fields.get(CREATED, "")), plan=fields.get(PLAN),
-                name=fields.get(NAME))
+                name=fields.get(NAME), team=team)
         for f, v in fields.items():
             if f.startswith(MODEL_PREFIX):
                 a.models[f[2:]] = ModelWindow.decode(v)

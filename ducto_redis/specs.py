@@ -6,15 +6,19 @@ name (``r[DEBIT.reply.pos.ref]``), and batch.py derives how a script's calls are
 "many" twin from the two specs' names. Each ``lua/<script>.lua`` states the same layout in its header,
 in the same words::
 
-    -- KEYS: account grants idem ledger events
-    -- ARGV: cid amount model floor frag rid quantities config
+    -- KEYS: account grants ledger events [idem]
+    -- ARGV: cid amount frag config [model floor rid quantities]
     -- REPLY (text): status idempotent ref amount balance held cap retry remaining limit
 
 and ``tests/test_script_specs.py`` holds every header against its spec (and every reply a script
 sends against its shape), so neither can drift from the other unnoticed.
 
 A layout is names separated by spaces, then optionally a group repeated any number of times:
-``"ledger events; per decision: account grants idem"``. A reply's *shape* says how it is sent:
+``"ledger events; per decision: account grants idem"``. The last fixed names may be *optional*,
+in brackets (``"cid amount frag config [model floor rid quantities]"``): they are sent only when one
+of them is not empty, and a script reads an absent one as ``""``. A plain charge then sends 4 ARGV
+instead of 8, and each value a script receives costs Redis ~1 000 instructions (its Lua string and
+its slot in the ARGV table). A reply's *shape* says how it is sent:
 
 * ``text``: one string, the fields joined by ``|`` (the last one may hold ``|`` itself: a plan id,
   a role);
@@ -52,12 +56,19 @@ def _names(text: str, where: str) -> tuple[str, ...]:
     return names
 
 
-def _packer(names: tuple[str, ...]) -> Callable[..., list[Any]]:
-    """A function taking every name as a keyword-only argument and answering the values in order."""
+def _packer(names: tuple[str, ...], optional: int = 0) -> Callable[..., list[Any]]:
+    """A function taking every name as a keyword-only argument and answering the values in order;
+    the last ``optional`` ones only if one of them is not empty."""
     if not names:
         return lambda: []
     ns: dict[str, Any] = {}
-    exec(f"def pack(*, {', '.join(names)}):\n    return [{', '.join(names)}]", ns)  # names checked by _names
+    if optional:
+        req, opt = names[: len(names) - optional], names[len(names) - optional :]
+        body = (f"    if {' or '.join(opt)}:\n        return [{', '.join(names)}]\n"
+                f"    return [{', '.join(req)}]")
+    else:
+        body = f"    return [{', '.join(names)}]"
+    exec(f"def pack(*, {', '.join(names)}):\n{body}", ns)  # names checked by _names
     pack: Callable[..., list[Any]] = ns["pack"]
     return pack
 
@@ -86,6 +97,8 @@ class Fields:
     names: tuple[str, ...]
     per: str = ""
     each: tuple[str, ...] = ()
+    optional: int = 0
+    """How many of the last ``names`` are optional (sent only when one of them is not empty)."""
     pack: Callable[..., list[Any]] = field(init=False, repr=False, compare=False)
     """``pack(name=value, ...)``: the values of ``names`` as a list, in order (each name required)."""
     pack_each: Callable[..., list[Any]] = field(init=False, repr=False, compare=False)
@@ -105,7 +118,9 @@ class Fields:
         object.__setattr__(self, "size", len(self.names))
         object.__setattr__(self, "_at", {n: i for i, n in enumerate(self.names)})
         object.__setattr__(self, "_each_at", {n: i for i, n in enumerate(self.each)})
-        object.__setattr__(self, "pack", _packer(self.names))
+        if not 0 <= self.optional <= len(self.names):
+            raise ValueError(f"more optional fields than fields: {self}")
+        object.__setattr__(self, "pack", _packer(self.names, self.optional))
         object.__setattr__(self, "pack_each", _packer(self.each))
         object.__setattr__(self, "pos", _positions(self.names))
         object.__setattr__(self, "each_pos", _positions(self.each))
@@ -124,7 +139,13 @@ class Fields:
                 raise ValueError(f"{where}: expected 'per <what>: <names>' after ';', got {tail!r}")
             per, each = m.group(1), _names(m.group(2), where)
             fixed = head
-        return cls(_names(fixed, where), per, each)
+        optional = ""
+        if fixed.endswith("]"):
+            fixed, bracket, optional = fixed[:-1].rpartition("[")
+            if not bracket or "[" in fixed or "]" in fixed + optional:
+                raise ValueError(f"{where}: optional fields go last, once, in brackets: {text!r}")
+        names = _names(fixed + " " + optional, where)
+        return cls(names, per, each, len(optional.split()))
 
     def at(self, name: str) -> int:
         """The 0-based position of a fixed field."""
@@ -149,7 +170,11 @@ class Fields:
     def text(self) -> str:
         """The layout in the words of a Lua header (and of :meth:`parse`)."""
         group = f"per {self.per}: {' '.join(self.each)}" if self.each else ""
-        return "; ".join(p for p in (" ".join(self.names), group) if p)
+        cut = len(self.names) - self.optional
+        fixed = " ".join(self.names[:cut])
+        if self.optional:
+            fixed = f"{fixed} [{' '.join(self.names[cut:])}]".strip()
+        return "; ".join(p for p in (fixed, group) if p)
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,7 +209,7 @@ RESERVE = _S("reserve", "account idem ledger grants",
              "status idempotent rid amount balance held expires retry remaining limit", "text")
 RELEASE = _S("release", "account idem ledger grants", "cid tx rid frag config",
              "status idempotent rid amount balance held", "text")
-DEBIT = _S("debit", "account grants idem ledger events", "cid amount model floor frag rid quantities config",
+DEBIT = _S("debit", "account grants ledger events [idem]", "cid amount frag config [model floor rid quantities]",
            "status idempotent ref amount balance held cap retry remaining limit", "text")
 DEBIT_MANY = _S("debit_many", "ledger events; per decision: account grants idem",
                 "config; per decision: cid amount model floor frag quantities",
@@ -203,7 +228,7 @@ POOL_CREATE = _S("pool_create", "team idem ledger", "tx name balance frag config
                  "text")
 POOL_MEMBER = _S("pool_member", "team ledger", "tx tid member action role cap period config",
                  "status idempotent cap period count role", "text")
-POOL_DEBIT = _S("pool_debit", "team idem ledger events", "cid amount model member frag rid config",
+POOL_DEBIT = _S("pool_debit", "team ledger events [idem]", "cid amount member frag config [model rid]",
                 "status idempotent ref amount balance held cap retry remaining limit", "text")
 POOL_DEBIT_MANY = _S("pool_debit_many", "ledger events; per decision: team idem",
                      "config; per decision: cid amount model member frag",
@@ -221,7 +246,7 @@ POOL_READ = _S("pool_read", "team", "members config",
 SET_PLAN = _S("set_plan", "account ledger", "tx plan frag config", "status idempotent previous", "table")
 PLAN_READ = _S("plan_read", "account", "config", "status idempotent plan used start end", "table")
 PLAN_USAGE = _S("plan_usage", "account ledger", "tx plan amount frag config", "status idempotent used", "table")
-PLAN_DEBIT = _S("plan_debit", "account grants idem ledger events", "cid amount model floor frag allowances config",
+PLAN_DEBIT = _S("plan_debit", "account grants ledger events [idem]", "cid amount model floor frag allowances config",
                 "status idempotent ref paid balance held cap retry remaining limit free left plan", "text")
 PRICING_SET = _S("pricing_set", "active versions ledger", "id label pricing config",
                  "status idempotent id version", "table")

@@ -147,7 +147,8 @@ def team_debit(
                     model=model, idem=ikey or "", meta=metadata_json(meta))
     args = POOL_DEBIT.args.pack(cid=new_call_id(), amount=str(n), model=model, member=uid, frag=frag,
                                 rid=reservation_id, config=core.config())
-    keys = POOL_DEBIT.keys.pack(team=k.account, idem=k.idempotency(ikey), ledger=k.ledger, events=k.events)
+    keys = POOL_DEBIT.keys.pack(team=k.account, ledger=k.ledger, events=k.events,
+                                idem=k.idempotency(ikey) if ikey else "")
     return Call(core.scripts["pool_debit"], keys, args, parse)
 
 

@@ -19,7 +19,7 @@ local st = account(ctx, acct, { 'life', 'created' })
 local life = field(st, 'life') or '0'
 local seen = ring_seen(st, cid)
 if seen then return 'ok|1|' .. tx .. '|' .. amount_s .. '|' .. bal_text(st) .. '|' .. life end
-if ARGV[7] == '1' and not field(st, 'created') then return 'team_not_found|0||' .. amount_s .. '|0|0' end
+if ARGV[7] == '1' and not st.exists then return 'team_not_found|0||' .. amount_s .. '|0|0' end
 local amount = amount_s + 0
 if st.bal + amount > MAX_SAFE then
   return 'invalid_amount|0||' .. amount_s .. '|' .. bal_text(st) .. '|' .. life

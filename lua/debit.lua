@@ -4,8 +4,8 @@
 --   the rest, more succeeds only if the available balance covers the difference.
 -- A deny cap that would be exceeded refuses the debit (and releases the hold when settling);
 -- warn/notify caps let it pass and append an event. See lib/09_user.lua.
--- KEYS: account grants idem ledger events
--- ARGV: cid amount model floor frag rid quantities config
+-- KEYS: account grants ledger events [idem]
+-- ARGV: cid amount frag config [model floor rid quantities]
 --   quantities: "name=n;..." (a charge's, checked against the account's quantity limits; a settlement's
 --   actual ones, correcting its hold's estimate) or ""
 -- REPLY (text): status idempotent ref amount balance held cap retry remaining limit
@@ -13,5 +13,5 @@
 --   none was checked (a settlement, an account without one)
 --   status: ok | insufficient_credits | spend_cap_exceeded | rate_limited | reservation_not_found
 --           | ledger_backlog_full
-local ctx = ctx_new(ARGV[8], KEYS[4], KEYS[5])
-return finish_one(ctx, user_debit(ctx, KEYS, ARGV), KEYS[3])
+local ctx = ctx_new(ARGV[4], KEYS[3], KEYS[4])
+return finish_one(ctx, user_debit(ctx, KEYS, ARGV), KEYS[5])

@@ -8,11 +8,16 @@
 --   one debit.lua reply per decision, joined by newlines
 local ctx = ctx_new(ARGV[1], KEYS[1], KEYS[2])
 local replies, idems = {}, {}
+-- one decision's KEYS and ARGV as debit.lua has them, refilled for each (user_debit keeps neither)
+local K, A = {}, {}
+A[7] = ''
 for i = 0, (#KEYS - 2) / 3 - 1 do
   local k, a = 2 + 3 * i, 1 + 6 * i
-  local K = { KEYS[k + 1], KEYS[k + 2], KEYS[k + 3] }
-  replies[i + 1] = user_debit(ctx, K,
-    { ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4], ARGV[a + 5], '', ARGV[a + 6] })
-  idems[i + 1] = K[3]
+  local acct, idem = KEYS[k + 1], KEYS[k + 3]
+  if #idem == #acct + 2 then idem = nil end  -- "<account>:i": no key
+  K[1], K[2], K[5] = acct, KEYS[k + 2], idem
+  A[1], A[2], A[3], A[5], A[6], A[8] = ARGV[a + 1], ARGV[a + 2], ARGV[a + 5], ARGV[a + 3], ARGV[a + 4], ARGV[a + 6]
+  replies[i + 1] = user_debit(ctx, K, A)
+  idems[i + 1] = idem or false
 end
 return tconcat(finish(ctx, replies, idems), '\n')

@@ -5,14 +5,14 @@
 -- can never be spent twice and nothing is held. One ledger row: 'amount' is minus the paid part,
 -- extra.free the allowance part and extra.plan the plan (a fully covered charge is a 'debit' row
 -- of amount 0, which the rate limit still counts). Spend caps count the paid part only.
--- KEYS: account grants idem ledger events
+-- KEYS: account grants ledger events [idem]
 -- ARGV: cid amount model floor frag allowances config
 --   allowances: JSON {"<plan id>": free allowance per month, ...}
 -- REPLY (text): status idempotent ref paid balance held cap retry remaining limit free left plan
 --   status: as debit.lua (ok | insufficient_credits | spend_cap_exceeded | rate_limited | ledger_backlog_full)
-local ctx = ctx_new(ARGV[7], KEYS[4], KEYS[5])
-local acct, G, idem = KEYS[1], KEYS[2], KEYS[3]
-local has_idem = #idem ~= #acct + 2  -- "<account>:i": no key
+local ctx = ctx_new(ARGV[7], KEYS[3], KEYS[4])
+local acct, G, idem = KEYS[1], KEYS[2], KEYS[5]
+local has_idem = idem ~= nil
 if has_idem then
   local again = idem_seen(ctx, idem)
   if again then return again end
@@ -35,7 +35,7 @@ if plan ~= '' then
 end
 -- the paid part (0 when the allowance covers it all: no money moves, but the request still counts
 -- for the rate limit and is recorded in the ledger) is a charge as debit.lua's
-local r = user_debit(ctx, { acct, G, acct .. ':i' }, { cid, I(amount - free), ARGV[3], ARGV[4], ARGV[5], '' },
+local r = user_debit(ctx, { acct, G }, { cid, I(amount - free), ARGV[5], nil, ARGV[3], ARGV[4], '' },
   { free = free > 0 and I(free) or nil, plan = plan ~= '' and plan or nil })
 if B_type(r) == 'string' then  -- refused (or a replay): nothing of the allowance is used
   return finish_one(ctx, r, nil) .. '|0|' .. I(left) .. '|' .. plan  -- a deny cap's event is written

@@ -10,8 +10,8 @@ if has_idem then
   local again = idem_seen(ctx, idem)
   if again then return again end
 end
-local st = account(ctx, acct, { 'created' })
-if field(st, 'created') then return 'team_exists|0|0' end
+local st = account(ctx, acct)
+if st.exists then return 'team_exists|0|0' end
 st_balance(st, ctx.c, ARGV[3] + 0, 0)
 st.wS = true
 field_set(st, 'name', ARGV[2])

@@ -1,9 +1,9 @@
 -- pool_debit.lua: spend from a team pool for a member (deduct_team), or settle a team reservation
 -- (rid given). See lib/10_team.lua for the checks and their order.
--- KEYS: team idem ledger events
--- ARGV: cid amount model member frag rid config
+-- KEYS: team ledger events [idem]
+-- ARGV: cid amount member frag config [model rid]
 -- REPLY (text): status idempotent ref amount balance held cap retry remaining limit
 --   status: ok | team_not_found | user_not_in_team | spend_cap_exceeded | insufficient_team_balance
 --           | reservation_not_found | ledger_backlog_full
-local ctx = ctx_new(ARGV[7], KEYS[3], KEYS[4])
-return finish_one(ctx, team_debit(ctx, KEYS, ARGV), KEYS[2])
+local ctx = ctx_new(ARGV[5], KEYS[2], KEYS[3])
+return finish_one(ctx, team_debit(ctx, KEYS, ARGV), KEYS[4])

@@ -7,10 +7,16 @@
 --   one pool_debit.lua reply per decision, joined by newlines
 local ctx = ctx_new(ARGV[1], KEYS[1], KEYS[2])
 local replies, idems = {}, {}
+-- one decision's KEYS and ARGV as pool_debit.lua has them, refilled for each (team_debit keeps neither)
+local K, A = {}, {}
+A[7] = ''
 for i = 0, (#KEYS - 2) / 2 - 1 do
   local k, a = 2 + 2 * i, 1 + 5 * i
-  local K = { KEYS[k + 1], KEYS[k + 2] }
-  replies[i + 1] = team_debit(ctx, K, { ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4], ARGV[a + 5], '' })
-  idems[i + 1] = K[2]
+  local team, idem = KEYS[k + 1], KEYS[k + 2]
+  if #idem == #team + 2 then idem = nil end  -- "<team>:i": no key
+  K[1], K[4] = team, idem
+  A[1], A[2], A[3], A[4], A[6] = ARGV[a + 1], ARGV[a + 2], ARGV[a + 4], ARGV[a + 5], ARGV[a + 3]
+  replies[i + 1] = team_debit(ctx, K, A)
+  idems[i + 1] = idem or false
 end
 return tconcat(finish(ctx, replies, idems), '\n')

@@ -12,32 +12,32 @@
 local ctx = ctx_new(ARGV[8], KEYS[2], KEYS[2])
 local tid, uid, action = ARGV[2], ARGV[3], ARGV[4]
 local uf = 'U|' .. uid
-local st = account(ctx, KEYS[1], { 'created', 'mc', uf })
-if not field(st, 'created') then return 'team_not_found|0|||0|' end
+local st = account(ctx, KEYS[1], 'mc', uf)
+if not st.exists then return 'team_not_found|0|||0|' end
 local mc = (field(st, 'mc') or '0') + 0
-local m = member_of(st, uid)
+local m = member_of(st, uid, uf)
 if action ~= 'add' and not m then return 'user_not_in_team|0|||' .. I(mc) .. '|' end
 local op
 if action == 'remove' then
   mc = mc - 1
-  m.period, m.cap, m.dirty = 'x', nil, true
+  m.period, m.cap, m.dirty = 'x', false, true
   op = 'member_removed'
 else
   op = m and 'member_updated' or 'member_added'
   if not m then
-    m = member_record(st, uid)  -- a removed member rejoining keeps their spend history
+    m = member_record(st, uid, uf)  -- a removed member rejoining keeps their spend history
     if m then
-      m.period, m.cap, m.role = 't', nil, 'member'
+      m.period, m.cap, m.role = 't', false, 'member'
     else
-      m = { period = 't', T = 0, dA = 0, mA = 0, held = 0, role = 'member' }
-      st.members[uid] = m
+      m = { cap = false, period = 't', T = 0, dA = 0, mA = 0, held = 0, role = 'member' }
+      st.members[uf] = m
     end
     mc = mc + 1
   end
   if ARGV[5] ~= '' then m.role = ARGV[5] end
   if ARGV[7] ~= '' then m.period = ARGV[7] end
   if ARGV[6] ~= '' then
-    if ARGV[6] == '-1' then m.cap = nil else m.cap = ARGV[6] + 0 end
+    if ARGV[6] == '-1' then m.cap = false else m.cap = ARGV[6] + 0 end
   end
   m.dirty = true
 end

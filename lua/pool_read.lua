@@ -9,7 +9,7 @@
 --   spend all-time, today and this month
 local c = clock(config(ARGV[2]))
 local v = rcall('HMGET', KEYS[1], 'b', 'S', 'name', 'mc', 'created')
-if not v[5] then return { 'team_not_found', '0', '', '0', '0', '0', '0' } end
+if not v[1] then return { 'team_not_found', '0', '', '0', '0', '0', '0' } end
 local st = st_new(KEYS[1], v[1] or nil, v[2] or nil, nil)
 local expired, per = holds_expired(st, c.now, true)
 local out = { 'ok', '0', v[3] or '', bal_text(st), I(st.held - expired), v[4] or '0', v[5] }

@@ -12,8 +12,8 @@ if has_idem then
 end
 local cid, tx, rid, uid, frag = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local hf = 'h:' .. rid
-local st = account(ctx, acct, { 'created', 'U|' .. uid, hf })
-if not field(st, 'created') then return 'team_not_found|0|' .. rid .. '|0|0|0' end
+local st = account(ctx, acct, hf, 'U|' .. uid)
+if not st.exists then return 'team_not_found|0|' .. rid .. '|0|0|0' end
 if ring_seen(st, cid) then return 'ok|1|' .. rid .. '|0|' .. bal_text(st) .. '|' .. held_text(st) end
 local tid
 if st.hx ~= '' then tid = frag_value(frag, 3) end

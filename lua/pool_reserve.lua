@@ -14,8 +14,8 @@ if has_idem then
 end
 local cid, rid, amount_s, uid, frag = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[7]
 local hf = 'h:' .. rid
-local st = account(ctx, acct, { 'created', 'U|' .. uid, hf })
-if not field(st, 'created') then return 'team_not_found|0||0|0|0|0' end
+local st = account(ctx, acct, hf, 'U|' .. uid)
+if not st.exists then return 'team_not_found|0||0|0|0|0' end
 local m = member_of(st, uid)
 if not m then return 'user_not_in_team|0||0|' .. bal_text(st) .. '|' .. held_text(st) .. '|0' end
 if ring_seen(st, cid) or field(st, hf) then

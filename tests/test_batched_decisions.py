@@ -255,19 +255,25 @@ def test_packed_layout_sends_shared_values_once_and_new_positions_per_decision(s
     shard = store.core.keys.user("same-shard-0").shard
     calls = [c for c in calls if c.keys[0].startswith(store.core.keys.tag(shard))] or calls[:1]
     packed = Batch(calls, store.core.scripts).calls[0]
-    # debit.lua: KEYS account grants idem ledger events; ARGV cid amount model floor frag rid quantities config
-    assert packed.keys[:2] == calls[0].keys[3:5]  # the shard's ledger and events streams, once
-    assert packed.args[:1] == calls[0].args[7:8]  # the configuration, once
-    assert packed.keys[2:] == [k for c in calls for k in c.keys[:3]]  # account, grants, idempotency each
-    # no reservation id (charges only); the decision's quantities are its own
-    assert packed.args[1:] == [a for c in calls for a in (*c.args[:5], c.args[6])]
+    # debit.lua: KEYS account grants ledger events [idem]; ARGV cid amount frag config [model floor rid quantities]
+    assert packed.keys[:2] == calls[0].keys[2:4]  # the shard's ledger and events streams, once
+    assert packed.args[:1] == calls[0].args[3:4]  # the configuration, once
+    # account, grants, and (no idempotency key given: the KEY left out) the never-written name, each
+    assert all(len(c.keys) == 4 for c in calls)
+    assert packed.keys[2:] == [k for c in calls for k in (*c.keys[:2], c.keys[0] + ":i")]
+    # plain charges leave out the optional ARGV (model floor rid quantities): packed, each is ""
+    assert all(len(c.args) == 4 for c in calls)
+    assert packed.args[1:] == [a for c in calls for a in (c.args[0], c.args[1], "", "", c.args[2], "")]
     # a position debit.lua gains is never dropped nor assumed shared: the packed layout comes from
     # both specs by name, and a debit position debit_many.lua does not place is refused at import
     from ducto_redis.batch import Twin
     from ducto_redis.specs import DEBIT, DEBIT_MANY, ScriptSpec
 
     def spec(s: ScriptSpec, keys: str = "", args: str = "") -> ScriptSpec:
-        return ScriptSpec.of(s.name, s.keys.text() + keys, s.args.text() + args, s.reply.text(), s.shape)
+        def widen(fields: str, more: str) -> str:  # a new field goes before the optional ones
+            fixed, _, optional = fields.partition(" [")
+            return f"{fixed}{more} [{optional}"
+        return ScriptSpec.of(s.name, widen(s.keys.text(), keys), widen(s.args.text(), args), s.reply.text(), s.shape)
 
     with pytest.raises(ValueError, match="must place each"):
         Twin.of(spec(DEBIT, " extra_key"), DEBIT_MANY, "rid", "")
@@ -276,8 +282,23 @@ def test_packed_layout_sends_shared_values_once_and_new_positions_per_decision(s
     many = ScriptSpec.of("debit_many", "ledger events; per decision: account grants idem extra_key",
                          "config; per decision: cid amount model floor frag quantities extra", "", "lines")
     wider = Twin.of(spec(DEBIT, " extra_key", " extra"), many, "rid", "")
-    assert (wider.shared_keys, wider.own_keys) == ((3, 4), (0, 1, 2, 5))
-    assert (wider.shared_args, wider.own_args, wider.only) == ((7,), (0, 1, 2, 3, 4, 6, 8), (5, ""))
+    # KEYS account grants ledger events extra_key [idem]
+    assert (wider.shared_keys, wider.own_keys) == ((2, 3), (0, 1, 5, 4))
+    # ARGV cid amount frag config extra [model floor rid quantities]
+    assert (wider.shared_args, wider.own_args, wider.only) == ((3,), (0, 1, 5, 6, 2, 8, 4), (7, ""))
+
+
+def test_a_charge_with_a_model_a_floor_or_quantities_sends_its_optional_argv_and_is_packed_with_them(
+        store: RedisStore) -> None:
+    from ducto_redis.batch import Batch
+
+    plain = store.core.debit("opt-a", 1, operation_type="req")
+    rich = store.core.debit("opt-a", 1, operation_type="req", min_balance=5, metadata={"model": "gpt"},
+                            quantities={"tokens": 3})
+    assert len(plain.args) == 4 and len(rich.args) == 8
+    packed = Batch([plain, rich], store.core.scripts).calls[0]
+    assert packed.args[1:] == [plain.args[0], plain.args[1], "", "", plain.args[2], "",
+                               rich.args[0], rich.args[1], "gpt", "5", rich.args[2], "tokens=3"]
 
 
 def test_an_error_reply_in_a_batch_raises_and_leaves_the_connection_in_step(store: RedisStore) -> None:

@@ -11,6 +11,7 @@ import pytest
 from conftest import ledger_entries
 
 from ducto_redis import plans
+from ducto_redis.batch import TeamDebitRequest
 from ducto_redis.layout import (
     RING,
     Account,
@@ -206,3 +207,61 @@ def test_what_layout_encodes_the_scripts_read(store: RedisStore) -> None:
     # the member's cap counts their open hold: 3 spent + 5 held + 3 > 10
     assert s.deduct_team("tw", "m1", 3).error == "spend_cap_exceeded"
     assert s.deduct_team("tw", "m1", 2).error is None
+
+
+def test_a_member_record_of_the_older_order_is_read_and_written_back_in_the_new_one(store: RedisStore) -> None:
+    """Records written before ``spent`` led the member record (``cap|period|spent|...``) are still read, by
+    the scripts and by layout.py, and a debit writes them back in the new order."""
+    s, keys = store, store.core.keys
+    t0 = now_ms(s)
+    day, month = day_bucket(t0), month_bucket(t0)
+    tid = s.create_team("T", 1000).team_id
+    s.add_team_member(tid, "m", "lead", spend_cap=60, cap_period="daily")
+    s.add_team_member(tid, "n")
+    k = keys.team(tid).account
+    # m: 40 spent all-time, 25 of it today (anchor 15), 5 held; n: no cap, 7 spent
+    older = {"U|m": f"60|d|40|{day}|15|{month}|0|5|lead", "U|n": "|t|7||0||0|0|member"}
+    s.client.hset(k, mapping=older)
+    assert Member.decode(older["U|m"]) == Member("lead", 60, "daily", 40, day, 15, month, 0, 5)
+    assert Member.decode(older["U|n"]) == Member("member", None, "total", 7, None, 0, None, 0, 0)
+    spends = {m.user_id: (m.spend_cap, m.cap_period, m.period_spent, m.total_spent) for m in s.get_team_members(tid)}
+    assert spends == {"m": (60, "daily", 25, 40), "n": (None, "total", 7, 7)}
+    assert s.deduct_team(tid, "m", 31).error == "spend_cap_exceeded"  # 25 today + 5 held + 31 > 60
+    assert s.deduct_team(tid, "m", 30).error is None
+    assert s.deduct_team(tid, "n", 3).error is None
+    raw = s.client.hgetall(k)
+    assert raw["U|m"] == f"70|60|d|{day}|15|{month}|0|5|lead" and raw["U|n"] == f"10||t|{day}|7|{month}|7|0|member"
+    assert Member.decode(raw["U|m"]) == Member("lead", 60, "daily", 70, day, 15, month, 0, 5)
+
+
+def test_members_whose_records_read_alike_keep_their_own_values(store: RedisStore) -> None:
+    """The scripts remember a member record's parsed text (all but the spend) and share it between
+    members whose records read alike: a change to one member (a hold, a cap, a debit) never reaches
+    another, in one call or across calls."""
+    s = store
+    tid = s.create_team("T", 1000).team_id
+    for m in ("a", "b", "c"):
+        s.add_team_member(tid, m, spend_cap=60, cap_period="daily")
+    assert s.reserve_team(tid, "a", 50).error is None  # a holds 50
+    assert s.deduct_team(tid, "b", 60).error is None  # b holds nothing: all 60 of their cap
+    assert s.set_member_cap(tid, "c", 10).error is None
+    assert s.deduct_team(tid, "c", 11).error == "spend_cap_exceeded"
+    assert [r.error for r in s.deduct_team_many([TeamDebitRequest(tid, "a", 10), TeamDebitRequest(tid, "c", 10),
+                                                 TeamDebitRequest(tid, "a", 1)])] == [None, None, "spend_cap_exceeded"]
+    members = {m.user_id: (m.spend_cap, m.period_spent) for m in s.get_team_members(tid)}
+    assert members == {"a": (60, 10), "b": (60, 60), "c": (10, 10)}
+    raw, t = stored(s, s.core.keys.team(tid).account, team=True)
+    assert_encodes_back(raw, t)
+    assert [t.members[m].held for m in "abc"] == [50, 0, 0]
+
+
+def test_a_team_cap_set_before_the_team_exists_writes_no_balance(store: RedisStore) -> None:
+    """The team scripts tell a team exists by its ``b`` (layout.py): a cap set on a team no one created
+    writes ``S`` alone, and layout.py encodes such a hash back without ``b``."""
+    s = store
+    s.set_team_spend_cap("ghost", "daily", 100, "deny")
+    raw, t = stored(s, s.core.keys.team("ghost").account, team=True)
+    assert "b" not in raw and cap_of(t.state.day_cap) == (100, "deny")
+    assert_encodes_back(raw, t)
+    assert [s.deduct_team("ghost", "m", 1).error, s.reserve_team("ghost", "m", 1).error,
+            s.add_team_member("ghost", "m").error, s.get_team_balance("ghost").error] == ["team_not_found"] * 4

@@ -245,3 +245,20 @@ def test_backlog_limit_fails_closed_on_real_redis_until_the_flusher_drains(redis
         drop_namespace(redis_client, s.settings.namespace)
         with psycopg.connect(DATABASE_URL, autocommit=True) as c:
             c.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+
+
+def test_a_team_with_a_cap_but_never_created_is_still_not_found_after_a_restore(ledger_store: RedisStore) -> None:
+    """A team exists once its hash has a balance (layout.py): restore gives none to a team the ledger
+    never saw created, though a cap set on it is restored."""
+    s = ledger_store
+    s.set_team_spend_cap("ghost", "daily", 100, "deny")
+    tid = s.create_team("real", initial_balance=0).team_id
+    s.add_team_member(tid, "m")
+    LedgerFlusher(s, DATABASE_URL).drain()
+    drop_namespace(s.client, s.settings.namespace)
+    assert s.restore_from_ledger() > 0
+    assert s.client.hget(s.core.keys.team("ghost").account, "S") is not None  # the cap is back
+    assert [s.deduct_team("ghost", "m", 1).error, s.get_team_balance("ghost").error] == ["team_not_found"] * 2
+    assert s.add_team_member("ghost", "m").error == "team_not_found"
+    assert s.deduct_team(tid, "m", 1).error == "insufficient_team_balance"  # a pool of 0 exists
+    assert s.reconcile_with_ledger() == {}

@@ -69,8 +69,10 @@ def test_a_header_drifting_from_its_spec_is_caught() -> None:
     assert drift(DEBIT, short) == [
         "REPLY: header says 'status idempotent ref amount balance held', spec says "
         "'status idempotent ref amount balance held cap retry remaining limit'"]
-    swapped = text.replace("-- KEYS: account grants idem", "-- KEYS: account idem grants", 1)
+    swapped = text.replace("-- KEYS: account grants ledger", "-- KEYS: account ledger grants", 1)
     assert [d.split(":")[0] for d in drift(DEBIT, swapped)] == ["KEYS"]
+    required = text.replace("events [idem]", "events idem", 1)  # an optional KEY written as required
+    assert [d.split(":")[0] for d in drift(DEBIT, required)] == ["KEYS"]
     assert drift(DEBIT, text.replace("REPLY (text)", "REPLY (table)", 1)) == [
         "REPLY shape: header says 'table', spec says 'text'"]
     with pytest.raises(AssertionError, match="exactly once"):
@@ -87,6 +89,19 @@ def test_a_layout_reads_back_as_it_is_written_and_refuses_what_is_not_a_name() -
         Fields.parse("a b a")
     with pytest.raises(ValueError, match="per <what>"):
         Fields.parse("a; b c")
+    with pytest.raises(ValueError, match="optional fields go last"):
+        Fields.parse("a [b] c]")
+
+
+def test_optional_fields_are_sent_only_when_one_of_them_is_not_empty() -> None:
+    f = Fields.parse("a b [c d]")
+    assert (f.names, f.optional, f.text()) == (("a", "b", "c", "d"), 2, "a b [c d]")
+    assert f.pack(a="1", b="2", c="", d="") == ["1", "2"]
+    assert f.pack(a="1", b="2", c="", d="x") == ["1", "2", "", "x"]
+    assert f.pack(a="1", b="", c="y", d="") == ["1", "", "y", ""]
+    assert (f.pos.c, f.pos.d) == (2, 3)
+    # debit.lua: a plain charge sends 4 ARGV, one with a model all 8
+    assert DEBIT.args.text() == "cid amount frag config [model floor rid quantities]"
 
 
 def test_packing_and_reading_by_name_follow_the_spec_positions() -> None:

@@ -202,7 +202,7 @@ class AccountState:
                       day_cap=self.caps.get(("d", ""), ""), month_cap=self.caps.get(("m", ""), ""))
         state.with_spend(self.bal, day, whole.day, month, whole.month)
         a = Account(balance=self.bal, state=state, life=self.life, created=self.created_ms if self.exists else None,
-                    holds=dict(self.holds), refunded=dict(self.refunded))
+                    holds=dict(self.holds), refunded=dict(self.refunded), team=team)
         models = {m for m in self.spend if m} | {m for _, m in self.caps if m}
         for m in sorted(models):
             sp = self.spend.get(m, Spend())
@@ -210,7 +210,7 @@ class AccountState:
                                       month_anchor=sp.total - sp.month, day_cap=self.caps.get(("d", m), ""),
                                       month_cap=self.caps.get(("m", m), ""))
         if team:
-            a.name = self.name
+            a.name = self.name if self.exists else None
             records = {**{u: Member(role, None, REMOVED) for u, role in self.removed.items()}, **self.members}
             for uid, rec in records.items():
                 sp = self.member_spend.get(uid, Spend())
@@ -321,6 +321,7 @@ def account_meaning(a: Account, now_ms: int, team: bool) -> dict[str, Any]:
         "refunded": a.refunded,
     }
     if team:
+        out["exists"] = a.created is not None  # created with b (layout.py): a team cap alone makes no team
         out["members"] = {u: (m.role, m.cap, m.period, m.spent, *m.spend(now_ms), m.held) for u, m in a.members.items()}
     else:
         out["plan"] = a.plan and plan_of(a.plan)[2]

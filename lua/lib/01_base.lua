@@ -139,6 +139,6 @@ local function clock(cfg)
   end
   local day = mfloor(now / 86400000)
   local c = CLOCK
-  c.now, c.ts, c.day, c.month = now, ts, day, (month_of_day(day))
+  c.now, c.ts, c.day, c.month = now, ts, day, day == memo_day and memo_month or (month_of_day(day))
   return c
 end

@@ -2,13 +2,21 @@
 -- tests/test_layout.py holds the two sides together). One account in memory is a table `st`:
 --   key, bal (number), bals (bal as stored text), held, hx, gx, rl, tat (text, '' = none),
 --   dB, dK, mB, mK (day / month bucket and anchor: spend = anchor - balance in the current bucket),
---   dC, mC (caps '<limit><d|w|n>' or ''), ql (quantity limits), ring (recent call ids), and what to write back:
+--   dC, mC (caps '<limit><d|w|n>' or ''; parsed: dL/dA, mL/mA limit and action, nil without), ql (quantity limits), ring (recent call ids), and what to write back:
 --   wb (balance changed), wS (state changed), set (field -> value), del (fields), calls (ring entries).
 
 local SPAT = '^(%d*)|(%d*)|(%d*)|([^|]*)|(%d*)|(%d*)|(%-?%d*)|(%d*)|(%-?%d*)|(%w*)|(%w*)|(.*)$'
 local RING_KEEP = 130
 
 local function num(s) if s == '' then return nil end return s + 0 end
+
+-- a cap '<limit><d|w|n>' -> limit (number), action word; nil for ''
+local ACTION = { d = 'deny', w = 'warn', n = 'notify' }
+local function cap_of(text)
+  if text == '' then return nil, nil end
+  local limit, a = smatch(text, '^(%d+)(%a)$')
+  return limit + 0, ACTION[a]
+end
 
 -- The parsed state S, remembered per distinct text (a pure function of it; a hot account's S
 -- changes only when its day rolls over or its holds / caps / limits change). An account table reads
@@ -26,14 +34,22 @@ local function state_of(S)
   end
   p = { held = held + 0, helds = held, helds_of = held + 0, hx = hx, gx = gx, rl = rl, tat = tat, dB = num(dB),
     dK = (num(dK) or 0), mB = num(mB), mK = (num(mK) or 0), dC = dC, mC = mC, ql = ql }
+  p.dL, p.dA = cap_of(dC)  -- the caps parsed (limit, action; nil without); set_cap.lua never debits
+  p.mL, p.mA = cap_of(mC)
   p.mt = { __index = p }
   if parsed_count > 10000 then parsed, parsed_count = {}, 0 end
   parsed[S], parsed_count = p, parsed_count + 1
   return p
 end
 
-local function st_new(key, b, S, ring)
-  local st = { key = key, bal = 0, bals = '0', bals_of = 0, ring = ring or '' }
+local function st_new(key, b, S, ring, team)
+  local st
+  if team then  -- a team's account also keeps its members: made at the size it grows to (no rehash)
+    st = { key = key, bal = 0, bals = '0', bals_of = 0, ring = ring or '', exists = false, wb = false, f = false,
+      members = false, one = false }
+  else
+    st = { key = key, bal = 0, bals = '0', bals_of = 0, ring = ring or '' }
+  end
   if b then
     local n = b + 0
     st.bal, st.bals, st.bals_of = n, b, n
@@ -89,12 +105,11 @@ local function ring_seen(st, cid)
   return nil
 end
 
--- the ring with the call's new entries in front (`ring`), cut back to about RING_KEEP bytes
+-- the ring with the call's new entries in front (`ring`), longer than 2 * RING_KEEP bytes, cut
+-- back to about RING_KEEP
 local function ring_text(ring)
-  if #ring > 2 * RING_KEEP then
-    local cut = sfind(ring, ';', RING_KEEP, true)
-    if cut then ring = ssub(ring, 1, cut) end
-  end
+  local cut = sfind(ring, ';', RING_KEEP, true)
+  if cut then ring = ssub(ring, 1, cut) end
   return ring
 end
 
@@ -126,19 +141,59 @@ local function total_add(w, c, x)
   w.T = w.T + x
 end
 
--- A team member (field U|<id>): { cap (number or nil), period (t|d|m), T (all-time spend),
--- dB, dA, mB, mA, held, role }
-local UPAT = '^(%d*)|(%a)|(%d+)|(%d*)|(%-?%d*)|(%d*)|(%-?%d*)|(%d+)|(.*)$'
+-- A team member (field U|<id>): "T|cap|period|dB|dA|mB|mA|held|role", in memory { T (all-time
+-- spend), cap (number, or false: none), period (t|d|m, x: removed), dB, dA, mB, mA (day / month
+-- bucket and anchor: spend = T - anchor), held (by their open holds), role }. A debit changes only
+-- T (the windows move when a period rolls over, held with holds): T leads the record, and the rest
+-- is parsed once per distinct text and remembered (a pure function of it), as state_of() does for S.
+-- A member table holds T and reads the rest from the shared parsed table (metatable __index);
+-- writes land in the member table and shadow the shared values, never changing them (so a value is
+-- never set to nil: cap false is no cap). dirty: true = write the record in full; 'T' = only T
+-- changed (member_add), so the rest is written as it was read. An older record (T third,
+-- "cap|period|T|...") is read as well and written back in the new order.
+local RPAT = '^(%d*)|(%a)|(%d*)|(%-?%d*)|(%d*)|(%-?%d*)|(%d+)|(.*)$'
+local UPAT_OLD = '^(%d*)|(%a)|(%d+)|(%d*)|(%-?%d*)|(%d*)|(%-?%d*)|(%d+)|(.*)$'
+local member_parsed, member_parsed_count = {}, 0
+
+local function member_rest(rest)
+  local p = member_parsed[rest]
+  if p then return p end
+  local cap, period, dB, dA, mB, mA, held, role = smatch(rest, RPAT)
+  p = { cap = num(cap) or false, period = period, dB = num(dB), dA = (num(dA) or 0), mB = num(mB),
+    mA = (num(mA) or 0), held = held + 0, role = role, rest = rest }
+  p.mt = { __index = p }
+  if member_parsed_count > 10000 then member_parsed, member_parsed_count = {}, 0 end
+  member_parsed[rest], member_parsed_count = p, member_parsed_count + 1
+  return p
+end
 
 local function member_new(text)
-  local cap, period, T, dB, dA, mB, mA, held, role = smatch(text, UPAT)
-  return { cap = num(cap), period = period, T = T + 0, dB = num(dB), dA = (num(dA) or 0), mB = num(mB),
+  local T, rest = smatch(text, '^(%d+)|(%d*|%a|.*)$')
+  if T then return B_setmetatable({ T = T + 0, dirty = false }, (member_parsed[rest] or member_rest(rest)).mt) end
+  local cap, period, dB, dA, mB, mA, held, role
+  cap, period, T, dB, dA, mB, mA, held, role = smatch(text, UPAT_OLD)
+  return { cap = num(cap) or false, period = period, T = T + 0, dB = num(dB), dA = (num(dA) or 0), mB = num(mB),
     mA = (num(mA) or 0), held = held + 0, role = role }
 end
 
 local function member_text(m)
-  return (m.cap and I(m.cap) or '') .. '|' .. m.period .. '|' .. I(m.T) .. '|' .. (m.dB and I(m.dB) or '') .. '|' ..
+  if m.dirty == 'T' then
+    local rest = m.rest
+    if rest then return I(m.T) .. '|' .. rest end
+  end
+  return I(m.T) .. '|' .. (m.cap and I(m.cap) or '') .. '|' .. m.period .. '|' .. (m.dB and I(m.dB) or '') .. '|' ..
     I(m.dA) .. '|' .. (m.mB and I(m.mB) or '') .. '|' .. I(m.mA) .. '|' .. I(m.held) .. '|' .. m.role
+end
+
+-- add `x` of spend to a member; when no window rolls over, only T changes
+local function member_add(m, c, x)
+  if m.dB == c.day and m.mB == c.month then
+    m.T = m.T + x
+    if not m.dirty then m.dirty = 'T' end
+  else
+    total_add(m, c, x)
+    m.dirty = true
+  end
 end
 
 -- the member's spend in their cap's period

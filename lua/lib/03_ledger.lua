@@ -37,9 +37,8 @@ end
 local function ctx_new(cfgtext, ledger, events)
   local ctx = CTX
   local cfg = config(cfgtext)
-  ctx.cfg, ctx.c, ctx.ledger, ctx.events, ctx.full = cfg, clock(cfg), ledger, events, nil
-  local rows, order = ctx.rows, ctx.order
-  for i = #rows, 1, -1 do rows[i] = nil end
+  ctx.cfg, ctx.c, ctx.ledger, ctx.events, ctx.full, ctx.nrows = cfg, clock(cfg), ledger, events, nil, 0
+  local order = ctx.order
   if #order > 0 then
     local accounts = ctx.accounts
     for i = #order, 1, -1 do
@@ -49,14 +48,18 @@ local function ctx_new(cfgtext, ledger, events)
   end
   if B_next(ctx.idem) then clear(ctx.idem) end
   local pending = ctx.pending
-  for i = #pending, 1, -1 do pending[i] = nil end
+  if pending[1] then
+    for i = #pending, 1, -1 do pending[i] = nil end
+  end
   return ctx
 end
 
--- append a row (script columns as text; frag = the client's part); returns its index in the entry
+-- append a row (script columns as text; frag = the client's part); returns its index in the entry.
+-- The call's rows are rows[1..nrows] (the table is reused: what lies beyond nrows is stale).
 local function row(ctx, id, kind, amount, bal, held, hold, exp, cap, reason, extra, frag)
   local rows = ctx.rows
-  local n = #rows
+  local n = ctx.nrows
+  ctx.nrows = n + 1
   rows[n + 1] = id .. '\t' .. ctx.c.ts .. '\t' .. kind .. '\t' .. amount .. '\t' .. bal .. '\t' .. held .. '\t' ..
     hold .. '\t' .. exp .. '\t' .. cap .. '\t' .. reason .. '\t' .. extra .. frag
   return n
@@ -73,12 +76,21 @@ local function extra_json(t)
   return esc(jencode(t))
 end
 
--- write the call's rows as one stream entry; its id (or nil when there were none)
+-- write the call's rows as one stream entry; its id (or nil when there were none). ctx.ref0 names
+-- the entry's first row ("<entry>/0"), which most calls' replies and rings name.
 local function ctx_xadd(ctx)
-  local rows = ctx.rows
-  local n = #rows
+  local n = ctx.nrows
   if n == 0 then return nil end
-  return rcall('XADD', ctx.ledger, '*', 'q', n == 1 and rows[1] or tconcat(rows, '\n'))
+  local rows = ctx.rows
+  local entry = rcall('XADD', ctx.ledger, '*', 'q', n == 1 and rows[1] or tconcat(rows, '\n', 1, n))
+  ctx.ref0 = entry .. '/0'
+  return entry
+end
+
+-- "<entry>/<row>" of row n of the call's entry
+local function ref_of(ctx, entry, n)
+  if n == 0 then return ctx.ref0 end
+  return entry .. '/' .. N(n)
 end
 
 -- Ledger backpressure: the shard's stream holds what the flusher has not stored yet (it trims after

@@ -1,7 +1,6 @@
 -- lib/04_caps.lua: spend caps (daily and monthly, all models or one) and the events of caps passed.
 
 -- caps '<limit><d|w|n>' -> limit, action word (remembered: a pure function of the text)
-local ACTION = { d = 'deny', w = 'warn', n = 'notify' }
 local cap_memo, cap_count = {}, 0
 local function cap_parse(text)
   local c = cap_memo[text]
@@ -31,14 +30,21 @@ local function cap_sort(cap, deny, warns)
 end
 
 -- Caps that spending `amount` now would pass: the first deny cap (or nil) and the warn/notify caps
--- passed (or nil). st: the account; w: the model's window (or nil); dS, mS: the account's spend
--- today and this month.
-local function caps_check(st, w, model, amount, dS, mS, c)
+-- passed (or nil). st: the account (its caps parsed with its state: dL/dA, mL/mA); w: the model's
+-- window (or nil).
+local function caps_check(st, w, model, amount, c)
   local deny, warns
-  local cap = cap_passed(st.dC, 'd', '', dS, amount)
-  if cap then deny, warns = cap_sort(cap, deny, warns) end
-  cap = cap_passed(st.mC, 'm', '', mS, amount)
-  if cap then deny, warns = cap_sort(cap, deny, warns) end
+  local limit = st.dL
+  if limit then
+    local spend = st.dB == c.day and st.dK - st.bal or 0
+    if spend + amount > limit then deny, warns = cap_sort({ 'd', '', limit, st.dA, spend }, deny, warns) end
+  end
+  limit = st.mL
+  if limit then
+    local spend = st.mB == c.month and st.mK - st.bal or 0
+    if spend + amount > limit then deny, warns = cap_sort({ 'm', '', limit, st.mA, spend }, deny, warns) end
+  end
+  local cap
   if w and (w.dC ~= '' or w.mC ~= '') then
     local wd, wm = mw_spend(w, c)
     cap = cap_passed(w.dC, 'd', model, wd, amount)

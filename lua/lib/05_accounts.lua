@@ -5,10 +5,13 @@
 
 -- The account `key` in the call's context, with `extra` fields read in the same HMGET: nil (none),
 -- one field name, or a list of them. A loaded account keeps what it read in st.f (field -> value or
--- false), what to write in st.set / st.del; all three are made when first needed.
-local function account(ctx, key, extra)
+-- false), what to write in st.set / st.del; all three are made when first needed. A team's account
+-- is loaded with `member`, the field U|<id> of the member the call is about: it keeps its members in
+-- st.members (field -> member table, or false: not a member; see member_record), and in st.one the
+-- field of its only member while the call has loaded just one.
+local function account(ctx, key, extra, member)
   local st = ctx.accounts[key]
-  local one = B_type(extra) == 'string'
+  local one = extra ~= nil and B_type(extra) == 'string'
   if st then
     if extra then
       local f = st.f or {}
@@ -20,23 +23,34 @@ local function account(ctx, key, extra)
     end
     return st
   end
-  local v
-  if not extra then
+  local v, k = nil, 3  -- v[k + i]: the extra field i
+  if member then
+    k = 4
+    if not extra then
+      v = rcall('HMGET', key, 'b', 'S', 'r', member)
+    elseif one then
+      v = rcall('HMGET', key, 'b', 'S', 'r', member, extra)
+    else
+      v = rcall('HMGET', key, 'b', 'S', 'r', member, B_unpack(extra))
+    end
+  elseif not extra then
     v = rcall('HMGET', key, 'b', 'S', 'r')
   elseif one then
     v = rcall('HMGET', key, 'b', 'S', 'r', extra)
   else
     v = rcall('HMGET', key, 'b', 'S', 'r', B_unpack(extra))
   end
-  st = st_new(key, v[1] or nil, v[2] or nil, v[3] or nil)
+  st = st_new(key, v[1] or nil, v[2] or nil, v[3] or nil, member ~= nil)
   st.exists = v[1] ~= false
-  if extra then
+  if member then
+    local raw = v[4]
+    st.members, st.one = { [member] = raw and member_new(raw) or false }, member
+  end
+  if one then
+    st.f = { [extra] = v[k + 1] or false }
+  elseif extra then
     local f = {}
-    if one then
-      f[extra] = v[4] or false
-    else
-      for i = 1, #extra do f[extra[i]] = v[3 + i] or false end
-    end
+    for i = 1, #extra do f[extra[i]] = v[k + i] or false end
     st.f = f
   end
   ctx.accounts[key] = st
@@ -96,21 +110,27 @@ local function model_window(st, f)
 end
 
 -- a team member's record of a loaded team, a removed member's included (their spend history stays:
--- period 'x'); nil if the id never was a member
-local function member_record(st, uid)
-  st.members = st.members or {}
-  local m = st.members[uid]
+-- period 'x'); nil if the id never was a member. uf: its field 'U|<uid>' if the caller has it. A
+-- member not loaded with the account is read by HGET (another member of a batch, a hold's member).
+local function member_record(st, uid, uf)
+  uf = uf or 'U|' .. uid
+  local members, m = st.members, nil  -- (a team's account starts with st.members and st.f false)
+  if members then m = members[uf] end
   if m == nil then
-    local raw = field(st, 'U|' .. uid)
+    local raw = field(st, uf)
     m = raw and member_new(raw) or false
-    st.members[uid] = m
+    if members then
+      members[uf], st.one = m, false
+    else
+      st.members, st.one = { [uf] = m }, uf
+    end
   end
   return m or nil
 end
 
 -- a member of a loaded team (nil if not a member now)
-local function member_of(st, uid)
-  local m = member_record(st, uid)
+local function member_of(st, uid, uf)
+  local m = member_record(st, uid, uf)
   if m and m.period ~= 'x' then return m end
   return nil
 end
@@ -122,17 +142,19 @@ local function accounts_store(ctx, entry)
     local new = st.ring_new
     if new then
       if #new == 2 and new[2] then  -- one call id with a row: the common case, one concatenation
-        ring = ring_text(new[1] .. '=' .. entry .. '/' .. N(new[2]) .. ';' .. st.ring)
+        ring = new[1] .. '=' .. ref_of(ctx, entry, new[2]) .. ';' .. st.ring
       else
         local text = ''
         for i = 1, #new, 2 do  -- pairs call id, row: the newest first
           local r = new[i + 1]
-          text = new[i] .. '=' .. (r and (entry .. '/' .. N(r)) or '') .. ';' .. text
+          text = new[i] .. '=' .. (r and ref_of(ctx, entry, r) or '') .. ';' .. text
         end
-        ring = ring_text(text .. st.ring)
+        ring = text .. st.ring
       end
+      if #ring > 2 * RING_KEEP then ring = ring_text(ring) end
     end
-    if not (st.wS or st.set or st.models or st.members) then
+    local more = st.wS or st.set or st.models
+    if not (more or st.members) then
       -- the common case: the balance and the ring
       if st.wb and ring then
         rcall('HSET', st.key, 'b', bal_text(st), 'r', ring)
@@ -142,42 +164,50 @@ local function accounts_store(ctx, entry)
         rcall('HSET', st.key, 'r', ring)
       end
     else
-      local args = { st.key }
-      if st.wb then
-        args[#args + 1] = 'b'
-        args[#args + 1] = bal_text(st)
-      end
-      if st.wS then
-        args[#args + 1] = 'S'
-        args[#args + 1] = st_text(st)
-      end
-      if ring then
-        args[#args + 1] = 'r'
-        args[#args + 1] = ring
-      end
-      if st.models then
-        for f, w in B_pairs(st.models) do
-          if w.dirty then
+      -- a team debit's: the balance, the ring and its one member, said at once too (building the
+      -- argument table below would cost it ~6k instructions)
+      local one = not more and st.wb and ring and st.one
+      local m = one and st.members[one]
+      if m and m.dirty then
+        rcall('HSET', st.key, 'b', bal_text(st), 'r', ring, one, member_text(m))
+      else
+        local args = { st.key }
+        if st.wb then
+          args[#args + 1] = 'b'
+          args[#args + 1] = bal_text(st)
+        end
+        if st.wS then
+          args[#args + 1] = 'S'
+          args[#args + 1] = st_text(st)
+        end
+        if ring then
+          args[#args + 1] = 'r'
+          args[#args + 1] = ring
+        end
+        if st.models then
+          for f, w in B_pairs(st.models) do
+            if w.dirty then
+              args[#args + 1] = f
+              args[#args + 1] = mw_text(w)
+            end
+          end
+        end
+        if st.members then
+          for uf, u in B_pairs(st.members) do
+            if u and u.dirty then
+              args[#args + 1] = uf
+              args[#args + 1] = member_text(u)
+            end
+          end
+        end
+        if st.set then
+          for f, v in B_pairs(st.set) do
             args[#args + 1] = f
-            args[#args + 1] = mw_text(w)
+            args[#args + 1] = v
           end
         end
+        if #args > 1 then rcall('HSET', B_unpack(args)) end
       end
-      if st.members then
-        for uid, m in B_pairs(st.members) do
-          if m and m.dirty then
-            args[#args + 1] = 'U|' .. uid
-            args[#args + 1] = member_text(m)
-          end
-        end
-      end
-      if st.set then
-        for f, v in B_pairs(st.set) do
-          args[#args + 1] = f
-          args[#args + 1] = v
-        end
-      end
-      if #args > 1 then rcall('HSET', B_unpack(args)) end
     end
     if st.del and B_next(st.del) then
       local d = { st.key }

@@ -9,10 +9,6 @@
 -- { status, row, rest, idempotent } that finish_one() / finish() turn into that text (rest:
 -- "|amount|balance|..." after the reference).
 
-local function pending_text(r, entry)
-  return r[1] .. '|' .. r[4] .. '|' .. entry .. '/' .. N(r[2]) .. r[3]
-end
-
 -- rate: the rate limit's "remaining|limit", or nil
 local function refusal(status, amount, st, cap, retry, rate)
   return status .. '|0||' .. amount .. '|' .. bal_text(st) .. '|' .. held_text(st) .. '|' .. (cap or '') .. '|' ..
@@ -70,7 +66,7 @@ end
 -- ...then each reply as text, its idempotency key (or nil) remembering it
 local function reply_text(ctx, r, entry, key)
   if B_type(r) == 'string' then return r end
-  local text = pending_text(r, entry)
+  local text = r[1] .. '|' .. r[4] .. '|' .. ref_of(ctx, entry, r[2]) .. r[3]
   if key and r[4] == '0' and ctx.idem[key] == r then
     rcall('SET', key, text, 'EX', ctx.cfg.idem_ttl)
     ctx.idem[key] = replayed(text)

@@ -3,20 +3,20 @@
 -- lib/08_debit.lua's.
 
 -- Run one user debit in the call's context.
--- K: { account hash, grants hash, idempotency key (or the never-written "<account>:i") }
--- A: { call id, amount (text), model, min balance (text, charges), fragment, reservation id or "",
---      quantities ("name=n;..." or "": a charge's, checked; a settlement's actual ones, correcting its
---      hold's estimate) }
+-- K: debit.lua's KEYS: { account hash, grants hash, (ledger, events: unused), idempotency key or nil }
+-- A: debit.lua's ARGV: { call id, amount (text), fragment, (config: unused), then optional (nil = ""):
+--      model, min balance (text, charges; "" = 0), reservation id, quantities ("name=n;...": a
+--      charge's, checked; a settlement's actual ones, correcting its hold's estimate) }
 -- X: extra fields for the row's extra JSON (plan_debit.lua), or nil
 -- Returns the reply: its text, or the pending table of a decision that wrote a row.
 local function user_debit(ctx, K, A, X)
-  local acct, G, idem = K[1], K[2], K[3]
-  local has_idem = #idem ~= #acct + 2  -- "<account>:i": no key
+  local acct, G, idem = K[1], K[2], K[5]
+  local has_idem = idem ~= nil
   if has_idem then
     local again = idem_seen(ctx, idem)
     if again then return again end
   end
-  local cid, amount_s, model, frag, rid = A[1], A[2], A[3], A[5], A[6]
+  local cid, amount_s, frag, model, rid = A[1], A[2], A[3], A[5] or '', A[7] or ''
   local hf = rid ~= '' and ('h:' .. rid) or nil
   local mf = model ~= '' and ('M|' .. model) or nil
   local st = account(ctx, acct, (hf and mf) and { hf, mf } or hf or mf)
@@ -55,16 +55,15 @@ local function user_debit(ctx, K, A, X)
   local q_writes
   if not hf and st.ql ~= '' then
     local q_ok, q_retry
-    q_ok, q_retry, q_writes = quantity_admit(st, A[7] or '', model, now)
+    q_ok, q_retry, q_writes = quantity_admit(st, A[8] or '', model, now)
     if not q_ok then return refusal('rate_limited', amount_s, st, '', I(q_retry), rate) end
   end
 
   -- spend caps: a charge of nothing (plan_debit.lua's allowance-only charge) passes none
   local w = mf and model_window(st, mf)
   local deny, warns
-  if (st.dC ~= '' or st.mC ~= '' or (w and (w.dC ~= '' or w.mC ~= ''))) and (amount > 0 or hf) then
-    local dS, mS = st_spend(st, c)
-    deny, warns = caps_check(st, w, model, amount, dS, mS, c)
+  if (st.dL or st.mL or (w and (w.dC ~= '' or w.mC ~= ''))) and (amount > 0 or hf) then
+    deny, warns = caps_check(st, w, model, amount, c)
   end
   if deny then
     if not hf then
@@ -77,7 +76,8 @@ local function user_debit(ctx, K, A, X)
 
   -- the hold covers up to its amount; anything beyond must come from the available balance
   local need = amount - hold
-  if need > 0 and st.bal - st.held - need < (hf and 0 or A[4] + 0) then
+  local floor = not hf and A[6]
+  if need > 0 and st.bal - st.held - need < ((floor and floor ~= '') and floor + 0 or 0) then
     return refusal('insufficient_credits', amount_s, st)
   end
 
@@ -85,7 +85,7 @@ local function user_debit(ctx, K, A, X)
   if hf then
     st_held(st, st.held - hold)
     field_del(st, hf)
-    quantity_resolve(st, rid, A[7] or '')
+    quantity_resolve(st, rid, A[8] or '')
   end
   if new_tat then st.tat, st.wS = I(new_tat), true end
   if q_writes then quantity_store(st, q_writes) end

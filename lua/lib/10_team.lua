@@ -1,31 +1,31 @@
 -- lib/10_team.lua: one team debit (deduct_team, or the settlement of a team hold), the body of
 -- pool_debit.lua and pool_debit_many.lua (its reply and the steps it shares with a user debit:
 -- lib/08_debit.lua). The team hash holds the pool (b, S as a user's), its members (U|<id>: cap,
--- period, spend windows, held) and its holds (h:<rid>, naming the member).
+-- period, spend windows, held) and its holds (h:<rid>, naming the member). A team exists once its
+-- hash has b: pool_create.lua writes it (with 'created'), and no script writes b to a team that
+-- does not exist (a team cap set beforehand writes S only), so the hot path reads no extra field.
 -- Checks, in order: team exists -> membership -> the member's cap (their period spend plus what
 -- their open holds hold) -> the team's caps -> pool balance (beyond any hold); then debits the pool
 -- (never a member's personal balance). A refusal changes nothing, except that refusing a
 -- settlement for a cap releases its hold.
 
--- K: { team hash, idempotency key (or "<team>:i") }
--- A: { call id, amount (text), model, member id, fragment, reservation id or "" }
+-- K: pool_debit.lua's KEYS: { team hash, (ledger, events: unused), idempotency key or nil }
+-- A: pool_debit.lua's ARGV: { call id, amount (text), member id, fragment, (config: unused), then
+--      optional (nil = ""): model, reservation id }
 local function team_debit(ctx, K, A)
-  local acct, idem = K[1], K[2]
-  local has_idem = #idem ~= #acct + 2  -- "<account>:i": no key
+  local acct, idem = K[1], K[4]
+  local has_idem = idem ~= nil
   if has_idem then
     local again = idem_seen(ctx, idem)
     if again then return again end
   end
-  local cid, amount_s, model, uid, frag, rid = A[1], A[2], A[3], A[4], A[5], A[6]
+  local cid, amount_s, uid, frag, model, rid = A[1], A[2], A[3], A[4], A[6] or '', A[7] or ''
   local uf = 'U|' .. uid
   local hf = rid ~= '' and ('h:' .. rid) or nil
   local mf = model ~= '' and ('M|' .. model) or nil
-  local extra = { 'created', uf }
-  if hf then extra[#extra + 1] = hf end
-  if mf then extra[#extra + 1] = mf end
-  local st = account(ctx, acct, extra)
-  if not field(st, 'created') then return refusal('team_not_found', amount_s, st) end
-  local m = member_of(st, uid)
+  local st = account(ctx, acct, (hf and mf) and { hf, mf } or hf or mf, uf)
+  if not st.exists then return refusal('team_not_found', amount_s, st) end
+  local m = member_of(st, uid, uf)
   if not m then return refusal('user_not_in_team', amount_s, st) end
   if st.ring ~= '' or st.ring_new then
     local seen = ring_seen(st, cid)
@@ -55,9 +55,8 @@ local function team_debit(ctx, K, A)
   local w, deny, warns
   if not over then
     w = mf and model_window(st, mf)
-    if st.dC ~= '' or st.mC ~= '' or (w and (w.dC ~= '' or w.mC ~= '')) then
-      local dS, mS = st_spend(st, c)
-      deny, warns = caps_check(st, w, model, amount, dS, mS, c)
+    if st.dL or st.mL or (w and (w.dC ~= '' or w.mC ~= '')) then
+      deny, warns = caps_check(st, w, model, amount, c)
     end
   end
   if over or deny then  -- refused by the member's cap (no event), or by a deny cap of the team's
@@ -74,11 +73,10 @@ local function team_debit(ctx, K, A)
   st_balance(st, c, st.bal - amount, amount)
   if hf then
     st_held(st, st.held - hold)
-    m.held = m.held - hold
+    m.held, m.dirty = m.held - hold, true
     field_del(st, hf)
   end
-  if amount > 0 then total_add(m, c, amount) end
-  m.dirty = true
+  if amount > 0 then member_add(m, c, amount) end
   if w and amount > 0 then
     total_add(w, c, amount)
     w.dirty = true
