@@ -133,7 +133,7 @@ class AccountOps(StoreBase):
         rid = new_id()
 
         def parse(raw_reply: Any) -> ReserveResult:
-            r, f = split_reply(raw_reply, RESERVE.reply.size), RESERVE.reply.pos
+            r, f = split_reply(raw_reply, RESERVE.reply.size, RESERVE.reply.pos.limit), RESERVE.reply.pos
             return construct(ReserveResult,
                 reservation_id=r[f.rid], user_id=uid, amount=int(r[f.amount]), balance=int(r[f.balance]),
                 reserved_total=int(r[f.held]), expires_at_ms=int(r[f.expires]), error=error_code(r[f.status]),

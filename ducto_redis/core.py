@@ -133,14 +133,19 @@ def table_reply(raw: Any, size: int) -> list[str]:
     return [_s(v) for v in raw]
 
 
-def split_reply(raw: Any, size: int) -> list[str]:
+def split_reply(raw: Any, size: int, added: int | None = None) -> list[str]:
     """A script's one-string reply ("status|idempotent|...") split into at least ``size`` fields.
 
-    A reply's last field may be free text (a plan id, a role): it is split off once, whole."""
+    A reply's last field may be free text (a plan id, a role): it is split off once, whole.
+    ``added``: the position of a field the reply gained (``limit``, 2026-11-30); a reply remembered
+    under an idempotency key before that (kept up to a day) lacks it, and reads as ``""`` there."""
     text = raw.decode("utf-8") if isinstance(raw, bytes) else raw
     if not isinstance(text, str):
         raise ScriptReplyError(f"unexpected script reply: {raw!r}")
     r = text.split("|", size - 1)
+    if len(r) == size - 1 and added is not None:
+        r = text.split("|", size - 2)
+        r.insert(added, "")
     if len(r) < size:
         raise ScriptReplyError(f"unexpected script reply: {raw!r}")
     return r
@@ -408,7 +413,7 @@ class StoreCore:
             keys.append(self.keys.user(uid).idempotency(ikey))
 
         def parse(raw_reply: Any) -> DeductionResult:
-            r = split_reply(raw_reply, _DEBIT_SIZE)
+            r = split_reply(raw_reply, _DEBIT_SIZE, _D.limit)
             rate = r[_D.remaining]  # '' when no rate limit was checked (then no limit either)
             return deduction_result(
                 tx_of(shard, r[_D.ref]), uid, -int(r[_D.amount]), int(r[_D.balance]), r[_D.idempotent] == "1",

@@ -187,7 +187,7 @@ def plan_charge(
     shard = core.debit_keys(user_id).shard
 
     def parse(raw_reply: Any) -> UsageDeductionResult:
-        r, f = split_reply(raw_reply, PLAN_DEBIT.reply.size), _PLAN_DEBIT
+        r, f = split_reply(raw_reply, PLAN_DEBIT.reply.size, _PLAN_DEBIT.limit), _PLAN_DEBIT
         return construct(UsageDeductionResult,
             transaction_id=tx_of(shard, r[f.ref]), user_id=user_id, amount=-int(r[f.paid]),
             balance_after=int(r[f.balance]), idempotent=r[f.idempotent] == "1", error=error_code(r[f.status]),

@@ -136,7 +136,7 @@ def team_debit(
     shard = k.shard
 
     def parse(raw_reply: Any) -> TeamDeductionResult:
-        r = split_reply(raw_reply, _PD_SIZE)
+        r = split_reply(raw_reply, _PD_SIZE, _PD.limit)
         return construct(
             TeamDeductionResult, transaction_id=tx_of(shard, r[_PD.ref]), team_id=team_id, user_id=uid,
             amount=-int(r[_PD.amount]), team_balance_after=int(r[_PD.balance]), error=error_code(r[_PD.status]),

@@ -332,3 +332,20 @@ def test_moved_refreshes_the_slot_map_and_is_not_followed_as_an_ask() -> None:
     result, steps = _drive_with([[MovedError("1 127.0.0.1:7001")], ["ok|0|1-0/0"]])
     assert result == ["ok|0|1-0/0"]
     assert steps == ["Send['FCALL']", "Refresh", "Send['FCALL']"]  # no ASKING: MOVED is not ASK
+
+
+def test_a_reply_remembered_before_the_limit_field_replays_with_no_limit(store: RedisStore) -> None:
+    """Idempotency keys keep a decision's reply up to a day; replies remembered before the reply
+    gained its ``limit`` field (RateLimit-Limit) lack it, and still replay (as no limit)."""
+    store.add_credits("old", 100, type="purchase")
+    first = store.charge("old", 5, "chat", idempotency_key="k-old")
+    key = store.core.keys.user("old").idempotency("k-old")
+    stored = store.client.get(key)
+    text = stored.decode() if isinstance(stored, bytes) else stored
+    older = text.rsplit("|", 1)[0]  # the nine fields a debit replied before
+    assert older.count("|") == 8
+    store.client.set(key, older, keepttl=True)
+    again = store.charge("old", 5, "chat", idempotency_key="k-old")
+    assert again.idempotent and again.transaction_id == first.transaction_id
+    assert again.balance_after == 95 and again.rate_limit_limit is None
+    assert store.get_balance("old").balance == 95
