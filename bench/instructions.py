@@ -12,11 +12,13 @@ library's moving-window ``hit()``), ``charge`` (one daily deny cap), ``charge_ma
 per decision), ``team`` (``deduct_team``, member with a cap), ``reserve_deduct`` (the pair, per
 pair), ``allowance`` (``charge_with_allowance``, paid part), ``add`` (``add_credits``).
 ``--code PATH`` measures another checkout of ducto-redis (e.g. a ``git worktree`` of an older
-commit), so two versions compare in one run.
+commit), so two versions compare in one run. ``--profile REDIS_SERVER`` shows instead where each
+case's instructions go, function by function (see :func:`profile` for a redis-server with symbols).
 
 Usage::
 
     python bench/instructions.py [--calls 200] [--code PATH] [--write] [case ...]
+    python bench/instructions.py --profile PATH/TO/redis-server [--top 25] charge
 
 Needs ``valgrind`` and ``redis-server`` on PATH. Nothing here is asserted by a test.
 """
@@ -24,6 +26,7 @@ Needs ``valgrind`` and ``redis-server`` on PATH. Nothing here is asserted by a t
 from __future__ import annotations
 
 import argparse
+import re
 import shutil
 import socket
 import subprocess
@@ -127,12 +130,14 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def instructions(code: str, case: str, decisions: int) -> int:
-    """Total instructions of a callgrind'ed redis-server that served the setup and ``decisions``."""
+def instructions(code: str, case: str, decisions: int, binary: str = "redis-server",
+                 by_function: dict[str, int] | None = None) -> int:
+    """Total instructions of a callgrind'ed redis-server that served the setup and ``decisions``;
+    with ``by_function``, each function's own instructions are put there too (callgrind_annotate)."""
     _label, setup, call, per_call = CASES[case]
     port, folder = free_port(), tempfile.mkdtemp(prefix="ducto-cg-")
     out = Path(folder) / "callgrind.out"
-    server = subprocess.Popen(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", "redis-server",
+    server = subprocess.Popen(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", binary,
                                "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
                                "--dir", folder], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
@@ -143,17 +148,40 @@ def instructions(code: str, case: str, decisions: int) -> int:
             time.sleep(0.1)
         workload = WORKLOAD.format(code=code, port=port, reference=str(REFERENCE), setup=setup,
                                    calls=decisions // per_call, call=call)
-        subprocess.run([sys.executable, "-c", workload], check=True)
-        subprocess.run(["redis-cli", "-p", str(port), "shutdown", "nosave"], capture_output=True)
-        server.wait(120)
+        try:
+            subprocess.run([sys.executable, "-c", workload], check=True)
+        finally:
+            subprocess.run(["redis-cli", "-p", str(port), "shutdown", "nosave"], capture_output=True)
+            server.wait(120)
     finally:
         if server.poll() is None:
             server.kill()
+    if by_function is not None:
+        annotated = subprocess.run(["callgrind_annotate", "--threshold=100", "--inclusive=no", str(out)],
+                                   capture_output=True, text=True, check=True).stdout
+        for m in _FUNCTION_LINE.finditer(annotated):
+            by_function[m.group(2)] = int(m.group(1).replace(",", ""))
     for line in out.read_text().splitlines():
         if line.startswith(("summary:", "totals:")):
             shutil.rmtree(folder, ignore_errors=True)
             return int(line.split()[1])
     raise RuntimeError(f"no totals in {out}")
+
+
+_FUNCTION_LINE = re.compile(r"^\s*([\d,]+) \([ \d.]+%\)\s+(\S+?:\S+)", re.MULTILINE)
+
+
+def profile(code: str, case: str, calls: int, binary: str, top: int) -> list[tuple[float, str]]:
+    """Where one decision's instructions go: each function's own instructions per decision (the
+    difference of two runs, as :func:`per_decision`), the ``top`` largest. Function names need a
+    redis-server built with symbols: Debian's source (``apt-get source redis``, which needs a deb-src
+    line) built with ``make MALLOC=libc redis-server`` names Redis' and Lua's functions."""
+    first: dict[str, int] = {}
+    second: dict[str, int] = {}
+    instructions(code, case, calls, binary, first)
+    instructions(code, case, calls + 1000, binary, second)
+    diff = [((second.get(f, 0) - first.get(f, 0)) / 1000, f) for f in set(first) | set(second)]
+    return sorted(diff, reverse=True)[:top]
 
 
 def per_decision(code: str, case: str, calls: int) -> float:
@@ -167,6 +195,9 @@ def main() -> None:
     ap.add_argument("--calls", type=int, default=200, help="decisions before the measured 1000 (default 200)")
     ap.add_argument("--code", default=str(ROOT), help="the ducto-redis checkout to measure")
     ap.add_argument("--write", action="store_true", help="write the table into bench/RESULTS.md")
+    ap.add_argument("--profile", metavar="REDIS_SERVER",
+                    help="instead: each case's top functions per decision, on this redis-server built with symbols")
+    ap.add_argument("--top", type=int, default=25, help="functions shown per case with --profile (default 25)")
     opts = ap.parse_args()
     if unknown := set(opts.cases) - set(CASES):
         ap.error(f"unknown case(s): {', '.join(sorted(unknown))}")
@@ -175,6 +206,12 @@ def main() -> None:
     if opts.calls % 100:
         ap.error("--calls must be a multiple of 100 (charge_many makes 100 decisions per call)")
     wanted = opts.cases or list(CASES)
+    if opts.profile:
+        for case in wanted:
+            print(f"\n{CASES[case][0]}: own instructions per decision, by function", flush=True)
+            for n, fn in profile(opts.code, case, opts.calls, opts.profile, opts.top):
+                print(f"{n:12,.0f}  {fn}", flush=True)
+        return
     reference = per_decision(opts.code, "reference", opts.calls)
     rows = ["| decision | Redis instructions per decision | vs the reference debit |", "|---|---:|---:|"]
     for case in wanted:
