@@ -13,8 +13,8 @@ local K, A = {}, {}
 A[7] = ''
 for i = 0, (#KEYS - 2) / 3 - 1 do
   local k, a = 2 + 3 * i, 1 + 6 * i
-  local acct, idem = KEYS[k + 1], KEYS[k + 3]
-  if #idem == #acct + 2 then idem = nil end  -- "<account>:i": no key
+  local acct = KEYS[k + 1]
+  local idem = idem_given(acct, KEYS[k + 3])
   K[1], K[2], K[5] = acct, KEYS[k + 2], idem
   A[1], A[2], A[3], A[5], A[6], A[8] = ARGV[a + 1], ARGV[a + 2], ARGV[a + 5], ARGV[a + 3], ARGV[a + 4], ARGV[a + 6]
   replies[i + 1] = user_debit(ctx, K, A)

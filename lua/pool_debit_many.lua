@@ -12,8 +12,8 @@ local K, A = {}, {}
 A[7] = ''
 for i = 0, (#KEYS - 2) / 2 - 1 do
   local k, a = 2 + 2 * i, 1 + 5 * i
-  local team, idem = KEYS[k + 1], KEYS[k + 2]
-  if #idem == #team + 2 then idem = nil end  -- "<team>:i": no key
+  local team = KEYS[k + 1]
+  local idem = idem_given(team, KEYS[k + 2])
   K[1], K[4] = team, idem
   A[1], A[2], A[3], A[4], A[6] = ARGV[a + 1], ARGV[a + 2], ARGV[a + 4], ARGV[a + 5], ARGV[a + 3]
   replies[i + 1] = team_debit(ctx, K, A)

@@ -123,6 +123,13 @@ local function replayed(stored)
   return status .. '|1|' .. rest
 end
 
+-- The idempotency key a "many" script was given for one decision, or nil: a decision without one is
+-- given the never-written "<account>:i" (ducto_redis/keys.py no_idempotency_key), told by its length.
+local function idem_given(account, key)
+  if #key == #account + 2 then return nil end
+  return key
+end
+
 local function idem_seen(ctx, key)
   local r = ctx.idem[key]
   if B_type(r) == 'table' then  -- decided earlier in this call: the same row, flagged as a replay
