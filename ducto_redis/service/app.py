@@ -311,10 +311,11 @@ def _idem(request: Request) -> str | None:
 
 def service_store(settings: Settings) -> AsyncRedisStore:
     """The service's async store. A connection attempt gives up after ``decision_timeout_ms``; every
-    call is bounded by the gate (one ``asyncio.timeout`` per decision, which also disconnects a
-    connection left mid-reply), so the client needs no socket timeout of its own (redis-py's costs a
-    task per read)."""
-    client = async_client(settings.redis_url, socket_connect_timeout=settings.decision_timeout_ms / 1000)
+    call is bounded by the gate (one timer per decision, which also disconnects a connection left
+    mid-reply), so the client has no socket timeout of its own: redis-py 8 sets one (5 s) unless
+    told not to, and it costs a task and a timer per write and a timeout per read, ~12 µs a call."""
+    client = async_client(settings.redis_url, socket_connect_timeout=settings.decision_timeout_ms / 1000,
+                          socket_timeout=None)
     return AsyncRedisStore(client, settings)
 
 
