@@ -3,7 +3,8 @@
 ``create_app()`` builds it from the one settings model (``DUCTO_*``): the JSON API under ``/v1/``
 (bearer tokens from ``service_tokens``), forward-auth at ``/v1/authorize`` (routes from
 ``routes_file``) and its ``/v1/void`` (``voids.py``), ``/healthz``, ``/metrics`` and
-``/openapi.json``. See docs/service.md.
+``/openapi.json``. The HTTP plumbing of the hot endpoints (no router walk, one header dict, raw
+responses) is ``http.py``. See docs/service.md.
 """
 
 from __future__ import annotations
@@ -50,7 +51,6 @@ from .http import (
     header_name,
     json_response,
     model_json,
-    raw_response,
     read_body,
 )
 from .voids import VoidSigner, gateway_status
@@ -99,11 +99,9 @@ def result_response(result: BaseModel) -> Response:
 
 
 def verdict_response(v: Verdict, deny_status: int | None = None) -> Response:
-    """A verdict as forward-auth answers it; with ``deny_status`` (NGINX) refusals use that status
-    and say the real one in ``X-Ducto-Status`` / ``X-Ducto-Error``."""
+    """A refusal as forward-auth answers it; with ``deny_status`` (NGINX) it uses that status and
+    says the real one in ``X-Ducto-Status`` / ``X-Ducto-Error``. (An admitted verdict: ``authorize``.)"""
     headers = dict(v.headers)
-    if v.admitted:
-        return raw_response(b"", 200, headers.items())
     status = v.status
     if deny_status is not None:
         headers["X-Ducto-Status"] = str(v.status)

@@ -9,7 +9,7 @@ With one uvicorn worker saturated, the CPU a request costs decides the requests 
   templated paths, 404, 405, lifespan and an app with middleware added are Starlette's;
 - :class:`HeaderMap` reads a request's headers from one dict built once, not a scan per lookup;
 - :func:`read_body` reads the body from ``receive`` without Starlette's stream generator;
-- :func:`raw_response` / :func:`json_response` encode header names once (module constants) and
+- :class:`RawResponse` / :func:`json_response` encode header names once (module constants) and
   :func:`flat_json` writes a result of strings, integers, booleans and None without ``json.dumps``'
   encoder setup, to the same text.
 """
@@ -109,11 +109,6 @@ class RawResponse(Response):
 def encode_headers(headers: Iterable[tuple[str, str]]) -> RawHeaders:
     """``(name, value)`` pairs as raw headers."""
     return [(header_name(k), v.encode("latin-1")) for k, v in headers]
-
-
-def raw_response(body: bytes, status: int, headers: Iterable[tuple[str, str]] = ()) -> RawResponse:
-    """A response with ``headers`` (names as given, any case)."""
-    return RawResponse(body, status, encode_headers(headers))
 
 
 def json_response(body: Any, status: int = 200, headers: Mapping[str, str] | None = None) -> RawResponse:
