@@ -170,13 +170,14 @@ class RouteTable:
             raise ConfigError(_first_error(exc)) from None
         self.routes = parsed.routes
         self.unlisted = parsed.unlisted
-        self._exact: dict[str, list[RouteSpec]] = {}
-        self._patterns: list[tuple[re.Pattern[str], RouteSpec]] = []
+        # each route with its methods (None: any), worked out once rather than per request
+        self._exact: dict[str, list[tuple[frozenset[str] | None, RouteSpec]]] = {}
+        self._patterns: list[tuple[re.Pattern[str], frozenset[str] | None, RouteSpec]] = []
         for r in self.routes:
             if "*" in r.path or "{" in r.path:
-                self._patterns.append((_compile(r.path), r))
+                self._patterns.append((_compile(r.path), r.methods, r))
             else:
-                self._exact.setdefault(r.path, []).append(r)
+                self._exact.setdefault(r.path, []).append((r.methods, r))
         self._unlisted_route: RouteSpec | None = None
         if isinstance(self.unlisted, int):
             self._unlisted_route = RouteSpec(path="/*", cost=self.unlisted, operation_type="http")
@@ -207,16 +208,13 @@ class RouteTable:
         """The route of a request (the first that matches), or the unlisted price, or None (free or denied)."""
         path = normalize_path(raw_path)
         method = method.upper()
-        for r in self._exact.get(path, ()):
-            ms = r.methods
+        for ms, r in self._exact.get(path, ()):
             if ms is None or method in ms:
                 return RouteMatch(r)
-        for rx, r in self._patterns:
+        for rx, ms, r in self._patterns:
             m = rx.match(path)
-            if m is not None:
-                ms = r.methods
-                if ms is None or method in ms:
-                    return RouteMatch(r, m.groupdict())
+            if m is not None and (ms is None or method in ms):
+                return RouteMatch(r, m.groupdict())
         if self._unlisted_route is not None:
             return RouteMatch(self._unlisted_route)
         return None

@@ -98,3 +98,11 @@ def test_the_decision_timeout_bounds_a_call_even_on_a_store_without_client_timeo
             r = httpx.get(base + "/chat", headers={"X-API-Key": "u"}, timeout=LIMIT)
         assert r.status_code == 503
 
+
+
+def test_the_service_stores_connections_wait_on_the_decision_timeout_alone() -> None:
+    # redis-py 8 gives every connection a 5 s socket timeout unless told otherwise: a task and a
+    # timer per call that the gate's own bound makes useless (the silent Redis above is bounded by it)
+    store = service_store(settings("redis://127.0.0.1:6379/0", "closed"))
+    assert store.client.connection_pool.connection_kwargs["socket_timeout"] is None
+    assert store.client.connection_pool.connection_kwargs["socket_connect_timeout"] == 0.3

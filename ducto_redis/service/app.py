@@ -3,17 +3,17 @@
 ``create_app()`` builds it from the one settings model (``DUCTO_*``): the JSON API under ``/v1/``
 (bearer tokens from ``service_tokens``), forward-auth at ``/v1/authorize`` (routes from
 ``routes_file``) and its ``/v1/void`` (``voids.py``), ``/healthz``, ``/metrics`` and
-``/openapi.json``. See docs/service.md.
+``/openapi.json``. The HTTP plumbing of the hot endpoints (no router walk, one header dict, raw
+responses) is ``http.py``. See docs/service.md.
 """
 
 from __future__ import annotations
 
 import hmac
-import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from pydantic import BaseModel, ValidationError
 from starlette.applications import Starlette
@@ -41,12 +41,23 @@ from ..metrics import LedgerLagCollector, decision_metrics, scrape
 from ..routes import RouteTable
 from ..settings import Settings
 from . import api
+from .http import (
+    JSON_TYPE,
+    Handler,
+    HeaderMap,
+    RawResponse,
+    ServiceApp,
+    encode_headers,
+    header_name,
+    json_response,
+    model_json,
+    read_body,
+)
 from .voids import VoidSigner, gateway_status
 
 log = logging.getLogger("ducto_redis.service")
 
 B = TypeVar("B", bound=BaseModel)
-Handler = Callable[[Request], Awaitable[Response]]
 
 LOOPBACK = frozenset({"127.0.0.1", "::1", "localhost"})
 
@@ -60,35 +71,37 @@ class BadRequest(Exception):
         self.message = message
 
 
-def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
-    """A JSON response (compact)."""
-    return Response(json.dumps(body, separators=(",", ":")), status, headers, media_type="application/json")
+IDEMPOTENCY = "idempotency-key"
+# every header an admitted forward-auth answer carries, empty until the decision fills it
+_UPSTREAM_EMPTY = {header_name(k): b"" for k in UPSTREAM_HEADERS}
+_ACCOUNT = header_name(ACCOUNT_HEADER_UPSTREAM)
+_VOID = header_name(VOID_HEADER)
 
 
 def result_response(result: BaseModel) -> Response:
     """A store result as JSON, with the status of its error code, ``Retry-After`` and ``RateLimit-*``
     on 429 and ``Idempotent-Replayed`` on a replay."""
-    data = result.model_dump(mode="json")
+    data, text = model_json(result)
     error = data.get("error")
     if error is None and not data.get("idempotent"):  # the common case, kept short
-        return Response(json.dumps(data, separators=(",", ":")), 200, None, "application/json")
-    headers: dict[str, str] = {}
+        return RawResponse(text.encode(), 200, [JSON_TYPE])
+    headers: list[tuple[str, str]] = []
     status = status_of(error)
     if status == 429:
-        headers.update(rate_limited_headers(int(data.get("retry_after_ms") or 0), data.get("rate_limit_limit")))
+        headers.extend(rate_limited_headers(int(data.get("retry_after_ms") or 0), data.get("rate_limit_limit")))
     elif status == 503:
-        headers["Retry-After"] = "1"
+        headers.append(("Retry-After", "1"))
     if data.get("idempotent"):
-        headers[REPLAYED_HEADER] = "true"
-    return json_response(data, status, headers)
+        headers.append((REPLAYED_HEADER, "true"))
+    raw = encode_headers(headers)
+    raw.append(JSON_TYPE)
+    return RawResponse(text.encode(), status, raw)
 
 
 def verdict_response(v: Verdict, deny_status: int | None = None) -> Response:
-    """A verdict as forward-auth answers it; with ``deny_status`` (NGINX) refusals use that status
-    and say the real one in ``X-Ducto-Status`` / ``X-Ducto-Error``."""
+    """A refusal as forward-auth answers it; with ``deny_status`` (NGINX) it uses that status and
+    says the real one in ``X-Ducto-Status`` / ``X-Ducto-Error``. (An admitted verdict: ``authorize``.)"""
     headers = dict(v.headers)
-    if v.admitted:
-        return Response(b"", 200, headers)
     status = v.status
     if deny_status is not None:
         headers["X-Ducto-Status"] = str(v.status)
@@ -99,7 +112,7 @@ def verdict_response(v: Verdict, deny_status: int | None = None) -> Response:
 
 async def parse_body(request: Request, model: type[B]) -> B:
     """The request's JSON body as ``model``, or :class:`BadRequest` naming the field."""
-    raw = await request.body()
+    raw = await read_body(request)
     try:
         return model.model_validate_json(raw or b"{}")
     except ValidationError as exc:
@@ -126,13 +139,13 @@ class Service:
 
     # ── plumbing ──────────────────────────────────────────────────────
 
-    def authorized(self, request: Request) -> bool:
+    def authorized(self, h: HeaderMap) -> bool:
         """Whether the request carries a service token (always, when none is configured)."""
         if not self.tokens:
             return True
-        given = request.headers.get("x-ducto-token")
+        given = h.get("x-ducto-token")
         if given is None:
-            auth = request.headers.get("authorization", "")
+            auth = h.get("authorization") or ""
             if auth[:7].lower() != "bearer ":
                 return False
             given = auth[7:].strip()
@@ -140,15 +153,16 @@ class Service:
         return any(hmac.compare_digest(g, t) for t in self.tokens)
 
     def endpoint(
-        self, operation: str, run: Callable[[Request], Awaitable[BaseModel]], admission: bool = False
+        self, operation: str, run: Callable[[Request, HeaderMap], Awaitable[BaseModel]], admission: bool = False
     ) -> Handler:
         """An API handler: token check, bad input as 400, Redis failures by the fail mode."""
 
         async def handler(request: Request) -> Response:
-            if not self.authorized(request):
+            h = HeaderMap(request.scope)
+            if not self.authorized(h):
                 return json_response({"error": "unauthorized"}, 401, {"WWW-Authenticate": "Bearer"})
             try:
-                return result_response(await self.gate.guard(operation, run(request)))
+                return result_response(await self.gate.guard(operation, run(request, h)))
             except BadRequest as exc:
                 return json_response({"error": "invalid_input", "field": exc.field, "message": exc.message}, 400)
             except InvalidInputError as exc:
@@ -164,86 +178,88 @@ class Service:
 
     # ── the JSON API ──────────────────────────────────────────────────
 
-    async def charge(self, request: Request) -> BaseModel:
+    async def charge(self, request: Request, h: HeaderMap) -> BaseModel:
         b = await parse_body(request, api.ChargeBody)
-        return await self.store.charge(b.user_id, b.amount, b.operation_type, _idem(request), b.metadata,
+        return await self.store.charge(b.user_id, b.amount, b.operation_type, h.get(IDEMPOTENCY), b.metadata,
                                        b.min_balance, quantities=b.quantities)
 
-    async def reserve(self, request: Request) -> BaseModel:
+    async def reserve(self, request: Request, h: HeaderMap) -> BaseModel:
         b = await parse_body(request, api.ReserveBody)
         return await self.store.reserve_credits(b.user_id, b.amount, b.operation_type, b.metadata, b.min_balance,
-                                                _idem(request), b.ttl_seconds, quantities=b.quantities,
+                                                h.get(IDEMPOTENCY), b.ttl_seconds, quantities=b.quantities,
                                                 rate_limit=b.rate_limit)
 
-    async def settle(self, request: Request) -> BaseModel:
+    async def settle(self, request: Request, h: HeaderMap) -> BaseModel:
         b = await parse_body(request, api.SettleBody)
-        return await self.store.deduct_credits(b.user_id, b.reservation_id, b.amount, _idem(request), b.metadata,
-                                               quantities=b.quantities)
+        return await self.store.deduct_credits(b.user_id, b.reservation_id, b.amount, h.get(IDEMPOTENCY),
+                                               b.metadata, quantities=b.quantities)
 
-    async def release(self, request: Request) -> BaseModel:
+    async def release(self, request: Request, h: HeaderMap) -> BaseModel:
         b = await parse_body(request, api.ReleaseBody)
-        return await self.store.release_reservation(b.user_id, b.reservation_id, _idem(request))
+        return await self.store.release_reservation(b.user_id, b.reservation_id, h.get(IDEMPOTENCY))
 
-    async def credits(self, request: Request) -> BaseModel:
+    async def credits(self, request: Request, h: HeaderMap) -> BaseModel:
         b = await parse_body(request, api.CreditsBody)
-        return await self.store.add_credits(b.user_id, b.amount, b.type, b.metadata, b.expires_at, _idem(request))
+        return await self.store.add_credits(b.user_id, b.amount, b.type, b.metadata, b.expires_at,
+                                            h.get(IDEMPOTENCY))
 
-    async def charge_many(self, request: Request) -> BaseModel:
+    async def charge_many(self, request: Request, h: HeaderMap) -> BaseModel:
         b = await parse_body(request, api.ChargeManyBody)
-        idem = _idem(request)
+        idem = h.get(IDEMPOTENCY)
         reqs = [{**item.model_dump(), "idempotency_key": item.idempotency_key
                  or (None if idem is None else f"{idem}:{i}")} for i, item in enumerate(b.requests)]
         return api.ChargeManyResult(results=await self.store.charge_many(reqs))
 
-    async def team_deduct(self, request: Request) -> BaseModel:
+    async def team_deduct(self, request: Request, h: HeaderMap) -> BaseModel:
         b = await parse_body(request, api.TeamDeductBody)
         return await self.store.deduct_team(request.path_params["team_id"], b.user_id, b.amount, b.metadata,
-                                            _idem(request))
+                                            h.get(IDEMPOTENCY))
 
-    async def balance(self, request: Request) -> BaseModel:
+    async def balance(self, request: Request, h: HeaderMap) -> BaseModel:
         return await self.store.get_balance(request.path_params["user_id"])
 
     # ── forward-auth ──────────────────────────────────────────────────
 
     async def authorize(self, request: Request) -> Response:
         """Admit, charge or hold for the gateway's original request (see docs/service.md)."""
-        deny = request.query_params.get("deny_status")
+        deny = request.query_params.get("deny_status") if request.scope["query_string"] else None
         deny_status = int(deny) if deny in ("401", "403") else None
-        if not self.authorized(request):
+        h = HeaderMap(request.scope)
+        if not self.authorized(h):
             return verdict_response(Verdict(401, "unauthorized"), deny_status)
-        h = request.headers
         method = h.get("x-forwarded-method") or h.get("x-original-method") or request.method
         uri = h.get("x-forwarded-uri") or h.get("x-original-uri") or request.url.path[len("/v1/authorize"):] or "/"
         match = self.routes.match(method, uri)
         if match is None:
             if self.routes.denies_unlisted:
                 return verdict_response(Verdict(403, "route_not_allowed"), deny_status)
-            return Response(b"", 200, dict.fromkeys(UPSTREAM_HEADERS, ""))  # unlisted: free
+            return RawResponse(b"", 200, list(_UPSTREAM_EMPTY.items()))  # unlisted: free
         account = h.get(self.account_header)
         if not account:
             return verdict_response(Verdict(401, "missing_account"), deny_status)
-        verdict = await self.gate.admit(account, match, h.get("idempotency-key"), match.quantities(h.get))
-        if verdict.admitted:
-            verdict.headers.append((ACCOUNT_HEADER_UPSTREAM, account))
-            if (verdict.transaction_id or verdict.reservation_id) and not verdict.replayed:
-                verdict.headers.append((VOID_HEADER, self.signer.sign(
-                    account, verdict.transaction_id, verdict.reservation_id)))
-            given = {k for k, _ in verdict.headers}
-            verdict.headers.extend((k, "") for k in UPSTREAM_HEADERS if k not in given)
-        return verdict_response(verdict, deny_status)
+        verdict = await self.gate.admit(account, match, h.get(IDEMPOTENCY), match.quantities(h.get))
+        if not verdict.admitted:
+            return verdict_response(verdict, deny_status)
+        headers = dict(_UPSTREAM_EMPTY)  # every one present, so a client's own can't pass upstream
+        for k, v in verdict.headers:
+            headers[header_name(k)] = v.encode("latin-1")
+        headers[_ACCOUNT] = account.encode("latin-1")
+        if (verdict.transaction_id or verdict.reservation_id) and not verdict.replayed:
+            headers[_VOID] = self.signer.sign(account, verdict.transaction_id, verdict.reservation_id).encode()
+        return RawResponse(b"", 200, list(headers.items()))
 
     async def void(self, request: Request) -> Response:
         """Give back the decision of a request the upstream never answered; answer the client the
         gateway's status (see voids.py and docs/service.md)."""
-        if not self.authorized(request):
+        h = HeaderMap(request.scope)
+        if not self.authorized(h):
             return json_response({"error": "unauthorized"}, 401, {"WWW-Authenticate": "Bearer"})
-        h = request.headers
         status = gateway_status(h.get("x-ducto-gateway-status"))
-        signature = h.get("x-ducto-void", "")
+        signature = h.get("x-ducto-void") or ""
         if not signature:  # nothing decided (unlisted, rate limit only, fail-open), or a replay: nothing to give back
             return json_response({"error": "upstream_unavailable", "charged": False}, status)
-        account = h.get("x-ducto-account", "")
-        tx, rid = h.get("x-transaction-id", ""), h.get("x-reservation-id", "")
+        account = h.get("x-ducto-account") or ""
+        tx, rid = h.get("x-transaction-id") or "", h.get("x-reservation-id") or ""
         why = self.signer.check(signature, account, tx, rid)
         if why == "invalid":
             return json_response({"error": "invalid_void", "message": "X-Ducto-Void does not sign this decision"},
@@ -251,7 +267,7 @@ class Service:
         voided = False
         if why is None:
             try:
-                voided = await self.gate.void(account, tx, rid, h.get("idempotency-key"))
+                voided = await self.gate.void(account, tx, rid, h.get(IDEMPOTENCY))
             except Unavailable:
                 log.warning("could not give back %s of %s: the credit store is not answering", tx or rid, account)
         else:
@@ -305,16 +321,13 @@ class Service:
         ]
 
 
-def _idem(request: Request) -> str | None:
-    return request.headers.get("idempotency-key")
-
-
 def service_store(settings: Settings) -> AsyncRedisStore:
     """The service's async store. A connection attempt gives up after ``decision_timeout_ms``; every
-    call is bounded by the gate (one ``asyncio.timeout`` per decision, which also disconnects a
-    connection left mid-reply), so the client needs no socket timeout of its own (redis-py's costs a
-    task per read)."""
-    client = async_client(settings.redis_url, socket_connect_timeout=settings.decision_timeout_ms / 1000)
+    call is bounded by the gate (one timer per decision, which also disconnects a connection left
+    mid-reply), so the client has no socket timeout of its own: redis-py 8 sets one (5 s) unless
+    told not to, and it costs a task and a timer per write and a timeout per read, ~12 µs a call."""
+    client = async_client(settings.redis_url, socket_connect_timeout=settings.decision_timeout_ms / 1000,
+                          socket_timeout=None)
     return AsyncRedisStore(client, settings)
 
 
@@ -341,6 +354,6 @@ def create_app(
         yield
         await store.close()
 
-    app = Starlette(routes=service.routes_list(), lifespan=lifespan)
+    app = ServiceApp(service.routes_list(), lifespan=lifespan)
     app.state.service = service
     return app
