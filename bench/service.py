@@ -89,9 +89,14 @@ def process(cmd: list[str], port: int, env: dict[str, str] | None = None, cwd: s
 
 
 def plain(workers: int) -> contextlib.AbstractContextManager[Server]:
+    """The plain endpoint under uvicorn with the service's settings, its HTTP protocol included
+    (ducto_redis/service/nodelay.py: without it, 2 workers leave Nagle on and every keep-alive
+    request waits ~40 ms for a delayed ACK, on both sides of a pair)."""
     port = free_port()
-    return process([sys.executable, "-m", "uvicorn", "plain_endpoint:app", "--app-dir", str(BENCH), "--port",
-                    str(port), "--workers", str(workers), "--log-level", "warning", "--no-access-log"], port)
+    run = ("import sys, uvicorn; from ducto_redis.service.nodelay import NoDelayHTTP; sys.path.insert(0, sys.argv[1]); "
+           "uvicorn.run('plain_endpoint:app', port=int(sys.argv[2]), workers=int(sys.argv[3]), log_level='warning', "
+           "access_log=False, http=NoDelayHTTP)")
+    return process([sys.executable, "-c", run, str(BENCH), str(port), str(workers)], port)
 
 
 def service(workers: int, routes: Path) -> contextlib.AbstractContextManager[Server]:

@@ -118,3 +118,47 @@ def test_flush_metrics_port_reports_rows_and_backlog(ledger_store: RedisStore) -
         assert f'ducto_flusher_rows_total{{namespace="{s.namespace}"}} 1.0' in text
         assert "ducto_flusher_batch_seconds_count" in text
         assert f'ducto_ledger_backlog_entries{{namespace="{s.namespace}"}}' in text
+
+
+def test_the_service_protocol_turns_nagle_off_on_sockets_uvicorns_workers_accept() -> None:
+    """uvicorn's workers accept on a socket made with protocol number 0, on which asyncio leaves
+    Nagle's algorithm on (a keep-alive request then waits ~40 ms for a delayed ACK); the service's
+    protocol turns it off when the connection is made."""
+    import asyncio
+    import socket
+
+    from ducto_redis.service.nodelay import NoDelayHTTP, set_nodelay
+
+    listener = socket.socket(socket.AF_INET)  # as uvicorn's Config.bind_socket makes it
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    client = socket.create_connection(listener.getsockname())
+    accepted, _ = listener.accept()
+    try:
+        assert accepted.proto == 0
+        assert accepted.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 0
+
+        class Transport(asyncio.BaseTransport):
+            def get_extra_info(self, name: str, default: Any = None) -> Any:
+                return accepted if name == "socket" else default
+
+        set_nodelay(Transport())
+        assert accepted.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1
+        assert "connection_made" in vars(NoDelayHTTP)
+    finally:
+        for s in (client, accepted, listener):
+            s.close()
+
+
+def test_serve_runs_uvicorn_with_the_nodelay_protocol(monkeypatch: Any) -> None:
+    import uvicorn
+
+    from ducto_redis.service.nodelay import NoDelayHTTP
+    from ducto_redis.service.run import serve
+    from ducto_redis.settings import Settings
+
+    seen: dict[str, Any] = {}
+    monkeypatch.setattr(uvicorn, "run", lambda *args, **kwargs: seen.update(kwargs))
+    monkeypatch.setattr(os, "environ", dict(os.environ))  # serve exports settings for its workers
+    serve(Settings(service_tokens="tok"), host="127.0.0.1", port=free_port(), workers=2)
+    assert seen["http"] is NoDelayHTTP and seen["workers"] == 2

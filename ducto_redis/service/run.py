@@ -54,9 +54,11 @@ def serve(
     except ImportError as exc:  # pragma: no cover - the [service] extra is missing
         raise ConfigError(f"ducto-redis serve needs the [service] extra: {exc}") from None
     try:
+        from .nodelay import NoDelayHTTP
+
         uvicorn.run("ducto_redis.service.app:create_app", factory=True, host=bind,
                     port=settings.service_port if port is None else port, workers=n, log_level="warning",
-                    access_log=False)
+                    access_log=False, http=NoDelayHTTP)
     finally:
         if made:
             shutil.rmtree(made, ignore_errors=True)
