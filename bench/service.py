@@ -146,22 +146,25 @@ def locust(user: str, host: str, seconds: int, users: int, tmp: str) -> tuple[fl
     return float(row["Requests/s"]), float(row["50%"]), float(row["99%"]), int(row["Failure Count"])
 
 
-def seed(accounts: int) -> None:
-    store = RedisStore.from_url(URL, namespace=NS)
+def seed(accounts: int, ns: str = NS, prefix: str = "acct-") -> None:
+    """Accounts ``<prefix>0`` .. in the service's namespace ``ns`` and, for the plain endpoint, the
+    reference script's balances of the same names (its README: preset to 10**15)."""
+    store = RedisStore.from_url(URL, namespace=ns)
     for i in range(accounts):
-        store.add_credits(f"acct-{i}", 10**12, type="purchase", idempotency_key=f"bench-seed-{i}")
+        store.add_credits(f"{prefix}{i}", 10**12, type="purchase", idempotency_key=f"bench-seed-{i}")
     store.close()
-    client = redis.Redis.from_url(URL)  # the reference script's balances (its README: preset to 10**15)
+    client = redis.Redis.from_url(URL)
     pipe = client.pipeline(transaction=False)
     for i in range(accounts):
-        pipe.hset(f"ref:{{acct-{i}}}:bal", "balance", 10**15)
+        pipe.hset(f"ref:{{{prefix}{i}}}:bal", "balance", 10**15)
     pipe.execute()
     client.close()
 
 
-def cleanup() -> None:
+def cleanup(ns: str = NS, prefix: str = "acct-") -> None:
+    """Every key :func:`seed` and the runs made."""
     client = redis.Redis.from_url(URL)
-    for pattern in (f"{{{NS}:*", "ref:{acct-*"):
+    for pattern in (f"{{{ns}:*", f"ref:{{{prefix}*"):
         keys = list(client.scan_iter(match=pattern, count=1000))
         for i in range(0, len(keys), 500):
             client.delete(*keys[i:i + 500])

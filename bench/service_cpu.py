@@ -30,9 +30,9 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-import redis
+from service import cleanup, seed  # bench/service.py: the same accounts, the same way
 
-from ducto_redis import RedisStore, Settings
+from ducto_redis import Settings
 from ducto_redis import aio as aio_module
 from ducto_redis.routes import RouteTable
 from ducto_redis.service.app import create_app
@@ -42,34 +42,13 @@ URL = os.environ.get("DUCTO_REDIS_URL", "redis://127.0.0.1:6379/0")
 NS = "bench-svc-cpu"
 TOKEN = "bench-token"
 ACCOUNTS = 200
+PREFIX = "cpu-"
 App = Callable[[dict[str, Any], Any, Any], Awaitable[None]]
 Make = Callable[[int], tuple[dict[str, Any], bytes]]
 
 
 def account(i: int) -> str:
-    return f"cpu-{i % ACCOUNTS}"
-
-
-def seed() -> None:
-    store = RedisStore.from_url(URL, namespace=NS)
-    for i in range(ACCOUNTS):
-        store.add_credits(account(i), 10**12, type="purchase", idempotency_key=f"seed-{i}")
-    store.close()
-    client = redis.Redis.from_url(URL)
-    pipe = client.pipeline(transaction=False)
-    for i in range(ACCOUNTS):
-        pipe.hset(f"ref:{{{account(i)}}}:bal", "balance", 10**15)
-    pipe.execute()
-    client.close()
-
-
-def cleanup() -> None:
-    client = redis.Redis.from_url(URL)
-    for pattern in (f"{{{NS}:*", "ref:{cpu-*"):
-        keys = list(client.scan_iter(match=pattern, count=1000))
-        for i in range(0, len(keys), 500):
-            client.delete(*keys[i:i + 500])
-    client.close()
+    return f"{PREFIX}{i % ACCOUNTS}"
 
 
 def scope(method: str, path: str, headers: list[tuple[bytes, bytes]]) -> dict[str, Any]:
@@ -199,12 +178,12 @@ def main() -> None:
     ap.add_argument("--stub", action="store_true", help="no Redis I/O: replies recorded once")
     ap.add_argument("--profile", metavar="TARGET", help='e.g. "service GET /v1/authorize"')
     args = ap.parse_args()
-    cleanup()
-    seed()
+    cleanup(NS, PREFIX)
+    seed(ACCOUNTS, NS, PREFIX)
     try:
         asyncio.run(run(args))
     finally:
-        cleanup()
+        cleanup(NS, PREFIX)
 
 
 if __name__ == "__main__":
