@@ -34,6 +34,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import itertools
+import re
 import statistics
 import sys
 import threading
@@ -62,6 +63,7 @@ from ducto_redis.scripts import scripts
 URL = "redis://127.0.0.1:6379/0"
 RICH = 10**15
 WIRES = 64  # distinct pre-packed batches the wire-floor row sends in turn
+REPLAYED = re.compile(rb"(?:^|\n)[a-z_]+\|1\|")  # a line of a "many" reply whose idempotent flag is set
 REFERENCE = Path(__file__).resolve().parent.parent.parent / "shared" / "bench" / "reference_debit.lua"
 
 RAW_DEBIT = """
@@ -417,9 +419,8 @@ def raw_same_script_many_100(b: Bench) -> tuple[int, Callable[[], tuple[float, l
             except redis.ResponseError as exc:
                 errors.append(exc)
                 continue
-            text = reply.decode() if isinstance(reply, bytes) else str(reply)
-            if any(line.split("|", 2)[1:2] == ["1"] for line in text.split("\n")):
-                errors.append(RuntimeError(f"a replay, not a decision: {text[:80]!r}"))
+            if REPLAYED.search(reply if isinstance(reply, bytes) else str(reply).encode()):
+                errors.append(RuntimeError(f"a replay, not a decision: {reply[:80]!r}"))
         if errors:
             raise errors[0]
 
