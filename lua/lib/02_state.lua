@@ -2,8 +2,9 @@
 -- tests/test_layout.py holds the two sides together). One account in memory is a table `st`:
 --   key, bal (number), bals (bal as stored text), held, hx, gx, rl, tat (text, '' = none),
 --   dB, dK, mB, mK (day / month bucket and anchor: spend = anchor - balance in the current bucket),
---   dC, mC (caps '<limit><d|w|n>' or ''; parsed: dL/dA, mL/mA limit and action, nil without), ql (quantity limits), ring (recent call ids), and what to write back:
---   wb (balance changed), wS (state changed), set (field -> value), del (fields), calls (ring entries).
+--   dC, mC (caps '<limit><d|w|n>' or ''; parsed: dL/dA, mL/mA limit and action, nil without),
+--   ql (quantity limits), ring (recent call ids), and what to write back: wb (balance changed),
+--   wS (state changed), set (field -> value), del (fields), ring_new (ring entries).
 
 local SPAT = '^(%d*)|(%d*)|(%d*)|([^|]*)|(%d*)|(%d*)|(%-?%d*)|(%d*)|(%-?%d*)|(%w*)|(%w*)|(.*)$'
 local RING_KEEP = 130

@@ -69,7 +69,7 @@ local function events_write(ctx, entry)
     local fields = e[1]
     if e[2] and entry then
       fields[#fields + 1] = 'ref'
-      fields[#fields + 1] = entry .. '/' .. N(e[2])
+      fields[#fields + 1] = ref_of(ctx, entry, e[2])
     end
     event(ctx, fields)
   end
