@@ -18,7 +18,7 @@ from .core import Call, StoreCore
 from .errors import InvalidInputError
 from .keys import no_idempotency_key
 from .scripts import Script
-from .specs import DEBIT, DEBIT_MANY, POOL_DEBIT, POOL_DEBIT_MANY, ScriptSpec
+from .specs import DEBIT, DEBIT_MANY, POOL_DEBIT, POOL_DEBIT_MANY, Fields, ScriptSpec
 from .team_ops import team_debit
 
 T = TypeVar("T")
@@ -42,8 +42,8 @@ class Twin:
     shared_args: tuple[int, ...]
     own_args: tuple[int, ...]
     only: tuple[int, str]
-    args_width: int
-    """How many ARGV the single script has (a call may send fewer: its optional ones left out)."""
+    args: Fields
+    """The single script's ARGV (a call may send fewer: its optional ones left out)."""
     keys_width: int
     """How many KEYS the single script has: a call without an idempotency key leaves out its last
     one, which the twin takes per decision (as :func:`~ducto_redis.keys.no_idempotency_key`)."""
@@ -64,7 +64,7 @@ class Twin:
                    tuple(single.keys.at(n) for n in many.keys.each),
                    tuple(single.args.at(n) for n in many.args.names),
                    tuple(single.args.at(n) for n in many.args.each), (single.args.at(only), value),
-                   single.args.size, single.keys.size)
+                   single.args, single.keys.size)
 
 
 MANY_TWINS: dict[str, Twin] = {
@@ -208,7 +208,7 @@ class Batch(Generic[T]):
         head_keys = [first.keys[p] for p in twin.shared_keys]
         head_args = [first.args[p] for p in twin.shared_args]
         own_keys, own_args = twin.own_keys, twin.own_args
-        width, kwidth = twin.args_width, twin.keys_width
+        kwidth = twin.keys_width
         for start in range(0, len(members), MAX_DECISIONS_PER_CALL):
             chunk = members[start : start + MAX_DECISIONS_PER_CALL]
             keys, args = list(head_keys), list(head_args)
@@ -219,9 +219,7 @@ class Batch(Generic[T]):
                 if len(k) < kwidth:  # no idempotency key: the twin takes the never-written name
                     k = [*k, no_idempotency_key(k[0])]
                 keys.extend([k[p] for p in own_keys])
-                a = d.args
-                if len(a) < width:  # its optional ARGV were not sent: each is ""
-                    a = [*a, *[""] * (width - len(a))]
+                a = twin.args.full(d.args)  # its optional ARGV put back if it left them out
                 args.extend([a[p] for p in own_args])
                 self._slots[i] = (index, pos)
             self.calls.append(Call(scripts[twin.name], keys, args, _lines))

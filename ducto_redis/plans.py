@@ -197,7 +197,7 @@ def plan_charge(
             allowance_used=int(r[f.free]), plan_id=r[f.plan] or None, allowance_remaining=int(r[f.left]),
         )
 
-    a = base.args + [""] * (DEBIT.args.size - len(base.args))  # the charge's optional ARGV, sent or not
+    a = DEBIT.args.full(base.args)  # the charge's optional ARGV, sent or not
     args = PLAN_DEBIT.args.pack(
         cid=a[_CHARGE.cid], amount=a[_CHARGE.amount], model=a[_CHARGE.model], floor=a[_CHARGE.floor],
         frag=a[_CHARGE.frag], allowances=json.dumps(table, separators=(",", ":")), config=a[_CHARGE.config])

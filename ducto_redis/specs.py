@@ -147,6 +147,13 @@ class Fields:
         names = _names(fixed + " " + optional, where)
         return cls(names, per, each, len(optional.split()))
 
+    def full(self, values: list[Any]) -> list[Any]:
+        """A call's values with the optional ones it left out put back, as ``""`` (what a script
+        reads for an absent one)."""
+        if len(values) >= self.size:
+            return values
+        return [*values, *[""] * (self.size - len(values))]
+
     def at(self, name: str) -> int:
         """The 0-based position of a fixed field."""
         try:
