@@ -33,7 +33,7 @@ if st.gx ~= '' then grants_due(ctx, st, KEYS[4], ak, aid, cid) end
 st_balance(st, ctx.c, st.bal + amount, 0)
 if ARGV[4] == '1' then life = I(life + amount) end
 field_set(st, 'life', life)
-if not field(st, 'created') then field_set(st, 'created', ctx.c.ts) end
+if not field(st, 'created') then field_set(st, 'created', ts_text(ctx.c)) end
 if ARGV[6] ~= '' and amount > 0 then
   local expires = ARGV[6] + 0
   rcall('HSET', KEYS[4], tx, ARGV[6] .. '|' .. amount_s)

@@ -42,5 +42,5 @@ if B_type(r) == 'string' then  -- refused (or a replay): nothing of the allowanc
 end
 if free > 0 then field_set(st, 'plan', plan_text(month, used + free, plan)) end
 r[3] = r[3] .. '|' .. I(free) .. '|' .. I(left - free) .. '|' .. plan
-if has_idem then ctx.idem[idem] = r end
+if has_idem then idem_put(ctx, idem, r) end
 return finish_one(ctx, r, idem)

@@ -17,7 +17,7 @@ st.wS = true
 field_set(st, 'name', ARGV[2])
 field_set(st, 'life', ARGV[3])
 field_set(st, 'mc', '0')
-field_set(st, 'created', ctx.c.ts)
+field_set(st, 'created', ts_text(ctx.c))
 row(ctx, ARGV[1], 'credit', ARGV[3], ARGV[3], '0', '', '', '', '', '', ARGV[4])
 finish_writes(ctx)
 local r = 'ok|0|' .. ARGV[3]

@@ -13,10 +13,10 @@ if cur[4] == ARGV[3] and (cur[3] or '') == ARGV[2] then
   return { 'ok', '1', cur[1], cur[2] }
 end
 local version = rcall('HLEN', KEYS[2]) + 1
-rcall('HSET', KEYS[1], 'id', ARGV[1], 'version', I(version), 'label', ARGV[2], 'ts', ctx.c.ts,
+rcall('HSET', KEYS[1], 'id', ARGV[1], 'version', I(version), 'label', ARGV[2], 'ts', ts_text(ctx.c),
   'config', ARGV[3])
 local record = '{"id":' .. jencode(ARGV[1]) .. ',"version":' .. I(version) ..
-  ',"label":' .. jencode(ARGV[2]) .. ',"ts":' .. ctx.c.ts .. ',"config":' .. ARGV[3] .. '}'
+  ',"label":' .. jencode(ARGV[2]) .. ',"ts":' .. ts_text(ctx.c) .. ',"config":' .. ARGV[3] .. '}'
 rcall('HSET', KEYS[2], I(version), record)
 row(ctx, ARGV[1], 'config', '0', '', '', '', '', '', '', '', '\tpricing_set\tp\tpricing\t\t\t\t\t\t' .. esc(record))
 ctx_xadd(ctx)

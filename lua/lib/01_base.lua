@@ -119,26 +119,35 @@ local function config(text)
   return c
 end
 
--- The clock of one script call: { now = ms, ts = ms as text, day = day bucket, month = month bucket }
--- (one table, reused by every call)
-local CLOCK = {}
+-- The clock of one script call: { now = ms, sec .. msx = ms as text (see ts_text), day = day
+-- bucket, month = month bucket } (one table, reused by every call; the time as text is kept in two
+-- pieces that a row joins into its own text, so a call makes no string of it; dstart..dend: the
+-- day's span in ms, so day and month are worked out again only when `now` leaves it)
+local CLOCK = { dstart = 0, dend = 0 }
 local function clock(cfg)
   local t = rcall('TIME')
-  local ms = mfloor(t[2] / 1000)
-  local now = t[1] * 1000 + ms + cfg.offset
-  local ts
-  if cfg.offset == 0 then  -- the seconds as Redis sent them and the milliseconds, zero-padded
-    ts = ms_text[ms]
-    if not ts then
-      ts = sformat('%03d', ms)
-      ms_text[ms] = ts
+  local s, ms = t[1], mfloor(t[2] / 1000)
+  local off, c = cfg.offset, CLOCK
+  local now = s * 1000 + ms + off
+  if off == 0 then  -- the seconds as Redis sent them and the milliseconds, zero-padded
+    local m = ms_text[ms]
+    if not m then
+      m = sformat('%03d', ms)
+      ms_text[ms] = m
     end
-    ts = t[1] .. ts
+    c.sec, c.msx = s, m
   else
-    ts = I(now)
+    c.sec, c.msx = I(now), ''
   end
-  local day = mfloor(now / 86400000)
-  local c = CLOCK
-  c.now, c.ts, c.day, c.month = now, ts, day, day == memo_day and memo_month or (month_of_day(day))
+  c.now = now
+  if now >= c.dend or now < c.dstart then
+    local day = mfloor(now / 86400000)
+    c.day, c.dstart, c.dend, c.month = day, day * 86400000, day * 86400000 + 86400000, (month_of_day(day))
+  end
   return c
+end
+
+-- the clock's time (ms) as text
+local function ts_text(c)
+  return c.sec .. c.msx
 end

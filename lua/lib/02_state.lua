@@ -4,7 +4,7 @@
 --   dB, dK, mB, mK (day / month bucket and anchor: spend = anchor - balance in the current bucket),
 --   dC, mC (caps '<limit><d|w|n>' or ''; parsed: dL/dA, mL/mA limit and action, nil without),
 --   ql (quantity limits), ring (recent call ids), and what to write back: wb (balance changed),
---   wS (state changed), set (field -> value), del (fields), ring_new (ring entries).
+--   wS (state changed), set (field -> value), del (fields), rc / rr / ring_new (ring entries).
 
 local SPAT = '^(%d*)|(%d*)|(%d*)|([^|]*)|(%d*)|(%d*)|(%-?%d*)|(%d*)|(%-?%d*)|(%w*)|(%w*)|(.*)$'
 local RING_KEEP = 130
@@ -44,18 +44,17 @@ local function state_of(S)
 end
 
 local function st_new(key, b, S, ring, team)
+  -- made with the fields a charge sets (at 8 the table never grows during it; a field the table
+  -- lacks is read from the shared parsed state). bals: the balance as text, false once it changed
   local st
-  if team then  -- a team's account also keeps its members: made at the size it grows to (no rehash)
-    st = { key = key, bal = 0, bals = '0', bals_of = 0, ring = ring or '', exists = false, wb = false, f = false,
-      members = false, one = false }
+  if team then  -- a team's account also keeps its members
+    st = { key = key, bal = 0, bals = '0', ring = ring or '', exists = false, wb = false, f = false,
+      members = false, one = false, rc = false, rr = false }
   else
-    st = { key = key, bal = 0, bals = '0', bals_of = 0, ring = ring or '' }
+    st = { key = key, bal = 0, bals = '0', ring = ring or '', exists = false, wb = false, rc = false, rr = false }
   end
-  if b then
-    local n = b + 0
-    st.bal, st.bals, st.bals_of = n, b, n
-  end
-  return B_setmetatable(st, state_of(S or EMPTY_S).mt)
+  if b then st.bal, st.bals = b + 0, b end
+  return B_setmetatable(st, (parsed[S or EMPTY_S] or state_of(S or EMPTY_S)).mt)
 end
 
 local function st_text(st)
@@ -73,7 +72,7 @@ end
 -- is not (credits, refunds, expiries) and moves the anchors with it
 local function st_balance(st, c, bal, spent)
   local move = bal - st.bal + spent
-  st.bal, st.wb = bal, true
+  st.bal, st.bals, st.wb = bal, false, true
   if st.dB == c.day then
     if move ~= 0 then st.dK, st.wS = st.dK + move, true end
   elseif spent > 0 then
@@ -91,16 +90,20 @@ local function st_held(st, held)
 end
 
 -- the call id's earlier entry ("<entry>/<row>", or '' for a mutation without a row) if this account
--- saw it recently: in its ring, or earlier in this call (st.ring_new: call id, row, ...)
+-- saw it recently: in its ring, or earlier in this call (st.rc: the call's first call id, with
+-- st.rr its row or false; st.ring_new: any further ones, pairs call id, row)
 local function ring_seen(st, cid)
   if st.ring ~= '' then
     local p = sfind(st.ring, cid, 1, true)
     if p then return smatch(st.ring, '^=([^;]*)', p + #cid) end
   end
-  local new = st.ring_new
-  if new then
-    for i = 1, #new, 2 do
-      if new[i] == cid then return '' end
+  if st.rc then
+    if st.rc == cid then return '' end
+    local new = st.ring_new
+    if new then
+      for i = 1, #new, 2 do
+        if new[i] == cid then return '' end
+      end
     end
   end
   return nil

@@ -29,29 +29,36 @@ end
 
 -- A script call's context: configuration, clock, streams, the accounts it loaded and its rows.
 -- One table, reused by every call (a script call runs alone) and reset at its start.
-local CTX = { rows = {}, order = {}, accounts = {}, idem = {}, pending = {} }
-local function clear(t)
-  for k in B_pairs(t) do t[k] = nil end
-end
-
+local CTX = { rows = {}, order = {}, accounts = {}, idem = false, pending = {} }
 local function ctx_new(cfgtext, ledger, events)
   local ctx = CTX
-  local cfg = config(cfgtext)
-  ctx.cfg, ctx.c, ctx.ledger, ctx.events, ctx.full, ctx.nrows = cfg, clock(cfg), ledger, events, nil, 0
+  local cfg = configs[cfgtext] or config(cfgtext)
+  ctx.cfg, ctx.c, ctx.ledger, ctx.events, ctx.full, ctx.nrows, ctx.idem = cfg, clock(cfg), ledger, events, nil, 0,
+    false
   local order = ctx.order
-  if #order > 0 then
+  if order[1] then
     local accounts = ctx.accounts
     for i = #order, 1, -1 do
       accounts[order[i].key] = nil
       order[i] = nil
     end
   end
-  if B_next(ctx.idem) then clear(ctx.idem) end
   local pending = ctx.pending
   if pending[1] then
     for i = #pending, 1, -1 do pending[i] = nil end
   end
   return ctx
+end
+
+-- remember a decision's pending reply under its idempotency key for the rest of the call (a
+-- decision of the same key later in the call replays it); ctx.idem is made on first use
+local function idem_put(ctx, key, r)
+  local t = ctx.idem
+  if not t then
+    t = {}
+    ctx.idem = t
+  end
+  t[key] = r
 end
 
 -- append a row (script columns as text; frag = the client's part); returns its index in the entry.
@@ -60,7 +67,8 @@ local function row(ctx, id, kind, amount, bal, held, hold, exp, cap, reason, ext
   local rows = ctx.rows
   local n = ctx.nrows
   ctx.nrows = n + 1
-  rows[n + 1] = id .. '\t' .. ctx.c.ts .. '\t' .. kind .. '\t' .. amount .. '\t' .. bal .. '\t' .. held .. '\t' ..
+  local c = ctx.c
+  rows[n + 1] = id .. '\t' .. c.sec .. c.msx .. '\t' .. kind .. '\t' .. amount .. '\t' .. bal .. '\t' .. held .. '\t' ..
     hold .. '\t' .. exp .. '\t' .. cap .. '\t' .. reason .. '\t' .. extra .. frag
   return n
 end
@@ -76,21 +84,29 @@ local function extra_json(t)
   return esc(jencode(t))
 end
 
--- write the call's rows as one stream entry; its id (or nil when there were none). ctx.ref0 names
--- the entry's first row ("<entry>/0"), which most calls' replies and rings name.
+-- write the call's rows as one stream entry; its id (or nil when there were none)
 local function ctx_xadd(ctx)
   local n = ctx.nrows
   if n == 0 then return nil end
   local rows = ctx.rows
-  local entry = rcall('XADD', ctx.ledger, '*', 'q', n == 1 and rows[1] or tconcat(rows, '\n', 1, n))
-  ctx.ref0 = entry .. '/0'
-  return entry
+  return rcall('XADD', ctx.ledger, '*', 'q', n == 1 and rows[1] or tconcat(rows, '\n', 1, n))
+end
+
+-- "/<row>" of row n of the call's entry: a reference "<entry>/<row>" is the entry's id followed by
+-- it, joined into the text that carries it (remembered: the same few rows again and again)
+local ROW_SUFFIX = { [0] = '/0' }
+local function row_suffix(n)
+  local s = ROW_SUFFIX[n]
+  if not s then
+    s = '/' .. N(n)
+    if n < 4096 then ROW_SUFFIX[n] = s end
+  end
+  return s
 end
 
 -- "<entry>/<row>" of row n of the call's entry
-local function ref_of(ctx, entry, n)
-  if n == 0 then return ctx.ref0 end
-  return entry .. '/' .. N(n)
+local function ref_of(entry, n)
+  return entry .. (ROW_SUFFIX[n] or row_suffix(n))
 end
 
 -- Ledger backpressure: the shard's stream holds what the flusher has not stored yet (it trims after
@@ -131,7 +147,8 @@ local function idem_given(account, key)
 end
 
 local function idem_seen(ctx, key)
-  local r = ctx.idem[key]
+  local t = ctx.idem
+  local r = t and t[key]
   if B_type(r) == 'table' then  -- decided earlier in this call: the same row, flagged as a replay
     return { r[1], r[2], r[3], '1' }
   end

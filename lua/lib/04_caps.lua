@@ -59,7 +59,7 @@ end
 -- about a decision that wrote a row names it ('ref' = "<entry>/<row>", the transaction id's source).
 local function cap_event(ctx, etype, ak, aid, cap, amount, row_index)
   local pending = ctx.pending
-  pending[#pending + 1] = { { 'type', etype, 'ts', ctx.c.ts, 'ak', ak, 'acct', aid,
+  pending[#pending + 1] = { { 'type', etype, 'ts', ts_text(ctx.c), 'ak', ak, 'acct', aid,
     'period', cap[1] == 'd' and 'daily' or 'monthly', 'model', cap[2], 'limit', I(cap[3]), 'action', cap[4],
     'spend', I(cap[5]), 'amount', I(amount) }, row_index }
 end
@@ -69,7 +69,7 @@ local function events_write(ctx, entry)
     local fields = e[1]
     if e[2] and entry then
       fields[#fields + 1] = 'ref'
-      fields[#fields + 1] = ref_of(ctx, entry, e[2])
+      fields[#fields + 1] = ref_of(entry, e[2])
     end
     event(ctx, fields)
   end

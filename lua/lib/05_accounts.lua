@@ -89,8 +89,12 @@ end
 
 -- the balance and held as text (formatted once per value)
 local function bal_text(st)
-  if st.bals_of ~= st.bal then st.bals, st.bals_of = I(st.bal), st.bal end
-  return st.bals
+  local s = st.bals
+  if not s then
+    s = I(st.bal)
+    st.bals = s
+  end
+  return s
 end
 
 local function held_text(st)
@@ -139,17 +143,23 @@ end
 local function accounts_store(ctx, entry)
   for _, st in B_ipairs(ctx.order) do
     local ring
-    local new = st.ring_new
-    if new then
-      if #new == 2 and new[2] then  -- one call id with a row: the common case, one concatenation
-        ring = new[1] .. '=' .. ref_of(ctx, entry, new[2]) .. ';' .. st.ring
-      else
-        local text = ''
-        for i = 1, #new, 2 do  -- pairs call id, row: the newest first
-          local r = new[i + 1]
-          text = new[i] .. '=' .. (r and ref_of(ctx, entry, r) or '') .. ';' .. text
+    local cid = st.rc
+    if cid then
+      local r = st.rr
+      local new = st.ring_new
+      if not new then  -- the common case: one call id, one concatenation
+        if r then
+          ring = cid .. '=' .. entry .. (ROW_SUFFIX[r] or row_suffix(r)) .. ';' .. st.ring
+        else
+          ring = cid .. '=;' .. st.ring
         end
-        ring = text .. st.ring
+      else
+        ring = cid .. '=' .. (r and ref_of(entry, r) or '') .. ';'
+        for i = 1, #new, 2 do  -- pairs call id, row: the newest first
+          r = new[i + 1]
+          ring = new[i] .. '=' .. (r and ref_of(entry, r) or '') .. ';' .. ring
+        end
+        ring = ring .. st.ring
       end
       if #ring > 2 * RING_KEEP then ring = ring_text(ring) end
     end
@@ -217,8 +227,13 @@ local function accounts_store(ctx, entry)
   end
 end
 
--- remember that call id `cid` changed this account (row: its row in the call's entry, or nil)
+-- remember that call id `cid` changed this account (row: its row in the call's entry, or nil): the
+-- call's first in st.rc / st.rr, any more in st.ring_new
 local function ring_add(st, cid, row_index)
+  if not st.rc then
+    st.rc, st.rr = cid, row_index or false
+    return
+  end
   local new = st.ring_new
   if not new then
     st.ring_new = { cid, row_index or false }

@@ -51,7 +51,7 @@ local function settle_refused(ctx, st, hf, hold, frag, cid, amount_s, amount, ak
   ring_add(st, cid, n)
   local r = { 'spend_cap_exceeded', n, '|' .. amount_s .. '|' .. bal_text(st) .. '|' .. held_text(st) .. '|deny|0||',
     '0' }
-  if idem then ctx.idem[idem] = r end
+  if idem then idem_put(ctx, idem, r) end
   return r
 end
 
@@ -65,9 +65,10 @@ end
 
 -- ...then each reply as text, its idempotency key (or nil) remembering it
 local function reply_text(ctx, r, entry, key)
-  if B_type(r) == 'string' then return r end
-  local text = r[1] .. '|' .. r[4] .. '|' .. ref_of(ctx, entry, r[2]) .. r[3]
-  if key and r[4] == '0' and ctx.idem[key] == r then
+  local n = r[2]
+  if n == nil then return r end  -- a text (a string has no [2])
+  local text = r[1] .. '|' .. r[4] .. '|' .. entry .. (ROW_SUFFIX[n] or row_suffix(n)) .. r[3]
+  if key and r[4] == '0' and ctx.idem and ctx.idem[key] == r then
     rcall('SET', key, text, 'EX', ctx.cfg.idem_ttl)
     ctx.idem[key] = replayed(text)
   end
