@@ -41,6 +41,6 @@ if B_type(r) == 'string' then  -- refused (or a replay): nothing of the allowanc
   return finish_one(ctx, r, nil) .. '|0|' .. I(left) .. '|' .. plan  -- a deny cap's event is written
 end
 if free > 0 then field_set(st, 'plan', plan_text(month, used + free, plan)) end
-r[3] = r[3] .. '|' .. I(free) .. '|' .. I(left - free) .. '|' .. plan
+r[9] = '|' .. I(free) .. '|' .. I(left - free) .. '|' .. plan
 if has_idem then idem_put(ctx, idem, r) end
 return finish_one(ctx, r, idem)

@@ -33,8 +33,8 @@ def guarded_library() -> str:
 
 def test_the_guard_refuses_a_number_in_a_row(redis_client: Any) -> None:
     """The guard below is not vacuous: a number given to row() fails the call."""
-    probe = ("\nreturn row({ rows = {}, nrows = 0, c = { ts = '1' } }, 'id', 'debit', %s, '0', '0', '', '', '', '', "
-             "'', '')")
+    probe = ("\nreturn row({ rows = {}, nrows = 0, c = { sec = '1', msx = '' } }, 'id', 'debit', %s, '0', '0', "
+             "'', '', '', '', '', '')")
     assert redis_client.eval(guarded_library() + probe % "'-5'", 0) == 0
     with pytest.raises(redis.ResponseError, match="ledger value 3 is a number"):
         redis_client.eval(guarded_library() + probe % "-5", 0)

@@ -150,7 +150,7 @@ local function idem_seen(ctx, key)
   local t = ctx.idem
   local r = t and t[key]
   if B_type(r) == 'table' then  -- decided earlier in this call: the same row, flagged as a replay
-    return { r[1], r[2], r[3], '1' }
+    return { r[1], r[2], r[3], r[4], r[5], r[6], r[7], '1', r[9] }
   end
   if r then return r end
   r = rcall('GET', key)

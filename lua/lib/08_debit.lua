@@ -6,8 +6,9 @@
 -- (debit.lua's REPLY; <entry>/<row> names the decision's ledger row, '' when it wrote none;
 -- "remaining|limit" the request-rate limit's, "|" when none was checked). A
 -- decision that wrote a row answers, until the call's entry id is known, a table
--- { status, row, rest, idempotent } that finish_one() / finish() turn into that text (rest:
--- "|amount|balance|..." after the reference).
+-- { status, row, amount, balance, held, cap, rate, idempotent, more } that finish_one() / finish()
+-- turn into that text in one concatenation (rate: "remaining|limit" or "|"; more: what a script
+-- appends to the reply, plan_debit.lua's allowance fields, or nil).
 
 -- rate: the rate limit's "remaining|limit", or nil
 local function refusal(status, amount, st, cap, retry, rate)
@@ -49,8 +50,7 @@ local function settle_refused(ctx, st, hf, hold, frag, cid, amount_s, amount, ak
     frag)
   if cap then cap_event(ctx, 'credits.cap_reached', ak, frag_value(frag, 3), cap, amount, n) end
   ring_add(st, cid, n)
-  local r = { 'spend_cap_exceeded', n, '|' .. amount_s .. '|' .. bal_text(st) .. '|' .. held_text(st) .. '|deny|0||',
-    '0' }
+  local r = { 'spend_cap_exceeded', n, amount_s, bal_text(st), held_text(st), 'deny', '|', '0' }
   if idem then idem_put(ctx, idem, r) end
   return r
 end
@@ -67,8 +67,9 @@ end
 local function reply_text(ctx, r, entry, key)
   local n = r[2]
   if n == nil then return r end  -- a text (a string has no [2])
-  local text = r[1] .. '|' .. r[4] .. '|' .. entry .. (ROW_SUFFIX[n] or row_suffix(n)) .. r[3]
-  if key and r[4] == '0' and ctx.idem and ctx.idem[key] == r then
+  local text = r[1] .. '|' .. r[8] .. '|' .. entry .. (ROW_SUFFIX[n] or row_suffix(n)) .. '|' .. r[3] .. '|' ..
+    r[4] .. '|' .. r[5] .. '|' .. r[6] .. '|0|' .. r[7] .. (r[9] or '')
+  if key and r[8] == '0' and ctx.idem and ctx.idem[key] == r then
     rcall('SET', key, text, 'EX', ctx.cfg.idem_ttl)
     ctx.idem[key] = replayed(text)
   end

@@ -117,8 +117,7 @@ local function user_debit(ctx, K, A, X)
     grants_keep(st, grants)
   end
   if st.rc then ring_add(st, cid, n) else st.rc, st.rr = cid, n end
-  local r = { 'ok', n, '|' .. amount_s .. '|' .. bals .. '|' .. helds .. '|' .. action .. '|0|' .. (rate or '|'),
-    '0' }
+  local r = { 'ok', n, amount_s, bals, helds, action, rate or '|', '0' }
   if has_idem then idem_put(ctx, idem, r) end
   return r
 end

@@ -87,7 +87,7 @@ local function team_debit(ctx, K, A)
     hf and I(hold) or '', '', action, '', '', frag)
   if warns then cap_warnings(ctx, warns, 't', tid or frag_value(frag, 3), amount, n) end
   if st.rc then ring_add(st, cid, n) else st.rc, st.rr = cid, n end
-  local r = { 'ok', n, '|' .. amount_s .. '|' .. bals .. '|' .. helds .. '|' .. action .. '|0||', '0' }
+  local r = { 'ok', n, amount_s, bals, helds, action, '|', '0' }
   if has_idem then idem_put(ctx, idem, r) end
   return r
 end
