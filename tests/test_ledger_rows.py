@@ -16,11 +16,12 @@ from ducto_redis import CreditMetadata, RedisStore, SpendCap
 from ducto_redis import scripts as scripts_mod
 
 LIBRARY_SOURCE = scripts_mod.library_source  # the real one (the fixture below replaces it)
-ROW = "local function row(ctx, id, kind, amount, bal, held, hold, exp, cap, reason, extra, frag)\n"
+ROW = "local function row(ctx, id, kind, amount, bal, held, hold, exp, cap, reason, extra, frag, sign)\n"
 GUARD = ("  local vs = { id, kind, amount, bal, held, hold, exp, cap, reason, extra, frag }\n"
          "  for i = 1, 11 do\n"
          "    if type(vs[i]) ~= 'string' then error('ledger value ' .. i .. ' is a ' .. type(vs[i])) end\n"
-         "  end\n")
+         "  end\n"
+         "  if sign ~= nil and sign ~= '-' then error('ledger sign is ' .. tostring(sign)) end\n")
 
 
 def guarded_library() -> str:

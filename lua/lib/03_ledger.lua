@@ -63,12 +63,13 @@ end
 
 -- append a row (script columns as text; frag = the client's part); returns its index in the entry.
 -- The call's rows are rows[1..nrows] (the table is reused: what lies beyond nrows is stale).
-local function row(ctx, id, kind, amount, bal, held, hold, exp, cap, reason, extra, frag)
+-- sign: '-' before the amount (a debit's: no '-' .. amount string is made for it), or nil.
+local function row(ctx, id, kind, amount, bal, held, hold, exp, cap, reason, extra, frag, sign)
   local rows = ctx.rows
   local n = ctx.nrows
   ctx.nrows = n + 1
   local c = ctx.c
-  rows[n + 1] = id .. '\t' .. c.sec .. c.msx .. '\t' .. kind .. '\t' .. amount .. '\t' .. bal .. '\t' .. held .. '\t' ..
+  rows[n + 1] = id .. '\t' .. c.sec .. c.msx .. '\t' .. kind .. '\t' .. (sign or '') .. amount .. '\t' .. bal .. '\t' .. held .. '\t' ..
     hold .. '\t' .. exp .. '\t' .. cap .. '\t' .. reason .. '\t' .. extra .. frag
   return n
 end

@@ -105,8 +105,8 @@ local function user_debit(ctx, K, A, X)
     if B_next(e) then x = extra_json(e) end
   end
   local bals, helds = bal_text(st), st.helds_of == st.held and st.helds or held_text(st)
-  local n = row(ctx, '', hf and 'settle' or 'debit', amount == 0 and '0' or '-' .. amount_s, bals, helds,
-    hf and I(hold) or '', '', action, '', x, frag)
+  local n = row(ctx, '', hf and 'settle' or 'debit', amount_s, bals, helds,
+    hf and I(hold) or '', '', action, '', x, frag, amount > 0 and '-' or nil)
   if warns then cap_warnings(ctx, warns, 'u', aid or frag_value(frag, 3), amount, n) end
   if grants then
     -- a settled hold may free the pinned rest of an expired grant: it expires now

@@ -83,8 +83,8 @@ local function team_debit(ctx, K, A)
   end
   local action = warns and cap_action(warns) or ''
   local bals, helds = bal_text(st), st.helds_of == st.held and st.helds or held_text(st)
-  local n = row(ctx, '', hf and 'settle' or 'debit', amount == 0 and '0' or '-' .. amount_s, bals, helds,
-    hf and I(hold) or '', '', action, '', '', frag)
+  local n = row(ctx, '', hf and 'settle' or 'debit', amount_s, bals, helds,
+    hf and I(hold) or '', '', action, '', '', frag, amount > 0 and '-' or nil)
   if warns then cap_warnings(ctx, warns, 't', tid or frag_value(frag, 3), amount, n) end
   if st.rc then ring_add(st, cid, n) else st.rc, st.rr = cid, n end
   local r = { 'ok', n, amount_s, bals, helds, action, '|', '0' }
