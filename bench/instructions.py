@@ -2,7 +2,7 @@
 
 Timings on this 2-core machine swing by 2x from run to run; instruction counts do not. Each case
 starts a private ``redis-server`` under ``valgrind --tool=callgrind``, makes ``--calls`` decisions
-(after the same setup) and again ``--calls`` + 1000, and reports the difference / 1000: what one
+(after the same setup) and again ``--calls`` + ``--span`` (1000), and reports the difference / span: what one
 decision costs Redis, network handling included, startup and setup excluded. Every row is also
 given as a ratio to the reference debit script (``../shared/bench/reference_debit.lua``: balance +
 daily window + member counter + XADD, by EVALSHA), measured in the same run.
@@ -17,7 +17,7 @@ case's instructions go, function by function (see :func:`profile` for a redis-se
 
 Usage::
 
-    python bench/instructions.py [--calls 200] [--code PATH] [--write] [case ...]
+    python bench/instructions.py [--calls 200] [--span 1000] [--code PATH] [--write] [case ...]
     python bench/instructions.py --profile PATH/TO/redis-server [--top 25] charge
 
 Needs ``valgrind`` and ``redis-server`` on PATH. Nothing here is asserted by a test.
@@ -184,9 +184,11 @@ def profile(code: str, case: str, calls: int, binary: str, top: int) -> list[tup
     return sorted(diff, reverse=True)[:top]
 
 
-def per_decision(code: str, case: str, calls: int) -> float:
-    """Redis instructions of one decision: (calls + 1000 decisions) − (calls decisions), / 1000."""
-    return (instructions(code, case, calls + 1000) - instructions(code, case, calls)) / 1000
+def per_decision(code: str, case: str, calls: int, span: int = 1000) -> float:
+    """Redis instructions of one decision: (calls + span decisions) − (calls decisions), / span. The
+    counts are exact, but not the same from one server to the next (random ids, hash seeds, where
+    the Lua collector's cycles fall): about ±1% at span 1000, less over a longer span."""
+    return (instructions(code, case, calls + span) - instructions(code, case, calls)) / span
 
 
 def main() -> None:
@@ -194,6 +196,8 @@ def main() -> None:
     ap.add_argument("cases", nargs="*", help=f"any of {', '.join(CASES)} (default: all)")
     ap.add_argument("--calls", type=int, default=200, help="decisions before the measured 1000 (default 200)")
     ap.add_argument("--code", default=str(ROOT), help="the ducto-redis checkout to measure")
+    ap.add_argument("--span", type=int, default=1000,
+                    help="decisions measured after --calls (default 1000; longer: less spread, slower)")
     ap.add_argument("--write", action="store_true", help="write the table into bench/RESULTS.md")
     ap.add_argument("--profile", metavar="REDIS_SERVER",
                     help="instead: each case's top functions per decision, on this redis-server built with symbols")
@@ -212,10 +216,12 @@ def main() -> None:
             for n, fn in profile(opts.code, case, opts.calls, opts.profile, opts.top):
                 print(f"{n:12,.0f}  {fn}", flush=True)
         return
-    reference = per_decision(opts.code, "reference", opts.calls)
+    if opts.span % 100 or opts.span <= 0:
+        ap.error("--span must be a positive multiple of 100")
+    reference = per_decision(opts.code, "reference", opts.calls, opts.span)
     rows = ["| decision | Redis instructions per decision | vs the reference debit |", "|---|---:|---:|"]
     for case in wanted:
-        n = reference if case == "reference" else per_decision(opts.code, case, opts.calls)
+        n = reference if case == "reference" else per_decision(opts.code, case, opts.calls, opts.span)
         rows.append(f"| {CASES[case][0]} | {n:,.0f} | {n / reference:.2f}× |")
         print(rows[-1], flush=True)
     if opts.write:
