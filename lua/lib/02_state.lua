@@ -183,7 +183,7 @@ end
 local function member_text(m)
   if m.dirty == 'T' then
     local rest = m.rest
-    if rest then return sformat('%d|%s', m.T, rest) end  -- (one string: I() would make a second)
+    if rest then return I(m.T) .. '|' .. rest end
   end
   return I(m.T) .. '|' .. (m.cap and I(m.cap) or '') .. '|' .. m.period .. '|' .. (m.dB and I(m.dB) or '') .. '|' ..
     I(m.dA) .. '|' .. (m.mB and I(m.mB) or '') .. '|' .. I(m.mA) .. '|' .. I(m.held) .. '|' .. m.role

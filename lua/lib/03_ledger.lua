@@ -29,9 +29,7 @@ end
 
 -- A script call's context: configuration, clock, streams, the accounts it loaded and its rows.
 -- One table, reused by every call (a script call runs alone) and reset at its start.
--- The call's accounts: order (as loaded), k1 / s1 (the first one's key and table) and accounts
--- (key -> table for the others: a call of one account never touches that map).
-local CTX = { rows = {}, order = {}, k1 = false, s1 = false, accounts = {}, idem = false, pending = {} }
+local CTX = { rows = {}, order = {}, accounts = {}, idem = false, pending = {} }
 local function ctx_new(cfgtext, ledger, events)
   local ctx = CTX
   local cfg = configs[cfgtext] or config(cfgtext)
@@ -40,11 +38,10 @@ local function ctx_new(cfgtext, ledger, events)
   local order = ctx.order
   if order[1] then
     local accounts = ctx.accounts
-    for i = #order, 2, -1 do
+    for i = #order, 1, -1 do
       accounts[order[i].key] = nil
       order[i] = nil
     end
-    order[1], ctx.k1, ctx.s1 = nil, false, false
   end
   local pending = ctx.pending
   if pending[1] then

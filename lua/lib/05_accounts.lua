@@ -10,12 +10,7 @@
 -- st.members (field -> member table, or false: not a member; see member_record), and in st.one the
 -- field of its only member while the call has loaded just one.
 local function account(ctx, key, extra, member)
-  local st, k1 = nil, ctx.k1
-  if k1 == key then
-    st = ctx.s1
-  elseif k1 then
-    st = ctx.accounts[key]
-  end
+  local st = ctx.accounts[key]
   local one = extra ~= nil and B_type(extra) == 'string'
   if st then
     if extra then
@@ -58,11 +53,7 @@ local function account(ctx, key, extra, member)
     for i = 1, #extra do f[extra[i]] = v[k + i] or false end
     st.f = f
   end
-  if k1 then
-    ctx.accounts[key] = st
-  else
-    ctx.k1, ctx.s1 = key, st
-  end
+  ctx.accounts[key] = st
   ctx.order[#ctx.order + 1] = st
   return st
 end
