@@ -28,7 +28,7 @@ from .core import (
 )
 from .errors import InvalidInputError
 from .keys import TEAM
-from .layout import PERIOD_NAMES, PERIODS, fragment
+from .layout import MEMBER_PREFIX, PERIOD_NAMES, PERIODS, fragment
 from .methods import StoreBase, command
 from .models import (
     AddTeamMemberResult,
@@ -145,7 +145,7 @@ def team_debit(
 
     frag = fragment(op=op if not settling else "", ak=TEAM, acct=team_id, member=uid, rid=reservation_id,
                     model=model, idem=ikey or "", meta=metadata_json(meta))
-    args = POOL_DEBIT.args.pack(cid=new_call_id(), amount=str(n), model=model, member=uid, frag=frag,
+    args = POOL_DEBIT.args.pack(cid=new_call_id(), amount=str(n), model=model, member=MEMBER_PREFIX + uid, frag=frag,
                                 rid=reservation_id, config=core.config())
     keys = POOL_DEBIT.keys.pack(team=k.account, ledger=k.ledger, events=k.events,
                                 idem=k.idempotency(ikey) if ikey else "")

@@ -2,6 +2,8 @@
 -- (rid given). See lib/10_team.lua for the checks and their order.
 -- KEYS: team ledger events [idem]
 -- ARGV: cid amount member frag config [model rid]
+--   member: the member's field in the team hash, "U|<member id>" (the client joins it: no string is
+--   made for it per decision)
 -- REPLY (text): status idempotent ref amount balance held cap retry remaining limit
 --   status: ok | team_not_found | user_not_in_team | spend_cap_exceeded | insufficient_team_balance
 --           | reservation_not_found | ledger_backlog_full

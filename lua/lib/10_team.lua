@@ -10,7 +10,7 @@
 -- settlement for a cap releases its hold.
 
 -- K: pool_debit.lua's KEYS: { team hash, (ledger, events: unused), idempotency key or nil }
--- A: pool_debit.lua's ARGV: { call id, amount (text), member id, fragment, (config: unused), then
+-- A: pool_debit.lua's ARGV: { call id, amount (text), member's field (U|<id>), fragment, (config: unused), then
 --      optional (nil = ""): model, reservation id }
 local function team_debit(ctx, K, A)
   local acct, idem = K[1], K[4]
@@ -19,13 +19,12 @@ local function team_debit(ctx, K, A)
     local again = idem_seen(ctx, idem)
     if again then return again end
   end
-  local cid, amount_s, uid, frag, model, rid = A[1], A[2], A[3], A[4], A[6] or '', A[7] or ''
-  local uf = 'U|' .. uid
+  local cid, amount_s, uf, frag, model, rid = A[1], A[2], A[3], A[4], A[6] or '', A[7] or ''
   local hf = rid ~= '' and ('h:' .. rid) or nil
   local mf = model ~= '' and ('M|' .. model) or nil
   local st = account(ctx, acct, (hf and mf) and { hf, mf } or hf or mf, uf)
   if not st.exists then return refusal('team_not_found', amount_s, st) end
-  local m = member_of(st, uid, uf)
+  local m = member_of(st, nil, uf)
   if not m then return refusal('user_not_in_team', amount_s, st) end
   if st.rc or (st.ring ~= '' and sfind(st.ring, cid, 1, true)) then  -- (a cheap test first: a repeat is rare)
     local seen = ring_seen(st, cid)
@@ -45,7 +44,7 @@ local function team_debit(ctx, K, A)
     local raw = field(st, hf)
     local hop, hm, _
     if raw then hold, _, hop, hm = hold_decode(raw, true) end
-    if not raw or hm ~= uid then return refusal('reservation_not_found', amount_s, st) end
+    if not raw or 'U|' .. hm ~= uf then return refusal('reservation_not_found', amount_s, st) end
     if sbyte(frag, 2) == 9 then frag = '\t' .. esc(hop) .. ssub(frag, 2) end
   end
 
