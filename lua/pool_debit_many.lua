@@ -2,7 +2,8 @@
 -- order, exactly as if pool_debit.lua had been called once per decision at one instant. All keys
 -- share one hash tag (the client groups decisions by shard); one stream entry for the call.
 -- KEYS: ledger events; per decision: team idem
--- ARGV: config; per decision: cid amount model member frag (member: "U|<member id>", as pool_debit.lua)
+-- ARGV: config; per decision: cid amount model member frag
+--   member: the member's field, "U|<member id>" (as pool_debit.lua's)
 -- REPLY (lines): per decision: status idempotent ref amount balance held cap retry remaining limit
 --   one pool_debit.lua reply per decision, joined by newlines
 local ctx = ctx_new(ARGV[1], KEYS[1], KEYS[2])
