@@ -17,7 +17,7 @@ case's instructions go, function by function (see :func:`profile` for a redis-se
 
 Usage::
 
-    python bench/instructions.py [--calls 200] [--span 1000] [--code PATH] [--write] [case ...]
+    python bench/instructions.py [--calls 200] [--span 1000] [--repeat 1] [--code PATH] [--write] [case ...]
     python bench/instructions.py --profile PATH/TO/redis-server [--top 25] charge
 
 Needs ``valgrind`` and ``redis-server`` on PATH. Nothing here is asserted by a test.
@@ -184,11 +184,14 @@ def profile(code: str, case: str, calls: int, binary: str, top: int) -> list[tup
     return sorted(diff, reverse=True)[:top]
 
 
-def per_decision(code: str, case: str, calls: int, span: int = 1000) -> float:
-    """Redis instructions of one decision: (calls + span decisions) − (calls decisions), / span. The
-    counts are exact, but not the same from one server to the next (random ids, hash seeds, where
-    the Lua collector's cycles fall): about ±1% at span 1000, less over a longer span."""
-    return (instructions(code, case, calls + span) - instructions(code, case, calls)) / span
+def per_decision(code: str, case: str, calls: int, span: int = 1000, repeat: int = 1) -> float:
+    """Redis instructions of one decision: (calls + span decisions) − (calls decisions), / span; with
+    ``repeat`` > 1 the median of that many such measurements. The counts are exact, but not the same
+    from one server to the next (random ids, hash seeds, where the Lua collector's cycles fall): two
+    runs of the same code differ by up to ~2% at span 1000; a longer span and a median narrow it."""
+    runs = sorted((instructions(code, case, calls + span) - instructions(code, case, calls)) / span
+                  for _ in range(repeat))
+    return runs[len(runs) // 2]
 
 
 def main() -> None:
@@ -198,6 +201,8 @@ def main() -> None:
     ap.add_argument("--code", default=str(ROOT), help="the ducto-redis checkout to measure")
     ap.add_argument("--span", type=int, default=1000,
                     help="decisions measured after --calls (default 1000; longer: less spread, slower)")
+    ap.add_argument("--repeat", type=int, default=1,
+                    help="measure each case this many times on fresh servers and keep the median (default 1)")
     ap.add_argument("--write", action="store_true", help="write the table into bench/RESULTS.md")
     ap.add_argument("--profile", metavar="REDIS_SERVER",
                     help="instead: each case's top functions per decision, on this redis-server built with symbols")
@@ -218,10 +223,10 @@ def main() -> None:
         return
     if opts.span % 100 or opts.span <= 0:
         ap.error("--span must be a positive multiple of 100")
-    reference = per_decision(opts.code, "reference", opts.calls, opts.span)
+    reference = per_decision(opts.code, "reference", opts.calls, opts.span, opts.repeat)
     rows = ["| decision | Redis instructions per decision | vs the reference debit |", "|---|---:|---:|"]
     for case in wanted:
-        n = reference if case == "reference" else per_decision(opts.code, case, opts.calls, opts.span)
+        n = reference if case == "reference" else per_decision(opts.code, case, opts.calls, opts.span, opts.repeat)
         rows.append(f"| {CASES[case][0]} | {n:,.0f} | {n / reference:.2f}× |")
         print(rows[-1], flush=True)
     if opts.write:
