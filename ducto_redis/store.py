@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from typing import Any, TypeVar
 
 from .batch import Batch
-from .connect import run_pipelined, sync_client
+from .connect import lane_of, run_lane, run_pipelined, sync_client
 from .core import Call
 from .ledger.store_api import LedgerStoreMixin
 from .methods import SyncRunner
@@ -29,6 +29,7 @@ class RedisStore(LedgerStoreMixin, SyncRunner, StoreOps):
 
     def __init__(self, client: Any, settings: Settings | None = None, **overrides: Any) -> None:
         self._attach(client, settings, overrides)
+        self._lane = lane_of(client)
 
     @classmethod
     def from_url(cls, url: str | None = None, namespace: str | None = None, **overrides: Any) -> RedisStore:
@@ -50,14 +51,20 @@ class RedisStore(LedgerStoreMixin, SyncRunner, StoreOps):
 
     # ── I/O ───────────────────────────────────────────────────────────
 
+    def _send(self, calls: Sequence[Call[Any]]) -> list[Any]:
+        lane = self._lane
+        if lane is not None:
+            return run_lane(lane, self.client, calls)
+        return run_pipelined(self.client, calls)
+
     def _run(self, call: Call[T]) -> T:
         if call.script is None:
             return call.parse(None)
-        return call.parse(run_pipelined(self.client, [call])[0])
+        return call.parse(self._send((call,))[0])
 
     def _run_many(self, calls: Sequence[Call[T]]) -> list[T]:
         batch = Batch(calls, self.core.scripts)
-        return batch.assemble(run_pipelined(self.client, batch.calls) if batch.calls else [])
+        return batch.assemble(self._send(batch.calls) if batch.calls else [])
 
     def close(self) -> None:
         """Close the client's connections."""
