@@ -10,7 +10,7 @@ each call at most once (connect.py).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import MISSING, dataclass, fields
 from typing import Any, Generic, TypeVar
 
@@ -162,16 +162,22 @@ class Batch(Generic[T]):
     Decisions of one shard run in the order given: consecutive packable decisions of a shard share
     a packed call placed where the first of them stood, and a call that cannot be packed (another
     script, a settlement) closes its shard's open group, so what follows it goes into a new one.
+
+    The grouping is done at once; the script calls themselves are built in order by :meth:`stream`
+    (a store's lane writes each as soon as it is built, so Redis runs the first while the next are
+    packed), or all at once unless ``stream`` is set. :attr:`count` is how many there are.
     """
 
-    def __init__(self, calls: Sequence[Call[T]], scripts: dict[str, Script]) -> None:
+    def __init__(self, calls: Sequence[Call[T]], scripts: dict[str, Script], *, stream: bool = False) -> None:
         self.decisions = list(calls)
+        self._scripts = scripts
         # per decision: (index in calls, position in a packed reply or None), None without a call
         self._slots: list[tuple[int, int | None] | None] = [None] * len(self.decisions)
-        # the pipeline in order: a single call, or a group of packed decisions (indexes)
-        order: list[Call[Any] | list[int]] = []
+        # the pipeline in order: a decision sent as it is (its index), or a group of packed decisions
+        order: list[int | list[int]] = []
         groups: dict[tuple[Any, ...], list[int]] = {}
         generation: dict[str, int] = {}  # per shard tag: bumped by each call that is not packed
+        count = 0
         for i, call in enumerate(self.decisions):
             script = call.script
             if script is None:
@@ -181,8 +187,8 @@ class Batch(Generic[T]):
             twin = MANY_TWINS.get(script.name)
             if twin is None or (len(args) > twin.only[0] and args[twin.only[0]] != twin.only[1]):
                 generation[tag] = generation.get(tag, 0) + 1
-                order.append(call)
-                self._slots[i] = (-1, None)
+                order.append(i)
+                count += 1
                 continue
             # decisions share a call only if their shared values are equal (always so within one shard)
             group = (twin, generation.get(tag, 0), *(keys[p] for p in twin.shared_keys),
@@ -191,38 +197,88 @@ class Batch(Generic[T]):
             if members is None:
                 members = groups[group] = []
                 order.append(members)
+            elif len(members) % MAX_DECISIONS_PER_CALL == 0:
+                count += 1  # one more call of this group: it is past a call's most decisions
             members.append(i)
+        self._order = order
+        self.count = count + len(groups)
+        """How many script calls the decisions make."""
         self.calls: list[Call[Any]] = []
-        singles = iter([i for i, slot in enumerate(self._slots) if slot is not None])
-        for item in order:
-            if isinstance(item, Call):
-                self._slots[next(singles)] = (len(self.calls), None)
-                self.calls.append(item)
-            else:
-                self._pack(item, scripts)
+        """The script calls built so far (all of them, once :meth:`stream` has run through)."""
+        # per script call: the decision it answers (a call sent as it is), or those it answers packed,
+        # (index in decisions, position in its reply)
+        self._answers: list[int | list[tuple[int, int]]] = []
+        self._results: list[Any] = []
+        if not stream:
+            for _ in self.stream():
+                pass
 
-    def _pack(self, members: list[int], scripts: dict[str, Script]) -> None:
-        first = self.decisions[members[0]]
+    def stream(self) -> Iterator[Call[Any]]:
+        """Build the script calls in order, each yielded (and added to :attr:`calls`) once built."""
+        decisions, slots = self.decisions, self._slots
+        for item in self._order:
+            if isinstance(item, int):
+                slots[item] = (len(self.calls), None)
+                self._answers.append(item)
+                call = decisions[item]
+                self.calls.append(call)
+                yield call
+            else:
+                yield from self._pack(item)
+
+    def _pack(self, members: list[int]) -> Iterator[Call[Any]]:
+        decisions, slots = self.decisions, self._slots
+        first = decisions[members[0]]
         assert first.script is not None
         twin = MANY_TWINS[first.script.name]
         head_keys = [first.keys[p] for p in twin.shared_keys]
         head_args = [first.args[p] for p in twin.shared_args]
         own_keys, own_args = twin.own_keys, twin.own_args
         kwidth = twin.keys_width
+        script = self._scripts[twin.name]
         for start in range(0, len(members), MAX_DECISIONS_PER_CALL):
             chunk = members[start : start + MAX_DECISIONS_PER_CALL]
             keys, args = list(head_keys), list(head_args)
             index = len(self.calls)
+            answers: list[tuple[int, int]] = []
             for pos, i in enumerate(chunk):
-                d = self.decisions[i]
+                d = decisions[i]
                 k = d.keys
                 if len(k) < kwidth:  # no idempotency key: the twin takes the never-written name
                     k = [*k, no_idempotency_key(k[0])]
                 keys.extend([k[p] for p in own_keys])
                 a = twin.args.full(d.args)  # its optional ARGV put back if it left them out
                 args.extend([a[p] for p in own_args])
-                self._slots[i] = (index, pos)
-            self.calls.append(Call(scripts[twin.name], keys, args, _lines))
+                slots[i] = (index, pos)
+                answers.append((i, pos))
+            call = Call(script, keys, args, _lines)
+            self._answers.append(answers)
+            self.calls.append(call)
+            yield call
+
+    def take(self, index: int, reply: Any) -> None:
+        """Parse the reply of script call ``index`` into its decisions' results, as soon as it is
+        read (while Redis runs the calls after it); :meth:`taken` gives them once every call's is."""
+        results = self._results
+        if not results:
+            results = self._results = [None] * len(self.decisions)
+        decisions = self.decisions
+        answers = self._answers[index]
+        if isinstance(answers, int):
+            results[answers] = decisions[answers].parse(reply)
+            return
+        lines = _lines(reply)
+        for i, pos in answers:
+            results[i] = decisions[i].parse(lines[pos])
+
+    def taken(self) -> list[T]:
+        """The results :meth:`take` parsed, in the order of the decisions (a decision without a
+        script call: its ready result)."""
+        results = self._results or [None] * len(self.decisions)
+        for i, slot in enumerate(self._slots):
+            if slot is None:
+                results[i] = self.decisions[i].parse(None)
+        return results
 
     def assemble(self, replies: Sequence[Any]) -> list[T]:
         """Results in the order of the decisions, from the replies of :attr:`calls`."""

@@ -31,7 +31,11 @@ connection's parser. The rules above hold as they are: a lane connection is chec
 before each use and opened again if the server closed it (nothing sent yet), any failure once
 written is :class:`~ducto_redis.errors.DecisionOutcomeUnknown` and drops the connection, and a
 reply that says "did not run" goes on through :func:`_plan` (its later rounds by the generic path).
-A connection serves one call at a time (taken from the lane's list, put back once every reply is
+A batch (``charge_many``) is streamed: each script call is written as soon as it is built, a few
+per write (:func:`stream_lane`), and each reply parsed as soon as it is read, so the client's work
+overlaps Redis' instead of adding to it; a failure once the first piece is written (the connection,
+or building a later piece) is ``DecisionOutcomeUnknown`` as above, and nothing is ever written
+twice. A connection serves one call at a time (taken from the lane's list, put back once every reply is
 read), so one store is safe to share by threads; a forked child forgets its parent's lane
 connections. A lane holds at most :data:`LANE_IDLE_MAX` idle connections; they count as in use for
 the pool (``client.close()`` still closes them: the next call opens them again).
@@ -44,7 +48,7 @@ import os
 import select
 import time
 import weakref
-from collections.abc import Awaitable, Generator, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Generator, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -406,19 +410,37 @@ class Lane:
         else:
             pool.release(wire.conn)
 
-    def exchange(self, client: Any, packed: Iterable[bytes], count: int) -> list[Any]:
-        """Write ``packed`` (``count`` commands, in one or more pieces) on one connection and read
-        their ``count`` replies, an error reply as its exception (the connection stays in step)."""
+    def exchange(self, client: Any, packed: Iterable[bytes], count: int,
+                 each: Callable[[int, Any], None] | None = None) -> list[Any]:
+        """Write ``packed`` (``count`` commands, in one or more pieces, each written as soon as the
+        iterable gives it) on one connection and read their ``count`` replies, an error reply as its
+        exception (the connection stays in step); ``each(i, reply)`` is called as each is read.
+
+        A failure before the first write (opening the connection, packing the first piece) leaves
+        nothing sent and is raised as it is; any failure once a write began (the connection, or
+        packing a later piece) is :class:`~ducto_redis.errors.DecisionOutcomeUnknown`."""
         pool = client.connection_pool
         wire = self._take(pool)
         conn = wire.conn
+        pieces = iter(packed)
+        try:
+            piece = next(pieces, None)
+        except BaseException:
+            self._give_back(pool, wire)  # nothing written: the connection is still in step
+            raise
         try:
             sendall = wire.sock.sendall
-            for piece in packed:
+            while piece is not None:
                 sendall(piece)
+                piece = next(pieces, None)
             read = conn._parser.read_response
-            replies = [read() for _ in range(count)]
-        except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
+            replies = []
+            for i in range(count):
+                reply = read()
+                replies.append(reply)
+                if each is not None:
+                    each(i, reply)
+        except Exception as exc:  # the connection's, or packing a later piece: some calls may have run
             conn.disconnect()
             pool.release(conn)
             raise DecisionOutcomeUnknown(f"the connection failed after the call was sent: {exc}") from exc
@@ -456,6 +478,32 @@ def _forget_lanes() -> None:
 
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_forget_lanes)
+
+
+FIRST_PIECE = 1  # calls in a streamed batch's first write: Redis runs it while the next ones are packed
+PIECE = 8  # calls per later write (each write is a syscall here and a read event in Redis)
+
+
+def _pieces(calls: Iterable[Call[Any]], count: int) -> Iterator[bytes]:
+    """The ``count`` calls packed, a few per piece, each piece given as soon as its calls are built
+    (all in one piece when they are at most :data:`PIECE`: nothing to overlap)."""
+    pending: list[bytes] = []
+    flush = FIRST_PIECE if count > PIECE else count
+    for call in calls:
+        pending.append(_pack_command(command(call)))
+        if len(pending) == flush:
+            yield b"".join(pending)
+            pending, flush = [], PIECE
+    if pending:
+        yield b"".join(pending)
+
+
+def stream_lane(lane: Lane, client: Any, calls: Iterable[Call[Any]], count: int,
+                each: Callable[[int, Any], None]) -> list[Any]:
+    """The first write of ``count`` calls through a lane, each written as soon as ``calls`` builds it
+    (a few per write) and ``each(i, reply)`` called as each reply is read (while Redis runs the next):
+    the raw replies, for :func:`run_pipelined` (``first``) when one says "did not run"."""
+    return lane.exchange(client, _pieces(calls, count), count, each)
 
 
 def run_lane(lane: Lane, client: Any, calls: Sequence[Call[Any]]) -> list[Any]:
