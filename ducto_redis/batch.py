@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import MISSING, dataclass, fields
+from operator import itemgetter
 from typing import Any, Generic, TypeVar
 
 from .core import Call, StoreCore
@@ -75,6 +76,37 @@ MANY_TWINS: dict[str, Twin] = {
 MAX_DECISIONS_PER_CALL = 256
 
 
+def _picker(positions: tuple[int, ...]) -> Callable[[Sequence[Any]], tuple[Any, ...]]:
+    """The values at ``positions`` of a list, as a tuple (one C call: ``operator.itemgetter``)."""
+    if len(positions) == 1:
+        only = positions[0]
+        return lambda values: (values[only],)
+    if not positions:
+        return lambda values: ()
+    pick: Callable[[Sequence[Any]], tuple[Any, ...]] = itemgetter(*positions)
+    return pick
+
+
+@dataclass(frozen=True, slots=True)
+class _Picks:
+    """A twin's positions as pickers, made once: a batch picks them for every decision."""
+
+    shared_keys: Callable[[Sequence[Any]], tuple[Any, ...]]
+    shared_args: Callable[[Sequence[Any]], tuple[Any, ...]]
+    own_keys: Callable[[Sequence[Any]], tuple[Any, ...]]
+    own_args: Callable[[Sequence[Any]], tuple[Any, ...]]
+    pad: list[str]
+    """A call's optional ARGV, as the "" a call that left them out stands for (Fields.full)."""
+
+    @classmethod
+    def of(cls, twin: Twin) -> _Picks:
+        return cls(_picker(twin.shared_keys), _picker(twin.shared_args), _picker(twin.own_keys),
+                   _picker(twin.own_args), [""] * twin.args.optional)
+
+
+_PICKS: dict[str, _Picks] = {name: _Picks.of(twin) for name, twin in MANY_TWINS.items()}
+
+
 @dataclass(slots=True)
 class ChargeRequest:
     """One decision of :meth:`RedisStore.charge_many` (the arguments of ``charge``)."""
@@ -108,7 +140,9 @@ def _each(cls: type[R], requests: object, build: Callable[[R], Call[Any]]) -> li
         raise InvalidInputError("requests", f"must be a list of requests, got {type(requests).__name__}")
     calls: list[Call[Any]] = []
     for i, req in enumerate(requests):
-        if isinstance(req, Mapping):
+        if type(req) is cls:  # the common case first: isinstance against the Mapping ABC costs more
+            pass
+        elif isinstance(req, Mapping):
             try:
                 req = cls(**req)
             except TypeError:  # an unknown or a missing field: said by name, not as a TypeError
@@ -191,8 +225,8 @@ class Batch(Generic[T]):
                 count += 1
                 continue
             # decisions share a call only if their shared values are equal (always so within one shard)
-            group = (twin, generation.get(tag, 0), *(keys[p] for p in twin.shared_keys),
-                     *(args[p] for p in twin.shared_args))
+            picks = _PICKS[script.name]
+            group = (twin, generation.get(tag, 0), picks.shared_keys(keys), picks.shared_args(args))
             members = groups.get(group)
             if members is None:
                 members = groups[group] = []
@@ -231,9 +265,10 @@ class Batch(Generic[T]):
         first = decisions[members[0]]
         assert first.script is not None
         twin = MANY_TWINS[first.script.name]
-        head_keys = [first.keys[p] for p in twin.shared_keys]
-        head_args = [first.args[p] for p in twin.shared_args]
-        own_keys, own_args = twin.own_keys, twin.own_args
+        picks = _PICKS[first.script.name]
+        head_keys = list(picks.shared_keys(first.keys))
+        head_args = list(picks.shared_args(first.args))
+        own_keys, own_args, pad = picks.own_keys, picks.own_args, picks.pad
         kwidth = twin.keys_width
         script = self._scripts[twin.name]
         for start in range(0, len(members), MAX_DECISIONS_PER_CALL):
@@ -246,9 +281,8 @@ class Batch(Generic[T]):
                 k = d.keys
                 if len(k) < kwidth:  # no idempotency key: the twin takes the never-written name
                     k = [*k, no_idempotency_key(k[0])]
-                keys.extend([k[p] for p in own_keys])
-                a = twin.args.full(d.args)  # its optional ARGV put back if it left them out
-                args.extend([a[p] for p in own_args])
+                keys.extend(own_keys(k))
+                args.extend(own_args(d.args + pad))  # its optional ARGV put back if it left them out
                 slots[i] = (index, pos)
                 answers.append((i, pos))
             call = Call(script, keys, args, _lines)
