@@ -13,7 +13,8 @@ Sections (each a function that prepares its state and returns a timed operation)
 - ``MemoryStore.charge`` (embedded fakeredis + lupa);
 - batching: raw pipelined EVALSHA x100 (minimal script), the store's own debit_many function with the
   same 100 decisions packed once), ``charge_many`` x100 from one thread (and in a namespace of 8
-  shards instead of 64, so fewer script calls per batch), from 2 threads, and async
+  shards instead of 64, so fewer script calls per batch), from 2 threads, x500 (against the
+  reference pipelined x500: no target, printed under the table), and async
   with 4 batches in flight; and the Redis-side bound: Redis' own time per decision of debit_many
   (one 256-decision call minus a PING), as the decisions/s one Redis core could reach doing
   nothing else;
@@ -24,6 +25,7 @@ Usage::
 
     python bench/hotpath.py                      # print the table
     python bench/hotpath.py --seconds 3 --rounds 3 --write   # and write bench/RESULTS.md
+    python bench/hotpath.py --breakdown          # client CPU of each stage of charge / charge_many
 
 The machine is noisy (2 cores): rounds are interleaved and the median round is reported;
 quote ratios from one run, not absolute numbers. Nothing here is asserted by a test.
@@ -392,6 +394,30 @@ def store_charge_many_100(b: Bench) -> tuple[int, Callable[[], tuple[float, list
     return 100, lambda: b.time_sync(lambda: s.charge_many(reqs))
 
 
+def reference_pipelined_500(b: Bench) -> tuple[int, Callable[[], tuple[float, list[float]]]]:
+    """The batched yardstick in batches of 500 (as the x100 row)."""
+    sha, keys = _reference(b)
+    it = iter(range(10**12))
+
+    def op() -> None:
+        p = b.client.pipeline(transaction=False)
+        for _ in range(500):
+            p.evalsha(sha, 4, *keys, 1, RICH, "m1", RICH, f"e{next(it)}", 1735689600000, 90000)
+        p.execute()
+
+    return 500, lambda: b.time_sync(op)
+
+
+def store_charge_many_500(b: Bench) -> tuple[int, Callable[[], tuple[float, list[float]]]]:
+    """charge_many x500 on 500 users: ~all 64 shards, ~8 decisions per script call (x100: ~1.6)."""
+    s = b.store()
+    users = [f"batch500-{i}" for i in range(500)]
+    for u in users:
+        s.add_credits(u, RICH)
+    reqs = [ChargeRequest(u, 1, "bench") for u in users]
+    return 500, lambda: b.time_sync(lambda: s.charge_many(reqs))
+
+
 def raw_same_script_many_100(b: Bench) -> tuple[int, Callable[[], tuple[float, list[float]]]]:
     """The wire floor of charge_many x100: the store's own debit_many.lua calls for the same 100
     decisions, packed into bytes before the clock starts; each op only writes them and reads the
@@ -572,6 +598,8 @@ SECTIONS: dict[str, Callable[[Bench], tuple[int, Callable[[], tuple[float, list[
     "raw EVALSHA pipelined x100": raw_pipelined_100,
     "raw FCALL of debit_many x100, pre-packed (same function)": raw_same_script_many_100,
     "RedisStore.charge_many x100": store_charge_many_100,
+    "reference debit script, EVALSHA pipelined x500": reference_pipelined_500,
+    "RedisStore.charge_many x500": store_charge_many_500,
     "RedisStore.charge_many x100, 8-shard namespace": store_charge_many_8_shards,
     "RedisStore.charge_many x100, 2 threads": store_charge_many_threads,
     "AsyncRedisStore.charge_many x100, 4 in flight": async_charge_many_in_flight,
@@ -588,6 +616,11 @@ TARGETS = [
     ("charge vs limits' hit()", "RedisStore.charge with a daily deny cap", "limits moving-window hit()", 1.0),
     ("charge_many x100 vs the reference pipelined x100", "RedisStore.charge_many x100",
      "reference debit script, EVALSHA pipelined x100", 1.2),
+]
+# ratios printed under the table when both rows ran, with no target: (what, row, against)
+COMPARISONS = [
+    ("charge_many x500 vs the reference pipelined x500", "RedisStore.charge_many x500",
+     "reference debit script, EVALSHA pipelined x500"),
 ]
 
 
@@ -643,9 +676,72 @@ def table(results: list[Result]) -> str:
             ratio = by[row].rate / by[against].rate
             verdict = "met" if ratio >= floor else "not met"
             lines.append(f"- {what}: **{ratio:.2f}×** (target ≥ {floor:.2f}×: {verdict})")
+    for what, row, against in COMPARISONS:
+        if row in by and against in by:
+            lines.append(f"- {what}: **{by[row].rate / by[against].rate:.2f}×** (no target)")
     if "RedisStore.charge with a daily deny cap" in by:
         mine, ref = by["RedisStore.charge with a daily deny cap"].cpu_us()[0], by[BASELINE].cpu_us()[0]
         lines.append(f"- client CPU per decision, charge vs redis-py's EVALSHA of the reference: **{mine / ref:.2f}×**")
+    return "\n".join(lines)
+
+
+def breakdown(seconds: float) -> str:
+    """Client CPU per decision of each stage of ``charge`` (with a daily deny cap) and of
+    ``charge_many`` x100, each stage alone in a loop (so warmer caches than in the whole call: read
+    the shares, and the whole call's row for what a decision costs)."""
+    from ducto_redis.connect import lane_of, pack_calls, run_lane
+
+    b = Bench(seconds)
+    s = b.store()
+    s.add_credits("deny", RICH)
+    s.set_spend_cap(SpendCap(user_id="deny", cap_type="daily", limit=RICH, action="deny"))
+    users = [f"bd-{i}" for i in range(100)]
+    for u in users:
+        s.add_credits(u, RICH)
+    reqs = [ChargeRequest(u, 1, "bench") for u in users]
+    lane = lane_of(s.client)
+    assert lane is not None, "the breakdown measures the lane (a plain redis.Redis client)"
+    call = s.core.debit("deny", 1, operation_type="bench")
+    raw = run_lane(lane, s.client, [call])[0]
+    calls = charge_calls(s.core, reqs)
+    batch = Batch(calls, s.core.scripts)
+    replies = run_lane(lane, s.client, batch.calls)
+
+    def fresh() -> None:  # a new call id each time: a repeated one is answered as a replay
+        call.args[0] = new_call_id()
+        run_lane(lane, s.client, [call])
+
+    def take_all() -> None:
+        for k, reply in enumerate(replies):
+            batch.take(k, reply)
+
+    stages: list[tuple[str, int, SyncOp]] = [
+        ("charge: validate + build the call (core.debit)", 1, lambda: s.core.debit("deny", 1, operation_type="bench")),
+        ("charge: pack (hiredis)", 1, lambda: pack_calls([call])),
+        ("charge: round trip on the lane (take, write, read, give back; pre-built)", 1, fresh),
+        ("charge: parse the reply", 1, lambda: call.parse(raw)),
+        ("charge: the whole call", 1, lambda: s.charge("deny", 1, "bench")),
+        ("charge_many x100: validate + build (charge_calls)", 100, lambda: charge_calls(s.core, reqs)),
+        ("charge_many x100: group + build the script calls (Batch)", 100, lambda: Batch(calls, s.core.scripts)),
+        ("charge_many x100: pack (hiredis)", 100, lambda: pack_calls(batch.calls)),
+        ("charge_many x100: parse the replies (Batch.take)", 100, take_all),
+        ("charge_many x100: the whole call", 100, lambda: s.charge_many(reqs)),
+    ]
+    lines = ["| stage | client CPU µs per decision |", "|---|---:|"]
+    try:
+        for label, per, op in stages:
+            op = b.guarded(op)
+            for _ in range(50):
+                op()
+            n, end = 0, time.perf_counter() + seconds
+            t0 = time.process_time()
+            while time.perf_counter() < end:
+                op()
+                n += 1
+            lines.append(f"| {label} | {(time.process_time() - t0) / n / per * 1e6:.2f} |")
+            b.trim_ledger()
+    finally:
+        b.drop()
     return "\n".join(lines)
 
 
@@ -657,8 +753,13 @@ def main() -> None:
     ap.add_argument("--only", nargs="*", help="substrings of section names to run (baseline always runs)")
     ap.add_argument("--write", action="store_true", help="write the table into bench/RESULTS.md")
     ap.add_argument("--url", default=URL, help=f"Redis to measure (default {URL})")
+    ap.add_argument("--breakdown", action="store_true",
+                    help="print only the client CPU of each stage of charge and charge_many x100")
     args = ap.parse_args()
     URL = args.url
+    if args.breakdown:
+        print(breakdown(args.seconds))
+        return
     text = table(run(args.seconds, args.rounds, args.only))
     print(text)
     if args.write:

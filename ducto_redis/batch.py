@@ -10,8 +10,9 @@ each call at most once (connect.py).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import MISSING, dataclass, fields
+from operator import itemgetter
 from typing import Any, Generic, TypeVar
 
 from .core import Call, StoreCore
@@ -75,6 +76,37 @@ MANY_TWINS: dict[str, Twin] = {
 MAX_DECISIONS_PER_CALL = 256
 
 
+def _picker(positions: tuple[int, ...]) -> Callable[[Sequence[Any]], tuple[Any, ...]]:
+    """The values at ``positions`` of a list, as a tuple (one C call: ``operator.itemgetter``)."""
+    if len(positions) == 1:
+        only = positions[0]
+        return lambda values: (values[only],)
+    if not positions:
+        return lambda values: ()
+    pick: Callable[[Sequence[Any]], tuple[Any, ...]] = itemgetter(*positions)
+    return pick
+
+
+@dataclass(frozen=True, slots=True)
+class _Picks:
+    """A twin's positions as pickers, made once: a batch picks them for every decision."""
+
+    shared_keys: Callable[[Sequence[Any]], tuple[Any, ...]]
+    shared_args: Callable[[Sequence[Any]], tuple[Any, ...]]
+    own_keys: Callable[[Sequence[Any]], tuple[Any, ...]]
+    own_args: Callable[[Sequence[Any]], tuple[Any, ...]]
+    pad: list[str]
+    """A call's optional ARGV, as the "" a call that left them out stands for (Fields.full)."""
+
+    @classmethod
+    def of(cls, twin: Twin) -> _Picks:
+        return cls(_picker(twin.shared_keys), _picker(twin.shared_args), _picker(twin.own_keys),
+                   _picker(twin.own_args), [""] * twin.args.optional)
+
+
+_PICKS: dict[str, _Picks] = {name: _Picks.of(twin) for name, twin in MANY_TWINS.items()}
+
+
 @dataclass(slots=True)
 class ChargeRequest:
     """One decision of :meth:`RedisStore.charge_many` (the arguments of ``charge``)."""
@@ -108,7 +140,9 @@ def _each(cls: type[R], requests: object, build: Callable[[R], Call[Any]]) -> li
         raise InvalidInputError("requests", f"must be a list of requests, got {type(requests).__name__}")
     calls: list[Call[Any]] = []
     for i, req in enumerate(requests):
-        if isinstance(req, Mapping):
+        if type(req) is cls:  # the common case first: isinstance against the Mapping ABC costs more
+            pass
+        elif isinstance(req, Mapping):
             try:
                 req = cls(**req)
             except TypeError:  # an unknown or a missing field: said by name, not as a TypeError
@@ -162,16 +196,22 @@ class Batch(Generic[T]):
     Decisions of one shard run in the order given: consecutive packable decisions of a shard share
     a packed call placed where the first of them stood, and a call that cannot be packed (another
     script, a settlement) closes its shard's open group, so what follows it goes into a new one.
+
+    The grouping is done at once; the script calls themselves are built in order by :meth:`stream`
+    (a store's lane writes each as soon as it is built, so Redis runs the first while the next are
+    packed), or all at once unless ``stream`` is set. :attr:`count` is how many there are.
     """
 
-    def __init__(self, calls: Sequence[Call[T]], scripts: dict[str, Script]) -> None:
+    def __init__(self, calls: Sequence[Call[T]], scripts: dict[str, Script], *, stream: bool = False) -> None:
         self.decisions = list(calls)
+        self._scripts = scripts
         # per decision: (index in calls, position in a packed reply or None), None without a call
         self._slots: list[tuple[int, int | None] | None] = [None] * len(self.decisions)
-        # the pipeline in order: a single call, or a group of packed decisions (indexes)
-        order: list[Call[Any] | list[int]] = []
+        # the pipeline in order: a decision sent as it is (its index), or a group of packed decisions
+        order: list[int | list[int]] = []
         groups: dict[tuple[Any, ...], list[int]] = {}
         generation: dict[str, int] = {}  # per shard tag: bumped by each call that is not packed
+        count = 0
         for i, call in enumerate(self.decisions):
             script = call.script
             if script is None:
@@ -181,48 +221,98 @@ class Batch(Generic[T]):
             twin = MANY_TWINS.get(script.name)
             if twin is None or (len(args) > twin.only[0] and args[twin.only[0]] != twin.only[1]):
                 generation[tag] = generation.get(tag, 0) + 1
-                order.append(call)
-                self._slots[i] = (-1, None)
+                order.append(i)
+                count += 1
                 continue
             # decisions share a call only if their shared values are equal (always so within one shard)
-            group = (twin, generation.get(tag, 0), *(keys[p] for p in twin.shared_keys),
-                     *(args[p] for p in twin.shared_args))
+            picks = _PICKS[script.name]
+            group = (twin, generation.get(tag, 0), picks.shared_keys(keys), picks.shared_args(args))
             members = groups.get(group)
             if members is None:
                 members = groups[group] = []
                 order.append(members)
+            elif len(members) % MAX_DECISIONS_PER_CALL == 0:
+                count += 1  # one more call of this group: it is past a call's most decisions
             members.append(i)
+        self._order = order
+        self.count = count + len(groups)
+        """How many script calls the decisions make."""
         self.calls: list[Call[Any]] = []
-        singles = iter([i for i, slot in enumerate(self._slots) if slot is not None])
-        for item in order:
-            if isinstance(item, Call):
-                self._slots[next(singles)] = (len(self.calls), None)
-                self.calls.append(item)
-            else:
-                self._pack(item, scripts)
+        """The script calls built so far (all of them, once :meth:`stream` has run through)."""
+        # per script call: the decision it answers (a call sent as it is), or those it answers packed,
+        # (index in decisions, position in its reply)
+        self._answers: list[int | list[tuple[int, int]]] = []
+        self._results: list[Any] = []
+        if not stream:
+            for _ in self.stream():
+                pass
 
-    def _pack(self, members: list[int], scripts: dict[str, Script]) -> None:
-        first = self.decisions[members[0]]
+    def stream(self) -> Iterator[Call[Any]]:
+        """Build the script calls in order, each yielded (and added to :attr:`calls`) once built."""
+        decisions, slots = self.decisions, self._slots
+        for item in self._order:
+            if isinstance(item, int):
+                slots[item] = (len(self.calls), None)
+                self._answers.append(item)
+                call = decisions[item]
+                self.calls.append(call)
+                yield call
+            else:
+                yield from self._pack(item)
+
+    def _pack(self, members: list[int]) -> Iterator[Call[Any]]:
+        decisions, slots = self.decisions, self._slots
+        first = decisions[members[0]]
         assert first.script is not None
         twin = MANY_TWINS[first.script.name]
-        head_keys = [first.keys[p] for p in twin.shared_keys]
-        head_args = [first.args[p] for p in twin.shared_args]
-        own_keys, own_args = twin.own_keys, twin.own_args
+        picks = _PICKS[first.script.name]
+        head_keys = list(picks.shared_keys(first.keys))
+        head_args = list(picks.shared_args(first.args))
+        own_keys, own_args, pad = picks.own_keys, picks.own_args, picks.pad
         kwidth = twin.keys_width
+        script = self._scripts[twin.name]
         for start in range(0, len(members), MAX_DECISIONS_PER_CALL):
             chunk = members[start : start + MAX_DECISIONS_PER_CALL]
             keys, args = list(head_keys), list(head_args)
             index = len(self.calls)
+            answers: list[tuple[int, int]] = []
             for pos, i in enumerate(chunk):
-                d = self.decisions[i]
+                d = decisions[i]
                 k = d.keys
                 if len(k) < kwidth:  # no idempotency key: the twin takes the never-written name
                     k = [*k, no_idempotency_key(k[0])]
-                keys.extend([k[p] for p in own_keys])
-                a = twin.args.full(d.args)  # its optional ARGV put back if it left them out
-                args.extend([a[p] for p in own_args])
-                self._slots[i] = (index, pos)
-            self.calls.append(Call(scripts[twin.name], keys, args, _lines))
+                keys.extend(own_keys(k))
+                args.extend(own_args(d.args + pad))  # its optional ARGV put back if it left them out
+                slots[i] = (index, pos)
+                answers.append((i, pos))
+            call = Call(script, keys, args, _lines)
+            self._answers.append(answers)
+            self.calls.append(call)
+            yield call
+
+    def take(self, index: int, reply: Any) -> None:
+        """Parse the reply of script call ``index`` into its decisions' results, as soon as it is
+        read (while Redis runs the calls after it); :meth:`taken` gives them once every call's is."""
+        results = self._results
+        if not results:
+            results = self._results = [None] * len(self.decisions)
+        decisions = self.decisions
+        answers = self._answers[index]
+        if isinstance(answers, int):
+            results[answers] = decisions[answers].parse(reply)
+            return
+        lines = _lines(reply)
+        for i, pos in answers:
+            results[i] = decisions[i].parse(lines[pos])
+
+    def taken(self) -> list[T]:
+        """The results :meth:`take` parsed, in the order of the decisions (a decision without a
+        script call: its ready result)."""
+        results = self._results or [None] * len(self.decisions)
+        for i, slot in enumerate(self._slots):
+            if slot is None:
+                results[i] = self.decisions[i].parse(None)
+        return results
 
     def assemble(self, replies: Sequence[Any]) -> list[T]:
         """Results in the order of the decisions, from the replies of :attr:`calls`."""

@@ -21,13 +21,34 @@ The rules are written once, as a generator of steps (:func:`_plan`); each step
 (:data:`Step`) runs itself synchronously or returns its awaitable, so the sync and the async driver
 only carry the steps out. The embedded store's in-process fakeredis takes the same rounds through
 its own pipeline (no network, nothing to lose).
+
+**The lean path** (:class:`Lane`): a sync store on a plain ``redis.Redis`` (its default
+``ConnectionPool``, TCP or Unix socket, no client-side cache, no credential provider) keeps the
+connections its calls used in a lane of its own (one per pool, shared by every store on it) instead
+of taking each from the pool and giving it back, which cost more than the rest of a charge's round
+trip; the first write of a call goes straight to the socket and its replies are read through the
+connection's parser. The rules above hold as they are: a lane connection is checked (one ``poll``)
+before each use and opened again if the server closed it (nothing sent yet), any failure once
+written is :class:`~ducto_redis.errors.DecisionOutcomeUnknown` and drops the connection, and a
+reply that says "did not run" goes on through :func:`_plan` (its later rounds by the generic path).
+A batch (``charge_many``) is streamed: each script call is written as soon as it is built, a few
+per write (:func:`stream_lane`), and each reply parsed as soon as it is read, so the client's work
+overlaps Redis' instead of adding to it; a failure once the first piece is written (the connection,
+or building a later piece) is ``DecisionOutcomeUnknown`` as above, and nothing is ever written
+twice. A connection serves one call at a time (taken from the lane's list, put back once every reply is
+read), so one store is safe to share by threads; a forked child forgets its parent's lane
+connections. A lane holds at most :data:`LANE_IDLE_MAX` idle connections; they count as in use for
+the pool (``client.close()`` still closes them: the next call opens them again).
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
+import select
 import time
-from collections.abc import Awaitable, Generator, Iterable, Sequence
+import weakref
+from collections.abc import Awaitable, Callable, Generator, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -37,6 +58,7 @@ import redis.asyncio as aioredis
 from redis.asyncio.cluster import ClusterNode as AsyncClusterNode
 from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 from redis.cluster import RedisCluster
+from redis.connection import Connection, ConnectionPool, UnixDomainSocketConnection
 from redis.exceptions import AskError, MovedError, ResponseError, TryAgainError
 
 from .core import Call
@@ -207,16 +229,24 @@ def _node(client: Any, exc: AskError) -> Any:
     return client.get_redis_connection(node)
 
 
-def _plan(client: Any, calls: Sequence[Call[Any]]) -> Generator[Step, Any, list[Any]]:
+def _plan(client: Any, calls: Sequence[Call[Any]],
+          first: list[Any] | None = None) -> Generator[Step, Any, list[Any]]:
     """The raw replies of ``calls``: one write per target (a plain client is one target, so one
     write of them all, almost always the end of it), then again for any call whose reply says it
     did not run, after its remedy, until each has an answer that is not "did not run"; an error
-    reply of a call that ran is raised."""
+    reply of a call that ran is raised. ``first``: a plain client's replies to that first write,
+    already made (by a :class:`Lane`)."""
     # plain clients first: isinstance against redis-py's cluster classes costs ~0.7 us
     cluster = not isinstance(client, (redis.Redis, aioredis.Redis))
     if cluster and isinstance(client, AsyncRedisCluster):
         yield Initialize(client)
-    replies: list[Any] = [None] * len(calls) if cluster else (yield Send(client, [command(c) for c in calls]))
+    replies: list[Any]
+    if cluster:
+        replies = [None] * len(calls)
+    elif first is not None:
+        replies = first
+    else:
+        replies = yield Send(client, [command(c) for c in calls])
     sent = 0 if cluster else 1
     use_source: set[int] = set()
     asking: dict[int, Any] = {}
@@ -308,9 +338,10 @@ def _send(target: Any, commands: list[tuple[Any, ...]]) -> list[Any]:
         pool.release(conn)
 
 
-def run_pipelined(client: Any, calls: Sequence[Call[Any]]) -> list[Any]:
-    """Raw replies of ``calls`` (each with a script): one write per node, each call run at most once."""
-    plan = _plan(client, calls)
+def run_pipelined(client: Any, calls: Sequence[Call[Any]], first: list[Any] | None = None) -> list[Any]:
+    """Raw replies of ``calls`` (each with a script): one write per node, each call run at most once.
+    ``first``: a plain client's replies to the first write of them all, already made (a :class:`Lane`)."""
+    plan = _plan(client, calls, first)
     try:
         step = next(plan)
         while True:
@@ -318,6 +349,171 @@ def run_pipelined(client: Any, calls: Sequence[Call[Any]]) -> list[Any]:
     except StopIteration as done:
         replies: list[Any] = done.value
         return replies
+
+
+# ── the lean sync path: a plain client's connections kept between calls ──
+
+
+LANE_IDLE_MAX = 8  # idle connections a lane keeps; more (after a burst of threads) go back to the pool
+_LANE_CONNECTIONS = (Connection, UnixDomainSocketConnection)
+
+
+@dataclass(slots=True, eq=False)
+class _Wire:
+    """One connection of a lane, with the socket it was checked on and a poller of that socket."""
+
+    conn: Any
+    sock: Any
+    poller: Any
+
+    @classmethod
+    def of(cls, conn: Any) -> _Wire:
+        poller = select.poll()
+        poller.register(conn._sock, select.POLLIN)
+        return cls(conn, conn._sock, poller)
+
+    def ready(self) -> bool:
+        """Still open and in step: the same socket, with nothing to read (a server that closed it
+        makes it readable: EOF)."""
+        return self.conn._sock is self.sock and not self.poller.poll(0)
+
+
+class Lane:
+    """A plain client's connections kept between calls (see the module docstring): idle ones in a
+    list, each taken by one call at a time."""
+
+    __slots__ = ("idle",)
+
+    def __init__(self) -> None:
+        self.idle: list[_Wire] = []
+
+    def _take(self, pool: Any) -> _Wire:
+        """An open connection, checked, with nothing sent on it yet (a failure here: nothing was sent)."""
+        try:
+            wire = self.idle.pop()
+        except IndexError:
+            return _Wire.of(pool.get_connection())  # connected and checked by the pool
+        if wire.ready():
+            return wire
+        conn = wire.conn
+        try:
+            conn.disconnect()
+            conn.connect()
+        except BaseException:
+            pool.release(conn)
+            raise
+        return _Wire.of(conn)
+
+    def _give_back(self, pool: Any, wire: _Wire) -> None:
+        if len(self.idle) < LANE_IDLE_MAX and not wire.conn.should_reconnect():
+            self.idle.append(wire)
+        else:
+            pool.release(wire.conn)
+
+    def exchange(self, client: Any, packed: Iterable[bytes], count: int,
+                 each: Callable[[int, Any], None] | None = None) -> list[Any]:
+        """Write ``packed`` (``count`` commands, in one or more pieces, each written as soon as the
+        iterable gives it) on one connection and read their ``count`` replies, an error reply as its
+        exception (the connection stays in step); ``each(i, reply)`` is called as each is read.
+
+        A failure before the first write (opening the connection, packing the first piece) leaves
+        nothing sent and is raised as it is; any failure once a write began (the connection, or
+        packing a later piece) is :class:`~ducto_redis.errors.DecisionOutcomeUnknown`."""
+        pool = client.connection_pool
+        wire = self._take(pool)
+        conn = wire.conn
+        pieces = iter(packed)
+        try:
+            piece = next(pieces, None)
+        except BaseException:
+            self._give_back(pool, wire)  # nothing written: the connection is still in step
+            raise
+        try:
+            sendall = wire.sock.sendall
+            while piece is not None:
+                sendall(piece)
+                piece = next(pieces, None)
+            read = conn._parser.read_response
+            replies = []
+            for i in range(count):
+                reply = read()
+                replies.append(reply)
+                if each is not None:
+                    each(i, reply)
+        except Exception as exc:  # the connection's, or packing a later piece: some calls may have run
+            conn.disconnect()
+            pool.release(conn)
+            raise DecisionOutcomeUnknown(f"the connection failed after the call was sent: {exc}") from exc
+        except BaseException:
+            conn.disconnect()
+            pool.release(conn)
+            raise
+        self._give_back(pool, wire)
+        return replies
+
+
+_LANES: weakref.WeakKeyDictionary[Any, Lane] = weakref.WeakKeyDictionary()
+
+
+def lane_of(client: Any) -> Lane | None:
+    """The lane of a plain ``redis.Redis`` client's pool (made at the first ask), or None for any
+    other client, which takes the generic path: a cluster, fakeredis, another pool class (blocking),
+    TLS or another connection class, a client-side cache, a credential provider (its
+    re-authentication runs when a connection goes back to the pool), no ``select.poll`` or no hiredis."""
+    if type(client) is not redis.Redis or not hasattr(select, "poll") or _pack_command is None:
+        return None
+    pool = client.connection_pool
+    if (type(pool) is not ConnectionPool or pool.connection_class not in _LANE_CONNECTIONS
+            or getattr(pool, "cache", None) is not None
+            or pool.connection_kwargs.get("credential_provider") is not None):
+        return None
+    return _LANES.setdefault(pool, Lane())
+
+
+def _forget_lanes() -> None:
+    """In a forked child: the parent's connections are not this process's to use."""
+    for lane in list(_LANES.values()):
+        lane.idle = []
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_lanes)
+
+
+FIRST_PIECE = 1  # calls in a streamed batch's first write: Redis runs it while the next ones are packed
+PIECE = 8  # calls per later write (each write is a syscall here and a read event in Redis)
+
+
+def _pieces(calls: Iterable[Call[Any]], count: int) -> Iterator[bytes]:
+    """The ``count`` calls packed, a few per piece, each piece given as soon as its calls are built
+    (all in one piece when they are at most :data:`PIECE`: nothing to overlap)."""
+    pending: list[bytes] = []
+    flush = FIRST_PIECE if count > PIECE else count
+    for call in calls:
+        pending.append(_pack_command(command(call)))
+        if len(pending) == flush:
+            yield b"".join(pending)
+            pending, flush = [], PIECE
+    if pending:
+        yield b"".join(pending)
+
+
+def stream_lane(lane: Lane, client: Any, calls: Iterable[Call[Any]], count: int,
+                each: Callable[[int, Any], None]) -> list[Any]:
+    """The first write of ``count`` calls through a lane, each written as soon as ``calls`` builds it
+    (a few per write) and ``each(i, reply)`` called as each reply is read (while Redis runs the next):
+    the raw replies, for :func:`run_pipelined` (``first``) when one says "did not run"."""
+    return lane.exchange(client, _pieces(calls, count), count, each)
+
+
+def run_lane(lane: Lane, client: Any, calls: Sequence[Call[Any]]) -> list[Any]:
+    """:func:`run_pipelined` on a plain client through its lane: the first write of every call
+    there, any later round (a reply that says "did not run") by the rules of :func:`_plan`."""
+    replies = lane.exchange(client, (pack_calls(calls),), len(calls))
+    for reply in replies:
+        if isinstance(reply, Exception):
+            return run_pipelined(client, calls, replies)
+    return replies
 
 
 # ── async driver ──

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from typing import Any, TypeVar
 
 from .batch import Batch
-from .connect import run_pipelined, sync_client
+from .connect import lane_of, run_lane, run_pipelined, stream_lane, sync_client
 from .core import Call
 from .ledger.store_api import LedgerStoreMixin
 from .methods import SyncRunner
@@ -29,6 +29,7 @@ class RedisStore(LedgerStoreMixin, SyncRunner, StoreOps):
 
     def __init__(self, client: Any, settings: Settings | None = None, **overrides: Any) -> None:
         self._attach(client, settings, overrides)
+        self._lane = lane_of(client)
 
     @classmethod
     def from_url(cls, url: str | None = None, namespace: str | None = None, **overrides: Any) -> RedisStore:
@@ -50,14 +51,46 @@ class RedisStore(LedgerStoreMixin, SyncRunner, StoreOps):
 
     # ── I/O ───────────────────────────────────────────────────────────
 
+    def _send(self, calls: Sequence[Call[Any]]) -> list[Any]:
+        lane = self._lane
+        if lane is not None:
+            return run_lane(lane, self.client, calls)
+        return run_pipelined(self.client, calls)
+
     def _run(self, call: Call[T]) -> T:
         if call.script is None:
             return call.parse(None)
-        return call.parse(run_pipelined(self.client, [call])[0])
+        return call.parse(self._send((call,))[0])
 
     def _run_many(self, calls: Sequence[Call[T]]) -> list[T]:
-        batch = Batch(calls, self.core.scripts)
-        return batch.assemble(run_pipelined(self.client, batch.calls) if batch.calls else [])
+        lane = self._lane
+        if lane is None:
+            batch = Batch(calls, self.core.scripts)
+            return batch.assemble(run_pipelined(self.client, batch.calls) if batch.calls else [])
+        # the lane: each script call written as soon as it is built, each reply parsed as soon as it
+        # is read, so the client's work overlaps Redis'; any other case goes the general way, in order
+        batch = Batch(calls, self.core.scripts, stream=True)
+        if not batch.count:
+            return batch.taken()
+        failed: list[BaseException] = []
+
+        def take(i: int, reply: Any) -> None:
+            if failed:
+                return
+            if isinstance(reply, Exception):
+                failed.append(reply)
+                return
+            try:
+                batch.take(i, reply)
+            except Exception as exc:  # raised again below, in the decisions' order
+                failed.append(exc)
+
+        replies = stream_lane(lane, self.client, batch.stream(), batch.count, take)
+        if not failed:
+            return batch.taken()
+        if any(isinstance(r, Exception) for r in replies):
+            replies = run_pipelined(self.client, batch.calls, replies)
+        return batch.assemble(replies)
 
     def close(self) -> None:
         """Close the client's connections."""

@@ -86,11 +86,17 @@ def check_text(value: object, field: str, *, max_chars: int, allow_empty: bool =
 
 def check_id(value: object, field: str) -> str:
     """A non-empty id of at most 1 024 bytes in UTF-8, storable by PostgreSQL."""
+    # the hot path's common case in one expression (an ASCII str: as many bytes as characters, no
+    # surrogate): what check_text accepts unchanged; anything else is judged by check_text itself
+    if type(value) is str and value and len(value) <= MAX_ID_BYTES and value.isascii() and "\x00" not in value:
+        return value
     return check_text(value, field, max_chars=MAX_ID_BYTES, bytes_=True)
 
 
 def check_label(value: object, field: str, *, allow_empty: bool = False) -> str:
     """A short label (type, operation, model, role, name, plan id, reason) of at most 256 characters."""
+    if type(value) is str and value and len(value) <= MAX_LABEL_LENGTH and value.isascii() and "\x00" not in value:
+        return value  # as check_id: the common case, which check_text accepts unchanged
     return check_text(value, field, max_chars=MAX_LABEL_LENGTH, allow_empty=allow_empty)
 
 
@@ -118,6 +124,8 @@ def amount_in_range(value: int, minimum: int, maximum: int = MAX_AMOUNT) -> bool
 
 def check_amount(value: object, field: str, minimum: int, maximum: int = MAX_AMOUNT, unit: str = "credits") -> int:
     """An int amount in range, else :class:`InvalidInputError` naming ``field``."""
+    if type(value) is int and minimum <= value <= maximum:  # the common case, as check_int accepts it
+        return value
     n = check_int(value, field, unit)
     if not minimum <= n <= maximum:
         top = "2**53-1" if maximum == MAX_AMOUNT else str(maximum)
