@@ -1,11 +1,14 @@
 """Instructions Redis executes per decision, counted by callgrind: repeatable on a noisy machine.
 
-Timings on this 2-core machine swing by 2x from run to run; instruction counts do not. Each case
-starts a private ``redis-server`` under ``valgrind --tool=callgrind``, makes ``--calls`` decisions
-(after the same setup) and again ``--calls`` + ``--span`` (1000), and reports the difference / span: what one
-decision costs Redis, network handling included, startup and setup excluded. Every row is also
-given as a ratio to the reference debit script (``../shared/bench/reference_debit.lua``: balance +
-daily window + member counter + XADD, by EVALSHA), measured in the same run.
+Timings on this 2-core machine swing by 2x from run to run; instruction counts do not follow the
+machine's load, though they differ a little from one server to the next (random ids, hash seeds,
+where the Lua collector's cycles fall: up to ~2% at the default span), so compare medians
+(``--repeat 3``) from one run. Each case starts a private ``redis-server`` under ``valgrind
+--tool=callgrind``, makes ``--calls`` decisions (after the same setup) and again ``--calls`` +
+``--span`` (1000), and reports the difference / span: what one decision costs Redis, network
+handling included, startup and setup excluded. Every row is also given as a ratio to the reference
+debit script (``../shared/bench/reference_debit.lua``: balance + daily window + member counter +
+XADD, by EVALSHA), measured in the same run.
 
 Cases: ``reference``, ``noop`` (FCALL of a function returning 1), ``limits`` (the ``limits``
 library's moving-window ``hit()``), ``charge`` (one daily deny cap), ``charge_many`` (100 per call,
