@@ -234,8 +234,9 @@ def main() -> None:
         print(rows[-1], flush=True)
     if opts.write:
         write_section("Redis instructions per decision", "python bench/instructions.py " + " ".join(sys.argv[1:]),
-                      "callgrind on a private redis-server (deterministic: the machine's load does not change "
-                      "it); each row also as a ratio to the reference debit script measured in the same run.",
+                      "callgrind on a private redis-server (the machine's load does not change it; one server "
+                      "to the next, up to ~2%); each row also as a ratio to the reference debit script measured "
+                      "in the same run.",
                       "\n".join(rows))
 
 
