@@ -12,7 +12,8 @@ XADD, by EVALSHA), measured in the same run.
 
 Cases: ``reference``, ``noop`` (FCALL of a function returning 1), ``limits`` (the ``limits``
 library's moving-window ``hit()``), ``charge`` (one daily deny cap), ``charge_many`` (100 per call,
-per decision), ``team`` (``deduct_team``, member with a cap), ``reserve_deduct`` (the pair, per
+per decision), ``charge_many_64`` (the same over 1 000 users in 64 shards, as bench/hotpath.py's
+charge_many rows: ~60 script calls per 100), ``team`` (``deduct_team``, member with a cap), ``reserve_deduct`` (the pair, per
 pair), ``allowance`` (``charge_with_allowance``, paid part), ``add`` (``add_credits``).
 ``--code PATH`` measures another checkout of ducto-redis (e.g. a ``git worktree`` of an older
 commit), so two versions compare in one run. ``--profile REDIS_SERVER`` shows instead where each
@@ -88,6 +89,16 @@ CASES: dict[str, tuple[str, str, str, int]] = {
         "    s.set_spend_cap(SpendCap(user_id=f'u{u}', cap_type='daily', limit=10**12, action='deny'))\n"
         "reqs = [ChargeRequest(f'u{u % 20}', 1, 'x') for u in range(100)]",
         "s.charge_many(reqs)",
+        100,
+    ),
+    "charge_many_64": (
+        "charge_many, 100 per call over 1 000 users in 64 shards (hotpath's), per decision",
+        "from ducto_redis import RedisStore\nfrom ducto_redis.batch import ChargeRequest\nimport random\n"
+        "s = RedisStore.from_url(URL, namespace='cg64', shards=64)\ns.setup()\n"
+        "for u in range(1000):\n    s.add_credits(f'u{u}', 10**12)\n"
+        "rng = random.Random(7)\n"
+        "batches = [[ChargeRequest(f'u{rng.randrange(1000)}', 1, 'x') for _ in range(100)] for _ in range(64)]",
+        "s.charge_many(batches[i % 64])",
         100,
     ),
     "team": (

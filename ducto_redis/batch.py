@@ -195,7 +195,10 @@ class Batch(Generic[T]):
 
     Decisions of one shard run in the order given: consecutive packable decisions of a shard share
     a packed call placed where the first of them stood, and a call that cannot be packed (another
-    script, a settlement) closes its shard's open group, so what follows it goes into a new one.
+    script, a settlement) closes its shard's open group, so what follows it goes into a new one. A
+    group of one decision is sent as its own call (the single script decides it the same way, with
+    fewer values to send: with 64 shards about one decision in five of a batch of 100 is alone in
+    its shard).
 
     The grouping is done at once; the script calls themselves are built in order by :meth:`stream`
     (a store's lane writes each as soon as it is built, so Redis runs the first while the next are
@@ -251,6 +254,8 @@ class Batch(Generic[T]):
         """Build the script calls in order, each yielded (and added to :attr:`calls`) once built."""
         decisions, slots = self.decisions, self._slots
         for item in self._order:
+            if not isinstance(item, int) and len(item) == 1:
+                item = item[0]  # alone in its group: its own call
             if isinstance(item, int):
                 slots[item] = (len(self.calls), None)
                 self._answers.append(item)

@@ -242,6 +242,30 @@ def test_batched_settlements_charges_and_replays_equal_one_by_one_with_the_same_
             drop_namespace(single.client, single.settings.namespace)
 
 
+def test_a_decision_alone_in_its_shard_is_sent_as_the_single_script_and_decides_the_same(
+        store: RedisStore) -> None:
+    from ducto_redis.batch import Batch
+
+    keys = store.core.keys
+    alone = "alone-0"
+    others = [n for n in (f"pair-{i}" for i in range(5000))
+              if keys.user(n).shard != keys.user(alone).shard][:1]
+    pair = [n for n in (f"pair-{i}" for i in range(5000, 10000))
+            if keys.user(n).shard == keys.user(others[0]).shard][:1]
+    users = [alone, others[0], pair[0]]
+    for u in users:
+        store.add_credits(u, 10, type="purchase")
+    calls = [store.core.debit(u, 3, operation_type="req") for u in users]
+    batch = Batch(calls, store.core.scripts)
+    names = [c.script.name for c in batch.calls if c.script is not None]
+    assert names == ["debit", "debit_many"]  # the lone decision as itself, the two of one shard packed
+    assert batch.calls[0] is calls[0] and batch.count == 2
+    results = batch.assemble(_send(store, batch))
+    assert [(r.error, r.balance_after) for r in results] == [(None, 7)] * 3
+    assert [store.get_balance(u).balance for u in users] == [7, 7, 7]
+    assert store.charge_many([{"user_id": alone, "amount": 7, "operation_type": "req"}])[0].balance_after == 0
+
+
 def _send(store: RedisStore, batch: Any) -> list[Any]:
     from ducto_redis.connect import run_pipelined
 
@@ -251,10 +275,13 @@ def _send(store: RedisStore, batch: Any) -> list[Any]:
 def test_packed_layout_sends_shared_values_once_and_new_positions_per_decision(store: RedisStore) -> None:
     from ducto_redis.batch import Batch
 
-    calls = [store.core.debit(f"same-shard-{i}", 1, operation_type="req") for i in range(3)]
+    # three users of one shard (a decision alone in its shard is sent as the single script)
     shard = store.core.keys.user("same-shard-0").shard
-    calls = [c for c in calls if c.keys[0].startswith(store.core.keys.tag(shard))] or calls[:1]
+    names = [n for n in (f"same-shard-{i}" for i in range(5000)) if store.core.keys.user(n).shard == shard][:3]
+    assert len(names) == 3
+    calls = [store.core.debit(n, 1, operation_type="req") for n in names]
     packed = Batch(calls, store.core.scripts).calls[0]
+    assert packed.script is not None and packed.script.name == "debit_many"
     # debit.lua: KEYS account grants ledger events [idem]; ARGV cid amount frag config [model floor rid quantities]
     assert packed.keys[:2] == calls[0].keys[2:4]  # the shard's ledger and events streams, once
     assert packed.args[:1] == calls[0].args[3:4]  # the configuration, once

@@ -219,6 +219,9 @@ def test_every_script_replies_with_the_shape_of_its_spec(spec_store: RedisStore,
     charged = s.charge("u1", 5, "req")
     assert [d.error for d in s.charge_many([ChargeRequest("u1", 1, "x"), ChargeRequest("u2", 1, "x")])] == [
         None, "insufficient_credits"]
+    # two decisions of one shard are packed into debit_many (a lone one is sent as debit.lua)
+    assert [d.error for d in s.charge_many([ChargeRequest("u1", 1, "x"), ChargeRequest("u1", 10**15, "x")])] == [
+        None, "insufficient_credits"]
     assert s.get_balance("u1").balance > 0
     # teams
     team = s.create_team("Team", 100).team_id
