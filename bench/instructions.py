@@ -13,8 +13,9 @@ XADD, by EVALSHA), measured in the same run.
 Cases: ``reference``, ``noop`` (FCALL of a function returning 1), ``limits`` (the ``limits``
 library's moving-window ``hit()``), ``charge`` (one daily deny cap), ``charge_many`` (100 per call,
 per decision), ``charge_many_64`` (the same over 1 000 users in 64 shards, as bench/hotpath.py's
-charge_many rows: ~60 script calls per 100), ``team`` (``deduct_team``, member with a cap), ``reserve_deduct`` (the pair, per
-pair), ``allowance`` (``charge_with_allowance``, paid part), ``add`` (``add_credits``).
+charge_many rows: ~60 script calls per 100), ``team`` (``deduct_team``, member with a cap),
+``reserve_deduct`` (the pair, per pair), ``allowance`` (``charge_with_allowance``, paid part),
+``add`` (``add_credits``).
 ``--code PATH`` measures another checkout of ducto-redis (e.g. a ``git worktree`` of an older
 commit), so two versions compare in one run. ``--profile REDIS_SERVER`` shows instead where each
 case's instructions go, function by function (see :func:`profile` for a redis-server with symbols).
