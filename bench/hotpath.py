@@ -270,18 +270,23 @@ def reference_evalsha(b: Bench) -> tuple[int, Callable[[], tuple[float, list[flo
         lambda: b.client.evalsha(sha, 4, *keys, 1, RICH, "m1", RICH, f"e{next(it)}", 1735689600000, 90000))
 
 
-def reference_pipelined_100(b: Bench) -> tuple[int, Callable[[], tuple[float, list[float]]]]:
-    """The batched yardstick: redis-py pipelining the reference script in batches of 100."""
+def _reference_pipelined(b: Bench, size: int) -> tuple[int, Callable[[], tuple[float, list[float]]]]:
+    """redis-py pipelining the reference script in batches of ``size``."""
     sha, keys = _reference(b)
     it = iter(range(10**12))
 
     def op() -> None:
         p = b.client.pipeline(transaction=False)
-        for _ in range(100):
+        for _ in range(size):
             p.evalsha(sha, 4, *keys, 1, RICH, "m1", RICH, f"e{next(it)}", 1735689600000, 90000)
         p.execute()
 
-    return 100, lambda: b.time_sync(op)
+    return size, lambda: b.time_sync(op)
+
+
+def reference_pipelined_100(b: Bench) -> tuple[int, Callable[[], tuple[float, list[float]]]]:
+    """The batched yardstick: redis-py pipelining the reference script in batches of 100."""
+    return _reference_pipelined(b, 100)
 
 
 def raw_evalsha(b: Bench) -> tuple[int, Callable[[], tuple[float, list[float]]]]:
@@ -396,16 +401,7 @@ def store_charge_many_100(b: Bench) -> tuple[int, Callable[[], tuple[float, list
 
 def reference_pipelined_500(b: Bench) -> tuple[int, Callable[[], tuple[float, list[float]]]]:
     """The batched yardstick in batches of 500 (as the x100 row)."""
-    sha, keys = _reference(b)
-    it = iter(range(10**12))
-
-    def op() -> None:
-        p = b.client.pipeline(transaction=False)
-        for _ in range(500):
-            p.evalsha(sha, 4, *keys, 1, RICH, "m1", RICH, f"e{next(it)}", 1735689600000, 90000)
-        p.execute()
-
-    return 500, lambda: b.time_sync(op)
+    return _reference_pipelined(b, 500)
 
 
 def store_charge_many_500(b: Bench) -> tuple[int, Callable[[], tuple[float, list[float]]]]:
