@@ -54,7 +54,7 @@ local function st_new(key, b, S, ring, team)
     st = { key = key, bal = 0, bals = '0', ring = ring or '', exists = false, wb = false, rc = false, rr = false }
   end
   if b then st.bal, st.bals = b + 0, b end
-  return B_setmetatable(st, state_of(S or EMPTY_S).mt)
+  return B_setmetatable(st, (parsed[S or EMPTY_S] or state_of(S or EMPTY_S)).mt)
 end
 
 local function st_text(st)

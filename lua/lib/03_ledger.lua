@@ -32,7 +32,7 @@ end
 local CTX = { rows = {}, order = {}, accounts = {}, idem = false, pending = {} }
 local function ctx_new(cfgtext, ledger, events)
   local ctx = CTX
-  local cfg = config(cfgtext)
+  local cfg = configs[cfgtext] or config(cfgtext)
   ctx.cfg, ctx.c, ctx.ledger, ctx.events, ctx.full, ctx.nrows, ctx.idem = cfg, clock(cfg), ledger, events, nil, 0,
     false
   local order = ctx.order
@@ -107,7 +107,7 @@ end
 
 -- "<entry>/<row>" of row n of the call's entry
 local function ref_of(entry, n)
-  return entry .. row_suffix(n)
+  return entry .. (ROW_SUFFIX[n] or row_suffix(n))
 end
 
 -- Ledger backpressure: the shard's stream holds what the flusher has not stored yet (it trims after

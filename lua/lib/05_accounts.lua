@@ -149,7 +149,7 @@ local function accounts_store(ctx, entry)
       local new = st.ring_new
       if not new then  -- the common case: one call id, one concatenation
         if r then
-          ring = cid .. '=' .. entry .. row_suffix(r) .. ';' .. st.ring
+          ring = cid .. '=' .. entry .. (ROW_SUFFIX[r] or row_suffix(r)) .. ';' .. st.ring
         else
           ring = cid .. '=;' .. st.ring
         end

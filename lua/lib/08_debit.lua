@@ -67,7 +67,7 @@ end
 local function reply_text(ctx, r, entry, key)
   local n = r[2]
   if n == nil then return r end  -- a text (a string has no [2])
-  local text = r[1] .. '|' .. r[8] .. '|' .. entry .. row_suffix(n) .. '|' .. r[3] .. '|' ..
+  local text = r[1] .. '|' .. r[8] .. '|' .. entry .. (ROW_SUFFIX[n] or row_suffix(n)) .. '|' .. r[3] .. '|' ..
     r[4] .. '|' .. r[5] .. '|' .. r[6] .. '|0|' .. r[7] .. (r[9] or '')
   if key and r[8] == '0' and ctx.idem and ctx.idem[key] == r then
     rcall('SET', key, text, 'EX', ctx.cfg.idem_ttl)

@@ -20,7 +20,7 @@ local function user_debit(ctx, K, A, X)
   local hf = rid ~= '' and ('h:' .. rid) or nil
   local mf = model ~= '' and ('M|' .. model) or nil
   local st = account(ctx, acct, (hf and mf) and { hf, mf } or hf or mf)
-  if st.ring ~= '' or st.rc then
+  if st.rc or (st.ring ~= '' and sfind(st.ring, cid, 1, true)) then  -- (a cheap test first: a repeat is rare)
     local seen = ring_seen(st, cid)
     if seen then return seen_reply(st, seen, amount_s) end
   end
@@ -104,7 +104,7 @@ local function user_debit(ctx, K, A, X)
     if X then for k, v in B_pairs(X) do e[k] = v end end
     if B_next(e) then x = extra_json(e) end
   end
-  local bals, helds = bal_text(st), held_text(st)
+  local bals, helds = bal_text(st), st.helds_of == st.held and st.helds or held_text(st)
   local n = row(ctx, '', hf and 'settle' or 'debit', amount_s, bals, helds,
     hf and I(hold) or '', '', action, '', x, frag, amount > 0 and '-' or nil)
   if warns then cap_warnings(ctx, warns, 'u', aid or frag_value(frag, 3), amount, n) end
@@ -116,7 +116,7 @@ local function user_debit(ctx, K, A, X)
     end
     grants_keep(st, grants)
   end
-  ring_add(st, cid, n)
+  if st.rc then ring_add(st, cid, n) else st.rc, st.rr = cid, n end
   local r = { 'ok', n, amount_s, bals, helds, action, rate or '|', '0' }
   if has_idem then idem_put(ctx, idem, r) end
   return r

@@ -26,7 +26,7 @@ local function team_debit(ctx, K, A)
   if not st.exists then return refusal('team_not_found', amount_s, st) end
   local m = member_of(st, nil, uf)
   if not m then return refusal('user_not_in_team', amount_s, st) end
-  if st.ring ~= '' or st.rc then
+  if st.rc or (st.ring ~= '' and sfind(st.ring, cid, 1, true)) then  -- (a cheap test first: a repeat is rare)
     local seen = ring_seen(st, cid)
     if seen then return seen_reply(st, seen, amount_s) end
   end
@@ -81,11 +81,11 @@ local function team_debit(ctx, K, A)
     w.dirty = true
   end
   local action = warns and cap_action(warns) or ''
-  local bals, helds = bal_text(st), held_text(st)
+  local bals, helds = bal_text(st), st.helds_of == st.held and st.helds or held_text(st)
   local n = row(ctx, '', hf and 'settle' or 'debit', amount_s, bals, helds,
     hf and I(hold) or '', '', action, '', '', frag, amount > 0 and '-' or nil)
   if warns then cap_warnings(ctx, warns, 't', tid or frag_value(frag, 3), amount, n) end
-  ring_add(st, cid, n)
+  if st.rc then ring_add(st, cid, n) else st.rc, st.rr = cid, n end
   local r = { 'ok', n, amount_s, bals, helds, action, '|', '0' }
   if has_idem then idem_put(ctx, idem, r) end
   return r
