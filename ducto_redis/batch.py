@@ -229,7 +229,8 @@ class Batch(Generic[T]):
                 continue
             # decisions share a call only if their shared values are equal (always so within one shard)
             picks = _PICKS[script.name]
-            group = (twin, generation.get(tag, 0), picks.shared_keys(keys), picks.shared_args(args))
+            group = (twin, generation.get(tag, 0), picks.shared_keys(keys),
+                     picks.shared_args(args if len(args) == twin.args.size else args + picks.pad))
             members = groups.get(group)
             if members is None:
                 members = groups[group] = []
@@ -272,8 +273,8 @@ class Batch(Generic[T]):
         twin = MANY_TWINS[first.script.name]
         picks = _PICKS[first.script.name]
         head_keys = list(picks.shared_keys(first.keys))
-        head_args = list(picks.shared_args(first.args))
         own_keys, own_args, pad = picks.own_keys, picks.own_args, picks.pad
+        head_args = list(picks.shared_args(first.args if len(first.args) == twin.args.size else first.args + pad))
         kwidth = twin.keys_width
         script = self._scripts[twin.name]
         for start in range(0, len(members), MAX_DECISIONS_PER_CALL):

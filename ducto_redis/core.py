@@ -32,7 +32,7 @@ from .models import (
     SpendCap,
 )
 from .scripts import Script, scripts
-from .settings import Settings
+from .settings import Settings, script_config
 from .specs import ADD_CREDITS, BALANCE, DEBIT, SET_CAP
 from .validation import (
     check_amount,
@@ -298,13 +298,11 @@ class StoreCore:
     # helpers
 
     def config(self) -> str:
-        """Every script's configuration argument (lua/lib/01_base.lua ``config``):
-        ``offset|idempotency TTL s|events max length|ledger backlog limit|policy``."""
+        """Every script's configuration argument: :func:`~ducto_redis.settings.script_config` of the
+        store's settings and clock offset ("" on the defaults)."""
         offset, text = self._config_of
         if offset != self.clock_offset_ms:
-            s = self.settings
-            text = (f"{self.clock_offset_ms}|{s.idempotency_ttl_seconds}|{s.events_maxlen}|{s.ledger_max_backlog}|"
-                    f"{s.ledger_backlog_policy}")
+            text = script_config(self.settings, self.clock_offset_ms)
             self._config_of = (self.clock_offset_ms, text)
         return text
 

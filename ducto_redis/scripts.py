@@ -30,6 +30,7 @@ from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 from redis.cluster import RedisCluster
 from redis.exceptions import ResponseError
 
+from .settings import DEFAULT_SCRIPT_CONFIG
 from .specs import SPECS, ScriptSpec
 
 if sys.version_info >= (3, 11):
@@ -57,7 +58,14 @@ def library_source() -> str:
     """The shared helpers: ``lua/lib/*.lua`` joined in name order, the one place that order is set
     (each file one topic, numbered: a file may use what the files before it define)."""
     lib = sorted((f for f in (lua_files() / "lib").iterdir() if f.name.endswith(".lua")), key=lambda f: f.name)
-    return "\n".join(f.read_text(encoding="utf-8") for f in lib)
+    return default_config_line() + "\n".join(f.read_text(encoding="utf-8") for f in lib)
+
+
+def default_config_line() -> str:
+    """The library's first line: the configuration of the default settings, which a script reads
+    for a ``config`` argument of ``""`` or left out (lib/01_base.lua ``config``; settings.py
+    :func:`~ducto_redis.settings.script_config` sends "" for it)."""
+    return f"local DEFAULT_CONFIG = '{DEFAULT_SCRIPT_CONFIG}'  -- the default settings' (ducto_redis/scripts.py)\n"
 
 
 def function_missing(exc: BaseException) -> bool:

@@ -7,7 +7,7 @@ name (``r[DEBIT.reply.pos.ref]``), and batch.py derives how a script's calls are
 in the same words::
 
     -- KEYS: account grants ledger events [idem]
-    -- ARGV: cid amount frag config [model floor rid quantities]
+    -- ARGV: cid amount frag [config model floor rid quantities]
     -- REPLY (text): status idempotent ref amount balance held cap retry remaining limit
 
 and ``tests/test_script_specs.py`` holds every header against its spec (and every reply a script
@@ -15,7 +15,7 @@ sends against its shape), so neither can drift from the other unnoticed.
 
 A layout is names separated by spaces, then optionally a group repeated any number of times:
 ``"ledger events; per decision: account grants idem"``. The last fixed names may be *optional*,
-in brackets (``"cid amount frag config [model floor rid quantities]"``): they are sent only when one
+in brackets (``"cid amount frag [config model floor rid quantities]"``): they are sent only when one
 of them is not empty, and a script reads an absent one as ``""``. A plain charge then sends 4 ARGV
 instead of 8, and each value a script receives costs Redis ~1 000 instructions (its Lua string and
 its slot in the ARGV table). A reply's *shape* says how it is sent:
@@ -216,7 +216,7 @@ RESERVE = _S("reserve", "account idem ledger grants",
              "status idempotent rid amount balance held expires retry remaining limit", "text")
 RELEASE = _S("release", "account idem ledger grants", "cid tx rid frag config",
              "status idempotent rid amount balance held", "text")
-DEBIT = _S("debit", "account grants ledger events [idem]", "cid amount frag config [model floor rid quantities]",
+DEBIT = _S("debit", "account grants ledger events [idem]", "cid amount frag [config model floor rid quantities]",
            "status idempotent ref amount balance held cap retry remaining limit", "text")
 DEBIT_MANY = _S("debit_many", "ledger events; per decision: account grants idem",
                 "config; per decision: cid amount model floor frag quantities",
@@ -235,7 +235,7 @@ POOL_CREATE = _S("pool_create", "team idem ledger", "tx name balance frag config
                  "text")
 POOL_MEMBER = _S("pool_member", "team ledger", "tx tid member action role cap period config",
                  "status idempotent cap period count role", "text")
-POOL_DEBIT = _S("pool_debit", "team ledger events [idem]", "cid amount member frag config [model rid]",
+POOL_DEBIT = _S("pool_debit", "team ledger events [idem]", "cid amount member frag [config model rid]",
                 "status idempotent ref amount balance held cap retry remaining limit", "text")
 POOL_DEBIT_MANY = _S("pool_debit_many", "ledger events; per decision: team idem",
                      "config; per decision: cid amount model member frag",

@@ -5,7 +5,7 @@
 -- A deny cap that would be exceeded refuses the debit (and releases the hold when settling);
 -- warn/notify caps let it pass and append an event. See lib/09_user.lua.
 -- KEYS: account grants ledger events [idem]
--- ARGV: cid amount frag config [model floor rid quantities]
+-- ARGV: cid amount frag [config model floor rid quantities]
 --   quantities: "name=n;..." (a charge's, checked against the account's quantity limits; a settlement's
 --   actual ones, correcting its hold's estimate) or ""
 -- REPLY (text): status idempotent ref amount balance held cap retry remaining limit

@@ -282,14 +282,15 @@ def test_packed_layout_sends_shared_values_once_and_new_positions_per_decision(s
     calls = [store.core.debit(n, 1, operation_type="req") for n in names]
     packed = Batch(calls, store.core.scripts).calls[0]
     assert packed.script is not None and packed.script.name == "debit_many"
-    # debit.lua: KEYS account grants ledger events [idem]; ARGV cid amount frag config [model floor rid quantities]
+    # debit.lua: KEYS account grants ledger events [idem]; ARGV cid amount frag [config model floor rid quantities]
     assert packed.keys[:2] == calls[0].keys[2:4]  # the shard's ledger and events streams, once
-    assert packed.args[:1] == calls[0].args[3:4]  # the configuration, once
+    assert packed.args[:1] == [store.core.config()]  # the configuration, once ("" on the default settings)
     # account, grants, and (no idempotency key given: the KEY left out) the never-written name, each
     assert all(len(c.keys) == 4 for c in calls)
     assert packed.keys[2:] == [k for c in calls for k in (*c.keys[:2], c.keys[0] + ":i")]
-    # plain charges leave out the optional ARGV (model floor rid quantities): packed, each is ""
-    assert all(len(c.args) == 4 for c in calls)
+    # plain charges on the default settings leave out the optional ARGV (config model floor rid
+    # quantities): packed, each is ""
+    assert all(len(c.args) == (3 if store.core.config() == "" else 8) for c in calls)
     assert packed.args[1:] == [a for c in calls for a in (c.args[0], c.args[1], "", "", c.args[2], "")]
     # a position debit.lua gains is never dropped nor assumed shared: the packed layout comes from
     # both specs by name, and a debit position debit_many.lua does not place is refused at import
@@ -311,8 +312,8 @@ def test_packed_layout_sends_shared_values_once_and_new_positions_per_decision(s
     wider = Twin.of(spec(DEBIT, " extra_key", " extra"), many, "rid", "")
     # KEYS account grants ledger events extra_key [idem]
     assert (wider.shared_keys, wider.own_keys) == ((2, 3), (0, 1, 5, 4))
-    # ARGV cid amount frag config extra [model floor rid quantities]
-    assert (wider.shared_args, wider.own_args, wider.only) == ((3,), (0, 1, 5, 6, 2, 8, 4), (7, ""))
+    # ARGV cid amount frag extra [config model floor rid quantities]
+    assert (wider.shared_args, wider.own_args, wider.only) == ((4,), (0, 1, 5, 6, 2, 8, 3), (7, ""))
 
 
 def test_a_charge_with_a_model_a_floor_or_quantities_sends_its_optional_argv_and_is_packed_with_them(
@@ -322,7 +323,7 @@ def test_a_charge_with_a_model_a_floor_or_quantities_sends_its_optional_argv_and
     plain = store.core.debit("opt-a", 1, operation_type="req")
     rich = store.core.debit("opt-a", 1, operation_type="req", min_balance=5, metadata={"model": "gpt"},
                             quantities={"tokens": 3})
-    assert len(plain.args) == 4 and len(rich.args) == 8
+    assert len(plain.args) == (3 if store.core.config() == "" else 8) and len(rich.args) == 8
     packed = Batch([plain, rich], store.core.scripts).calls[0]
     assert packed.args[1:] == [plain.args[0], plain.args[1], "", "", plain.args[2], "",
                                rich.args[0], rich.args[1], "gpt", "5", rich.args[2], "tokens=3"]

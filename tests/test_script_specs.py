@@ -100,8 +100,8 @@ def test_optional_fields_are_sent_only_when_one_of_them_is_not_empty() -> None:
     assert f.pack(a="1", b="2", c="", d="x") == ["1", "2", "", "x"]
     assert f.pack(a="1", b="", c="y", d="") == ["1", "", "y", ""]
     assert (f.pos.c, f.pos.d) == (2, 3)
-    # debit.lua: a plain charge sends 4 ARGV, one with a model all 8
-    assert DEBIT.args.text() == "cid amount frag config [model floor rid quantities]"
+    # debit.lua: a plain charge on the default settings sends 3 ARGV, one with a model all 8
+    assert DEBIT.args.text() == "cid amount frag [config model floor rid quantities]"
 
 
 def test_packing_and_reading_by_name_follow_the_spec_positions() -> None:

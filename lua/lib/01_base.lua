@@ -6,8 +6,8 @@
 --
 -- Conventions shared by all scripts:
 --   * A script's KEYS, ARGV and reply are named in its header, as ducto_redis/specs.py names them.
---   * ARGV `config` is the store's configuration string (see config below); time is Redis TIME
---     plus its clock offset (0 except in tests).
+--   * ARGV `config` is the store's configuration string (see config below; "" = the defaults');
+--     time is Redis TIME plus its clock offset (0 except in tests).
 --   * Stored formats are defined in ducto_redis/layout.py; lib/02_state.lua reads and writes them.
 --   * Integers are formatted with I() ('%d': exact up to 2^53-1; tostring would round), and text
 --     is turned into numbers with `+ 0` (a third of tonumber's cost); both are the price of a
@@ -104,14 +104,19 @@ local function bucket_of(period, ms)
   return month_of_day(day)
 end
 
--- The store's configuration, ARGV[1] of every script that needs it:
--- "<clock offset ms>|<idempotency TTL s>|<events max length>|<ledger backlog limit>|<policy>".
--- Parsed once per distinct string (a pure function of it, so remembering it is always right).
+-- The store's configuration, the `config` ARGV of every script that needs it:
+-- "<clock offset ms>|<idempotency TTL s>|<events max length>|<ledger backlog limit>|<policy>", or
+-- "" (or left out, where a script's spec makes it optional) for DEFAULT_CONFIG, the default
+-- settings' (the library's first line, written by ducto_redis/scripts.py). Parsed once per distinct
+-- string (a pure function of it, so remembering it is always right); callers look it up as
+-- configs[text or ''] first.
 local configs, config_count = {}, 0
 local function config(text)
+  text = text or ''
   local c = configs[text]
   if c then return c end
-  local off, ttl, maxlen, backlog, policy = smatch(text, '^(%-?%d+)|(%d+)|(%d+)|(%d+)|(%a+)$')
+  local off, ttl, maxlen, backlog, policy = smatch(text == '' and DEFAULT_CONFIG or text,
+    '^(%-?%d+)|(%d+)|(%d+)|(%d+)|(%a+)$')
   c = { offset = off + 0, idem_ttl = ttl, maxlen = maxlen, backlog = backlog + 0, closed = policy == 'closed' }
   if config_count > 64 then configs, config_count = {}, 0 end
   configs[text] = c

@@ -32,7 +32,7 @@ end
 local CTX = { rows = {}, order = {}, accounts = {}, idem = false, pending = {} }
 local function ctx_new(cfgtext, ledger, events)
   local ctx = CTX
-  local cfg = configs[cfgtext] or config(cfgtext)
+  local cfg = configs[cfgtext or ''] or config(cfgtext)
   ctx.cfg, ctx.c, ctx.ledger, ctx.events, ctx.full, ctx.nrows, ctx.idem = cfg, clock(cfg), ledger, events, nil, 0,
     false
   local order = ctx.order
