@@ -243,3 +243,25 @@ def test_every_script_replies_with_the_shape_of_its_spec(spec_store: RedisStore,
     assert s.refund_credits(charged.transaction_id).error is None
     assert s.sweep_expired_credits().expired_count == 1
     assert r.seen == set(SPECS), f"not run: {set(SPECS) - r.seen}"
+
+
+def test_a_store_on_the_default_settings_sends_no_config_and_the_library_holds_the_defaults(
+        redis_client: Any) -> None:
+    from ducto_redis.settings import DEFAULT_SCRIPT_CONFIG
+
+    assert library_source().startswith(f"local DEFAULT_CONFIG = '{DEFAULT_SCRIPT_CONFIG}'")
+    plain = make_store("redis", redis_client)
+    shorter = make_store("redis", redis_client, idempotency_ttl_seconds=60)
+    try:
+        assert plain.core.config() == "" and shorter.core.config().split("|")[1] == "60"
+        assert len(plain.core.debit("u", 1, operation_type="x").args) == 3  # cid amount frag
+        assert len(shorter.core.debit("u", 1, operation_type="x").args) == 8  # and the optional ones, config first
+        # each script reads its settings: the default TTL from the library, 60 s from the argument
+        for store, ttl in ((plain, 86400), (shorter, 60)):
+            store.add_credits("u", 10)
+            store.charge("u", 1, "x", idempotency_key="k1")
+            key = store.core.keys.user("u").idempotency("k1")
+            assert ttl - 5 <= redis_client.ttl(key) <= ttl
+    finally:
+        drop_namespace(redis_client, plain.settings.namespace)
+        drop_namespace(redis_client, shorter.settings.namespace)
