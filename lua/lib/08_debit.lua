@@ -4,21 +4,30 @@
 --
 -- A decision's reply is text: "status|idempotent|<entry>/<row>|amount|balance|held|cap|retry|remaining|limit"
 -- (debit.lua's REPLY; <entry>/<row> names the decision's ledger row, '' when it wrote none;
--- "remaining|limit" the request-rate limit's, "|" when none was checked). A
--- decision that wrote a row answers, until the call's entry id is known, a table
+-- "remaining|limit" the request-rate limit's, "|" when none was checked), made by decision_text
+-- alone. A decision that wrote a row answers, until the call's entry id is known, a table
 -- { status, row, amount, balance, held, cap, rate, idempotent, more } that finish_one() / finish()
--- turn into that text in one concatenation (rate: "remaining|limit" or "|"; more: what a script
--- appends to the reply, plan_debit.lua's allowance fields, or nil).
+-- turn into that text (rate: "remaining|limit" or "|"; more: what a script appends to the reply,
+-- plan_debit.lua's allowance fields, or nil); one whose row was written first (debit_clock) knows
+-- its entry already and answers the text at once.
+
+-- The reply text; ref = entry .. suffix ('' .. '' when the decision wrote no row). The hot paths
+-- spell the same concatenation out where they make it (reply_text; a debit whose row was written
+-- first, in lib/09_user.lua and lib/10_team.lua): a Lua call costs ~1 300 instructions there
+-- (measured), and every reply any test gets is read by the one parser (ducto_redis/core.py).
+local function decision_text(status, idem, entry, suffix, amount, bal, held, cap, retry, rate)
+  return status .. '|' .. idem .. '|' .. entry .. suffix .. '|' .. amount .. '|' .. bal .. '|' .. held .. '|' .. cap ..
+    '|' .. retry .. '|' .. rate
+end
 
 -- rate: the rate limit's "remaining|limit", or nil
 local function refusal(status, amount, st, cap, retry, rate)
-  return status .. '|0||' .. amount .. '|' .. bal_text(st) .. '|' .. held_text(st) .. '|' .. (cap or '') .. '|' ..
-    (retry or '0') .. '|' .. (rate or '|')
+  return decision_text(status, '0', '', '', amount, bal_text(st), held_text(st), cap or '', retry or '0', rate or '|')
 end
 
 -- the reply to a call id this account has seen (a re-sent call): nothing changes
 local function seen_reply(st, seen, amount)
-  return 'ok|1|' .. seen .. '|' .. amount .. '|' .. bal_text(st) .. '|' .. held_text(st) .. '||0||'
+  return decision_text('ok', '1', seen, '', amount, bal_text(st), held_text(st), '', '0', '|')
 end
 
 -- The cap action a debit's row and reply record for the warn/notify caps it passed: 'warn' if any
@@ -88,7 +97,8 @@ local function debit_clock(ctx, st, frag, amount_s, amount, room, m)
 end
 
 -- A debit made with its row written first (ctx.pre): the row is row 0 of that entry; the balance
--- text is the one the row holds. Returns the row's index.
+-- text is the one the row holds. Returns the row's index. Made without an idempotency key to
+-- remember its reply (reply_text's), it answers its text at once: its entry is known already.
 local function debit_claim(ctx, st)
   ctx.claimed = true
   st.bals = ctx.pre_bals
@@ -112,6 +122,7 @@ end
 local function reply_text(ctx, r, entry, key)
   local n = r[2]
   if n == nil then return r end  -- a text (a string has no [2])
+  -- decision_text's concatenation, spelled out: a call per decision costs a batch ~1 300 instructions each
   local text = r[1] .. '|' .. r[8] .. '|' .. entry .. (ROW_SUFFIX[n] or row_suffix(n)) .. '|' .. r[3] .. '|' ..
     r[4] .. '|' .. r[5] .. '|' .. r[6] .. '|0|' .. r[7] .. (r[9] or '')
   if key and r[8] == '0' and ctx.idem and ctx.idem[key] == r then

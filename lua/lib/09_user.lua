@@ -122,6 +122,9 @@ local function user_debit(ctx, K, A, X)
     grants_keep(st, grants)
   end
   if st.rc then ring_add(st, cid, n) else st.rc, st.rr = cid, n end
+  if ctx.claimed and not has_idem then  -- its entry known already: the reply at once (decision_text's)
+    return 'ok|0|' .. ctx.pre .. '/0|' .. amount_s .. '|' .. bals .. '|' .. helds .. '|' .. action .. '|0|' .. (rate or '|')
+  end
   local r = { 'ok', n, amount_s, bals, helds, action, rate or '|', '0' }
   if has_idem then idem_put(ctx, idem, r) end
   return r

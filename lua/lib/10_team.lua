@@ -90,6 +90,9 @@ local function team_debit(ctx, K, A)
   end
   if warns then cap_warnings(ctx, warns, 't', tid or frag_value(frag, 3), amount, n) end
   if st.rc then ring_add(st, cid, n) else st.rc, st.rr = cid, n end
+  if ctx.claimed and not has_idem then  -- its entry known already: the reply at once (decision_text's)
+    return 'ok|0|' .. ctx.pre .. '/0|' .. amount_s .. '|' .. bals .. '|' .. helds .. '|' .. action .. '|0||'
+  end
   local r = { 'ok', n, amount_s, bals, helds, action, '|', '0' }
   if has_idem then idem_put(ctx, idem, r) end
   return r
