@@ -55,6 +55,18 @@ local function settle_refused(ctx, st, hf, hold, frag, cid, amount_s, amount, ak
   return r
 end
 
+-- A lean call (debit.lua / pool_debit.lua given only the account and the ledger: ctx.events nil,
+-- and no grants hash) decides what needs nothing more. The one rule of what needs more: an account
+-- with expiring grants (gx: grants_due reads and writes the grants hash) and a cap passed, deny or
+-- warn/notify (its event goes to the events stream; a refused settlement's too). Such a decision
+-- returns KEYS_SHORT at once: finish_one() sends it as the error reply, before finish_writes(), so
+-- nothing the call did is written (its rows, a holds sweep, the ring live in ctx until then); the
+-- client sends the same call again with every KEY (ducto_redis/connect.py _plan).
+local KEYS_SHORT = { err = "DUCTO_KEYS the decision needs its account's full keys" }
+local function keys_short(ctx, st, deny, warns)
+  return not ctx.events and (st.gx ~= '' or deny ~= nil or warns ~= nil)
+end
+
 -- Finishing a call: write the entry, the accounts and the events (the entry's id, or nil)...
 local function finish_writes(ctx)
   local entry = ctx_xadd(ctx)
@@ -78,6 +90,7 @@ end
 
 -- Finish a call of one decision: its reply as text.
 local function finish_one(ctx, r, key)
+  if r == KEYS_SHORT then return r end  -- a lean call refused: nothing written
   return reply_text(ctx, r, finish_writes(ctx), key)
 end
 
