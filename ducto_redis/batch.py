@@ -11,7 +11,7 @@ each call at most once (connect.py).
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import MISSING, dataclass, fields
+from dataclasses import MISSING, dataclass, field, fields
 from operator import itemgetter
 from typing import Any, Generic, TypeVar
 
@@ -49,8 +49,8 @@ class Twin:
     """The single script's ARGV (a call may send fewer: its optional ones left out)."""
     keys_width: int
     """How many KEYS the single script has (a call may send fewer: its optional ones left out)."""
-    left_out: LeftOutKeys
-    """What a call's left-out optional KEYS stand for."""
+    left_out: LeftOutKeys = field(compare=False)
+    """What a call's left-out optional KEYS stand for (a function of the KEYS: not compared)."""
 
     @classmethod
     def of(cls, single: ScriptSpec, many: ScriptSpec, only: str, value: str) -> Twin:
@@ -216,6 +216,8 @@ class Batch(Generic[T]):
         order: list[int | list[int]] = []
         groups: dict[tuple[Any, ...], list[int]] = {}
         generation: dict[str, int] = {}  # per shard tag: bumped by each call that is not packed
+        filled: dict[int, list[str]] = {}  # per packable lean decision: its KEYS with the left-out ones
+        self._filled = filled
         count = 0
         for i, call in enumerate(self.decisions):
             script = call.script
@@ -231,8 +233,8 @@ class Batch(Generic[T]):
                 continue
             # decisions share a call only if their shared values are equal (always so within one shard)
             picks = _PICKS[script.name]
-            if len(keys) < twin.keys_width:  # a lean call: its shard's shared KEYS put back
-                keys = twin.left_out.fill(keys)
+            if len(keys) < twin.keys_width:  # a lean call: the KEYS it left out put back, once
+                keys = filled[i] = twin.left_out.fill(keys)
             group = (twin, generation.get(tag, 0), picks.shared_keys(keys),
                      picks.shared_args(args if len(args) == twin.args.size else args + picks.pad))
             members = groups.get(group)
@@ -276,10 +278,10 @@ class Batch(Generic[T]):
         assert first.script is not None
         twin = MANY_TWINS[first.script.name]
         picks = _PICKS[first.script.name]
-        head_keys = list(picks.shared_keys(twin.left_out.fill(first.keys)))
+        filled = self._filled
+        head_keys = list(picks.shared_keys(filled.get(members[0]) or first.keys))
         own_keys, own_args, pad = picks.own_keys, picks.own_args, picks.pad
         head_args = list(picks.shared_args(first.args if len(first.args) == twin.args.size else first.args + pad))
-        kwidth, fill = twin.keys_width, twin.left_out.fill
         script = self._scripts[twin.name]
         for start in range(0, len(members), MAX_DECISIONS_PER_CALL):
             chunk = members[start : start + MAX_DECISIONS_PER_CALL]
@@ -288,10 +290,7 @@ class Batch(Generic[T]):
             answers: list[tuple[int, int]] = []
             for pos, i in enumerate(chunk):
                 d = decisions[i]
-                k = d.keys
-                if len(k) < kwidth:  # a lean call: the twin takes its grants and "no idempotency key"
-                    k = fill(k)
-                keys.extend(own_keys(k))
+                keys.extend(own_keys(filled.get(i) or d.keys))  # a lean call's with the KEYS it left out
                 args.extend(own_args(d.args + pad))  # its optional ARGV put back if it left them out
                 slots[i] = (index, pos)
                 answers.append((i, pos))

@@ -33,7 +33,7 @@ from __future__ import annotations
 import re
 import zlib
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from urllib.parse import unquote
 
@@ -129,6 +129,12 @@ class LeftOutKeys:
 
     required: int
     makers: tuple[Callable[[str], str], ...]
+    made: Callable[[str], tuple[str, ...]] = field(init=False, repr=False, compare=False)
+    """An account's optional KEYS, made once for the hot accounts (a batch fills every lean decision)."""
+
+    def __post_init__(self) -> None:
+        makers = self.makers
+        object.__setattr__(self, "made", lru_cache(maxsize=8192)(lambda account: tuple(m(account) for m in makers)))
 
     @classmethod
     def of(cls, names: Sequence[str], optional: int, where: str) -> LeftOutKeys:
@@ -144,10 +150,11 @@ class LeftOutKeys:
     def fill(self, keys: Sequence[str]) -> list[str]:
         """``keys`` with every optional KEY they leave out put back (a list: a new one if any was)."""
         n = len(keys)
+        if n == self.required:
+            return [*keys, *self.made(keys[0])]
         if n >= self.required + len(self.makers):
             return keys if isinstance(keys, list) else list(keys)
-        account = keys[0]
-        return [*keys, *(make(account) for make in self.makers[n - self.required:])]
+        return [*keys, *self.made(keys[0])[n - self.required:]]
 
 
 class KeySchema:

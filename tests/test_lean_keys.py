@@ -33,7 +33,8 @@ def later(store: RedisStore, hours: float) -> datetime:
 
 
 def events(store: RedisStore, key: Any) -> list[dict[str, str]]:
-    return [fields for _, fields in store.client.xrange(key.events)]
+    """The events about one account (its shard's stream may hold other accounts')."""
+    return [fields for _, fields in store.client.xrange(key.events) if fields.get("acct") == key.account_id]
 
 
 def rows(store: RedisStore, kind: str = "debit") -> list[dict[str, str]]:
