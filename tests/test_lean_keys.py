@@ -228,3 +228,36 @@ def test_a_lean_charge_refused_after_sweeping_an_expired_hold_writes_nothing_unt
     (e,) = events(store, store.core.keys.user("u"))
     assert e["type"] == "credits.cap_reached"
     assert store.get_balance("u").held == 0
+
+
+# ── the rule without I/O (connect._plan): a DUCTO_KEYS reply sends the widened call instead ──
+
+
+def test_plan_sends_a_call_refused_for_its_keys_again_widened_with_the_same_arguments() -> None:
+    from ducto_redis import connect
+    from ducto_redis.core import StoreCore
+    from ducto_redis.settings import Settings
+
+    core = StoreCore(Settings(namespace="t", shards=4))
+    call = core.debit("x", 3, operation_type="op")
+    calls = [call]
+    plan = connect._plan(object(), calls)
+    first = next(plan)
+    assert isinstance(first, connect.Send) and len(first.commands[0]) == 3 + 2 + len(call.args)
+    again = plan.send([ResponseError("DUCTO_KEYS the decision needs its account's full keys")])
+    assert isinstance(again, connect.Send)
+    k = core.keys.user("x")
+    (fcall,) = again.commands
+    assert fcall[:8] == ("FCALL", call.script.function if call.script else "", 5, k.account, k.ledger,
+                         k.events, k.grants, k.idempotency(None))
+    assert list(fcall[8:]) == call.args  # the same call id and arguments: it did not run
+    with pytest.raises(StopIteration) as done:
+        plan.send(["ok|0|1-0/0|3|7|0||0||"])
+    assert done.value.value == ["ok|0|1-0/0|3|7|0||0||"]
+    assert calls == [call] and len(call.keys) == 2  # the caller's calls as they were
+    assert k.account in core.wide
+    # a call that has no widened form (a full one): the refusal is raised, never sent again
+    plan = connect._plan(object(), [lean_only(core.debit("y", 1, operation_type="op"))])
+    next(plan)
+    with pytest.raises(ResponseError, match=r"^DUCTO_KEYS"):
+        plan.send([ResponseError("DUCTO_KEYS the decision needs its account's full keys")])
