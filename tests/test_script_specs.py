@@ -131,6 +131,20 @@ def test_the_many_twins_place_every_position_of_their_single_script_once() -> No
         assert sorted((*twin.shared_keys, *twin.own_keys)) == list(range(one.keys.size))
         assert sorted((*twin.shared_args, *twin.own_args, twin.only[0])) == list(range(one.args.size))
         assert many.reply.each == one.reply.names  # a twin answers each decision as its single script does
+    # a lean call's left-out KEYS come from keys.py's one rule; an optional KEY no rule makes is refused
+    from ducto_redis.batch import Twin
+    from ducto_redis.keys import KeySchema
+    from ducto_redis.specs import DEBIT_MANY
+
+    k = KeySchema("ns", 8).user("x")
+    assert MANY_TWINS["debit"].left_out.fill([k.account, k.ledger]) == [
+        k.account, k.ledger, k.events, k.grants, k.idempotency(None)]
+    odd = ScriptSpec.of("debit", "account ledger [events grants idem other]", DEBIT.args.text(), DEBIT.reply.text(),
+                        "text")
+    many = ScriptSpec.of("debit_many", "ledger events; per decision: account grants idem other",
+                         DEBIT_MANY.args.text(), DEBIT_MANY.reply.text(), "lines")
+    with pytest.raises(ValueError, match="no rule makes the optional KEY 'other'"):
+        Twin.of(odd, many, "rid", "")
 
 
 def test_the_scripts_are_read_through_importlib_resources_from_the_package() -> None:
