@@ -58,7 +58,8 @@ local function team_debit(ctx, K, A)
     w = mf and model_window(st, mf)
     if st.dL or st.mL or (w and (w.dC ~= '' or w.mC ~= '')) then
       deny, warns = caps_check(st, w, model, amount, c)
-      if keys_short(ctx, st, deny, warns) then return KEYS_SHORT end
+      -- a lean call that passed a cap (its event) is refused: keys_short asked only then
+      if (deny or warns) and keys_short(ctx, st, deny, warns) then return KEYS_SHORT end
     end
   end
   if over or deny then  -- refused by the member's cap (no event), or by a deny cap of the team's
