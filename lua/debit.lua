@@ -17,5 +17,5 @@
 --   none was checked (a settlement, an account without one)
 --   status: ok | insufficient_credits | spend_cap_exceeded | rate_limited | reservation_not_found
 --           | ledger_backlog_full
-local ctx = ctx_new(ARGV[4], KEYS[2], KEYS[3])
+local ctx = ctx_new(ARGV[4], KEYS[2], KEYS[3], true)
 return finish_one(ctx, user_debit(ctx, KEYS, ARGV), KEYS[5])

@@ -11,5 +11,5 @@
 -- REPLY (text): status idempotent ref amount balance held cap retry remaining limit
 --   status: ok | team_not_found | user_not_in_team | spend_cap_exceeded | insufficient_team_balance
 --           | reservation_not_found | ledger_backlog_full
-local ctx = ctx_new(ARGV[5], KEYS[2], KEYS[3])
+local ctx = ctx_new(ARGV[5], KEYS[2], KEYS[3], true)
 return finish_one(ctx, team_debit(ctx, KEYS, ARGV), KEYS[4])

@@ -7,9 +7,11 @@ NULL ''``), values in :data:`~ducto_redis.layout.ROW_COLUMNS` order, tab-separat
 cannot know in front of each row (namespace, shard, the stream id's two halves, the row's place in
 the entry), names a row whose id is empty (debits) by its place (:func:`~ducto_redis.layout.tx_id`),
 and turns ``ts`` (epoch ms) into a timestamp literal, ``YYYY-MM-DD HH:MM:SS.mmm+00``, with one
-formatted prefix per second.
+formatted prefix per second. A row with no ``ts`` takes its entry's (the stream id's milliseconds):
+a single debit that writes its row before it reads the clock takes its time from that entry's id
+(lua/lib/08_debit.lua ``debit_clock``).
 
-A row the fast path cannot take (no ``ts``) takes the reference path: its values as a dict,
+A row the fast path cannot take (a ``ts`` that is not epoch ms) takes the reference path: its values as a dict,
 defaults, every value escaped. A payload whose tab or newline count is not exactly what its rows
 must give is formatted again on the reference path, so Postgres reads exactly the values Redis holds.
 Entries of the two older layouts (field ``r``: one row in the older column order; or one stream
@@ -133,6 +135,8 @@ def entry_rows(shard: int, stream_id: Any, fields: Mapping[Any, Any] | Sequence[
             row.update(json.loads(row.pop("extra")))
         if "id" not in row:
             row["id"] = tx_id(shard, _b(stream_id).decode(), i)
+        if "ts" not in row:  # written before its call read the time: its entry's
+            row["ts"] = _b(stream_id).decode().partition("-")[0]
         out.append(row)
     return out
 
@@ -181,6 +185,8 @@ def _pieces(entries: Sequence[Entry], namespace: bytes) -> tuple[list[bytes], in
             n += 1
             eid, _, rest = line.partition(_TAB)
             ts, _, rest = rest.partition(_TAB)
+            if not ts:  # a row written before its call read the time: its entry's (debit_clock)
+                ts = ms
             sec = seconds.get(ts[:-3])
             if sec is None and len(ts) >= 4 and ts.isdigit():
                 sec = _second_prefix(ts[:-3])

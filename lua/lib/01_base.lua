@@ -125,31 +125,42 @@ local function config(text)
 end
 
 -- The clock of one script call: { now = ms, sec .. msx = ms as text (see ts_text), day = day
--- bucket, month = month bucket } (one table, reused by every call; the time as text is kept in two
--- pieces that a row joins into its own text, so a call makes no string of it; dstart..dend: the
--- day's span in ms, so day and month are worked out again only when `now` leaves it)
-local CLOCK = { dstart = 0, dend = 0 }
+-- bucket, month = month bucket } (one table, reused by every call: between calls it holds the last
+-- call's time; the time as text is kept in two pieces that a row joins into its own text, so a call
+-- makes no string of it; dstart..dend: the day's span in ms, so day and month are worked out again
+-- only when `now` leaves it). Its time is Redis': TIME (clock), or the id of the call's own ledger
+-- entry (clock_of_entry: XADD's '*' is Redis' clock in ms too; lib/08_debit.lua debit_clock).
+local CLOCK = { dstart = 0, dend = 0, now = false }
+local function clock_at(now, sec, msx)
+  local c = CLOCK
+  c.sec, c.msx, c.now = sec, msx, now
+  if now >= c.dend or now < c.dstart then
+    local day = mfloor(now / 86400000)
+    c.day, c.dstart, c.dend, c.month = day, day * 86400000, day * 86400000 + 86400000, (month_of_day(day))
+  end
+  return c
+end
+
 local function clock(cfg)
   local t = rcall('TIME')
   local s, ms = t[1], mfloor(t[2] / 1000)
-  local off, c = cfg.offset, CLOCK
-  local now = s * 1000 + ms + off
+  local off = cfg.offset
   if off == 0 then  -- the seconds as Redis sent them and the milliseconds, zero-padded
     local m = ms_text[ms]
     if not m then
       m = sformat('%03d', ms)
       ms_text[ms] = m
     end
-    c.sec, c.msx = s, m
-  else
-    c.sec, c.msx = I(now), ''
+    return clock_at(s * 1000 + ms, s, m)
   end
-  c.now = now
-  if now >= c.dend or now < c.dstart then
-    local day = mfloor(now / 86400000)
-    c.day, c.dstart, c.dend, c.month = day, day * 86400000, day * 86400000 + 86400000, (month_of_day(day))
-  end
-  return c
+  local now = s * 1000 + ms + off
+  return clock_at(now, I(now), '')
+end
+
+-- the clock of a call whose time is its ledger entry's: `entry` "<ms>-<seq>" (clock offset 0)
+local function clock_of_entry(entry)
+  local ms = ssub(entry, 1, sfind(entry, '-', 4, true) - 1)
+  return clock_at(ms + 0, ms, '')
 end
 
 -- the clock's time (ms) as text

@@ -37,6 +37,9 @@ local function state_of(S)
     dK = (num(dK) or 0), mB = num(mB), mK = (num(mK) or 0), dC = dC, mC = mC, ql = ql }
   p.dL, p.dA = cap_of(dC)  -- the caps parsed (limit, action; nil without); set_cap.lua never debits
   p.mL, p.mA = cap_of(mC)
+  -- nothing in a plain debit's row depends on the time: no holds or grants due to look at, no
+  -- warn/notify cap (lib/08_debit.lua debit_clock)
+  p.timeless = hx == '' and gx == '' and (not p.dL or p.dA == 'deny') and (not p.mL or p.mA == 'deny')
   p.mt = { __index = p }
   if parsed_count > 10000 then parsed, parsed_count = {}, 0 end
   parsed[S], parsed_count = p, parsed_count + 1

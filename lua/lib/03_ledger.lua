@@ -28,13 +28,19 @@ local function frag_value(frag, n)
 end
 
 -- A script call's context: configuration, clock, streams, the accounts it loaded and its rows.
--- One table, reused by every call (a script call runs alone) and reset at its start.
-local CTX = { rows = {}, order = {}, accounts = {}, idem = false, pending = {} }
-local function ctx_new(cfgtext, ledger, events)
+-- One table, reused by every call (a script call runs alone) and reset at its start. `lazy`: the
+-- clock is not read yet (ctx.c false): a single debit reads it once it knows how (lib/08_debit.lua
+-- debit_clock), and may write its row first (ctx.pre: that entry's id; ctx.claimed: the decision
+-- made is that row, else the call deletes the entry as it ends; ctx.caps_ok: its caps passed on
+-- this day and month).
+local CTX = { rows = {}, order = {}, accounts = {}, idem = false, pending = {}, pre = false, claimed = false,
+  caps_ok = false }
+local function ctx_new(cfgtext, ledger, events, lazy)
   local ctx = CTX
   local cfg = configs[cfgtext or ''] or config(cfgtext)
-  ctx.cfg, ctx.c, ctx.ledger, ctx.events, ctx.full, ctx.nrows, ctx.idem = cfg, clock(cfg), ledger, events, nil, 0,
-    false
+  ctx.cfg, ctx.c, ctx.ledger, ctx.events, ctx.full, ctx.nrows, ctx.idem = cfg, not lazy and clock(cfg), ledger,
+    events, nil, 0, false
+  if ctx.pre then ctx.pre, ctx.claimed, ctx.caps_ok = false, false, false end
   local order = ctx.order
   if order[1] then
     local accounts = ctx.accounts

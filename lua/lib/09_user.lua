@@ -27,9 +27,12 @@ local function user_debit(ctx, K, A, X)
     if seen then return seen_reply(st, seen, amount_s) end
   end
   if ctx.cfg.backlog > 0 and backlog_full(ctx) then return refusal('ledger_backlog_full', amount_s, st) end
-  local c = ctx.c
-  local now = c.now
   local amount = amount_s + 0
+  local floor = not hf and A[6]
+  floor = (floor and floor ~= '') and floor + 0 or 0
+  local c = ctx.c or debit_clock(ctx, st, not (hf or mf or X) and frag, amount_s, amount,
+    st.bal - st.held - amount - floor)
+  local now = c.now
   local aid, grants
   if st.hx ~= '' or st.gx ~= '' then
     if keys_short(ctx, st) then return KEYS_SHORT end
@@ -65,7 +68,7 @@ local function user_debit(ctx, K, A, X)
   -- spend caps: a charge of nothing (plan_debit.lua's allowance-only charge) passes none
   local w = mf and model_window(st, mf)
   local deny, warns
-  if (st.dL or st.mL or (w and (w.dC ~= '' or w.mC ~= ''))) and (amount > 0 or hf) then
+  if not ctx.caps_ok and (st.dL or st.mL or (w and (w.dC ~= '' or w.mC ~= ''))) and (amount > 0 or hf) then
     deny, warns = caps_check(st, w, model, amount, c)
     -- a lean call that passed a cap (its event) is refused: keys_short asked only then
     if (deny or warns) and keys_short(ctx, st, deny, warns) then return KEYS_SHORT end
@@ -81,8 +84,7 @@ local function user_debit(ctx, K, A, X)
 
   -- the hold covers up to its amount; anything beyond must come from the available balance
   local need = amount - hold
-  local floor = not hf and A[6]
-  if need > 0 and st.bal - st.held - need < ((floor and floor ~= '') and floor + 0 or 0) then
+  if need > 0 and st.bal - st.held - need < floor then
     return refusal('insufficient_credits', amount_s, st)
   end
 
@@ -109,9 +111,12 @@ local function user_debit(ctx, K, A, X)
     if X then for k, v in B_pairs(X) do e[k] = v end end
     if B_next(e) then x = extra_json(e) end
   end
+  local n = ctx.pre and debit_claim(ctx, st)
   local bals, helds = bal_text(st), st.helds_of == st.held and st.helds or held_text(st)
-  local n = row(ctx, '', hf and 'settle' or 'debit', amount_s, bals, helds,
-    hf and I(hold) or '', '', action, '', x, frag, amount > 0 and '-' or nil)
+  if not n then
+    n = row(ctx, '', hf and 'settle' or 'debit', amount_s, bals, helds,
+      hf and I(hold) or '', '', action, '', x, frag, amount > 0 and '-' or nil)
+  end
   if warns then cap_warnings(ctx, warns, 'u', aid or frag_value(frag, 3), amount, n) end
   if grants then
     -- a settled hold may free the pinned rest of an expired grant: it expires now

@@ -33,8 +33,8 @@ local function team_debit(ctx, K, A)
     if seen then return seen_reply(st, seen, amount_s) end
   end
   if ctx.cfg.backlog > 0 and backlog_full(ctx) then return refusal('ledger_backlog_full', amount_s, st) end
-  local c = ctx.c
   local amount = amount_s + 0
+  local c = ctx.c or debit_clock(ctx, st, not (hf or mf) and frag, amount_s, amount, st.bal - st.held - amount, m)
   local tid
   if st.hx ~= '' then
     tid = frag_value(frag, 3)
@@ -52,11 +52,12 @@ local function team_debit(ctx, K, A)
 
   -- the member's cap (their spend in its period, plus what their other open holds hold), then the
   -- team's caps
-  local over = m.cap and member_spent(m, c) + (m.held - hold) + amount > m.cap
+  local caps_ok = ctx.caps_ok
+  local over = not caps_ok and m.cap and member_spent(m, c) + (m.held - hold) + amount > m.cap
   local w, deny, warns
   if not over then
     w = mf and model_window(st, mf)
-    if st.dL or st.mL or (w and (w.dC ~= '' or w.mC ~= '')) then
+    if not caps_ok and (st.dL or st.mL or (w and (w.dC ~= '' or w.mC ~= ''))) then
       deny, warns = caps_check(st, w, model, amount, c)
       -- a lean call that passed a cap (its event) is refused: keys_short asked only then
       if (deny or warns) and keys_short(ctx, st, deny, warns) then return KEYS_SHORT end
@@ -85,9 +86,12 @@ local function team_debit(ctx, K, A)
     w.dirty = true
   end
   local action = warns and cap_action(warns) or ''
+  local n = ctx.pre and debit_claim(ctx, st)
   local bals, helds = bal_text(st), st.helds_of == st.held and st.helds or held_text(st)
-  local n = row(ctx, '', hf and 'settle' or 'debit', amount_s, bals, helds,
-    hf and I(hold) or '', '', action, '', '', frag, amount > 0 and '-' or nil)
+  if not n then
+    n = row(ctx, '', hf and 'settle' or 'debit', amount_s, bals, helds,
+      hf and I(hold) or '', '', action, '', '', frag, amount > 0 and '-' or nil)
+  end
   if warns then cap_warnings(ctx, warns, 't', tid or frag_value(frag, 3), amount, n) end
   if st.rc then ring_add(st, cid, n) else st.rc, st.rr = cid, n end
   local r = { 'ok', n, amount_s, bals, helds, action, '|', '0' }
