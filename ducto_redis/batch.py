@@ -11,13 +11,13 @@ each call at most once (connect.py).
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import MISSING, dataclass, fields
+from dataclasses import MISSING, dataclass, field, fields
 from operator import itemgetter
 from typing import Any, Generic, TypeVar
 
 from .core import Call, StoreCore
 from .errors import InvalidInputError
-from .keys import no_idempotency_key
+from .keys import LeftOutKeys
 from .scripts import Script
 from .specs import DEBIT, DEBIT_MANY, POOL_DEBIT, POOL_DEBIT_MANY, Fields, ScriptSpec
 from .team_ops import team_debit
@@ -34,7 +34,9 @@ class Twin:
     ``own_args``: the positions named in the twin's per-decision group, sent once per decision in
     the twin's order. ``only``: (ARGV position, value) a call must have to be packed, a position then
     not sent: a settlement (a reservation id there) is sent on its own. A call that left out its
-    optional ARGV (ducto_redis/specs.py) has "" there.
+    optional ARGV (ducto_redis/specs.py) has "" there; one that left out its optional KEYS (a lean
+    call: ``account ledger``) is given them by ``left_out`` (keys.py, the rule a lean call is widened
+    by): the shard's events stream, the account's grants hash, the never-written idempotency key.
     """
 
     name: str
@@ -46,8 +48,9 @@ class Twin:
     args: Fields
     """The single script's ARGV (a call may send fewer: its optional ones left out)."""
     keys_width: int
-    """How many KEYS the single script has: a call without an idempotency key leaves out its last
-    one, which the twin takes per decision (as :func:`~ducto_redis.keys.no_idempotency_key`)."""
+    """How many KEYS the single script has (a call may send fewer: its optional ones left out)."""
+    left_out: LeftOutKeys = field(compare=False)
+    """What a call's left-out optional KEYS stand for (a function of the KEYS: not compared)."""
 
     @classmethod
     def of(cls, single: ScriptSpec, many: ScriptSpec, only: str, value: str) -> Twin:
@@ -59,13 +62,12 @@ class Twin:
             if set(one.names) != placed or len(placed) != len(twin.names) + len(twin.each) + (part == "ARGV"):
                 raise ValueError(f"{many.name} {part} ({twin.text()}) must place each of {single.name}'s "
                                  f"({one.text()}) once")
-        if single.keys.names[single.keys.size - single.keys.optional:] not in ((), ("idem",)):
-            raise ValueError(f"{single.name}: the only optional KEY a twin can fill in is 'idem'")
+        left_out = LeftOutKeys.of(single.keys.names, single.keys.optional, single.name)
         return cls(many.name, tuple(single.keys.at(n) for n in many.keys.names),
                    tuple(single.keys.at(n) for n in many.keys.each),
                    tuple(single.args.at(n) for n in many.args.names),
                    tuple(single.args.at(n) for n in many.args.each), (single.args.at(only), value),
-                   single.args, single.keys.size)
+                   single.args, single.keys.size, left_out)
 
 
 MANY_TWINS: dict[str, Twin] = {
@@ -214,6 +216,8 @@ class Batch(Generic[T]):
         order: list[int | list[int]] = []
         groups: dict[tuple[Any, ...], list[int]] = {}
         generation: dict[str, int] = {}  # per shard tag: bumped by each call that is not packed
+        filled: dict[int, list[str]] = {}  # per packable lean decision: its KEYS with the left-out ones
+        self._filled = filled
         count = 0
         for i, call in enumerate(self.decisions):
             script = call.script
@@ -229,6 +233,8 @@ class Batch(Generic[T]):
                 continue
             # decisions share a call only if their shared values are equal (always so within one shard)
             picks = _PICKS[script.name]
+            if len(keys) < twin.keys_width:  # a lean call: the KEYS it left out put back, once
+                keys = filled[i] = twin.left_out.fill(keys)
             group = (twin, generation.get(tag, 0), picks.shared_keys(keys),
                      picks.shared_args(args if len(args) == twin.args.size else args + picks.pad))
             members = groups.get(group)
@@ -272,10 +278,10 @@ class Batch(Generic[T]):
         assert first.script is not None
         twin = MANY_TWINS[first.script.name]
         picks = _PICKS[first.script.name]
-        head_keys = list(picks.shared_keys(first.keys))
+        filled = self._filled
+        head_keys = list(picks.shared_keys(filled.get(members[0]) or first.keys))
         own_keys, own_args, pad = picks.own_keys, picks.own_args, picks.pad
         head_args = list(picks.shared_args(first.args if len(first.args) == twin.args.size else first.args + pad))
-        kwidth = twin.keys_width
         script = self._scripts[twin.name]
         for start in range(0, len(members), MAX_DECISIONS_PER_CALL):
             chunk = members[start : start + MAX_DECISIONS_PER_CALL]
@@ -284,10 +290,7 @@ class Batch(Generic[T]):
             answers: list[tuple[int, int]] = []
             for pos, i in enumerate(chunk):
                 d = decisions[i]
-                k = d.keys
-                if len(k) < kwidth:  # no idempotency key: the twin takes the never-written name
-                    k = [*k, no_idempotency_key(k[0])]
-                keys.extend(own_keys(k))
+                keys.extend(own_keys(filled.get(i) or d.keys))  # a lean call's with the KEYS it left out
                 args.extend(own_args(d.args + pad))  # its optional ARGV put back if it left them out
                 slots[i] = (index, pos)
                 answers.append((i, pos))

@@ -14,8 +14,10 @@ pool (one write for a whole batch, one per node of a cluster), and their replies
   ``redis.ConnectionError`` too) — the caller repeats the decision with its idempotency key;
 - a reply that says its call did NOT run is the one case that sends it again, after the remedy:
   "Function not found" (load the library, call again; if still missing, EVAL the source), MOVED
-  (re-read the slot map), ASK (``ASKING`` + the call on the named node), TRYAGAIN (a short pause).
-  Any other error reply is raised.
+  (re-read the slot map), ASK (``ASKING`` + the call on the named node), TRYAGAIN (a short pause),
+  DUCTO_KEYS (a lean call, sent with only some of its KEYS, whose decision needs the others: its
+  ``widen`` form, the same call id and ARGV with every KEY, is sent instead; nothing of the lean
+  one was written, so this is not a second run). Any other error reply is raised.
 
 The rules are written once, as a generator of steps (:func:`_plan`); each step
 (:data:`Step`) runs itself synchronously or returns its awaitable, so the sync and the async driver
@@ -63,7 +65,7 @@ from redis.exceptions import AskError, MovedError, ResponseError, TryAgainError
 
 from .core import Call
 from .errors import DecisionOutcomeUnknown
-from .scripts import Library, function_missing
+from .scripts import Library, function_missing, keys_short
 
 try:
     import hiredis
@@ -79,7 +81,8 @@ TRYAGAIN_PAUSE = 0.05  # seconds, before sending again calls answered TRYAGAIN (
 
 def did_not_run(reply: Any) -> bool:
     """Whether an error reply says its call did not run (so it may be sent again)."""
-    return isinstance(reply, DID_NOT_RUN) or (isinstance(reply, ResponseError) and function_missing(reply))
+    return isinstance(reply, DID_NOT_RUN) or (isinstance(reply, ResponseError)
+                                              and (function_missing(reply) or keys_short(reply)))
 
 
 def split_cluster_flag(url: str) -> tuple[str, bool]:
@@ -235,7 +238,8 @@ def _plan(client: Any, calls: Sequence[Call[Any]],
     write of them all, almost always the end of it), then again for any call whose reply says it
     did not run, after its remedy, until each has an answer that is not "did not run"; an error
     reply of a call that ran is raised. ``first``: a plain client's replies to that first write,
-    already made (by a :class:`Lane`)."""
+    already made (by a :class:`Lane`). A lean call refused for its KEYS is replaced, from then on, by
+    its widened form (:attr:`~ducto_redis.core.Call.widen`)."""
     # plain clients first: isinstance against redis-py's cluster classes costs ~0.7 us
     cluster = not isinstance(client, (redis.Redis, aioredis.Redis))
     if cluster and isinstance(client, AsyncRedisCluster):
@@ -248,6 +252,7 @@ def _plan(client: Any, calls: Sequence[Call[Any]],
     else:
         replies = yield Send(client, [command(c) for c in calls])
     sent = 0 if cluster else 1
+    own: list[Call[Any]] | None = None  # the calls, once one is widened
     use_source: set[int] = set()
     asking: dict[int, Any] = {}
     loaded = False
@@ -269,6 +274,13 @@ def _plan(client: Any, calls: Sequence[Call[Any]],
                     asking[i] = node
             elif isinstance(reply, TryAgainError):
                 pause = True
+            elif keys_short(reply):
+                widen = calls[i].widen
+                if widen is None:  # only a lean call can be refused for its KEYS
+                    raise reply
+                if own is None:  # the caller's list stays as it was
+                    calls = own = list(calls)
+                own[i] = widen(own[i])
             elif loaded:  # loaded after an earlier answer, and gone again: EVAL cannot miss
                 use_source.add(i)
             else:

@@ -14,6 +14,7 @@ import itertools
 import json
 import os
 import uuid
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
@@ -23,7 +24,7 @@ from pydantic import BaseModel, ValidationError
 from pydantic_core import PydanticSerializationError
 
 from .errors import InvalidInputError, ScriptReplyError
-from .keys import USER, KeySchema
+from .keys import USER, KeySchema, LeftOutKeys
 from .layout import cap_text, copy_escape, fragment, tx_id
 from .models import (
     AddCreditsResult,
@@ -33,7 +34,7 @@ from .models import (
 )
 from .scripts import Script, scripts
 from .settings import Settings, script_config
-from .specs import ADD_CREDITS, BALANCE, DEBIT, SET_CAP
+from .specs import ADD_CREDITS, BALANCE, DEBIT, POOL_DEBIT, SET_CAP, ScriptSpec
 from .validation import (
     check_amount,
     check_choice,
@@ -61,6 +62,10 @@ class Call(Generic[T]):
     keys: list[str]
     args: list[Any]
     parse: Callable[[Any], T]
+    widen: Callable[[Call[T]], Call[T]] | None = None
+    """A lean call's (a debit sent with only its account and ledger KEYS): ``widen(call)`` is the same
+    call (same call id and ARGV) with every KEY, what connect.py ``_plan`` sends when Redis answers that
+    its decision needs them (:data:`~ducto_redis.scripts.KEYS_SHORT`: it did not run)."""
 
 
 def ready(result: T) -> Call[T]:
@@ -272,9 +277,38 @@ def deduction_result(
 class DebitKeys:
     """What a user's debit needs that depends only on the user: its KEYS and its escaped id."""
 
-    keys: tuple[str, ...]  # debit.lua's KEYS with the never-written idempotency key name ("no key")
+    keys: tuple[str, ...]  # debit.lua's lean KEYS: account ledger
+    full: tuple[str, ...]  # and every optional one, the never-written "no idempotency key" name last
     shard: int
     escaped_id: str  # the id as COPY text, for the row's fragment
+
+
+WIDE_MAX = 65536
+"""Accounts a store remembers as wide (see :class:`Widen`), the least recently widened forgotten first."""
+
+
+class Widen:
+    """``widen`` of a lean call of one script (:attr:`Call.widen`): the call with its optional KEYS
+    put back (keys.py :class:`~ducto_redis.keys.LeftOutKeys`, the rule a "many" twin packs by), its
+    account remembered in ``wide`` so that its later calls are built with every KEY at once (an
+    account with expiring grants or a cap that fires must not pay two round trips per decision)."""
+
+    __slots__ = ("left_out", "wide")
+
+    def __init__(self, spec: ScriptSpec, wide: OrderedDict[str, None]) -> None:
+        self.left_out = LeftOutKeys.of(spec.keys.names, spec.keys.optional, spec.name)
+        self.wide = wide
+
+    def __call__(self, call: Call[T]) -> Call[T]:
+        account, wide = call.keys[0], self.wide
+        wide.pop(account, None)  # (re)entered last: the most recently widened
+        wide[account] = None
+        while len(wide) > WIDE_MAX:
+            try:
+                wide.popitem(last=False)
+            except KeyError:  # emptied by another thread meanwhile
+                break
+        return Call(call.script, self.left_out.fill(call.keys), call.args, call.parse)
 
 
 class StoreCore:
@@ -294,6 +328,10 @@ class StoreCore:
         self._hold_ttl_ms = settings.hold_ttl_seconds * 1000
         # a debit's per-user KEYS and escaped id, for the hot accounts only (~0.5 kB each)
         self.debit_keys = lru_cache(maxsize=8192)(self._debit_keys)
+        # account keys whose debits are built with every KEY (widened once: see Widen), at most WIDE_MAX
+        self.wide: OrderedDict[str, None] = OrderedDict()
+        self.widen_debit = Widen(DEBIT, self.wide)
+        self.widen_team_debit = Widen(POOL_DEBIT, self.wide)
 
     # helpers
 
@@ -317,8 +355,10 @@ class StoreCore:
 
     def _debit_keys(self, uid: str) -> DebitKeys:
         k = self.keys.user(uid)
-        keys = DEBIT.keys.pack(account=k.account, grants=k.grants, ledger=k.ledger, events=k.events, idem="")
-        return DebitKeys(tuple(keys), k.shard, copy_escape(uid))
+        lean = DEBIT.keys.pack(account=k.account, ledger=k.ledger, events="", grants="", idem="")
+        full = DEBIT.keys.pack(account=k.account, ledger=k.ledger, events=k.events, grants=k.grants,
+                               idem=k.idempotency(None))
+        return DebitKeys(tuple(lean), tuple(full), k.shard, copy_escape(uid))
 
     # health
 
@@ -406,9 +446,13 @@ class StoreCore:
         model = check_label(meta.model, "metadata.model") if meta and meta.model else ""
         dk = self.debit_keys(uid)
         shard = dk.shard
-        keys = list(dk.keys)
-        if ikey is not None:  # the optional last KEY
-            keys.append(self.keys.user(uid).idempotency(ikey))
+        widen: Widen | None = None
+        if ikey is not None:  # every optional KEY, the idempotency key last
+            keys = [*dk.full[:-1], self.keys.user(uid).idempotency(ikey)]
+        elif dk.keys[0] in self.wide:  # widened before: every KEY at once
+            keys = list(dk.full)
+        else:  # lean: account ledger (widened if its decision needs more)
+            keys, widen = list(dk.keys), self.widen_debit
 
         def parse(raw_reply: Any) -> DeductionResult:
             r = split_reply(raw_reply, _DEBIT_SIZE, _D.limit)
@@ -425,7 +469,7 @@ class StoreCore:
                 f"\t{e(metadata_json(meta)) if meta is not None else ''}")
         args = DEBIT.args.pack(cid=new_call_id(), amount=str(n), frag=frag, config=self.config(), model=model,
                                floor=str(floor) if floor else "", rid=reservation_id, quantities=qs)
-        return Call(self.scripts["debit"], keys, args, parse)
+        return Call(self.scripts["debit"], keys, args, parse, widen)
 
     def spend_cap(self, cap: SpendCap, account_kind: str, *, remove: bool = False) -> Call[None]:
         """Set (or remove) a user's (``account_kind`` "u") or a team's ("t") daily or monthly cap."""

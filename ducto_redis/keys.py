@@ -32,12 +32,14 @@ from __future__ import annotations
 
 import re
 import zlib
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from functools import lru_cache
 from urllib.parse import unquote
 
 USER = "u"
 TEAM = "t"
+_EVENTS = ":events"  # a shard's events stream: its hash tag, then this
 
 MAX_ID_LENGTH = 4096
 
@@ -76,7 +78,7 @@ class AccountKeys:
     @property
     def grants(self) -> str:
         """User only: expiring grant id -> "expires_ms|remaining" (layout.py Grant; lua/lib/07_grants.lua)."""
-        return self.base + ":grants"
+        return grants_of(self.base)
 
     @property
     def grant_index(self) -> str:
@@ -89,7 +91,7 @@ class AccountKeys:
 
     @property
     def events(self) -> str:
-        return self.tag + ":events"
+        return self.tag + _EVENTS
 
     def idempotency(self, key: str | None) -> str:
         """Key remembering the reply to ``key``; without a key, a name that is never written."""
@@ -102,6 +104,57 @@ def no_idempotency_key(account: str) -> str:
     """The name a script is given, where it takes an idempotency key per decision, for a decision
     without one: ``<account>:i``, never written (a script tells it from a real key by its length)."""
     return account + ":i"
+
+
+def grants_of(account: str) -> str:
+    """The grants hash of the user account whose key is ``account``."""
+    return account + ":grants"
+
+
+def events_of(key: str) -> str:
+    """The events stream of the shard whose hash tag leads ``key`` (an account's key)."""
+    return key[: key.index("}") + 1] + _EVENTS
+
+
+LEFT_OUT: dict[str, Callable[[str], str]] = {"events": events_of, "grants": grants_of, "idem": no_idempotency_key}
+"""What an optional KEY a call left out stands for, made from the call's first KEY (its account):
+the shard's events stream, the account's grants hash, the never-written "no idempotency key" name."""
+
+
+@dataclass(frozen=True, slots=True)
+class LeftOutKeys:
+    """The optional KEYS of one script (the last ones of its KEYS, in brackets in its spec): how a
+    call that left them out is given them all. The one rule for a lean call's widened KEYS and for
+    a lean call packed into a "many" twin."""
+
+    required: int
+    makers: tuple[Callable[[str], str], ...]
+    made: Callable[[str], tuple[str, ...]] = field(init=False, repr=False, compare=False)
+    """An account's optional KEYS, made once for the hot accounts (a batch fills every lean decision)."""
+
+    def __post_init__(self) -> None:
+        makers = self.makers
+        object.__setattr__(self, "made", lru_cache(maxsize=8192)(lambda account: tuple(m(account) for m in makers)))
+
+    @classmethod
+    def of(cls, names: Sequence[str], optional: int, where: str) -> LeftOutKeys:
+        """For a script whose KEYS are ``names``, the last ``optional`` of them optional. Raises for an
+        optional KEY :data:`LEFT_OUT` cannot make."""
+        opt = names[len(names) - optional:]
+        unknown = [n for n in opt if n not in LEFT_OUT]
+        if unknown:
+            raise ValueError(f"{where}: no rule makes the optional KEY {unknown[0]!r} (keys.LEFT_OUT: "
+                             f"{' '.join(LEFT_OUT)})")
+        return cls(len(names) - optional, tuple(LEFT_OUT[n] for n in opt))
+
+    def fill(self, keys: Sequence[str]) -> list[str]:
+        """``keys`` with every optional KEY they leave out put back (a list: a new one if any was)."""
+        n = len(keys)
+        if n == self.required:
+            return [*keys, *self.made(keys[0])]
+        if n >= self.required + len(self.makers):
+            return keys if isinstance(keys, list) else list(keys)
+        return [*keys, *self.made(keys[0])[n - self.required:]]
 
 
 class KeySchema:
@@ -127,7 +180,7 @@ class KeySchema:
 
     def events_stream(self, shard: int) -> str:
         """The events stream of ``shard``."""
-        return self.tag(shard) + ":events"
+        return self.tag(shard) + _EVENTS
 
     def grant_index(self, shard: int) -> str:
         """The ZSET of ``shard``'s accounts with expiring grants, by earliest expiry (ms)."""

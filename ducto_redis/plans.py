@@ -201,7 +201,12 @@ def plan_charge(
     args = PLAN_DEBIT.args.pack(
         cid=a[_CHARGE.cid], amount=a[_CHARGE.amount], model=a[_CHARGE.model], floor=a[_CHARGE.floor],
         frag=a[_CHARGE.frag], allowances=json.dumps(table, separators=(",", ":")), config=a[_CHARGE.config])
-    return Call(core.scripts["plan_debit"], base.keys, args, parse)
+    # plan_debit.lua takes every KEY (the charge's may be lean), the idempotency key only if one is given
+    k = core.keys.user(user_id)
+    idem = DEBIT.keys.full(base.keys)[DEBIT.keys.pos.idem]
+    keys = PLAN_DEBIT.keys.pack(account=k.account, grants=k.grants, ledger=k.ledger, events=k.events,
+                                idem="" if idem == k.idempotency(None) else idem)
+    return Call(core.scripts["plan_debit"], keys, args, parse)
 
 
 class PlanOps(StoreBase):

@@ -75,6 +75,16 @@ def function_missing(exc: BaseException) -> bool:
                                                or text.lower().startswith("unknown command"))
 
 
+KEYS_SHORT = "DUCTO_KEYS"
+"""The error code of a lean call's refusal (lua/lib/08_debit.lua keys_short): its decision needs the
+KEYS the call left out; nothing was written (it did not run), and its widened form is sent instead."""
+
+
+def keys_short(exc: BaseException) -> bool:
+    """Whether an error reply is a lean call's refusal: it did not run, and needs all its KEYS."""
+    return isinstance(exc, ResponseError) and str(exc).startswith(KEYS_SHORT)
+
+
 def fcall(client: Any, function: str, keys: list[str], args: list[Any]) -> Any:
     """FCALL on a sync client. On a cluster it goes straight to the node of the first key's slot:
     redis-py would otherwise ask the server for FCALL's keys (COMMAND GETKEYS) on every call. A

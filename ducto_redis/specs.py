@@ -6,7 +6,7 @@ name (``r[DEBIT.reply.pos.ref]``), and batch.py derives how a script's calls are
 "many" twin from the two specs' names. Each ``lua/<script>.lua`` states the same layout in its header,
 in the same words::
 
-    -- KEYS: account grants ledger events [idem]
+    -- KEYS: account ledger [events grants idem]
     -- ARGV: cid amount frag [config model floor rid quantities]
     -- REPLY (text): status idempotent ref amount balance held cap retry remaining limit
 
@@ -16,9 +16,12 @@ sends against its shape), so neither can drift from the other unnoticed.
 A layout is names separated by spaces, then optionally a group repeated any number of times:
 ``"ledger events; per decision: account grants idem"``. The last fixed names may be *optional*,
 in brackets (``"cid amount frag [config model floor rid quantities]"``): they are sent only when one
-of them is not empty, and a script reads an absent one as ``""``. A plain charge then sends 4 ARGV
-instead of 8, and each value a script receives costs Redis ~1 000 instructions (its Lua string and
-its slot in the ARGV table). A reply's *shape* says how it is sent:
+of them is not empty, and a script reads an absent one as ``""``. A plain charge then sends 3 ARGV
+instead of 8, and each value a script receives costs Redis ~1 600 instructions (its Lua string and
+its slot in the ARGV table). Optional KEYS are sent likewise, all or none: a charge that sends none
+of debit's ``[events grants idem]`` is *lean* (``account ledger``); one whose decision turns out to
+need them is refused before anything is written and sent again with them all (connect.py ``_plan``,
+keys.py ``LeftOutKeys``). A reply's *shape* says how it is sent:
 
 * ``text``: one string, the fields joined by ``|`` (the last one may hold ``|`` itself: a plan id,
   a role);
@@ -216,7 +219,7 @@ RESERVE = _S("reserve", "account idem ledger grants",
              "status idempotent rid amount balance held expires retry remaining limit", "text")
 RELEASE = _S("release", "account idem ledger grants", "cid tx rid frag config",
              "status idempotent rid amount balance held", "text")
-DEBIT = _S("debit", "account grants ledger events [idem]", "cid amount frag [config model floor rid quantities]",
+DEBIT = _S("debit", "account ledger [events grants idem]", "cid amount frag [config model floor rid quantities]",
            "status idempotent ref amount balance held cap retry remaining limit", "text")
 DEBIT_MANY = _S("debit_many", "ledger events; per decision: account grants idem",
                 "config; per decision: cid amount model floor frag quantities",
@@ -235,7 +238,7 @@ POOL_CREATE = _S("pool_create", "team idem ledger", "tx name balance frag config
                  "text")
 POOL_MEMBER = _S("pool_member", "team ledger", "tx tid member action role cap period config",
                  "status idempotent cap period count role", "text")
-POOL_DEBIT = _S("pool_debit", "team ledger events [idem]", "cid amount member frag [config model rid]",
+POOL_DEBIT = _S("pool_debit", "team ledger [events idem]", "cid amount member frag [config model rid]",
                 "status idempotent ref amount balance held cap retry remaining limit", "text")
 POOL_DEBIT_MANY = _S("pool_debit_many", "ledger events; per decision: team idem",
                      "config; per decision: cid amount model member frag",

@@ -147,9 +147,12 @@ def team_debit(
                     model=model, idem=ikey or "", meta=metadata_json(meta))
     args = POOL_DEBIT.args.pack(cid=new_call_id(), amount=str(n), model=model, member=MEMBER_PREFIX + uid, frag=frag,
                                 rid=reservation_id, config=core.config())
-    keys = POOL_DEBIT.keys.pack(team=k.account, ledger=k.ledger, events=k.events,
-                                idem=k.idempotency(ikey) if ikey else "")
-    return Call(core.scripts["pool_debit"], keys, args, parse)
+    widen = None
+    if ikey is not None or k.account in core.wide:  # every KEY: the idempotency key, or widened before
+        keys = POOL_DEBIT.keys.pack(team=k.account, ledger=k.ledger, events=k.events, idem=k.idempotency(ikey))
+    else:  # lean: team ledger (widened if its decision needs more)
+        keys, widen = POOL_DEBIT.keys.pack(team=k.account, ledger=k.ledger, events="", idem=""), core.widen_team_debit
+    return Call(core.scripts["pool_debit"], keys, args, parse, widen)
 
 
 class TeamOps(StoreBase):

@@ -4,7 +4,11 @@
 --   the rest, more succeeds only if the available balance covers the difference.
 -- A deny cap that would be exceeded refuses the debit (and releases the hold when settling);
 -- warn/notify caps let it pass and append an event. See lib/09_user.lua.
--- KEYS: account grants ledger events [idem]
+-- KEYS: account ledger [events grants idem]
+--   lean (account ledger only): a decision that would need the others (an account with expiring
+--   grants, a cap passed: its event) refuses with the error "DUCTO_KEYS ..." before anything is
+--   written; the client sends the call again with them all (lib/08_debit.lua keys_short). idem:
+--   the idempotency key, or the never-written "<account>:i" (ducto_redis/keys.py no_idempotency_key)
 -- ARGV: cid amount frag [config model floor rid quantities]
 --   quantities: "name=n;..." (a charge's, checked against the account's quantity limits; a settlement's
 --   actual ones, correcting its hold's estimate) or ""
@@ -13,5 +17,5 @@
 --   none was checked (a settlement, an account without one)
 --   status: ok | insufficient_credits | spend_cap_exceeded | rate_limited | reservation_not_found
 --           | ledger_backlog_full
-local ctx = ctx_new(ARGV[4], KEYS[3], KEYS[4], true)
+local ctx = ctx_new(ARGV[4], KEYS[2], KEYS[3], true)
 return finish_one(ctx, user_debit(ctx, KEYS, ARGV), KEYS[5])

@@ -35,7 +35,7 @@ if plan ~= '' then
 end
 -- the paid part (0 when the allowance covers it all: no money moves, but the request still counts
 -- for the rate limit and is recorded in the ledger) is a charge as debit.lua's
-local r = user_debit(ctx, { acct, G }, { cid, I(amount - free), ARGV[5], nil, ARGV[3], ARGV[4], '' },
+local r = user_debit(ctx, { acct, nil, nil, G }, { cid, I(amount - free), ARGV[5], nil, ARGV[3], ARGV[4], '' },
   { free = free > 0 and I(free) or nil, plan = plan ~= '' and plan or nil })
 if B_type(r) == 'string' then  -- refused (or a replay): nothing of the allowance is used
   return finish_one(ctx, r, nil) .. '|0|' .. I(left) .. '|' .. plan  -- a deny cap's event is written

@@ -1,6 +1,10 @@
 -- pool_debit.lua: spend from a team pool for a member (deduct_team), or settle a team reservation
 -- (rid given). See lib/10_team.lua for the checks and their order.
--- KEYS: team ledger events [idem]
+-- KEYS: team ledger [events idem]
+--   lean (team ledger only): a decision that would need the events stream (a team cap passed: its
+--   event) refuses with the error "DUCTO_KEYS ..." before anything is written; the client sends the
+--   call again with them all (lib/08_debit.lua keys_short). idem: the idempotency key, or the
+--   never-written "<team>:i" (ducto_redis/keys.py no_idempotency_key)
 -- ARGV: cid amount member frag [config model rid]
 --   member: the member's field in the team hash, "U|<member id>" (the client joins it: no string is
 --   made for it per decision)

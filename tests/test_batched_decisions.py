@@ -282,12 +282,14 @@ def test_packed_layout_sends_shared_values_once_and_new_positions_per_decision(s
     calls = [store.core.debit(n, 1, operation_type="req") for n in names]
     packed = Batch(calls, store.core.scripts).calls[0]
     assert packed.script is not None and packed.script.name == "debit_many"
-    # debit.lua: KEYS account grants ledger events [idem]; ARGV cid amount frag [config model floor rid quantities]
-    assert packed.keys[:2] == calls[0].keys[2:4]  # the shard's ledger and events streams, once
+    # debit.lua: KEYS account ledger [events grants idem]; ARGV cid amount frag [config model floor rid quantities]
+    # lean calls (account ledger): the twin is given the shard's events stream from the key schema
+    assert all(len(c.keys) == 2 for c in calls)
+    events = store.core.keys.user(names[0]).events
+    assert packed.keys[:2] == [calls[0].keys[1], events]  # the shard's ledger and events streams, once
     assert packed.args[:1] == [store.core.config()]  # the configuration, once ("" on the default settings)
-    # account, grants, and (no idempotency key given: the KEY left out) the never-written name, each
-    assert all(len(c.keys) == 4 for c in calls)
-    assert packed.keys[2:] == [k for c in calls for k in (*c.keys[:2], c.keys[0] + ":i")]
+    # account, its grants hash and (no idempotency key given) the never-written name, each
+    assert packed.keys[2:] == [k for c in calls for k in (c.keys[0], c.keys[0] + ":grants", c.keys[0] + ":i")]
     # plain charges on the default settings leave out the optional ARGV (config model floor rid
     # quantities): packed, each is ""
     assert all(len(c.args) == (3 if store.core.config() == "" else 8) for c in calls)
@@ -310,8 +312,8 @@ def test_packed_layout_sends_shared_values_once_and_new_positions_per_decision(s
     many = ScriptSpec.of("debit_many", "ledger events; per decision: account grants idem extra_key",
                          "config; per decision: cid amount model floor frag quantities extra", "", "lines")
     wider = Twin.of(spec(DEBIT, " extra_key", " extra"), many, "rid", "")
-    # KEYS account grants ledger events extra_key [idem]
-    assert (wider.shared_keys, wider.own_keys) == ((2, 3), (0, 1, 5, 4))
+    # KEYS account ledger extra_key [events grants idem]
+    assert (wider.shared_keys, wider.own_keys) == ((1, 3), (0, 4, 5, 2))
     # ARGV cid amount frag extra [config model floor rid quantities]
     assert (wider.shared_args, wider.own_args, wider.only) == ((4,), (0, 1, 5, 6, 2, 8, 3), (7, ""))
 

@@ -69,9 +69,9 @@ def test_a_header_drifting_from_its_spec_is_caught() -> None:
     assert drift(DEBIT, short) == [
         "REPLY: header says 'status idempotent ref amount balance held', spec says "
         "'status idempotent ref amount balance held cap retry remaining limit'"]
-    swapped = text.replace("-- KEYS: account grants ledger", "-- KEYS: account ledger grants", 1)
+    swapped = text.replace("-- KEYS: account ledger [events grants", "-- KEYS: account ledger [grants events", 1)
     assert [d.split(":")[0] for d in drift(DEBIT, swapped)] == ["KEYS"]
-    required = text.replace("events [idem]", "events idem", 1)  # an optional KEY written as required
+    required = text.replace("ledger [events grants idem]", "ledger events grants [idem]", 1)  # optional as required
     assert [d.split(":")[0] for d in drift(DEBIT, required)] == ["KEYS"]
     assert drift(DEBIT, text.replace("REPLY (text)", "REPLY (table)", 1)) == [
         "REPLY shape: header says 'table', spec says 'text'"]
@@ -121,8 +121,8 @@ def test_packing_and_reading_by_name_follow_the_spec_positions() -> None:
     members = [*read.names, *("a", "admin", "", "t", "1", "0", "0", "0"),
                *("b", "member", "5", "d", "2", "2", "2", "1")]
     assert [(g[read.each_pos.id], g[read.each_pos.cap]) for g in read.groups(members)] == [("a", ""), ("b", "5")]
-    # charge_with_allowance sends plan_debit.lua a charge's KEYS: the two scripts take the same
-    assert SPECS["plan_debit"].keys == DEBIT.keys
+    # plan_debit.lua always takes every KEY a charge may leave out (it has no lean form)
+    assert set(SPECS["plan_debit"].keys.names) == set(DEBIT.keys.names)
 
 
 def test_the_many_twins_place_every_position_of_their_single_script_once() -> None:
@@ -131,6 +131,20 @@ def test_the_many_twins_place_every_position_of_their_single_script_once() -> No
         assert sorted((*twin.shared_keys, *twin.own_keys)) == list(range(one.keys.size))
         assert sorted((*twin.shared_args, *twin.own_args, twin.only[0])) == list(range(one.args.size))
         assert many.reply.each == one.reply.names  # a twin answers each decision as its single script does
+    # a lean call's left-out KEYS come from keys.py's one rule; an optional KEY no rule makes is refused
+    from ducto_redis.batch import Twin
+    from ducto_redis.keys import KeySchema
+    from ducto_redis.specs import DEBIT_MANY
+
+    k = KeySchema("ns", 8).user("x")
+    assert MANY_TWINS["debit"].left_out.fill([k.account, k.ledger]) == [
+        k.account, k.ledger, k.events, k.grants, k.idempotency(None)]
+    odd = ScriptSpec.of("debit", "account ledger [events grants idem other]", DEBIT.args.text(), DEBIT.reply.text(),
+                        "text")
+    many = ScriptSpec.of("debit_many", "ledger events; per decision: account grants idem other",
+                         DEBIT_MANY.args.text(), DEBIT_MANY.reply.text(), "lines")
+    with pytest.raises(ValueError, match="no rule makes the optional KEY 'other'"):
+        Twin.of(odd, many, "rid", "")
 
 
 def test_the_scripts_are_read_through_importlib_resources_from_the_package() -> None:

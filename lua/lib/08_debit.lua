@@ -64,6 +64,19 @@ local function settle_refused(ctx, st, hf, hold, frag, cid, amount_s, amount, ak
   return r
 end
 
+-- A lean call (debit.lua / pool_debit.lua given only the account and the ledger: ctx.events nil,
+-- and no grants hash) decides what needs nothing more. The one rule of what needs more: an account
+-- with expiring grants (gx: grants_due reads and writes the grants hash) and a cap passed, deny or
+-- warn/notify (its event goes to the events stream; a refused settlement's too). Such a decision
+-- returns KEYS_SHORT at once: finish_one() sends it as the error reply, before finish_writes(), so
+-- nothing the call did is written (its rows, a holds sweep, the ring live in ctx until then; a row
+-- debit_clock wrote first is deleted, as a refused decision's is); the client sends the same call
+-- again with every KEY (ducto_redis/connect.py _plan).
+local KEYS_SHORT = { err = "DUCTO_KEYS the decision needs its account's full keys" }
+local function keys_short(ctx, st, deny, warns)
+  return not ctx.events and (st.gx ~= '' or deny ~= nil or warns ~= nil)
+end
+
 -- The clock of a single debit (debit.lua, pool_debit.lua: ctx.c false until here), read once the
 -- account is loaded. Its time is Redis' either way: from TIME, or from the call's own ledger entry.
 -- A plain debit (`frag` given: no hold to settle, no model, no plan; no holds or grants due to look
@@ -134,6 +147,10 @@ end
 
 -- Finish a call of one decision: its reply as text.
 local function finish_one(ctx, r, key)
+  if r == KEYS_SHORT then  -- a lean call refused: nothing written (a row written first goes, as
+    if ctx.pre then rcall('XDEL', ctx.ledger, ctx.pre) end  -- finish_writes deletes a refused one's)
+    return r
+  end
   return reply_text(ctx, r, finish_writes(ctx), key)
 end
 

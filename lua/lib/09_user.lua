@@ -3,14 +3,16 @@
 -- lib/08_debit.lua's.
 
 -- Run one user debit in the call's context.
--- K: debit.lua's KEYS: { account hash, grants hash, (ledger, events: unused), idempotency key or nil }
+-- K: debit.lua's KEYS: { account hash, (ledger, events: unused), grants hash, idempotency key or
+--      "<account>:i" or nil } (lean: account and ledger only, see keys_short)
 -- A: debit.lua's ARGV: { call id, amount (text), fragment, (config: unused), then optional (nil = ""):
 --      model, min balance (text, charges; "" = 0), reservation id, quantities ("name=n;...": a
 --      charge's, checked; a settlement's actual ones, correcting its hold's estimate) }
 -- X: extra fields for the row's extra JSON (plan_debit.lua), or nil
 -- Returns the reply: its text, or the pending table of a decision that wrote a row.
 local function user_debit(ctx, K, A, X)
-  local acct, G, idem = K[1], K[2], K[5]
+  local acct, G, idem = K[1], K[4], K[5]
+  if idem then idem = idem_given(acct, idem) end
   local has_idem = idem ~= nil
   if has_idem then
     local again = idem_seen(ctx, idem)
@@ -33,6 +35,7 @@ local function user_debit(ctx, K, A, X)
   local now = c.now
   local aid, grants
   if st.hx ~= '' or st.gx ~= '' then
+    if keys_short(ctx, st) then return KEYS_SHORT end
     aid = frag_value(frag, 3)
     holds_sweep(ctx, st, 'u', aid, false)
     grants = grants_due(ctx, st, G, 'u', aid, cid)
@@ -67,6 +70,8 @@ local function user_debit(ctx, K, A, X)
   local deny, warns
   if not ctx.caps_ok and (st.dL or st.mL or (w and (w.dC ~= '' or w.mC ~= ''))) and (amount > 0 or hf) then
     deny, warns = caps_check(st, w, model, amount, c)
+    -- a lean call that passed a cap (its event) is refused: keys_short asked only then
+    if (deny or warns) and keys_short(ctx, st, deny, warns) then return KEYS_SHORT end
   end
   if deny then
     if not hf then

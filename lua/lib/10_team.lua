@@ -9,11 +9,13 @@
 -- (never a member's personal balance). A refusal changes nothing, except that refusing a
 -- settlement for a cap releases its hold.
 
--- K: pool_debit.lua's KEYS: { team hash, (ledger, events: unused), idempotency key or nil }
+-- K: pool_debit.lua's KEYS: { team hash, (ledger, events: unused), idempotency key or "<team>:i" or
+--      nil } (lean: team and ledger only, see keys_short)
 -- A: pool_debit.lua's ARGV: { call id, amount (text), member's field (U|<id>), fragment, (config: unused), then
 --      optional (nil = ""): model, reservation id }
 local function team_debit(ctx, K, A)
   local acct, idem = K[1], K[4]
+  if idem then idem = idem_given(acct, idem) end
   local has_idem = idem ~= nil
   if has_idem then
     local again = idem_seen(ctx, idem)
@@ -57,6 +59,8 @@ local function team_debit(ctx, K, A)
     w = mf and model_window(st, mf)
     if not caps_ok and (st.dL or st.mL or (w and (w.dC ~= '' or w.mC ~= ''))) then
       deny, warns = caps_check(st, w, model, amount, c)
+      -- a lean call that passed a cap (its event) is refused: keys_short asked only then
+      if (deny or warns) and keys_short(ctx, st, deny, warns) then return KEYS_SHORT end
     end
   end
   if over or deny then  -- refused by the member's cap (no event), or by a deny cap of the team's
