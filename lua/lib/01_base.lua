@@ -129,7 +129,7 @@ end
 -- call's time; the time as text is kept in two pieces that a row joins into its own text, so a call
 -- makes no string of it; dstart..dend: the day's span in ms, so day and month are worked out again
 -- only when `now` leaves it). Its time is Redis': TIME (clock), or the id of the call's own ledger
--- entry (clock_of_entry: XADD's '*' is Redis' clock in ms too; lib/08_debit.lua debit_clock).
+-- entry (XADD's '*' is Redis' clock in ms too: lib/08_debit.lua debit_clock).
 local CLOCK = { dstart = 0, dend = 0, now = false }
 local function clock_at(now, sec, msx)
   local c = CLOCK
@@ -155,12 +155,6 @@ local function clock(cfg)
   end
   local now = s * 1000 + ms + off
   return clock_at(now, I(now), '')
-end
-
--- the clock of a call whose time is its ledger entry's: `entry` "<ms>-<seq>" (clock offset 0)
-local function clock_of_entry(entry)
-  local ms = ssub(entry, 1, sfind(entry, '-', 4, true) - 1)
-  return clock_at(ms + 0, ms, '')
 end
 
 -- the clock's time (ms) as text

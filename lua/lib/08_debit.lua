@@ -96,10 +96,12 @@ local function debit_clock(ctx, st, frag, amount_s, amount, room, m)
     and not ((st.dL or st.mL) and caps_check(st, nil, '', amount, last)) then
     local day, month = last.day, last.month
     ctx.c = PRE_CLOCK
-    local bals = I(st.bal - amount)
-    row(ctx, '', 'debit', amount_s, bals, held_text(st), '', '', '', '', '', frag, amount > 0 and '-' or nil)
+    local bals = sformat('%d', st.bal - amount)  -- (I(), without its call)
+    row(ctx, '', 'debit', amount_s, bals, st.helds_of == st.held and st.helds or held_text(st), '', '', '', '', '',
+      frag, amount > 0 and '-' or nil)
     local entry = ctx_xadd(ctx)
-    local c = clock_of_entry(entry)
+    local ms = ssub(entry, 1, sfind(entry, '-', 4, true) - 1)  -- "<ms>-<seq>": Redis' clock, offset 0
+    local c = clock_at(ms + 0, ms, '')
     -- the caps as judged above stand if the day and the month are still the last call's
     ctx.pre, ctx.pre_bals, ctx.nrows, ctx.c, ctx.caps_ok = entry, bals, 0, c, c.day == day and c.month == month
     return c
