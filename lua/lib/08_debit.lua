@@ -86,8 +86,9 @@ end
 -- row first, with no time (a row's empty ts is its entry's time: ducto_redis/ledger/copy_text.py),
 -- and takes the time from the entry's id instead of a TIME call (~8 600 instructions, a tenth of a
 -- debit). The checks then run on that clock as on any other (the caps, judged already, only if
--- the day or the month changed meanwhile: ctx.caps_ok); the decision claims the row (debit_claim),
--- or finish_writes deletes the entry (XDEL) when it is refused after all.
+-- the day or the month changed meanwhile: ctx.caps_ok); a decision made claims the row (ctx.claimed:
+-- row 0 of the entry, the balance text ctx.pre_bals; lib/09_user.lua, lib/10_team.lua), and
+-- finish_writes deletes the entry (XDEL) when it is refused after all.
 local PRE_CLOCK = { sec = '', msx = '' }
 local function debit_clock(ctx, st, frag, amount_s, amount, room, m)
   local cfg, last = ctx.cfg, CLOCK
@@ -109,15 +110,6 @@ local function debit_clock(ctx, st, frag, amount_s, amount, room, m)
   local c = clock(cfg)
   ctx.c = c
   return c
-end
-
--- A debit made with its row written first (ctx.pre): the row is row 0 of that entry; the balance
--- text is the one the row holds. Returns the row's index. Made without an idempotency key to
--- remember its reply (reply_text's), it answers its text at once: its entry is known already.
-local function debit_claim(ctx, st)
-  ctx.claimed = true
-  st.bals = ctx.pre_bals
-  return 0
 end
 
 -- Finishing a call: write the entry, the accounts and the events (the entry's id, or nil)...

@@ -100,6 +100,18 @@ local function user_debit(ctx, K, A, X)
     total_add(w, c, amount)
     w.dirty = true
   end
+  local pre = ctx.pre
+  if pre then  -- its row written first is the decision's (debit_clock: none of what follows applies)
+    local bals, helds = ctx.pre_bals, st.helds_of == st.held and st.helds or held_text(st)
+    ctx.claimed, st.bals = true, bals
+    if st.rc then ring_add(st, cid, 0) else st.rc, st.rr = cid, 0 end
+    if not has_idem then  -- its entry is known: the reply at once (decision_text's concatenation)
+      return 'ok|0|' .. pre .. '/0|' .. amount_s .. '|' .. bals .. '|' .. helds .. '||0|' .. (rate or '|')
+    end
+    local r = { 'ok', 0, amount_s, bals, helds, '', rate or '|', '0' }
+    idem_put(ctx, idem, r)
+    return r
+  end
   local action = warns and cap_action(warns) or ''
   local x = ''
   if grants or X then
@@ -111,12 +123,9 @@ local function user_debit(ctx, K, A, X)
     if X then for k, v in B_pairs(X) do e[k] = v end end
     if B_next(e) then x = extra_json(e) end
   end
-  local n = ctx.pre and debit_claim(ctx, st)
   local bals, helds = bal_text(st), st.helds_of == st.held and st.helds or held_text(st)
-  if not n then
-    n = row(ctx, '', hf and 'settle' or 'debit', amount_s, bals, helds,
-      hf and I(hold) or '', '', action, '', x, frag, amount > 0 and '-' or nil)
-  end
+  local n = row(ctx, '', hf and 'settle' or 'debit', amount_s, bals, helds,
+    hf and I(hold) or '', '', action, '', x, frag, amount > 0 and '-' or nil)
   if warns then cap_warnings(ctx, warns, 'u', aid or frag_value(frag, 3), amount, n) end
   if grants then
     -- a settled hold may free the pinned rest of an expired grant: it expires now
@@ -127,9 +136,6 @@ local function user_debit(ctx, K, A, X)
     grants_keep(st, grants)
   end
   if st.rc then ring_add(st, cid, n) else st.rc, st.rr = cid, n end
-  if ctx.claimed and not has_idem then  -- its entry known already: the reply at once (decision_text's)
-    return 'ok|0|' .. ctx.pre .. '/0|' .. amount_s .. '|' .. bals .. '|' .. helds .. '|' .. action .. '|0|' .. (rate or '|')
-  end
   local r = { 'ok', n, amount_s, bals, helds, action, rate or '|', '0' }
   if has_idem then idem_put(ctx, idem, r) end
   return r
