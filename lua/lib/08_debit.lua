@@ -100,7 +100,7 @@ local function debit_clock(ctx, st, frag, amount_s, amount, room, m)
     local bals = sformat('%d', st.bal - amount)  -- (I(), without its call)
     row(ctx, '', 'debit', amount_s, bals, st.helds_of == st.held and st.helds or held_text(st), '', '', '', '', '',
       frag, amount > 0 and '-' or nil)
-    local entry = ctx_xadd(ctx)
+    local entry = rcall('XADD', ctx.ledger, '*', 'q', ctx.rows[1])  -- ctx_xadd's, of this one row
     local ms = ssub(entry, 1, sfind(entry, '-', 4, true) - 1)  -- "<ms>-<seq>": Redis' clock, offset 0
     local c = clock_at(ms + 0, ms, '')
     -- the caps as judged above stand if the day and the month are still the last call's
@@ -145,7 +145,9 @@ local function finish_one(ctx, r, key)
     if ctx.pre then rcall('XDEL', ctx.ledger, ctx.pre) end  -- finish_writes deletes a refused one's)
     return r
   end
-  return reply_text(ctx, r, finish_writes(ctx), key)
+  local entry = finish_writes(ctx)
+  if r[2] == nil then return r end  -- a text already (a string has no [2]): reply_text's first case
+  return reply_text(ctx, r, entry, key)
 end
 
 -- Finish a call of many decisions: the replies as text (in place).
