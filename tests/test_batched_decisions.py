@@ -412,6 +412,92 @@ def test_a_mixed_batch_packs_each_decision_with_its_own_width_and_decides_as_one
             drop_namespace(single.client, single.settings.namespace)
 
 
+def test_random_mixed_batches_decide_as_one_by_one_whatever_each_decision_sends(store: RedisStore) -> None:
+    """Random batches of charges (with or without a key, a model, a floor, quantities; on plain and
+    widened accounts) and team debits (with or without a key, a model), in few shards so most
+    decisions are packed with others of other widths: the same replies, balances and ledger rows as
+    the same calls one by one."""
+    from ducto_redis.batch import Batch, team_debit_calls
+
+    kind = "memory" if embedded(store) else "redis"
+    single = make_store(kind, None)
+    try:
+        users = [f"rm-{u}" for u in range(12)]
+        teams: dict[int, list[str]] = {}
+        for n, s in enumerate((store, single)):
+            for u in users:
+                s.add_credits(u, 300)
+            for u in users[::4]:
+                s.set_quantity_limit(u, "tokens", 500)
+            for u in users[1::3]:
+                s.core.wide[s.core.keys.user(u).account] = None
+
+            def make_teams(s: RedisStore) -> list[str]:
+                tids = [s.create_team(f"rm-t{t}", initial_balance=400).team_id for t in range(2)]
+                for tid in tids:
+                    for u in users[:6]:
+                        s.add_team_member(tid, u, spend_cap=150 if users.index(u) % 2 else None)
+                return tids
+
+            teams[n] = _with_fixed_ids(make_teams, s)
+        assert teams[0] == teams[1]
+        rnd = random.Random(13)
+        plan: list[tuple[Any, ...]] = []
+        for _ in range(240):
+            if rnd.random() < 0.3:
+                plan.append(("team", rnd.randrange(2), rnd.choice(users[:7]), rnd.choice([3, 20, 90]),
+                             rnd.choice([None, None, f"t{rnd.randrange(6)}"]), rnd.choice([None, "gpt"])))
+            else:
+                plan.append(("user", rnd.choice(users), rnd.choice([1, 7, 40, 120]),
+                             rnd.choice([None, None, f"k{rnd.randrange(8)}"]), rnd.choice([None, "gpt"]),
+                             rnd.choice([0, 0, 50]), rnd.choice([None, None, {"tokens": rnd.choice([10, 200])}])))
+
+        def calls_for(n: int, s: RedisStore) -> list[Any]:
+            out: list[Any] = []
+            for op in plan:
+                if op[0] == "team":
+                    _, t, u, amount, key, model = op
+                    out += team_debit_calls(s.core, [{"team_id": teams[n][t], "user_id": u, "amount": amount,
+                                                      "idempotency_key": key,
+                                                      "metadata": model and CreditMetadata(model=model)}])
+                else:
+                    _, u, amount, key, model, floor, qs = op
+                    out.append(s.core.debit(u, amount, operation_type="req", idempotency_key=key,
+                                            metadata=model and CreditMetadata(model=model), min_balance=floor,
+                                            quantities=qs))
+            return out
+
+        batch = Batch(calls_for(0, store), store.core.scripts)
+        shapes = "".join(c.args[1] for c in batch.calls if c.script is not None and c.script.name.endswith("_many"))
+        assert set(shapes) == {"0", "1", "2", "3"}  # every width, packed
+        batched = batch.assemble(_send(store, batch))
+        one_by_one = [single._run(c) for c in calls_for(1, single)]
+        assert strip(batched) == strip(one_by_one)
+        assert any(r.idempotent for r in batched) and any(r.error for r in batched)
+        for u in users:
+            assert store.get_balance(u) == single.get_balance(u)
+        for a, b in zip(teams[0], teams[1], strict=True):
+            assert store.get_team_balance(a) == single.get_team_balance(b)
+            assert store.get_team_members(a) == single.get_team_members(b)
+        # the same rows, each account's in the same order (a shard's user and team decisions are
+        # two script calls, so its stream may interleave the two kinds otherwise than one by one)
+        def by_account(store: RedisStore) -> list[dict[tuple[str, str], list[dict[str, str]]]]:
+            out: list[dict[tuple[str, str], list[dict[str, str]]]] = []
+            for rows in ledger_contents(store):
+                accounts: dict[tuple[str, str], list[dict[str, str]]] = {}
+                for r in rows:
+                    accounts.setdefault((r.get("ak", ""), r.get("acct", "")), []).append(r)
+                out.append(accounts)
+            return out
+
+        assert by_account(store) == by_account(single)
+    finally:
+        if kind == "redis":
+            from conftest import drop_namespace
+
+            drop_namespace(single.client, single.settings.namespace)
+
+
 def test_a_key_replayed_within_a_batch_answers_its_first_decision(store: RedisStore) -> None:
     """The same idempotency key twice in one packed call (and once more in a later batch, read back
     from Redis), on users and on a team: the replays answer the first decision, flagged, and debit
