@@ -19,7 +19,7 @@ from .core import Call, StoreCore
 from .errors import InvalidInputError
 from .keys import LeftOutKeys
 from .scripts import Script
-from .specs import DEBIT, DEBIT_MANY, POOL_DEBIT, POOL_DEBIT_MANY, Fields, ScriptSpec
+from .specs import DEBIT, DEBIT_MANY, POOL_DEBIT, POOL_DEBIT_MANY, SHAPE, SHAPE_CHARS, Fields, ScriptSpec
 from .team_ops import team_debit
 
 T = TypeVar("T")
@@ -30,13 +30,18 @@ class Twin:
 
     ``shared_keys`` / ``shared_args``: 0-based positions of the single script's KEYS / ARGV named in
     the twin's fixed part: their values are the same for every decision of one shard (its streams,
-    the configuration) and are sent once, at the head of the twin's KEYS / ARGV. ``own_keys`` /
-    ``own_args``: the positions named in the twin's per-decision group, sent once per decision in
-    the twin's order. ``only``: (ARGV position, value) a call must have to be packed, a position then
-    not sent: a settlement (a reservation id there) is sent on its own. A call that left out its
-    optional ARGV (ducto_redis/specs.py) has "" there; one that left out its optional KEYS (a lean
-    call: ``account ledger``) is given them by ``left_out`` (keys.py, the rule a lean call is widened
-    by): the shard's events stream, the account's grants hash, the never-written idempotency key.
+    the configuration) and are sent once, at the head of the twin's KEYS / ARGV (the twin's ``shape``
+    ARGV among them, at ``shape_at``). ``own_keys`` / ``own_args``: the positions named in the twin's
+    per-decision group, in the twin's order; the last ``own_keys_optional`` / ``own_args_optional``
+    of them are the group's optional part (in brackets in the twin's spec), sent for a decision only
+    when it has them: its KEYS there are not what the single script's left-out KEYS stand for (the
+    never-written idempotency key), one of its ARGV there is not empty. Each decision's character of
+    ``shape`` says which it sent (specs.SHAPE_CHARS). ``only``: (ARGV position, value) a call must
+    have to be packed, a position then not sent: a settlement (a reservation id there) is sent on
+    its own. A call that left out its optional ARGV (ducto_redis/specs.py) has "" there; one that
+    left out its optional KEYS (a lean call: ``account ledger``) is given them by ``left_out``
+    (keys.py, the rule a lean call is widened by): the shard's events stream, the account's grants
+    hash, the never-written idempotency key.
     """
 
     name: str
@@ -51,23 +56,40 @@ class Twin:
     """How many KEYS the single script has (a call may send fewer: its optional ones left out)."""
     left_out: LeftOutKeys = field(compare=False)
     """What a call's left-out optional KEYS stand for (a function of the KEYS: not compared)."""
+    own_keys_optional: int = 0
+    own_args_optional: int = 0
+    shape_at: int = -1
+    """The position of the twin's ``shape`` ARGV (-1: it has none, its groups have one width)."""
 
     @classmethod
     def of(cls, single: ScriptSpec, many: ScriptSpec, only: str, value: str) -> Twin:
         """The twin of ``single`` (ARGV ``only`` must be ``value`` to pack a call). Raises if a
         position of the single script would be neither shared, nor sent per decision, nor ``only``:
-        no value of a call is ever dropped."""
-        for part, one, twin in (("KEYS", single.keys, many.keys), ("ARGV", single.args, many.args)):
-            placed = {*twin.names, *twin.each, *((only,) if part == "ARGV" else ())}
-            if set(one.names) != placed or len(placed) != len(twin.names) + len(twin.each) + (part == "ARGV"):
+        no value of a call is ever dropped; or if a group's optional KEY is one no rule stands in for."""
+        grouped = many.keys.each_optional or many.args.each_optional
+        if grouped and SHAPE not in many.args.names:
+            raise ValueError(f"{many.name} ARGV ({many.args.text()}): groups with optional fields need "
+                             f"the {SHAPE!r} ARGV")
+        shared_arg_names = tuple(n for n in many.args.names if not (grouped and n == SHAPE))
+        for part, one, names, each in (("KEYS", single.keys, many.keys.names, many.keys.each),
+                                       ("ARGV", single.args, shared_arg_names, many.args.each)):
+            placed = {*names, *each, *((only,) if part == "ARGV" else ())}
+            if set(one.names) != placed or len(placed) != len(names) + len(each) + (part == "ARGV"):
+                twin = many.keys if part == "KEYS" else many.args
                 raise ValueError(f"{many.name} {part} ({twin.text()}) must place each of {single.name}'s "
                                  f"({one.text()}) once")
         left_out = LeftOutKeys.of(single.keys.names, single.keys.optional, single.name)
+        opt_keys = many.keys.each[len(many.keys.each) - many.keys.each_optional:]
+        unmade = [n for n in opt_keys if single.keys.at(n) < left_out.required]
+        if unmade:
+            raise ValueError(f"{many.name} KEYS ({many.keys.text()}): the optional {unmade[0]!r} is not one of "
+                             f"{single.name}'s optional KEYS ({single.keys.text()}): nothing stands in for it")
         return cls(many.name, tuple(single.keys.at(n) for n in many.keys.names),
                    tuple(single.keys.at(n) for n in many.keys.each),
-                   tuple(single.args.at(n) for n in many.args.names),
+                   tuple(single.args.at(n) for n in shared_arg_names),
                    tuple(single.args.at(n) for n in many.args.each), (single.args.at(only), value),
-                   single.args, single.keys.size, left_out)
+                   single.args, single.keys.size, left_out, many.keys.each_optional, many.args.each_optional,
+                   many.args.names.index(SHAPE) if grouped else -1)
 
 
 MANY_TWINS: dict[str, Twin] = {
@@ -96,14 +118,29 @@ class _Picks:
     shared_keys: Callable[[Sequence[Any]], tuple[Any, ...]]
     shared_args: Callable[[Sequence[Any]], tuple[Any, ...]]
     own_keys: Callable[[Sequence[Any]], tuple[Any, ...]]
+    """A decision's KEYS sent always (its group's required part)."""
     own_args: Callable[[Sequence[Any]], tuple[Any, ...]]
+    opt_keys: Callable[[Sequence[Any]], tuple[Any, ...]] | None
+    """A decision's KEYS of its group's optional part (None: the group has none)."""
+    opt_made: Callable[[Sequence[Any]], tuple[Any, ...]]
+    """The same KEYS as the single script's left-out ones stand for, from ``left_out.made``'s tuple."""
+    opt_from: int
+    """A call sending fewer KEYS than this left out every optional one of its group."""
+    opt_args: Callable[[Sequence[Any]], tuple[Any, ...]] | None
+    """A decision's ARGV of its group's optional part (None: the group has none)."""
     pad: list[str]
     """A call's optional ARGV, as the "" a call that left them out stands for (Fields.full)."""
 
     @classmethod
     def of(cls, twin: Twin) -> _Picks:
-        return cls(_picker(twin.shared_keys), _picker(twin.shared_args), _picker(twin.own_keys),
-                   _picker(twin.own_args), [""] * twin.args.optional)
+        kcut = len(twin.own_keys) - twin.own_keys_optional
+        acut = len(twin.own_args) - twin.own_args_optional
+        opt = twin.own_keys[kcut:]
+        return cls(_picker(twin.shared_keys), _picker(twin.shared_args), _picker(twin.own_keys[:kcut]),
+                   _picker(twin.own_args[:acut]), _picker(opt) if opt else None,
+                   _picker(tuple(p - twin.left_out.required for p in opt)), min(opt, default=0) + 1,
+                   _picker(twin.own_args[acut:]) if twin.own_args_optional else None,
+                   [""] * twin.args.optional)
 
 
 _PICKS: dict[str, _Picks] = {name: _Picks.of(twin) for name, twin in MANY_TWINS.items()}
@@ -281,19 +318,45 @@ class Batch(Generic[T]):
         filled = self._filled
         head_keys = list(picks.shared_keys(filled.get(members[0]) or first.keys))
         own_keys, own_args, pad = picks.own_keys, picks.own_args, picks.pad
-        head_args = list(picks.shared_args(first.args if len(first.args) == twin.args.size else first.args + pad))
+        opt_keys, opt_made, opt_from, opt_args = picks.opt_keys, picks.opt_made, picks.opt_from, picks.opt_args
+        made, size, shape_at = twin.left_out.made, twin.args.size, twin.shape_at
+        head_args = list(picks.shared_args(first.args if len(first.args) == size else first.args + pad))
+        if shape_at >= 0:
+            head_args.insert(shape_at, "")
         script = self._scripts[twin.name]
         for start in range(0, len(members), MAX_DECISIONS_PER_CALL):
             chunk = members[start : start + MAX_DECISIONS_PER_CALL]
             keys, args = list(head_keys), list(head_args)
+            shape: list[str] = []
             index = len(self.calls)
             answers: list[tuple[int, int]] = []
             for pos, i in enumerate(chunk):
                 d = decisions[i]
-                keys.extend(own_keys(filled.get(i) or d.keys))  # a lean call's with the KEYS it left out
-                args.extend(own_args(d.args + pad))  # its optional ARGV put back if it left them out
+                ks = filled.get(i) or d.keys  # a lean call's with the KEYS it left out
+                keys.extend(own_keys(ks))
+                bits = 0
+                # its group's optional KEYS, unless they are what left-out ones stand for (a lean call
+                # left them out; a widened one may send the never-written idempotency key)
+                if opt_keys is not None and len(d.keys) >= opt_from:
+                    kopt = opt_keys(ks)
+                    if kopt != opt_made(made(ks[0])):
+                        keys.extend(kopt)
+                        bits = 1
+                a = d.args
+                if len(a) < size:  # its optional ARGV left out: "" each
+                    args.extend(own_args(a + pad))
+                else:
+                    args.extend(own_args(a))
+                    if opt_args is not None:
+                        aopt = opt_args(a)
+                        if any(aopt):
+                            args.extend(aopt)
+                            bits += 2
+                shape.append(SHAPE_CHARS[bits])
                 slots[i] = (index, pos)
                 answers.append((i, pos))
+            if shape_at >= 0:
+                args[shape_at] = "".join(shape)
             call = Call(script, keys, args, _lines)
             self._answers.append(answers)
             self.calls.append(call)

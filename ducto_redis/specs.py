@@ -14,14 +14,21 @@ and ``tests/test_script_specs.py`` holds every header against its spec (and ever
 sends against its shape), so neither can drift from the other unnoticed.
 
 A layout is names separated by spaces, then optionally a group repeated any number of times:
-``"ledger events; per decision: account grants idem"``. The last fixed names may be *optional*,
+``"ledger events; per decision: account grants"``. The last fixed names may be *optional*,
 in brackets (``"cid amount frag [config model floor rid quantities]"``): they are sent only when one
 of them is not empty, and a script reads an absent one as ``""``. A plain charge then sends 3 ARGV
 instead of 8, and each value a script receives costs Redis ~1 600 instructions (its Lua string and
 its slot in the ARGV table). Optional KEYS are sent likewise, all or none: a charge that sends none
 of debit's ``[events grants idem]`` is *lean* (``account ledger``); one whose decision turns out to
 need them is refused before anything is written and sent again with them all (connect.py ``_plan``,
-keys.py ``LeftOutKeys``). A reply's *shape* says how it is sent:
+keys.py ``LeftOutKeys``). A repeated group may end with optional names too, sent or not group by
+group (``"per decision: account grants [idem]"``, ``"per decision: cid amount frag [model floor
+quantities]"``): the script then takes one more fixed ARGV, ``shape``, one character per group
+saying which of its optional parts it sends (:data:`SHAPE_CHARS`), and walks KEYS and ARGV with a
+cursor each. A plain charge packed into debit_many sends 2 KEYS and 3 ARGV, not 3 and 6. A group's
+optional KEYS are left out when they are what the single script's left-out ones stand for
+(keys.py ``LEFT_OUT``: the never-written ``<account>:i`` for no idempotency key), its optional ARGV
+when all are empty (batch.py ``Twin``). A reply's *shape* says how it is sent:
 
 * ``text``: one string, the fields joined by ``|`` (the last one may hold ``|`` itself: a plan id,
   a role);
@@ -57,6 +64,26 @@ def _names(text: str, where: str) -> tuple[str, ...]:
     if len(set(names)) != len(names):
         raise ValueError(f"{where}: a name appears twice in {text!r}")
     return names
+
+
+def _bracketed(part: str, text: str, where: str) -> tuple[tuple[str, ...], int]:
+    """The names of one part of a layout (its fixed names, or one repeated group's) and how many of
+    the last ones are optional (in brackets)."""
+    optional = ""
+    if part.endswith("]"):
+        part, bracket, optional = part[:-1].rpartition("[")
+        if not bracket or "[" in part or "]" in part + optional:
+            raise ValueError(f"{where}: optional fields go last, once, in brackets: {text!r}")
+    elif "[" in part or "]" in part:
+        raise ValueError(f"{where}: optional fields go last, once, in brackets: {text!r}")
+    return _names(part + " " + optional, where), len(optional.split())
+
+
+def _with_brackets(names: tuple[str, ...], optional: int) -> str:
+    """``names`` as :func:`_bracketed` reads them: the last ``optional`` ones in brackets."""
+    cut = len(names) - optional
+    text = " ".join(names[:cut])
+    return f"{text} [{' '.join(names[cut:])}]".strip() if optional else text
 
 
 def _packer(names: tuple[str, ...], optional: int = 0) -> Callable[..., list[Any]]:
@@ -102,6 +129,9 @@ class Fields:
     each: tuple[str, ...] = ()
     optional: int = 0
     """How many of the last ``names`` are optional (sent only when one of them is not empty)."""
+    each_optional: int = 0
+    """How many of the last ``each`` are optional: sent or not per group, as the group's character of
+    the ``shape`` ARGV says (see the module docstring)."""
     pack: Callable[..., list[Any]] = field(init=False, repr=False, compare=False)
     """``pack(name=value, ...)``: the values of ``names`` as a list, in order (each name required)."""
     pack_each: Callable[..., list[Any]] = field(init=False, repr=False, compare=False)
@@ -121,10 +151,10 @@ class Fields:
         object.__setattr__(self, "size", len(self.names))
         object.__setattr__(self, "_at", {n: i for i, n in enumerate(self.names)})
         object.__setattr__(self, "_each_at", {n: i for i, n in enumerate(self.each)})
-        if not 0 <= self.optional <= len(self.names):
+        if not 0 <= self.optional <= len(self.names) or not 0 <= self.each_optional <= len(self.each):
             raise ValueError(f"more optional fields than fields: {self}")
         object.__setattr__(self, "pack", _packer(self.names, self.optional))
-        object.__setattr__(self, "pack_each", _packer(self.each))
+        object.__setattr__(self, "pack_each", _packer(self.each, self.each_optional))
         object.__setattr__(self, "pos", _positions(self.names))
         object.__setattr__(self, "each_pos", _positions(self.each))
 
@@ -132,7 +162,7 @@ class Fields:
     def parse(cls, text: str, where: str = "layout") -> Fields:
         """A layout as written in a spec or a Lua header: ``"a b c"``, ``"a b; per x: c d"``,
         ``"per x: c d"`` or ``""``."""
-        fixed, per, each = text.strip(), "", tuple[str, ...]()
+        fixed, per, each, each_optional = text.strip(), "", tuple[str, ...](), 0
         head, sep, tail = fixed.partition("; ")
         if fixed.startswith("per "):
             head, tail, sep = "", fixed, "; "
@@ -140,15 +170,11 @@ class Fields:
             m = _PER.fullmatch(tail.strip())
             if m is None:
                 raise ValueError(f"{where}: expected 'per <what>: <names>' after ';', got {tail!r}")
-            per, each = m.group(1), _names(m.group(2), where)
+            per = m.group(1)
+            each, each_optional = _bracketed(m.group(2), text, where)
             fixed = head
-        optional = ""
-        if fixed.endswith("]"):
-            fixed, bracket, optional = fixed[:-1].rpartition("[")
-            if not bracket or "[" in fixed or "]" in fixed + optional:
-                raise ValueError(f"{where}: optional fields go last, once, in brackets: {text!r}")
-        names = _names(fixed + " " + optional, where)
-        return cls(names, per, each, len(optional.split()))
+        names, optional = _bracketed(fixed, text, where)
+        return cls(names, per, each, optional, each_optional)
 
     def full(self, values: list[Any]) -> list[Any]:
         """A call's values with the optional ones it left out put back, as ``""`` (what a script
@@ -172,19 +198,18 @@ class Fields:
             raise KeyError(f"no repeated field {name!r} among {' '.join(self.each)}") from None
 
     def groups(self, values: Sequence[str]) -> Iterator[Sequence[str]]:
-        """The repeated groups after the fixed fields, each as a slice of ``values``."""
+        """The repeated groups after the fixed fields, each as a slice of ``values`` (groups of one
+        width: a layout whose groups have optional fields is read with its ``shape``, not here)."""
+        if self.each_optional:
+            raise ValueError(f"groups of {self.text()!r} have no one width: their shape says it")
         width = len(self.each)
         for start in range(self.size, len(values) - width + 1, width):
             yield values[start : start + width]
 
     def text(self) -> str:
         """The layout in the words of a Lua header (and of :meth:`parse`)."""
-        group = f"per {self.per}: {' '.join(self.each)}" if self.each else ""
-        cut = len(self.names) - self.optional
-        fixed = " ".join(self.names[:cut])
-        if self.optional:
-            fixed = f"{fixed} [{' '.join(self.names[cut:])}]".strip()
-        return "; ".join(p for p in (fixed, group) if p)
+        group = f"per {self.per}: {_with_brackets(self.each, self.each_optional)}" if self.each else ""
+        return "; ".join(p for p in (_with_brackets(self.names, self.optional), group) if p)
 
 
 @dataclass(frozen=True, slots=True)
@@ -208,6 +233,14 @@ class ScriptSpec:
 
 _S = ScriptSpec.of
 
+SHAPE = "shape"
+"""The ARGV of a script whose repeated groups have optional fields: one character per group, the
+group's :data:`SHAPE_CHARS` entry."""
+SHAPE_CHARS = "0123"
+"""A group's character in ``shape``, at ``(optional KEYS sent) + 2 * (optional ARGV sent)``: "0" a
+group without its optional fields, "1" with its optional KEYS, "2" with its optional ARGV, "3" both
+(a script tests its byte: odd, KEYS; 50 or more, ARGV)."""
+
 # ── user accounts ──────────────────────────────────────────────────────
 
 ADD_CREDITS = _S("add_credits", "account idem ledger grants gindex",
@@ -221,8 +254,8 @@ RELEASE = _S("release", "account idem ledger grants", "cid tx rid frag config",
              "status idempotent rid amount balance held", "text")
 DEBIT = _S("debit", "account ledger [events grants idem]", "cid amount frag [config model floor rid quantities]",
            "status idempotent ref amount balance held cap retry remaining limit", "text")
-DEBIT_MANY = _S("debit_many", "ledger events; per decision: account grants idem",
-                "config; per decision: cid amount model floor frag quantities",
+DEBIT_MANY = _S("debit_many", "ledger events; per decision: account grants [idem]",
+                f"config {SHAPE}; per decision: cid amount frag [model floor quantities]",
                 f"per decision: {DEBIT.reply.text()}", "lines")
 SET_CAP = _S("set_cap", "account ledger", "tx period model value frag config", "status idempotent previous", "table")
 CHECK_CAP = _S("check_cap", "account", "model amount config",
@@ -240,8 +273,8 @@ POOL_MEMBER = _S("pool_member", "team ledger", "tx tid member action role cap pe
                  "status idempotent cap period count role", "text")
 POOL_DEBIT = _S("pool_debit", "team ledger [events idem]", "cid amount member frag [config model rid]",
                 "status idempotent ref amount balance held cap retry remaining limit", "text")
-POOL_DEBIT_MANY = _S("pool_debit_many", "ledger events; per decision: team idem",
-                     "config; per decision: cid amount model member frag",
+POOL_DEBIT_MANY = _S("pool_debit_many", "ledger events; per decision: team [idem]",
+                     f"config {SHAPE}; per decision: cid amount member frag [model]",
                      f"per decision: {POOL_DEBIT.reply.text()}", "lines")
 POOL_RESERVE = _S("pool_reserve", "team idem ledger", "cid rid amount member ttl op frag config",
                   "status idempotent rid amount balance held expires", "text")

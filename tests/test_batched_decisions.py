@@ -272,13 +272,19 @@ def _send(store: RedisStore, batch: Any) -> list[Any]:
     return run_pipelined(store.client, batch.calls)
 
 
-def test_packed_layout_sends_shared_values_once_and_new_positions_per_decision(store: RedisStore) -> None:
+def same_shard(store: RedisStore, prefix: str, n: int, team: bool = False) -> list[str]:
+    """``n`` user (or team) ids of one shard (a decision alone in its shard is sent as the single script)."""
+    of = store.core.keys.team if team else store.core.keys.user
+    shard = of(f"{prefix}0").shard
+    names = [x for x in (f"{prefix}{i}" for i in range(5000)) if of(x).shard == shard][:n]
+    assert len(names) == n
+    return names
+
+
+def test_packed_layout_of_plain_charges_is_two_keys_and_three_argv_per_decision(store: RedisStore) -> None:
     from ducto_redis.batch import Batch
 
-    # three users of one shard (a decision alone in its shard is sent as the single script)
-    shard = store.core.keys.user("same-shard-0").shard
-    names = [n for n in (f"same-shard-{i}" for i in range(5000)) if store.core.keys.user(n).shard == shard][:3]
-    assert len(names) == 3
+    names = same_shard(store, "same-shard-", 3)
     calls = [store.core.debit(n, 1, operation_type="req") for n in names]
     packed = Batch(calls, store.core.scripts).calls[0]
     assert packed.script is not None and packed.script.name == "debit_many"
@@ -286,14 +292,15 @@ def test_packed_layout_sends_shared_values_once_and_new_positions_per_decision(s
     # lean calls (account ledger): the twin is given the shard's events stream from the key schema
     assert all(len(c.keys) == 2 for c in calls)
     events = store.core.keys.user(names[0]).events
-    assert packed.keys[:2] == [calls[0].keys[1], events]  # the shard's ledger and events streams, once
-    assert packed.args[:1] == [store.core.config()]  # the configuration, once ("" on the default settings)
-    # account, its grants hash and (no idempotency key given) the never-written name, each
-    assert packed.keys[2:] == [k for c in calls for k in (c.keys[0], c.keys[0] + ":grants", c.keys[0] + ":i")]
-    # plain charges on the default settings leave out the optional ARGV (config model floor rid
-    # quantities): packed, each is ""
+    # the shared head: the shard's ledger and events streams, the configuration ("" on the default
+    # settings) and the shape, once; then per decision its account and grants hash (no idempotency
+    # key: none sent, not the never-written name) and its cid amount frag (no model floor quantities)
+    assert packed.keys == [calls[0].keys[1], events, *(k for c in calls for k in (c.keys[0], c.keys[0] + ":grants"))]
     assert all(len(c.args) == (3 if store.core.config() == "" else 8) for c in calls)
-    assert packed.args[1:] == [a for c in calls for a in (c.args[0], c.args[1], "", "", c.args[2], "")]
+    assert packed.args == [store.core.config(), "000", *(a for c in calls for a in c.args[:3])]
+    assert len(packed.keys) == 2 + 2 * 3 and len(packed.args) == 2 + 3 * 3
+    results = Batch(calls, store.core.scripts).assemble(_send(store, Batch(calls, store.core.scripts)))
+    assert [r.error for r in results] == ["insufficient_credits"] * 3  # (accounts without credits: it ran)
     # a position debit.lua gains is never dropped nor assumed shared: the packed layout comes from
     # both specs by name, and a debit position debit_many.lua does not place is refused at import
     from ducto_redis.batch import Twin
@@ -309,26 +316,215 @@ def test_packed_layout_sends_shared_values_once_and_new_positions_per_decision(s
         Twin.of(spec(DEBIT, " extra_key"), DEBIT_MANY, "rid", "")
     with pytest.raises(ValueError, match="must place each"):
         Twin.of(spec(DEBIT, args=" extra"), DEBIT_MANY, "rid", "")
-    many = ScriptSpec.of("debit_many", "ledger events; per decision: account grants idem extra_key",
-                         "config; per decision: cid amount model floor frag quantities extra", "", "lines")
+    many = ScriptSpec.of("debit_many", "ledger events; per decision: account grants extra_key [idem]",
+                         "config shape; per decision: cid amount frag extra [model floor quantities]", "", "lines")
     wider = Twin.of(spec(DEBIT, " extra_key", " extra"), many, "rid", "")
     # KEYS account ledger extra_key [events grants idem]
-    assert (wider.shared_keys, wider.own_keys) == ((1, 3), (0, 4, 5, 2))
+    assert (wider.shared_keys, wider.own_keys, wider.own_keys_optional) == ((1, 3), (0, 4, 2, 5), 1)
     # ARGV cid amount frag extra [config model floor rid quantities]
-    assert (wider.shared_args, wider.own_args, wider.only) == ((4,), (0, 1, 5, 6, 2, 8, 3), (7, ""))
+    assert (wider.shared_args, wider.own_args, wider.own_args_optional, wider.only, wider.shape_at) == (
+        (4,), (0, 1, 2, 3, 5, 6, 8), 3, (7, ""), 1)
+    # groups with optional fields need the shape; a group's optional KEY must be one a rule stands in for
+    with pytest.raises(ValueError, match="need the 'shape' ARGV"):
+        Twin.of(DEBIT, ScriptSpec.of("debit_many", DEBIT_MANY.keys.text(), "config; per decision: cid amount frag "
+                                     "[model floor quantities]", "", "lines"), "rid", "")
+    with pytest.raises(ValueError, match="nothing stands in for it"):
+        Twin.of(DEBIT, ScriptSpec.of("debit_many", "ledger events; per decision: grants [account idem]",
+                                     DEBIT_MANY.args.text(), "", "lines"), "rid", "")
 
 
-def test_a_charge_with_a_model_a_floor_or_quantities_sends_its_optional_argv_and_is_packed_with_them(
-        store: RedisStore) -> None:
-    from ducto_redis.batch import Batch
+def test_a_mixed_batch_packs_each_decision_with_its_own_width_and_decides_as_one_by_one(store: RedisStore) -> None:
+    """Plain charges, charges with an idempotency key, with a model / floor / quantities, a widened
+    account (every KEY, the never-written idempotency name among them) and team debits: each packed
+    with the optional parts it has, and the same replies, balances and ledger rows as one by one."""
+    from ducto_redis.batch import Batch, team_debit_calls
 
-    plain = store.core.debit("opt-a", 1, operation_type="req")
-    rich = store.core.debit("opt-a", 1, operation_type="req", min_balance=5, metadata={"model": "gpt"},
-                            quantities={"tokens": 3})
-    assert len(plain.args) == (3 if store.core.config() == "" else 8) and len(rich.args) == 8
-    packed = Batch([plain, rich], store.core.scripts).calls[0]
-    assert packed.args[1:] == [plain.args[0], plain.args[1], "", "", plain.args[2], "",
-                               rich.args[0], rich.args[1], "gpt", "5", rich.args[2], "tokens=3"]
+    kind = "memory" if embedded(store) else "redis"
+    single = make_store(kind, None)
+    try:
+        users = same_shard(store, "mix-", 4)
+        teams: dict[int, str] = {}
+        for n, s in enumerate((store, single)):
+            for u in users:
+                s.add_credits(u, 100)
+            s.set_quantity_limit(users[2], "tokens", 1_000)
+            s.core.wide[s.core.keys.user(users[3]).account] = None  # widened before: every KEY at once
+            teams[n] = _with_fixed_ids(lambda s: s.create_team("mix-team", initial_balance=50).team_id, s)
+            s.add_team_member(teams[n], users[0])
+        assert teams[0] == teams[1]
+        gpt = CreditMetadata(model="gpt")
+
+        def user_calls(s: RedisStore) -> list[Any]:
+            d = s.core.debit
+            return [d(users[0], 5, operation_type="req"),                                    # plain
+                    d(users[1], 7, operation_type="req", idempotency_key="k1"),              # its idem KEY
+                    d(users[2], 3, operation_type="req", metadata=gpt, min_balance=10,
+                      quantities={"tokens": 40}),                                            # model floor quantities
+                    d(users[1], 7, operation_type="req", idempotency_key="k2", metadata=gpt),  # both
+                    d(users[3], 2, operation_type="req"),                                    # widened, no key
+                    d(users[2], 95, operation_type="req", min_balance=10),                   # refused by its floor
+                    d(users[1], 7, operation_type="req", idempotency_key="k1")]              # a replay
+
+        def team_calls(s: RedisStore, tid: str) -> list[Any]:
+            return team_debit_calls(s.core, [
+                {"team_id": tid, "user_id": users[0], "amount": 4},
+                {"team_id": tid, "user_id": users[0], "amount": 6, "idempotency_key": "t1"},
+                {"team_id": tid, "user_id": users[0], "amount": 8, "metadata": gpt},
+                {"team_id": tid, "user_id": users[0], "amount": 6, "idempotency_key": "t1"}])
+
+        calls = user_calls(store)
+        tcalls = team_calls(store, teams[0])
+        assert len(calls[4].keys) == 5 and calls[4].keys[4] == calls[4].keys[0] + ":i"  # the never-written name
+        batch = Batch([*calls, *tcalls], store.core.scripts)
+        packed = {c.script.name: c for c in batch.calls if c.script is not None}
+        assert set(packed) == {"debit_many", "pool_debit_many"} and len(batch.calls) == 2
+        many = packed["debit_many"]
+        assert many.args[1] == "0123021"  # '0' + 1 its idempotency key + 2 its model floor quantities
+        acct = [c.keys[0] for c in calls]
+        assert many.keys[2:] == [acct[0], acct[0] + ":grants", acct[1], acct[1] + ":grants", calls[1].keys[4],
+                                 acct[2], acct[2] + ":grants", acct[3], acct[3] + ":grants", calls[3].keys[4],
+                                 acct[4], acct[4] + ":grants", acct[5], acct[5] + ":grants",
+                                 acct[6], acct[6] + ":grants", calls[6].keys[4]]
+        a = [c.args for c in calls]
+        assert many.args[2:] == [*a[0][:3], *a[1][:3], *a[2][:3], "gpt", "10", "tokens=40", *a[3][:3], "gpt", "", "",
+                                 *a[4][:3], *a[5][:3], "", "10", "", *a[6][:3]]
+        team = packed["pool_debit_many"]
+        t = [c.args for c in tcalls]
+        assert team.args[1] == "0121"
+        assert team.keys[2:] == [tcalls[0].keys[0], tcalls[1].keys[0], tcalls[1].keys[-1], tcalls[2].keys[0],
+                                 tcalls[3].keys[0], tcalls[3].keys[-1]]
+        assert team.args[2:] == [*t[0][:4], *t[1][:4], *t[2][:4], "gpt", *t[3][:4]]
+        batched = batch.assemble(_send(store, batch))
+        one_by_one = [single._run(c) for c in [*user_calls(single), *team_calls(single, teams[1])]]
+        assert strip(batched) == strip(one_by_one)
+        assert [(r.error, r.idempotent) for r in batched] == [
+            (None, False), (None, False), (None, False), (None, False), (None, False),
+            ("insufficient_credits", False), (None, True),
+            (None, False), (None, False), (None, False), (None, True)]
+        for u in users:
+            assert store.get_balance(u) == single.get_balance(u)
+        assert store.get_team_balance(teams[0]) == single.get_team_balance(teams[1])
+        assert ledger_contents(store) == ledger_contents(single)
+    finally:
+        if kind == "redis":
+            from conftest import drop_namespace
+
+            drop_namespace(single.client, single.settings.namespace)
+
+
+def test_random_mixed_batches_decide_as_one_by_one_whatever_each_decision_sends(store: RedisStore) -> None:
+    """Random batches of charges (with or without a key, a model, a floor, quantities; on plain and
+    widened accounts) and team debits (with or without a key, a model), in few shards so most
+    decisions are packed with others of other widths: the same replies, balances and ledger rows as
+    the same calls one by one."""
+    from ducto_redis.batch import Batch, team_debit_calls
+
+    kind = "memory" if embedded(store) else "redis"
+    single = make_store(kind, None)
+    try:
+        users = [f"rm-{u}" for u in range(12)]
+        teams: dict[int, list[str]] = {}
+        for n, s in enumerate((store, single)):
+            for u in users:
+                s.add_credits(u, 300)
+            for u in users[::4]:
+                s.set_quantity_limit(u, "tokens", 500)
+            for u in users[1::3]:
+                s.core.wide[s.core.keys.user(u).account] = None
+
+            def make_teams(s: RedisStore) -> list[str]:
+                tids = [s.create_team(f"rm-t{t}", initial_balance=400).team_id for t in range(2)]
+                for tid in tids:
+                    for u in users[:6]:
+                        s.add_team_member(tid, u, spend_cap=150 if users.index(u) % 2 else None)
+                return tids
+
+            teams[n] = _with_fixed_ids(make_teams, s)
+        assert teams[0] == teams[1]
+        rnd = random.Random(13)
+        plan: list[tuple[Any, ...]] = []
+        for _ in range(240):
+            if rnd.random() < 0.3:
+                plan.append(("team", rnd.randrange(2), rnd.choice(users[:7]), rnd.choice([3, 20, 90]),
+                             rnd.choice([None, None, f"t{rnd.randrange(6)}"]), rnd.choice([None, "gpt"])))
+            else:
+                plan.append(("user", rnd.choice(users), rnd.choice([1, 7, 40, 120]),
+                             rnd.choice([None, None, f"k{rnd.randrange(8)}"]), rnd.choice([None, "gpt"]),
+                             rnd.choice([0, 0, 50]), rnd.choice([None, None, {"tokens": rnd.choice([10, 200])}])))
+
+        def calls_for(n: int, s: RedisStore) -> list[Any]:
+            out: list[Any] = []
+            for op in plan:
+                if op[0] == "team":
+                    _, t, u, amount, key, model = op
+                    out += team_debit_calls(s.core, [{"team_id": teams[n][t], "user_id": u, "amount": amount,
+                                                      "idempotency_key": key,
+                                                      "metadata": model and CreditMetadata(model=model)}])
+                else:
+                    _, u, amount, key, model, floor, qs = op
+                    out.append(s.core.debit(u, amount, operation_type="req", idempotency_key=key,
+                                            metadata=model and CreditMetadata(model=model), min_balance=floor,
+                                            quantities=qs))
+            return out
+
+        batch = Batch(calls_for(0, store), store.core.scripts)
+        shapes = "".join(c.args[1] for c in batch.calls if c.script is not None and c.script.name.endswith("_many"))
+        assert set(shapes) == {"0", "1", "2", "3"}  # every width, packed
+        batched = batch.assemble(_send(store, batch))
+        one_by_one = [single._run(c) for c in calls_for(1, single)]
+        assert strip(batched) == strip(one_by_one)
+        assert any(r.idempotent for r in batched) and any(r.error for r in batched)
+        for u in users:
+            assert store.get_balance(u) == single.get_balance(u)
+        for a, b in zip(teams[0], teams[1], strict=True):
+            assert store.get_team_balance(a) == single.get_team_balance(b)
+            assert store.get_team_members(a) == single.get_team_members(b)
+        # the same rows, each account's in the same order (a shard's user and team decisions are
+        # two script calls, so its stream may interleave the two kinds otherwise than one by one)
+        def by_account(store: RedisStore) -> list[dict[tuple[str, str], list[dict[str, str]]]]:
+            out: list[dict[tuple[str, str], list[dict[str, str]]]] = []
+            for rows in ledger_contents(store):
+                accounts: dict[tuple[str, str], list[dict[str, str]]] = {}
+                for r in rows:
+                    accounts.setdefault((r.get("ak", ""), r.get("acct", "")), []).append(r)
+                out.append(accounts)
+            return out
+
+        assert by_account(store) == by_account(single)
+    finally:
+        if kind == "redis":
+            from conftest import drop_namespace
+
+            drop_namespace(single.client, single.settings.namespace)
+
+
+def test_a_key_replayed_within_a_batch_answers_its_first_decision(store: RedisStore) -> None:
+    """The same idempotency key twice in one packed call (and once more in a later batch, read back
+    from Redis), on users and on a team: the replays answer the first decision, flagged, and debit
+    nothing; the same key on another account is its own."""
+    users = same_shard(store, "replay-", 2)
+    for u in users:
+        store.add_credits(u, 100)
+    tid = store.create_team("replay-team", initial_balance=100).team_id
+    store.add_team_member(tid, users[0])
+    reqs = [ChargeRequest(users[0], 10, "req", idempotency_key="same"),
+            ChargeRequest(users[0], 1, "req"),
+            ChargeRequest(users[0], 10, "req", idempotency_key="same"),
+            ChargeRequest(users[1], 10, "req", idempotency_key="same")]
+    first = store.charge_many(reqs)
+    assert [(r.error, r.balance_after, r.idempotent) for r in first] == [
+        (None, 90, False), (None, 89, False), (None, 90, True), (None, 90, False)]
+    assert first[2].transaction_id == first[0].transaction_id != first[3].transaction_id
+    again = store.charge_many(reqs[2:])  # read back from Redis: the same answers
+    assert [(r.transaction_id, r.balance_after, r.idempotent) for r in again] == [
+        (first[0].transaction_id, 90, True), (first[3].transaction_id, 90, True)]
+    assert [store.get_balance(u).balance for u in users] == [89, 90]
+    team = store.deduct_team_many([{"team_id": tid, "user_id": users[0], "amount": 30, "idempotency_key": "t"},
+                                   {"team_id": tid, "user_id": users[0], "amount": 30, "idempotency_key": "t"},
+                                   {"team_id": tid, "user_id": users[0], "amount": 5}])
+    assert [(r.error, r.team_balance_after, r.idempotent) for r in team] == [
+        (None, 70, False), (None, 70, True), (None, 65, False)]
+    assert store.get_team_balance(tid).balance == 65
 
 
 def test_an_error_reply_in_a_batch_raises_and_leaves_the_connection_in_step(store: RedisStore) -> None:

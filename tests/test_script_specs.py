@@ -104,6 +104,31 @@ def test_optional_fields_are_sent_only_when_one_of_them_is_not_empty() -> None:
     assert DEBIT.args.text() == "cid amount frag [config model floor rid quantities]"
 
 
+def test_a_repeated_group_may_end_with_optional_fields_said_per_group_by_the_shape() -> None:
+    f = Fields.parse("config shape; per decision: cid amount frag [model floor quantities]")
+    assert (f.names, f.each, f.each_optional) == (("config", "shape"), ("cid", "amount", "frag", "model", "floor",
+                                                                        "quantities"), 3)
+    assert f.text() == "config shape; per decision: cid amount frag [model floor quantities]"
+    assert Fields.parse("per decision: team [idem]") == Fields((), "decision", ("team", "idem"), 0, 1)
+    assert f.pack_each(cid="c", amount="1", frag="f", model="", floor="", quantities="") == ["c", "1", "f"]
+    rich = f.pack_each(cid="c", amount="1", frag="f", model="", floor="5", quantities="")
+    assert rich == ["c", "1", "f", "", "5", ""]
+    with pytest.raises(ValueError, match="no one width"):
+        list(f.groups(["", "0", "c", "1", "f"]))
+    with pytest.raises(ValueError, match="optional fields go last"):
+        Fields.parse("a; per x: b [c] d")
+    with pytest.raises(ValueError, match="optional fields go last"):
+        Fields.parse("a [b] c; per x: d")
+    # the "many" twins: a plain decision's group is its required part only
+    from ducto_redis.specs import DEBIT_MANY, POOL_DEBIT_MANY, SHAPE_CHARS
+
+    assert DEBIT_MANY.keys.text() == "ledger events; per decision: account grants [idem]"
+    assert DEBIT_MANY.args.text() == "config shape; per decision: cid amount frag [model floor quantities]"
+    assert POOL_DEBIT_MANY.args.text() == "config shape; per decision: cid amount member frag [model]"
+    assert [ord(c) % 2 == 1 for c in SHAPE_CHARS] == [False, True, False, True]  # the scripts' tests
+    assert [ord(c) >= 50 for c in SHAPE_CHARS] == [False, False, True, True]
+
+
 def test_packing_and_reading_by_name_follow_the_spec_positions() -> None:
     values = {n: f"<{n}>" for n in DEBIT.args.names}
     assert DEBIT.args.pack(**values) == [f"<{n}>" for n in DEBIT.args.names]

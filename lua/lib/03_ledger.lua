@@ -146,8 +146,9 @@ local function replayed(stored)
   return status .. '|1|' .. rest
 end
 
--- The idempotency key a "many" script was given for one decision, or nil: a decision without one is
--- given the never-written "<account>:i" (ducto_redis/keys.py no_idempotency_key), told by its length.
+-- The idempotency key a debit was given, or nil: a call sending every KEY without one (a widened
+-- debit.lua / pool_debit.lua call) gives the never-written "<account>:i" (ducto_redis/keys.py
+-- no_idempotency_key), told by its length. (The "many" scripts send a decision's key only if it has one.)
 local function idem_given(account, key)
   if #key == #account + 2 then return nil end
   return key
