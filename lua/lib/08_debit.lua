@@ -12,9 +12,9 @@
 -- its entry already and answers the text at once.
 
 -- The reply text; ref = entry .. suffix ('' .. '' when the decision wrote no row). The hot paths
--- spell the same concatenation out where they make it (reply_text; a debit whose row was written
--- first, in lib/09_user.lua and lib/10_team.lua): a Lua call costs ~1 300 instructions there
--- (measured), and every reply any test gets is read by the one parser (ducto_redis/core.py).
+-- spell the same concatenation out where they make it (reply_text, debit_made): a Lua call costs
+-- ~1 300 instructions there (measured), and every reply any test gets is read by the one parser
+-- (ducto_redis/core.py).
 local function decision_text(status, idem, entry, suffix, amount, bal, held, cap, retry, rate)
   return status .. '|' .. idem .. '|' .. entry .. suffix .. '|' .. amount .. '|' .. bal .. '|' .. held .. '|' .. cap ..
     '|' .. retry .. '|' .. rate
@@ -110,6 +110,21 @@ local function debit_clock(ctx, st, frag, amount_s, amount, room, m)
   local c = clock(cfg)
   ctx.c = c
   return c
+end
+
+-- A debit made on the row it wrote first (ctx.pre, debit_clock: no hold, grants, model, plan or
+-- warn/notify cap, so none of a debit's other end applies): it claims that row (row 0 of the entry,
+-- its balance text ctx.pre_bals), remembers its call id, and answers its reply — the text at once
+-- (its entry is known: decision_text's concatenation, spelled out), or, with an idempotency key
+-- (`idem`) to remember it, the pending table reply_text finishes. rate: "remaining|limit" or "|".
+local function debit_made(ctx, st, cid, amount_s, idem, rate)
+  local bals, helds = ctx.pre_bals, st.helds_of == st.held and st.helds or held_text(st)
+  ctx.claimed, st.bals = true, bals
+  if st.rc then ring_add(st, cid, 0) else st.rc, st.rr = cid, 0 end
+  if not idem then return 'ok|0|' .. ctx.pre .. '/0|' .. amount_s .. '|' .. bals .. '|' .. helds .. '||0|' .. rate end
+  local r = { 'ok', 0, amount_s, bals, helds, '', rate, '0' }
+  idem_put(ctx, idem, r)
+  return r
 end
 
 -- Finishing a call: write the entry, the accounts and the events (the entry's id, or nil)...

@@ -100,18 +100,7 @@ local function user_debit(ctx, K, A, X)
     total_add(w, c, amount)
     w.dirty = true
   end
-  local pre = ctx.pre
-  if pre then  -- its row written first is the decision's (debit_clock: none of what follows applies)
-    local bals, helds = ctx.pre_bals, st.helds_of == st.held and st.helds or held_text(st)
-    ctx.claimed, st.bals = true, bals
-    if st.rc then ring_add(st, cid, 0) else st.rc, st.rr = cid, 0 end
-    if not has_idem then  -- its entry is known: the reply at once (decision_text's concatenation)
-      return 'ok|0|' .. pre .. '/0|' .. amount_s .. '|' .. bals .. '|' .. helds .. '||0|' .. (rate or '|')
-    end
-    local r = { 'ok', 0, amount_s, bals, helds, '', rate or '|', '0' }
-    idem_put(ctx, idem, r)
-    return r
-  end
+  if ctx.pre then return debit_made(ctx, st, cid, amount_s, idem, rate or '|') end  -- (none of what follows applies)
   local action = warns and cap_action(warns) or ''
   local x = ''
   if grants or X then

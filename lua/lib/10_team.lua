@@ -85,18 +85,7 @@ local function team_debit(ctx, K, A)
     total_add(w, c, amount)
     w.dirty = true
   end
-  local pre = ctx.pre
-  if pre then  -- its row written first is the decision's (debit_clock: no warn cap, no hold, no model)
-    local bals, helds = ctx.pre_bals, st.helds_of == st.held and st.helds or held_text(st)
-    ctx.claimed, st.bals = true, bals
-    if st.rc then ring_add(st, cid, 0) else st.rc, st.rr = cid, 0 end
-    if not has_idem then  -- its entry is known: the reply at once (decision_text's concatenation)
-      return 'ok|0|' .. pre .. '/0|' .. amount_s .. '|' .. bals .. '|' .. helds .. '||0||'
-    end
-    local r = { 'ok', 0, amount_s, bals, helds, '', '|', '0' }
-    idem_put(ctx, idem, r)
-    return r
-  end
+  if ctx.pre then return debit_made(ctx, st, cid, amount_s, idem, '|') end  -- (none of what follows applies)
   local action = warns and cap_action(warns) or ''
   local bals, helds = bal_text(st), st.helds_of == st.held and st.helds or held_text(st)
   local n = row(ctx, '', hf and 'settle' or 'debit', amount_s, bals, helds,
