@@ -13,9 +13,10 @@ XADD, by EVALSHA), measured in the same run.
 Cases: ``reference``, ``noop`` (FCALL of a function returning 1), ``limits`` (the ``limits``
 library's moving-window ``hit()``), ``charge`` (one daily deny cap), ``charge_many`` (100 per call,
 per decision), ``charge_many_64`` (the same over 1 000 users in 64 shards, as bench/hotpath.py's
-charge_many rows: ~60 script calls per 100), ``team`` (``deduct_team``, member with a cap),
-``reserve_deduct`` (the pair, per pair), ``allowance`` (``charge_with_allowance``, paid part),
-``add`` (``add_credits``).
+charge_many rows: ~60 script calls per 100), ``charge_many_16``, ``charge_many_8``,
+``charge_many_1`` (the same in namespaces of fewer shards: what the shard count costs a batch),
+``team`` (``deduct_team``, member with a cap), ``reserve_deduct`` (the pair, per pair),
+``allowance`` (``charge_with_allowance``, paid part), ``add`` (``add_credits``).
 ``--code PATH`` measures another checkout of ducto-redis (e.g. a ``git worktree`` of an older
 commit), so two versions compare in one run. ``--profile REDIS_SERVER`` shows instead where each
 case's instructions go, function by function (see :func:`profile` for a redis-server with symbols).
@@ -46,6 +47,24 @@ from results import write_section
 
 ROOT = Path(__file__).resolve().parent.parent
 REFERENCE = ROOT.parent / "shared" / "bench" / "reference_debit.lua"
+
+
+def _spread(shards: int) -> tuple[str, str, str, int]:
+    """``charge_many`` as bench/hotpath.py sends it (100 per call over 1 000 users) in a namespace of
+    ``shards`` shards: a script call per shard a batch touches (64: ~60 per 100; 1: one call of 100)."""
+    calls = {64: "~60 script calls", 16: "~16 script calls", 8: "~8 script calls", 1: "one script call"}[shards]
+    return (
+        f"charge_many, 100 per call over 1 000 users in {shards} shard{'s' if shards > 1 else ''} "
+        f"({calls} per 100), per decision",
+        "from ducto_redis import RedisStore\nfrom ducto_redis.batch import ChargeRequest\nimport random\n"
+        f"s = RedisStore.from_url(URL, namespace='cg{shards}', shards={shards})\ns.setup()\n"
+        "for u in range(1000):\n    s.add_credits(f'u{u}', 10**12)\n"
+        "rng = random.Random(7)\n"
+        "batches = [[ChargeRequest(f'u{rng.randrange(1000)}', 1, 'x') for _ in range(100)] for _ in range(64)]",
+        "s.charge_many(batches[i % 64])",
+        100,
+    )
+
 
 # Each case: (label, setup, one decision's code, decisions the code makes). The code sees `s` (a
 # RedisStore), `r` (a plain redis-py client), `i` (the call number) and whatever the setup made.
@@ -92,16 +111,7 @@ CASES: dict[str, tuple[str, str, str, int]] = {
         "s.charge_many(reqs)",
         100,
     ),
-    "charge_many_64": (
-        "charge_many, 100 per call over 1 000 users in 64 shards (hotpath's), per decision",
-        "from ducto_redis import RedisStore\nfrom ducto_redis.batch import ChargeRequest\nimport random\n"
-        "s = RedisStore.from_url(URL, namespace='cg64', shards=64)\ns.setup()\n"
-        "for u in range(1000):\n    s.add_credits(f'u{u}', 10**12)\n"
-        "rng = random.Random(7)\n"
-        "batches = [[ChargeRequest(f'u{rng.randrange(1000)}', 1, 'x') for _ in range(100)] for _ in range(64)]",
-        "s.charge_many(batches[i % 64])",
-        100,
-    ),
+    **{f"charge_many_{n}": _spread(n) for n in (64, 16, 8, 1)},
     "team": (
         "deduct_team, member with a cap",
         STORE_SETUP + "tid = s.create_team('T', initial_balance=10**12).team_id\nfor u in range(20):\n"
