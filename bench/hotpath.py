@@ -12,8 +12,8 @@ Sections (each a function that prepares its state and returns a timed operation)
 - the ``limits`` library's moving-window ``hit()``;
 - ``MemoryStore.charge`` (embedded fakeredis + lupa);
 - batching: raw pipelined EVALSHA x100 (minimal script), the store's own debit_many function with the
-  same 100 decisions packed once), ``charge_many`` x100 from one thread (and in a namespace of 8
-  shards instead of 64, so fewer script calls per batch), from 2 threads, x500 (against the
+  same 100 decisions packed once), ``charge_many`` x100 from one thread (and in namespaces of 8 shards
+  and of 1 instead of 64, so fewer script calls per batch), from 2 threads, x500 (against the
   reference pipelined x500: no target, printed under the table), and async
   with 4 batches in flight; and the Redis-side bound: Redis' own time per decision of debit_many
   (one 256-decision call minus a PING), as the decisions/s one Redis core could reach doing
@@ -449,23 +449,28 @@ def raw_same_script_many_100(b: Bench) -> tuple[int, Callable[[], tuple[float, l
     return 100, lambda: b.time_sync(op)
 
 
-def store_charge_many_8_shards(b: Bench) -> tuple[int, Callable[[], tuple[float, list[float]]]]:
-    """charge_many x100 in a namespace of 8 shards (the default is 64): ~8 script calls per batch
-    instead of ~55, which shows what the per-call cost (script prelude, reply framing) weighs."""
-    ns = b.ns + "s8"
-    s = RedisStore.from_url(URL, namespace=ns, shards=8)
-    s.setup()
+def _charge_many_in(shards: int) -> Callable[[Bench], tuple[int, Callable[[], tuple[float, list[float]]]]]:
+    """charge_many x100 in a namespace of ``shards`` shards (the default is 64, ~55 script calls per
+    batch of 100 users): 8 shards make ~8 calls, 1 shard one call of 100 — what the per-call cost
+    (script prelude, TIME, XADD, reply framing) and the shard count weigh."""
 
-    def drop() -> None:
-        for k in list(b.client.scan_iter(match=f"{{{ns}:*", count=5000)):
-            b.client.delete(k)
+    def section(b: Bench) -> tuple[int, Callable[[], tuple[float, list[float]]]]:
+        ns = f"{b.ns}s{shards}"
+        s = RedisStore.from_url(URL, namespace=ns, shards=shards)
+        s.setup()
 
-    b.cleanups.append(drop)
-    users = [f"batch8-{i}" for i in range(100)]
-    for u in users:
-        s.add_credits(u, RICH)
-    reqs = [ChargeRequest(u, 1, "bench") for u in users]
-    return 100, lambda: b.time_sync(lambda: s.charge_many(reqs))
+        def drop() -> None:
+            for k in list(b.client.scan_iter(match=f"{{{ns}:*", count=5000)):
+                b.client.delete(k)
+
+        b.cleanups.append(drop)
+        users = [f"batch{shards}-{i}" for i in range(100)]
+        for u in users:
+            s.add_credits(u, RICH)
+        reqs = [ChargeRequest(u, 1, "bench") for u in users]
+        return 100, lambda: b.time_sync(lambda: s.charge_many(reqs))
+
+    return section
 
 
 def store_charge_many_threads(b: Bench) -> tuple[int, Callable[[], tuple[float, list[float]]]]:
@@ -596,7 +601,8 @@ SECTIONS: dict[str, Callable[[Bench], tuple[int, Callable[[], tuple[float, list[
     "RedisStore.charge_many x100": store_charge_many_100,
     "reference debit script, EVALSHA pipelined x500": reference_pipelined_500,
     "RedisStore.charge_many x500": store_charge_many_500,
-    "RedisStore.charge_many x100, 8-shard namespace": store_charge_many_8_shards,
+    "RedisStore.charge_many x100, 8-shard namespace": _charge_many_in(8),
+    "RedisStore.charge_many x100, 1-shard namespace": _charge_many_in(1),
     "RedisStore.charge_many x100, 2 threads": store_charge_many_threads,
     "AsyncRedisStore.charge_many x100, 4 in flight": async_charge_many_in_flight,
     "Redis-side bound: debit_many alone, 256 per call": redis_side_bound,
