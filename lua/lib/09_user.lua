@@ -30,8 +30,12 @@ local function user_debit(ctx, K, A, X)
   local amount = amount_s + 0
   local floor = not hf and A[6]
   floor = (floor and floor ~= '') and floor + 0 or 0
-  local c = ctx.c or debit_clock(ctx, st, not (hf or mf or X) and frag, amount_s, amount,
-    st.bal - st.held - amount - floor)
+  local c = ctx.c
+  if not c then
+    c = debit_clock(ctx, st, not (hf or mf or X) and frag, amount_s, amount, st.bal - st.held - amount - floor)
+  elseif c == SPEC and not st.day_only then  -- a batch's, on an account that needs the time itself
+    c = many_clock_now(ctx)
+  end
   local now = c.now
   local aid, grants
   if st.hx ~= '' or st.gx ~= '' then
