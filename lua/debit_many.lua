@@ -12,7 +12,7 @@
 --   one debit.lua reply per decision, joined by newlines
 local ctx = ctx_new(ARGV[1], KEYS[1], KEYS[2], 'many')
 local shape = ARGV[2]
-local replies, idems = {}, {}
+local replies, marks = {}, {}
 -- one decision's KEYS and ARGV as debit.lua has them, refilled for each (user_debit keeps neither)
 local K, A = {}, {}
 A[7] = ''
@@ -33,10 +33,10 @@ repeat
     else
       A[5], A[6], A[8] = nil, nil, nil
     end
-    replies[i] = user_debit(ctx, K, A)
-    idems[i] = K[5] or false
+    local r, tail = user_debit(ctx, K, A)
+    replies[i], marks[i] = r, tail or K[5] or false
   end
-  local out = finish(ctx, replies, idems)
+  local out = finish(ctx, replies, marks)
   if out then return tconcat(out, '\n') end
   -- decided on a day or month that is not the entry's: once more, on Redis' clock as it was read
   ctx = ctx_new(ARGV[1], KEYS[1], KEYS[2], CLOCK)

@@ -223,11 +223,20 @@ local function finish_one(ctx, r, key)
 end
 
 -- Finish a call of many decisions: the replies as text (in place); nil: start over (many_stands).
-local function finish(ctx, replies, idem_keys)
+-- marks: per decision, true when its reply is the text after its entry id (a made decision of a
+-- batch, lib/09_user.lua), else its idempotency key or false.
+local function finish(ctx, replies, marks)
   local entry = finish_writes(ctx, true)
   if entry == false then return nil end
+  local made
   for i = 1, #replies do
-    replies[i] = reply_text(ctx, replies[i], entry, idem_keys and idem_keys[i])
+    local m = marks[i]
+    if m == true then
+      if not made then made = 'ok|0|' .. entry end
+      replies[i] = made .. replies[i]
+    else
+      replies[i] = reply_text(ctx, replies[i], entry, m)
+    end
   end
   return replies
 end

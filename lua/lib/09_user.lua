@@ -9,7 +9,9 @@
 --      model, min balance (text, charges; "" = 0), reservation id, quantities ("name=n;...": a
 --      charge's, checked; a settlement's actual ones, correcting its hold's estimate) }
 -- X: extra fields for the row's extra JSON (plan_debit.lua), or nil
--- Returns the reply: its text, or the pending table of a decision that wrote a row.
+-- Returns the reply: its text, or the pending table of a decision that wrote a row; in a batch
+-- (ctx.many), one without an idempotency key to remember it answers instead the text that follows
+-- its entry id, and true (finish puts "ok|0|<entry>" before it).
 local function user_debit(ctx, K, A, X)
   local acct, G, idem = K[1], K[4], K[5]
   if idem then idem = idem_given(acct, idem) end
@@ -116,7 +118,11 @@ local function user_debit(ctx, K, A, X)
     if X then for k, v in B_pairs(X) do e[k] = v end end
     if B_next(e) then x = extra_json(e) end
   end
-  local bals, helds = bal_text(st), st.helds_of == st.held and st.helds or held_text(st)
+  local bals, helds = st.bals, st.helds_of == st.held and st.helds or held_text(st)
+  if not bals then  -- (bal_text's, without its call)
+    bals = sformat('%d', st.bal)
+    st.bals = bals
+  end
   local n = row(ctx, '', hf and 'settle' or 'debit', amount_s, bals, helds,
     hf and I(hold) or '', '', action, '', x, frag, amount > 0 and '-' or nil)
   if warns then cap_warnings(ctx, warns, 'u', aid or frag_value(frag, 3), amount, n) end
@@ -129,6 +135,10 @@ local function user_debit(ctx, K, A, X)
     grants_keep(st, grants)
   end
   if st.rc then ring_add(st, cid, n) else st.rc, st.rr = cid, n end
+  if ctx.many and not has_idem then  -- a batch's: its text after the entry id, and true (finish)
+    return (ROW_SUFFIX[n] or row_suffix(n)) .. '|' .. amount_s .. '|' .. bals .. '|' .. helds .. '|' .. action ..
+      '|0|' .. (rate or '|'), true
+  end
   local r = { 'ok', n, amount_s, bals, helds, action, rate or '|', '0' }
   if has_idem then idem_put(ctx, idem, r) end
   return r
