@@ -214,3 +214,24 @@ def test_a_batch_sent_again_on_the_entrys_clock_changes_nothing(private: Any) ->
     assert all(r.idempotent for r in again) and time_calls(client) == 0
     assert [r.transaction_id for r in again] == [r.transaction_id for r in first]
     assert (ledger(store, client), client.hgetall(store.core.keys.user("a").account)) == before
+
+
+def test_a_batch_refused_for_its_balance_after_passing_a_cap_on_another_day_is_judged_again_on_its_own(
+        private: Any, private_redis: Any) -> None:
+    store, client = private
+    store.add_credits("u", 12)
+    store.add_credits("a", 1)
+    store.set_spend_cap(SpendCap(user_id="u", cap_type="daily", limit=10, action="deny"))
+    assert store.charge("u", 8, "x").balance_after == 4  # today u has spent 8 of its 10
+    past = RedisStore.from_url(private_redis.url, namespace=store.settings.namespace, shards=1)
+    past.core.clock_offset_ms = -2 * 86_400_000
+    past.charge("a", 1, "x")  # the last call's clock: two days ago, when u had spent nothing
+    before = ledger(store, client)
+    # two days ago, 5 passes u's cap and is refused for its balance (4); today the cap refuses it,
+    # as a charge one by one would: no row either way, so TIME is read (the cap was judged)
+    results = store.charge_many([ChargeRequest("u", 5, "x"), ChargeRequest("a", 30, "x")])
+    assert [r.error for r in results] == ["spend_cap_exceeded", "insufficient_credits"]
+    assert ledger(store, client) == before and store.get_balance("u").balance == 4
+    (event,) = events(store, client)
+    assert event["type"] == "credits.cap_reached" and event["acct"] == "u"
+    assert store.charge("u", 5, "x").error == "spend_cap_exceeded"  # the same, one by one

@@ -35,14 +35,14 @@ end
 --     made is that row, else the call deletes the entry as it ends; ctx.caps_ok: its caps passed on
 --     this day and month);
 --   'many': a batch (debit_many.lua; ctx.many): decided on SPEC when the last call's clock is known
---     and the clock offset is 0 (its time then comes from its entry: lib/08_debit.lua many_stands),
---     else on TIME;
+--     and the clock offset is 0 (its time then comes from its entry: lib/08_debit.lua many_stands;
+--     ctx.dated: a cap was judged on SPEC's day), else on TIME;
 --   a clock: that one (a batch started over on Redis' clock: ctx.again, many_stands).
 -- (made with every field it gets, so it never grows: a table grown past its size is rehashed, and one
 -- whose field is set to nil, ctx.full, may be again and again)
 local CTX = { cfg = false, c = false, ledger = false, events = false, full = false, nrows = 0, rows = {}, order = {},
   accounts = {}, idem = false, pending = {}, pre = false, pre_bals = false, claimed = false, caps_ok = false,
-  again = false, many = false }
+  again = false, many = false, dated = false }
 local function ctx_new(cfgtext, ledger, events, lazy)
   local ctx = CTX
   local cfg = configs[cfgtext or ''] or config(cfgtext)
@@ -53,7 +53,7 @@ local function ctx_new(cfgtext, ledger, events, lazy)
   elseif lazy == 'many' then
     local last = CLOCK
     if last.now and cfg.offset == 0 then
-      SPEC.day, SPEC.month, c = last.day, last.month, SPEC
+      SPEC.day, SPEC.month, c, ctx.dated = last.day, last.month, SPEC, false
     else
       c = clock(cfg)
     end

@@ -135,7 +135,7 @@ end
 -- entry's: ducto_redis/ledger/copy_text.py), writes its entry, and takes the time from the entry's
 -- id instead of a TIME call (~8 600 instructions a call); if that is another day or month, the entry
 -- goes (XDEL) and the call starts over on it (finish_writes: false; ctx_new given the clock). A call
--- that wrote no row reads TIME only if its decisions judged the day (a deny cap's event), and a
+-- that wrote no row reads TIME only if its decisions judged the day (a cap: ctx.dated), and a
 -- charge on an account that needs the time itself reads TIME there (many_clock_now): the rows and
 -- events so far get its time, or the call starts over if its day or month is not the one judged.
 
@@ -167,8 +167,8 @@ local function many_stands(ctx, entry)
   if entry then
     local ms = ssub(entry, 1, sfind(entry, '-', 4, true) - 1)  -- "<ms>-<seq>": Redis' clock, offset 0
     c = clock_at(ms + 0, ms, '')
-  elseif ctx.pending[1] then
-    c = clock(ctx.cfg)
+  elseif ctx.dated then  -- no row, but a cap judged (refused: its event's ts; or passed, then refused
+    c = clock(ctx.cfg)  -- for the balance: another day's spend might have refused it for the cap)
   else
     return true  -- nothing it did depended on the time
   end

@@ -76,6 +76,7 @@ local function user_debit(ctx, K, A, X)
   local deny, warns
   if not ctx.caps_ok and (st.dL or st.mL or (w and (w.dC ~= '' or w.mC ~= ''))) and (amount > 0 or hf) then
     deny, warns = caps_check(st, w, model, amount, c)
+    if c == SPEC then ctx.dated = true end  -- (judged on SPEC's day: many_stands checks it)
     -- a lean call that passed a cap (its event) is refused: keys_short asked only then
     if (deny or warns) and keys_short(ctx, st, deny, warns) then return KEYS_SHORT end
   end
