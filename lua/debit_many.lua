@@ -1,5 +1,6 @@
 -- debit_many.lua: many charges in one call, each all-or-nothing on its own and decided in order,
--- exactly as if debit.lua had been called once per decision at one instant (TIME is read once).
+-- exactly as if debit.lua had been called once per decision at one instant: the time of the call's
+-- ledger entry, or TIME read once (lib/08_debit.lua many_clock).
 -- All keys share one hash tag (the client groups decisions by shard). An account is read once and
 -- written once per call; the decisions' ledger rows form ONE stream entry.
 -- KEYS: ledger events; per decision: account grants [idem]
@@ -9,29 +10,34 @@
 --   does an absent one (no idempotency key; "")
 -- REPLY (lines): per decision: status idempotent ref amount balance held cap retry remaining limit
 --   one debit.lua reply per decision, joined by newlines
-local ctx = ctx_new(ARGV[1], KEYS[1], KEYS[2])
+local ctx = ctx_new(ARGV[1], KEYS[1], KEYS[2], 'many')
 local shape = ARGV[2]
-local replies, idems = {}, {}
+local replies, marks = {}, {}
 -- one decision's KEYS and ARGV as debit.lua has them, refilled for each (user_debit keeps neither)
 local K, A = {}, {}
 A[7] = ''
-local k, a = 3, 3  -- the next decision's first KEY and ARGV
-for i = 1, #shape do
-  local s = sbyte(shape, i)
-  K[1], K[4] = KEYS[k], KEYS[k + 1]
-  A[1], A[2], A[3] = ARGV[a], ARGV[a + 1], ARGV[a + 2]
-  k, a = k + 2, a + 3
-  if s % 2 == 1 then  -- '1', '3': its idempotency key
-    K[5], k = KEYS[k], k + 1
-  else
-    K[5] = nil
+repeat
+  local k, a = 3, 3  -- the next decision's first KEY and ARGV
+  for i = 1, #shape do
+    local s = sbyte(shape, i)
+    K[1], K[4] = KEYS[k], KEYS[k + 1]
+    A[1], A[2], A[3] = ARGV[a], ARGV[a + 1], ARGV[a + 2]
+    k, a = k + 2, a + 3
+    if s % 2 == 1 then  -- '1', '3': its idempotency key
+      K[5], k = KEYS[k], k + 1
+    else
+      K[5] = nil
+    end
+    if s >= 50 then  -- '2', '3': its model, floor and quantities
+      A[5], A[6], A[8], a = ARGV[a], ARGV[a + 1], ARGV[a + 2], a + 3
+    else
+      A[5], A[6], A[8] = nil, nil, nil
+    end
+    local r, tail = user_debit(ctx, K, A)
+    replies[i], marks[i] = r, tail or K[5] or false
   end
-  if s >= 50 then  -- '2', '3': its model, floor and quantities
-    A[5], A[6], A[8], a = ARGV[a], ARGV[a + 1], ARGV[a + 2], a + 3
-  else
-    A[5], A[6], A[8] = nil, nil, nil
-  end
-  replies[i] = user_debit(ctx, K, A)
-  idems[i] = K[5] or false
-end
-return tconcat(finish(ctx, replies, idems), '\n')
+  local out = finish(ctx, replies, marks)
+  if out then return tconcat(out, '\n') end
+  -- decided on a day or month that is not the entry's: once more, on Redis' clock as it was read
+  ctx = ctx_new(ARGV[1], KEYS[1], KEYS[2], CLOCK)
+until false

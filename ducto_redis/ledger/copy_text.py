@@ -8,8 +8,9 @@ cannot know in front of each row (namespace, shard, the stream id's two halves, 
 the entry), names a row whose id is empty (debits) by its place (:func:`~ducto_redis.layout.tx_id`),
 and turns ``ts`` (epoch ms) into a timestamp literal, ``YYYY-MM-DD HH:MM:SS.mmm+00``, with one
 formatted prefix per second. A row with no ``ts`` takes its entry's (the stream id's milliseconds):
-a single debit that writes its row before it reads the clock takes its time from that entry's id
-(lua/lib/08_debit.lua ``debit_clock``).
+a single debit that writes its row before it reads the clock, and a batch of charges decided before
+its time is known, take their time from that entry's id (lua/lib/08_debit.lua ``debit_clock``,
+``many_stands``).
 
 A row the fast path cannot take (a ``ts`` that is not epoch ms) takes the reference path: its values as a dict,
 defaults, every value escaped. A payload whose tab or newline count is not exactly what its rows

@@ -141,6 +141,10 @@ local function clock_at(now, sec, msx)
   return c
 end
 
+-- The clock a batch decides on before its time is known (lib/08_debit.lua many_stands): the last
+-- call's day and month, no time (its rows' empty ts: their entry's); set by ctx_new.
+local SPEC = { now = false, sec = '', msx = '', day = false, month = false }
+
 local function clock(cfg)
   local t = rcall('TIME')
   local s, ms = t[1], mfloor(t[2] / 1000)

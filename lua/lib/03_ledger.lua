@@ -28,18 +28,41 @@ local function frag_value(frag, n)
 end
 
 -- A script call's context: configuration, clock, streams, the accounts it loaded and its rows.
--- One table, reused by every call (a script call runs alone) and reset at its start. `lazy`: the
--- clock is not read yet (ctx.c false): a single debit reads it once it knows how (lib/08_debit.lua
--- debit_clock), and may write its row first (ctx.pre: that entry's id; ctx.claimed: the decision
--- made is that row, else the call deletes the entry as it ends; ctx.caps_ok: its caps passed on
--- this day and month).
-local CTX = { rows = {}, order = {}, accounts = {}, idem = false, pending = {}, pre = false, claimed = false,
-  caps_ok = false }
+-- One table, reused by every call (a script call runs alone) and reset at its start. `lazy`:
+--   nil: the clock is read now (TIME);
+--   true: not yet (ctx.c false): a single debit reads it once it knows how (lib/08_debit.lua
+--     debit_clock), and may write its row first (ctx.pre: that entry's id; ctx.claimed: the decision
+--     made is that row, else the call deletes the entry as it ends; ctx.caps_ok: its caps passed on
+--     this day and month);
+--   'many': a batch (debit_many.lua; ctx.many): decided on SPEC when the last call's clock is known
+--     and the clock offset is 0 (its time then comes from its entry: lib/08_debit.lua many_stands;
+--     ctx.dated: a cap was judged on SPEC's day), else on TIME;
+--   a clock: that one (a batch started over on Redis' clock: ctx.again, many_stands).
+-- (made with every field it gets, so it never grows: a table grown past its size is rehashed, and one
+-- whose field is set to nil, ctx.full, may be again and again)
+local CTX = { cfg = false, c = false, ledger = false, events = false, full = false, nrows = 0, rows = {}, order = {},
+  accounts = {}, idem = false, pending = {}, pre = false, pre_bals = false, claimed = false, caps_ok = false,
+  again = false, many = false, dated = false }
 local function ctx_new(cfgtext, ledger, events, lazy)
   local ctx = CTX
   local cfg = configs[cfgtext or ''] or config(cfgtext)
-  ctx.cfg, ctx.c, ctx.ledger, ctx.events, ctx.full, ctx.nrows, ctx.idem = cfg, not lazy and clock(cfg), ledger,
-    events, nil, 0, false
+  local c, many = false, false
+  if lazy == true then  -- (c false)
+  elseif not lazy then
+    c = clock(cfg)
+  elseif lazy == 'many' then
+    local last = CLOCK
+    if last.now and cfg.offset == 0 then
+      SPEC.day, SPEC.month, c, ctx.dated = last.day, last.month, SPEC, false
+    else
+      c = clock(cfg)
+    end
+    many = true
+  else
+    c = lazy
+  end
+  ctx.cfg, ctx.c, ctx.ledger, ctx.events, ctx.full, ctx.nrows, ctx.idem, ctx.again, ctx.many = cfg, c, ledger,
+    events, nil, 0, false, false, many
   if ctx.pre then ctx.pre, ctx.claimed, ctx.caps_ok = false, false, false end
   local order = ctx.order
   if order[1] then

@@ -141,7 +141,9 @@ end
 
 -- write back every changed account; `entry` is the call's stream entry id (ring entries name it)
 local function accounts_store(ctx, entry)
-  for _, st in B_ipairs(ctx.order) do
+  local order = ctx.order
+  for i = 1, #order do  -- (not ipairs: its iterator is a C call per account)
+    local st = order[i]
     local ring
     local cid = st.rc
     if cid then
@@ -167,9 +169,9 @@ local function accounts_store(ctx, entry)
     if not (more or st.members) then
       -- the common case: the balance and the ring
       if st.wb and ring then
-        rcall('HSET', st.key, 'b', bal_text(st), 'r', ring)
+        rcall('HSET', st.key, 'b', st.bals or bal_text(st), 'r', ring)
       elseif st.wb then
-        rcall('HSET', st.key, 'b', bal_text(st))
+        rcall('HSET', st.key, 'b', st.bals or bal_text(st))
       elseif ring then
         rcall('HSET', st.key, 'r', ring)
       end

@@ -9,7 +9,9 @@
 --      model, min balance (text, charges; "" = 0), reservation id, quantities ("name=n;...": a
 --      charge's, checked; a settlement's actual ones, correcting its hold's estimate) }
 -- X: extra fields for the row's extra JSON (plan_debit.lua), or nil
--- Returns the reply: its text, or the pending table of a decision that wrote a row.
+-- Returns the reply: its text, or the pending table of a decision that wrote a row; in a batch
+-- (ctx.many), one without an idempotency key to remember it answers instead the text that follows
+-- its entry id, and true (finish puts "ok|0|<entry>" before it).
 local function user_debit(ctx, K, A, X)
   local acct, G, idem = K[1], K[4], K[5]
   if idem then idem = idem_given(acct, idem) end
@@ -30,8 +32,12 @@ local function user_debit(ctx, K, A, X)
   local amount = amount_s + 0
   local floor = not hf and A[6]
   floor = (floor and floor ~= '') and floor + 0 or 0
-  local c = ctx.c or debit_clock(ctx, st, not (hf or mf or X) and frag, amount_s, amount,
-    st.bal - st.held - amount - floor)
+  local c = ctx.c
+  if not c then
+    c = debit_clock(ctx, st, not (hf or mf or X) and frag, amount_s, amount, st.bal - st.held - amount - floor)
+  elseif c == SPEC and not st.day_only then  -- a batch's, on an account that needs the time itself
+    c = many_clock_now(ctx)
+  end
   local now = c.now
   local aid, grants
   if st.hx ~= '' or st.gx ~= '' then
@@ -70,6 +76,7 @@ local function user_debit(ctx, K, A, X)
   local deny, warns
   if not ctx.caps_ok and (st.dL or st.mL or (w and (w.dC ~= '' or w.mC ~= ''))) and (amount > 0 or hf) then
     deny, warns = caps_check(st, w, model, amount, c)
+    if c == SPEC then ctx.dated = true end  -- (judged on SPEC's day: many_stands checks it)
     -- a lean call that passed a cap (its event) is refused: keys_short asked only then
     if (deny or warns) and keys_short(ctx, st, deny, warns) then return KEYS_SHORT end
   end
@@ -112,7 +119,11 @@ local function user_debit(ctx, K, A, X)
     if X then for k, v in B_pairs(X) do e[k] = v end end
     if B_next(e) then x = extra_json(e) end
   end
-  local bals, helds = bal_text(st), st.helds_of == st.held and st.helds or held_text(st)
+  local bals, helds = st.bals, st.helds_of == st.held and st.helds or held_text(st)
+  if not bals then  -- (bal_text's, without its call)
+    bals = sformat('%d', st.bal)
+    st.bals = bals
+  end
   local n = row(ctx, '', hf and 'settle' or 'debit', amount_s, bals, helds,
     hf and I(hold) or '', '', action, '', x, frag, amount > 0 and '-' or nil)
   if warns then cap_warnings(ctx, warns, 'u', aid or frag_value(frag, 3), amount, n) end
@@ -125,6 +136,10 @@ local function user_debit(ctx, K, A, X)
     grants_keep(st, grants)
   end
   if st.rc then ring_add(st, cid, n) else st.rc, st.rr = cid, n end
+  if ctx.many and not has_idem then  -- a batch's: its text after the entry id, and true (finish)
+    return (ROW_SUFFIX[n] or row_suffix(n)) .. '|' .. amount_s .. '|' .. bals .. '|' .. helds .. '|' .. action ..
+      '|0|' .. (rate or '|'), true
+  end
   local r = { 'ok', n, amount_s, bals, helds, action, rate or '|', '0' }
   if has_idem then idem_put(ctx, idem, r) end
   return r
