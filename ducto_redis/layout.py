@@ -55,6 +55,7 @@ import json
 import re
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from functools import lru_cache
 
 BALANCE = "b"
 STATE = "S"
@@ -451,10 +452,23 @@ def tx_id(shard: int, stream_id: str | bytes, row: int = 0) -> str:
     Debits and settlements get no id of their own: their ledger row is the id. A refund finds the
     debit from the id alone (its shard, then the stream entry or the database row)."""
     sid = stream_id.decode() if isinstance(stream_id, bytes) else stream_id
+    head, tail = _tx_parts(shard, sid)
+    return head + (_ROW_HEX[row] if 0 <= row < _ROWS else "%03x" % row) + tail  # noqa: UP031
+
+
+_ROWS = 4096
+_ROW_HEX = tuple("%03x" % r for r in range(_ROWS))  # noqa: UP031
+"""A row's part of :func:`tx_id`, for every 12-bit row: formatted once, not per id."""
+
+
+@lru_cache(maxsize=4096)
+def _tx_parts(shard: int, sid: str) -> tuple[str, str]:
+    """:func:`tx_id` of an entry around its row: ``tttttttt-tttt-8`` and ``-ssss-qqqqqqqqqqqq``. Made
+    once per entry and shard (the rows of one entry: the decisions of one batched call share them):
+    %-formatting five fields cost ~2 us per id, more than the rest of a debit's reply."""
     ms, _, seq = sid.partition("-")
     m = int(ms)
-    # %-formatting parses its format once per call, f-string specs once per field: ~0.3 us less per debit
-    return "%08x-%04x-8%03x-%04x-%012x" % (m >> 16, m & 0xFFFF, row, shard, int(seq or 0))  # noqa: UP031
+    return "%08x-%04x-8" % (m >> 16, m & 0xFFFF), "-%04x-%012x" % (shard, int(seq or 0))  # noqa: UP031
 
 
 def parse_tx_id(transaction_id: str) -> tuple[int, str, int] | None:
