@@ -16,7 +16,7 @@ import os
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from operator import itemgetter
 from typing import Any, Generic, TypeVar
@@ -289,7 +289,7 @@ class DebitKeys:
     full: tuple[str, ...]  # and every optional one, the never-written "no idempotency key" name last
     shard: int
     escaped_id: str  # the id as COPY text, for the row's fragment
-    parse: Callable[[Any], DeductionResult]  # a debit reply of this user's as its result (debit_parser)
+    parse: Callable[[Any], DeductionResult] = field(compare=False)  # its debit replies' reader (debit_parser)
 
 
 def debit_parser(shard: int, uid: str) -> Callable[[Any], DeductionResult]:
