@@ -115,11 +115,17 @@ def _picker(positions: tuple[int, ...]) -> Callable[[Sequence[Any]], tuple[Any, 
 class _Picks:
     """A twin's positions as pickers, made once: a batch picks them for every decision."""
 
+    twin: Twin
     shared_keys: Callable[[Sequence[Any]], tuple[Any, ...]]
     shared_args: Callable[[Sequence[Any]], tuple[Any, ...]]
+    shared_args_lean: tuple[str, ...] | None
+    """The shared ARGV of a call that left out every optional ARGV, when they all are optional ones
+    (each then the "" it stands for: no list padded per decision); None: picked from the padded list."""
     own_keys: Callable[[Sequence[Any]], tuple[Any, ...]]
     """A decision's KEYS sent always (its group's required part)."""
     own_args: Callable[[Sequence[Any]], tuple[Any, ...]]
+    own_args_from: int
+    """A call sending fewer ARGV than this is padded (:attr:`pad`) before its ``own_args`` are picked."""
     opt_keys: Callable[[Sequence[Any]], tuple[Any, ...]] | None
     """A decision's KEYS of its group's optional part (None: the group has none)."""
     opt_made: Callable[[Sequence[Any]], tuple[Any, ...]]
@@ -136,8 +142,11 @@ class _Picks:
         kcut = len(twin.own_keys) - twin.own_keys_optional
         acut = len(twin.own_args) - twin.own_args_optional
         opt = twin.own_keys[kcut:]
-        return cls(_picker(twin.shared_keys), _picker(twin.shared_args), _picker(twin.own_keys[:kcut]),
-                   _picker(twin.own_args[:acut]), _picker(opt) if opt else None,
+        required = twin.args.size - twin.args.optional
+        lean = tuple("" for _ in twin.shared_args) if min(twin.shared_args, default=required) >= required else None
+        return cls(twin, _picker(twin.shared_keys), _picker(twin.shared_args), lean, _picker(twin.own_keys[:kcut]),
+                   _picker(twin.own_args[:acut]), max(twin.own_args[:acut], default=-1) + 1,
+                   _picker(opt) if opt else None,
                    _picker(tuple(p - twin.left_out.required for p in opt)), min(opt, default=0) + 1,
                    _picker(twin.own_args[acut:]) if twin.own_args_optional else None,
                    [""] * twin.args.optional)
@@ -245,10 +254,12 @@ class Batch(Generic[T]):
     """
 
     def __init__(self, calls: Sequence[Call[T]], scripts: dict[str, Script], *, stream: bool = False) -> None:
-        self.decisions = list(calls)
+        self.decisions = decisions = list(calls)
         self._scripts = scripts
-        # per decision: (index in calls, position in a packed reply or None), None without a call
-        self._slots: list[tuple[int, int | None] | None] = [None] * len(self.decisions)
+        # per decision: the index of the script call answering it (-1: none, a ready result) and its
+        # position in that call's packed reply (-1: the call is its own)
+        self._call_of = [-1] * len(decisions)
+        self._pos_of = [-1] * len(decisions)
         # the pipeline in order: a decision sent as it is (its index), or a group of packed decisions
         order: list[int | list[int]] = []
         groups: dict[tuple[Any, ...], list[int]] = {}
@@ -256,24 +267,43 @@ class Batch(Generic[T]):
         filled: dict[int, list[str]] = {}  # per packable lean decision: its KEYS with the left-out ones
         self._filled = filled
         count = 0
-        for i, call in enumerate(self.decisions):
-            script = call.script
-            if script is None:
+        script: Script | None = None
+        twin: Twin | None = None
+        picks: _Picks | None = None
+        only_at, only_value, name, lean_args = 0, "", "", 0
+        for i, call in enumerate(decisions):
+            if call.script is not script:  # the scripts' twins looked up once per run of one script
+                script = call.script
+                if script is None:
+                    continue
+                picks = _PICKS.get(script.name)
+                if picks is not None:
+                    twin = picks.twin
+                    only_at, only_value, name = twin.only[0], twin.only[1], twin.name
+                    lean_args = twin.args.size - twin.args.optional
+            elif script is None:
                 continue
             keys, args = call.keys, call.args
-            tag = keys[0][: keys[0].find("}") + 1] if keys else ""
-            twin = MANY_TWINS.get(script.name)
-            if twin is None or (len(args) > twin.only[0] and args[twin.only[0]] != twin.only[1]):
+            if picks is None or (len(args) > only_at and args[only_at] != only_value):
+                tag = keys[0][: keys[0].find("}") + 1] if keys else ""
                 generation[tag] = generation.get(tag, 0) + 1
                 order.append(i)
                 count += 1
                 continue
+            assert twin is not None
             # decisions share a call only if their shared values are equal (always so within one shard)
-            picks = _PICKS[script.name]
             if len(keys) < twin.keys_width:  # a lean call: the KEYS it left out put back, once
                 keys = filled[i] = twin.left_out.fill(keys)
-            group = (twin, generation.get(tag, 0), picks.shared_keys(keys),
-                     picks.shared_args(args if len(args) == twin.args.size else args + picks.pad))
+            n = len(args)
+            if n == twin.args.size:
+                shared_args = picks.shared_args(args)
+            elif n == lean_args and picks.shared_args_lean is not None:
+                shared_args = picks.shared_args_lean
+            else:
+                shared_args = picks.shared_args(args + picks.pad)
+            # a shard's generation is 0 until a call that cannot be packed is met: its tag is then needed
+            gen = generation.get(keys[0][: keys[0].find("}") + 1], 0) if generation else 0
+            group = (name, gen, picks.shared_keys(keys), shared_args)
             members = groups.get(group)
             if members is None:
                 members = groups[group] = []
@@ -287,8 +317,8 @@ class Batch(Generic[T]):
         self.calls: list[Call[Any]] = []
         """The script calls built so far (all of them, once :meth:`stream` has run through)."""
         # per script call: the decision it answers (a call sent as it is), or those it answers packed,
-        # (index in decisions, position in its reply)
-        self._answers: list[int | list[tuple[int, int]]] = []
+        # in the order of its reply
+        self._answers: list[int | list[int]] = []
         self._results: list[Any] = []
         if not stream:
             for _ in self.stream():
@@ -296,12 +326,12 @@ class Batch(Generic[T]):
 
     def stream(self) -> Iterator[Call[Any]]:
         """Build the script calls in order, each yielded (and added to :attr:`calls`) once built."""
-        decisions, slots = self.decisions, self._slots
+        decisions, call_of = self.decisions, self._call_of
         for item in self._order:
             if not isinstance(item, int) and len(item) == 1:
                 item = item[0]  # alone in its group: its own call
             if isinstance(item, int):
-                slots[item] = (len(self.calls), None)
+                call_of[item] = len(self.calls)
                 self._answers.append(item)
                 call = decisions[item]
                 self.calls.append(call)
@@ -310,41 +340,46 @@ class Batch(Generic[T]):
                 yield from self._pack(item)
 
     def _pack(self, members: list[int]) -> Iterator[Call[Any]]:
-        decisions, slots = self.decisions, self._slots
+        decisions, call_of, pos_of = self.decisions, self._call_of, self._pos_of
         first = decisions[members[0]]
         assert first.script is not None
-        twin = MANY_TWINS[first.script.name]
         picks = _PICKS[first.script.name]
+        twin = picks.twin
         filled = self._filled
         head_keys = list(picks.shared_keys(filled.get(members[0]) or first.keys))
-        own_keys, own_args, pad = picks.own_keys, picks.own_args, picks.pad
+        own_keys, own_args, own_args_from, pad = picks.own_keys, picks.own_args, picks.own_args_from, picks.pad
         opt_keys, opt_made, opt_from, opt_args = picks.opt_keys, picks.opt_made, picks.opt_from, picks.opt_args
         made, size, shape_at = twin.left_out.made, twin.args.size, twin.shape_at
         head_args = list(picks.shared_args(first.args if len(first.args) == size else first.args + pad))
         if shape_at >= 0:
             head_args.insert(shape_at, "")
         script = self._scripts[twin.name]
+        shape_chars = SHAPE_CHARS
         for start in range(0, len(members), MAX_DECISIONS_PER_CALL):
             chunk = members[start : start + MAX_DECISIONS_PER_CALL]
             keys, args = list(head_keys), list(head_args)
             shape: list[str] = []
             index = len(self.calls)
-            answers: list[tuple[int, int]] = []
             for pos, i in enumerate(chunk):
                 d = decisions[i]
-                ks = filled.get(i) or d.keys  # a lean call's with the KEYS it left out
-                keys.extend(own_keys(ks))
-                bits = 0
-                # its group's optional KEYS, unless they are what left-out ones stand for (a lean call
-                # left them out; a widened one may send the never-written idempotency key)
-                if opt_keys is not None and len(d.keys) >= opt_from:
-                    kopt = opt_keys(ks)
-                    if kopt != opt_made(made(ks[0])):
-                        keys.extend(kopt)
-                        bits = 1
+                dkeys = d.keys
+                if len(dkeys) < opt_from:  # every optional KEY of its group left out (a lean call's filled)
+                    keys.extend(own_keys(filled.get(i) or dkeys))
+                    bits = 0
+                else:
+                    # its group's optional KEYS, unless they are what left-out ones stand for (a widened
+                    # call may send the never-written idempotency key)
+                    ks = filled.get(i) or dkeys
+                    keys.extend(own_keys(ks))
+                    bits = 0
+                    if opt_keys is not None:
+                        kopt = opt_keys(ks)
+                        if kopt != opt_made(made(ks[0])):
+                            keys.extend(kopt)
+                            bits = 1
                 a = d.args
                 if len(a) < size:  # its optional ARGV left out: "" each
-                    args.extend(own_args(a + pad))
+                    args.extend(own_args(a) if len(a) >= own_args_from else own_args(a + pad))
                 else:
                     args.extend(own_args(a))
                     if opt_args is not None:
@@ -352,13 +387,13 @@ class Batch(Generic[T]):
                         if any(aopt):
                             args.extend(aopt)
                             bits += 2
-                shape.append(SHAPE_CHARS[bits])
-                slots[i] = (index, pos)
-                answers.append((i, pos))
+                shape.append(shape_chars[bits])
+                call_of[i] = index
+                pos_of[i] = pos
             if shape_at >= 0:
                 args[shape_at] = "".join(shape)
             call = Call(script, keys, args, _lines)
-            self._answers.append(answers)
+            self._answers.append(chunk)
             self.calls.append(call)
             yield call
 
@@ -374,15 +409,15 @@ class Batch(Generic[T]):
             results[answers] = decisions[answers].parse(reply)
             return
         lines = _lines(reply)
-        for i, pos in answers:
+        for pos, i in enumerate(answers):
             results[i] = decisions[i].parse(lines[pos])
 
     def taken(self) -> list[T]:
         """The results :meth:`take` parsed, in the order of the decisions (a decision without a
         script call: its ready result)."""
         results = self._results or [None] * len(self.decisions)
-        for i, slot in enumerate(self._slots):
-            if slot is None:
+        for i, index in enumerate(self._call_of):
+            if index < 0:
                 results[i] = self.decisions[i].parse(None)
         return results
 
@@ -390,14 +425,14 @@ class Batch(Generic[T]):
         """Results in the order of the decisions, from the replies of :attr:`calls`."""
         out: list[T] = []
         split: dict[int, list[str]] = {}
-        for call, slot in zip(self.decisions, self._slots, strict=True):
-            if slot is None:
+        for call, index, pos in zip(self.decisions, self._call_of, self._pos_of, strict=True):
+            if index < 0:
                 out.append(call.parse(None))
-            elif slot[1] is None:
-                out.append(call.parse(replies[slot[0]]))
+            elif pos < 0:
+                out.append(call.parse(replies[index]))
             else:
-                lines = split.get(slot[0])
+                lines = split.get(index)
                 if lines is None:
-                    lines = split[slot[0]] = _lines(replies[slot[0]])
-                out.append(call.parse(lines[slot[1]]))
+                    lines = split[index] = _lines(replies[index])
+                out.append(call.parse(lines[pos]))
         return out

@@ -16,8 +16,9 @@ import os
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
+from operator import itemgetter
 from typing import Any, Generic, TypeVar
 
 from pydantic import BaseModel, ValidationError
@@ -144,9 +145,12 @@ def split_reply(raw: Any, size: int, added: int | None = None) -> list[str]:
     A reply's last field may be free text (a plan id, a role): it is split off once, whole.
     ``added``: the position of a field the reply gained (``limit``, 2026-11-30); a reply remembered
     under an idempotency key before that (kept up to a day) lacks it, and reads as ``""`` there."""
-    text = raw.decode("utf-8") if isinstance(raw, bytes) else raw
-    if not isinstance(text, str):
-        raise ScriptReplyError(f"unexpected script reply: {raw!r}")
+    if type(raw) is str:  # a decoding client's (the common case first)
+        text = raw
+    else:
+        text = raw.decode("utf-8") if isinstance(raw, bytes) else raw
+        if not isinstance(text, str):
+            raise ScriptReplyError(f"unexpected script reply: {raw!r}")
     r = text.split("|", size - 1)
     if len(r) == size - 1 and added is not None:
         r = text.split("|", size - 2)
@@ -164,6 +168,9 @@ def error_code(status: str) -> str | None:
 # Reply fields by name (ducto_redis/specs.py): ``r[_D.ref]`` costs what ``r[2]`` did.
 _D = DEBIT.reply.pos
 _DEBIT_SIZE = DEBIT.reply.size
+# the fields a debit's result is made of, read from its split reply in one C call
+_DEBIT_FIELDS = itemgetter(_D.ref, _D.amount, _D.balance, _D.idempotent, _D.status, _D.cap, _D.retry, _D.remaining,
+                           _D.limit)
 
 
 class _Ids:
@@ -195,7 +202,8 @@ class _Ids:
         if n > 0xFFFFFFFF:
             self.call_prefix, self.calls = uuid.uuid4().hex[:12], itertools.count(1)
             n = 0
-        return "%s%08x" % (self.call_prefix, n)  # noqa: UP031 - cheaper than the f-string's format spec
+        # n < 2**32: its 8 hex digits are hex()'s after "0x1" (a third cheaper than "%08x" % n)
+        return self.call_prefix + hex(n | 0x100000000)[3:]
 
 
 _IDS = _Ids()
@@ -281,6 +289,24 @@ class DebitKeys:
     full: tuple[str, ...]  # and every optional one, the never-written "no idempotency key" name last
     shard: int
     escaped_id: str  # the id as COPY text, for the row's fragment
+    parse: Callable[[Any], DeductionResult] = field(compare=False)  # its debit replies' reader (debit_parser)
+
+
+def debit_parser(shard: int, uid: str) -> Callable[[Any], DeductionResult]:
+    """How a debit reply (debit.lua's, or one line of debit_many.lua's) of user ``uid`` in ``shard``
+    reads as its :class:`DeductionResult`: one function per user (:class:`DebitKeys`), not per call."""
+
+    def parse(raw_reply: Any) -> DeductionResult:
+        ref, amount, balance, idempotent, status, cap, retry, rate, limit = _DEBIT_FIELDS(
+            split_reply(raw_reply, _DEBIT_SIZE, _D.limit))
+        # rate: '' when no rate limit was checked (then no limit either)
+        return deduction_result(
+            tx_of(shard, ref), uid, -int(amount), int(balance), idempotent == "1",
+            None if status == "ok" else status, cap or None, int(retry),
+            int(rate) if rate else None, int(limit) if rate else None,
+        )
+
+    return parse
 
 
 WIDE_MAX = 65536
@@ -358,7 +384,7 @@ class StoreCore:
         lean = DEBIT.keys.pack(account=k.account, ledger=k.ledger, events="", grants="", idem="")
         full = DEBIT.keys.pack(account=k.account, ledger=k.ledger, events=k.events, grants=k.grants,
                                idem=k.idempotency(None))
-        return DebitKeys(tuple(lean), tuple(full), k.shard, copy_escape(uid))
+        return DebitKeys(tuple(lean), tuple(full), k.shard, copy_escape(uid), debit_parser(k.shard, uid))
 
     # health
 
@@ -441,11 +467,13 @@ class StoreCore:
         n = check_amount(amount, "amount", 0 if settling else 1)
         op = check_label(operation_type, "operation_type", allow_empty=settling)
         floor = check_amount(min_balance, "min_balance", 0)
-        meta = metadata_of(metadata)
-        ikey = idempotency_of(idempotency_key, meta)
+        if metadata is None and idempotency_key is None:  # a plain charge: neither to check
+            meta, ikey = None, None
+        else:
+            meta = metadata_of(metadata)
+            ikey = idempotency_of(idempotency_key, meta)
         model = check_label(meta.model, "metadata.model") if meta and meta.model else ""
         dk = self.debit_keys(uid)
-        shard = dk.shard
         widen: Widen | None = None
         if ikey is not None:  # every optional KEY, the idempotency key last
             keys = [*dk.full[:-1], self.keys.user(uid).idempotency(ikey)]
@@ -454,22 +482,13 @@ class StoreCore:
         else:  # lean: account ledger (widened if its decision needs more)
             keys, widen = list(dk.keys), self.widen_debit
 
-        def parse(raw_reply: Any) -> DeductionResult:
-            r = split_reply(raw_reply, _DEBIT_SIZE, _D.limit)
-            rate = r[_D.remaining]  # '' when no rate limit was checked (then no limit either)
-            return deduction_result(
-                tx_of(shard, r[_D.ref]), uid, -int(r[_D.amount]), int(r[_D.balance]), r[_D.idempotent] == "1",
-                None if r[_D.status] == "ok" else r[_D.status], r[_D.cap] or None, int(r[_D.retry]),
-                int(rate) if rate else None, int(r[_D.limit]) if rate else None,
-            )
-
         e = copy_escape  # each only when there is something to escape (a plain charge has no rid, model, key)
         frag = (f"\t{e(op)}\tu\t{dk.escaped_id}\t\t{e(reservation_id) if reservation_id else ''}"
                 f"\t{e(model) if model else ''}\t\t{e(ikey) if ikey else ''}"
                 f"\t{e(metadata_json(meta)) if meta is not None else ''}")
-        args = DEBIT.args.pack(cid=new_call_id(), amount=str(n), frag=frag, config=self.config(), model=model,
+        args = DEBIT.args.pack(cid=_IDS.call(), amount=str(n), frag=frag, config=self.config(), model=model,
                                floor=str(floor) if floor else "", rid=reservation_id, quantities=qs)
-        return Call(self.scripts["debit"], keys, args, parse, widen)
+        return Call(self.scripts["debit"], keys, args, dk.parse, widen)
 
     def spend_cap(self, cap: SpendCap, account_kind: str, *, remove: bool = False) -> Call[None]:
         """Set (or remove) a user's (``account_kind`` "u") or a team's ("t") daily or monthly cap."""

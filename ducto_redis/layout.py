@@ -55,6 +55,7 @@ import json
 import re
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from functools import lru_cache
 
 BALANCE = "b"
 STATE = "S"
@@ -452,9 +453,28 @@ def tx_id(shard: int, stream_id: str | bytes, row: int = 0) -> str:
     debit from the id alone (its shard, then the stream entry or the database row)."""
     sid = stream_id.decode() if isinstance(stream_id, bytes) else stream_id
     ms, _, seq = sid.partition("-")
+    return _tx_time(ms) + (_ROW_HEX[row] if 0 <= row < _ROWS else "%03x" % row) + _tx_place(shard, seq)  # noqa: UP031
+
+
+# %-formatting the five fields cost more than the rest of a debit's reply parsing (~8 000 instructions
+# an id); the parts around the row are formatted once each instead: the time's per millisecond (the
+# entries a batch's calls write mostly share one), the shard's and sequence's per shard (a sequence
+# is 0 but for a second entry within one millisecond), the row's 4 096 values once.
+_ROWS = 4096
+_ROW_HEX = tuple("%03x" % r for r in range(_ROWS))  # noqa: UP031
+
+
+@lru_cache(maxsize=1024)
+def _tx_time(ms: str) -> str:
+    """:func:`tx_id`'s part before its row: ``tttttttt-tttt-8``."""
     m = int(ms)
-    # %-formatting parses its format once per call, f-string specs once per field: ~0.3 us less per debit
-    return "%08x-%04x-8%03x-%04x-%012x" % (m >> 16, m & 0xFFFF, row, shard, int(seq or 0))  # noqa: UP031
+    return "%08x-%04x-8" % (m >> 16, m & 0xFFFF)  # noqa: UP031
+
+
+@lru_cache(maxsize=4096)
+def _tx_place(shard: int, seq: str) -> str:
+    """:func:`tx_id`'s part after its row: ``-ssss-qqqqqqqqqqqq``."""
+    return "-%04x-%012x" % (shard, int(seq or 0))  # noqa: UP031
 
 
 def parse_tx_id(transaction_id: str) -> tuple[int, str, int] | None:

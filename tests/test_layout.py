@@ -29,10 +29,12 @@ from ducto_redis.layout import (
     grant_parts_text,
     month_bounds,
     month_bucket,
+    parse_tx_id,
     plan_left_of,
     plan_of,
     plan_text,
     pricing_record,
+    tx_id,
 )
 from ducto_redis.models import PricingConfigData, SpendCap
 from ducto_redis.store import RedisStore
@@ -265,3 +267,24 @@ def test_a_team_cap_set_before_the_team_exists_writes_no_balance(store: RedisSto
     assert_encodes_back(raw, t)
     assert [s.deduct_team("ghost", "m", 1).error, s.reserve_team("ghost", "m", 1).error,
             s.add_team_member("ghost", "m").error, s.get_team_balance("ghost").error] == ["team_not_found"] * 4
+
+
+def test_a_transaction_id_is_its_entry_row_and_shard_whichever_parts_were_made_before() -> None:
+    # tx_id makes its time part once per millisecond and its shard/sequence part once per shard and
+    # sequence: ids made from parts made for other rows, shards and entries are still their own
+    assert tx_id(5, "1764585600123-17", 42) == "019ad97f-747b-802a-0005-000000000011"
+    assert tx_id(5, b"1764585600123-17", 43) == "019ad97f-747b-802b-0005-000000000011"
+    assert tx_id(6, "1764585600123-0", 42) == "019ad97f-747b-802a-0006-000000000000"
+    assert tx_id(3, "17") == "00000000-0011-8000-0003-000000000000"
+    seen = set()
+    for ms in ("1764585600123", "1764585600124", "0", str(2**48 - 1)):
+        for seq in ("0", "1", str(2**48 - 1)):
+            for shard in (0, 1, 63, 2**16 - 1):
+                for row in (0, 1, 99, 4095):
+                    tx = tx_id(shard, f"{ms}-{seq}", row)
+                    assert parse_tx_id(tx) == (shard, f"{ms}-{seq}", row)
+                    seen.add(tx)
+    assert len(seen) == 4 * 3 * 4 * 4
+    # past the id's 12 row bits the row is written whole, as the one format always did: no id then
+    assert tx_id(3, "100-5", 5000) == "00000000-0064-81388-0003-000000000005"
+    assert parse_tx_id(tx_id(3, "100-5", 5000)) is None
