@@ -27,6 +27,7 @@ from model_support import (
 from reference_model import Model
 
 from ducto_redis import CreditMetadata, PlanDefinition, PricingConfigData, RedisStore, SpendCap
+from ducto_redis.batch import ChargeRequest
 
 USERS = ["alice", "b{o}b:1"]
 MODELS = ["", "gpt-4"]
@@ -127,6 +128,24 @@ def make_machine(backend: str) -> type[RuleBasedStateMachine]:
             assert (d.error or "ok", d.balance_after, d.cap_action) == expected
             if d.error is None:
                 self.accepted(user, d.transaction_id, -d.amount)
+
+        @rule(items=st.lists(st.tuples(st.sampled_from(USERS), st.sampled_from([1, 2, 5, 10, 20]),
+                                       st.sampled_from(MODELS), st.sampled_from([None, "c1", "c2", "c3"])),
+                             min_size=1, max_size=4))
+        def charge_many(self, items: list[tuple[str, int, str, str | None]]) -> None:
+            """A batch decides each charge as if made one by one at one instant (one script call per
+            shard: debit_many.lua for two or more of a shard, debit.lua for one alone)."""
+            self.ops += 1
+            now = self.now()
+            expected = [self.model.debit(user, amount, None, model, key, now) for user, amount, model, key in items]
+            results = self.store.charge_many([
+                ChargeRequest(user, amount, "req", idempotency_key=key,
+                              metadata=CreditMetadata(model=model) if model else None)
+                for user, amount, model, key in items])
+            assert [(d.error or "ok", d.balance_after, d.cap_action) for d in results] == expected
+            for (user, *_), d in zip(items, results, strict=True):
+                if d.error is None:
+                    self.accepted(user, d.transaction_id, -d.amount)
 
         @rule(user=st.sampled_from(USERS), plan=st.sampled_from(sorted(ALLOWANCES)))
         def set_plan(self, user: str, plan: str) -> None:
