@@ -235,3 +235,29 @@ def test_a_batch_refused_for_its_balance_after_passing_a_cap_on_another_day_is_j
     (event,) = events(store, client)
     assert event["type"] == "credits.cap_reached" and event["acct"] == "u"
     assert store.charge("u", 5, "x").error == "spend_cap_exceeded"  # the same, one by one
+
+
+def test_a_batch_started_over_on_another_day_remembers_its_keys_and_events_once(
+        private: Any, private_redis: Any) -> None:
+    store, client = private
+    store.add_credits("u", 100)
+    store.add_credits("w", 100)
+    store.set_spend_cap(SpendCap(user_id="u", cap_type="daily", limit=10, action="deny"))
+    store.set_spend_cap(SpendCap(user_id="w", cap_type="daily", limit=1, action="warn"))
+    past = RedisStore.from_url(private_redis.url, namespace=store.settings.namespace, shards=1)
+    past.core.clock_offset_ms = -2 * 86_400_000
+    assert past.charge("u", 10, "x").error is None  # u's cap spent two days ago: the last clock seen
+    before = ledger(store, client)
+    reqs = [ChargeRequest("u", 5, "x", idempotency_key="k1"), ChargeRequest("w", 3, "x", idempotency_key="k2")]
+    # judged on that day u is refused and w warned; on the entry's day both are made, w warned
+    first = store.charge_many(reqs)
+    assert [(r.error, r.balance_after, r.cap_action) for r in first] == [(None, 85, None), (None, 97, "warn")]
+    after = ledger(store, client)
+    assert len(after) == len(before) + 1  # one entry stayed: the day judged first left none
+    assert client.xinfo_stream(store.core.keys.ledger_stream(0))["max-deleted-entry-id"] != "0-0"
+    (warning,) = events(store, client)  # w's warning once, none for u's refusal on the day judged first
+    assert warning["type"] == "credits.cap_warning" and warning["acct"] == "w"
+    again = store.charge_many(reqs)  # the keys remember what the call answered on the entry's day
+    assert [(r.idempotent, r.transaction_id) for r in again] == [(True, r.transaction_id) for r in first]
+    assert ledger(store, client) == after and len(events(store, client)) == 1
+    assert (store.get_balance("u").balance, store.get_balance("w").balance) == (85, 97)
