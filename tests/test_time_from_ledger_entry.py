@@ -176,6 +176,14 @@ def test_a_batch_meeting_an_account_that_needs_the_time_reads_it_there_and_dates
     assert int(stamps.pop()) <= int(mid.partition("-")[0])
 
 
+def two_days_ago(store: RedisStore, url: str) -> RedisStore:
+    """A store of the same namespace whose clock runs two days behind: a call it makes becomes the
+    last clock the library saw, which a batch decides on before its entry gives the time."""
+    past = RedisStore.from_url(url, namespace=store.settings.namespace, shards=1)
+    past.core.clock_offset_ms = -2 * 86_400_000
+    return past
+
+
 def test_a_batch_decided_on_another_day_starts_over_on_its_entrys_day(private: Any, private_redis: Any) -> None:
     store, client = private
     store.add_credits("u", 100)
@@ -183,8 +191,7 @@ def test_a_batch_decided_on_another_day_starts_over_on_its_entrys_day(private: A
     store.set_spend_cap(SpendCap(user_id="u", cap_type="daily", limit=10, action="deny"))
     # two days ago (a store of the same namespace with its clock offset), u spent its daily cap:
     # that call's clock is the last one the library saw
-    past = RedisStore.from_url(private_redis.url, namespace=store.settings.namespace, shards=1)
-    past.core.clock_offset_ms = -2 * 86_400_000
+    past = two_days_ago(store, private_redis.url)
     assert past.charge("u", 10, "x").error is None
     before = ledger(store, client)
     client.config_resetstat()
@@ -223,8 +230,7 @@ def test_a_batch_refused_for_its_balance_after_passing_a_cap_on_another_day_is_j
     store.add_credits("a", 1)
     store.set_spend_cap(SpendCap(user_id="u", cap_type="daily", limit=10, action="deny"))
     assert store.charge("u", 8, "x").balance_after == 4  # today u has spent 8 of its 10
-    past = RedisStore.from_url(private_redis.url, namespace=store.settings.namespace, shards=1)
-    past.core.clock_offset_ms = -2 * 86_400_000
+    past = two_days_ago(store, private_redis.url)
     past.charge("a", 1, "x")  # the last call's clock: two days ago, when u had spent nothing
     before = ledger(store, client)
     # two days ago, 5 passes u's cap and is refused for its balance (4); today the cap refuses it,
@@ -244,8 +250,7 @@ def test_a_batch_started_over_on_another_day_remembers_its_keys_and_events_once(
     store.add_credits("w", 100)
     store.set_spend_cap(SpendCap(user_id="u", cap_type="daily", limit=10, action="deny"))
     store.set_spend_cap(SpendCap(user_id="w", cap_type="daily", limit=1, action="warn"))
-    past = RedisStore.from_url(private_redis.url, namespace=store.settings.namespace, shards=1)
-    past.core.clock_offset_ms = -2 * 86_400_000
+    past = two_days_ago(store, private_redis.url)
     assert past.charge("u", 10, "x").error is None  # u's cap spent two days ago: the last clock seen
     before = ledger(store, client)
     reqs = [ChargeRequest("u", 5, "x", idempotency_key="k1"), ChargeRequest("w", 3, "x", idempotency_key="k2")]
