@@ -362,21 +362,16 @@ class Batch(Generic[T]):
             index = len(self.calls)
             for pos, i in enumerate(chunk):
                 d = decisions[i]
-                dkeys = d.keys
-                if len(dkeys) < opt_from:  # every optional KEY of its group left out (a lean call's filled)
-                    keys.extend(own_keys(filled.get(i) or dkeys))
-                    bits = 0
-                else:
-                    # its group's optional KEYS, unless they are what left-out ones stand for (a widened
-                    # call may send the never-written idempotency key)
-                    ks = filled.get(i) or dkeys
-                    keys.extend(own_keys(ks))
-                    bits = 0
-                    if opt_keys is not None:
-                        kopt = opt_keys(ks)
-                        if kopt != opt_made(made(ks[0])):
-                            keys.extend(kopt)
-                            bits = 1
+                ks = filled.get(i) or d.keys  # a lean call's with the KEYS it left out
+                keys.extend(own_keys(ks))
+                bits = 0
+                # its group's optional KEYS, unless they are what left-out ones stand for (a lean call
+                # left them out; a widened one may send the never-written idempotency key)
+                if opt_keys is not None and len(d.keys) >= opt_from:
+                    kopt = opt_keys(ks)
+                    if kopt != opt_made(made(ks[0])):
+                        keys.extend(kopt)
+                        bits = 1
                 a = d.args
                 if len(a) < size:  # its optional ARGV left out: "" each
                     args.extend(own_args(a) if len(a) >= own_args_from else own_args(a + pad))
