@@ -12,7 +12,8 @@
 -- its entry already and answers the text at once.
 
 -- The reply text; ref = entry .. suffix ('' .. '' when the decision wrote no row). The hot paths
--- spell the same concatenation out where they make it (reply_text, debit_made): a Lua call costs
+-- spell the same concatenation out where they make it (reply_text, debit_made, and user_debit's
+-- batched text after the entry id, which finish() completes): a Lua call costs
 -- ~1 300 instructions there (measured), and every reply any test gets is read by the one parser
 -- (ducto_redis/core.py).
 local function decision_text(status, idem, entry, suffix, amount, bal, held, cap, retry, rate)
