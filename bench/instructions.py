@@ -17,8 +17,9 @@ charge_many rows: ~60 script calls per 100), ``charge_many_16``, ``charge_many_8
 ``charge_many_1`` (the same in namespaces of fewer shards: what the shard count costs a batch),
 ``floor_64``, ``floor_1`` (the least a batched debit can do with the store's layout,
 bench/floor_debit_many.lua, sent as ``charge_many_64`` / ``charge_many_1`` send theirs: the part of a
-batched decision's cost the layout sets), ``team`` (``deduct_team``, member with a cap), ``reserve_deduct`` (the pair, per pair),
-``allowance`` (``charge_with_allowance``, paid part), ``add`` (``add_credits``).
+batched decision's cost the layout sets), ``team`` (``deduct_team``, member with a cap),
+``reserve_deduct`` (the pair, per pair), ``allowance`` (``charge_with_allowance``, paid part),
+``add`` (``add_credits``).
 ``--code PATH`` measures another checkout of ducto-redis (e.g. a ``git worktree`` of an older
 commit), so two versions compare in one run. ``--profile REDIS_SERVER`` shows instead where each
 case's instructions go, function by function (see :func:`profile` for a redis-server with symbols).
