@@ -12,12 +12,13 @@ Sections (each a function that prepares its state and returns a timed operation)
 - the ``limits`` library's moving-window ``hit()``;
 - ``MemoryStore.charge`` (embedded fakeredis + lupa);
 - batching: raw pipelined EVALSHA x100 (minimal script), the store's own debit_many function with the
-  same 100 decisions packed once), ``charge_many`` x100 from one thread (and in namespaces of 8 shards
-  and of 1 instead of 64, so fewer script calls per batch), from 2 threads, x500 (against the
-  reference pipelined x500: no target, printed under the table), and async
-  with 4 batches in flight; and the Redis-side bound: Redis' own time per decision of debit_many
-  (one 256-decision call minus a PING), as the decisions/s one Redis core could reach doing
-  nothing else;
+  same 100 decisions packed once), the floor of a batched debit with the store's layout
+  (bench/floor_debit_many.lua, one FCALL per shard by redis-py pipelining), ``charge_many`` x100 from
+  one thread (and in namespaces of 8 shards and of 1 instead of 64, so fewer script calls per
+  batch), from 2 threads, x500 (against the reference pipelined x500 and x100: no target, printed
+  under the table), and async with 4 batches in flight; and the Redis-side bound: Redis' own time
+  per decision of debit_many (one 256-decision call minus a PING), as the decisions/s one Redis core
+  could reach doing nothing else;
 - asyncio: bare ``redis.asyncio`` EVALSHA, ``AsyncRedisStore.charge`` and with auto-batching, 64
   concurrent tasks each.
 
@@ -449,6 +450,43 @@ def raw_same_script_many_100(b: Bench) -> tuple[int, Callable[[], tuple[float, l
     return 100, lambda: b.time_sync(op)
 
 
+FLOOR = Path(__file__).resolve().parent / "floor_debit_many.lua"
+
+
+def floor_pipelined_100(b: Bench) -> tuple[int, Callable[[], tuple[float, list[float]]]]:
+    """The floor of a batched debit with the store's layout (bench/floor_debit_many.lua: per account an
+    HMGET and an HSET, the ring of call ids, one ledger entry per call; no caps, holds, grants,
+    idempotency keys or models) for 100 users grouped by the store's 64 shards as charge_many groups
+    them, one FCALL per shard, by redis-py pipelining: what any batched debit on this layout costs."""
+    b.client.function_load(FLOOR.read_text(), replace=True)
+
+    def unload() -> None:
+        b.client.function_delete("floor")
+
+    b.cleanups.append(unload)
+    groups: dict[int, tuple[list[str], list[str]]] = {}
+    for i in range(100):
+        user = f"floor-{i}"
+        shard = shard_of("u", user, 64)
+        tag = f"{{{b.ns}:{shard}}}"
+        b.client.hset(f"{tag}:floor:{user}", "b", RICH)
+        keys, _ = groups.setdefault(shard, ([f"{tag}:floor:ledger"], []))
+        keys.append(f"{tag}:floor:{user}")
+    frags = {key: f"\tbench\tu\t{key.rsplit(':', 1)[1]}\t\t\t\t\t\t" for keys, _ in groups.values() for key in keys}
+    it = itertools.count()
+
+    def op() -> None:
+        p = b.client.pipeline(transaction=False)
+        for keys, _ in groups.values():
+            args: list[Any] = []
+            for key in keys[1:]:
+                args += [f"f{next(it):x}", 1, frags[key]]
+            p.fcall("floor_many", len(keys), *keys, *args)
+        p.execute()
+
+    return 100, lambda: b.time_sync(op)
+
+
 def _charge_many_in(shards: int) -> Callable[[Bench], tuple[int, Callable[[], tuple[float, list[float]]]]]:
     """charge_many x100 in a namespace of ``shards`` shards (the default is 64, ~55 script calls per
     batch of 100 users): 8 shards make ~8 calls, 1 shard one call of 100 — what the per-call cost
@@ -599,6 +637,7 @@ SECTIONS: dict[str, Callable[[Bench], tuple[int, Callable[[], tuple[float, list[
     "raw EVALSHA pipelined x100": raw_pipelined_100,
     "raw FCALL of debit_many x100, pre-packed (same function)": raw_same_script_many_100,
     "RedisStore.charge_many x100": store_charge_many_100,
+    "floor batched debit (bench/floor_debit_many.lua), pipelined x100": floor_pipelined_100,
     "reference debit script, EVALSHA pipelined x500": reference_pipelined_500,
     "RedisStore.charge_many x500": store_charge_many_500,
     "RedisStore.charge_many x100, 8-shard namespace": _charge_many_in(8),
@@ -621,6 +660,10 @@ TARGETS = [
 ]
 # ratios printed under the table when both rows ran, with no target: (what, row, against)
 COMPARISONS = [
+    ("charge_many x500 vs the reference pipelined x100 (the issue's own baseline: calls of 500)",
+     "RedisStore.charge_many x500", "reference debit script, EVALSHA pipelined x100"),
+    ("the floor of a batched debit x100 vs the reference pipelined x100", "floor batched debit "
+     "(bench/floor_debit_many.lua), pipelined x100", "reference debit script, EVALSHA pipelined x100"),
     ("charge_many x500 vs the reference pipelined x500", "RedisStore.charge_many x500",
      "reference debit script, EVALSHA pipelined x500"),
 ]
