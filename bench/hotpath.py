@@ -12,12 +12,13 @@ Sections (each a function that prepares its state and returns a timed operation)
 - the ``limits`` library's moving-window ``hit()``;
 - ``MemoryStore.charge`` (embedded fakeredis + lupa);
 - batching: raw pipelined EVALSHA x100 (minimal script), the store's own debit_many function with the
-  same 100 decisions packed once), ``charge_many`` x100 from one thread (and in namespaces of 8 shards
-  and of 1 instead of 64, so fewer script calls per batch), from 2 threads, x500 (against the
-  reference pipelined x500: no target, printed under the table), and async
-  with 4 batches in flight; and the Redis-side bound: Redis' own time per decision of debit_many
-  (one 256-decision call minus a PING), as the decisions/s one Redis core could reach doing
-  nothing else;
+  same 100 decisions packed once), the floor of a batched debit with the store's layout
+  (bench/floor_debit_many.lua, one FCALL per shard by redis-py pipelining), ``charge_many`` x100 from
+  one thread (and in namespaces of 8 shards and of 1 instead of 64, so fewer script calls per
+  batch), from 2 threads, x500 (against the reference pipelined x500 and x100: no target, printed
+  under the table), and async with 4 batches in flight; and the Redis-side bound: Redis' own time
+  per decision of debit_many (one 256-decision call minus a PING), as the decisions/s one Redis core
+  could reach doing nothing else;
 - asyncio: bare ``redis.asyncio`` EVALSHA, ``AsyncRedisStore.charge`` and with auto-batching, 64
   concurrent tasks each.
 
@@ -26,6 +27,7 @@ Usage::
     python bench/hotpath.py                      # print the table
     python bench/hotpath.py --seconds 3 --rounds 3 --write   # and write bench/RESULTS.md
     python bench/hotpath.py --breakdown          # client CPU of each stage of charge / charge_many
+    python bench/hotpath.py --timeline           # wall time of one charge_many x100, phase by phase
 
 The machine is noisy (2 cores): rounds are interleaved and the median round is reported;
 quote ratios from one run, not absolute numbers. Nothing here is asserted by a test.
@@ -449,6 +451,43 @@ def raw_same_script_many_100(b: Bench) -> tuple[int, Callable[[], tuple[float, l
     return 100, lambda: b.time_sync(op)
 
 
+FLOOR = Path(__file__).resolve().parent / "floor_debit_many.lua"
+
+
+def floor_pipelined_100(b: Bench) -> tuple[int, Callable[[], tuple[float, list[float]]]]:
+    """The floor of a batched debit with the store's layout (bench/floor_debit_many.lua: per account an
+    HMGET and an HSET, the ring of call ids, one ledger entry per call; no caps, holds, grants,
+    idempotency keys or models) for 100 users grouped by the store's 64 shards as charge_many groups
+    them, one FCALL per shard, by redis-py pipelining: what any batched debit on this layout costs."""
+    b.client.function_load(FLOOR.read_text(), replace=True)
+
+    def unload() -> None:
+        b.client.function_delete("floor")
+
+    b.cleanups.append(unload)
+    groups: dict[int, tuple[list[str], list[str]]] = {}
+    for i in range(100):
+        user = f"floor-{i}"
+        shard = shard_of("u", user, 64)
+        tag = f"{{{b.ns}:{shard}}}"
+        b.client.hset(f"{tag}:floor:{user}", "b", RICH)
+        keys, _ = groups.setdefault(shard, ([f"{tag}:floor:ledger"], []))
+        keys.append(f"{tag}:floor:{user}")
+    frags = {key: f"\tbench\tu\t{key.rsplit(':', 1)[1]}\t\t\t\t\t\t" for keys, _ in groups.values() for key in keys}
+    it = itertools.count()
+
+    def op() -> None:
+        p = b.client.pipeline(transaction=False)
+        for keys, _ in groups.values():
+            args: list[Any] = []
+            for key in keys[1:]:
+                args += [f"f{next(it):x}", 1, frags[key]]
+            p.fcall("floor_many", len(keys), *keys, *args)
+        p.execute()
+
+    return 100, lambda: b.time_sync(op)
+
+
 def _charge_many_in(shards: int) -> Callable[[Bench], tuple[int, Callable[[], tuple[float, list[float]]]]]:
     """charge_many x100 in a namespace of ``shards`` shards (the default is 64, ~55 script calls per
     batch of 100 users): 8 shards make ~8 calls, 1 shard one call of 100 — what the per-call cost
@@ -599,6 +638,7 @@ SECTIONS: dict[str, Callable[[Bench], tuple[int, Callable[[], tuple[float, list[
     "raw EVALSHA pipelined x100": raw_pipelined_100,
     "raw FCALL of debit_many x100, pre-packed (same function)": raw_same_script_many_100,
     "RedisStore.charge_many x100": store_charge_many_100,
+    "floor batched debit (bench/floor_debit_many.lua), pipelined x100": floor_pipelined_100,
     "reference debit script, EVALSHA pipelined x500": reference_pipelined_500,
     "RedisStore.charge_many x500": store_charge_many_500,
     "RedisStore.charge_many x100, 8-shard namespace": _charge_many_in(8),
@@ -621,6 +661,10 @@ TARGETS = [
 ]
 # ratios printed under the table when both rows ran, with no target: (what, row, against)
 COMPARISONS = [
+    ("charge_many x500 vs the reference pipelined x100 (the issue's own baseline: calls of 500)",
+     "RedisStore.charge_many x500", "reference debit script, EVALSHA pipelined x100"),
+    ("the floor of a batched debit x100 vs the reference pipelined x100", "floor batched debit "
+     "(bench/floor_debit_many.lua), pipelined x100", "reference debit script, EVALSHA pipelined x100"),
     ("charge_many x500 vs the reference pipelined x500", "RedisStore.charge_many x500",
      "reference debit script, EVALSHA pipelined x500"),
 ]
@@ -747,6 +791,66 @@ def breakdown(seconds: float) -> str:
     return "\n".join(lines)
 
 
+def timeline(seconds: float) -> str:
+    """Where the wall time of one ``charge_many`` x100 goes (median µs per batch): before its first
+    write (validation, grouping, the first call built: Redis has nothing to run), writing the calls
+    (each piece as soon as it is built, Redis running the ones before), reading and parsing the replies
+    (waiting on Redis for most of it), and after the last reply. The lane's ``exchange`` is wrapped
+    to take the times; nothing in the library changes."""
+    from ducto_redis import connect
+
+    b = Bench(seconds)
+    s = b.store()
+    users = [f"tl-{i}" for i in range(100)]
+    for u in users:
+        s.add_credits(u, RICH)
+    reqs = [ChargeRequest(u, 1, "bench") for u in users]
+    marks: dict[str, float] = {}
+    original = connect.Lane.exchange
+
+    def exchange(self: Any, client: Any, packed: Any, count: int, each: Any = None) -> list[Any]:
+        marks["enter"] = time.perf_counter()
+
+        def pieces() -> Any:
+            for piece in packed:
+                marks.setdefault("first", time.perf_counter())
+                yield piece
+            marks["sent"] = time.perf_counter()
+
+        replies = original(self, client, pieces(), count, each)
+        marks["read"] = time.perf_counter()
+        return replies
+
+    phases: dict[str, list[float]] = {k: [] for k in ("before", "writing", "reading", "after", "whole")}
+    connect.Lane.exchange = exchange  # type: ignore[method-assign]
+    try:
+        for _ in range(50):
+            s.charge_many(reqs)
+        end = time.perf_counter() + seconds
+        while time.perf_counter() < end:
+            marks.clear()
+            t0 = time.perf_counter()
+            s.charge_many(reqs)
+            t1 = time.perf_counter()
+            for name, value in (("before", marks["first"] - t0), ("writing", marks["sent"] - marks["first"]),
+                                ("reading", marks["read"] - marks["sent"]), ("after", t1 - marks["read"]),
+                                ("whole", t1 - t0)):
+                phases[name].append(value * 1e6)
+    finally:
+        connect.Lane.exchange = original  # type: ignore[method-assign]
+        b.drop()
+    labels = {
+        "before": "before the first write (validate, group, build the first call): Redis idle",
+        "writing": "writing the calls as they are built (Redis runs the first ones)",
+        "reading": "reading and parsing the replies as Redis answers them",
+        "after": "after the last reply (the results handed back)",
+        "whole": "the whole call",
+    }
+    lines = ["| charge_many x100 (100 users, 64 shards) | median µs per batch |", "|---|---:|"]
+    lines += [f"| {labels[k]} | {statistics.median(v):,.0f} |" for k, v in phases.items()]
+    return "\n".join(lines)
+
+
 def main() -> None:
     global URL
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -755,10 +859,15 @@ def main() -> None:
     ap.add_argument("--only", nargs="*", help="substrings of section names to run (baseline always runs)")
     ap.add_argument("--write", action="store_true", help="write the table into bench/RESULTS.md")
     ap.add_argument("--url", default=URL, help=f"Redis to measure (default {URL})")
+    ap.add_argument("--timeline", action="store_true",
+                    help="where the wall time of one charge_many x100 goes, phase by phase")
     ap.add_argument("--breakdown", action="store_true",
                     help="print only the client CPU of each stage of charge and charge_many x100")
     args = ap.parse_args()
     URL = args.url
+    if args.timeline:
+        print(timeline(args.seconds))
+        return
     if args.breakdown:
         print(breakdown(args.seconds))
         return

@@ -15,8 +15,11 @@ library's moving-window ``hit()``), ``charge`` (one daily deny cap), ``charge_ma
 per decision), ``charge_many_64`` (the same over 1 000 users in 64 shards, as bench/hotpath.py's
 charge_many rows: ~60 script calls per 100), ``charge_many_16``, ``charge_many_8``,
 ``charge_many_1`` (the same in namespaces of fewer shards: what the shard count costs a batch),
-``team`` (``deduct_team``, member with a cap), ``reserve_deduct`` (the pair, per pair),
-``allowance`` (``charge_with_allowance``, paid part), ``add`` (``add_credits``).
+``floor_64``, ``floor_1`` (the least a batched debit can do with the store's layout,
+bench/floor_debit_many.lua, sent as ``charge_many_64`` / ``charge_many_1`` send theirs: the part of a
+batched decision's cost the layout sets), ``team`` (``deduct_team``, member with a cap),
+``reserve_deduct`` (the pair, per pair), ``allowance`` (``charge_with_allowance``, paid part),
+``add`` (``add_credits``).
 ``--code PATH`` measures another checkout of ducto-redis (e.g. a ``git worktree`` of an older
 commit), so two versions compare in one run. ``--profile REDIS_SERVER`` shows instead where each
 case's instructions go, function by function (see :func:`profile` for a redis-server with symbols).
@@ -62,6 +65,48 @@ def _spread(shards: int) -> tuple[str, str, str, int]:
         "rng = random.Random(7)\n"
         "batches = [[ChargeRequest(f'u{rng.randrange(1000)}', 1, 'x') for _ in range(100)] for _ in range(64)]",
         "s.charge_many(batches[i % 64])",
+        100,
+    )
+
+
+FLOOR = ROOT / "bench" / "floor_debit_many.lua"
+
+
+FLOOR_SETUP = """
+from ducto_redis.keys import shard_of
+import random
+r.function_load(open(FLOOR).read(), replace=True)
+def key(u):
+    return '{{f:%d}}:u%d' % (shard_of('u', f'u{{u}}', {shards}), u)
+for u in range(1000):
+    r.hset(key(u), 'b', 10**12)
+rng = random.Random(7)
+batches = []
+for b in range(64):
+    groups = {{}}
+    for j in range(100):
+        u = rng.randrange(1000)
+        sh = shard_of('u', f'u{{u}}', {shards})
+        g = groups.setdefault(sh, (['{{f:%d}}:ledger' % sh], []))
+        g[0].append(key(u))
+        g[1].extend([f'c{{b}}x{{j}}', 1, f'\\tcharge\\tu\\tu{{u}}\\t\\t\\t\\t\\t\\t'])
+    batches.append(list(groups.values()))
+"""
+FLOOR_CALL = """p = r.pipeline(transaction=False)
+    for keys, args in batches[i % 64]:
+        p.fcall('floor_many', len(keys), *keys, *args)
+    p.execute()"""
+
+
+def _floor(shards: int) -> tuple[str, str, str, int]:
+    """The floor of ``charge_many`` with the store's layout (bench/floor_debit_many.lua): the same
+    1 000 users and batches of 100 as :func:`_spread`, grouped by the store's shard of each user, one
+    FCALL per shard a batch touches: per call the FCALL and one XADD, per account an HMGET and an
+    HSET, and the least Lua that joins them (no caps, holds, grants, idempotency keys or models)."""
+    return (
+        f"floor: a minimal batched debit, 1 000 users in {shards} shard{'s' if shards > 1 else ''}, per decision",
+        FLOOR_SETUP.format(shards=shards),
+        FLOOR_CALL,
         100,
     )
 
@@ -112,6 +157,7 @@ CASES: dict[str, tuple[str, str, str, int]] = {
         100,
     ),
     **{f"charge_many_{n}": _spread(n) for n in (64, 16, 8, 1)},
+    **{f"floor_{n}": _floor(n) for n in (64, 1)},
     "team": (
         "deduct_team, member with a cap",
         STORE_SETUP + "tid = s.create_team('T', initial_balance=10**12).team_id\nfor u in range(20):\n"
@@ -142,6 +188,7 @@ sys.path.insert(0, {code!r})
 import redis
 URL = 'redis://127.0.0.1:{port}/0'
 REFERENCE = {reference!r}
+FLOOR = {floor!r}
 r = redis.Redis.from_url(URL, decode_responses=True)
 {setup}
 for i in range({calls}):
@@ -171,7 +218,7 @@ def instructions(code: str, case: str, decisions: int, binary: str = "redis-serv
             if ping.stdout.strip() == "PONG":
                 break
             time.sleep(0.1)
-        workload = WORKLOAD.format(code=code, port=port, reference=str(REFERENCE), setup=setup,
+        workload = WORKLOAD.format(code=code, port=port, reference=str(REFERENCE), floor=str(FLOOR), setup=setup,
                                    calls=decisions // per_call, call=call)
         try:
             subprocess.run([sys.executable, "-c", workload], check=True)
