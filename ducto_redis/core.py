@@ -330,9 +330,10 @@ class DebitKeys:
     parse: Callable[[Any], DeductionResult] = field(compare=False)  # its debit replies' reader (debit_parser)
 
 
-DebitInput = tuple[str, int, str, int, "CreditMetadata | None", "str | None", str, str, str]
+DebitInput = tuple[str, int, str, int, str, "str | None", str, str, str]
 """A debit's arguments validated (:meth:`StoreCore.debit_input`): user id, amount, operation type,
-min balance, metadata, idempotency key, model, quantities (as their ARGV text), reservation id."""
+min balance, metadata as its JSON text ("": none), idempotency key, model, quantities (as their
+ARGV text), reservation id."""
 
 
 def debit_parser(shard: int, uid: str) -> Callable[[Any], DeductionResult]:
@@ -530,11 +531,12 @@ class StoreCore:
         op = check_label(operation_type, "operation_type", allow_empty=settling)
         floor = check_amount(min_balance, "min_balance", 0)
         if metadata is None and idempotency_key is None:  # a plain charge: neither to check
-            return (uid, n, op, floor, None, None, "", qs, reservation_id)
+            return (uid, n, op, floor, "", None, "", qs, reservation_id)
         meta = metadata_of(metadata)
         ikey = idempotency_of(idempotency_key, meta)
         model = check_label(meta.model, "metadata.model") if meta and meta.model else ""
-        return (uid, n, op, floor, meta, ikey, model, qs, reservation_id)
+        # its JSON checked here too (its size): building the call checks nothing
+        return (uid, n, op, floor, metadata_json(meta), ikey, model, qs, reservation_id)
 
     def debit_shard(self, d: DebitInput) -> int:
         """The shard of a validated debit's account (:meth:`debit_input`)."""
@@ -542,7 +544,7 @@ class StoreCore:
 
     def debit_call(self, d: DebitInput) -> Call[DeductionResult]:
         """The call of a debit validated by :meth:`debit_input`."""
-        uid, n, op, floor, meta, ikey, model, qs, reservation_id = d
+        uid, n, op, floor, meta_json, ikey, model, qs, reservation_id = d
         dk = self.debit_keys(uid)
         widen: Widen | None = None
         if ikey is not None:  # every optional KEY, the idempotency key last
@@ -555,7 +557,7 @@ class StoreCore:
         e = copy_escape  # each only when there is something to escape (a plain charge has no rid, model, key)
         frag = (f"\t{e(op)}\tu\t{dk.escaped_id}\t\t{e(reservation_id) if reservation_id else ''}"
                 f"\t{e(model) if model else ''}\t\t{e(ikey) if ikey else ''}"
-                f"\t{e(metadata_json(meta)) if meta is not None else ''}")
+                f"\t{e(meta_json) if meta_json else ''}")
         args = DEBIT.args.pack(cid=_IDS.call(), amount=str(n), frag=frag, config=self.config(), model=model,
                                floor=str(floor) if floor else "", rid=reservation_id, quantities=qs)
         return Call(self.scripts["debit"], keys, args, dk.parse, widen)
