@@ -284,9 +284,7 @@ class Batch(Generic[T]):
         groups: dict[int, list[int]] = {}
         order: list[int | list[int]] = []
         count = 0
-        shard = decisions.shard
-        for i in range(n):
-            tag = shard(i)
+        for i, tag in enumerate(decisions.shards()):
             members = groups.get(tag)
             if members is None:
                 members = groups[tag] = []

@@ -107,9 +107,9 @@ class Deferred(Sequence[Call[T]]):
             call = self._calls[i] = self.build(self.inputs[i])
         return call
 
-    def shard(self, i: int) -> int:
-        """The shard of decision ``i``, without building its call."""
-        return self.shard_of(self.inputs[i])
+    def shards(self) -> list[int]:
+        """The shard of every decision, in order, without building their calls."""
+        return list(map(self.shard_of, self.inputs))
 
 
 # ── validation (the rules live in validation.py; these apply them to metadata and quantities) ──
@@ -330,10 +330,10 @@ class DebitKeys:
     parse: Callable[[Any], DeductionResult] = field(compare=False)  # its debit replies' reader (debit_parser)
 
 
-DebitInput = tuple[str, int, str, int, str, "str | None", str, str, str]
+DebitInput = tuple[str, int, str, int, str, "str | None", str, str, str, "DebitKeys"]
 """A debit's arguments validated (:meth:`StoreCore.debit_input`): user id, amount, operation type,
 min balance, metadata as its JSON text ("": none), idempotency key, model, quantities (as their
-ARGV text), reservation id."""
+ARGV text), reservation id, and the user's :class:`DebitKeys` (its shard among them)."""
 
 
 def debit_parser(shard: int, uid: str) -> Callable[[Any], DeductionResult]:
@@ -531,21 +531,21 @@ class StoreCore:
         op = check_label(operation_type, "operation_type", allow_empty=settling)
         floor = check_amount(min_balance, "min_balance", 0)
         if metadata is None and idempotency_key is None:  # a plain charge: neither to check
-            return (uid, n, op, floor, "", None, "", qs, reservation_id)
+            return (uid, n, op, floor, "", None, "", qs, reservation_id, self.debit_keys(uid))
         meta = metadata_of(metadata)
         ikey = idempotency_of(idempotency_key, meta)
         model = check_label(meta.model, "metadata.model") if meta and meta.model else ""
         # its JSON checked here too (its size): building the call checks nothing
-        return (uid, n, op, floor, metadata_json(meta), ikey, model, qs, reservation_id)
+        return (uid, n, op, floor, metadata_json(meta), ikey, model, qs, reservation_id, self.debit_keys(uid))
 
-    def debit_shard(self, d: DebitInput) -> int:
+    @staticmethod
+    def debit_shard(d: DebitInput) -> int:
         """The shard of a validated debit's account (:meth:`debit_input`)."""
-        return self.debit_keys(d[0]).shard
+        return d[9].shard
 
     def debit_call(self, d: DebitInput) -> Call[DeductionResult]:
         """The call of a debit validated by :meth:`debit_input`."""
-        uid, n, op, floor, meta_json, ikey, model, qs, reservation_id = d
-        dk = self.debit_keys(uid)
+        uid, n, op, floor, meta_json, ikey, model, qs, reservation_id, dk = d
         widen: Widen | None = None
         if ikey is not None:  # every optional KEY, the idempotency key last
             keys = [*dk.full[:-1], self.keys.user(uid).idempotency(ikey)]
