@@ -15,9 +15,10 @@ from dataclasses import MISSING, dataclass, field, fields
 from operator import itemgetter
 from typing import Any, Generic, TypeVar
 
-from .core import Call, StoreCore
+from .core import Call, Deferred, StoreCore
 from .errors import InvalidInputError
 from .keys import LeftOutKeys
+from .models import DeductionResult
 from .scripts import Script
 from .specs import DEBIT, DEBIT_MANY, POOL_DEBIT, POOL_DEBIT_MANY, SHAPE, SHAPE_CHARS, Fields, ScriptSpec
 from .team_ops import team_debit
@@ -169,6 +170,7 @@ class ChargeRequest:
 
 
 R = TypeVar("R", "ChargeRequest", "TeamDebitRequest")
+X = TypeVar("X")
 
 
 def _request_error(cls: type[Any], req: Mapping[Any, Any], i: int) -> InvalidInputError:
@@ -181,12 +183,12 @@ def _request_error(cls: type[Any], req: Mapping[Any, Any], i: int) -> InvalidInp
     return InvalidInputError(f"requests[{i}].{missing}", "is required")
 
 
-def _each(cls: type[R], requests: object, build: Callable[[R], Call[Any]]) -> list[Call[Any]]:
+def _each(cls: type[R], requests: object, build: Callable[[R], X]) -> list[X]:
     """Every request as ``cls`` (a mapping of its fields, or one), each validated by ``build`` before
     anything is sent: a bad one raises :class:`InvalidInputError` naming ``requests[i].<field>``."""
     if isinstance(requests, (str, bytes, Mapping)) or not isinstance(requests, Sequence):
         raise InvalidInputError("requests", f"must be a list of requests, got {type(requests).__name__}")
-    calls: list[Call[Any]] = []
+    calls: list[X] = []
     for i, req in enumerate(requests):
         if type(req) is cls:  # the common case first: isinstance against the Mapping ABC costs more
             pass
@@ -205,11 +207,13 @@ def _each(cls: type[R], requests: object, build: Callable[[R], Call[Any]]) -> li
     return calls
 
 
-def charge_calls(core: StoreCore, requests: Sequence[ChargeRequest | Mapping[str, Any]]) -> list[Call[Any]]:
-    """Validate every request (raising before anything is sent) and build its charge call."""
-    return _each(ChargeRequest, requests, lambda r: core.debit(
+def charge_calls(core: StoreCore, requests: Sequence[ChargeRequest | Mapping[str, Any]]) -> Deferred[DeductionResult]:
+    """Validate every request (raising before anything is sent); each charge call is built only
+    when a batch packs it (:class:`~ducto_redis.core.Deferred`), while Redis runs the ones before."""
+    inputs = _each(ChargeRequest, requests, lambda r: core.debit_input(
         r.user_id, r.amount, operation_type=r.operation_type, idempotency_key=r.idempotency_key, metadata=r.metadata,
         min_balance=r.min_balance, quantities=r.quantities))
+    return Deferred(inputs, core.debit_call, core.debit_shard)
 
 
 @dataclass(slots=True)
@@ -254,8 +258,47 @@ class Batch(Generic[T]):
     """
 
     def __init__(self, calls: Sequence[Call[T]], scripts: dict[str, Script], *, stream: bool = False) -> None:
-        self.decisions = decisions = list(calls)
         self._scripts = scripts
+        self.calls: list[Call[Any]] = []
+        """The script calls built so far (all of them, once :meth:`stream` has run through)."""
+        # per script call: the decision it answers (a call sent as it is), or those it answers packed,
+        # in the order of its reply
+        self._answers: list[int | list[int]] = []
+        self._results: list[Any] = []
+        self._filled: dict[int, list[str]] = {}  # per packable lean decision: its KEYS with the left-out ones
+        if isinstance(calls, Deferred):
+            self._group_by_shard(calls)
+        else:
+            self._group(list(calls))
+        if not stream:
+            for _ in self.stream():
+                pass
+
+    def _group_by_shard(self, decisions: Deferred[T]) -> None:
+        """The grouping of a :class:`~ducto_redis.core.Deferred`'s decisions, none of them built yet:
+        every one can share a script call with any other of its shard, so a group is a shard's."""
+        self.decisions: Sequence[Call[T]] = decisions
+        n = len(decisions)
+        self._call_of = [-1] * n
+        self._pos_of = [-1] * n
+        groups: dict[int, list[int]] = {}
+        order: list[int | list[int]] = []
+        count = 0
+        for i, tag in enumerate(decisions.shards()):
+            members = groups.get(tag)
+            if members is None:
+                members = groups[tag] = []
+                order.append(members)
+            elif len(members) % MAX_DECISIONS_PER_CALL == 0:
+                count += 1  # one more call of this group: it is past a call's most decisions
+            members.append(i)
+        self._order = order
+        self.count = count + len(groups)
+        """How many script calls the decisions make."""
+
+    def _group(self, decisions: list[Call[T]]) -> None:
+        """The grouping of built calls (see the class docstring)."""
+        self.decisions = decisions
         # per decision: the index of the script call answering it (-1: none, a ready result) and its
         # position in that call's packed reply (-1: the call is its own)
         self._call_of = [-1] * len(decisions)
@@ -264,8 +307,7 @@ class Batch(Generic[T]):
         order: list[int | list[int]] = []
         groups: dict[tuple[Any, ...], list[int]] = {}
         generation: dict[str, int] = {}  # per shard tag: bumped by each call that is not packed
-        filled: dict[int, list[str]] = {}  # per packable lean decision: its KEYS with the left-out ones
-        self._filled = filled
+        filled = self._filled
         count = 0
         script: Script | None = None
         twin: Twin | None = None
@@ -313,16 +355,6 @@ class Batch(Generic[T]):
             members.append(i)
         self._order = order
         self.count = count + len(groups)
-        """How many script calls the decisions make."""
-        self.calls: list[Call[Any]] = []
-        """The script calls built so far (all of them, once :meth:`stream` has run through)."""
-        # per script call: the decision it answers (a call sent as it is), or those it answers packed,
-        # in the order of its reply
-        self._answers: list[int | list[int]] = []
-        self._results: list[Any] = []
-        if not stream:
-            for _ in self.stream():
-                pass
 
     def stream(self) -> Iterator[Call[Any]]:
         """Build the script calls in order, each yielded (and added to :attr:`calls`) once built."""
@@ -345,8 +377,9 @@ class Batch(Generic[T]):
         assert first.script is not None
         picks = _PICKS[first.script.name]
         twin = picks.twin
-        filled = self._filled
-        head_keys = list(picks.shared_keys(filled.get(members[0]) or first.keys))
+        filled, width, fill = self._filled, twin.keys_width, twin.left_out.fill
+        ks = filled.get(members[0]) or first.keys
+        head_keys = list(picks.shared_keys(ks if len(ks) >= width else fill(ks)))
         own_keys, own_args, own_args_from, pad = picks.own_keys, picks.own_args, picks.own_args_from, picks.pad
         opt_keys, opt_made, opt_from, opt_args = picks.opt_keys, picks.opt_made, picks.opt_from, picks.opt_args
         made, size, shape_at = twin.left_out.made, twin.args.size, twin.shape_at
@@ -363,6 +396,8 @@ class Batch(Generic[T]):
             for pos, i in enumerate(chunk):
                 d = decisions[i]
                 ks = filled.get(i) or d.keys  # a lean call's with the KEYS it left out
+                if len(ks) < width:  # (a Deferred's decision, built just now)
+                    ks = fill(ks)
                 keys.extend(own_keys(ks))
                 bits = 0
                 # its group's optional KEYS, unless they are what left-out ones stand for (a lean call

@@ -493,19 +493,21 @@ if hasattr(os, "register_at_fork"):
 
 
 FIRST_PIECE = 1  # calls in a streamed batch's first write: Redis runs it while the next ones are packed
-PIECE = 8  # calls per later write (each write is a syscall here and a read event in Redis)
+PIECE = 8  # at most this many calls per later write (each write is a syscall here and a read event in Redis)
 
 
 def _pieces(calls: Iterable[Call[Any]], count: int) -> Iterator[bytes]:
     """The ``count`` calls packed, a few per piece, each piece given as soon as its calls are built
-    (all in one piece when they are at most :data:`PIECE`: nothing to overlap)."""
+    (all in one piece when they are at most :data:`PIECE`: nothing to overlap). The pieces grow
+    1, 2, 4, ... up to :data:`PIECE` calls, so Redis has the next piece before it is done with the one
+    before while the client is still building them (a batch of Deferred calls builds each as it packs it)."""
     pending: list[bytes] = []
     flush = FIRST_PIECE if count > PIECE else count
     for call in calls:
         pending.append(_pack_command(command(call)))
         if len(pending) == flush:
             yield b"".join(pending)
-            pending, flush = [], PIECE
+            pending, flush = [], min(2 * flush, PIECE)
     if pending:
         yield b"".join(pending)
 

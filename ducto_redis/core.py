@@ -15,11 +15,11 @@ import json
 import os
 import uuid
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from operator import itemgetter
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, TypeVar, overload
 
 from pydantic import BaseModel, ValidationError
 from pydantic_core import PydanticSerializationError
@@ -72,6 +72,44 @@ class Call(Generic[T]):
 def ready(result: T) -> Call[T]:
     """A call that needs no Redis round trip."""
     return Call(None, [], [], lambda _r: result)
+
+
+class Deferred(Sequence[Call[T]]):
+    """Calls validated but not built yet: each is built from its input the first time it is asked
+    for (and kept). A batch validates every decision before it sends any, so a bad one raises with
+    nothing written, and builds each decision's call only as it packs it, while Redis runs the calls
+    written before it (batch.py :class:`~ducto_redis.batch.Batch`).
+
+    Every call of one is made by the same ``build`` and can share a script call with any other of the
+    same shard (``shard(input)``): the same script, its batched twin, the same shared values.
+    """
+
+    __slots__ = ("_calls", "build", "inputs", "shard_of")
+
+    def __init__(self, inputs: list[Any], build: Callable[[Any], Call[T]], shard: Callable[[Any], int]) -> None:
+        self.inputs = inputs
+        self.build = build
+        self.shard_of = shard
+        self._calls: list[Call[T] | None] = [None] * len(inputs)
+
+    def __len__(self) -> int:
+        return len(self.inputs)
+
+    @overload
+    def __getitem__(self, i: int) -> Call[T]: ...
+    @overload
+    def __getitem__(self, i: slice) -> list[Call[T]]: ...
+    def __getitem__(self, i: int | slice) -> Call[T] | list[Call[T]]:
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self.inputs)))]
+        call = self._calls[i]
+        if call is None:
+            call = self._calls[i] = self.build(self.inputs[i])
+        return call
+
+    def shards(self) -> list[int]:
+        """The shard of every decision, in order, without building their calls."""
+        return list(map(self.shard_of, self.inputs))
 
 
 # ── validation (the rules live in validation.py; these apply them to metadata and quantities) ──
@@ -292,6 +330,12 @@ class DebitKeys:
     parse: Callable[[Any], DeductionResult] = field(compare=False)  # its debit replies' reader (debit_parser)
 
 
+DebitInput = tuple[str, int, str, int, str, "str | None", str, str, str, "DebitKeys"]
+"""A debit's arguments validated (:meth:`StoreCore.debit_input`): user id, amount, operation type,
+min balance, metadata as its JSON text ("": none), idempotency key, model, quantities (as their
+ARGV text), reservation id, and the user's :class:`DebitKeys` (its shard among them)."""
+
+
 def debit_parser(shard: int, uid: str) -> Callable[[Any], DeductionResult]:
     """How a debit reply (debit.lua's, or one line of debit_many.lua's) of user ``uid`` in ``shard``
     reads as its :class:`DeductionResult`: one function per user (:class:`DebitKeys`), not per call."""
@@ -459,6 +503,25 @@ class StoreCore:
         ``quantities``: a charge's quantities, checked against the account's quantity limits; a
         settlement's actual quantities, correcting the hold's estimate.
         """
+        return self.debit_call(self.debit_input(
+            user_id, amount, reservation_id=reservation_id, operation_type=operation_type,
+            idempotency_key=idempotency_key, metadata=metadata, min_balance=min_balance, quantities=quantities))
+
+    def debit_input(
+        self,
+        user_id: str,
+        amount: int,
+        *,
+        reservation_id: str = "",
+        operation_type: str = "",
+        idempotency_key: str | None = None,
+        metadata: CreditMetadata | dict[str, Any] | None = None,
+        min_balance: int = 0,
+        quantities: dict[str, int] | None = None,
+    ) -> DebitInput:
+        """:meth:`debit`'s arguments validated (an :class:`InvalidInputError` naming the field), not
+        yet built into its call (:meth:`debit_call`): a batch validates every decision before it
+        sends any, and builds each as it is sent (batch.py :func:`~ducto_redis.batch.charge_calls`)."""
         uid = check_id(user_id, "user_id")
         qs = quantities_arg(quantities)
         settling = reservation_id != ""
@@ -468,12 +531,21 @@ class StoreCore:
         op = check_label(operation_type, "operation_type", allow_empty=settling)
         floor = check_amount(min_balance, "min_balance", 0)
         if metadata is None and idempotency_key is None:  # a plain charge: neither to check
-            meta, ikey = None, None
-        else:
-            meta = metadata_of(metadata)
-            ikey = idempotency_of(idempotency_key, meta)
+            return (uid, n, op, floor, "", None, "", qs, reservation_id, self.debit_keys(uid))
+        meta = metadata_of(metadata)
+        ikey = idempotency_of(idempotency_key, meta)
         model = check_label(meta.model, "metadata.model") if meta and meta.model else ""
-        dk = self.debit_keys(uid)
+        # its JSON checked here too (its size): building the call checks nothing
+        return (uid, n, op, floor, metadata_json(meta), ikey, model, qs, reservation_id, self.debit_keys(uid))
+
+    @staticmethod
+    def debit_shard(d: DebitInput) -> int:
+        """The shard of a validated debit's account (:meth:`debit_input`)."""
+        return d[9].shard
+
+    def debit_call(self, d: DebitInput) -> Call[DeductionResult]:
+        """The call of a debit validated by :meth:`debit_input`."""
+        uid, n, op, floor, meta_json, ikey, model, qs, reservation_id, dk = d
         widen: Widen | None = None
         if ikey is not None:  # every optional KEY, the idempotency key last
             keys = [*dk.full[:-1], self.keys.user(uid).idempotency(ikey)]
@@ -485,7 +557,7 @@ class StoreCore:
         e = copy_escape  # each only when there is something to escape (a plain charge has no rid, model, key)
         frag = (f"\t{e(op)}\tu\t{dk.escaped_id}\t\t{e(reservation_id) if reservation_id else ''}"
                 f"\t{e(model) if model else ''}\t\t{e(ikey) if ikey else ''}"
-                f"\t{e(metadata_json(meta)) if meta is not None else ''}")
+                f"\t{e(meta_json) if meta_json else ''}")
         args = DEBIT.args.pack(cid=_IDS.call(), amount=str(n), frag=frag, config=self.config(), model=model,
                                floor=str(floor) if floor else "", rid=reservation_id, quantities=qs)
         return Call(self.scripts["debit"], keys, args, dk.parse, widen)

@@ -9,7 +9,8 @@ written once, in one of the operation mixins (``accounts.py``, ``team_ops.py``, 
 - :func:`flow`: the body is a generator of several steps (a refund: find the debit in its stream,
   else in the ledger database, then credit it back). It yields each step and receives its result
   (``x = yield from one(call)``: typed as the call's result); what it returns is the method's result.
-  A step is a ``Call``; a list of calls (:func:`many`: one round trip, results in order);
+  A step is a ``Call``; a list of calls (:func:`many`: one round trip, results in order; or a
+  :class:`~ducto_redis.core.Deferred` of them, validated and built as they are sent);
   :func:`blocking` (a blocking function, e.g. a PostgreSQL query); :func:`client_io` (other I/O on
   the store's Redis client: loading the function library). An error of a step is thrown into the
   flow at its ``yield``, so a flow may catch it.
@@ -41,7 +42,7 @@ from collections.abc import Awaitable, Callable, Coroutine, Generator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Concatenate, Generic, ParamSpec, TypeVar, overload
 
-from .core import Call, StoreCore
+from .core import Call, Deferred, StoreCore
 from .settings import Settings
 
 if TYPE_CHECKING:
@@ -70,7 +71,7 @@ class ClientIo(Generic[T]):
     aio: Callable[[Any], Awaitable[T]]
 
 
-Step = Call[Any] | list[Call[Any]] | Blocking[Any] | ClientIo[Any]
+Step = Call[Any] | list[Call[Any]] | Deferred[Any] | Blocking[Any] | ClientIo[Any]
 Flow = Generator[Step, Any, T]
 """A multi-step operation: yields :data:`Step` s, receives their results, returns the method's result."""
 
@@ -80,7 +81,7 @@ def one(call: Call[T]) -> Flow[T]:
     return (yield call)  # type: ignore[no-any-return]  # the runner sends back call.parse(reply): a T
 
 
-def many(calls: list[Call[T]]) -> Flow[list[T]]:
+def many(calls: list[Call[T]] | Deferred[T]) -> Flow[list[T]]:
     """In a flow, run these calls in one round trip; their results come back in order."""
     return (yield calls)  # type: ignore[no-any-return]
 
@@ -220,7 +221,7 @@ class SyncRunner(Runner):
                 try:
                     if isinstance(step, Call):
                         result: Any = self._run(step)
-                    elif isinstance(step, list):
+                    elif isinstance(step, (list, Deferred)):
                         result = self._run_many(step)
                     elif isinstance(step, Blocking):
                         result = step.fn(*step.args)
@@ -264,7 +265,7 @@ class AsyncRunner(Runner):
                 try:
                     if isinstance(step, Call):
                         result: Any = await self._run(step)
-                    elif isinstance(step, list):
+                    elif isinstance(step, (list, Deferred)):
                         result = await self._run_many(step)
                     elif isinstance(step, Blocking):
                         result = await asyncio.to_thread(step.fn, *step.args)

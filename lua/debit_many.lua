@@ -12,10 +12,9 @@
 --   one debit.lua reply per decision, joined by newlines
 local ctx = ctx_new(ARGV[1], KEYS[1], KEYS[2], 'many')
 local shape = ARGV[2]
-local replies, marks = {}, {}
--- one decision's KEYS and ARGV as debit.lua has them, refilled for each (user_debit keeps neither)
-local K, A = {}, {}
-A[7] = ''
+-- (lib/08_debit.lua's tables, refilled) one decision's KEYS and ARGV as debit.lua has them
+local replies, marks, K, A = MANY_REPLIES, MANY_MARKS, MANY_K, MANY_A
+A[4], A[7] = nil, ''
 repeat
   local k, a = 3, 3  -- the next decision's first KEY and ARGV
   for i = 1, #shape do
@@ -36,8 +35,8 @@ repeat
     local r, tail = user_debit(ctx, K, A)
     replies[i], marks[i] = r, tail or K[5] or false
   end
-  local out = finish(ctx, replies, marks)
-  if out then return tconcat(out, '\n') end
+  local out = finish(ctx, replies, marks, #shape)
+  if out then return tconcat(out, '\n', 1, #shape) end
   -- decided on a day or month that is not the entry's: once more, on Redis' clock as it was read
   ctx = ctx_new(ARGV[1], KEYS[1], KEYS[2], CLOCK)
 until false

@@ -10,10 +10,9 @@
 --   one pool_debit.lua reply per decision, joined by newlines
 local ctx = ctx_new(ARGV[1], KEYS[1], KEYS[2])
 local shape = ARGV[2]
-local replies, idems = {}, {}
--- one decision's KEYS and ARGV as pool_debit.lua has them, refilled for each (team_debit keeps neither)
-local K, A = {}, {}
-A[7] = ''
+-- (lib/08_debit.lua's tables, refilled) one decision's KEYS and ARGV as pool_debit.lua has them
+local replies, idems, K, A = MANY_REPLIES, MANY_MARKS, MANY_K, MANY_A
+A[5], A[7] = nil, ''
 local k, a = 3, 3  -- the next decision's first KEY and ARGV
 for i = 1, #shape do
   local s = sbyte(shape, i)
@@ -33,4 +32,4 @@ for i = 1, #shape do
   replies[i] = team_debit(ctx, K, A)
   idems[i] = K[4] or false
 end
-return tconcat(finish(ctx, replies, idems), '\n')
+return tconcat(finish(ctx, replies, idems, #shape), '\n', 1, #shape)

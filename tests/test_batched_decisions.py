@@ -98,6 +98,9 @@ def test_a_bad_request_in_a_batch_raises_before_anything_is_written(store: Redis
         ([{**ok, "amuont": 1}], "requests[0]"),
         ([ok, "a"], "requests[1]"),
         ([{**ok, "user_id": "a\x00"}], "requests[0].user_id"),
+        # the last of many in many shards: its metadata too long as JSON (checked before any call is built)
+        ([{**ok, "user_id": f"v{i}"} for i in range(50)] + [{**ok, "metadata": {"x": "a" * 9000}}],
+         "requests[50].metadata"),
     ]:
         with pytest.raises(InvalidInputError) as info:
             store.charge_many(requests)  # type: ignore[arg-type]
@@ -543,3 +546,57 @@ def test_an_error_reply_in_a_batch_raises_and_leaves_the_connection_in_step(stor
         assert balance == 4
     assert store.charge(a, balance, "x").balance_after == 0
     assert [r.error for r in store.charge_many([ChargeRequest(a, 1, "x")] * 2)] == ["insufficient_credits"] * 2
+
+
+def test_a_batch_of_charges_builds_each_call_only_as_it_packs_it(store: RedisStore) -> None:
+    """charge_many validates every request first (a bad one raises with nothing sent: above) and
+    builds none of their calls until it packs each, so its first script call is ready to be written
+    (while Redis runs it, the next ones are built) before most decisions are built."""
+    from ducto_redis.batch import Batch, charge_calls
+
+    deferred = charge_calls(store.core, [ChargeRequest(f"lazy-{i}", 1, "req") for i in range(100)])
+    built: list[Any] = []
+    build = deferred.build
+
+    def counted(d: Any) -> Any:
+        built.append(d)
+        return build(d)
+
+    deferred.build = counted
+    batch = Batch(deferred, store.core.scripts, stream=True)
+    assert built == []  # validated and grouped by shard: nothing built yet
+    calls = batch.stream()
+    next(calls)
+    assert 0 < len(built) < 10  # the first call's decisions
+    rest = list(calls)
+    assert len(built) == 100 and 1 + len(rest) == batch.count
+
+
+def test_a_batch_built_as_it_is_packed_sends_the_calls_a_batch_built_first_sends(store: RedisStore) -> None:
+    """The same requests, their calls built before grouping or only as they are packed: the same script
+    calls in the same order (the same KEYS, and ARGV but for the call ids), across shards, with keys,
+    models, floors and quantities mixed, alone in a shard or past a call's most decisions in one."""
+    import re
+
+    from ducto_redis.batch import MAX_DECISIONS_PER_CALL, Batch, charge_calls
+
+    one = store.core.keys.user("big-0").shard
+    big = [u for u in (f"big-{i}" for i in range(60000)) if store.core.keys.user(u).shard == one]
+    rnd = random.Random(5)
+    reqs: list[ChargeRequest] = [ChargeRequest(u, 1, "req") for u in big[: MAX_DECISIONS_PER_CALL + 5]]
+    for i in range(200):
+        reqs.insert(rnd.randrange(len(reqs)), ChargeRequest(
+            f"mix-{rnd.randrange(40)}", rnd.choice([1, 7]), "req", idempotency_key=rnd.choice([None, f"k{i}"]),
+            metadata=rnd.choice([None, CreditMetadata(model="m1"), {"model": "m2", "note": "x\ty"}]),
+            min_balance=rnd.choice([0, 3]), quantities=rnd.choice([None, {"tokens": 5}])))
+    cid = re.compile(r"[0-9a-f]{20}")
+
+    def sent(batch: Batch[Any]) -> list[tuple[str, list[str], list[Any]]]:
+        return [(c.script.name if c.script else "", c.keys, ["<cid>" if cid.fullmatch(str(a)) else a for a in c.args])
+                for c in batch.calls]
+
+    first = Batch(list(charge_calls(store.core, reqs)), store.core.scripts)
+    packed = Batch(charge_calls(store.core, reqs), store.core.scripts)
+    assert packed.count == first.count == len(packed.calls) > 20
+    assert sent(packed) == sent(first)
+    assert sum(1 for c in packed.calls if c.script is not None and c.script.name == "debit") > 0  # alone in a shard

@@ -245,9 +245,12 @@ def test_a_large_batch_is_written_in_pieces_as_it_is_built_and_answers_as_one_wr
     writes = counting_writes(lean, monkeypatch)
     results = lean.charge_many(requests)
     assert [(r.error, r.balance_after) for r in results] == [(None, 95)] * 60
-    assert [w.count(b"FCALL") for w in writes] == [FIRST_PIECE, *[PIECE] * ((count - FIRST_PIECE) // PIECE),
-                                                  *([(count - FIRST_PIECE) % PIECE] if (count - FIRST_PIECE) % PIECE
-                                                    else [])]
+    sizes, size, left = [], FIRST_PIECE, count  # pieces of 1, 2, 4, ... calls, then PIECE each
+    while left > 0:
+        sizes.append(min(size, left))
+        left, size = left - size, min(2 * size, PIECE)
+    assert [w.count(b"FCALL") for w in writes] == sizes
+    assert sizes[:4] == [1, 2, 4, 8] and all(n == PIECE for n in sizes[4:-1])
     assert all(lean.get_balance(f"s{i}").balance == 95 for i in range(60))
 
 

@@ -223,14 +223,21 @@ local function finish_one(ctx, r, key)
   return reply_text(ctx, r, entry, key)
 end
 
--- Finish a call of many decisions: the replies as text (in place); nil: start over (many_stands).
+-- The tables a call of many decisions (debit_many.lua, pool_debit_many.lua) fills, made once and
+-- refilled by every such call (a call runs alone; a table made per call is garbage the collector
+-- sweeps, grown by rehashing): one decision's KEYS and ARGV as the single script has them (the
+-- debit keeps neither), and per decision its reply and mark (finish). Entries past the call's
+-- count are stale: every use is bounded by it.
+local MANY_K, MANY_A, MANY_REPLIES, MANY_MARKS = {}, {}, {}, {}
+
+-- Finish a call of `n` decisions: the replies as text (in place); nil: start over (many_stands).
 -- marks: per decision, true when its reply is the text after its entry id (a made decision of a
 -- batch, lib/09_user.lua), else its idempotency key or false.
-local function finish(ctx, replies, marks)
+local function finish(ctx, replies, marks, n)
   local entry = finish_writes(ctx, true)
   if entry == false then return nil end
   local made
-  for i = 1, #replies do
+  for i = 1, n do
     local m = marks[i]
     if m == true then
       if not made then made = 'ok|0|' .. entry end
