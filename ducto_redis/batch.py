@@ -254,7 +254,9 @@ class Batch(Generic[T]):
 
     The grouping is done at once; the script calls themselves are built in order by :meth:`stream`
     (a store's lane writes each as soon as it is built, so Redis runs the first while the next are
-    packed), or all at once unless ``stream`` is set. :attr:`count` is how many there are.
+    packed), or all at once unless ``stream`` is set. :attr:`count` is how many there are. Given a
+    :class:`~ducto_redis.core.Deferred` (``charge_many``'s: validated, not built), the decisions are
+    grouped by shard without building any, and each is built only when its script call is.
     """
 
     def __init__(self, calls: Sequence[Call[T]], scripts: dict[str, Script], *, stream: bool = False) -> None:
@@ -266,10 +268,16 @@ class Batch(Generic[T]):
         self._answers: list[int | list[int]] = []
         self._results: list[Any] = []
         self._filled: dict[int, list[str]] = {}  # per packable lean decision: its KEYS with the left-out ones
-        if isinstance(calls, Deferred):
-            self._group_by_shard(calls)
+        decisions = calls if isinstance(calls, Deferred) else list(calls)
+        self.decisions: Sequence[Call[T]] = decisions
+        # per decision: the index of the script call answering it (-1: none, a ready result) and its
+        # position in that call's packed reply (-1: the call is its own)
+        self._call_of = [-1] * len(decisions)
+        self._pos_of = [-1] * len(decisions)
+        if isinstance(decisions, Deferred):
+            self._group_by_shard(decisions)
         else:
-            self._group(list(calls))
+            self._group(decisions)
         if not stream:
             for _ in self.stream():
                 pass
@@ -277,10 +285,6 @@ class Batch(Generic[T]):
     def _group_by_shard(self, decisions: Deferred[T]) -> None:
         """The grouping of a :class:`~ducto_redis.core.Deferred`'s decisions, none of them built yet:
         every one can share a script call with any other of its shard, so a group is a shard's."""
-        self.decisions: Sequence[Call[T]] = decisions
-        n = len(decisions)
-        self._call_of = [-1] * n
-        self._pos_of = [-1] * n
         groups: dict[int, list[int]] = {}
         order: list[int | list[int]] = []
         count = 0
@@ -298,11 +302,6 @@ class Batch(Generic[T]):
 
     def _group(self, decisions: list[Call[T]]) -> None:
         """The grouping of built calls (see the class docstring)."""
-        self.decisions = decisions
-        # per decision: the index of the script call answering it (-1: none, a ready result) and its
-        # position in that call's packed reply (-1: the call is its own)
-        self._call_of = [-1] * len(decisions)
-        self._pos_of = [-1] * len(decisions)
         # the pipeline in order: a decision sent as it is (its index), or a group of packed decisions
         order: list[int | list[int]] = []
         groups: dict[tuple[Any, ...], list[int]] = {}
