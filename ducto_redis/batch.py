@@ -242,6 +242,12 @@ def _lines(raw: Any) -> list[str]:
     return (raw.decode("utf-8") if isinstance(raw, bytes) else str(raw)).split("\n")
 
 
+def _calls_of(groups: dict[Any, list[int]]) -> int:
+    """The script calls a batch's groups of packed decisions make: one per
+    :data:`MAX_DECISIONS_PER_CALL` decisions (or fewer) of each group (:meth:`Batch._pack` cuts them)."""
+    return sum((len(m) + MAX_DECISIONS_PER_CALL - 1) // MAX_DECISIONS_PER_CALL for m in groups.values())
+
+
 class Batch(Generic[T]):
     """A list of calls rearranged into as few script calls as their shards allow.
 
@@ -287,17 +293,14 @@ class Batch(Generic[T]):
         every one can share a script call with any other of its shard, so a group is a shard's."""
         groups: dict[int, list[int]] = {}
         order: list[int | list[int]] = []
-        count = 0
         for i, tag in enumerate(decisions.shards()):
             members = groups.get(tag)
             if members is None:
                 members = groups[tag] = []
                 order.append(members)
-            elif len(members) % MAX_DECISIONS_PER_CALL == 0:
-                count += 1  # one more call of this group: it is past a call's most decisions
             members.append(i)
         self._order = order
-        self.count = count + len(groups)
+        self.count = _calls_of(groups)
         """How many script calls the decisions make."""
 
     def _group(self, decisions: list[Call[T]]) -> None:
@@ -349,11 +352,9 @@ class Batch(Generic[T]):
             if members is None:
                 members = groups[group] = []
                 order.append(members)
-            elif len(members) % MAX_DECISIONS_PER_CALL == 0:
-                count += 1  # one more call of this group: it is past a call's most decisions
             members.append(i)
         self._order = order
-        self.count = count + len(groups)
+        self.count = count + _calls_of(groups)
 
     def stream(self) -> Iterator[Call[Any]]:
         """Build the script calls in order, each yielded (and added to :attr:`calls`) once built."""

@@ -486,26 +486,9 @@ class StoreCore:
                                      gindex=k.grant_index)
         return Call(self.scripts["add_credits"], keys, args, parse)
 
-    def debit(
-        self,
-        user_id: str,
-        amount: int,
-        *,
-        reservation_id: str = "",
-        operation_type: str = "",
-        idempotency_key: str | None = None,
-        metadata: CreditMetadata | dict[str, Any] | None = None,
-        min_balance: int = 0,
-        quantities: dict[str, int] | None = None,
-    ) -> Call[DeductionResult]:
-        """Settle a reservation (``reservation_id``) or charge directly; caps checked in the same script.
-
-        ``quantities``: a charge's quantities, checked against the account's quantity limits; a
-        settlement's actual quantities, correcting the hold's estimate.
-        """
-        return self.debit_call(self.debit_input(
-            user_id, amount, reservation_id=reservation_id, operation_type=operation_type,
-            idempotency_key=idempotency_key, metadata=metadata, min_balance=min_balance, quantities=quantities))
+    def debit(self, user_id: str, amount: int, **options: Any) -> Call[DeductionResult]:
+        """A debit's call: its arguments (:meth:`debit_input`'s) validated, then built (:meth:`debit_call`)."""
+        return self.debit_call(self.debit_input(user_id, amount, **options))
 
     def debit_input(
         self,
@@ -519,9 +502,14 @@ class StoreCore:
         min_balance: int = 0,
         quantities: dict[str, int] | None = None,
     ) -> DebitInput:
-        """:meth:`debit`'s arguments validated (an :class:`InvalidInputError` naming the field), not
-        yet built into its call (:meth:`debit_call`): a batch validates every decision before it
-        sends any, and builds each as it is sent (batch.py :func:`~ducto_redis.batch.charge_calls`)."""
+        """Settle a reservation (``reservation_id``) or charge directly (caps checked in the same
+        script): the arguments validated (an :class:`InvalidInputError` naming the field), not yet
+        built into the call (:meth:`debit_call`). A batch validates every decision before it sends
+        any, and builds each as it is sent (batch.py :func:`~ducto_redis.batch.charge_calls`).
+
+        ``quantities``: a charge's quantities, checked against the account's quantity limits; a
+        settlement's actual quantities, correcting the hold's estimate.
+        """
         uid = check_id(user_id, "user_id")
         qs = quantities_arg(quantities)
         settling = reservation_id != ""
