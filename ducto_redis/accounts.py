@@ -164,10 +164,10 @@ class AccountOps(StoreBase):
 
         ``quantities``: the actual quantities, correcting the hold's estimate."""
         rid = check_id(reservation_id, "reservation_id")
-        return self.core.debit(
+        return self.core.debit_call(self.core.debit_input(
             user_id, amount, reservation_id=rid, idempotency_key=idempotency_key, metadata=metadata,
             quantities=quantities,
-        )
+        ))
 
     @command
     def release_reservation(
@@ -207,10 +207,10 @@ class AccountOps(StoreBase):
         """Check caps and balance and debit in one round trip, with no hold (the gateway's call).
 
         ``quantities`` (e.g. ``{"tokens": n}``) are checked against the account's quantity limits."""
-        return self.core.debit(
+        return self.core.debit_call(self.core.debit_input(
             user_id, amount, operation_type=operation_type, idempotency_key=idempotency_key,
             metadata=metadata, min_balance=min_balance, quantities=quantities,
-        )
+        ))
 
     # ── request-rate and quantity limits ──────────────────────────────
 

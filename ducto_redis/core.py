@@ -487,7 +487,8 @@ class StoreCore:
         return Call(self.scripts["add_credits"], keys, args, parse)
 
     def debit(self, user_id: str, amount: int, **options: Any) -> Call[DeductionResult]:
-        """A debit's call: its arguments (:meth:`debit_input`'s) validated, then built (:meth:`debit_call`)."""
+        """A debit's call: its arguments (:meth:`debit_input`'s) validated, then built (:meth:`debit_call`).
+        (The store methods call the two themselves: passing the options on costs a charge ~0.4 µs.)"""
         return self.debit_call(self.debit_input(user_id, amount, **options))
 
     def debit_input(

@@ -177,8 +177,9 @@ def plan_charge(
     The call is ``charge``'s (same validation, and debit.lua's KEYS, which plan_debit.lua shares)
     with the allowance table in place of the reservation id and quantities (lua/plan_debit.lua).
     """
-    base = core.debit(user_id, amount, operation_type=operation_type, idempotency_key=idempotency_key,
-                      metadata=metadata, min_balance=min_balance)
+    base = core.debit_call(core.debit_input(
+        user_id, amount, operation_type=operation_type, idempotency_key=idempotency_key, metadata=metadata,
+        min_balance=min_balance))
     if not isinstance(allowances, dict):
         raise InvalidInputError("allowances", f"must be a dict plan id -> credits, not {type(allowances).__name__}")
     table = {check_label(p, "allowances"): check_amount(a, "allowances", 0) for p, a in allowances.items()}
