@@ -273,7 +273,6 @@ class Batch(Generic[T]):
         # in the order of its reply
         self._answers: list[int | list[int]] = []
         self._results: list[Any] = []
-        self._filled: dict[int, list[str]] = {}  # per packable lean decision: its KEYS with the left-out ones
         decisions = calls if isinstance(calls, Deferred) else list(calls)
         self.decisions: Sequence[Call[T]] = decisions
         # per decision: the index of the script call answering it (-1: none, a ready result) and its
@@ -309,7 +308,6 @@ class Batch(Generic[T]):
         order: list[int | list[int]] = []
         groups: dict[tuple[Any, ...], list[int]] = {}
         generation: dict[str, int] = {}  # per shard tag: bumped by each call that is not packed
-        filled = self._filled
         count = 0
         script: Script | None = None
         twin: Twin | None = None
@@ -336,8 +334,8 @@ class Batch(Generic[T]):
                 continue
             assert twin is not None
             # decisions share a call only if their shared values are equal (always so within one shard)
-            if len(keys) < twin.keys_width:  # a lean call: the KEYS it left out put back, once
-                keys = filled[i] = twin.left_out.fill(keys)
+            if len(keys) < twin.keys_width:  # a lean call: the KEYS it left out put back (for its group)
+                keys = twin.left_out.fill(keys)
             n = len(args)
             if n == twin.args.size:
                 shared_args = picks.shared_args(args)
@@ -377,8 +375,8 @@ class Batch(Generic[T]):
         assert first.script is not None
         picks = _PICKS[first.script.name]
         twin = picks.twin
-        filled, width, fill = self._filled, twin.keys_width, twin.left_out.fill
-        ks = filled.get(members[0]) or first.keys
+        width, fill = twin.keys_width, twin.left_out.fill
+        ks = first.keys
         head_keys = list(picks.shared_keys(ks if len(ks) >= width else fill(ks)))
         own_keys, own_args, own_args_from, pad = picks.own_keys, picks.own_args, picks.own_args_from, picks.pad
         opt_keys, opt_made, opt_from, opt_args = picks.opt_keys, picks.opt_made, picks.opt_from, picks.opt_args
@@ -395,8 +393,8 @@ class Batch(Generic[T]):
             index = len(self.calls)
             for pos, i in enumerate(chunk):
                 d = decisions[i]
-                ks = filled.get(i) or d.keys  # a lean call's with the KEYS it left out
-                if len(ks) < width:  # (a Deferred's decision, built just now)
+                ks = d.keys
+                if len(ks) < width:  # a lean call's, with the KEYS it left out put back
                     ks = fill(ks)
                 keys.extend(own_keys(ks))
                 bits = 0

@@ -1,6 +1,6 @@
 -- debit_many.lua: many charges in one call, each all-or-nothing on its own and decided in order,
 -- exactly as if debit.lua had been called once per decision at one instant: the time of the call's
--- ledger entry, or TIME read once (lib/08_debit.lua many_clock).
+-- ledger entry, or TIME read once (lib/08_debit.lua: the clock of a batch, many_stands).
 -- All keys share one hash tag (the client groups decisions by shard). An account is read once and
 -- written once per call; the decisions' ledger rows form ONE stream entry.
 -- KEYS: ledger events; per decision: account grants [idem]

@@ -41,7 +41,7 @@ local function state_of(S)
   -- warn/notify cap (lib/08_debit.lua debit_clock)
   p.timeless = hx == '' and gx == '' and (not p.dL or p.dA == 'deny') and (not p.mL or p.mA == 'deny')
   -- a charge on it depends on the time only through the day and the month (no holds or grants due
-  -- to look at, no request-rate or quantity limit: they need the time itself; lib/08_debit.lua many_clock)
+  -- to look at, no request-rate or quantity limit: they need the time itself; lib/08_debit.lua many_clock_now)
   p.day_only = hx == '' and gx == '' and rl == '' and ql == ''
   p.mt = { __index = p }
   if parsed_count > 10000 then parsed, parsed_count = {}, 0 end
