@@ -213,7 +213,8 @@ def charge_calls(core: StoreCore, requests: Sequence[ChargeRequest | Mapping[str
     inputs = _each(ChargeRequest, requests, lambda r: core.debit_input(
         r.user_id, r.amount, operation_type=r.operation_type, idempotency_key=r.idempotency_key, metadata=r.metadata,
         min_balance=r.min_balance, quantities=r.quantities))
-    return Deferred(inputs, core.debit_call, core.debit_shard)
+    return Deferred(inputs, core.debit_call, core.debit_shard, twin=DEBIT_MANY.name, pack=core.debit_many_parts,
+                    parser=core.debit_parse)
 
 
 @dataclass(slots=True)
@@ -371,6 +372,20 @@ class Batch(Generic[T]):
 
     def _pack(self, members: list[int]) -> Iterator[Call[Any]]:
         decisions, call_of, pos_of = self.decisions, self._call_of, self._pos_of
+        if isinstance(decisions, Deferred):  # written from the inputs: no decision's own call is built
+            script = self._scripts[decisions.twin]
+            for start in range(0, len(members), MAX_DECISIONS_PER_CALL):
+                chunk = members[start : start + MAX_DECISIONS_PER_CALL]
+                index = len(self.calls)
+                for pos, i in enumerate(chunk):
+                    call_of[i] = index
+                    pos_of[i] = pos
+                keys, args = decisions.packed(chunk)
+                call = Call(script, keys, args, _lines)
+                self._answers.append(chunk)
+                self.calls.append(call)
+                yield call
+            return
         first = decisions[members[0]]
         assert first.script is not None
         picks = _PICKS[first.script.name]
@@ -437,6 +452,11 @@ class Batch(Generic[T]):
             results[answers] = decisions[answers].parse(reply)
             return
         lines = _lines(reply)
+        if isinstance(decisions, Deferred):  # (their calls were never built)
+            inputs, parser = decisions.inputs, decisions.parser
+            for pos, i in enumerate(answers):
+                results[i] = parser(inputs[i])(lines[pos])
+            return
         for pos, i in enumerate(answers):
             results[i] = decisions[i].parse(lines[pos])
 
@@ -453,14 +473,16 @@ class Batch(Generic[T]):
         """Results in the order of the decisions, from the replies of :attr:`calls`."""
         out: list[T] = []
         split: dict[int, list[str]] = {}
-        for call, index, pos in zip(self.decisions, self._call_of, self._pos_of, strict=True):
+        decisions = self.decisions
+        parse_of = decisions.parse_of if isinstance(decisions, Deferred) else lambda i: decisions[i].parse
+        for i, (index, pos) in enumerate(zip(self._call_of, self._pos_of, strict=True)):
             if index < 0:
-                out.append(call.parse(None))
+                out.append(parse_of(i)(None))
             elif pos < 0:
-                out.append(call.parse(replies[index]))
+                out.append(parse_of(i)(replies[index]))
             else:
                 lines = split.get(index)
                 if lines is None:
                     lines = split[index] = _lines(replies[index])
-                out.append(call.parse(lines[pos]))
+                out.append(parse_of(i)(lines[pos]))
         return out

@@ -26,7 +26,7 @@ from pydantic_core import PydanticSerializationError
 
 from .errors import InvalidInputError, ScriptReplyError
 from .keys import USER, KeySchema, LeftOutKeys
-from .layout import cap_text, copy_escape, fragment, tx_id
+from .layout import cap_text, copy_escape, fragment, tx_ref_id
 from .models import (
     AddCreditsResult,
     CreditMetadata,
@@ -35,7 +35,7 @@ from .models import (
 )
 from .scripts import Script, scripts
 from .settings import Settings, script_config
-from .specs import ADD_CREDITS, BALANCE, DEBIT, POOL_DEBIT, SET_CAP, ScriptSpec
+from .specs import ADD_CREDITS, BALANCE, DEBIT, DEBIT_MANY, POOL_DEBIT, SET_CAP, SHAPE, SHAPE_CHARS, ScriptSpec
 from .validation import (
     check_amount,
     check_choice,
@@ -84,13 +84,23 @@ class Deferred(Sequence[Call[T]]):
     same shard (``shard(input)``): the same script, its batched twin, the same shared values.
     """
 
-    __slots__ = ("_calls", "build", "inputs", "shard_of")
+    __slots__ = ("_calls", "_packed", "build", "inputs", "pack", "parser", "shard_of", "twin")
 
-    def __init__(self, inputs: list[Any], build: Callable[[Any], Call[T]], shard: Callable[[Any], int]) -> None:
+    def __init__(self, inputs: list[Any], build: Callable[[Any], Call[T]], shard: Callable[[Any], int], *,
+                 twin: str, pack: Callable[[list[Any]], tuple[list[str], list[str]]],
+                 parser: Callable[[Any], Callable[[Any], T]]) -> None:
         self.inputs = inputs
         self.build = build
         self.shard_of = shard
+        self.twin = twin
+        """The batched script decisions of one shard share a call of (its spec's name)."""
+        self.pack = pack
+        """The KEYS and ARGV of one :attr:`twin` call deciding these inputs (of one shard, in order),
+        written from the inputs themselves: none of their own calls is built."""
+        self.parser = parser
+        """How an input's decision reads its reply (its own call's ``parse``, without building it)."""
         self._calls: list[Call[T] | None] = [None] * len(inputs)
+        self._packed: dict[tuple[int, ...], tuple[list[str], list[str]]] = {}
 
     def __len__(self) -> int:
         return len(self.inputs)
@@ -110,6 +120,22 @@ class Deferred(Sequence[Call[T]]):
     def shards(self) -> list[int]:
         """The shard of every decision, in order, without building their calls."""
         return list(map(self.shard_of, self.inputs))
+
+    def packed(self, chunk: list[int]) -> tuple[list[str], list[str]]:
+        """The KEYS and ARGV of the :attr:`twin` call deciding these decisions (of one shard, in
+        order), written the first time it is asked for and kept, like a built call: the same
+        decisions sent again are sent with the same call ids, and answered as replays."""
+        key = tuple(chunk)
+        parts = self._packed.get(key)
+        if parts is None:
+            inputs = self.inputs
+            parts = self._packed[key] = self.pack([inputs[i] for i in chunk])
+        return parts
+
+    def parse_of(self, i: int) -> Callable[[Any], T]:
+        """How decision ``i`` reads its reply (built or not)."""
+        call = self._calls[i]
+        return call.parse if call is not None else self.parser(self.inputs[i])
 
 
 # ── validation (the rules live in validation.py; these apply them to metadata and quantities) ──
@@ -206,9 +232,10 @@ def error_code(status: str) -> str | None:
 # Reply fields by name (ducto_redis/specs.py): ``r[_D.ref]`` costs what ``r[2]`` did.
 _D = DEBIT.reply.pos
 _DEBIT_SIZE = DEBIT.reply.size
-# the fields a debit's result is made of, read from its split reply in one C call
-_DEBIT_FIELDS = itemgetter(_D.ref, _D.amount, _D.balance, _D.idempotent, _D.status, _D.cap, _D.retry, _D.remaining,
-                           _D.limit)
+# a debit's reply is unpacked by position (debit_parser): its fields must be these, in this order
+if DEBIT.reply.names != ("status", "idempotent", "ref", "amount", "balance", "held", "cap", "retry", "remaining",
+                         "limit"):
+    raise ValueError(f"debit's reply ({DEBIT.reply.text()}) is not the one debit_parser reads")
 
 
 class _Ids:
@@ -257,12 +284,8 @@ def new_call_id() -> str:
     return _IDS.call()
 
 
-def tx_of(shard: int, ref: str) -> str:
-    """The transaction id of a reply's ``<entry>/<row>`` reference ("" when the call wrote no row)."""
-    if not ref:
-        return ""
-    entry, _, row = ref.partition("/")
-    return tx_id(shard, entry, int(row or 0))
+tx_of = tx_ref_id
+"""The transaction id of a reply's ``<entry>/<row>`` reference ("" when the call wrote no row)."""
 
 
 M = TypeVar("M", bound=BaseModel)
@@ -283,15 +306,20 @@ def construct(cls: type[M], **values: Any) -> M:
         }
         _DEFAULTS[cls] = defaults
     obj = cls.__new__(cls)
-    object.__setattr__(obj, "__dict__", {**defaults, **values})
-    object.__setattr__(obj, "__pydantic_fields_set__", set(values))
-    object.__setattr__(obj, "__pydantic_extra__", None)
-    object.__setattr__(obj, "__pydantic_private__", None)
+    _set_dict(obj, {**defaults, **values})
+    _set_fields(obj, set(values))
+    _set_extra(obj, None)
+    _set_private(obj, None)
     return obj
 
 
 _new = object.__new__
-_set = object.__setattr__
+# BaseModel's four slots set through their own descriptors: a fifth cheaper than object.__setattr__
+# (which looks each up by name first); what BaseModel.model_construct sets, in its order
+_set_dict = BaseModel.__dict__["__dict__"].__set__
+_set_fields = BaseModel.__dict__["__pydantic_fields_set__"].__set__
+_set_extra = BaseModel.__dict__["__pydantic_extra__"].__set__
+_set_private = BaseModel.__dict__["__pydantic_private__"].__set__
 _DEDUCTION_FIELDS = frozenset(DeductionResult.model_fields)
 
 
@@ -305,14 +333,14 @@ def deduction_result(
     field in the fields set) at about half the cost of :func:`construct`.
     """
     obj = _new(DeductionResult)
-    _set(obj, "__dict__", {
+    _set_dict(obj, {
         "transaction_id": transaction_id, "user_id": user_id, "amount": amount, "balance_after": balance_after,
         "idempotent": idempotent, "error": error, "cap_action": cap_action, "retry_after_ms": retry_after_ms,
         "rate_limit_remaining": rate_limit_remaining, "rate_limit_limit": rate_limit_limit,
     })
-    _set(obj, "__pydantic_fields_set__", set(_DEDUCTION_FIELDS))
-    _set(obj, "__pydantic_extra__", None)
-    _set(obj, "__pydantic_private__", None)
+    _set_fields(obj, set(_DEDUCTION_FIELDS))
+    _set_extra(obj, None)
+    _set_private(obj, None)
     return obj
 
 
@@ -336,13 +364,39 @@ min balance, metadata as its JSON text ("": none), idempotency key, model, quant
 ARGV text), reservation id, and the user's :class:`DebitKeys` (its shard among them)."""
 
 
+def debit_frag(d: DebitInput) -> str:
+    """A validated debit's ledger row fragment (its fields after the amounts: operation, account,
+    reservation, model, idempotency key, metadata), each escaped only when there is something to
+    escape (a plain charge has no reservation, model or key)."""
+    _uid, _n, op, _floor, meta_json, ikey, model, _qs, reservation_id, dk = d
+    e = copy_escape
+    return (f"\t{e(op)}\tu\t{dk.escaped_id}\t\t{e(reservation_id) if reservation_id else ''}"
+            f"\t{e(model) if model else ''}\t\t{e(ikey) if ikey else ''}"
+            f"\t{e(meta_json) if meta_json else ''}")
+
+
+# debit_many's layout as StoreCore.debit_many_parts writes it (from a debit's full KEYS, DebitKeys.full):
+# checked against the two specs here, so a change to either fails at import, not on the wire
+if (DEBIT_MANY.keys.names, DEBIT_MANY.keys.each, DEBIT_MANY.keys.each_optional) != (
+        ("ledger", "events"), ("account", "grants", "idem"), 1) or (
+        DEBIT_MANY.args.names, DEBIT_MANY.args.each, DEBIT_MANY.args.each_optional) != (
+        ("config", SHAPE), ("cid", "amount", "frag", "model", "floor", "quantities"), 3):
+    raise ValueError(f"debit_many's layout ({DEBIT_MANY.keys.text()}; {DEBIT_MANY.args.text()}) is not "
+                     "the one StoreCore.debit_many_parts writes")
+_MANY_HEAD = itemgetter(DEBIT.keys.at("ledger"), DEBIT.keys.at("events"))
+_MANY_OWN = itemgetter(DEBIT.keys.at("account"), DEBIT.keys.at("grants"))
+_MANY_SHAPE = DEBIT_MANY.args.names.index(SHAPE)
+
+
 def debit_parser(shard: int, uid: str) -> Callable[[Any], DeductionResult]:
     """How a debit reply (debit.lua's, or one line of debit_many.lua's) of user ``uid`` in ``shard``
     reads as its :class:`DeductionResult`: one function per user (:class:`DebitKeys`), not per call."""
 
     def parse(raw_reply: Any) -> DeductionResult:
-        ref, amount, balance, idempotent, status, cap, retry, rate, limit = _DEBIT_FIELDS(
-            split_reply(raw_reply, _DEBIT_SIZE, _D.limit))
+        r = raw_reply.split("|") if type(raw_reply) is str else None  # (its fields are numbers and words)
+        if r is None or len(r) != _DEBIT_SIZE:  # bytes, or an older reply (split_reply's rules)
+            r = split_reply(raw_reply, _DEBIT_SIZE, _D.limit)
+        status, idempotent, ref, amount, balance, _held, cap, retry, rate, limit = r
         # rate: '' when no rate limit was checked (then no limit either)
         return deduction_result(
             tx_of(shard, ref), uid, -int(amount), int(balance), idempotent == "1",
@@ -534,7 +588,7 @@ class StoreCore:
 
     def debit_call(self, d: DebitInput) -> Call[DeductionResult]:
         """The call of a debit validated by :meth:`debit_input`."""
-        uid, n, op, floor, meta_json, ikey, model, qs, reservation_id, dk = d
+        uid, n, _op, floor, _meta_json, ikey, model, qs, reservation_id, dk = d
         widen: Widen | None = None
         if ikey is not None:  # every optional KEY, the idempotency key last
             keys = [*dk.full[:-1], self.keys.user(uid).idempotency(ikey)]
@@ -543,13 +597,41 @@ class StoreCore:
         else:  # lean: account ledger (widened if its decision needs more)
             keys, widen = list(dk.keys), self.widen_debit
 
-        e = copy_escape  # each only when there is something to escape (a plain charge has no rid, model, key)
-        frag = (f"\t{e(op)}\tu\t{dk.escaped_id}\t\t{e(reservation_id) if reservation_id else ''}"
-                f"\t{e(model) if model else ''}\t\t{e(ikey) if ikey else ''}"
-                f"\t{e(meta_json) if meta_json else ''}")
-        args = DEBIT.args.pack(cid=_IDS.call(), amount=str(n), frag=frag, config=self.config(), model=model,
+        args = DEBIT.args.pack(cid=_IDS.call(), amount=str(n), frag=debit_frag(d), config=self.config(), model=model,
                                floor=str(floor) if floor else "", rid=reservation_id, quantities=qs)
         return Call(self.scripts["debit"], keys, args, dk.parse, widen)
+
+    def debit_many_parts(self, ds: list[DebitInput]) -> tuple[list[str], list[str]]:
+        """The KEYS and ARGV of one debit_many call deciding charges validated by :meth:`debit_input`
+        (of one shard, in order; no settlement): what batch.py ``Batch._pack`` makes of their
+        :meth:`debit_call` s, written straight from the values (a batch's decisions cost half as
+        much to pack; tests/test_batched_decisions.py holds the two equal). Every decision sends its
+        account and grants KEYS, its idempotency key only if it has one, its model, floor and
+        quantities only if one is not empty; ``shape`` says which (specs.py SHAPE_CHARS)."""
+        ledger, events = _MANY_HEAD(ds[0][9].full)
+        keys, args, shape = [ledger, events], [self.config(), ""], []
+        call, chars, own = _IDS.call, SHAPE_CHARS, _MANY_OWN
+        for d in ds:
+            uid, n, _op, floor, _meta, ikey, model, qs, rid, dk = d
+            if rid:
+                raise ValueError("a settlement is never packed into debit_many")
+            keys += own(dk.full)
+            bits = 0
+            if ikey is not None:
+                keys.append(self.keys.user(uid).idempotency(ikey))
+                bits = 1
+            args += (call(), str(n), debit_frag(d))
+            if model or floor or qs:
+                args += (model, str(floor) if floor else "", qs)
+                bits += 2
+            shape.append(chars[bits])
+        args[_MANY_SHAPE] = "".join(shape)
+        return keys, args
+
+    @staticmethod
+    def debit_parse(d: DebitInput) -> Callable[[Any], DeductionResult]:
+        """How a validated debit's reply (:meth:`debit_input`) reads: its account's debit parser."""
+        return d[9].parse
 
     def spend_cap(self, cap: SpendCap, account_kind: str, *, remove: bool = False) -> Call[None]:
         """Set (or remove) a user's (``account_kind`` "u") or a team's ("t") daily or monthly cap."""

@@ -555,14 +555,18 @@ def test_a_batch_of_charges_builds_each_call_only_as_it_packs_it(store: RedisSto
     from ducto_redis.batch import Batch, charge_calls
 
     deferred = charge_calls(store.core, [ChargeRequest(f"lazy-{i}", 1, "req") for i in range(100)])
-    built: list[Any] = []
-    build = deferred.build
+    built: list[Any] = []  # a decision's own call built, or its part of a shard's packed call written
+    build, pack = deferred.build, deferred.pack
 
     def counted(d: Any) -> Any:
         built.append(d)
         return build(d)
 
-    deferred.build = counted
+    def packed(ds: list[Any]) -> Any:
+        built.extend(ds)
+        return pack(ds)
+
+    deferred.build, deferred.pack = counted, packed
     batch = Batch(deferred, store.core.scripts, stream=True)
     assert built == []  # validated and grouped by shard: nothing built yet
     calls = batch.stream()
