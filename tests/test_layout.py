@@ -35,6 +35,7 @@ from ducto_redis.layout import (
     plan_text,
     pricing_record,
     tx_id,
+    tx_ref_id,
 )
 from ducto_redis.models import PricingConfigData, SpendCap
 from ducto_redis.store import RedisStore
@@ -288,3 +289,13 @@ def test_a_transaction_id_is_its_entry_row_and_shard_whichever_parts_were_made_b
     # past the id's 12 row bits the row is written whole, as the one format always did: no id then
     assert tx_id(3, "100-5", 5000) == "00000000-0064-81388-0003-000000000005"
     assert parse_tx_id(tx_id(3, "100-5", 5000)) is None
+
+
+def test_a_replys_row_reference_reads_as_the_transaction_id_of_that_row() -> None:
+    # every debit reply's "<entry>/<row>" is read by tx_ref_id, which joins tx_id's parts itself
+    for entry in ("1764585600123-17", "1764585600123-0", "17-0", f"{2**48 - 1}-{2**48 - 1}"):
+        for shard in (0, 5, 2**16 - 1):
+            for row in (0, 1, 99, 4095, 5000):
+                assert tx_ref_id(shard, f"{entry}/{row}") == tx_id(shard, entry, row)
+            assert tx_ref_id(shard, f"{entry}/") == tx_id(shard, entry)
+    assert tx_ref_id(5, "") == ""  # the call wrote no row
