@@ -28,6 +28,12 @@ Usage::
 
     python bench/instructions.py [--calls 200] [--span 1000] [--repeat 1] [--code PATH] [--write] [case ...]
     python bench/instructions.py --profile PATH/TO/redis-server [--top 25] charge
+    python bench/instructions.py --client [--span 1000] [--write] [case ...]
+
+``--client`` counts the other side: the client process' instructions per decision (callgrind on
+Python, a plain private redis-server answering), ``reference`` / ``charge`` one call at a time and
+``reference_100`` / ``charge_many_100`` batched (as bench/hotpath.py's x100 rows), each as a ratio to
+the reference sent the same way: the caller's CPU as a count the machine's load does not change.
 
 Needs ``valgrind`` and ``redis-server`` on PATH. Nothing here is asserted by a test.
 """
@@ -182,6 +188,29 @@ CASES: dict[str, tuple[str, str, str, int]] = {
     ),
     "add": ("add_credits", STORE_SETUP, "s.add_credits(f'u{i % 20}', 1)", 1),
 }
+# --client: what the calling process executes per decision (callgrind on the client, a plain private
+# redis-server): the batched yardstick beside the cases above that a client sends one by one
+CLIENT_CASES: dict[str, tuple[str, str, str, int]] = {
+    "reference_100": (
+        "reference debit script, redis-py pipelined x100",
+        "sha = r.script_load(open(REFERENCE).read())\nr.hset('ref:{t}:bal', 'balance', 10**15)",
+        "p = r.pipeline(transaction=False)\n    for j in range(100):\n"
+        "        p.evalsha(sha, 4, 'ref:{t}:bal', 'ref:{t}:day', 'ref:{t}:mem', 'ref:{t}:ledger', 1, 10**15, 'm1',"
+        " 10**15, f'e{i}-{j}', 1735689600000, 90000)\n    p.execute()",
+        100,
+    ),
+    "charge_many_100": (
+        "RedisStore.charge_many x100 (100 users in 64 shards, as bench/hotpath.py's row)",
+        "from ducto_redis import RedisStore\nfrom ducto_redis.batch import ChargeRequest\n"
+        "s = RedisStore.from_url(URL, namespace='cgc')\ns.setup()\n"
+        "for u in range(100):\n    s.add_credits(f'batch-{u}', 10**12)\n"
+        "reqs = [ChargeRequest(f'batch-{u}', 1, 'bench') for u in range(100)]",
+        "s.charge_many(reqs)",
+        100,
+    ),
+}
+CLIENT_DEFAULT = ("reference", "charge", "reference_100", "charge_many_100")
+
 WORKLOAD = """
 import sys
 sys.path.insert(0, {code!r})
@@ -240,6 +269,35 @@ def instructions(code: str, case: str, decisions: int, binary: str = "redis-serv
     raise RuntimeError(f"no totals in {out}")
 
 
+def client_instructions(code: str, case: str, decisions: int) -> int:
+    """Total instructions of a callgrind'ed client process that ran the setup and ``decisions``
+    against a plain private redis-server (Redis' own work is not counted)."""
+    _label, setup, call, per_call = {**CASES, **CLIENT_CASES}[case]
+    port, folder = free_port(), tempfile.mkdtemp(prefix="ducto-cgc-")
+    out = Path(folder) / "callgrind.out"
+    server = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                               "--appendonly", "no", "--dir", folder],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(100):
+            ping = subprocess.run(["redis-cli", "-p", str(port), "ping"], capture_output=True, text=True)
+            if ping.stdout.strip() == "PONG":
+                break
+            time.sleep(0.05)
+        workload = WORKLOAD.format(code=code, port=port, reference=str(REFERENCE), floor=str(FLOOR), setup=setup,
+                                   calls=decisions // per_call, call=call)
+        subprocess.run(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", sys.executable, "-c",
+                        workload], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    finally:
+        server.terminate()
+        server.wait(30)
+    for line in out.read_text().splitlines():
+        if line.startswith(("summary:", "totals:")):
+            shutil.rmtree(folder, ignore_errors=True)
+            return int(line.split()[1])
+    raise RuntimeError(f"no totals in {out}")
+
+
 _FUNCTION_LINE = re.compile(r"^\s*([\d,]+) \([ \d.]+%\)\s+(\S+?:\S+)", re.MULTILINE)
 
 
@@ -279,7 +337,13 @@ def main() -> None:
     ap.add_argument("--profile", metavar="REDIS_SERVER",
                     help="instead: each case's top functions per decision, on this redis-server built with symbols")
     ap.add_argument("--top", type=int, default=25, help="functions shown per case with --profile (default 25)")
+    ap.add_argument("--client", action="store_true",
+                    help=f"instead: the client process' instructions per decision ({', '.join(CLIENT_DEFAULT)} "
+                         f"by default; any case, and {', '.join(CLIENT_CASES)})")
     opts = ap.parse_args()
+    if opts.client:
+        client_main(opts)
+        return
     if unknown := set(opts.cases) - set(CASES):
         ap.error(f"unknown case(s): {', '.join(sorted(unknown))}")
     if not (shutil.which("valgrind") and shutil.which("redis-server")):
@@ -305,6 +369,34 @@ def main() -> None:
         write_section("Redis instructions per decision", "python bench/instructions.py " + " ".join(sys.argv[1:]),
                       "callgrind on a private redis-server (the machine's load does not change it; one server "
                       "to the next, up to ~2%); each row also as a ratio to the reference debit script measured "
+                      "in the same run.",
+                      "\n".join(rows))
+
+
+def client_main(opts: argparse.Namespace) -> None:
+    """``--client``: each case's client instructions per decision, and as a ratio to the reference
+    sent the same way (one by one: ``reference``; batched: ``reference_100``)."""
+    if unknown := set(opts.cases) - set(CASES) - set(CLIENT_CASES):
+        sys.exit(f"unknown case(s): {', '.join(sorted(unknown))}")
+    if not shutil.which("valgrind"):
+        sys.exit("needs valgrind and redis-server on PATH")
+    wanted = opts.cases or list(CLIENT_DEFAULT)
+    span = max(opts.span, 100) // 100 * 100
+    got: dict[str, float] = {}
+    for case in dict.fromkeys(["reference", "reference_100", *wanted]):
+        got[case] = (client_instructions(opts.code, case, opts.calls + span)
+                     - client_instructions(opts.code, case, opts.calls)) / span
+    rows = ["| client | instructions per decision | vs the reference sent the same way |", "|---|---:|---:|"]
+    for case in wanted:
+        label, _s, _c, per_call = {**CASES, **CLIENT_CASES}[case]
+        base = got["reference_100" if per_call > 1 else "reference"]
+        rows.append(f"| {label} | {got[case]:,.0f} | {got[case] / base:.2f}× |")
+        print(rows[-1], flush=True)
+    if opts.write:
+        write_section("Client instructions per decision", "python bench/instructions.py " + " ".join(sys.argv[1:]),
+                      "callgrind on the client process (a plain private redis-server answers it): what a decision "
+                      "costs the caller's CPU, Redis' work not counted; batched cases as a ratio to redis-py "
+                      "pipelining the reference script x100, single calls to its one-by-one EVALSHA, measured "
                       "in the same run.",
                       "\n".join(rows))
 
