@@ -263,7 +263,9 @@ class Batch(Generic[T]):
     (a store's lane writes each as soon as it is built, so Redis runs the first while the next are
     packed), or all at once unless ``stream`` is set. :attr:`count` is how many there are. Given a
     :class:`~ducto_redis.core.Deferred` (``charge_many``'s: validated, not built), the decisions are
-    grouped by shard without building any, and each is built only when its script call is.
+    grouped by shard without building any; a shard's call is written from their inputs when its turn
+    comes (``Deferred.packed``; a decision alone in its shard is built then), never from calls of
+    their own, and read back by each input's parser.
     """
 
     def __init__(self, calls: Sequence[Call[T]], scripts: dict[str, Script], *, stream: bool = False) -> None:

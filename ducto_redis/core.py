@@ -75,13 +75,16 @@ def ready(result: T) -> Call[T]:
 
 
 class Deferred(Sequence[Call[T]]):
-    """Calls validated but not built yet: each is built from its input the first time it is asked
-    for (and kept). A batch validates every decision before it sends any, so a bad one raises with
-    nothing written, and builds each decision's call only as it packs it, while Redis runs the calls
-    written before it (batch.py :class:`~ducto_redis.batch.Batch`).
+    """Calls validated but not built yet. A batch validates every decision before it sends any, so a
+    bad one raises with nothing written, and writes each shard's script call only as it sends it,
+    while Redis runs the calls written before it (batch.py :class:`~ducto_redis.batch.Batch`): a
+    decision alone in its shard as its own call, built from its input the first time it is asked for
+    (``build``), the decisions of a shard together as one call of the batched :attr:`twin`, written
+    straight from their inputs (``pack``: none of their own calls is built). Either is kept once
+    made, so the same decisions sent again are the same calls, with the same call ids.
 
-    Every call of one is made by the same ``build`` and can share a script call with any other of the
-    same shard (``shard(input)``): the same script, its batched twin, the same shared values.
+    Every input of one can share a twin call with any other of the same shard (``shard(input)``):
+    the same script, the same shared values.
     """
 
     __slots__ = ("_calls", "_packed", "build", "inputs", "pack", "parser", "shard_of", "twin")
@@ -93,10 +96,10 @@ class Deferred(Sequence[Call[T]]):
         self.build = build
         self.shard_of = shard
         self.twin = twin
-        """The batched script decisions of one shard share a call of (its spec's name)."""
+        """The batched script (its spec's name) whose one call decides a shard's decisions together."""
         self.pack = pack
         """The KEYS and ARGV of one :attr:`twin` call deciding these inputs (of one shard, in order),
-        written from the inputs themselves: none of their own calls is built."""
+        written from the inputs themselves."""
         self.parser = parser
         """How an input's decision reads its reply (its own call's ``parse``, without building it)."""
         self._calls: list[Call[T] | None] = [None] * len(inputs)
