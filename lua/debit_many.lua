@@ -36,7 +36,7 @@ repeat
     replies[i], marks[i] = r, tail or K[5] or false
   end
   local out = finish(ctx, replies, marks, #shape)
-  if out then return tconcat(out, '\n', 1, #shape) end
+  if out then return out end
   -- decided on a day or month that is not the entry's: once more, on Redis' clock as it was read
   ctx = ctx_new(ARGV[1], KEYS[1], KEYS[2], CLOCK)
 until false

@@ -32,4 +32,4 @@ for i = 1, #shape do
   replies[i] = team_debit(ctx, K, A)
   idems[i] = K[4] or false
 end
-return tconcat(finish(ctx, replies, idems, #shape), '\n', 1, #shape)
+return finish(ctx, replies, idems, #shape)

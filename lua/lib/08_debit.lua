@@ -226,25 +226,29 @@ end
 -- The tables a call of many decisions (debit_many.lua, pool_debit_many.lua) fills, made once and
 -- refilled by every such call (a call runs alone; a table made per call is garbage the collector
 -- sweeps, grown by rehashing): one decision's KEYS and ARGV as the single script has them (the
--- debit keeps neither), and per decision its reply and mark (finish). Entries past the call's
--- count are stale: every use is bounded by it.
-local MANY_K, MANY_A, MANY_REPLIES, MANY_MARKS = {}, {}, {}, {}
+-- debit keeps neither), per decision its reply and mark (finish), and the pieces of the call's
+-- reply. Entries past the call's count are stale: every use is bounded by it.
+local MANY_K, MANY_A, MANY_REPLIES, MANY_MARKS, MANY_OUT = {}, {}, {}, {}, {}
 
--- Finish a call of `n` decisions: the replies as text (in place); nil: start over (many_stands).
--- marks: per decision, true when its reply is the text after its entry id (a made decision of a
--- batch, lib/09_user.lua), else its idempotency key or false.
+-- Finish a call of `n` decisions: its reply, each decision's text on a line; nil: start over
+-- (many_stands). marks: per decision, true when its reply is the text after its entry id (a made
+-- decision of a batch, lib/09_user.lua), else its idempotency key or false. A made decision's line
+-- is joined from two pieces by the one concatenation of the reply, not made as a string of its own
+-- first (each string Lua makes is hashed, interned and collected).
 local function finish(ctx, replies, marks, n)
   local entry = finish_writes(ctx, true)
   if entry == false then return nil end
-  local made
+  local out, j, made = MANY_OUT, 0, nil
   for i = 1, n do
     local m = marks[i]
     if m == true then
       if not made then made = 'ok|0|' .. entry end
-      replies[i] = made .. replies[i]
+      out[j + 1], out[j + 2], out[j + 3] = made, replies[i], '\n'
+      j = j + 3
     else
-      replies[i] = reply_text(ctx, replies[i], entry, m)
+      out[j + 1], out[j + 2] = reply_text(ctx, replies[i], entry, m), '\n'
+      j = j + 2
     end
   end
-  return replies
+  return tconcat(out, '', 1, j - 1)
 end
