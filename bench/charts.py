@@ -44,6 +44,8 @@ SECTIONS = {
                      "decisions per second (more is better)"),
     "Redis instructions per decision": Chart(("Redis instructions per decision",),
                                              "Redis instructions per decision, callgrind (less is better)"),
+    "Client instructions per decision": Chart(("instructions per decision",),
+                                              "client instructions per decision, callgrind (less is better)"),
     "Import time": Chart(("ms",), "milliseconds (less is better)"),
     "ducto 1.0's own test suite": Chart(("passed", "collected"), "tests of ducto 1.0's suite (passed of collected)"),
     "Embedded ledger (MemoryStore)": Chart(("charge/s (median round)",), "charges per second (more is better)"),
