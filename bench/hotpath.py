@@ -28,9 +28,13 @@ Usage::
     python bench/hotpath.py --seconds 3 --rounds 3 --write   # and write bench/RESULTS.md
     python bench/hotpath.py --breakdown          # client CPU of each stage of charge / charge_many
     python bench/hotpath.py --timeline           # wall time of one charge_many x100, phase by phase
+    python bench/hotpath.py --paired 30 --seconds 0.5   # each target's two rows in turn, ratio per pair
 
 The machine is noisy (2 cores): rounds are interleaved and the median round is reported;
-quote ratios from one run, not absolute numbers. Nothing here is asserted by a test.
+quote ratios from one run, not absolute numbers. A round runs every section in turn, so a drift
+in the machine's speed over minutes can fall on one row of a target and not on its yardstick;
+``--paired`` runs only the targets' rows, back to back, and reports the ratio of each pair (its
+median, quartiles and range). Nothing here is asserted by a test.
 """
 
 from __future__ import annotations
@@ -731,6 +735,43 @@ def table(results: list[Result]) -> str:
     return "\n".join(lines)
 
 
+def paired(seconds: float, pairs: int, only: list[str] | None) -> str:
+    """Each timed target's two rows run in turn, ``seconds`` each, ``pairs`` times (which goes first
+    alternating): the ratio of every pair, then their median, quartiles and range. A drift in the
+    machine's speed over the run falls on both sides of a pair alike, where the table's rounds
+    (every section in turn, minutes apart) let it fall on one row more than the other."""
+    b = Bench(seconds)
+    made: dict[str, tuple[int, Callable[[], tuple[float, list[float]]]]] = {}
+    lines = ["| target | pairs | median ratio | quartiles | range | pairs at or past it |",
+             "|---|---:|---:|---:|---:|---:|"]
+    try:
+        for what, row, against, floor in TARGETS:
+            if only and not any(o in what or o in row for o in only):
+                continue
+            for name in (row, against):
+                if name not in made:
+                    made[name] = SECTIONS[name](b)
+            ratios: list[float] = []
+            for k in range(pairs):
+                rates: dict[str, float] = {}
+                for name in ((row, against) if k % 2 == 0 else (against, row)):
+                    per_call, runner = made[name]
+                    rates[name] = runner()[0] * per_call
+                    b.last_cpu = (0.0, None)
+                    b.trim_ledger()
+                ratios.append(rates[row] / rates[against])
+                print(f"pair {k + 1}/{pairs} {what}: {ratios[-1]:.2f}x", file=sys.stderr)
+            q1, median, q3 = statistics.quantiles(ratios, n=4)
+            past = sum(r >= floor for r in ratios)
+            lines.append(f"| {what} (≥ {floor:.2f}×) | {pairs} | **{median:.2f}×** | {q1:.2f}–{q3:.2f}× "
+                         f"| {min(ratios):.2f}–{max(ratios):.2f}× | {past} of {pairs} |")
+    finally:
+        for c in b.cleanups:
+            c()
+        b.drop()
+    return "\n".join(lines)
+
+
 def breakdown(seconds: float) -> str:
     """Client CPU per decision of each stage of ``charge`` (with a daily deny cap) and of
     ``charge_many`` x100, each stage alone in a loop (so warmer caches than in the whole call: read
@@ -862,6 +903,9 @@ def main() -> None:
     ap.add_argument("--url", default=URL, help=f"Redis to measure (default {URL})")
     ap.add_argument("--timeline", action="store_true",
                     help="where the wall time of one charge_many x100 goes, phase by phase")
+    ap.add_argument("--paired", type=int, metavar="PAIRS",
+                    help="instead: each timed target's two rows in turn, --seconds each, PAIRS times; "
+                         "the ratio pair by pair (median, quartiles, range); --only picks targets")
     ap.add_argument("--breakdown", action="store_true",
                     help="print only the client CPU of each stage of charge and charge_many x100")
     args = ap.parse_args()
@@ -871,6 +915,9 @@ def main() -> None:
         return
     if args.breakdown:
         print(breakdown(args.seconds))
+        return
+    if args.paired:
+        print(paired(args.seconds, args.paired, args.only))
         return
     text = table(run(args.seconds, args.rounds, args.only))
     print(text)
