@@ -231,26 +231,44 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def _wait_for(port: int, tries: int, pause: float) -> None:
+    """Until the redis-server on ``port`` answers PING (``tries`` times, ``pause`` s apart)."""
+    for _ in range(tries):
+        ping = subprocess.run(["redis-cli", "-p", str(port), "ping"], capture_output=True, text=True)
+        if ping.stdout.strip() == "PONG":
+            return
+        time.sleep(pause)
+
+
+def _workload(code: str, case: str, port: int, decisions: int) -> str:
+    """The Python program that runs ``case``'s setup and ``decisions`` against Redis on ``port``."""
+    _label, setup, call, per_call = {**CASES, **CLIENT_CASES}[case]
+    return WORKLOAD.format(code=code, port=port, reference=str(REFERENCE), floor=str(FLOOR), setup=setup,
+                           calls=decisions // per_call, call=call)
+
+
+def _totals(out: Path, folder: str) -> int:
+    """The instructions a callgrind output file counted in all (its folder removed once read)."""
+    for line in out.read_text().splitlines():
+        if line.startswith(("summary:", "totals:")):
+            shutil.rmtree(folder, ignore_errors=True)
+            return int(line.split()[1])
+    raise RuntimeError(f"no totals in {out}")
+
+
 def instructions(code: str, case: str, decisions: int, binary: str = "redis-server",
                  by_function: dict[str, int] | None = None) -> int:
     """Total instructions of a callgrind'ed redis-server that served the setup and ``decisions``;
     with ``by_function``, each function's own instructions are put there too (callgrind_annotate)."""
-    _label, setup, call, per_call = CASES[case]
     port, folder = free_port(), tempfile.mkdtemp(prefix="ducto-cg-")
     out = Path(folder) / "callgrind.out"
     server = subprocess.Popen(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", binary,
                                "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
                                "--dir", folder], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        for _ in range(600):
-            ping = subprocess.run(["redis-cli", "-p", str(port), "ping"], capture_output=True, text=True)
-            if ping.stdout.strip() == "PONG":
-                break
-            time.sleep(0.1)
-        workload = WORKLOAD.format(code=code, port=port, reference=str(REFERENCE), floor=str(FLOOR), setup=setup,
-                                   calls=decisions // per_call, call=call)
+        _wait_for(port, 600, 0.1)
         try:
-            subprocess.run([sys.executable, "-c", workload], check=True)
+            subprocess.run([sys.executable, "-c", _workload(code, case, port, decisions)], check=True)
         finally:
             subprocess.run(["redis-cli", "-p", str(port), "shutdown", "nosave"], capture_output=True)
             server.wait(120)
@@ -262,40 +280,26 @@ def instructions(code: str, case: str, decisions: int, binary: str = "redis-serv
                                    capture_output=True, text=True, check=True).stdout
         for m in _FUNCTION_LINE.finditer(annotated):
             by_function[m.group(2)] = int(m.group(1).replace(",", ""))
-    for line in out.read_text().splitlines():
-        if line.startswith(("summary:", "totals:")):
-            shutil.rmtree(folder, ignore_errors=True)
-            return int(line.split()[1])
-    raise RuntimeError(f"no totals in {out}")
+    return _totals(out, folder)
 
 
 def client_instructions(code: str, case: str, decisions: int) -> int:
     """Total instructions of a callgrind'ed client process that ran the setup and ``decisions``
     against a plain private redis-server (Redis' own work is not counted)."""
-    _label, setup, call, per_call = {**CASES, **CLIENT_CASES}[case]
     port, folder = free_port(), tempfile.mkdtemp(prefix="ducto-cgc-")
     out = Path(folder) / "callgrind.out"
     server = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
                                "--appendonly", "no", "--dir", folder],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        for _ in range(100):
-            ping = subprocess.run(["redis-cli", "-p", str(port), "ping"], capture_output=True, text=True)
-            if ping.stdout.strip() == "PONG":
-                break
-            time.sleep(0.05)
-        workload = WORKLOAD.format(code=code, port=port, reference=str(REFERENCE), floor=str(FLOOR), setup=setup,
-                                   calls=decisions // per_call, call=call)
+        _wait_for(port, 100, 0.05)
         subprocess.run(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", sys.executable, "-c",
-                        workload], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                        _workload(code, case, port, decisions)],
+                       check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     finally:
         server.terminate()
         server.wait(30)
-    for line in out.read_text().splitlines():
-        if line.startswith(("summary:", "totals:")):
-            shutil.rmtree(folder, ignore_errors=True)
-            return int(line.split()[1])
-    raise RuntimeError(f"no totals in {out}")
+    return _totals(out, folder)
 
 
 _FUNCTION_LINE = re.compile(r"^\s*([\d,]+) \([ \d.]+%\)\s+(\S+?:\S+)", re.MULTILINE)
