@@ -373,22 +373,33 @@ class Batch(Generic[T]):
                 yield from self._pack(item)
 
     def _pack(self, members: list[int]) -> Iterator[Call[Any]]:
+        """The script calls of one group of packed decisions: one per :data:`MAX_DECISIONS_PER_CALL`
+        of them, each call's KEYS and ARGV written from a :class:`~ducto_redis.core.Deferred`'s
+        inputs (``Deferred.packed``) or repacked from built calls (:meth:`_repack`)."""
         decisions, call_of, pos_of = self.decisions, self._call_of, self._pos_of
+        parts: Callable[[list[int]], tuple[list[str], list[Any]]]
         if isinstance(decisions, Deferred):  # written from the inputs: no decision's own call is built
-            script = self._scripts[decisions.twin]
-            for start in range(0, len(members), MAX_DECISIONS_PER_CALL):
-                chunk = members[start : start + MAX_DECISIONS_PER_CALL]
-                index = len(self.calls)
-                for pos, i in enumerate(chunk):
-                    call_of[i] = index
-                    pos_of[i] = pos
-                keys, args = decisions.packed(chunk)
-                call = Call(script, keys, args, _lines)
-                self._answers.append(chunk)
-                self.calls.append(call)
-                yield call
-            return
-        first = decisions[members[0]]
+            script, parts = self._scripts[decisions.twin], decisions.packed
+        else:
+            script, parts = self._repack(decisions, members[0])
+        for start in range(0, len(members), MAX_DECISIONS_PER_CALL):
+            chunk = members[start : start + MAX_DECISIONS_PER_CALL]
+            index = len(self.calls)
+            for pos, i in enumerate(chunk):
+                call_of[i] = index
+                pos_of[i] = pos
+            keys, args = parts(chunk)
+            call = Call(script, keys, args, _lines)
+            self._answers.append(chunk)
+            self.calls.append(call)
+            yield call
+
+    def _repack(self, decisions: Sequence[Call[T]], first_i: int) -> tuple[
+            Script, Callable[[list[int]], tuple[list[str], list[Any]]]]:
+        """The twin of a group of built calls (the group's first is ``first_i``), and how the calls of
+        a chunk of it are repacked into one call of the twin: its KEYS and ARGV, by the positions the
+        two specs give (:class:`Twin`)."""
+        first = decisions[first_i]
         assert first.script is not None
         picks = _PICKS[first.script.name]
         twin = picks.twin
@@ -401,14 +412,12 @@ class Batch(Generic[T]):
         head_args = list(picks.shared_args(first.args if len(first.args) == size else first.args + pad))
         if shape_at >= 0:
             head_args.insert(shape_at, "")
-        script = self._scripts[twin.name]
         shape_chars = SHAPE_CHARS
-        for start in range(0, len(members), MAX_DECISIONS_PER_CALL):
-            chunk = members[start : start + MAX_DECISIONS_PER_CALL]
+
+        def parts(chunk: list[int]) -> tuple[list[str], list[Any]]:
             keys, args = list(head_keys), list(head_args)
             shape: list[str] = []
-            index = len(self.calls)
-            for pos, i in enumerate(chunk):
+            for i in chunk:
                 d = decisions[i]
                 ks = d.keys
                 if len(ks) < width:  # a lean call's, with the KEYS it left out put back
@@ -433,14 +442,11 @@ class Batch(Generic[T]):
                             args.extend(aopt)
                             bits += 2
                 shape.append(shape_chars[bits])
-                call_of[i] = index
-                pos_of[i] = pos
             if shape_at >= 0:
                 args[shape_at] = "".join(shape)
-            call = Call(script, keys, args, _lines)
-            self._answers.append(chunk)
-            self.calls.append(call)
-            yield call
+            return keys, args
+
+        return self._scripts[twin.name], parts
 
     def take(self, index: int, reply: Any) -> None:
         """Parse the reply of script call ``index`` into its decisions' results, as soon as it is
