@@ -15,10 +15,11 @@ Sections (each a function that prepares its state and returns a timed operation)
   same 100 decisions packed once), the floor of a batched debit with the store's layout
   (bench/floor_debit_many.lua, one FCALL per shard by redis-py pipelining), ``charge_many`` x100 from
   one thread (and in namespaces of 8 shards and of 1 instead of 64, so fewer script calls per
-  batch), from 2 threads, x500 (against the reference pipelined x500 and x100: no target, printed
-  under the table), and async with 4 batches in flight; and the Redis-side bound: Redis' own time
-  per decision of debit_many (one 256-decision call minus a PING), as the decisions/s one Redis core
-  could reach doing nothing else;
+  batch; and with each batch written in one piece instead of streamed), from 2 threads, x500
+  (against the reference pipelined x500 and x100: no target, printed under the table), and async
+  with 4 batches in flight; and the Redis-side bound: Redis' own time per decision of debit_many
+  (one 256-decision call minus a PING), as the decisions/s one Redis core could reach doing nothing
+  else;
 - asyncio: bare ``redis.asyncio`` EVALSHA, ``AsyncRedisStore.charge`` and with auto-batching, 64
   concurrent tasks each.
 
@@ -29,12 +30,15 @@ Usage::
     python bench/hotpath.py --breakdown          # client CPU of each stage of charge / charge_many
     python bench/hotpath.py --timeline           # wall time of one charge_many x100, phase by phase
     python bench/hotpath.py --paired 30 --seconds 0.5   # each target's two rows in turn, ratio per pair
+    python bench/hotpath.py --paired 30 --seconds 0.5 --busy 1   # the same with one core kept busy
 
 The machine is noisy (2 cores): rounds are interleaved and the median round is reported;
 quote ratios from one run, not absolute numbers. A round runs every section in turn, so a drift
 in the machine's speed over minutes can fall on one row of a target and not on its yardstick;
 ``--paired`` runs only the targets' rows, back to back, and reports the ratio of each pair (its
-median, quartiles and range). Nothing here is asserted by a test.
+median, quartiles and range); with ``--only``, a comparison's rows too (no target). ``--busy N``
+runs N busy-looping processes beside any of these: the client and Redis then share what cores are
+left, as on a loaded machine. Nothing here is asserted by a test.
 """
 
 from __future__ import annotations
@@ -44,6 +48,7 @@ import asyncio
 import itertools
 import re
 import statistics
+import subprocess
 import sys
 import threading
 import time
@@ -61,7 +66,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from results import write_section
 
-from ducto_redis import AsyncRedisStore, CreditMetadata, MemoryStore, RedisStore, SpendCap
+from ducto_redis import AsyncRedisStore, CreditMetadata, MemoryStore, RedisStore, SpendCap, connect
 from ducto_redis.batch import Batch, ChargeRequest, charge_calls
 from ducto_redis.connect import did_not_run, pack_calls
 from ducto_redis.core import new_call_id
@@ -405,6 +410,27 @@ def store_charge_many_100(b: Bench) -> tuple[int, Callable[[], tuple[float, list
     return 100, lambda: b.time_sync(lambda: s.charge_many(reqs))
 
 
+def store_charge_many_at_once(b: Bench) -> tuple[int, Callable[[], tuple[float, list[float]]]]:
+    """charge_many x100 as the row above, but each batch's calls written in one piece (not streamed
+    a few at a time as they are built): what streaming buys when the client and Redis each have a core,
+    and what it costs when they share one (``--busy 1``)."""
+    s = b.store()
+    users = [f"once-{i}" for i in range(100)]
+    for u in users:
+        s.add_credits(u, RICH)
+    reqs = [ChargeRequest(u, 1, "bench") for u in users]
+    first, piece = connect.FIRST_PIECE, connect.PIECE
+
+    def op() -> None:
+        connect.FIRST_PIECE = connect.PIECE = 1 << 30
+        try:
+            s.charge_many(reqs)
+        finally:
+            connect.FIRST_PIECE, connect.PIECE = first, piece
+
+    return 100, lambda: b.time_sync(op)
+
+
 def reference_pipelined_500(b: Bench) -> tuple[int, Callable[[], tuple[float, list[float]]]]:
     """The batched yardstick in batches of 500 (as the x100 row)."""
     return _reference_pipelined(b, 500)
@@ -642,6 +668,7 @@ SECTIONS: dict[str, Callable[[Bench], tuple[int, Callable[[], tuple[float, list[
     "raw EVALSHA pipelined x100": raw_pipelined_100,
     "raw FCALL of debit_many x100, pre-packed (same function)": raw_same_script_many_100,
     "RedisStore.charge_many x100": store_charge_many_100,
+    "RedisStore.charge_many x100, written at once": store_charge_many_at_once,
     "floor batched debit (bench/floor_debit_many.lua), pipelined x100": floor_pipelined_100,
     "reference debit script, EVALSHA pipelined x500": reference_pipelined_500,
     "RedisStore.charge_many x500": store_charge_many_500,
@@ -671,6 +698,8 @@ COMPARISONS = [
      "(bench/floor_debit_many.lua), pipelined x100", "reference debit script, EVALSHA pipelined x100"),
     ("charge_many x500 vs the reference pipelined x500", "RedisStore.charge_many x500",
      "reference debit script, EVALSHA pipelined x500"),
+    ("charge_many x100 written at once vs the reference pipelined x100",
+     "RedisStore.charge_many x100, written at once", "reference debit script, EVALSHA pipelined x100"),
 ]
 
 
@@ -744,10 +773,12 @@ def paired(seconds: float, pairs: int, only: list[str] | None) -> str:
     made: dict[str, tuple[int, Callable[[], tuple[float, list[float]]]]] = {}
     lines = ["| target | pairs | median ratio | quartiles | range | pairs at or past it |",
              "|---|---:|---:|---:|---:|---:|"]
+    chosen: list[tuple[str, str, str, float | None]] = [
+        t for t in TARGETS if not only or any(o in t[0] or o in t[1] for o in only)]
+    chosen += [(what, row, against, None) for what, row, against in COMPARISONS
+               if only and any(o in what or o in row for o in only)]
     try:
-        for what, row, against, floor in TARGETS:
-            if only and not any(o in what or o in row for o in only):
-                continue
+        for what, row, against, floor in chosen:
             for name in (row, against):
                 if name not in made:
                     made[name] = SECTIONS[name](b)
@@ -762,9 +793,10 @@ def paired(seconds: float, pairs: int, only: list[str] | None) -> str:
                 ratios.append(rates[row] / rates[against])
                 print(f"pair {k + 1}/{pairs} {what}: {ratios[-1]:.2f}x", file=sys.stderr)
             q1, median, q3 = statistics.quantiles(ratios, n=4)
-            past = sum(r >= floor for r in ratios)
-            lines.append(f"| {what} (≥ {floor:.2f}×) | {pairs} | **{median:.2f}×** | {q1:.2f}–{q3:.2f}× "
-                         f"| {min(ratios):.2f}–{max(ratios):.2f}× | {past} of {pairs} |")
+            target = "(no target)" if floor is None else f"(≥ {floor:.2f}×)"
+            past = "–" if floor is None else f"{sum(r >= floor for r in ratios)} of {pairs}"
+            lines.append(f"| {what} {target} | {pairs} | **{median:.2f}×** | {q1:.2f}–{q3:.2f}× "
+                         f"| {min(ratios):.2f}–{max(ratios):.2f}× | {past} |")
     finally:
         for c in b.cleanups:
             c()
@@ -908,8 +940,21 @@ def main() -> None:
                          "the ratio pair by pair (median, quartiles, range); --only picks targets")
     ap.add_argument("--breakdown", action="store_true",
                     help="print only the client CPU of each stage of charge and charge_many x100")
+    ap.add_argument("--busy", type=int, default=0, metavar="N",
+                    help="N busy-looping processes beside the run, each wanting a core: the machine "
+                         "loaded, so the client and Redis share what is left (2 cores here: --busy 1)")
     args = ap.parse_args()
     URL = args.url
+    hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(args.busy)]
+    try:
+        _main(args)
+    finally:
+        for hog in hogs:
+            hog.kill()
+            hog.wait()
+
+
+def _main(args: argparse.Namespace) -> None:
     if args.timeline:
         print(timeline(args.seconds))
         return
