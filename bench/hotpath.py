@@ -260,6 +260,13 @@ class Bench:
 # ── sections: each returns (decisions per call, runner) ─────────────────
 
 
+def _charges(s: RedisStore, users: list[str]) -> list[ChargeRequest]:
+    """A charge of 1 for each of ``users``, each given a balance that no run spends."""
+    for u in users:
+        s.add_credits(u, RICH)
+    return [ChargeRequest(u, 1, "bench") for u in users]
+
+
 def _reference(b: Bench) -> tuple[str, list[str]]:
     """The reference script loaded, its keys (shared/bench/README.md) and a rich balance."""
     sha = b.client.script_load(REFERENCE.read_text())
@@ -403,10 +410,7 @@ def raw_pipelined_100(b: Bench) -> tuple[int, Callable[[], tuple[float, list[flo
 
 def store_charge_many_100(b: Bench) -> tuple[int, Callable[[], tuple[float, list[float]]]]:
     s = b.store()
-    users = [f"batch-{i}" for i in range(100)]
-    for u in users:
-        s.add_credits(u, RICH)
-    reqs = [ChargeRequest(u, 1, "bench") for u in users]
+    reqs = _charges(s, [f"batch-{i}" for i in range(100)])
     return 100, lambda: b.time_sync(lambda: s.charge_many(reqs))
 
 
@@ -415,10 +419,7 @@ def store_charge_many_at_once(b: Bench) -> tuple[int, Callable[[], tuple[float, 
     a few at a time as they are built): what streaming buys when the client and Redis each have a core,
     and what it costs when they share one (``--busy 1``)."""
     s = b.store()
-    users = [f"once-{i}" for i in range(100)]
-    for u in users:
-        s.add_credits(u, RICH)
-    reqs = [ChargeRequest(u, 1, "bench") for u in users]
+    reqs = _charges(s, [f"once-{i}" for i in range(100)])
     first, piece = connect.FIRST_PIECE, connect.PIECE
 
     def op() -> None:
@@ -439,10 +440,7 @@ def reference_pipelined_500(b: Bench) -> tuple[int, Callable[[], tuple[float, li
 def store_charge_many_500(b: Bench) -> tuple[int, Callable[[], tuple[float, list[float]]]]:
     """charge_many x500 on 500 users: ~all 64 shards, ~8 decisions per script call (x100: ~1.6)."""
     s = b.store()
-    users = [f"batch500-{i}" for i in range(500)]
-    for u in users:
-        s.add_credits(u, RICH)
-    reqs = [ChargeRequest(u, 1, "bench") for u in users]
+    reqs = _charges(s, [f"batch500-{i}" for i in range(500)])
     return 500, lambda: b.time_sync(lambda: s.charge_many(reqs))
 
 
@@ -533,10 +531,7 @@ def _charge_many_in(shards: int) -> Callable[[Bench], tuple[int, Callable[[], tu
                 b.client.delete(k)
 
         b.cleanups.append(drop)
-        users = [f"batch{shards}-{i}" for i in range(100)]
-        for u in users:
-            s.add_credits(u, RICH)
-        reqs = [ChargeRequest(u, 1, "bench") for u in users]
+        reqs = _charges(s, [f"batch{shards}-{i}" for i in range(100)])
         return 100, lambda: b.time_sync(lambda: s.charge_many(reqs))
 
     return section
@@ -584,9 +579,7 @@ def redis_side_bound(b: Bench) -> tuple[int, Callable[[], tuple[float, list[floa
         if shard_of(USER, f"bound-{i}", s.settings.shards) == 0:
             users.append(f"bound-{i}")
         i += 1
-    for u in users:
-        s.add_credits(u, RICH)
-    reqs = [ChargeRequest(u, 1, "bench") for u in users]
+    reqs = _charges(s, users)
 
     def run() -> tuple[float, list[float]]:
         per: list[float] = []
@@ -814,10 +807,7 @@ def breakdown(seconds: float) -> str:
     s = b.store()
     s.add_credits("deny", RICH)
     s.set_spend_cap(SpendCap(user_id="deny", cap_type="daily", limit=RICH, action="deny"))
-    users = [f"bd-{i}" for i in range(100)]
-    for u in users:
-        s.add_credits(u, RICH)
-    reqs = [ChargeRequest(u, 1, "bench") for u in users]
+    reqs = _charges(s, [f"bd-{i}" for i in range(100)])
     lane = lane_of(s.client)
     assert lane is not None, "the breakdown measures the lane (a plain redis.Redis client)"
     call = s.core.debit("deny", 1, operation_type="bench")
@@ -875,10 +865,7 @@ def timeline(seconds: float) -> str:
 
     b = Bench(seconds)
     s = b.store()
-    users = [f"tl-{i}" for i in range(100)]
-    for u in users:
-        s.add_credits(u, RICH)
-    reqs = [ChargeRequest(u, 1, "bench") for u in users]
+    reqs = _charges(s, [f"tl-{i}" for i in range(100)])
     marks: dict[str, float] = {}
     original = connect.Lane.exchange
 
@@ -937,7 +924,7 @@ def main() -> None:
                     help="where the wall time of one charge_many x100 goes, phase by phase")
     ap.add_argument("--paired", type=int, metavar="PAIRS",
                     help="instead: each timed target's two rows in turn, --seconds each, PAIRS times; "
-                         "the ratio pair by pair (median, quartiles, range); --only picks targets")
+                         "the ratio pair by pair (median, quartiles, range); --only picks targets and comparisons")
     ap.add_argument("--breakdown", action="store_true",
                     help="print only the client CPU of each stage of charge and charge_many x100")
     ap.add_argument("--busy", type=int, default=0, metavar="N",
